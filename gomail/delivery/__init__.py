@@ -1,0 +1,1 @@
+"""Getting queued mail to its destination."""

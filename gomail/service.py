@@ -1,0 +1,96 @@
+"""The composition root: builds every part from the configuration and wires them."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred
+from twisted.logger import ILogObserver, Logger, jsonFileLogObserver
+
+import gomail
+from gomail.delivery.local import LocalDeliveryService
+from gomail.delivery.maildir import MaildirDelivery
+from gomail.services import SequentialMultiService, ThreadPoolService
+from gomail.settings import Config
+from gomail.smtp.policy import RelayPolicy
+from gomail.smtp.server import SMTPServer, SMTPService
+from gomail.spool.service import SpoolService
+from gomail.spool.store import Spool
+from gomail.tls import server_context
+
+
+class GomailService(SequentialMultiService):
+    """
+    The root service. Children start in order (I/O pool, spool recovery,
+    delivery, listeners) and stop in reverse (listeners and SMTP drain first,
+    the I/O pool last). A start-up failure is handed to C{on_fatal}.
+    """
+
+    log = Logger()
+
+    def __init__(self, config: Config) -> None:
+        super().__init__()
+        self.config = config
+        self.on_fatal: Callable[[Any], None] = lambda failure: None
+        self.spool: Spool | None = None
+        self.smtp: SMTPServer | None = None
+
+    def setServiceParent(self, parent: Any) -> None:
+        super().setServiceParent(parent)
+        # twistd asks the application for an ILogObserver before starting to log.
+        if self.config.logging.format == "json" and hasattr(parent, "setComponent"):
+            parent.setComponent(ILogObserver, jsonFileLogObserver(_log_file(self.config.logging.file)))
+
+    def startService(self) -> Deferred:  # type: ignore[override]
+        self.log.info("gomail {version} starting", version=gomail.__version__)
+        d = super().startService()
+        d.addCallbacks(self._started, self._start_failed)
+        return d
+
+    def _started(self, _: Any) -> None:
+        self.log.info("gomail ready")
+
+    def _start_failed(self, failure: Any) -> None:
+        self.log.critical("gomail could not start: {error}", error=failure.getErrorMessage())
+        self.on_fatal(failure)
+
+
+def _log_file(path: str) -> Any:
+    return sys.stdout if not path else open(path, "a", encoding="utf-8")
+
+
+def build_service(config: Config, reactor: Any) -> GomailService:
+    """
+    Build the whole server from a loaded configuration. Nothing listens or
+    touches the spool until the returned service is started.
+
+    @raise gomail.tls.TLSConfigError: for an unusable certificate or key.
+    """
+    root = GomailService(config)
+    io = ThreadPoolService(reactor, "gomail-io", config.spool.ioThreads)
+    io.setServiceParent(root)
+    spool = Spool(config.spool.directory, reactor, io.run,
+                  min_free_bytes=config.spool.minFreeSpaceMB * 1024 * 1024)
+    root.spool = spool
+
+    consumer = None
+    if config.forwardSMTP:
+        root.log.warn("forwardSMTP is set but relay delivery is not available in this version: "
+                      "mail stays queued in {directory}", directory=config.spool.directory)
+    else:
+        agent = MaildirDelivery(spool.path("mailbox"), config.smtp.hostname, io.run)
+        consumer = LocalDeliveryService(spool, agent, reactor, config.workerCount)
+    SpoolService(spool, consumer).setServiceParent(root)
+    if consumer is not None:
+        consumer.setServiceParent(root)
+
+    tls = server_context(config.smtp.tlsCertificate, config.smtp.tlsPrivateKey, config.dataDir,
+                         config.smtp.hostname)
+    policy = RelayPolicy(config.smtp.trustedNetworks, config.smtp.localDomains,
+                         require_auth=config.security.requireAuth,
+                         allow_local_only=config.security.allowLocalOnly)
+    root.smtp = SMTPServer(config.smtp, policy, spool, reactor, tls, queue_size=config.queueSize,
+                           log_envelopes=config.security.logAllEmails)
+    SMTPService(root.smtp, reactor, config.smtp.listen, config.smtp.implicitTlsListen).setServiceParent(root)
+    return root

@@ -1,0 +1,111 @@
+"""Service building blocks: ordered start/stop with Deferreds, and an owned thread pool."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+
+
+class SequentialMultiService(MultiService):
+    """
+    A MultiService that starts its children one after another, waiting for any
+    Deferred a child's C{startService} returns, and stops them in reverse order,
+    each after the previous one has finished stopping.
+
+    A plain MultiService ignores Deferreds from C{startService} and stops every
+    child at once, which would let the SMTP listeners accept mail before the
+    spool is recovered, or stop the I/O pool under an SMTP transaction that is
+    still committing.
+    """
+
+    def startService(self) -> Deferred:  # type: ignore[override]
+        # Only IService.startService's bookkeeping: the children are started below.
+        self.running = 1
+        return Deferred.fromCoroutine(self._start_children())
+
+    async def _start_children(self) -> None:
+        for child in list(self):
+            await maybeDeferred(child.startService)
+
+    def stopService(self) -> Deferred:  # type: ignore[override]
+        self.running = 0
+        return Deferred.fromCoroutine(self._stop_children())
+
+    async def _stop_children(self) -> None:
+        for child in reversed(list(self)):
+            if child.running:
+                await maybeDeferred(child.stopService)
+
+
+class ThreadPoolService(Service):
+    """
+    Owns a thread pool: started with the service, stopped (threads joined) with it.
+
+    C{run(f, *args)} runs C{f} in the pool and returns a Deferred for its result.
+    """
+
+    def __init__(self, reactor: Any, name: str, max_threads: int) -> None:
+        self.reactor = reactor
+        self.pool = ThreadPool(minthreads=0, maxthreads=max_threads, name=name)
+
+    def startService(self) -> None:
+        super().startService()
+        self.pool.start()
+
+    def stopService(self) -> Deferred:
+        super().stopService()
+        # Joins the threads: waits for work in progress (an fsync) to finish.
+        self.pool.stop()
+        return maybeDeferred(lambda: None)
+
+    def run(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred:
+        """Run C{function} in the pool; fires with its result or fails with its exception."""
+        return deferToThreadPool(self.reactor, self.pool, function, *args, **kwargs)
+
+
+
+class ListenError(Exception):
+    """A listener could not start; the text names the endpoint and the reason."""
+
+
+class ListeningService(Service):
+    """
+    One listening endpoint. Unlike StreamServerEndpointService, C{startService}
+    returns a Deferred that fails with a L{ListenError} naming the endpoint, so
+    start-up can stop with a clear message (port in use, permission denied).
+    """
+
+    log = Logger()
+
+    def __init__(self, reactor: Any, description: str, factory: Any, kind: str) -> None:
+        self.description = description
+        self.kind = kind
+        self.endpoint = serverFromString(reactor, description)
+        self.factory = factory
+        self.port: Any = None
+
+    def startService(self) -> Deferred:  # type: ignore[override]
+        super().startService()
+        d = self.endpoint.listen(self.factory)
+        d.addCallbacks(self._listening, self._failed)
+        return d
+
+    def _listening(self, port: Any) -> None:
+        self.port = port
+        host = port.getHost()
+        self.log.info("{kind} listening on {address}", kind=self.kind,
+                      address=f"{getattr(host, 'host', '')}:{getattr(host, 'port', '')}".strip(":") or str(host))
+
+    def _failed(self, failure: Any) -> None:
+        raise ListenError(f"cannot listen on {self.description} ({self.kind}): {failure.getErrorMessage()}")
+
+    def stopService(self) -> Deferred:
+        super().stopService()
+        port, self.port = self.port, None
+        return maybeDeferred(port.stopListening) if port is not None else maybeDeferred(lambda: None)

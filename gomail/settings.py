@@ -1,0 +1,193 @@
+"""
+The configuration schema: every key gomail accepts, its type, default and check.
+
+Key names are the Go relay's camelCase names (its ``config.json`` is our
+compatibility contract); gomail's own keys live in sections named the same way.
+Each field's metadata may carry:
+
+- ``check``: a function returning an error text for a bad value, or None;
+- ``env``: the Go relay's environment variable for the key (besides the
+  generic ``GOMAIL_<SECTION>_<KEY>`` form every key has);
+- ``secret``: never print the value.
+
+The loader in :mod:`gomail.config` walks these dataclasses; nothing here reads
+files or the environment.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+Check = Callable[[Any], Optional[str]]
+
+
+def setting(default: Any, *, check: Check | None = None, env: str | None = None,
+            secret: bool = False) -> Any:
+    """A dataclass field with gomail's metadata."""
+    meta = {"check": check, "env": env, "secret": secret}
+    if isinstance(default, (list, tuple)):
+        value = tuple(default)
+        return field(default_factory=lambda: value, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def between(low: float, high: float | None = None) -> Check:
+    """Accept numbers in [low, high]."""
+    def check(value: Any) -> str | None:
+        if value < low or (high is not None and value > high):
+            upper = "" if high is None else f" and <= {high}"
+            return f"must be >= {low}{upper}, got {value}"
+        return None
+    return check
+
+
+def one_of(*choices: str) -> Check:
+    """Accept one of a fixed set of strings."""
+    def check(value: str) -> str | None:
+        if value not in choices:
+            return f"must be one of {', '.join(repr(c) for c in choices)}, got {value!r}"
+        return None
+    return check
+
+
+def networks(values: tuple[str, ...]) -> str | None:
+    """Accept a list of IP networks in CIDR form (a bare address is a /32 or /128)."""
+    for value in values:
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            return f"{value!r} is not an IP network (use CIDR form such as 10.0.0.0/8)"
+    return None
+
+
+def domains(values: tuple[str, ...]) -> str | None:
+    """Accept a list of domain names."""
+    for value in values:
+        if not value or any(c.isspace() or c in "@/\\<>" for c in value):
+            return f"{value!r} is not a domain name"
+    return None
+
+
+def endpoints(values: tuple[str, ...]) -> str | None:
+    """Accept a list of Twisted server endpoint strings."""
+    from twisted.internet.endpoints import serverFromString
+
+    for value in values:
+        try:
+            # Parsing only stores the reactor, so no reactor is needed to check the syntax.
+            serverFromString(None, value)
+        except Exception as e:  # endpoint parsers raise ValueError, KeyError, TypeError...
+            return f"{value!r} is not a valid endpoint description ({e})"
+    return None
+
+
+def non_empty(value: str) -> str | None:
+    """Reject an empty string."""
+    return "must not be empty" if not value.strip() else None
+
+
+PORT = between(0, 65535)
+
+
+@dataclass(frozen=True)
+class Provider:
+    """One smarthost of ``forwardProviders`` (failover by ascending priority)."""
+
+    host: str = setting("", check=non_empty)
+    port: int = setting(587, check=between(1, 65535))
+    username: str = setting("")
+    password: str = setting("", secret=True)
+    ssl: bool = setting(False)
+    priority: int = setting(0, check=between(0))
+
+
+@dataclass(frozen=True)
+class RateLimits:
+    """The Go relay's ``rateLimits`` section (enforced from the AUTH issue on)."""
+
+    enabled: bool = setting(False)
+    maxPerHour: int = setting(500, check=between(1))
+    maxPerDay: int = setting(2000, check=between(1))
+    globalMaxPerHour: int = setting(1000, check=between(1))
+    globalMaxPerDay: int = setting(5000, check=between(1))
+
+
+@dataclass(frozen=True)
+class Security:
+    """The Go relay's ``security`` section."""
+
+    allowLocalOnly: bool = setting(True)
+    logAllEmails: bool = setting(True)
+    requireAuth: bool = setting(True)
+
+
+@dataclass(frozen=True)
+class SMTPSettings:
+    """gomail's own SMTP server keys (section ``smtp``)."""
+
+    hostname: str = setting("")
+    listen: tuple[str, ...] = setting((), check=endpoints)
+    implicitTlsListen: tuple[str, ...] = setting((), check=endpoints)
+    tlsCertificate: str = setting("")
+    tlsPrivateKey: str = setting("")
+    maxMessageSize: int = setting(26214400, check=between(1024))
+    maxRecipients: int = setting(100, check=between(1))
+    maxLineLength: int = setting(998, check=between(78, 1048576))
+    maxErrors: int = setting(10, check=between(1))
+    idleTimeout: int = setting(300, check=between(1))
+    maxConnections: int = setting(1000, check=between(1))
+    maxConnectionsPerIP: int = setting(20, check=between(1))
+    trustedNetworks: tuple[str, ...] = setting(("127.0.0.0/8", "::1/128"), check=networks)
+    localDomains: tuple[str, ...] = setting((), check=domains)
+    bareLineEndings: str = setting("reject", check=one_of("reject", "normalize"))
+    shutdownTimeout: int = setting(30, check=between(0))
+
+
+@dataclass(frozen=True)
+class SpoolSettings:
+    """gomail's durable queue (section ``spool``)."""
+
+    directory: str = setting("")
+    minFreeSpaceMB: int = setting(100, check=between(0))
+    ioThreads: int = setting(8, check=between(1, 64))
+
+
+@dataclass(frozen=True)
+class LoggingSettings:
+    """Log output (section ``logging``)."""
+
+    format: str = setting("text", check=one_of("text", "json"))
+    file: str = setting("")
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration. Top-level keys are the Go relay's."""
+
+    smtpHost: str = setting("127.0.0.1", env="SMTP_HOST", check=non_empty)
+    smtpPort: int = setting(25, env="SMTP_PORT", check=PORT)
+    defaultUsername: str = setting("", env="DEFAULT_USERNAME")
+    defaultPassword: str = setting("", env="DEFAULT_PASSWORD", secret=True)
+    forwardSMTP: bool = setting(False, env="FORWARD_SMTP")
+    forwardHost: str = setting("", env="FORWARD_HOST")
+    forwardPort: int = setting(587, env="FORWARD_PORT", check=between(1, 65535))
+    forwardUsername: str = setting("", env="FORWARD_USERNAME")
+    forwardPassword: str = setting("", env="FORWARD_PASSWORD", secret=True)
+    forwardSSL: bool = setting(False, env="FORWARD_SSL")
+    forwardProviders: tuple[Provider, ...] = setting(())
+    batchSize: int = setting(20, check=between(1))
+    batchDelay: int = setting(1000, check=between(0))
+    continueOnError: bool = setting(True)
+    workerCount: int = setting(5, check=between(1, 1000))
+    queueSize: int = setting(1000, check=between(1))
+    processingTimeout: int = setting(300, check=between(1))
+    enableHealthCheck: bool = setting(True)
+    healthCheckPort: int = setting(8025, check=PORT)
+    dataDir: str = setting("data", check=non_empty)
+    rateLimits: RateLimits = field(default_factory=RateLimits)
+    security: Security = field(default_factory=Security)
+    smtp: SMTPSettings = field(default_factory=SMTPSettings)
+    spool: SpoolSettings = field(default_factory=SpoolSettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)

@@ -1,0 +1,1 @@
+"""The SMTP server: protocol, DATA parsing, relay policy, listeners."""

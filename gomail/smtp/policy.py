@@ -1,0 +1,58 @@
+"""Who may connect and whom they may send to: the relay rules, free of I/O."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Iterable
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def parse_ip(host: str | None) -> IPAddress | None:
+    """The client's IP (IPv4-mapped IPv6 unwrapped), or None for a non-IP peer such as a UNIX socket."""
+    if not host:
+        return None
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+class RelayPolicy:
+    """
+    The relay rules of a server without (or before) authentication:
+
+    - a client in C{trusted_networks} (loopback by default) may send anywhere;
+    - anyone else may send only to C{local_domains};
+    - an authenticated client may send anywhere;
+    - with C{allow_local_only}, only loopback (and UNIX socket) clients may connect at all;
+    - with C{require_auth}, MAIL needs an authenticated session, trusted or not.
+    """
+
+    def __init__(self, trusted_networks: Iterable[str], local_domains: Iterable[str],
+                 require_auth: bool, allow_local_only: bool) -> None:
+        self.trusted = [ipaddress.ip_network(n, strict=False) for n in trusted_networks]
+        self.local_domains = frozenset(d.lower().rstrip(".") for d in local_domains)
+        self.require_auth = require_auth
+        self.allow_local_only = allow_local_only
+
+    def may_connect(self, ip: IPAddress | None) -> bool:
+        """Whether a client may open a session at all."""
+        return not self.allow_local_only or ip is None or ip.is_loopback
+
+    def is_trusted(self, ip: IPAddress | None) -> bool:
+        """Whether a client's address is in the trusted networks (a UNIX socket peer is)."""
+        if ip is None:
+            return True
+        return any(ip in network for network in self.trusted)
+
+    def is_local_domain(self, domain: str) -> bool:
+        """Whether mail for C{domain} is ours to deliver locally."""
+        return domain.lower().rstrip(".") in self.local_domains
+
+    def may_relay(self, ip: IPAddress | None, authenticated: bool, domain: str) -> bool:
+        """Whether a recipient in C{domain} is accepted from this client."""
+        return authenticated or self.is_trusted(ip) or self.is_local_domain(domain)

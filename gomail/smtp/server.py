@@ -1,0 +1,180 @@
+"""
+State shared by all SMTP sessions: admission (connection caps, local-only),
+intake checks (storage, queue size, relay rules), and the graceful drain.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import ServerFactory
+from twisted.logger import Logger
+
+from gomail.services import ListeningService
+from gomail.settings import SMTPSettings
+from gomail.smtp.address import Path
+from gomail.smtp.policy import RelayPolicy
+from gomail.smtp.protocol import GomailESMTP
+
+if TYPE_CHECKING:
+    from gomail.spool.envelope import Envelope
+    from gomail.spool.store import Spool
+
+Refusal = tuple[int, str, str]
+
+
+class SMTPServer:
+    """
+    The sessions of every SMTP listener and the rules they share.
+
+    @param queue_size: intake answers 452 4.3.1 once this many messages are queued.
+    @param log_envelopes: log sender and recipients of every accepted message
+        (the Go relay's C{security.logAllEmails}); content is never logged.
+    """
+
+    log = Logger()
+
+    def __init__(self, settings: SMTPSettings, policy: RelayPolicy, spool: "Spool",
+                 clock: IReactorTime, tls_context: Any, queue_size: int, log_envelopes: bool) -> None:
+        self.settings = settings
+        self.policy = policy
+        self.spool = spool
+        self.clock = clock
+        self.tls_context = tls_context
+        self.queue_size = queue_size
+        self.log_envelopes = log_envelopes
+        self.sessions: set[GomailESMTP] = set()
+        self._per_ip: Counter[str] = Counter()
+        self.shutting_down = False
+        self._drained: Deferred | None = None
+
+    def factory(self, implicit_tls: bool = False) -> ServerFactory:
+        """A protocol factory for one listener (implicit TLS listeners wrap theirs in TLS)."""
+        return _SMTPFactory(self, implicit_tls)
+
+    # -- sessions -----------------------------------------------------------
+
+    def admit(self, session: GomailESMTP) -> Refusal | None:
+        """Register a new session, or say why it is refused (then it is not registered)."""
+        if self.shutting_down:
+            return (421, "4.3.2", f"{self.settings.hostname} Service shutting down, try again later")
+        if not self.policy.may_connect(session.client_ip):
+            self.log.info("refused non-local client {client} (security.allowLocalOnly)", client=session.client_host)
+            return (554, "5.7.1", f"{self.settings.hostname} Access denied: this server accepts only local clients")
+        if len(self.sessions) >= self.settings.maxConnections:
+            return (421, "4.7.0", f"{self.settings.hostname} Too many connections, try again later")
+        if self._per_ip[session.client_host] >= self.settings.maxConnectionsPerIP:
+            self.log.info("refused {client}: too many connections from one address", client=session.client_host)
+            return (421, "4.7.0", f"{self.settings.hostname} Too many connections from your address, try again later")
+        self.sessions.add(session)
+        self._per_ip[session.client_host] += 1
+        return None
+
+    def release(self, session: GomailESMTP) -> None:
+        """Forget a closed session."""
+        if session in self.sessions:
+            self.sessions.discard(session)
+            self._per_ip[session.client_host] -= 1
+            if self._per_ip[session.client_host] <= 0:
+                del self._per_ip[session.client_host]
+        if self._drained is not None and not self.sessions:
+            drained, self._drained = self._drained, None
+            drained.callback(None)
+
+    def shutdown(self, timeout: float) -> Deferred:
+        """
+        Close idle sessions now and the others after their current transaction;
+        fires when all are gone, or after C{timeout} seconds, when the rest are cut.
+        """
+        self.shutting_down = True
+        for session in list(self.sessions):
+            session.close_gracefully()
+        if not self.sessions:
+            return succeed(None)
+        self._drained = drained = Deferred()
+        timer = self.clock.callLater(timeout, self._cut, timeout)
+        drained.addBoth(lambda result: (timer.active() and timer.cancel(), result)[1])
+        return drained
+
+    def _cut(self, timeout: float) -> None:
+        self.log.warn("{count} SMTP sessions still open after {timeout} s: closing them",
+                      count=len(self.sessions), timeout=timeout)
+        for session in list(self.sessions):
+            session.transport.abortConnection()
+        if self._drained is not None:
+            drained, self._drained = self._drained, None
+            drained.callback(None)
+
+    # -- intake rules -------------------------------------------------------
+
+    def mail_refusal(self, session: GomailESMTP) -> Refusal | None:
+        """Why MAIL FROM is refused in this session, or None."""
+        if self.policy.require_auth and not session.authenticated:
+            return (530, "5.7.0", "Authentication required")
+        if self.spool.queued >= self.queue_size or not self.spool.has_free_space():
+            self.log.warn("refusing mail: queue full or spool disk low ({queued} queued)", queued=self.spool.queued)
+            return (452, "4.3.1", "Insufficient system storage")
+        return None
+
+    def rcpt_refusal(self, session: GomailESMTP, path: Path) -> Refusal | None:
+        """Why a recipient is refused in this session, or None."""
+        if not self.policy.may_relay(session.client_ip, session.authenticated, path.domain):
+            return (554, "5.7.1", f"<{path.address}>: Relay access denied")
+        return None
+
+    def accepted(self, session: GomailESMTP, envelope: "Envelope") -> None:
+        """Log a message that has just been queued."""
+        if self.log_envelopes:
+            self.log.info(
+                "queued {queue_id} from <{sender}> to {recipients} ({size} bytes) client {client}",
+                queue_id=envelope.id, sender=envelope.sender, size=envelope.size, client=session.client_host,
+                recipients=", ".join(f"<{r.address}>" for r in envelope.recipients))
+        else:
+            self.log.info("queued {queue_id} for {count} recipients ({size} bytes)",
+                          queue_id=envelope.id, count=len(envelope.recipients), size=envelope.size)
+
+
+class _SMTPFactory(ServerFactory):
+    noisy = False
+
+    def __init__(self, server: SMTPServer, implicit_tls: bool) -> None:
+        self.server = server
+        self.implicit_tls = implicit_tls
+
+    def buildProtocol(self, addr: Any) -> GomailESMTP:
+        protocol = GomailESMTP(self.server, implicit_tls=self.implicit_tls)
+        protocol.factory = self
+        return protocol
+
+
+class SMTPService(MultiService):
+    """The SMTP listeners; stopping it stops listening, then drains the sessions."""
+
+    def __init__(self, server: SMTPServer, reactor: Any, listen: tuple[str, ...],
+                 implicit_tls_listen: tuple[str, ...]) -> None:
+        super().__init__()
+        from twisted.protocols.tls import TLSMemoryBIOFactory
+
+        self.server = server
+        for description in listen:
+            ListeningService(reactor, description, server.factory(), "smtp").setServiceParent(self)
+        for description in implicit_tls_listen:
+            factory = TLSMemoryBIOFactory(server.tls_context, False, server.factory(implicit_tls=True))
+            ListeningService(reactor, description, factory, "smtps").setServiceParent(self)
+
+    def startService(self) -> Deferred:  # type: ignore[override]
+        self.running = 1
+        return Deferred.fromCoroutine(self._listen())
+
+    async def _listen(self) -> None:
+        for listener in self:
+            await listener.startService()
+
+    def stopService(self) -> Deferred:
+        d = super().stopService()
+        d.addCallback(lambda _: self.server.shutdown(self.server.settings.shutdownTimeout))
+        return d

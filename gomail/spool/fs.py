@@ -1,0 +1,61 @@
+"""
+The file operations a spool commit is made of, as one replaceable object.
+
+Every step of a commit goes through :class:`FileSystem`, so tests can make any
+step fail (or "crash": raise and stop) and then check what recovery finds.
+All of these block: call them only from the spool's I/O thread pool.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+class FileSystem:
+    """Thin wrappers over the os calls a spool uses."""
+
+    def create(self, path: str) -> int:
+        """Create a new file for writing (never reusing one) and return its descriptor."""
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+
+    def write(self, fd: int, chunks: list[bytes]) -> None:
+        """Write all of C{chunks} (looping over short writes)."""
+        for chunk in chunks:
+            view = memoryview(chunk)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+
+    def fsync(self, fd: int) -> None:
+        """Flush a file's data and size to stable storage."""
+        os.fsync(fd)
+
+    def close(self, fd: int) -> None:
+        os.close(fd)
+
+    def rename(self, source: str, target: str) -> None:
+        os.rename(source, target)
+
+    def fsync_directory(self, path: str) -> None:
+        """Make renames and unlinks in a directory durable."""
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def unlink(self, path: str) -> None:
+        """Remove a file; a file already gone is fine."""
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+    def write_file(self, path: str, data: bytes) -> None:
+        """Create C{path} with C{data}, fsynced (not yet renamed anywhere)."""
+        fd = self.create(path)
+        try:
+            self.write(fd, [data])
+            self.fsync(fd)
+        finally:
+            self.close(fd)

@@ -1,0 +1,124 @@
+"""A message being received: streamed to ``tmp/`` in the I/O pool, then committed."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
+
+if TYPE_CHECKING:
+    from gomail.spool.envelope import Envelope
+    from gomail.spool.store import Spool
+
+
+class IncomingMessage:
+    """
+    The content of one message on its way into the spool.
+
+    Data is collected in memory only up to L{FLUSH_AT} bytes, then appended to
+    ``tmp/<id>.eml`` in the spool's I/O pool, one write at a time and in order.
+    Small messages therefore cost no thread hand-off until L{commit}, which
+    writes the rest, fsyncs, and renames into ``queue/``.
+    """
+
+    FLUSH_AT = 64 * 1024
+    #: Above this many unwritten bytes the sender should be paused.
+    HIGH_WATER = 1024 * 1024
+
+    log = Logger()
+
+    def __init__(self, spool: "Spool", queue_id: str) -> None:
+        self.id = queue_id
+        self.size = 0
+        self._spool = spool
+        self._chunks: list[bytes] = []
+        self._buffered = 0
+        self._fd: int | None = None
+        self._writing: Deferred | None = None
+        self._failure = None
+        self._finished = False
+        #: Called (no arguments) whenever a background write completes.
+        self.on_drain: Callable[[], None] | None = None
+
+    @property
+    def backlog(self) -> int:
+        """Bytes received but not yet handed to the file."""
+        return self._buffered
+
+    def write(self, data: bytes) -> None:
+        """Add received content (already unstuffed, CRLF line endings)."""
+        if self._finished or not data:
+            return
+        self._chunks.append(data)
+        self._buffered += len(data)
+        self.size += len(data)
+        if self._buffered >= self.FLUSH_AT and self._writing is None:
+            self._flush()
+
+    def _flush(self) -> None:
+        chunks, self._chunks, self._buffered = self._chunks, [], 0
+        d = self._spool.run(self._spool.append_tmp, self.id, self._fd, chunks)
+        self._writing = d
+        d.addCallbacks(self._written, self._write_failed)
+
+    def _written(self, fd: int) -> None:
+        self._writing = None
+        self._fd = fd
+        if self._finished:
+            return
+        if self._buffered >= self.FLUSH_AT:
+            self._flush()
+        if self.on_drain is not None:
+            self.on_drain()
+
+    def _write_failed(self, failure) -> None:
+        self._writing = None
+        self._failure = failure
+        self._chunks, self._buffered = [], 0
+        if self.on_drain is not None:
+            self.on_drain()
+
+    async def commit(self, envelope: "Envelope") -> None:
+        """
+        Make the message durable in ``queue/``: returns only once the content,
+        the envelope and the directory entry are on stable storage.
+
+        @raise Exception: any local failure; then nothing is left in the spool.
+        """
+        self._finished = True
+        await self._idle()
+        envelope.size = self.size
+        chunks, self._chunks, self._buffered = self._chunks, [], 0
+        fd, self._fd = self._fd, None
+        try:
+            if self._failure is not None:
+                self._failure.raiseException()
+            await self._spool.run(self._spool.finish_files, self.id, fd, chunks, envelope.to_json())
+            fd = None
+            await self._spool.sync_queue_directory()
+        except Exception:
+            # A real crash runs no cleanup; recovery handles that (see Spool.recover).
+            await self._spool.run(self._spool.discard_files, self.id, fd)
+            raise
+        self._spool.committed(envelope)
+
+    def abort(self) -> Deferred:
+        """Forget the message and remove what was written of it."""
+        if self._finished:
+            return succeed(None)
+        self._finished = True
+        self._chunks, self._buffered = [], 0
+        return Deferred.fromCoroutine(self._abort())
+
+    async def _abort(self) -> None:
+        await self._idle()
+        fd, self._fd = self._fd, None
+        await self._spool.run(self._spool.discard_files, self.id, fd)
+
+    async def _idle(self) -> None:
+        while self._writing is not None:
+            try:
+                await self._writing
+            except Exception:
+                pass

@@ -1,0 +1,34 @@
+"""The spool's start-up: prepare and recover before anything listens."""
+
+from __future__ import annotations
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+
+from gomail.interfaces import IQueueConsumer
+from gomail.spool.store import Spool
+
+
+class SpoolService(Service):
+    """
+    On start: prepare the spool (directories, ``tmp/`` cleanup), scan ``queue/``
+    and hand every queued message to the consumer, then hand it each newly
+    committed one. Its C{startService} Deferred is awaited by the root service,
+    so the SMTP listeners open only after recovery.
+    """
+
+    def __init__(self, spool: Spool, consumer: IQueueConsumer | None) -> None:
+        self.spool = spool
+        self.consumer = consumer
+
+    def startService(self) -> Deferred:  # type: ignore[override]
+        super().startService()
+        return Deferred.fromCoroutine(self._start())
+
+    async def _start(self) -> None:
+        self.spool.prepare()
+        report = await self.spool.recover()
+        if self.consumer is not None:
+            for envelope in report.envelopes:
+                self.consumer.enqueue(envelope)
+            self.spool.add_listener(self.consumer.enqueue)

@@ -1,0 +1,253 @@
+"""
+The durable on-disk queue.
+
+Layout under the spool directory::
+
+    tmp/      messages being received; anything here at start is removed
+    queue/    committed messages: <id>.eml (content) and <id>.json (envelope)
+    failed/   messages given up on (JSON with metadata and content)
+    corrupt/  queue entries that could not be read, kept for a human
+    mailbox/  local Maildir delivery
+
+A message is committed when ``queue/<id>.json`` exists and the ``queue/``
+directory has been fsynced: the content is written and fsynced first, then the
+envelope, then both are renamed into ``queue/`` (content first), then the
+directory is fsynced. Recovery deletes a ``.eml`` whose ``.json`` never
+arrived (its sender got no 250) and moves unreadable entries to ``corrupt/``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from gomail.spool.envelope import Envelope, EnvelopeError, new_queue_id
+from gomail.spool.fs import FileSystem
+from gomail.spool.groupsync import GroupSync
+from gomail.spool.incoming import IncomingMessage
+
+RunInThread = Callable[..., Deferred]
+SUBDIRECTORIES = ("tmp", "queue", "failed", "corrupt", "mailbox")
+
+
+class SpoolError(Exception):
+    """The spool cannot be used (not writable, not creatable)."""
+
+
+@dataclass
+class RecoveryReport:
+    """What a start-up scan of ``queue/`` found."""
+
+    envelopes: list[Envelope] = field(default_factory=list)
+    corrupt: list[str] = field(default_factory=list)
+    incomplete: list[str] = field(default_factory=list)
+
+
+class Spool:
+    """
+    The spool directory and every file operation on it.
+
+    Blocking work goes through C{run} (normally C{deferToThreadPool} on the
+    spool's I/O pool), never on the reactor thread; tests pass a synchronous
+    C{run} and a L{FileSystem} that fails on purpose.
+    """
+
+    log = Logger()
+
+    def __init__(self, directory: str, clock: IReactorTime, run: RunInThread,
+                 fs: FileSystem | None = None, min_free_bytes: int = 0) -> None:
+        self.directory = directory
+        self.clock = clock
+        self.run = run
+        self.fs = fs or FileSystem()
+        self.min_free_bytes = min_free_bytes
+        self.queued = 0
+        self._listeners: list[Callable[[Envelope], Any]] = []
+        self._queue_sync = GroupSync(lambda: self.run(self.fs.fsync_directory, self.path("queue")))
+        self._space_checked_at: float | None = None
+        self._space_ok = True
+
+    def path(self, *parts: str) -> str:
+        """A path inside the spool directory."""
+        return os.path.join(self.directory, *parts)
+
+    # -- start-up ---------------------------------------------------------
+
+    def prepare(self) -> None:
+        """
+        Create the directories, check they are writable, empty ``tmp/`` and
+        count the queue. Runs once at start, before any listener serves.
+
+        @raise SpoolError: with a one-line explanation.
+        """
+        try:
+            for name in SUBDIRECTORIES:
+                os.makedirs(self.path(name), mode=0o700, exist_ok=True)
+            probe = self.path("tmp", ".write-probe")
+            self.fs.write_file(probe, b"probe")
+            os.unlink(probe)
+            leftovers = os.listdir(self.path("tmp"))
+            for name in leftovers:
+                self.fs.unlink(self.path("tmp", name))
+            if leftovers:
+                self.fs.fsync_directory(self.path("tmp"))
+            self.queued = sum(1 for name in os.listdir(self.path("queue")) if name.endswith(".json"))
+        except OSError as e:
+            raise SpoolError(f"spool directory {self.directory} is not usable: {e.strerror} ({e.filename})") from None
+        if leftovers:
+            self.log.info("removed {count} unfinished messages from {directory}/tmp",
+                          count=len(leftovers), directory=self.directory)
+
+    def recover(self) -> Deferred:
+        """Scan ``queue/`` in the I/O pool; fires with a L{RecoveryReport}."""
+        return self.run(self._scan).addCallback(self._report)
+
+    def _report(self, report: RecoveryReport) -> RecoveryReport:
+        for name in report.corrupt:
+            self.log.error("moved unreadable queue entry {name} to {directory}/corrupt",
+                           name=name, directory=self.directory)
+        for queue_id in report.incomplete:
+            self.log.warn("removed uncommitted message {queue_id} (its client was never told 250)",
+                          queue_id=queue_id)
+        self.queued = len(report.envelopes)
+        self.log.info("spool recovered: {count} queued messages", count=self.queued)
+        return report
+
+    def _scan(self) -> RecoveryReport:
+        report = RecoveryReport()
+        queue = self.path("queue")
+        by_id: dict[str, set[str]] = {}
+        for name in os.listdir(queue):
+            stem, ext = os.path.splitext(name)
+            by_id.setdefault(stem, set()).add(ext)
+        changed = False
+        for queue_id, exts in sorted(by_id.items()):
+            if exts == {".eml"}:
+                self.fs.unlink(os.path.join(queue, queue_id + ".eml"))
+                report.incomplete.append(queue_id)
+                changed = True
+                continue
+            envelope = None
+            if exts == {".eml", ".json"}:
+                try:
+                    with open(os.path.join(queue, queue_id + ".json"), "rb") as f:
+                        envelope = Envelope.from_json(f.read())
+                    if envelope.id != queue_id:
+                        raise EnvelopeError("envelope id does not match its file name")
+                except (OSError, EnvelopeError):
+                    envelope = None
+            if envelope is None:
+                for ext in sorted(exts, key=lambda e: e != ".json"):
+                    os.replace(os.path.join(queue, queue_id + ext), self.path("corrupt", queue_id + ext))
+                    report.corrupt.append(queue_id + ext)
+                changed = True
+            else:
+                report.envelopes.append(envelope)
+        if changed:
+            self.fs.fsync_directory(queue)
+        report.envelopes.sort(key=lambda e: (e.next_attempt, e.id))
+        return report
+
+    # -- intake -----------------------------------------------------------
+
+    def has_free_space(self) -> bool:
+        """Whether the spool's file system has more than the configured minimum free (checked at most once a second)."""
+        now = self.clock.seconds()
+        if self._space_checked_at is None or now - self._space_checked_at >= 1.0:
+            self._space_checked_at = now
+            try:
+                stats = os.statvfs(self.directory)
+                self._space_ok = stats.f_bavail * stats.f_frsize > self.min_free_bytes
+            except OSError:
+                self._space_ok = False
+        return self._space_ok
+
+    def free_bytes(self) -> int:
+        """Bytes available to us on the spool's file system."""
+        stats = os.statvfs(self.directory)
+        return stats.f_bavail * stats.f_frsize
+
+    def new_message(self) -> IncomingMessage:
+        """Start receiving a message under a fresh queue id."""
+        return IncomingMessage(self, new_queue_id(self.clock.seconds()))
+
+    def append_tmp(self, queue_id: str, fd: int | None, chunks: list[bytes]) -> int:
+        """(I/O pool) Append to ``tmp/<id>.eml``, creating it first if C{fd} is None; returns the descriptor."""
+        if fd is None:
+            fd = self.fs.create(self.path("tmp", queue_id + ".eml"))
+        self.fs.write(fd, chunks)
+        return fd
+
+    def finish_files(self, queue_id: str, fd: int | None, chunks: list[bytes], envelope: bytes) -> None:
+        """(I/O pool) Write the rest, fsync content and envelope, rename both into ``queue/``."""
+        fs = self.fs
+        if fd is None:
+            fd = fs.create(self.path("tmp", queue_id + ".eml"))
+        try:
+            fs.write(fd, chunks)
+            fs.fsync(fd)
+        finally:
+            fs.close(fd)
+        fs.write_file(self.path("tmp", queue_id + ".json"), envelope)
+        fs.rename(self.path("tmp", queue_id + ".eml"), self.path("queue", queue_id + ".eml"))
+        fs.rename(self.path("tmp", queue_id + ".json"), self.path("queue", queue_id + ".json"))
+
+    def discard_files(self, queue_id: str, fd: int | None) -> None:
+        """(I/O pool) Remove every trace of a message that was not committed."""
+        if fd is not None:
+            try:
+                self.fs.close(fd)
+            except OSError:
+                pass
+        for name in ("queue", "tmp"):
+            for ext in (".json", ".eml"):
+                try:
+                    self.fs.unlink(self.path(name, queue_id + ext))
+                except OSError as e:
+                    self.log.error("could not remove {path}: {error}", path=e.filename, error=e.strerror)
+
+    def sync_queue_directory(self) -> Deferred:
+        """Fires once ``queue/`` has been fsynced after this call (shared with concurrent callers)."""
+        return self._queue_sync.sync()
+
+    def committed(self, envelope: Envelope) -> None:
+        """Record a newly committed message and tell the listeners."""
+        self.queued += 1
+        for listener in self._listeners:
+            listener(envelope)
+
+    def add_listener(self, listener: Callable[[Envelope], Any]) -> None:
+        """Call C{listener(envelope)} for every message committed from now on."""
+        self._listeners.append(listener)
+
+    # -- delivery ---------------------------------------------------------
+
+    def message_path(self, queue_id: str) -> str:
+        """Where a queued message's content is."""
+        return self.path("queue", queue_id + ".eml")
+
+    def _write_envelope(self, envelope: Envelope) -> None:
+        tmp = self.path("tmp", envelope.id + ".json.new")
+        self.fs.write_file(tmp, envelope.to_json())
+        self.fs.rename(tmp, self.path("queue", envelope.id + ".json"))
+
+    async def update(self, envelope: Envelope) -> None:
+        """Replace a queued message's envelope atomically and durably."""
+        await self.run(self._write_envelope, envelope)
+        await self.sync_queue_directory()
+
+    def _remove_files(self, queue_id: str) -> None:
+        # The envelope goes first: without it the content is an uncommitted leftover.
+        self.fs.unlink(self.path("queue", queue_id + ".json"))
+        self.fs.unlink(self.path("queue", queue_id + ".eml"))
+
+    async def remove(self, queue_id: str) -> None:
+        """Delete a delivered message from the queue, durably."""
+        await self.run(self._remove_files, queue_id)
+        self.queued -= 1
+        await self.sync_queue_directory()

@@ -1,0 +1,1 @@
+"""gomail's trial test suite."""
