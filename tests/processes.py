@@ -1,0 +1,103 @@
+"""
+Helpers for integration tests that run real processes on the real reactor.
+
+Waits are bounded and event-driven (a line on stdout, a process exit); where
+only polling can tell (a file appearing), polls are short and bounded.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+from typing import Any, Callable
+
+from twisted.internet import defer, protocol, task
+
+TWISTD = [sys.executable, "-c", "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess(protocol.ProcessProtocol):
+    """A child process whose output is collected and can be waited on."""
+
+    def __init__(self) -> None:
+        self.output = b""
+        self.ended: defer.Deferred = defer.Deferred()
+        self.exit_code: int | None = None
+        self._waiters: list[tuple[bytes, defer.Deferred]] = []
+
+    def outReceived(self, data: bytes) -> None:
+        self.output += data
+        for waiter in list(self._waiters):
+            if waiter[0] in self.output:
+                self._waiters.remove(waiter)
+                waiter[1].callback(None)
+
+    errReceived = outReceived
+
+    def processEnded(self, reason: Any) -> None:
+        code = getattr(reason.value, "exitCode", None)
+        self.exit_code = code if code is not None else -(getattr(reason.value, "signal", None) or 1)
+        for text, waiter in self._waiters:
+            waiter.errback(AssertionError(f"process ended before printing {text!r}:\n{self.output.decode(errors='replace')}"))
+        self._waiters = []
+        self.ended.callback(self.exit_code)
+
+    def wait_for(self, text: bytes, reactor: Any, timeout: float = 30) -> defer.Deferred:
+        """Fires once C{text} has appeared in the output; fails after C{timeout} seconds or at exit."""
+        d: defer.Deferred = defer.Deferred()
+        if text in self.output:
+            d.callback(None)
+            return d
+        self._waiters.append((text, d))
+        return d.addTimeout(timeout, reactor)
+
+    def stop(self, reactor: Any, timeout: float = 30) -> defer.Deferred:
+        """Send SIGTERM; fires with the exit code (SIGKILL after C{timeout})."""
+        if self.exit_code is not None:
+            return defer.succeed(self.exit_code)
+        self.transport.signalProcess("TERM")
+        killer = reactor.callLater(timeout, self._kill)
+
+        def done(code: Any) -> Any:
+            if killer.active():
+                killer.cancel()
+            return code
+        return self.ended.addBoth(done)
+
+    def _kill(self) -> None:
+        try:
+            self.transport.signalProcess("KILL")
+        except Exception:
+            pass
+
+
+def spawn(reactor: Any, argv: list[str], cwd: str, env: dict[str, str] | None = None) -> ServerProcess:
+    """Start C{argv} in C{cwd} with the current environment plus C{env}."""
+    process = ServerProcess()
+    environment = dict(os.environ)
+    environment.update(env or {})
+    environment["PYTHONUNBUFFERED"] = "1"
+    reactor.spawnProcess(process, argv[0], argv, env=environment, path=cwd)
+    return process
+
+
+async def poll(reactor: Any, condition: Callable[[], bool], timeout: float = 20, interval: float = 0.05) -> None:
+    """Wait (bounded) until C{condition()} is true."""
+    waited = 0.0
+    while not condition():
+        if waited >= timeout:
+            raise AssertionError(f"condition not met within {timeout} s")
+        await task.deferLater(reactor, interval, lambda: None)
+        waited += interval
+
+
+__all__ = ["free_port", "spawn", "poll", "ServerProcess", "TWISTD", "signal"]

@@ -1,0 +1,213 @@
+"""
+End-to-end: a real ``twistd -n gomail`` process on free ports, real smtplib
+clients (plain and STARTTLS), mail found in the local mailbox, clean SIGTERM.
+"""
+
+from __future__ import annotations
+
+import email
+import os
+import smtplib
+import ssl
+import subprocess
+import sys
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import TestCase
+
+from tests.processes import TWISTD, free_port, poll, spawn
+
+CONFIG = """
+smtpHost = "127.0.0.1"
+smtpPort = {port}
+dataDir = "{data}"
+[security]
+requireAuth = false
+[smtp]
+hostname = "mx.test"
+implicitTlsListen = ["tcp:{tls_port}:interface=127.0.0.1"]
+[spool]
+minFreeSpaceMB = 0
+"""
+
+MESSAGE = (
+    b"From: alice@example.org\r\nTo: bob@example.com\r\nSubject: integration\r\n\r\n"
+    b"Hello Bob.\r\n.leading dot line\r\nBye.\r\n"
+)
+
+
+def _client_tls() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # the server's certificate is self-signed
+    return context
+
+
+def send_plain(port: int, starttls: bool) -> dict:
+    """Send MESSAGE with smtplib; returns the refused recipients (empty on success)."""
+    with smtplib.SMTP("127.0.0.1", port, timeout=20) as client:
+        client.ehlo("client.test")
+        if starttls:
+            client.starttls(context=_client_tls())
+            client.ehlo("client.test")
+        return client.sendmail("alice@example.org", ["bob@example.com"], MESSAGE)
+
+
+def send_implicit_tls(port: int) -> dict:
+    """Send MESSAGE over an implicit-TLS (port 465 style) connection."""
+    with smtplib.SMTP_SSL("127.0.0.1", port, timeout=20, context=_client_tls()) as client:
+        client.ehlo("client.test")
+        return client.sendmail("alice@example.org", ["bob@example.com"], MESSAGE)
+
+
+class TwistdGomailTests(TestCase):
+    """The service as an operator runs it."""
+
+    timeout = 120
+
+    def setUp(self) -> None:
+        self.workdir = os.path.abspath(self.mktemp())
+        os.makedirs(self.workdir)
+        self.port, self.tls_port = free_port(), free_port()
+        self.data = os.path.join(self.workdir, "data")
+        self.config = os.path.join(self.workdir, "gomail.toml")
+        with open(self.config, "w") as f:
+            f.write(CONFIG.format(port=self.port, tls_port=self.tls_port, data=self.data))
+        self.mailbox = os.path.join(self.data, "spool", "mailbox", "bob@example.com", "new")
+
+    def start(self) -> Deferred:
+        self.process = spawn(reactor, TWISTD + ["-n", "--pidfile=", "gomail", "--config", self.config],
+                             cwd=self.workdir)
+        self.addCleanup(self.process.stop, reactor)
+        return self.process.wait_for(b"gomail ready", reactor)
+
+    def delivered(self) -> list[bytes]:
+        if not os.path.isdir(self.mailbox):
+            return []
+        messages = []
+        for name in sorted(os.listdir(self.mailbox)):
+            with open(os.path.join(self.mailbox, name), "rb") as f:
+                messages.append(f.read())
+        return messages
+
+    async def _send_and_stop(self) -> None:
+        await self.start()
+        self.assertEqual(await deferToThread(send_plain, self.port, False), {})
+        self.assertEqual(await deferToThread(send_plain, self.port, True), {})
+        self.assertEqual(await deferToThread(send_implicit_tls, self.tls_port), {})
+        await poll(reactor, lambda: len(self.delivered()) == 3)
+        for raw in self.delivered():
+            parsed = email.message_from_bytes(raw)
+            self.assertIn("mx.test (gomail)", parsed["Received"])
+            self.assertEqual(parsed["Subject"], "integration")
+            self.assertTrue(raw.endswith(b"Hello Bob.\n.leading dot line\nBye.\n"), raw)
+        protocols = sorted(email.message_from_bytes(raw)["Received"].split(" with ")[1].split()[0]
+                           for raw in self.delivered())
+        self.assertEqual(protocols, ["ESMTP", "ESMTPS", "ESMTPS"])
+        code = await self.process.stop(reactor)
+        # twistd re-raises SIGTERM after a clean shutdown, so the exit is "killed by TERM"
+        # (what init systems expect), never a crash or a SIGKILL.
+        self.assertIn(code, (0, -15), self.process.output.decode(errors="replace"))
+        self.assertIn(b"Server Shut Down", self.process.output)
+        self.assertNotIn(b"Traceback", self.process.output)
+        self.assertEqual(os.listdir(os.path.join(self.data, "spool", "queue")), [])
+
+    def test_mail_reaches_the_mailbox_and_sigterm_exits_cleanly(self) -> Deferred:
+        """
+        Mail sent in plaintext, after STARTTLS and over implicit TLS is answered
+        250, lands in the recipient's Maildir with our Received: header and the
+        dot-unstuffed content, leaves the queue empty, and SIGTERM shuts down cleanly.
+        """
+        return Deferred.fromCoroutine(self._send_and_stop())
+
+    async def _restart_recovers(self) -> None:
+        queue = os.path.join(self.data, "spool", "queue")
+        tmp = os.path.join(self.data, "spool", "tmp")
+        os.makedirs(queue)
+        os.makedirs(tmp)
+        with open(os.path.join(tmp, "leftover.eml"), "wb") as f:
+            f.write(b"half a message")
+        with open(os.path.join(queue, "broken.json"), "wb") as f:
+            f.write(b"{not json")
+        with open(os.path.join(queue, "broken.eml"), "wb") as f:
+            f.write(b"x")
+        await self.start()
+        self.assertEqual(os.listdir(tmp), [])
+        self.assertEqual(sorted(os.listdir(os.path.join(self.data, "spool", "corrupt"))),
+                         ["broken.eml", "broken.json"])
+        self.assertIn(b"moved unreadable queue entry", self.process.output)
+        self.assertEqual(await deferToThread(send_plain, self.port, False), {})
+        await poll(reactor, lambda: len(self.delivered()) == 1)
+
+    async def _drain(self) -> None:
+        await self.start()
+        client = smtplib.SMTP("127.0.0.1", self.port, timeout=20)
+        self.addCleanup(client.close)
+
+        def begin() -> tuple:
+            client.ehlo("client.test")
+            client.mail("alice@example.org")
+            client.rcpt("bob@example.com")
+            client.putcmd("data")
+            reply = client.getreply()
+            client.send(b"Subject: in flight\r\n\r\nfirst half\r\n")
+            return reply
+
+        def finish() -> tuple:
+            client.send(b"second half\r\n.\r\n")
+            return client.getreply()
+
+        self.assertEqual((await deferToThread(begin))[0], 354)
+        self.process.transport.signalProcess("TERM")
+        await self.process.wait_for(b"Received SIGTERM", reactor)
+        code, text = await deferToThread(finish)
+        self.assertEqual(code, 250, text)
+        self.assertEqual(await self.process.ended, -15, self.process.output.decode(errors="replace"))
+        self.assertEqual(len(self.delivered()) + len(os.listdir(os.path.join(self.data, "spool", "queue"))) // 2, 1)
+
+    def test_sigterm_lets_a_transaction_in_flight_finish(self) -> Deferred:
+        """
+        SIGTERM during DATA stops listening but lets the open transaction end:
+        the client still gets its 250 and the message is kept, then the process exits.
+        """
+        return Deferred.fromCoroutine(self._drain())
+
+    def test_start_cleans_tmp_and_sets_corrupt_entries_aside(self) -> Deferred:
+        """Leftovers in tmp/ are removed and unreadable queue entries moved to corrupt/; the server still serves."""
+        return Deferred.fromCoroutine(self._restart_recovers())
+
+
+class ConfigErrorTests(TestCase):
+    """A bad configuration stops start-up with one line, never a traceback."""
+
+    def write(self, text: str) -> str:
+        path = os.path.abspath(self.mktemp()) + ".toml"
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def test_twistd_reports_the_key_and_the_file(self) -> None:
+        """twistd gomail with smtpPort = 70000 exits non-zero with one line naming the key and file."""
+        path = self.write("smtpPort = 70000\n")
+        result = subprocess.run(TWISTD + ["-n", "--pidfile=", "gomail", "--config", path],
+                                capture_output=True, text=True, timeout=60, cwd=os.path.dirname(path))
+        self.assertNotEqual(result.returncode, 0)
+        output = (result.stdout + result.stderr).strip()
+        self.assertNotIn("Traceback", output)
+        self.assertIn(f"{path}: smtpPort: must be >= 0 and <= 65535, got 70000", output)
+
+    def test_check_config_command(self) -> None:
+        """gomail check-config prints the same one-line error and exits 1; a good file exits 0."""
+        bad = self.write("[smtp]\nmaxRecipients = \"many\"\n")
+        result = subprocess.run([sys.executable, "-m", "gomail.cli", "check-config", bad],
+                                capture_output=True, text=True, timeout=60)
+        self.assertEqual(result.returncode, 1)
+        self.assertEqual(result.stderr.strip(),
+                         f"gomail: configuration error: {bad}: smtp.maxRecipients: must be a whole number, got a string")
+        good = os.path.join(os.path.dirname(__file__), "..", "conf", "gomail.toml")
+        result = subprocess.run([sys.executable, "-m", "gomail.cli", "check-config", good],
+                                capture_output=True, text=True, timeout=60)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("configuration ok", result.stdout)
