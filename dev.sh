@@ -3,7 +3,7 @@
 # Both create ./.venv on first use (needs python3 >= 3.11 with venv: Debian's python3-venv).
 set -eu
 cd "$(dirname "$0")"
-VENV=${GOMAIL_VENV:-.venv}
+VENV=${VENV_DIR:-.venv}
 
 setup() {
     if [ ! -x "$VENV/bin/python" ]; then

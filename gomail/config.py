@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import socket
 import tomllib
 import typing
@@ -24,6 +25,7 @@ from gomail.settings import Config
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 ENV_PREFIX = "GOMAIL_"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class ConfigError(Exception):
@@ -35,7 +37,9 @@ class ConfigError(Exception):
 
     def __str__(self) -> str:
         where = f"{self.source}: " if self.source else ""
-        return f"{where}{self.key}: {self.problem}" if self.key else f"{where}{self.problem}"
+        text = f"{where}{self.key}: {self.problem}" if self.key else f"{where}{self.problem}"
+        # Keys and values come from the file: a newline in one must not break the one-line promise.
+        return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
 
 
 def load_config(path: str | None = None, environ: Mapping[str, str] | None = None) -> Config:
@@ -143,7 +147,9 @@ def _build(cls: type, data: Any, prefix: str, source: str, overrides: dict[str, 
             where = source
             value = _coerce(data[name], kind, where, dotted, overrides)
         else:
-            continue
+            # An absent key takes its default, which must pass the check too (a provider needs a host).
+            where = source
+            value = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         check = f.metadata.get("check")
         problem = check(value) if check else None
         if problem:

@@ -27,7 +27,7 @@ def summarize(line: str) -> tuple[int, int, int] | None:
 
 
 def main(argv: list[str]) -> int:
-    jobs = os.environ.get("GOMAIL_TEST_JOBS", str(min(4, os.cpu_count() or 1)))
+    jobs = os.environ.get("TRIAL_JOBS", str(min(4, os.cpu_count() or 1)))
     names = argv or ["tests"]
     command = [sys.executable, "-m", "twisted.trial", f"--jobs={jobs}", *names]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

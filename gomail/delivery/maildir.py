@@ -40,11 +40,15 @@ class MaildirDelivery:
         self.fs = fs or FileSystem()
 
     def deliver(self, envelope: Envelope, message_path: str, recipients: list[Recipient]) -> Deferred:
-        return self.run(self._deliver_all, envelope, message_path, [r.address for r in recipients])
+        # The index in the envelope (not in this call's list) names the file, so a
+        # retry of a copy that was delivered before a crash finds it again.
+        positions = {r.address: i for i, r in enumerate(envelope.recipients)}
+        targets = [(positions.get(r.address, 0), r.address) for r in recipients]
+        return self.run(self._deliver_all, envelope, message_path, targets)
 
-    def _deliver_all(self, envelope: Envelope, message_path: str, addresses: list[str]) -> dict[str, Any]:
+    def _deliver_all(self, envelope: Envelope, message_path: str, targets: list[tuple[int, str]]) -> dict[str, Any]:
         results = {}
-        for index, address in enumerate(addresses):
+        for index, address in targets:
             try:
                 self._deliver_one(envelope, message_path, address, index)
                 results[address] = (250, "2.0.0 Delivered to mailbox")

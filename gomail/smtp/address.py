@@ -43,8 +43,9 @@ class Path:
 
     @property
     def domain(self) -> str:
-        """The domain, lower-cased ("" for <>)."""
-        return self.address.rpartition("@")[2].lower()
+        """The domain, lower-cased ("" for <> and <Postmaster>)."""
+        local, at, domain = self.address.rpartition("@")
+        return domain.lower() if at else ""
 
 
 def parse_path(argument: bytes, keyword: bytes, allow_null: bool) -> Path:
@@ -76,6 +77,8 @@ def parse_path(argument: bytes, keyword: bytes, allow_null: bool) -> Path:
         if allow_null:
             return Path("", params)
         raise AddressError(501, "5.1.3", "Empty recipient address")
+    if not allow_null and inner.lower() == "postmaster":
+        return Path("postmaster", params)  # RFC 5321 4.5.1: must be accepted without a domain
     route = _ROUTE.match(inner)
     if route:
         inner = inner[route.end():]

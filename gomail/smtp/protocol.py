@@ -59,6 +59,7 @@ class GomailESMTP(ESMTP):
         self.client_ip = None
         self.admitted = False
         self.helo_name: str | None = None
+        self.extended = False  # EHLO (True) or HELO (False)
         self.sender: Path | None = None
         self.recipients: list[str] = []
         self.body_type: str | None = None
@@ -121,7 +122,9 @@ class GomailESMTP(ESMTP):
     def reply(self, code: int, status: str, text: str) -> None:
         """Send one reply line with its enhanced status code; too many errors end the session."""
         super().sendCode(code, f"{status} {text}".encode("ascii", "replace"))
-        if code >= 400 and code != 421:
+        # 421 ends the session anyway; 452 4.5.3 is the normal answer to a large
+        # recipient list (RFC 5321 4.5.3.1.10), not a client error.
+        if code >= 400 and code != 421 and status != "4.5.3":
             self._errors += 1
             if self._errors >= self.settings.maxErrors:
                 super().sendCode(421, b"4.7.0 Too many errors, closing connection")
@@ -151,8 +154,9 @@ class GomailESMTP(ESMTP):
     def _next_line(self) -> bool:
         end = self._input.find(b"\r\n")
         if end < 0:
-            if len(self._input) > MAX_COMMAND_LINE:
-                self._input = b""
+            if len(self._input) > MAX_COMMAND_LINE + 1:  # +1: a CR may wait for its LF
+                # Keep a final CR: it may be the first half of the long line's CRLF.
+                self._input = b"\r" if self._input.endswith(b"\r") else b""
                 if not self._skip_long_line:
                     self.reply(500, "5.5.2", "Line too long")
                 self._skip_long_line = True
@@ -176,6 +180,9 @@ class GomailESMTP(ESMTP):
             result.addBoth(self._unblock)
         elif isinstance(result, Deferred):
             result.addErrback(self._internal_error)
+        # A transaction that ended at once (RSET, a synchronous commit) ends a drain too.
+        if self.close_when_idle and not self.in_transaction and not self.transport.disconnecting:
+            self.close_gracefully()
 
     def _unblock(self, _: Any) -> None:
         self._blocked = False
@@ -208,7 +215,7 @@ class GomailESMTP(ESMTP):
         if not verb:
             self.reply(500, "5.5.2", "Error: bad syntax")
             return None
-        method = self.lookupMethod(verb)
+        method = self.lookupMethod(verb) if verb.isascii() else None
         if method is None:
             self.reply(500, "5.5.2", "Error: command not recognized")
             return None
@@ -227,6 +234,7 @@ class GomailESMTP(ESMTP):
             self.reply(501, "5.5.4", f"Syntax: {'EHLO' if extended else 'HELO'} hostname")
             return
         self.helo_name = rest.decode("ascii")
+        self.extended = extended
         self.reset_transaction()
         first = f"{self.settings.hostname} Hello {self.helo_name} [{self.client_host}]"
         if extended:
@@ -261,6 +269,11 @@ class GomailESMTP(ESMTP):
 
     def ext_AUTH(self, rest: bytes) -> None:
         self.reply(502, "5.5.1", "Authentication not available")
+
+    def do_UNKNOWN(self, rest: bytes) -> None:
+        # twisted's SMTP defines do_UNKNOWN, so the verb UNKNOWN would reach its
+        # reply (no enhanced status code); answer it like any unknown verb.
+        self.reply(500, "5.5.2", "Error: command not recognized")
 
     def do_NOOP(self, rest: bytes) -> None:
         self.reply(250, "2.0.0", "Ok")
@@ -336,6 +349,8 @@ class GomailESMTP(ESMTP):
         refusal = self.server.rcpt_refusal(self, path)
         if refusal is not None:
             return self.reply(*refusal)
+        if not path.domain:  # <Postmaster>, the one address without a domain (RFC 5321 4.5.1)
+            path = Path(f"postmaster@{self.settings.hostname}", path.params)
         if path.address not in self.recipients:
             self.recipients.append(path.address)
         self.reply(250, "2.1.5", "Recipient ok")

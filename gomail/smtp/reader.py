@@ -67,7 +67,7 @@ class DataReader:
         if self._in_long_line:
             newline = buf.find(b"\r\n")
             if newline < 0:
-                self._count(len(buf))
+                self._drop_long_line(buf)
                 return None
             self._count(newline + 2)
             buf = buf[newline + 2:]
@@ -89,11 +89,19 @@ class DataReader:
         if len(tail) > self._max_line + 1:
             # +1: the CR of a CRLF may be waiting in the tail.
             self._fail(LINE_TOO_LONG)
-            self._count(len(tail))
+            self._drop_long_line(tail)
             self._in_long_line = True
         else:
             self._tail = tail
         return None
+
+    def _drop_long_line(self, part: bytes) -> None:
+        """Drop part of an over-long line, keeping a final CR: it may start the CRLF (and <CRLF>.<CRLF>)."""
+        if part.endswith(b"\r"):
+            self._count(len(part) - 1)
+            self._tail = b"\r"
+        else:
+            self._count(len(part))
 
     def _count(self, octets: int) -> None:
         self.size += octets

@@ -31,7 +31,7 @@ def received_header(session: "GomailESMTP", queue_id: str, now: float) -> bytes:
         source = f"([IPv6:{ip}])"
     else:
         source = f"([{ip}])"
-    proto = protocol_name(True, session.secure, session.authenticated)
+    proto = protocol_name(session.extended, session.secure, session.authenticated)
     date = email.utils.format_datetime(datetime.datetime.fromtimestamp(now, datetime.timezone.utc))
     lines = [
         f"Received: from {session.helo_name or 'unknown'} {source}",

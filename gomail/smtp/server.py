@@ -122,7 +122,7 @@ class SMTPServer:
 
     def rcpt_refusal(self, session: GomailESMTP, path: Path) -> Refusal | None:
         """Why a recipient is refused in this session, or None."""
-        if not self.policy.may_relay(session.client_ip, session.authenticated, path.domain):
+        if path.domain and not self.policy.may_relay(session.client_ip, session.authenticated, path.domain):
             return (554, "5.7.1", f"<{path.address}>: Relay access denied")
         return None
 

@@ -48,5 +48,6 @@ class GroupSync:
                 d.errback(result)
             else:
                 d.callback(None)
-        if self._waiting:
+        # A waiter's callback may already have started the next sync (and queued more behind it).
+        if self._waiting and not self._running:
             self._start()

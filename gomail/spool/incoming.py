@@ -50,9 +50,12 @@ class IncomingMessage:
         """Add received content (already unstuffed, CRLF line endings)."""
         if self._finished or not data:
             return
+        self.size += len(data)
+        if self._failure is not None:
+            # The commit will fail with the first error; keep (and retry) nothing more.
+            return
         self._chunks.append(data)
         self._buffered += len(data)
-        self.size += len(data)
         if self._buffered >= self.FLUSH_AT and self._writing is None:
             self._flush()
 
@@ -94,8 +97,10 @@ class IncomingMessage:
         try:
             if self._failure is not None:
                 self._failure.raiseException()
-            await self._spool.run(self._spool.finish_files, self.id, fd, chunks, envelope.to_json())
-            fd = None
+            # finish_files closes the descriptor whatever happens: never close it again (another
+            # thread may have been given the same number by then).
+            handed, fd = fd, None
+            await self._spool.run(self._spool.finish_files, self.id, handed, chunks, envelope.to_json())
             await self._spool.sync_queue_directory()
         except Exception:
             # A real crash runs no cleanup; recovery handles that (see Spool.recover).

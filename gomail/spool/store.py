@@ -89,6 +89,7 @@ class Spool:
             for name in SUBDIRECTORIES:
                 os.makedirs(self.path(name), mode=0o700, exist_ok=True)
             probe = self.path("tmp", ".write-probe")
+            self.fs.unlink(probe)  # left by a crash during an earlier start: create() would refuse it
             self.fs.write_file(probe, b"probe")
             os.unlink(probe)
             leftovers = os.listdir(self.path("tmp"))
@@ -180,6 +181,13 @@ class Spool:
         """(I/O pool) Append to ``tmp/<id>.eml``, creating it first if C{fd} is None; returns the descriptor."""
         if fd is None:
             fd = self.fs.create(self.path("tmp", queue_id + ".eml"))
+            try:
+                self.fs.write(fd, chunks)
+            except BaseException:
+                # The caller never learns this descriptor: close it here or it leaks.
+                self.fs.close(fd)
+                raise
+            return fd
         self.fs.write(fd, chunks)
         return fd
 
@@ -233,8 +241,13 @@ class Spool:
 
     def _write_envelope(self, envelope: Envelope) -> None:
         tmp = self.path("tmp", envelope.id + ".json.new")
-        self.fs.write_file(tmp, envelope.to_json())
-        self.fs.rename(tmp, self.path("queue", envelope.id + ".json"))
+        try:
+            self.fs.write_file(tmp, envelope.to_json())
+            self.fs.rename(tmp, self.path("queue", envelope.id + ".json"))
+        except Exception:
+            # A leftover would make every later update of this message fail (create is O_EXCL).
+            self.fs.unlink(tmp)
+            raise
 
     async def update(self, envelope: Envelope) -> None:
         """Replace a queued message's envelope atomically and durably."""

@@ -1,0 +1,621 @@
+"""
+Tests for the durable spool (L{gomail.spool}): what a commit leaves on disk,
+what a crash or an I/O error at any step leaves, and what recovery makes of it.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from gomail.spool.envelope import (DELIVERED, FORMAT_VERSION, PENDING, Envelope, EnvelopeError,
+                                   Recipient, new_queue_id)
+from gomail.spool.incoming import IncomingMessage
+from gomail.spool.service import SpoolService
+from gomail.spool.store import SUBDIRECTORIES, Spool, SpoolError
+from tests.spooltesting import (Crash, ScriptedFileSystem, listing, make_spool, new_envelope, read,
+                                start_commit, synchronous_run)
+
+SMALL = b"Subject: hello\r\n\r\nHello, world.\r\n"
+
+
+def large_content() -> bytes:
+    """A message of several FLUSH_AT blocks (and an odd tail), every line different."""
+    lines, size, n = [], 0, 0
+    while size < 5 * IncomingMessage.FLUSH_AT + 777:
+        line = b"line %07d " % n + bytes(range(33, 127)) + b"\r\n"
+        lines.append(line)
+        size += len(line)
+        n += 1
+    return b"Subject: big\r\n\r\n" + b"".join(lines)
+
+
+class SpoolTestCase(SynchronousTestCase):
+    """Gives each test its own spool directory."""
+
+    def setUp(self) -> None:
+        self.directory = os.path.abspath(self.mktemp())
+        self.clock = Clock()
+
+    def spool(self, fs: ScriptedFileSystem | None = None, **kwargs: Any) -> Spool:
+        if fs is not None:
+            fs.root = self.directory
+            self.addCleanup(fs.close_all)
+        return make_spool(self.directory, self.clock, fs, **kwargs)
+
+    def recovered(self) -> tuple[Spool, Any]:
+        """A fresh spool on the same directory (as after a restart), prepared and recovered."""
+        spool = make_spool(self.directory, self.clock)
+        return spool, self.successResultOf(spool.recover())
+
+    def queue_entry(self, queue_id: str, envelope: bytes | None, content: bytes | None = SMALL) -> None:
+        """Put files into queue/ by hand."""
+        queue = os.path.join(self.directory, "queue")
+        os.makedirs(queue, exist_ok=True)
+        if content is not None:
+            with open(os.path.join(queue, queue_id + ".eml"), "wb") as f:
+                f.write(content)
+        if envelope is not None:
+            with open(os.path.join(queue, queue_id + ".json"), "wb") as f:
+                f.write(envelope)
+
+
+class PrepareTests(SpoolTestCase):
+    """L{Spool.prepare}, run once at start."""
+
+    def test_creates_directories(self) -> None:
+        """A spool directory that does not exist yet is created with tmp, queue, failed, corrupt and mailbox."""
+        self.directory = os.path.join(self.directory, "nested", "spool")
+        spool = self.spool()
+        self.assertEqual(sorted(os.listdir(self.directory)), sorted(SUBDIRECTORIES))
+        for name in SUBDIRECTORIES:
+            self.assertEqual(os.stat(spool.path(name)).st_mode & 0o777, 0o700, name)
+        self.assertEqual(listing(spool, "tmp"), [])
+
+    def test_empties_tmp(self) -> None:
+        """Anything left in tmp/ (unfinished messages, envelope updates) is removed, and queue/ is untouched."""
+        os.makedirs(os.path.join(self.directory, "tmp"))
+        for name in ("0001.eml", "0001.json", "0002.json.new"):
+            with open(os.path.join(self.directory, "tmp", name), "wb") as f:
+                f.write(b"partial")
+        self.queue_entry("0003", new_envelope("0003").to_json())
+        spool = self.spool()
+        self.assertEqual(listing(spool, "tmp"), [])
+        self.assertEqual(listing(spool, "queue"), ["0003.eml", "0003.json"])
+
+    def test_counts_the_queue(self) -> None:
+        """queued starts as the number of envelopes in queue/."""
+        for queue_id in ("a1", "a2"):
+            self.queue_entry(queue_id, new_envelope(queue_id).to_json())
+        self.assertEqual(self.spool().queued, 2)
+
+    def test_stale_write_probe(self) -> None:
+        """A write probe left by a crash during an earlier start does not stop the next start."""
+        os.makedirs(os.path.join(self.directory, "tmp"))
+        with open(os.path.join(self.directory, "tmp", ".write-probe"), "wb") as f:
+            f.write(b"probe")
+        spool = self.spool()
+        self.assertEqual(listing(spool, "tmp"), [])
+
+    def test_unusable_directory(self) -> None:
+        """A spool path that is a file gives a one-line SpoolError naming the directory."""
+        with open(self.directory, "wb") as f:
+            f.write(b"not a directory")
+        spool = Spool(self.directory, self.clock, synchronous_run)
+        error = self.assertRaises(SpoolError, spool.prepare)
+        self.assertIn(f"spool directory {self.directory} is not usable", str(error))
+        self.assertNotIn("\n", str(error))
+
+
+class CommitTests(SpoolTestCase):
+    """A message received and committed through L{IncomingMessage}."""
+
+    def test_committed_files(self) -> None:
+        """A commit leaves exactly queue/<id>.eml and queue/<id>.json, and nothing in tmp/."""
+        spool = self.spool()
+        envelope, d = start_commit(spool, SMALL, "a@example.com", "b@example.org", received=1234.5)
+        self.assertIsNone(self.successResultOf(d))
+        self.assertEqual(listing(spool, "queue"), [f"{envelope.id}.eml", f"{envelope.id}.json"])
+        self.assertEqual(listing(spool, "tmp"), [])
+        self.assertEqual(read(spool.message_path(envelope.id)), SMALL)
+        self.assertEqual(spool.message_path(envelope.id), spool.path("queue", envelope.id + ".eml"))
+
+    def test_envelope_on_disk(self) -> None:
+        """The .json is the envelope: sender, pending recipients, client, size and version."""
+        spool = self.spool()
+        envelope, d = start_commit(spool, SMALL, "a@example.com", "b@example.org", received=1234.5)
+        self.successResultOf(d)
+        raw = read(spool.path("queue", envelope.id + ".json"))
+        data = json.loads(raw)
+        self.assertEqual(data["version"], FORMAT_VERSION)
+        self.assertEqual(data["sender"], "sender@example.com")
+        self.assertEqual(data["recipients"], [
+            {"address": "a@example.com", "status": PENDING, "reply": None},
+            {"address": "b@example.org", "status": PENDING, "reply": None},
+        ])
+        self.assertEqual((data["client_address"], data["client_helo"]), ("192.0.2.1", "client.example"))
+        self.assertEqual(data["size"], len(SMALL))
+        self.assertEqual(data["received"], 1234.5)
+        self.assertEqual(Envelope.from_json(raw), envelope)
+
+    def test_large_message_is_byte_identical(self) -> None:
+        """Content several FLUSH_AT long is streamed in several writes and lands byte for byte."""
+        content = large_content()
+        fs = ScriptedFileSystem()
+        spool = self.spool(fs)
+        envelope, d = start_commit(spool, content, chunk=7001)
+        self.successResultOf(d)
+        self.assertEqual(read(spool.message_path(envelope.id)), content)
+        self.assertEqual(envelope.size, len(content))
+        content_writes = [s for s in fs.steps if s.startswith("write ")][:-1]  # the last one is the envelope
+        self.assertGreaterEqual(len(content_writes), 5)
+        self.assertEqual(sum(int(s.split()[1]) for s in content_writes), len(content))
+        self.assertEqual(fs.open_fds, set())
+
+    def test_empty_message(self) -> None:
+        """A message with no content at all still commits (an empty .eml)."""
+        spool = self.spool()
+        envelope, d = start_commit(spool, b"")
+        self.successResultOf(d)
+        self.assertEqual(read(spool.message_path(envelope.id)), b"")
+
+    def test_small_message_touches_no_file_before_commit(self) -> None:
+        """Below FLUSH_AT nothing is written until commit (no thread hand-off per chunk)."""
+        fs = ScriptedFileSystem()
+        spool = self.spool(fs)
+        message = spool.new_message()
+        message.write(SMALL)
+        self.assertEqual((fs.steps, message.backlog, message.size), ([], len(SMALL), len(SMALL)))
+
+    def test_commit_counts_and_notifies(self) -> None:
+        """Each commit adds one to queued and hands the envelope to every listener."""
+        spool = self.spool()
+        seen: list[Envelope] = []
+        spool.add_listener(seen.append)
+        first, d1 = start_commit(spool, SMALL)
+        second, d2 = start_commit(spool, SMALL)
+        self.successResultOf(d1)
+        self.successResultOf(d2)
+        self.assertNotEqual(first.id, second.id)
+        self.assertEqual(seen, [first, second])
+        self.assertEqual(spool.queued, 2)
+        self.assertEqual(len(listing(spool, "queue")), 4)
+
+    def test_abort_removes_everything(self) -> None:
+        """Aborting a message already partly flushed to tmp/ leaves no file."""
+        spool = self.spool()
+        message = spool.new_message()
+        message.write(large_content())
+        self.assertEqual(listing(spool, "tmp"), [message.id + ".eml"])
+        self.successResultOf(message.abort())
+        self.assertEqual(listing(spool, "tmp"), [])
+        self.assertEqual(listing(spool, "queue"), [])
+        self.assertEqual(spool.queued, 0)
+
+    def test_drain_callback(self) -> None:
+        """on_drain is called when a background write completes."""
+        spool = self.spool()
+        message = spool.new_message()
+        drained: list[None] = []
+        message.on_drain = lambda: drained.append(None)
+        message.write(b"x" * IncomingMessage.FLUSH_AT)
+        self.assertEqual((len(drained), message.backlog), (1, 0))
+
+
+class CrashTests(SpoolTestCase):
+    """
+    A crash at any step of a commit leaves, after restart and recovery, either
+    no message at all or one complete message: never a partial one.
+    """
+
+    def reference_steps(self, content: bytes) -> list[str]:
+        """The file system steps of one undisturbed commit of C{content}."""
+        directory = self.mktemp()
+        fs = ScriptedFileSystem(directory)
+        spool = make_spool(directory, Clock(), fs)
+        _, d = start_commit(spool, content)
+        self.successResultOf(d)
+        return fs.steps
+
+    def crash_at_every_step(self, content: bytes) -> None:
+        steps = self.reference_steps(content)
+        outcomes = []
+        for index, step in enumerate(steps):
+            self.directory = os.path.abspath(self.mktemp())
+            fs = ScriptedFileSystem(self.directory, fail_at=index, error=Crash())
+            spool = make_spool(self.directory, self.clock, fs)
+            envelope, d = start_commit(spool, content)
+            self.failureResultOf(d, Crash)
+            self.assertEqual(spool.queued, 0)
+            fs.close_all()
+
+            spool, report = self.recovered()
+            where = f"crash at step {index} ({step})"
+            self.assertEqual(listing(spool, "tmp"), [], where)
+            self.assertEqual(listing(spool, "corrupt"), [], where)
+            if report.envelopes:
+                self.assertEqual(report.envelopes, [envelope], where)
+                self.assertEqual(read(spool.message_path(envelope.id)), content, where)
+                self.assertEqual(listing(spool, "queue"), [envelope.id + ".eml", envelope.id + ".json"], where)
+                self.assertEqual(spool.queued, 1, where)
+                outcomes.append("complete")
+            else:
+                self.assertEqual(listing(spool, "queue"), [], where)
+                self.assertEqual(spool.queued, 0, where)
+                outcomes.append("nothing")
+        # Nothing survives until the envelope is renamed into queue/, everything after.
+        complete_from = next(i for i, s in enumerate(steps) if s.startswith("rename tmp/") and ".json" in s) + 1
+        self.assertEqual(outcomes, ["nothing"] * complete_from + ["complete"] * (len(steps) - complete_from))
+        self.assertTrue(steps[-1].startswith("fsync_directory queue"), steps)
+
+    def test_crash_at_every_step_of_a_small_commit(self) -> None:
+        """Crashing at each of create, write, fsync, close, envelope write, both renames and the directory fsync."""
+        self.crash_at_every_step(SMALL)
+
+    def test_crash_at_every_step_of_a_large_commit(self) -> None:
+        """The same for a message streamed to tmp/ in several writes before the commit."""
+        self.crash_at_every_step(large_content())
+
+    def test_commit_steps_are_the_documented_ones(self) -> None:
+        """A commit is: content written and fsynced, envelope written, both renamed (content first), directory fsynced."""
+        steps = self.reference_steps(SMALL)
+        self.assertEqual([s.split()[0] for s in steps], [
+            "create", "write", "fsync", "close",
+            "write_file", "create", "write", "fsync", "close",
+            "rename", "rename", "fsync_directory",
+        ])
+        self.assertTrue(steps[9].endswith(".eml") and steps[10].endswith(".json"), steps)
+
+    def test_crash_in_finish_files(self) -> None:
+        """Spool.finish_files interrupted after the content rename leaves an .eml that recovery removes."""
+        fs = ScriptedFileSystem(fail_at=10, error=Crash())
+        spool = self.spool(fs)
+        self.assertRaises(Crash, spool.finish_files, "0123abcd", None, [SMALL], new_envelope("0123abcd").to_json())
+        self.assertEqual(listing(spool, "queue"), ["0123abcd.eml"])
+        spool, report = self.recovered()
+        self.assertEqual((report.envelopes, report.incomplete), ([], ["0123abcd"]))
+        self.assertEqual(listing(spool, "queue"), [])
+
+
+class CommitFailureTests(SpoolTestCase):
+    """An ordinary I/O error during a commit fails the commit and leaves nothing behind."""
+
+    def assertNothingLeft(self, spool: Spool, fs: ScriptedFileSystem, where: str = "") -> None:
+        self.assertEqual(listing(spool, "tmp"), [], where)
+        self.assertEqual(listing(spool, "queue"), [], where)
+        self.assertEqual(spool.queued, 0, where)
+        self.assertEqual(fs.open_fds, set(), f"descriptors leaked {where}")
+        self.assertEqual(fs.double_closes, [], f"descriptor closed twice {where}")
+
+    def test_fsync_error(self) -> None:
+        """An EIO from fsync of the content fails the commit; no file stays in tmp/ or queue/."""
+        fs = ScriptedFileSystem(fail_at=2, error=OSError(errno.EIO, "Input/output error"))
+        spool = self.spool(fs)
+        seen: list[Envelope] = []
+        spool.add_listener(seen.append)
+        _, d = start_commit(spool, SMALL)
+        failure = self.failureResultOf(d, OSError)
+        self.assertEqual(failure.value.errno, errno.EIO)
+        self.assertEqual(fs.steps[2], "fsync")
+        self.assertEqual(seen, [])
+        self.assertNothingLeft(spool, fs)
+
+    def test_error_at_every_step(self) -> None:
+        """Whichever step fails (create, write, fsync, close, envelope, renames, directory fsync), nothing is left."""
+        for content in (SMALL, large_content()):
+            fs = ScriptedFileSystem()
+            _, d = start_commit(make_spool(self.mktemp(), Clock(), fs), content)
+            self.successResultOf(d)
+            for index, step in enumerate(fs.steps):
+                self.directory = os.path.abspath(self.mktemp())
+                failing = ScriptedFileSystem(fail_at=index, error=OSError(errno.EIO, "Input/output error"))
+                spool = self.spool(failing)
+                _, d = start_commit(spool, content)
+                self.failureResultOf(d, OSError)
+                self.assertNothingLeft(spool, failing, f"after an error at step {index} ({step})")
+
+    def test_disk_full_while_streaming(self) -> None:
+        """ENOSPC on the first background write fails the commit with it, leaving no file and no open descriptor."""
+        fs = ScriptedFileSystem(fail_at=1, error=OSError(errno.ENOSPC, "No space left on device"))
+        spool = self.spool(fs)
+        _, d = start_commit(spool, large_content())
+        self.assertEqual(self.failureResultOf(d, OSError).value.errno, errno.ENOSPC)
+        self.assertNothingLeft(spool, fs)
+
+    def test_spool_still_works_after_a_failure(self) -> None:
+        """A failed commit does not spoil the next one."""
+        fs = ScriptedFileSystem(fail_at=2, error=OSError(errno.EIO, "Input/output error"))
+        spool = self.spool(fs)
+        _, d = start_commit(spool, SMALL)
+        self.failureResultOf(d, OSError)
+        envelope, d = start_commit(spool, SMALL)
+        self.successResultOf(d)
+        self.assertEqual(listing(spool, "queue"), [envelope.id + ".eml", envelope.id + ".json"])
+        self.assertEqual(spool.queued, 1)
+
+
+class RecoverTests(SpoolTestCase):
+    """L{Spool.recover}: the start-up scan of queue/."""
+
+    def test_finds_queued_messages_in_order(self) -> None:
+        """Complete entries are reported, ordered by next attempt then id, and counted."""
+        for queue_id, next_attempt in (("b2", 5.0), ("a1", 5.0), ("c3", 1.0)):
+            envelope = new_envelope(queue_id)
+            envelope.next_attempt = next_attempt
+            self.queue_entry(queue_id, envelope.to_json())
+        spool, report = self.recovered()
+        self.assertEqual([e.id for e in report.envelopes], ["c3", "a1", "b2"])
+        self.assertEqual((report.corrupt, report.incomplete), ([], []))
+        self.assertEqual(spool.queued, 3)
+
+    def test_unreadable_envelopes_go_to_corrupt(self) -> None:
+        """Garbage, a wrong version, a mismatched id or missing fields: both files move to corrupt/."""
+        good = new_envelope("ok01").to_json()
+        wrong_version = json.loads(good)
+        wrong_version["version"] = FORMAT_VERSION + 1
+        no_recipients = json.loads(good)
+        no_recipients["recipients"] = []
+        missing_sender = json.loads(good)
+        del missing_sender["sender"]
+        bad = {
+            "garbage": b"\x00not json at all",
+            "truncated": good[:len(good) // 2],
+            "version": json.dumps(wrong_version).encode(),
+            "mismatch": new_envelope("someone-else").to_json(),
+            "norcpt": json.dumps(no_recipients).encode(),
+            "nosender": json.dumps(missing_sender).encode(),
+            "alist": b"[1, 2, 3]",
+            "badrcpt": good.replace(b'"address"', b'"adress"'),
+        }
+        for queue_id, raw in bad.items():
+            self.queue_entry(queue_id, raw)
+        self.queue_entry("ok01", good)
+        spool, report = self.recovered()
+        self.assertEqual([e.id for e in report.envelopes], ["ok01"])
+        expected = sorted(f"{queue_id}{ext}" for queue_id in bad for ext in (".eml", ".json"))
+        self.assertEqual(sorted(report.corrupt), expected)
+        self.assertEqual(listing(spool, "corrupt"), expected)
+        self.assertEqual(listing(spool, "queue"), ["ok01.eml", "ok01.json"])
+        self.assertEqual(read(spool.path("corrupt", "garbage.json")), b"\x00not json at all")
+        self.assertEqual(read(spool.path("corrupt", "garbage.eml")), SMALL)
+        self.assertEqual(spool.queued, 1)
+
+    def test_content_without_envelope_is_removed(self) -> None:
+        """An .eml without its .json was never acknowledged: it is deleted and reported incomplete."""
+        self.queue_entry("lonely", None)
+        spool, report = self.recovered()
+        self.assertEqual(report.incomplete, ["lonely"])
+        self.assertEqual(listing(spool, "queue"), [])
+        self.assertEqual(listing(spool, "corrupt"), [])
+
+    def test_envelope_without_content_goes_to_corrupt(self) -> None:
+        """A .json without its .eml cannot be delivered: it moves to corrupt/ for a human."""
+        self.queue_entry("nobody", new_envelope("nobody").to_json(), content=None)
+        spool, report = self.recovered()
+        self.assertEqual((report.envelopes, report.corrupt), ([], ["nobody.json"]))
+        self.assertEqual(listing(spool, "corrupt"), ["nobody.json"])
+        self.assertEqual(listing(spool, "queue"), [])
+
+    def test_stray_file_goes_to_corrupt(self) -> None:
+        """A file that is neither content nor envelope is set aside, not deleted."""
+        os.makedirs(os.path.join(self.directory, "queue"))
+        with open(os.path.join(self.directory, "queue", "notes.txt"), "wb") as f:
+            f.write(b"hello")
+        spool, report = self.recovered()
+        self.assertEqual(report.corrupt, ["notes.txt"])
+        self.assertEqual(listing(spool, "corrupt"), ["notes.txt"])
+
+    def test_changes_are_made_durable(self) -> None:
+        """Removing or moving entries ends with an fsync of queue/; a clean queue needs none."""
+        self.queue_entry("good", new_envelope("good").to_json())
+        fs = ScriptedFileSystem()
+        self.successResultOf(self.spool(fs).recover())
+        self.assertEqual(fs.steps, [])
+        self.queue_entry("lonely", None)
+        self.queue_entry("bad", b"garbage")
+        fs = ScriptedFileSystem()
+        self.successResultOf(self.spool(fs).recover())
+        self.assertEqual(fs.steps, ["unlink queue/lonely.eml", "fsync_directory queue"])
+
+    def test_recovered_message_is_the_committed_one(self) -> None:
+        """A message committed before a restart comes back with the same envelope and content."""
+        spool = self.spool()
+        envelope, d = start_commit(spool, large_content(), "x@example.com")
+        self.successResultOf(d)
+        spool, report = self.recovered()
+        self.assertEqual(report.envelopes, [envelope])
+        self.assertEqual(read(spool.message_path(envelope.id)), large_content())
+
+
+class UpdateRemoveTests(SpoolTestCase):
+    """Changing and removing queued messages."""
+
+    def committed(self, spool: Spool) -> Envelope:
+        envelope, d = start_commit(spool, SMALL, "a@example.com", "b@example.com")
+        self.successResultOf(d)
+        return envelope
+
+    def on_disk(self, spool: Spool, queue_id: str) -> Envelope:
+        return Envelope.from_json(read(spool.path("queue", queue_id + ".json")))
+
+    def test_update_rewrites_the_envelope(self) -> None:
+        """update() replaces the .json with the new state and leaves the content and tmp/ alone."""
+        spool = self.spool()
+        envelope = self.committed(spool)
+        envelope.attempts = 2
+        envelope.next_attempt = 600.0
+        envelope.last_error = "451 4.3.0 try later"
+        envelope.recipients[0].status = DELIVERED
+        envelope.recipients[0].reply = "250 2.0.0 ok"
+        self.successResultOf(Deferred.fromCoroutine(spool.update(envelope)))
+        self.assertEqual(self.on_disk(spool, envelope.id), envelope)
+        self.assertEqual(read(spool.message_path(envelope.id)), SMALL)
+        self.assertEqual(listing(spool, "tmp"), [])
+
+    def test_update_is_atomic(self) -> None:
+        """A crash at any step of update() leaves either the old or the new envelope, never a broken one."""
+        seen = set()
+        for index in range(20):
+            self.directory = os.path.abspath(self.mktemp())
+            spool = self.spool()
+            envelope = self.committed(spool)
+            old = self.on_disk(spool, envelope.id)
+            fs = ScriptedFileSystem(self.directory, fail_at=index, error=Crash())
+            spool.fs = fs
+            envelope.attempts = 7
+            d = Deferred.fromCoroutine(spool.update(envelope))
+            if fs.crashed:
+                self.failureResultOf(d, Crash)
+            else:
+                self.successResultOf(d)
+            fs.close_all()
+            spool, report = self.recovered()
+            self.assertEqual(len(report.envelopes), 1, f"crash at step {index}")
+            self.assertIn(report.envelopes[0].attempts, (old.attempts, 7))
+            seen.add(report.envelopes[0].attempts)
+            if not fs.crashed:
+                break
+        self.assertEqual(seen, {0, 7})
+
+    def test_update_after_a_failed_update(self) -> None:
+        """An update that failed (disk full) does not make every later update of the message fail."""
+        spool = self.spool()
+        envelope = self.committed(spool)
+        spool.fs = ScriptedFileSystem(fail_at=2, error=OSError(errno.ENOSPC, "No space left on device"))
+        envelope.attempts = 1
+        self.failureResultOf(Deferred.fromCoroutine(spool.update(envelope)), OSError)
+        self.assertEqual(self.on_disk(spool, envelope.id).attempts, 0)
+        envelope.attempts = 2
+        self.successResultOf(Deferred.fromCoroutine(spool.update(envelope)))
+        self.assertEqual(self.on_disk(spool, envelope.id).attempts, 2)
+        self.assertEqual(listing(spool, "tmp"), [])
+
+    def test_remove_deletes_both_files(self) -> None:
+        """remove() deletes the envelope and the content, and the queue count goes down."""
+        spool = self.spool()
+        keep = self.committed(spool)
+        gone = self.committed(spool)
+        self.successResultOf(Deferred.fromCoroutine(spool.remove(gone.id)))
+        self.assertEqual(listing(spool, "queue"), [keep.id + ".eml", keep.id + ".json"])
+        self.assertEqual(spool.queued, 1)
+
+    def test_remove_deletes_the_envelope_first(self) -> None:
+        """A crash between the two unlinks leaves only content, which recovery discards (no corrupt entry)."""
+        spool = self.spool()
+        envelope = self.committed(spool)
+        spool.fs = ScriptedFileSystem(self.directory, fail_at=1, error=Crash())
+        self.failureResultOf(Deferred.fromCoroutine(spool.remove(envelope.id)), Crash)
+        self.assertEqual(listing(spool, "queue"), [envelope.id + ".eml"])
+        spool, report = self.recovered()
+        self.assertEqual((report.envelopes, report.corrupt), ([], []))
+        self.assertEqual(listing(spool, "queue"), [])
+
+
+class FreeSpaceTests(SpoolTestCase):
+    """L{Spool.has_free_space}, checked on every MAIL."""
+
+    def test_enough_space(self) -> None:
+        """With no minimum there is always space."""
+        self.assertTrue(self.spool().has_free_space())
+        self.assertGreater(self.spool().free_bytes(), 0)
+
+    def test_not_enough_space(self) -> None:
+        """A minimum larger than any disk means no space."""
+        self.assertFalse(self.spool(min_free_bytes=2 ** 62).has_free_space())
+
+    def test_answer_is_cached_for_a_second(self) -> None:
+        """The answer is reused for one second of the clock, then checked again."""
+        spool = self.spool(min_free_bytes=2 ** 62)
+        self.assertFalse(spool.has_free_space())
+        spool.min_free_bytes = 0
+        self.clock.advance(0.999)
+        self.assertFalse(spool.has_free_space())
+        self.clock.advance(0.001)
+        self.assertTrue(spool.has_free_space())
+
+    def test_missing_directory_means_no_space(self) -> None:
+        """If the spool directory cannot be examined, intake is refused rather than risked."""
+        spool = Spool(os.path.join(self.directory, "absent"), self.clock, synchronous_run)
+        self.assertFalse(spool.has_free_space())
+
+
+class EnvelopeTests(SynchronousTestCase):
+    """The JSON envelope format."""
+
+    def test_round_trip(self) -> None:
+        """Every field survives to_json/from_json."""
+        envelope = Envelope(id="abc", sender="", recipients=[Recipient("a@x", DELIVERED, "250 ok"), Recipient("b@y")],
+                            received=1.5, client_address="::1", client_helo="h", tls=True, auth_user="u",
+                            body_type="8BITMIME", size=10, attempts=3, next_attempt=99.0, last_error="e",
+                            extra={"k": [1]})
+        self.assertEqual(Envelope.from_json(envelope.to_json()), envelope)
+        self.assertEqual([r.address for r in envelope.pending()], ["b@y"])
+
+    def test_bad_envelopes(self) -> None:
+        """Anything but a complete envelope of the known version raises EnvelopeError."""
+        good = json.loads(new_envelope("x").to_json())
+        for raw in (b"", b"{", b"null", b"[]", b'"x"', json.dumps({**good, "version": 2}).encode(),
+                    json.dumps({k: v for k, v in good.items() if k != "version"}).encode(),
+                    json.dumps({**good, "id": ""}).encode(), json.dumps({**good, "recipients": [1]}).encode(),
+                    json.dumps({**good, "surprise": 1}).encode(), b"\xff\xfe"):
+            self.assertRaises(EnvelopeError, Envelope.from_json, raw)
+
+    def test_queue_ids(self) -> None:
+        """Queue ids are unique and sort in arrival order."""
+        ids = [new_queue_id(t) for t in (1.0, 1.0, 1.000001, 2.5, 1e9)]
+        self.assertEqual(len(set(ids)), len(ids))
+        self.assertEqual(sorted(ids[2:]), ids[2:])
+        self.assertTrue(all(len(i) == 21 and all(c in "0123456789abcdef" for c in i) for i in ids))
+
+
+class FakeConsumer:
+    """Collects what the spool service hands over."""
+
+    def __init__(self) -> None:
+        self.envelopes: list[Envelope] = []
+
+    def enqueue(self, envelope: Envelope) -> None:
+        self.envelopes.append(envelope)
+
+
+class SpoolServiceTests(SpoolTestCase):
+    """L{SpoolService}: prepare and recover at start, then feed the consumer."""
+
+    def test_start_hands_over_queued_then_new_messages(self) -> None:
+        """Messages found at start go to the consumer, then each newly committed one."""
+        self.queue_entry("old1", new_envelope("old1").to_json())
+        self.queue_entry("bad1", b"garbage")
+        os.makedirs(os.path.join(self.directory, "tmp"))
+        with open(os.path.join(self.directory, "tmp", "unfinished.eml"), "wb") as f:
+            f.write(b"partial")
+        spool = Spool(self.directory, self.clock, synchronous_run)
+        consumer = FakeConsumer()
+        service = SpoolService(spool, consumer)
+        self.successResultOf(service.startService())
+        self.assertEqual([e.id for e in consumer.envelopes], ["old1"])
+        self.assertEqual(listing(spool, "tmp"), [])
+        self.assertEqual(listing(spool, "corrupt"), ["bad1.eml", "bad1.json"])
+        envelope, d = start_commit(spool, SMALL)
+        self.successResultOf(d)
+        self.assertEqual([e.id for e in consumer.envelopes], ["old1", envelope.id])
+        self.assertEqual(spool.queued, 2)
+
+    def test_start_without_consumer(self) -> None:
+        """With no consumer (relay not available) the spool is still prepared and recovered."""
+        self.queue_entry("old1", new_envelope("old1").to_json())
+        spool = Spool(self.directory, self.clock, synchronous_run)
+        self.successResultOf(SpoolService(spool, None).startService())
+        self.assertEqual(spool.queued, 1)
+
+    def test_start_fails_for_an_unusable_spool(self) -> None:
+        """An unusable spool directory fails the start with a SpoolError."""
+        with open(self.directory, "wb") as f:
+            f.write(b"a file")
+        service = SpoolService(Spool(self.directory, self.clock, synchronous_run), FakeConsumer())
+        self.failureResultOf(service.startService(), SpoolError)
