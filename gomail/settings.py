@@ -76,7 +76,8 @@ def endpoints(values: tuple[str, ...]) -> str | None:
 
     for value in values:
         try:
-            # Parsing only stores the reactor, so no reactor is needed to check the syntax.
+            # Parsing only stores the reactor, so no reactor is needed to check the
+            # syntax (an ssl: description also reads its certificate files).
             serverFromString(None, value)
         except Exception as e:  # endpoint parsers raise ValueError, KeyError, TypeError...
             return f"{value!r} is not a valid endpoint description ({e})"

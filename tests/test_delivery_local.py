@@ -244,6 +244,18 @@ class LocalDeliveryServiceTests(MaildirTestCase):
         self.assertEqual(len(agent.calls), 2)
         self.assertEqual(listing(self.spool, "queue"), [])
 
+    def test_recovered_message_keeps_its_retry_time(self) -> None:
+        """A message recovered with next_attempt in the future is delivered then, not at once."""
+        agent = FakeAgent()
+        service = self.service(agent)
+        envelope = self.commit("a@example.com")
+        envelope.next_attempt = self.clock.seconds() + 30
+        service.enqueue(envelope)
+        self.assertEqual(agent.calls, [])
+        self.clock.advance(30)
+        self.assertEqual(len(agent.calls), 1)
+        self.assertEqual(listing(self.spool, "queue"), [])
+
     def test_retry_attempts_accumulate(self) -> None:
         """Each failed attempt adds one to attempts on disk."""
         agent = FakeAgent()

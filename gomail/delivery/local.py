@@ -42,6 +42,10 @@ class LocalDeliveryService(Service):
         if envelope.id in self._known:
             return
         self._known.add(envelope.id)
+        delay = envelope.next_attempt - self.clock.seconds()
+        if delay > 0:  # recovered after a temporary failure: keep its retry time
+            self._timers[envelope.id] = self.clock.callLater(delay, self._retry, envelope)
+            return
         self._ready.append(envelope)
         self._pump()
 

@@ -262,5 +262,5 @@ class Spool:
     async def remove(self, queue_id: str) -> None:
         """Delete a delivered message from the queue, durably."""
         await self.run(self._remove_files, queue_id)
-        self.queued -= 1
+        self.queued = max(0, self.queued - 1)
         await self.sync_queue_directory()
