@@ -17,6 +17,10 @@ from gomail.smtp.policy import RelayPolicy
 from gomail.smtp.server import SMTPServer, SMTPService
 from gomail.spool.service import SpoolService
 from gomail.spool.store import Spool
+from gomail.spool.writer import BatchWriter
+
+#: Local Maildir deliveries in flight at once.
+LOCAL_CONCURRENCY = 64
 from gomail.tls import server_context
 
 
@@ -70,7 +74,9 @@ def build_service(config: Config, reactor: Any) -> GomailService:
     root = GomailService(config)
     io = ThreadPoolService(reactor, "gomail-io", config.spool.ioThreads)
     io.setServiceParent(root)
-    spool = Spool(config.spool.directory, reactor, io.run,
+    writer = BatchWriter(reactor)
+    writer.setServiceParent(root)
+    spool = Spool(config.spool.directory, reactor, io.run, writer=writer,
                   min_free_bytes=config.spool.minFreeSpaceMB * 1024 * 1024)
     root.spool = spool
 
@@ -79,8 +85,10 @@ def build_service(config: Config, reactor: Any) -> GomailService:
         root.log.warn("forwardSMTP is set but relay delivery is not available in this version: "
                       "mail stays queued in {directory}", directory=config.spool.directory)
     else:
-        agent = MaildirDelivery(spool.path("mailbox"), config.smtp.hostname, io.run)
-        consumer = LocalDeliveryService(spool, agent, reactor, config.workerCount)
+        agent = MaildirDelivery(spool.path("mailbox"), config.smtp.hostname, writer)
+        # Local copies are cheap and batch well in the writer: more at once than
+        # workerCount (which is sized for remote deliveries).
+        consumer = LocalDeliveryService(spool, agent, reactor, max(config.workerCount, LOCAL_CONCURRENCY))
     SpoolService(spool, consumer).setServiceParent(root)
     if consumer is not None:
         consumer.setServiceParent(root)

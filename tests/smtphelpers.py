@@ -29,6 +29,7 @@ from gomail.smtp.server import SMTPServer
 from gomail.spool.envelope import Envelope
 from gomail.spool.fs import FileSystem
 from gomail.spool.store import Spool
+from gomail.spool.writer import run_batch
 
 HOSTNAME = "mx.test"
 LOCAL_DOMAIN = "example.com"
@@ -57,11 +58,22 @@ class ManualRun:
         self.pending.append((f, args, kwargs, d))
         return d
 
+    def submit(self, job: Callable[[], Any]) -> Deferred:
+        """The spool writer's interface: the durable job waits like any other call."""
+        return self(_run_job, job)
+
     def release(self) -> None:
         """Run every waiting call (and any they start), in order."""
         while self.pending:
             f, args, kwargs, d = self.pending.pop(0)
             maybeDeferred(f, *args, **kwargs).chainDeferred(d)
+
+
+def _run_job(job: Callable[[], Any]) -> Any:
+    [(ok, value)] = run_batch([job], FileSystem())
+    if not ok:
+        value.raiseException()
+    return value
 
 
 class FailingFsync(FileSystem):
@@ -169,7 +181,7 @@ class SMTPHarness:
     A server with its spool, clock and relay policy, for one test.
 
     The spool lives in C{directory}; its I/O runs synchronously unless a C{run}
-    is given. Clients connect from 127.0.0.1 (trusted) unless told otherwise.
+    is given (a L{ManualRun} also holds the spool writer's durable jobs). Clients connect from 127.0.0.1 (trusted) unless told otherwise.
     """
 
     def __init__(self, directory: str, *, tls: bool = False, queue_size: int = 1000,
@@ -183,7 +195,7 @@ class SMTPHarness:
         self.policy = RelayPolicy(self.settings.trustedNetworks, local_domains,
                                   require_auth=require_auth, allow_local_only=allow_local_only)
         self.spool = Spool(os.path.join(directory, "spool"), self.clock, run, fs=fs,
-                           min_free_bytes=min_free_bytes)
+                           min_free_bytes=min_free_bytes, writer=run if isinstance(run, ManualRun) else None)
         self.spool.prepare()
         self.tls_context = tls_context(os.path.join(directory, "tls-data")) if tls else None
         self.server = SMTPServer(self.settings, self.policy, self.spool, self.clock, self.tls_context,

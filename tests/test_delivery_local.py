@@ -22,6 +22,7 @@ from gomail.spool.envelope import DELIVERED, FAILED, PENDING, Envelope, Recipien
 from gomail.spool.fs import FileSystem
 from gomail.spool.service import SpoolService
 from gomail.spool.store import Spool
+from gomail.spool.writer import ImmediateWriter
 from tests.spooltesting import listing, make_spool, read, start_commit, synchronous_run
 
 CONTENT = b"Received: from client\r\nSubject: hi\r\n\r\nline one\r\nline two\r\nno newline at the end"
@@ -64,7 +65,7 @@ class MaildirTestCase(SynchronousTestCase):
         self.clock = Clock()
         self.clock.advance(1700000000.25)
         self.spool = make_spool(os.path.abspath(self.mktemp()), self.clock)
-        self.agent = MaildirDelivery(self.spool.path("mailbox"), "mx.example", synchronous_run)
+        self.agent = MaildirDelivery(self.spool.path("mailbox"), "mx.example", ImmediateWriter())
 
     def commit(self, *recipients: str, content: bytes = CONTENT) -> Envelope:
         envelope, d = start_commit(self.spool, content, *recipients, received=self.clock.seconds())
@@ -133,14 +134,17 @@ class MaildirDeliveryTests(MaildirTestCase):
 
     def test_hostname_cannot_break_the_file_name(self) -> None:
         """A '/' or ':' in the host name does not end up in the file name."""
-        agent = MaildirDelivery(self.spool.path("mailbox"), "odd/host:name", synchronous_run)
+        agent = MaildirDelivery(self.spool.path("mailbox"), "odd/host:name", ImmediateWriter())
         envelope = self.commit("a@example.com")
         self.deliver(envelope, agent)
         [name] = os.listdir(self.box("a@example.com"))
         self.assertTrue(name.endswith(".odd_host_name"), name)
 
     def test_write_error_is_temporary(self) -> None:
-        """An fsync error for one recipient is a 451 naming the error; the others are still delivered."""
+        """
+        An fsync error fails the copies written with it (451 naming the error,
+        nothing in new/ or tmp/); the next attempt delivers them.
+        """
 
         class FailFirstFsync(FileSystem):
             failed = False
@@ -151,17 +155,17 @@ class MaildirDeliveryTests(MaildirTestCase):
                     raise OSError(errno.EIO, "Input/output error")
                 super().fsync(fd)
 
-        agent = MaildirDelivery(self.spool.path("mailbox"), "mx.example", synchronous_run, fs=FailFirstFsync())
+        fs = FailFirstFsync()
+        agent = MaildirDelivery(self.spool.path("mailbox"), "mx.example", ImmediateWriter(fs), fs=fs)
         envelope = self.commit("a@example.com", "b@example.com")
-        self.assertEqual(self.deliver(envelope, agent), {
-            "a@example.com": (451, "4.3.0 Mailbox write failed: Input/output error"),
-            "b@example.com": (250, "2.0.0 Delivered to mailbox"),
-        })
-        self.assertEqual(os.listdir(self.box("a@example.com")), [])
-        # The next attempt delivers, despite the file left in tmp/ by the failed one.
-        self.deliver(envelope, agent)
+        failed = (451, "4.3.0 Mailbox write failed: Input/output error")
+        self.assertEqual(self.deliver(envelope, agent), {"a@example.com": failed, "b@example.com": failed})
+        for address in ("a@example.com", "b@example.com"):
+            self.assertEqual(os.listdir(self.box(address)), [])
+            self.assertEqual(os.listdir(self.box(address, "tmp")), [])
+        delivered = (250, "2.0.0 Delivered to mailbox")
+        self.assertEqual(self.deliver(envelope, agent), {"a@example.com": delivered, "b@example.com": delivered})
         self.assertEqual(len(os.listdir(self.box("a@example.com"))), 1)
-        self.assertEqual(os.listdir(self.box("a@example.com", "tmp")), [])
 
     def test_missing_content_is_temporary(self) -> None:
         """If the queued content cannot be read, every recipient gets a 451."""
@@ -385,7 +389,7 @@ class StartUpDeliveryTests(MaildirTestCase):
         """Mail left queued by the last run and mail committed after start both reach the mailbox."""
         old = self.commit("a@example.com")
         spool = Spool(self.spool.directory, self.clock, synchronous_run)
-        agent = MaildirDelivery(spool.path("mailbox"), "mx.example", synchronous_run)
+        agent = MaildirDelivery(spool.path("mailbox"), "mx.example", ImmediateWriter())
         delivery = LocalDeliveryService(spool, agent, self.clock, 2)
         self.successResultOf(SpoolService(spool, delivery).startService())
         delivery.startService()
@@ -397,3 +401,19 @@ class StartUpDeliveryTests(MaildirTestCase):
         self.assertTrue(any(old.id in n for n in names) and any(new.id in n for n in names), names)
         self.assertEqual(listing(spool, "queue"), [])
         self.assertEqual(spool.queued, 0)
+
+
+class CopyWithLFTests(SynchronousTestCase):
+    """copy_with_lf: CRLF to LF, whatever the block boundaries."""
+
+    def test_crlf_split_across_blocks(self) -> None:
+        """A CRLF cut between two blocks still becomes one LF; a bare CR at the very end is kept."""
+        import io
+
+        from gomail.delivery.maildir import copy_with_lf
+
+        data = b"a\r\nbb\r\nccc\r\n\r\nd\r"
+        for block in range(1, len(data) + 1):
+            out: list[bytes] = []
+            copy_with_lf(io.BytesIO(data), out.append, block)
+            self.assertEqual(b"".join(out), b"a\nbb\nccc\n\nd\r", block)

@@ -263,20 +263,26 @@ class CrashTests(SpoolTestCase):
         self.crash_at_every_step(large_content())
 
     def test_commit_steps_are_the_documented_ones(self) -> None:
-        """A commit is: content written and fsynced, envelope written, both renamed (content first), directory fsynced."""
+        """
+        A commit is: content and envelope written, both fsynced (by the writer,
+        together with the rest of its batch), both renamed (content first),
+        directory fsynced.
+        """
         steps = self.reference_steps(SMALL)
         self.assertEqual([s.split()[0] for s in steps], [
-            "create", "write", "fsync", "close",
-            "write_file", "create", "write", "fsync", "close",
+            "create", "write", "create", "write", "fsync", "fsync", "close", "close",
             "rename", "rename", "fsync_directory",
         ])
-        self.assertTrue(steps[9].endswith(".eml") and steps[10].endswith(".json"), steps)
+        self.assertTrue(steps[8].endswith(".eml") and steps[9].endswith(".json"), steps)
 
     def test_crash_in_finish_files(self) -> None:
         """Spool.finish_files interrupted after the content rename leaves an .eml that recovery removes."""
-        fs = ScriptedFileSystem(fail_at=10, error=Crash())
+        fs = ScriptedFileSystem(fail_at=9, error=Crash())
         spool = self.spool(fs)
-        self.assertRaises(Crash, spool.finish_files, "0123abcd", None, [SMALL], new_envelope("0123abcd").to_json())
+        job = spool.finish_files("0123abcd", None, [SMALL], new_envelope("0123abcd").to_json())
+        for fd in next(job):
+            fs.fsync(fd)
+        self.assertRaises(Crash, job.send, None)
         self.assertEqual(listing(spool, "queue"), ["0123abcd.eml"])
         spool, report = self.recovered()
         self.assertEqual((report.envelopes, report.incomplete), ([], ["0123abcd"]))
@@ -295,14 +301,14 @@ class CommitFailureTests(SpoolTestCase):
 
     def test_fsync_error(self) -> None:
         """An EIO from fsync of the content fails the commit; no file stays in tmp/ or queue/."""
-        fs = ScriptedFileSystem(fail_at=2, error=OSError(errno.EIO, "Input/output error"))
+        fs = ScriptedFileSystem(fail_at=4, error=OSError(errno.EIO, "Input/output error"))
         spool = self.spool(fs)
         seen: list[Envelope] = []
         spool.add_listener(seen.append)
         _, d = start_commit(spool, SMALL)
         failure = self.failureResultOf(d, OSError)
         self.assertEqual(failure.value.errno, errno.EIO)
-        self.assertEqual(fs.steps[2], "fsync")
+        self.assertEqual(fs.steps[4], "fsync")
         self.assertEqual(seen, [])
         self.assertNothingLeft(spool, fs)
 

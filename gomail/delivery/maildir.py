@@ -13,7 +13,23 @@ from gomail.interfaces import IDeliveryAgent
 from gomail.spool.envelope import Envelope, Recipient
 from gomail.spool.fs import FileSystem
 
+DELIVERED_REPLY = (250, "2.0.0 Delivered to mailbox")
 _UNSAFE = re.compile(r"[^a-z0-9@._+=-]|^\.")
+
+
+def copy_with_lf(source: Any, write: Callable[[bytes], None], block: int = 1 << 20) -> None:
+    """Copy a CRLF file as LF lines (the Maildir convention), a block at a time."""
+    carry = b""
+    while True:
+        data = source.read(block)
+        if not data:
+            break
+        data = carry + data
+        # A CR at the end of a block may be the first half of a CRLF.
+        carry = b"\r" if data.endswith(b"\r") else b""
+        write(data[:len(data) - len(carry)].replace(b"\r\n", b"\n"))
+    if carry:
+        write(carry)
 
 
 def mailbox_name(address: str) -> str:
@@ -25,18 +41,18 @@ def mailbox_name(address: str) -> str:
 class MaildirDelivery:
     """
     Writes each recipient's copy to ``mailbox/<address>/new/`` the Maildir way:
-    into ``tmp/``, fsynced, renamed into ``new/``, directory fsynced. The file
+    into ``tmp/``, fsynced, renamed into ``new/``; the spool writer fsyncs
+    ``new/`` once for its whole batch before the result is reported. The file
     name is derived from the queue id, so a copy delivered before a crash is
     recognised and not delivered twice.
     """
 
     name = "mailbox"
 
-    def __init__(self, directory: str, hostname: str, run: Callable[..., Deferred],
-                 fs: FileSystem | None = None) -> None:
+    def __init__(self, directory: str, hostname: str, writer: Any, fs: FileSystem | None = None) -> None:
         self.directory = directory
         self.hostname = hostname.replace("/", "_").replace(":", "_")
-        self.run = run
+        self.writer = writer
         self.fs = fs or FileSystem()
 
     def deliver(self, envelope: Envelope, message_path: str, recipients: list[Recipient]) -> Deferred:
@@ -44,38 +60,66 @@ class MaildirDelivery:
         # retry of a copy that was delivered before a crash finds it again.
         positions = {r.address: i for i, r in enumerate(envelope.recipients)}
         targets = [(positions.get(r.address, 0), r.address) for r in recipients]
-        return self.run(self._deliver_all, envelope, message_path, targets)
+        return self.writer.submit(lambda: self._deliver_all(envelope, message_path, targets))
 
-    def _deliver_all(self, envelope: Envelope, message_path: str, targets: list[tuple[int, str]]) -> dict[str, Any]:
-        results = {}
-        for index, address in targets:
+    def _deliver_all(self, envelope: Envelope, message_path: str, targets: list[tuple[int, str]]) -> Any:
+        """
+        (writer, generator) Write every copy into its Maildir's tmp/, yield the
+        descriptors for the writer to fsync, then rename into new/; ends with
+        the results and the new/ directories to fsync with the batch.
+        """
+        results: dict[str, tuple[int, str]] = {}
+        copies: list[tuple[str, str, str, int]] = []  # address, tmp path, final path, fd
+        try:
+            for index, address in targets:
+                try:
+                    copy = self._write_copy(envelope, message_path, address, index)
+                except OSError as e:
+                    results[address] = (451, f"4.3.0 Mailbox write failed: {e.strerror}")
+                    continue
+                if copy is None:
+                    results[address] = DELIVERED_REPLY  # delivered by an earlier attempt
+                else:
+                    copies.append(copy)
             try:
-                self._deliver_one(envelope, message_path, address, index)
-                results[address] = (250, "2.0.0 Delivered to mailbox")
+                yield [fd for _, _, _, fd in copies]
+                synced = True
             except OSError as e:
+                synced, error = False, e
+        finally:
+            for _, _, _, fd in copies:
+                self.fs.close(fd)
+        touched = []
+        for address, tmp, final, _ in copies:
+            try:
+                if not synced:
+                    raise error
+                self.fs.rename(tmp, final)
+                touched.append(os.path.dirname(final))
+                results[address] = DELIVERED_REPLY
+            except OSError as e:
+                self.fs.unlink(tmp)
                 results[address] = (451, f"4.3.0 Mailbox write failed: {e.strerror}")
-        return results
+        return results, touched
 
-    def _deliver_one(self, envelope: Envelope, message_path: str, address: str, index: int) -> None:
+    def _write_copy(self, envelope: Envelope, message_path: str, address: str,
+                    index: int) -> tuple[str, str, str, int] | None:
+        """Write one copy into tmp/ (not yet fsynced); None when it is already in new/ or cur/."""
         box = os.path.join(self.directory, mailbox_name(address))
         for sub in ("tmp", "new", "cur"):
             os.makedirs(os.path.join(box, sub), mode=0o700, exist_ok=True)
         name = f"{int(envelope.received)}.{envelope.id}_{index}.{self.hostname}"
         final = os.path.join(box, "new", name)
         if os.path.exists(final) or any(n.startswith(name) for n in os.listdir(os.path.join(box, "cur"))):
-            return
+            return None
         tmp = os.path.join(box, "tmp", name)
         self.fs.unlink(tmp)
         fd = self.fs.create(tmp)
         try:
             with open(message_path, "rb") as source:
-                # Maildir files use LF line endings.
-                for line in source:
-                    if line.endswith(b"\r\n"):
-                        line = line[:-2] + b"\n"
-                    self.fs.write(fd, [line])
-            self.fs.fsync(fd)
-        finally:
+                copy_with_lf(source, lambda data: self.fs.write(fd, [data]))
+        except BaseException:
             self.fs.close(fd)
-        self.fs.rename(tmp, final)
-        self.fs.fsync_directory(os.path.join(box, "new"))
+            self.fs.unlink(tmp)
+            raise
+        return address, tmp, final, fd

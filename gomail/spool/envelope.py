@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
@@ -57,7 +57,9 @@ class Envelope:
 
     def to_json(self) -> bytes:
         """Serialise for the spool (UTF-8 JSON, one object)."""
-        data = asdict(self)
+        # Built by hand: dataclasses.asdict deep-copies, and this runs for every message.
+        data = dict(self.__dict__)
+        data["recipients"] = [r.__dict__ for r in self.recipients]
         data["version"] = FORMAT_VERSION
         return json.dumps(data, separators=(",", ":"), sort_keys=True).encode("utf-8")
 

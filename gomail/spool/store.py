@@ -18,6 +18,7 @@ arrived (its sender got no 250) and moves unreadable entries to ``corrupt/``.
 
 from __future__ import annotations
 
+import inspect
 import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -28,8 +29,8 @@ from twisted.logger import Logger
 
 from gomail.spool.envelope import Envelope, EnvelopeError, new_queue_id
 from gomail.spool.fs import FileSystem
-from gomail.spool.groupsync import GroupSync
 from gomail.spool.incoming import IncomingMessage
+from gomail.spool.writer import ImmediateWriter
 
 RunInThread = Callable[..., Deferred]
 SUBDIRECTORIES = ("tmp", "queue", "failed", "corrupt", "mailbox")
@@ -52,25 +53,38 @@ class Spool:
     """
     The spool directory and every file operation on it.
 
-    Blocking work goes through C{run} (normally C{deferToThreadPool} on the
-    spool's I/O pool), never on the reactor thread; tests pass a synchronous
-    C{run} and a L{FileSystem} that fails on purpose.
+    Blocking work never runs on the reactor thread: durable changes go to the
+    C{writer} (a L{gomail.spool.writer.BatchWriter} in production), other file
+    work through C{run} (normally C{deferToThreadPool} on an I/O pool). Tests
+    pass a synchronous C{run}, the default L{ImmediateWriter}, and a
+    L{FileSystem} that fails on purpose.
     """
 
     log = Logger()
 
     def __init__(self, directory: str, clock: IReactorTime, run: RunInThread,
-                 fs: FileSystem | None = None, min_free_bytes: int = 0) -> None:
+                 fs: FileSystem | None = None, min_free_bytes: int = 0, writer: Any = None) -> None:
         self.directory = directory
         self.clock = clock
         self.run = run
+        self.writer = writer if writer is not None else ImmediateWriter()
         self.fs = fs or FileSystem()
         self.min_free_bytes = min_free_bytes
         self.queued = 0
         self._listeners: list[Callable[[Envelope], Any]] = []
-        self._queue_sync = GroupSync(lambda: self.run(self.fs.fsync_directory, self.path("queue")))
         self._space_checked_at: float | None = None
         self._space_ok = True
+
+    @property
+    def fs(self) -> FileSystem:
+        """The file operations in use (tests swap in failing ones)."""
+        return self._fs
+
+    @fs.setter
+    def fs(self, fs: FileSystem) -> None:
+        self._fs = fs
+        if isinstance(self.writer, ImmediateWriter):
+            self.writer.fs = fs
 
     def path(self, *parts: str) -> str:
         """A path inside the spool directory."""
@@ -191,19 +205,40 @@ class Spool:
         self.fs.write(fd, chunks)
         return fd
 
-    def finish_files(self, queue_id: str, fd: int | None, chunks: list[bytes], envelope: bytes) -> None:
-        """(I/O pool) Write the rest, fsync content and envelope, rename both into ``queue/``."""
+    def durably(self, function: Callable[..., Any], *args: Any) -> Deferred:
+        """
+        Run C{function(*args)} in the writer; fires once it and the C{queue/}
+        directory are on disk. A generator C{function} yields its descriptors
+        for the writer to fsync (see L{gomail.spool.writer}).
+        """
+        queue = self.path("queue")
+
+        def job() -> Any:
+            result = function(*args)
+            return result if inspect.isgenerator(result) else (None, [queue])
+        return self.writer.submit(job)
+
+    def finish_files(self, queue_id: str, fd: int | None, chunks: list[bytes], envelope: bytes) -> Any:
+        """
+        (writer, generator) Write the rest of the content and the envelope, have
+        both fsynced, then rename them into ``queue/`` (content first).
+        """
         fs = self.fs
         if fd is None:
             fd = fs.create(self.path("tmp", queue_id + ".eml"))
         try:
             fs.write(fd, chunks)
-            fs.fsync(fd)
+            envelope_fd = fs.create(self.path("tmp", queue_id + ".json"))
+            try:
+                fs.write(envelope_fd, [envelope])
+                yield [fd, envelope_fd]
+            finally:
+                fs.close(envelope_fd)
         finally:
             fs.close(fd)
-        fs.write_file(self.path("tmp", queue_id + ".json"), envelope)
         fs.rename(self.path("tmp", queue_id + ".eml"), self.path("queue", queue_id + ".eml"))
         fs.rename(self.path("tmp", queue_id + ".json"), self.path("queue", queue_id + ".json"))
+        return None, [self.path("queue")]
 
     def discard_files(self, queue_id: str, fd: int | None) -> None:
         """(I/O pool) Remove every trace of a message that was not committed."""
@@ -218,10 +253,6 @@ class Spool:
                     self.fs.unlink(self.path(name, queue_id + ext))
                 except OSError as e:
                     self.log.error("could not remove {path}: {error}", path=e.filename, error=e.strerror)
-
-    def sync_queue_directory(self) -> Deferred:
-        """Fires once ``queue/`` has been fsynced after this call (shared with concurrent callers)."""
-        return self._queue_sync.sync()
 
     def committed(self, envelope: Envelope) -> None:
         """Record a newly committed message and tell the listeners."""
@@ -239,11 +270,17 @@ class Spool:
         """Where a queued message's content is."""
         return self.path("queue", queue_id + ".eml")
 
-    def _write_envelope(self, envelope: Envelope) -> None:
+    def _write_envelope(self, envelope: Envelope) -> Any:
         tmp = self.path("tmp", envelope.id + ".json.new")
         try:
-            self.fs.write_file(tmp, envelope.to_json())
+            fd = self.fs.create(tmp)
+            try:
+                self.fs.write(fd, [envelope.to_json()])
+                yield [fd]
+            finally:
+                self.fs.close(fd)
             self.fs.rename(tmp, self.path("queue", envelope.id + ".json"))
+            return None, [self.path("queue")]
         except Exception:
             # A leftover would make every later update of this message fail (create is O_EXCL).
             self.fs.unlink(tmp)
@@ -251,8 +288,7 @@ class Spool:
 
     async def update(self, envelope: Envelope) -> None:
         """Replace a queued message's envelope atomically and durably."""
-        await self.run(self._write_envelope, envelope)
-        await self.sync_queue_directory()
+        await self.durably(self._write_envelope, envelope)
 
     def _remove_files(self, queue_id: str) -> None:
         # The envelope goes first: without it the content is an uncommitted leftover.
@@ -261,6 +297,5 @@ class Spool:
 
     async def remove(self, queue_id: str) -> None:
         """Delete a delivered message from the queue, durably."""
-        await self.run(self._remove_files, queue_id)
+        await self.durably(self._remove_files, queue_id)
         self.queued = max(0, self.queued - 1)
-        await self.sync_queue_directory()

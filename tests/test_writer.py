@@ -1,0 +1,119 @@
+"""The spool writer: durable jobs in batches, one directory fsync per directory per batch."""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from gomail.spool.fs import FileSystem
+from gomail.spool.writer import BatchWriter, ImmediateWriter, run_batch
+
+
+class CountingFileSystem(FileSystem):
+    """Counts directory fsyncs, and can make them fail."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.directory_syncs: list[str] = []
+        self.fail = fail
+
+    def fsync_directory(self, path: str) -> None:
+        self.directory_syncs.append(path)
+        if self.fail:
+            raise OSError(errno.EIO, "Input/output error")
+        super().fsync_directory(path)
+
+
+class FakeReactor:
+    """Collects callFromThread calls, to be run by the test in the test's thread."""
+
+    def __init__(self) -> None:
+        self.calls: list = []
+        self.lock = threading.Lock()
+
+    def callFromThread(self, f, *args) -> None:
+        with self.lock:
+            self.calls.append((f, args))
+
+    def run_calls(self) -> None:
+        for f, args in self.calls:
+            f(*args)
+        self.calls = []
+
+
+class RunBatchTests(SynchronousTestCase):
+    """run_batch: the unit of group commit."""
+
+    def setUp(self) -> None:
+        self.a = os.path.abspath(self.mktemp())
+        self.b = os.path.abspath(self.mktemp())
+        os.makedirs(self.a)
+        os.makedirs(self.b)
+
+    def test_each_directory_synced_once(self) -> None:
+        """Ten jobs touching two directories cost two directory fsyncs, and each job gets its result."""
+        fs = CountingFileSystem()
+        jobs = [(lambda i=i: (i, [self.a if i % 2 else self.b])) for i in range(10)]
+        outcomes = run_batch(jobs, fs)
+        self.assertEqual(outcomes, [(True, i) for i in range(10)])
+        self.assertEqual(sorted(fs.directory_syncs), sorted([self.a, self.b]))
+
+    def test_failed_job_does_not_fail_the_others(self) -> None:
+        """A job that raises fails alone; the directories of the others are still synced."""
+        fs = CountingFileSystem()
+
+        def broken():
+            raise OSError(errno.ENOSPC, "No space left on device")
+        outcomes = run_batch([lambda: (1, [self.a]), broken, lambda: (3, [self.a])], fs)
+        self.assertEqual([ok for ok, _ in outcomes], [True, False, True])
+        self.assertTrue(outcomes[1][1].check(OSError))
+        self.assertEqual(fs.directory_syncs, [self.a])
+
+    def test_directory_sync_failure_fails_the_batch(self) -> None:
+        """If a directory fsync fails, no job of the batch is reported durable."""
+        fs = CountingFileSystem(fail=True)
+        outcomes = run_batch([lambda: (1, [self.a]), lambda: (2, [])], fs)
+        self.assertEqual([ok for ok, _ in outcomes], [False, False])
+        self.assertIn("Input/output error", outcomes[0][1].getErrorMessage())
+
+    def test_immediate_writer(self) -> None:
+        """ImmediateWriter runs the job at once and fires its Deferred with the result or the failure."""
+        writer = ImmediateWriter(CountingFileSystem())
+        self.assertEqual(self.successResultOf(writer.submit(lambda: ("done", [self.a]))), "done")
+        self.failureResultOf(writer.submit(lambda: 1 / 0), ZeroDivisionError)
+
+
+class BatchWriterTests(SynchronousTestCase):
+    """BatchWriter: a real thread, reporting through the reactor's callFromThread."""
+
+    def test_jobs_waiting_together_share_a_batch(self) -> None:
+        """
+        Jobs submitted while the thread is busy run as one batch: 20 jobs on one
+        directory submitted while the first job blocks cost 2 batches and 2 fsyncs.
+        """
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        fs = CountingFileSystem()
+        reactor = FakeReactor()
+        writer = BatchWriter(reactor, fs)
+        writer.startService()
+        gate = threading.Event()
+        started = threading.Event()
+
+        def first():
+            started.set()
+            gate.wait(10)
+            return 0, [directory]
+        results: list = []
+        writer.submit(first).addCallback(results.append)
+        self.assertTrue(started.wait(10))
+        for i in range(1, 21):
+            writer.submit(lambda i=i: (i, [directory])).addCallback(results.append)
+        gate.set()
+        writer.stopService()  # joins the thread: every job submitted before has run
+        reactor.run_calls()
+        self.assertEqual(results, list(range(21)))
+        self.assertEqual(writer.batches, 2)
+        self.assertEqual(fs.directory_syncs, [directory, directory])
