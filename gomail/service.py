@@ -85,7 +85,11 @@ def build_service(config: Config, reactor: Any) -> GomailService:
         root.log.warn("forwardSMTP is set but relay delivery is not available in this version: "
                       "mail stays queued in {directory}", directory=config.spool.directory)
     else:
-        agent = MaildirDelivery(spool.path("mailbox"), config.smtp.hostname, writer)
+        # Its own writer thread, so Maildir copies never delay the commits that
+        # SMTP clients are waiting on.
+        mailbox_writer = BatchWriter(reactor, name="gomail-mailbox-writer")
+        mailbox_writer.setServiceParent(root)
+        agent = MaildirDelivery(spool.path("mailbox"), config.smtp.hostname, mailbox_writer)
         # Local copies are cheap and batch well in the writer: more at once than
         # workerCount (which is sized for remote deliveries).
         consumer = LocalDeliveryService(spool, agent, reactor, max(config.workerCount, LOCAL_CONCURRENCY))

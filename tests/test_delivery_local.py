@@ -26,7 +26,7 @@ from gomail.spool.writer import ImmediateWriter
 from tests.spooltesting import listing, make_spool, read, start_commit, synchronous_run
 
 CONTENT = b"Received: from client\r\nSubject: hi\r\n\r\nline one\r\nline two\r\nno newline at the end"
-MAILDIR_CONTENT = b"Received: from client\nSubject: hi\n\nline one\nline two\nno newline at the end"
+MAILDIR_CONTENT = CONTENT  # stored exactly as queued (CRLF)
 
 
 class MailboxNameTests(SynchronousTestCase):
@@ -88,7 +88,7 @@ class MaildirDeliveryTests(MaildirTestCase):
         self.assertTrue(verifyObject(IDeliveryAgent, self.agent))
 
     def test_delivers_into_new(self) -> None:
-        """Each recipient gets one file in mailbox/<address>/new/, with LF line endings."""
+        """Each recipient gets one file in mailbox/<address>/new/, byte-identical to the queued content."""
         envelope = self.commit("Alice@Example.com", "bob@example.org")
         self.assertEqual(self.deliver(envelope), {
             "Alice@Example.com": (250, "2.0.0 Delivered to mailbox"),
@@ -115,15 +115,50 @@ class MaildirDeliveryTests(MaildirTestCase):
         self.assertEqual(self.deliver(envelope), {"a@example.com": (250, "2.0.0 Delivered to mailbox")})
         self.assertEqual(len(os.listdir(self.box("a@example.com"))), 1)
 
-    def test_no_duplicate_after_the_reader_moved_it(self) -> None:
-        """A copy already moved to cur/ by a mail reader still counts as delivered."""
+    def test_copy_is_a_hard_link_to_the_queued_file(self) -> None:
+        """On the same file system the copy is a hard link: no data written, the queue file has one more link."""
+        envelope = self.commit("a@example.com", "b@example.com")
+        self.deliver(envelope)
+        queued = os.stat(self.spool.message_path(envelope.id))
+        self.assertEqual(queued.st_nlink, 3)
+        [name] = os.listdir(self.box("a@example.com"))
+        self.assertEqual(os.stat(os.path.join(self.box("a@example.com"), name)).st_ino, queued.st_ino)
+
+    def test_copied_when_a_link_is_impossible(self) -> None:
+        """When link() fails with EXDEV (another file system) the content is copied and fsynced instead."""
+
+        class NoLinks(FileSystem):
+            fsynced = 0
+
+            def link(self, source: str, target: str) -> None:
+                raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+            def fsync(self, fd: int) -> None:
+                self.fsynced += 1
+                super().fsync(fd)
+
+        fs = NoLinks()
+        agent = MaildirDelivery(self.spool.path("mailbox"), "mx.example", ImmediateWriter(fs), fs=fs)
+        envelope = self.commit("a@example.com")
+        self.assertEqual(self.deliver(envelope, agent), {"a@example.com": (250, "2.0.0 Delivered to mailbox")})
+        [name] = os.listdir(self.box("a@example.com"))
+        self.assertEqual(read(os.path.join(self.box("a@example.com"), name)), CONTENT)
+        self.assertEqual(os.stat(self.spool.message_path(envelope.id)).st_nlink, 1)
+        self.assertEqual(fs.fsynced, 1)
+
+    def test_copy_moved_by_a_reader_may_be_delivered_again(self) -> None:
+        """
+        Only new/ is checked for an earlier copy (listing cur/ on every delivery
+        would cost O(mailbox size)): a copy a reader already moved to cur/ is
+        delivered again, as at-least-once delivery allows, and never lost.
+        """
         envelope = self.commit("a@example.com")
         self.deliver(envelope)
         [name] = os.listdir(self.box("a@example.com"))
         os.rename(os.path.join(self.box("a@example.com"), name), os.path.join(self.box("a@example.com", "cur"),
                                                                                name + ":2,S"))
         self.deliver(envelope)
-        self.assertEqual(os.listdir(self.box("a@example.com")), [])
+        self.assertEqual(os.listdir(self.box("a@example.com")), [name])
         self.assertEqual(os.listdir(self.box("a@example.com", "cur")), [name + ":2,S"])
 
     def test_different_messages_are_different_files(self) -> None:
@@ -147,7 +182,12 @@ class MaildirDeliveryTests(MaildirTestCase):
         """
 
         class FailFirstFsync(FileSystem):
+            """Copies (no hard links), and the first fsync fails."""
+
             failed = False
+
+            def link(self, source: str, target: str) -> None:
+                raise OSError(errno.EXDEV, "Invalid cross-device link")
 
             def fsync(self, fd: int) -> None:
                 if not self.failed:
@@ -166,6 +206,18 @@ class MaildirDeliveryTests(MaildirTestCase):
         delivered = (250, "2.0.0 Delivered to mailbox")
         self.assertEqual(self.deliver(envelope, agent), {"a@example.com": delivered, "b@example.com": delivered})
         self.assertEqual(len(os.listdir(self.box("a@example.com"))), 1)
+
+    def test_directory_fsync_error_fails_the_attempt(self) -> None:
+        """If new/ cannot be fsynced the attempt fails as a whole (a temporary fault of the agent)."""
+
+        class FailDirectorySync(FileSystem):
+            def fsync_directory(self, path: str) -> None:
+                raise OSError(errno.EIO, "Input/output error")
+
+        agent = MaildirDelivery(self.spool.path("mailbox"), "mx.example", ImmediateWriter(FailDirectorySync()))
+        envelope = self.commit("a@example.com")
+        self.failureResultOf(agent.deliver(envelope, self.spool.message_path(envelope.id), envelope.pending()),
+                             OSError)
 
     def test_missing_content_is_temporary(self) -> None:
         """If the queued content cannot be read, every recipient gets a 451."""
@@ -401,19 +453,3 @@ class StartUpDeliveryTests(MaildirTestCase):
         self.assertTrue(any(old.id in n for n in names) and any(new.id in n for n in names), names)
         self.assertEqual(listing(spool, "queue"), [])
         self.assertEqual(spool.queued, 0)
-
-
-class CopyWithLFTests(SynchronousTestCase):
-    """copy_with_lf: CRLF to LF, whatever the block boundaries."""
-
-    def test_crlf_split_across_blocks(self) -> None:
-        """A CRLF cut between two blocks still becomes one LF; a bare CR at the very end is kept."""
-        import io
-
-        from gomail.delivery.maildir import copy_with_lf
-
-        data = b"a\r\nbb\r\nccc\r\n\r\nd\r"
-        for block in range(1, len(data) + 1):
-            out: list[bytes] = []
-            copy_with_lf(io.BytesIO(data), out.append, block)
-            self.assertEqual(b"".join(out), b"a\nbb\nccc\n\nd\r", block)

@@ -102,7 +102,7 @@ class TwistdGomailTests(TestCase):
             parsed = email.message_from_bytes(raw)
             self.assertIn("mx.test (gomail)", parsed["Received"])
             self.assertEqual(parsed["Subject"], "integration")
-            self.assertTrue(raw.endswith(b"Hello Bob.\n.leading dot line\nBye.\n"), raw)
+            self.assertTrue(raw.endswith(b"\r\n\r\nHello Bob.\r\n.leading dot line\r\nBye.\r\n"), raw)
         protocols = sorted(email.message_from_bytes(raw)["Received"].split(" with ")[1].split()[0]
                            for raw in self.delivered())
         self.assertEqual(protocols, ["ESMTP", "ESMTPS", "ESMTPS"])

@@ -39,7 +39,7 @@ class BuildServiceTests(SynchronousTestCase):
         """I/O pool, spool, local delivery, then SMTP: listeners come last, so they open after recovery."""
         service = build_service(config_in(self.directory), self.reactor)
         names = [type(child).__name__ for child in service]
-        self.assertEqual(names, ["ThreadPoolService", "BatchWriter", "SpoolService", "LocalDeliveryService", "SMTPService"])
+        self.assertEqual(names, ["ThreadPoolService", "BatchWriter", "BatchWriter", "SpoolService", "LocalDeliveryService", "SMTPService"])
         self.assertEqual(self.reactor.tcpServers, [])
 
     def test_forward_smtp_has_no_local_consumer(self) -> None:

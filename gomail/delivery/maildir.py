@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 from typing import Any, Callable
@@ -17,21 +18,6 @@ DELIVERED_REPLY = (250, "2.0.0 Delivered to mailbox")
 _UNSAFE = re.compile(r"[^a-z0-9@._+=-]|^\.")
 
 
-def copy_with_lf(source: Any, write: Callable[[bytes], None], block: int = 1 << 20) -> None:
-    """Copy a CRLF file as LF lines (the Maildir convention), a block at a time."""
-    carry = b""
-    while True:
-        data = source.read(block)
-        if not data:
-            break
-        data = carry + data
-        # A CR at the end of a block may be the first half of a CRLF.
-        carry = b"\r" if data.endswith(b"\r") else b""
-        write(data[:len(data) - len(carry)].replace(b"\r\n", b"\n"))
-    if carry:
-        write(carry)
-
-
 def mailbox_name(address: str) -> str:
     """The directory name for an address: lower-cased, anything unsafe %-escaped."""
     return _UNSAFE.sub(lambda m: "%{:02X}".format(ord(m.group())), address.lower())
@@ -40,9 +26,16 @@ def mailbox_name(address: str) -> str:
 @implementer(IDeliveryAgent)
 class MaildirDelivery:
     """
-    Writes each recipient's copy to ``mailbox/<address>/new/`` the Maildir way:
-    into ``tmp/``, fsynced, renamed into ``new/``; the spool writer fsyncs
-    ``new/`` once for its whole batch before the result is reported. The file
+    Gives each recipient the message in ``mailbox/<address>/new/`` the Maildir
+    way: into ``tmp/``, then renamed into ``new/``; the writer fsyncs ``new/``
+    once for its whole batch before the result is reported.
+
+    The copy is a hard link to the queued file, which is already on disk (it was
+    fsynced before its 250): only directory entries change, so delivery costs no
+    data write and no file fsync, and N recipients share one inode. Where a link
+    is impossible (the mailbox on another file system) the content is copied and
+    fsynced instead. Either way the message is stored exactly as queued, with
+    CRLF line endings (Maildir readers such as Dovecot accept them). The file
     name is derived from the queue id, so a copy delivered before a crash is
     recognised and not delivered twice.
     """
@@ -54,6 +47,7 @@ class MaildirDelivery:
         self.hostname = hostname.replace("/", "_").replace(":", "_")
         self.writer = writer
         self.fs = fs or FileSystem()
+        self._boxes: set[str] = set()  # Maildirs known to exist (touched only by the writer thread)
 
     def deliver(self, envelope: Envelope, message_path: str, recipients: list[Recipient]) -> Deferred:
         # The index in the envelope (not in this call's list) names the file, so a
@@ -64,12 +58,12 @@ class MaildirDelivery:
 
     def _deliver_all(self, envelope: Envelope, message_path: str, targets: list[tuple[int, str]]) -> Any:
         """
-        (writer, generator) Write every copy into its Maildir's tmp/, yield the
-        descriptors for the writer to fsync, then rename into new/; ends with
-        the results and the new/ directories to fsync with the batch.
+        (writer, generator) Put every copy into its Maildir's tmp/, yield the
+        descriptors of written copies for the writer to fsync, then rename into
+        new/; ends with the results and the new/ directories to fsync.
         """
         results: dict[str, tuple[int, str]] = {}
-        copies: list[tuple[str, str, str, int]] = []  # address, tmp path, final path, fd
+        copies: list[tuple[str, str, str, int | None]] = []  # address, tmp, final, fd (None: a link)
         try:
             for index, address in targets:
                 try:
@@ -82,13 +76,14 @@ class MaildirDelivery:
                 else:
                     copies.append(copy)
             try:
-                yield [fd for _, _, _, fd in copies]
+                yield [fd for _, _, _, fd in copies if fd is not None]
                 synced = True
             except OSError as e:
                 synced, error = False, e
         finally:
             for _, _, _, fd in copies:
-                self.fs.close(fd)
+                if fd is not None:
+                    self.fs.close(fd)
         touched = []
         for address, tmp, final, _ in copies:
             try:
@@ -103,21 +98,32 @@ class MaildirDelivery:
         return results, touched
 
     def _write_copy(self, envelope: Envelope, message_path: str, address: str,
-                    index: int) -> tuple[str, str, str, int] | None:
-        """Write one copy into tmp/ (not yet fsynced); None when it is already in new/ or cur/."""
+                    index: int) -> tuple[str, str, str, int | None] | None:
+        """Link (or write, not yet fsynced) one copy into tmp/; None when it is already in new/."""
         box = os.path.join(self.directory, mailbox_name(address))
-        for sub in ("tmp", "new", "cur"):
-            os.makedirs(os.path.join(box, sub), mode=0o700, exist_ok=True)
+        if box not in self._boxes:
+            for sub in ("tmp", "new", "cur"):
+                os.makedirs(os.path.join(box, sub), mode=0o700, exist_ok=True)
+            self._boxes.add(box)
         name = f"{int(envelope.received)}.{envelope.id}_{index}.{self.hostname}"
         final = os.path.join(box, "new", name)
-        if os.path.exists(final) or any(n.startswith(name) for n in os.listdir(os.path.join(box, "cur"))):
+        # A copy delivered before a crash is still in new/ unless a mail reader
+        # already moved it to cur/ (then it is delivered again: at least once).
+        if os.path.exists(final):
             return None
         tmp = os.path.join(box, "tmp", name)
         self.fs.unlink(tmp)
+        try:
+            self.fs.link(message_path, tmp)
+            return address, tmp, final, None
+        except OSError as e:
+            if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+                raise
         fd = self.fs.create(tmp)
         try:
             with open(message_path, "rb") as source:
-                copy_with_lf(source, lambda data: self.fs.write(fd, [data]))
+                while data := source.read(1 << 20):
+                    self.fs.write(fd, [data])
         except BaseException:
             self.fs.close(fd)
             self.fs.unlink(tmp)

@@ -36,6 +36,10 @@ class FileSystem:
     def rename(self, source: str, target: str) -> None:
         os.rename(source, target)
 
+    def link(self, source: str, target: str) -> None:
+        """Make C{target} another name for C{source} (a hard link)."""
+        os.link(source, target)
+
     def fsync_directory(self, path: str) -> None:
         """Make renames and unlinks in a directory durable."""
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)

@@ -127,7 +127,8 @@ class BatchWriter(Service):
     """
 
     def __init__(self, reactor: Any, fs: FileSystem | None = None, max_batch: int = 512,
-                 fsync_threads: int = 8) -> None:
+                 fsync_threads: int = 8, name: str = "gomail-spool-writer") -> None:
+        self.thread_name = name
         self.reactor = reactor
         self.fs = fs or FileSystem()
         self.max_batch = max_batch
@@ -145,8 +146,8 @@ class BatchWriter(Service):
 
     def startService(self) -> None:
         super().startService()
-        self._fsyncs = ThreadPoolExecutor(self.fsync_threads, thread_name_prefix="gomail-fsync")
-        self._thread = threading.Thread(target=self._loop, name="gomail-spool-writer", daemon=True)
+        self._fsyncs = ThreadPoolExecutor(self.fsync_threads, thread_name_prefix=self.thread_name + "-fsync")
+        self._thread = threading.Thread(target=self._loop, name=self.thread_name, daemon=True)
         self._thread.start()
 
     def stopService(self) -> Deferred:
