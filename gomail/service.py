@@ -74,7 +74,7 @@ def build_service(config: Config, reactor: Any) -> GomailService:
     root = GomailService(config)
     io = ThreadPoolService(reactor, "gomail-io", config.spool.ioThreads)
     io.setServiceParent(root)
-    writer = BatchWriter(reactor)
+    writer = BatchWriter(reactor, fsync_threads=config.spool.ioThreads)
     writer.setServiceParent(root)
     spool = Spool(config.spool.directory, reactor, io.run, writer=writer,
                   min_free_bytes=config.spool.minFreeSpaceMB * 1024 * 1024)
@@ -87,8 +87,9 @@ def build_service(config: Config, reactor: Any) -> GomailService:
     else:
         # Its own writer thread, so Maildir copies never delay the commits that
         # SMTP clients are waiting on.
-        mailbox_writer = BatchWriter(reactor, name="gomail-mailbox-writer")
+        mailbox_writer = BatchWriter(reactor, fsync_threads=config.spool.ioThreads, name="gomail-mailbox-writer")
         mailbox_writer.setServiceParent(root)
+        spool.removal_writer = mailbox_writer
         agent = MaildirDelivery(spool.path("mailbox"), config.smtp.hostname, mailbox_writer)
         # Local copies are cheap and batch well in the writer: more at once than
         # workerCount (which is sized for remote deliveries).

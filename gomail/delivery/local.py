@@ -101,7 +101,9 @@ class LocalDeliveryService(Service):
             self.log.info("{queue_id} to <{recipient}>: {agent} {reply}", queue_id=envelope.id,
                           recipient=recipient.address, agent=self.agent.name, reply=recipient.reply)
         if not envelope.pending():
-            await self.spool.remove(envelope.id)
+            # Not durable: a removal lost in a crash only redelivers, and the
+            # Maildir agent recognises a copy it already delivered.
+            await self.spool.remove(envelope.id, durable=False)
             self._known.discard(envelope.id)
             return
         envelope.attempts += 1

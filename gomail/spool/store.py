@@ -70,6 +70,9 @@ class Spool:
         self.writer = writer if writer is not None else ImmediateWriter()
         self.fs = fs or FileSystem()
         self.min_free_bytes = min_free_bytes
+        #: Where removals go (default: the writer): a second writer keeps them
+        #: from delaying the commits that SMTP clients wait on.
+        self.removal_writer: Any = None
         self.queued = 0
         self._listeners: list[Callable[[Envelope], Any]] = []
         self._space_checked_at: float | None = None
@@ -295,7 +298,14 @@ class Spool:
         self.fs.unlink(self.path("queue", queue_id + ".json"))
         self.fs.unlink(self.path("queue", queue_id + ".eml"))
 
-    async def remove(self, queue_id: str) -> None:
-        """Delete a delivered message from the queue, durably."""
-        await self.durably(self._remove_files, queue_id)
+    async def remove(self, queue_id: str, durable: bool = True) -> None:
+        """
+        Delete a delivered message from the queue. With C{durable}, only once the
+        removal is on disk; without, a crash may bring the message back, which
+        suits deliveries that recognise a repeat (the Maildir one does) and
+        keeps a directory fsync off the intake path.
+        """
+        directories = [self.path("queue")] if durable else []
+        writer = self.removal_writer or self.writer
+        await writer.submit(lambda: (self._remove_files(queue_id), directories))
         self.queued = max(0, self.queued - 1)
