@@ -1,0 +1,561 @@
+#!/usr/bin/env python3
+"""
+Measurement helper for bench/intake.sh (standard library only).
+
+Subcommands:
+  freeport                      print a free TCP port on 127.0.0.1
+  wait-log FILE TEXT --pid PID  wait (bounded) until FILE contains TEXT
+  wait-port PORT                wait (bounded) until 127.0.0.1:PORT accepts
+  srcstate REPO DIR...          fingerprint of the source a gomail run imports
+  load --out F [--server-pid P] -- CMD...
+                                run the load generator, record wall time,
+                                server CPU (utime+stime of P) and machine CPU
+  drain --kind gomail|postfix --out F ...
+                                wait (bounded) until everything accepted has
+                                been delivered, count accepted/delivered and
+                                collect warnings from the server's log
+  summarize --runs DIR --out F  aggregate the per-run JSON files, print the
+                                table and write the summary JSON
+
+Every wait here has a deadline; nothing loops unbounded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import hashlib
+import json
+import os
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# -- small utilities ----------------------------------------------------------
+
+def proc_cpu_seconds(pid: int) -> float | None:
+    """utime+stime of a whole process (all threads), in seconds; None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            data = f.read()
+    except OSError:
+        return None
+    # The command name (field 2) may contain spaces: split after its closing parenthesis.
+    fields = data[data.rindex(")") + 2:].split()
+    utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of stat(5)
+    return (utime + stime) / CLK_TCK
+
+
+def proc_cpu_split(pid: int) -> tuple[float, float] | None:
+    """(utime, stime) of a whole process in seconds; None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            data = f.read()
+    except OSError:
+        return None
+    fields = data[data.rindex(")") + 2:].split()
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+
+
+def context_switches(pid: int) -> int | None:
+    """Voluntary + involuntary context switches of the process's live threads."""
+    total = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/status") as f:
+                for line in f:
+                    if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                        total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+def machine_cpu() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs, from /proc/stat."""
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:]]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+    total = sum(values[:8])  # guest time is already counted in user
+    return total - idle, total
+
+
+def loadavg() -> float:
+    with open("/proc/loadavg") as f:
+        return float(f.read().split()[0])
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        return state != "Z"
+    except OSError:
+        return False
+
+
+def read_text(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def count_files(directory: str, suffix: str = "") -> int:
+    try:
+        return sum(1 for name in os.listdir(directory) if name.endswith(suffix))
+    except OSError:
+        return 0
+
+
+# -- freeport / wait-log --------------------------------------------------------
+
+def cmd_freeport(args: argparse.Namespace) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        print(s.getsockname()[1])
+    return 0
+
+
+def cmd_wait_log(args: argparse.Namespace) -> int:
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        if args.text in read_text(args.file):
+            return 0
+        if args.pid and not alive(args.pid):
+            print(f"process {args.pid} exited before {args.text!r} appeared in {args.file}", file=sys.stderr)
+            return 1
+        time.sleep(0.1)
+    print(f"timed out after {args.timeout} s waiting for {args.text!r} in {args.file}", file=sys.stderr)
+    return 1
+
+
+def cmd_wait_port(args: argparse.Namespace) -> int:
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", args.port), timeout=1):
+                return 0
+        except OSError:
+            time.sleep(0.1)
+    print(f"timed out after {args.timeout} s waiting for 127.0.0.1:{args.port} to accept", file=sys.stderr)
+    return 1
+
+
+def cmd_srcstate(args: argparse.Namespace) -> int:
+    """
+    Fingerprint of the gomail source a server is about to import: a hash of
+    every .py file under the package directories and the uncommitted changes
+    git sees (read-only git commands). The working tree may be shared with
+    other work: a run whose source differs from the others is flagged.
+    """
+    digest = hashlib.sha256()
+    for top in args.dirs:
+        for root, dirs, files in sorted(os.walk(os.path.join(args.repo, top))):
+            dirs.sort()
+            for name in sorted(files):
+                if name.endswith(".py"):
+                    path = os.path.join(root, name)
+                    digest.update(os.path.relpath(path, args.repo).encode() + b"\0")
+                    with open(path, "rb") as f:
+                        digest.update(f.read())
+    try:
+        head = subprocess.run(["git", "-C", args.repo, "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, timeout=30).stdout.strip()
+        dirty = subprocess.run(["git", "-C", args.repo, "status", "--porcelain", "--", *args.dirs, "setup.cfg"],
+                               capture_output=True, text=True, timeout=30).stdout.splitlines()
+    except (OSError, subprocess.SubprocessError):
+        head, dirty = "unknown", []
+    print(json.dumps({"sha256": digest.hexdigest()[:16], "commit": head, "uncommitted": dirty}))
+    return 0
+
+
+# -- load -----------------------------------------------------------------------
+
+def cmd_load(args: argparse.Namespace) -> int:
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    result: dict = {"command": command, "loadavg_start": loadavg()}
+    cpu_before = proc_cpu_seconds(args.server_pid) if args.server_pid else None
+    split_before = proc_cpu_split(args.server_pid) if args.server_pid else None
+    cs_before = context_switches(args.server_pid) if args.server_pid else None
+    busy0, total0 = machine_cpu()
+    stopping: list[int] = []
+    children: list[subprocess.Popen] = []
+
+    def stop_child(signum, frame):
+        # The bench script is stopping: take the load generator along (the
+        # wait below returns once it has gone; a second signal kills it).
+        stopping.append(signum)
+        for child in children:
+            child.send_signal(signal.SIGTERM if len(stopping) == 1 else signal.SIGKILL)
+
+    signal.signal(signal.SIGTERM, stop_child)
+    signal.signal(signal.SIGINT, stop_child)
+    with open(args.output_file, "wb") as output:
+        start = time.monotonic()
+        if not stopping:
+            children.append(subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT,
+                                             stdin=subprocess.DEVNULL))
+            rc = children[0].wait()
+        if stopping:
+            return 128 + stopping[0]
+        wall = time.monotonic() - start
+    cpu_after = proc_cpu_seconds(args.server_pid) if args.server_pid else None
+    split_after = proc_cpu_split(args.server_pid) if args.server_pid else None
+    cs_after = context_switches(args.server_pid) if args.server_pid else None
+    busy1, total1 = machine_cpu()
+    lines = [line for line in read_text(args.output_file).splitlines() if line.strip()]
+    result.update({
+        "rc": rc,
+        "wall_s": wall,
+        "machine_busy_pct": 100.0 * (busy1 - busy0) / max(1, total1 - total0),
+        "loadgen_output_lines": len(lines),
+        "loadgen_output_first": lines[:20],
+    })
+    if cpu_before is not None and cpu_after is not None:
+        result["server_cpu_intake_s"] = cpu_after - cpu_before
+        result["server_cpu_before_s"] = cpu_before
+    if split_before and split_after:
+        result["server_utime_intake_s"] = split_after[0] - split_before[0]
+        result["server_stime_intake_s"] = split_after[1] - split_before[1]
+    if cs_before is not None and cs_after is not None:
+        result["server_context_switches_intake"] = cs_after - cs_before
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=1)
+    return 0
+
+
+# -- drain ----------------------------------------------------------------------
+
+GOMAIL_QUEUED = re.compile(r"#info\] queued \S+ (?:from|for) ")
+GOMAIL_DELIVERED = re.compile(r"#info\] \S+ to <[^>]*>: \S+ 2\d\d ")
+GOMAIL_LEVEL = re.compile(r"^\S+ \[([^\]#]*)#(warn|error|critical)\] (.*)$")
+POSTFIX_DISCONNECT = re.compile(r"postfix/smtpd\[\d+\]: disconnect from .* data=(\d+)(?:/(\d+))?")
+POSTFIX_PROBLEM = re.compile(r"(warning|fatal|panic|error): |reject: |status=(deferred|bounced)")
+SINK_COUNT = re.compile(r"mesg=(\d+)")
+# qmgr's "mail for X is using up N of N active queue entries" is followed by advice lines
+POSTFIX_ADVICE = re.compile(r"qmgr\[\d+\]: warning: (you may need|so that Postfix|please avoid|lots of deferred|to turn off these)")
+POSTFIX_LINE_PREFIX = re.compile(r"^\w{3} [ \d]\d \d\d:\d\d:\d\d \S+ ")
+
+
+def gomail_counts(args: argparse.Namespace) -> dict:
+    log = read_text(args.log)
+    return {
+        "accepted": len(GOMAIL_QUEUED.findall(log)),
+        "delivered": count_files(args.maildir),
+        "delivered_logged": len(GOMAIL_DELIVERED.findall(log)),
+        "still_queued": count_files(args.queue_dir, ".json"),
+    }
+
+
+def gomail_problems(log: str) -> dict:
+    """Warnings/errors/tracebacks in the twistd text log, grouped by message."""
+    groups: dict[str, dict] = {}
+    tracebacks = 0
+    for line in log.splitlines():
+        if "Traceback (most recent call last)" in line:
+            tracebacks += 1
+        m = GOMAIL_LEVEL.match(line)
+        if not m:
+            continue
+        if "no TLS certificate configured" in m.group(3):
+            continue  # expected: the bench uses the generated self-signed certificate
+        # group by the message with ids and numbers blurred
+        key = f"{m.group(2)} {m.group(1)}: " + re.sub(r"\b[0-9a-f]{12,}\b|\d+", "N", m.group(3))
+        g = groups.setdefault(key, {"count": 0, "example": line})
+        g["count"] += 1
+    return {"tracebacks": tracebacks,
+            "groups": sorted(({"key": k, **v} for k, v in groups.items()), key=lambda g: -g["count"])}
+
+
+def postfix_counts(args: argparse.Namespace) -> dict:
+    log = read_text(args.log)
+    accepted = sessions = 0
+    for ok, _total in POSTFIX_DISCONNECT.findall(log):
+        accepted += int(ok)
+        sessions += 1
+    counts = SINK_COUNT.findall(read_text(args.sink_out))
+    return {"accepted": accepted, "sessions_logged": sessions,
+            "delivered": int(counts[-1]) if counts else 0}
+
+
+def postfix_problems(log: str) -> dict:
+    groups: dict[str, dict] = {}
+    for line in log.splitlines():
+        if not POSTFIX_PROBLEM.search(line) or POSTFIX_ADVICE.search(line):
+            continue
+        body = POSTFIX_LINE_PREFIX.sub("", line)
+        key = re.sub(r"\[\d+\]|\b[0-9A-F]{8,}\b|\d+", "N", body)
+        g = groups.setdefault(key, {"count": 0, "example": line})
+        g["count"] += 1
+    return {"groups": sorted(({"key": k, **v} for k, v in groups.items()), key=lambda g: -g["count"])}
+
+
+def cmd_drain(args: argparse.Namespace) -> int:
+    """
+    Wait until delivered >= accepted (and, for gomail, the queue is empty), at
+    most --timeout seconds, giving up earlier after --stall seconds without
+    progress. For Postfix, 'accepted' comes from smtpd's per-session log summary,
+    which postlogd writes asynchronously: the count must also stop moving.
+    """
+    counts_of = gomail_counts if args.kind == "gomail" else postfix_counts
+    start = time.monotonic()
+    deadline = start + args.timeout
+    last, last_change = None, start
+    while True:
+        now = time.monotonic()
+        counts = counts_of(args)
+        if counts != last:
+            last, last_change = counts, now
+        if args.kind == "gomail":
+            done = counts["delivered"] >= counts["accepted"] and counts["still_queued"] == 0
+        else:
+            # every session of the load has been logged (or the log has been quiet 2 s)
+            logged = counts["sessions_logged"] >= args.expected_sessions or now - last_change >= 2.0
+            done = logged and counts["delivered"] >= counts["accepted"]
+        if done:
+            break
+        if now >= deadline or now - last_change >= args.stall:
+            counts["drain_incomplete"] = True
+            break
+        time.sleep(0.2)
+    drained_at = time.monotonic()
+    with open(args.load_json) as f:
+        load = json.load(f)
+    result = dict(counts)
+    result["drain_wait_s"] = drained_at - start
+    if args.server_pid and "server_cpu_before_s" in load:
+        cpu = proc_cpu_seconds(args.server_pid)
+        if cpu is not None:
+            result["server_cpu_total_s"] = cpu - load["server_cpu_before_s"]
+    log = read_text(args.log)
+    result["problems"] = gomail_problems(log) if args.kind == "gomail" else postfix_problems(log)
+    source = None
+    if args.source_json:
+        with open(args.source_json) as f:
+            source = json.load(f)
+    run = {"side": args.kind, "round": args.round, "gomail_source": source,
+           "msgs_per_s": counts["accepted"] / load["wall_s"] if load["wall_s"] > 0 else None,
+           "load": load, "drain": result}
+    with open(args.out, "w") as f:
+        json.dump(run, f, indent=1)
+    print(f"{args.kind} round {args.round}: {counts['accepted']} accepted in {load['wall_s']:.2f} s = "
+          f"{run['msgs_per_s']:.0f} msg/s; {counts['delivered']} delivered after {result['drain_wait_s']:.1f} s more"
+          + (f"; server CPU {1000 * load['server_cpu_intake_s'] / max(1, counts['accepted']):.2f} ms/msg in the intake window"
+             if "server_cpu_intake_s" in load else "")
+          + (f"; smtp-source exit {load['rc']}, {load['loadgen_output_lines']} output lines" if load["rc"] or load["loadgen_output_lines"] else "")
+          + (" [DRAIN INCOMPLETE]" if counts.get("drain_incomplete") else ""), flush=True)
+    return 0
+
+
+# -- summarize ------------------------------------------------------------------
+
+def spread(values: list[float]) -> dict:
+    if not values:
+        return {"n": 0}
+    return {"n": len(values), "median": statistics.median(values), "min": min(values), "max": max(values),
+            "values": values}
+
+
+def fmt_spread(s: dict, digits: int = 0) -> str:
+    if not s.get("n"):
+        return "-"
+    f = f"{{:,.{digits}f}}"
+    return f"{f.format(s['median'])} ({f.format(s['min'])}–{f.format(s['max'])})"
+
+
+def cmd_summarize(args: argparse.Namespace) -> int:
+    runs = []
+    for path in sorted(glob.glob(os.path.join(args.runs, "run-*.json")),
+                       key=lambda p: int(re.search(r"run-(\d+)", p).group(1))):
+        with open(path) as f:
+            runs.append(json.load(f))
+    params = json.loads(args.params)
+    sides: dict[str, dict] = {}
+    for side in ("gomail", "postfix"):
+        rs = [r for r in runs if r["side"] == side]
+        rates = [r["msgs_per_s"] for r in rs if r.get("msgs_per_s")]
+        entry = {
+            "runs": len(rs),
+            "msgs_per_s": spread(rates),
+            "wall_s": spread([r["load"]["wall_s"] for r in rs]),
+            "accepted": [r["drain"]["accepted"] for r in rs],
+            "delivered": [r["drain"]["delivered"] for r in rs],
+            "drain_wait_s": spread([r["drain"]["drain_wait_s"] for r in rs]),
+            "machine_busy_pct": spread([r["load"]["machine_busy_pct"] for r in rs]),
+            "loadavg_start": [r["load"]["loadavg_start"] for r in rs],
+            "loadgen_output_lines": [r["load"]["loadgen_output_lines"] for r in rs],
+            "loadgen_rc": [r["load"]["rc"] for r in rs],
+            "lost": [r["drain"]["accepted"] - min(r["drain"]["delivered"], r["drain"]["accepted"]) for r in rs],
+            "not_accepted": [params["messages"] - r["drain"]["accepted"] for r in rs],
+            "drain_incomplete": sum(1 for r in rs if r["drain"].get("drain_incomplete")),
+        }
+        if side == "gomail":
+            entry["cpu_ms_per_msg_intake"] = spread(
+                [1000 * r["load"]["server_cpu_intake_s"] / r["drain"]["accepted"]
+                 for r in rs if r["drain"]["accepted"] and "server_cpu_intake_s" in r["load"]])
+            entry["cpu_ms_per_msg_total"] = spread(
+                [1000 * r["drain"]["server_cpu_total_s"] / r["drain"]["delivered"]
+                 for r in rs if r["drain"]["delivered"] and "server_cpu_total_s" in r["drain"]])
+            entry["cpu_user_ms_per_msg_intake"] = spread(
+                [1000 * r["load"]["server_utime_intake_s"] / r["drain"]["accepted"]
+                 for r in rs if r["drain"]["accepted"] and "server_utime_intake_s" in r["load"]])
+            entry["cpu_sys_ms_per_msg_intake"] = spread(
+                [1000 * r["load"]["server_stime_intake_s"] / r["drain"]["accepted"]
+                 for r in rs if r["drain"]["accepted"] and "server_stime_intake_s" in r["load"]])
+            entry["context_switches_per_msg_intake"] = spread(
+                [r["load"]["server_context_switches_intake"] / r["drain"]["accepted"]
+                 for r in rs if r["drain"]["accepted"] and "server_context_switches_intake" in r["load"]])
+            entry["cpu_busy_pct_intake"] = spread(
+                [100 * r["load"]["server_cpu_intake_s"] / r["load"]["wall_s"]
+                 for r in rs if "server_cpu_intake_s" in r["load"]])
+        sides[side] = entry
+    g, p = sides["gomail"]["msgs_per_s"], sides["postfix"]["msgs_per_s"]
+    ratio = g["median"] / p["median"] if g.get("n") and p.get("n") and p["median"] else None
+    summary = {"benchmark": "intake", "params": params, "ratio_gomail_over_postfix_median": ratio,
+               "sides": sides, "runs": runs}
+    with open(args.out, "w") as f:
+        json.dump(summary, f, indent=1)
+
+    # -- the table ------------------------------------------------------------
+    gs, ps = sides["gomail"], sides["postfix"]
+    print()
+    print(f"Intake: smtp-source -s {params['sessions']} -m {params['messages']} -l {params['size']} "
+          f"({params['connection_mode']}), {params['rounds']} round(s), alternating gomail/postfix")
+    print(f"machine: {params['cpus']} CPUs, load average at start {params['loadavg_start']}")
+    if params.get("gomail_env_overrides"):
+        print(f"gomail configuration overridden from the environment: {params['gomail_env_overrides']}")
+    print()
+    rows = [
+        ("", "gomail", "postfix"),
+        ("msg/s median (min–max)", fmt_spread(gs["msgs_per_s"]), fmt_spread(ps["msgs_per_s"])),
+        ("runs", str(gs["runs"]), str(ps["runs"])),
+        ("per-run msg/s", ", ".join(f"{v:.0f}" for v in gs["msgs_per_s"].get("values", [])),
+         ", ".join(f"{v:.0f}" for v in ps["msgs_per_s"].get("values", []))),
+        ("accepted per run", ", ".join(map(str, gs["accepted"])), ", ".join(map(str, ps["accepted"]))),
+        ("delivered per run", ", ".join(map(str, gs["delivered"])), ", ".join(map(str, ps["delivered"]))),
+        ("", "(maildir files)", "(smtp-sink count)"),
+        ("drain after load, s", fmt_spread(gs["drain_wait_s"], 1), fmt_spread(ps["drain_wait_s"], 1)),
+        ("server CPU ms/msg, intake window", fmt_spread(gs["cpu_ms_per_msg_intake"], 2), "n/a"),
+        ("  of which user / system", fmt_spread(gs["cpu_user_ms_per_msg_intake"], 2) + " / "
+         + fmt_spread(gs["cpu_sys_ms_per_msg_intake"], 2), ""),
+        ("server context switches/msg, window", fmt_spread(gs["context_switches_per_msg_intake"]), "n/a"),
+        ("server CPU ms/msg, incl. delivery", fmt_spread(gs["cpu_ms_per_msg_total"], 2), "n/a"),
+        ("server CPU busy % in window", fmt_spread(gs["cpu_busy_pct_intake"]), "n/a"),
+        ("machine CPU busy % in window", fmt_spread(gs["machine_busy_pct"]), fmt_spread(ps["machine_busy_pct"])),
+        ("smtp-source output lines", ", ".join(map(str, gs["loadgen_output_lines"])),
+         ", ".join(map(str, ps["loadgen_output_lines"]))),
+    ]
+    width = max(len(r[0]) for r in rows)
+    w1 = max(len(r[1]) for r in rows)
+    for name, a, b in rows:
+        print(f"  {name:<{width}}  {a:<{w1}}  {b}")
+    print()
+    print(f"  ratio gomail/postfix (medians): {ratio:.2f}" if ratio is not None else "  ratio: n/a")
+
+    # -- the source the gomail runs imported -------------------------------------------
+    sources = [r.get("gomail_source") for r in runs if r["side"] == "gomail" and r.get("gomail_source")]
+    if sources:
+        if len({s["sha256"] for s in sources}) > 1:
+            print("\n  WARNING: the gomail source changed during the benchmark (shared working tree?):")
+            for r in runs:
+                if r["side"] == "gomail" and r.get("gomail_source"):
+                    src = r["gomail_source"]
+                    print(f"    round {r['round']}: source {src['sha256']}, uncommitted: {' '.join(src['uncommitted']) or 'none'}")
+        elif sources[0]["uncommitted"]:
+            print(f"\n  note: gomail ran with uncommitted changes on {sources[0]['commit']}: "
+                  + "; ".join(sources[0]["uncommitted"]))
+        else:
+            print(f"\n  gomail source: commit {sources[0]['commit']}, no uncommitted changes (same in every round)")
+
+    # -- problems ---------------------------------------------------------------
+    for run in runs:
+        side, n = run["side"], run["round"]
+        out = run["load"]["loadgen_output_first"]
+        if out or run["load"]["rc"]:
+            print(f"\n  {side} round {n}: smtp-source exit {run['load']['rc']}, "
+                  f"{run['load']['loadgen_output_lines']} output lines, first ones:")
+            for line in out[:10]:
+                print(f"    {line}")
+        problems = run["drain"]["problems"]
+        if problems.get("groups") or problems.get("tracebacks"):
+            print(f"\n  {side} round {n}: server log warnings/errors"
+                  + (f", {problems['tracebacks']} tracebacks" if problems.get("tracebacks") else "") + ":")
+            for g in problems["groups"][:8]:
+                print(f"    {g['count']:>6} x {g['example'][:220]}")
+        if run["drain"].get("drain_incomplete"):
+            print(f"\n  {side} round {n}: queue did not drain within the limit: {run['drain']}")
+    print(f"\nJSON: {args.out}")
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+
+    sub.add_parser("freeport").set_defaults(func=cmd_freeport)
+
+    p = sub.add_parser("wait-log")
+    p.add_argument("file")
+    p.add_argument("text")
+    p.add_argument("--pid", type=int, default=0)
+    p.add_argument("--timeout", type=float, default=30)
+    p.set_defaults(func=cmd_wait_log)
+
+    p = sub.add_parser("wait-port")
+    p.add_argument("port", type=int)
+    p.add_argument("--timeout", type=float, default=30)
+    p.set_defaults(func=cmd_wait_port)
+
+    p = sub.add_parser("srcstate")
+    p.add_argument("repo")
+    p.add_argument("dirs", nargs="+")
+    p.set_defaults(func=cmd_srcstate)
+
+    p = sub.add_parser("load")
+    p.add_argument("--out", required=True)
+    p.add_argument("--output-file", required=True, help="where the load generator's stdout+stderr go")
+    p.add_argument("--server-pid", type=int, default=0)
+    p.add_argument("command", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_load)
+
+    p = sub.add_parser("drain")
+    p.add_argument("--kind", choices=("gomail", "postfix"), required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--log", required=True)
+    p.add_argument("--maildir", default="")
+    p.add_argument("--queue-dir", default="")
+    p.add_argument("--sink-out", default="")
+    p.add_argument("--expected-sessions", type=int, default=0)
+    p.add_argument("--server-pid", type=int, default=0)
+    p.add_argument("--load-json", required=True, help="the 'load' subcommand's output for this run")
+    p.add_argument("--round", type=int, required=True)
+    p.add_argument("--source-json", default="", help="the 'srcstate' output taken when the server started")
+    p.add_argument("--timeout", type=float, default=300)
+    p.add_argument("--stall", type=float, default=90)
+    p.set_defaults(func=cmd_drain)
+
+    p = sub.add_parser("summarize")
+    p.add_argument("--runs", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--params", required=True, help="JSON object with the run parameters")
+    p.set_defaults(func=cmd_summarize)
+
+    args = parser.parse_args()
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
