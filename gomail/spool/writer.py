@@ -162,7 +162,7 @@ class BatchWriter(Service):
         return succeed(None)
 
     def _fsync_all(self, fds: list[int]) -> list:
-        if len(fds) == 1 or self._fsyncs is None:
+        if len(fds) == 1 or self._fsyncs is None or self.fsync_threads <= 1:
             return [_try(self.fs.fsync, fd) for fd in fds]
         return list(self._fsyncs.map(lambda fd: _try(self.fs.fsync, fd), fds))
 
