@@ -172,6 +172,11 @@ def _from_text(text: str, kind: Any, where: str, dotted: str) -> Any:
             return int(text.strip())
         except ValueError:
             raise ConfigError(where, dotted, "must be a whole number") from None
+    if kind is float:
+        try:
+            return float(text.strip())
+        except ValueError:
+            raise ConfigError(where, dotted, "must be a number") from None
     if typing.get_origin(kind) is tuple:
         stripped = text.strip()
         if stripped.startswith("["):
@@ -193,6 +198,10 @@ def _coerce(value: Any, kind: Any, where: str, dotted: str, overrides: dict[str,
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(where, dotted, f"must be a whole number, got {_type_name(value)}")
         return value
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(where, dotted, f"must be a number, got {_type_name(value)}")
+        return float(value)
     if kind is str:
         if not isinstance(value, str):
             raise ConfigError(where, dotted, f"must be a string, got {_type_name(value)}")

@@ -156,6 +156,18 @@ class SpoolSettings:
 
 
 @dataclass(frozen=True)
+class DeliverySettings:
+    """Retry schedule and the failed store (section ``delivery``)."""
+
+    retryInitialDelay: int = setting(300, check=between(1))
+    retryBackoffFactor: float = setting(2.0, check=between(1.0, 10.0))
+    retryMaxDelay: int = setting(3600, check=between(1))
+    retryJitter: float = setting(0.2, check=between(0.0, 1.0))
+    maxQueueAge: int = setting(432000, check=between(60))
+    failedRetryInterval: int = setting(3600, check=between(0))
+
+
+@dataclass(frozen=True)
 class LoggingSettings:
     """Log output (section ``logging``)."""
 
@@ -191,4 +203,5 @@ class Config:
     security: Security = field(default_factory=Security)
     smtp: SMTPSettings = field(default_factory=SMTPSettings)
     spool: SpoolSettings = field(default_factory=SpoolSettings)
+    delivery: DeliverySettings = field(default_factory=DeliverySettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)

@@ -613,3 +613,36 @@ class DescribeTests(ConfigTestMixin, SynchronousTestCase):
         self.assertIn("delivery: smarthost smtp.example.com", text)
         for secret in ("default-pw-4711", "forward-pw-0815", "provider-pw-42"):
             self.assertNotIn(secret, text)
+
+
+class DeliverySectionTests(SynchronousTestCase):
+    """The delivery section: numbers with fractions, and their bounds."""
+
+    def test_defaults(self) -> None:
+        """Retry after 5 minutes, doubling, capped at an hour, give up after 5 days, failed/ retried hourly."""
+        delivery = load_config(None, environ={}).delivery
+        self.assertEqual((delivery.retryInitialDelay, delivery.retryBackoffFactor, delivery.retryMaxDelay,
+                          delivery.retryJitter, delivery.maxQueueAge, delivery.failedRetryInterval),
+                         (300, 2.0, 3600, 0.2, 432000, 3600))
+
+    def test_float_keys_take_whole_numbers_and_fractions(self) -> None:
+        """retryBackoffFactor = 3 and GOMAIL_DELIVERY_RETRYJITTER=0.5 load as floats."""
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("[delivery]\nretryBackoffFactor = 3\n")
+        delivery = load_config(path, environ={"GOMAIL_DELIVERY_RETRYJITTER": "0.5"}).delivery
+        self.assertEqual((delivery.retryBackoffFactor, delivery.retryJitter), (3.0, 0.5))
+
+    def test_bad_float(self) -> None:
+        """A jitter above 1 or a factor given as text is refused, naming the key."""
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("[delivery]\nretryJitter = 1.5\n")
+        with self.assertRaises(ConfigError) as caught:
+            load_config(path, environ={})
+        self.assertIn("delivery.retryJitter: must be >= 0.0 and <= 1.0, got 1.5", str(caught.exception))
+        with open(path, "w") as f:
+            f.write('[delivery]\nretryBackoffFactor = "2"\n')
+        with self.assertRaises(ConfigError) as caught:
+            load_config(path, environ={})
+        self.assertIn("delivery.retryBackoffFactor: must be a number, got a string", str(caught.exception))
