@@ -9,7 +9,9 @@ from twisted.internet.defer import Deferred
 from twisted.logger import ILogObserver, Logger, jsonFileLogObserver
 
 import gomail
-from gomail.delivery.local import LocalDeliveryService
+from gomail.delivery.backoff import RetryPolicy
+from gomail.delivery.failed import FailedStore
+from gomail.delivery.queue import DeliveryQueue, Router
 from gomail.delivery.maildir import MaildirDelivery
 from gomail.services import SequentialMultiService, ThreadPoolService
 from gomail.settings import Config
@@ -39,6 +41,7 @@ class GomailService(SequentialMultiService):
         self.on_fatal: Callable[[Any], None] = lambda failure: None
         self.spool: Spool | None = None
         self.smtp: SMTPServer | None = None
+        self.delivery: DeliveryQueue | None = None
 
     def setServiceParent(self, parent: Any) -> None:
         super().setServiceParent(parent)
@@ -91,9 +94,17 @@ def build_service(config: Config, reactor: Any) -> GomailService:
         mailbox_writer.setServiceParent(root)
         spool.removal_writer = mailbox_writer
         agent = MaildirDelivery(spool.path("mailbox"), config.smtp.hostname, mailbox_writer)
+        delivery = config.delivery
+        policy = RetryPolicy(initial=delivery.retryInitialDelay, factor=delivery.retryBackoffFactor,
+                             maximum=delivery.retryMaxDelay, jitter=delivery.retryJitter,
+                             max_age=delivery.maxQueueAge)
         # Local copies are cheap and batch well in the writer: more at once than
         # workerCount (which is sized for remote deliveries).
-        consumer = LocalDeliveryService(spool, agent, reactor, max(config.workerCount, LOCAL_CONCURRENCY))
+        consumer = DeliveryQueue(spool, Router(agent), reactor, max(config.workerCount, LOCAL_CONCURRENCY),
+                                 processing_timeout=config.processingTimeout, policy=policy,
+                                 failed=FailedStore(spool, reactor), hostname=config.smtp.hostname,
+                                 failed_retry_interval=delivery.failedRetryInterval)
+        root.delivery = consumer
     SpoolService(spool, consumer).setServiceParent(root)
     if consumer is not None:
         consumer.setServiceParent(root)

@@ -1,6 +1,6 @@
 """
 Tests for local delivery: L{gomail.delivery.maildir} (one Maildir per
-recipient) and L{gomail.delivery.local} (the queue runner that retries).
+recipient) and its use by the delivery queue at start-up.
 """
 
 from __future__ import annotations
@@ -9,16 +9,16 @@ import errno
 import os
 from typing import Any
 
-from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
-from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from gomail.delivery.local import LocalDeliveryService
+from gomail.delivery.backoff import RetryPolicy
+from gomail.delivery.failed import FailedStore
+from gomail.delivery.queue import DeliveryQueue, Router
 from gomail.delivery.maildir import MaildirDelivery, mailbox_name
-from gomail.interfaces import IDeliveryAgent, IQueueConsumer
-from gomail.spool.envelope import DELIVERED, FAILED, PENDING, Envelope, Recipient
+from gomail.interfaces import IDeliveryAgent
+from gomail.spool.envelope import Envelope
 from gomail.spool.fs import FileSystem
 from gomail.spool.service import SpoolService
 from gomail.spool.store import Spool
@@ -226,214 +226,6 @@ class MaildirDeliveryTests(MaildirTestCase):
         self.assertEqual(self.deliver(envelope)["a@example.com"][0], 451)
 
 
-@implementer(IDeliveryAgent)
-class FakeAgent:
-    """
-    An IDeliveryAgent whose answers the test chooses: a dict of replies by
-    address, or a Deferred the test fires later.
-    """
-
-    name = "fake"
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, list[str]]] = []
-        self.answers: list[Any] = []
-        self.held: list[Deferred] = []
-
-    def deliver(self, envelope: Envelope, message_path: str, recipients: list[Recipient]) -> Deferred:
-        self.calls.append((envelope.id, [r.address for r in recipients]))
-        answer = self.answers.pop(0) if self.answers else {r.address: (250, "2.0.0 ok") for r in recipients}
-        if answer == "hold":
-            d: Deferred = Deferred()
-            self.held.append(d)
-            return d
-        if isinstance(answer, Exception):
-            return fail(answer)
-        return succeed(answer)
-
-
-class AgentBroke(Exception):
-    """The fake agent's own fault."""
-
-
-class LocalDeliveryServiceTests(MaildirTestCase):
-    """L{LocalDeliveryService} driven by a Clock."""
-
-    def service(self, agent: Any, concurrency: int = 2, retry_delay: float = 60.0) -> LocalDeliveryService:
-        service = LocalDeliveryService(self.spool, agent, self.clock, concurrency, retry_delay)
-        service.startService()
-        self.addCleanup(service.stopService)
-        return service
-
-    def on_disk(self, queue_id: str) -> Envelope:
-        return Envelope.from_json(read(self.spool.path("queue", queue_id + ".json")))
-
-    def test_provides_the_interface(self) -> None:
-        """LocalDeliveryService is an IQueueConsumer."""
-        self.assertTrue(verifyObject(IQueueConsumer, LocalDeliveryService(self.spool, FakeAgent(), self.clock, 1)))
-
-    def test_delivers_and_removes(self) -> None:
-        """A queued message ends up in the mailbox and is removed from queue/."""
-        service = self.service(self.agent)
-        envelope = self.commit("a@example.com")
-        service.enqueue(envelope)
-        self.assertEqual(len(os.listdir(self.box("a@example.com"))), 1)
-        self.assertEqual(listing(self.spool, "queue"), [])
-        self.assertEqual(self.spool.queued, 0)
-        self.assertEqual(self.clock.getDelayedCalls(), [])
-
-    def test_temporary_failure_is_retried_after_the_delay(self) -> None:
-        """A 451 keeps the message, records attempts/next_attempt/reply on disk, and retries after retry_delay."""
-        agent = FakeAgent()
-        agent.answers.append({"a@example.com": (451, "4.2.0 busy")})
-        service = self.service(agent, retry_delay=60.0)
-        envelope = self.commit("a@example.com")
-        service.enqueue(envelope)
-        stored = self.on_disk(envelope.id)
-        self.assertEqual(stored.attempts, 1)
-        self.assertEqual(stored.next_attempt, self.clock.seconds() + 60.0)
-        self.assertEqual(stored.recipients, [Recipient("a@example.com", PENDING, "451 4.2.0 busy")])
-        self.assertEqual(listing(self.spool, "tmp"), [])
-        self.clock.advance(59.9)
-        self.assertEqual(len(agent.calls), 1)
-        self.clock.advance(0.1)
-        self.assertEqual(len(agent.calls), 2)
-        self.assertEqual(listing(self.spool, "queue"), [])
-
-    def test_recovered_message_keeps_its_retry_time(self) -> None:
-        """A message recovered with next_attempt in the future is delivered then, not at once."""
-        agent = FakeAgent()
-        service = self.service(agent)
-        envelope = self.commit("a@example.com")
-        envelope.next_attempt = self.clock.seconds() + 30
-        service.enqueue(envelope)
-        self.assertEqual(agent.calls, [])
-        self.clock.advance(30)
-        self.assertEqual(len(agent.calls), 1)
-        self.assertEqual(listing(self.spool, "queue"), [])
-
-    def test_retry_attempts_accumulate(self) -> None:
-        """Each failed attempt adds one to attempts on disk."""
-        agent = FakeAgent()
-        agent.answers.extend([{"a@example.com": (451, "4.2.0 busy")}] * 3)
-        service = self.service(agent, retry_delay=10.0)
-        envelope = self.commit("a@example.com")
-        service.enqueue(envelope)
-        self.clock.advance(10)
-        self.clock.advance(10)
-        self.assertEqual((self.on_disk(envelope.id).attempts, len(agent.calls)), (3, 3))
-        self.clock.advance(10)
-        self.assertEqual(listing(self.spool, "queue"), [])
-
-    def test_retry_sends_only_to_pending_recipients(self) -> None:
-        """Delivered (2xx) and permanently failed (5xx) recipients are not tried again."""
-        agent = FakeAgent()
-        agent.answers.append({"a@example.com": (250, "2.0.0 ok"), "b@example.com": (550, "5.1.1 no such user"),
-                              "c@example.com": (451, "4.2.0 busy")})
-        service = self.service(agent)
-        envelope = self.commit("a@example.com", "b@example.com", "c@example.com")
-        service.enqueue(envelope)
-        self.assertEqual([(r.status, r.reply) for r in self.on_disk(envelope.id).recipients], [
-            (DELIVERED, "250 2.0.0 ok"), (FAILED, "550 5.1.1 no such user"), (PENDING, "451 4.2.0 busy")])
-        self.clock.advance(60)
-        self.assertEqual(agent.calls[1], (envelope.id, ["c@example.com"]))
-
-    def test_missing_answer_is_temporary(self) -> None:
-        """A recipient the agent gives no answer for is retried."""
-        agent = FakeAgent()
-        agent.answers.append({})
-        service = self.service(agent)
-        envelope = self.commit("a@example.com")
-        service.enqueue(envelope)
-        self.assertEqual(self.on_disk(envelope.id).recipients[0].reply,
-                         "451 4.3.0 No result from delivery agent")
-        self.clock.advance(60)
-        self.assertEqual(len(agent.calls), 2)
-
-    def test_agent_fault_is_retried(self) -> None:
-        """An agent that fails outright is logged and the message is tried again after the delay."""
-        agent = FakeAgent()
-        agent.answers.append(AgentBroke("connection pool exploded"))
-        service = self.service(agent)
-        envelope = self.commit("a@example.com")
-        service.enqueue(envelope)
-        self.assertEqual(len(self.flushLoggedErrors(AgentBroke)), 1)
-        self.assertEqual(len(listing(self.spool, "queue")), 2)
-        self.clock.advance(60)
-        self.assertEqual(len(agent.calls), 2)
-        self.assertEqual(listing(self.spool, "queue"), [])
-
-    def test_same_id_twice_is_delivered_once(self) -> None:
-        """Offering the same message twice (found at start and announced) delivers it once."""
-        agent = FakeAgent()
-        agent.answers.append("hold")
-        service = self.service(agent)
-        envelope = self.commit("a@example.com")
-        service.enqueue(envelope)
-        service.enqueue(envelope)
-        self.assertEqual(len(agent.calls), 1)
-        service.enqueue(envelope)
-        agent.held[0].callback({"a@example.com": (250, "2.0.0 ok")})
-        self.assertEqual(len(agent.calls), 1)
-        self.assertEqual(listing(self.spool, "queue"), [])
-
-    def test_enqueue_during_retry_wait(self) -> None:
-        """A message waiting for its retry is not delivered early when offered again."""
-        agent = FakeAgent()
-        agent.answers.append({"a@example.com": (451, "4.2.0 busy")})
-        service = self.service(agent)
-        envelope = self.commit("a@example.com")
-        service.enqueue(envelope)
-        service.enqueue(envelope)
-        self.assertEqual(len(agent.calls), 1)
-        self.clock.advance(60)
-        self.assertEqual(len(agent.calls), 2)
-
-    def test_concurrency_limit(self) -> None:
-        """At most `concurrency` deliveries run at once; the next starts when one ends."""
-        agent = FakeAgent()
-        agent.answers.extend(["hold"] * 5)
-        service = self.service(agent, concurrency=2)
-        envelopes = [self.commit("a@example.com") for _ in range(5)]
-        for envelope in envelopes:
-            service.enqueue(envelope)
-        self.assertEqual([c[0] for c in agent.calls], [e.id for e in envelopes[:2]])
-        agent.held[1].callback({"a@example.com": (250, "2.0.0 ok")})
-        self.assertEqual([c[0] for c in agent.calls], [e.id for e in envelopes[:3]])
-        while not all(d.called for d in agent.held):
-            in_flight = [d for d in agent.held if not d.called]
-            self.assertLessEqual(len(in_flight), 2)
-            in_flight[0].callback({"a@example.com": (250, "2.0.0 ok")})
-        self.assertEqual([c[0] for c in agent.calls], [e.id for e in envelopes])
-        self.assertEqual(listing(self.spool, "queue"), [])
-
-    def test_nothing_before_start(self) -> None:
-        """Messages offered before the service starts wait for the start."""
-        agent = FakeAgent()
-        service = LocalDeliveryService(self.spool, agent, self.clock, 2)
-        service.enqueue(self.commit("a@example.com"))
-        self.assertEqual(agent.calls, [])
-        service.startService()
-        self.addCleanup(service.stopService)
-        self.assertEqual(len(agent.calls), 1)
-
-    def test_stop_cancels_retries_and_waits_for_deliveries(self) -> None:
-        """Stopping cancels pending retries and fires only when deliveries in progress are done."""
-        agent = FakeAgent()
-        agent.answers.extend([{"a@example.com": (451, "4.2.0 busy")}, "hold"])
-        service = self.service(agent)
-        service.enqueue(self.commit("a@example.com"))
-        service.enqueue(self.commit("a@example.com"))
-        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
-        stopped = service.stopService()
-        self.assertEqual(self.clock.getDelayedCalls(), [])
-        self.assertNoResult(stopped)
-        agent.held[0].callback({"a@example.com": (451, "4.2.0 busy")})
-        self.successResultOf(stopped)
-        self.assertEqual(self.clock.getDelayedCalls(), [])
-        self.assertEqual(len(listing(self.spool, "queue")), 4)
-
-
 class StartUpDeliveryTests(MaildirTestCase):
     """The spool service and the delivery service together, in start order."""
 
@@ -442,7 +234,8 @@ class StartUpDeliveryTests(MaildirTestCase):
         old = self.commit("a@example.com")
         spool = Spool(self.spool.directory, self.clock, synchronous_run)
         agent = MaildirDelivery(spool.path("mailbox"), "mx.example", ImmediateWriter())
-        delivery = LocalDeliveryService(spool, agent, self.clock, 2)
+        delivery = DeliveryQueue(spool, Router(agent), self.clock, 2, processing_timeout=300,
+                                 policy=RetryPolicy(), failed=FailedStore(spool, self.clock), hostname="mx.test")
         self.successResultOf(SpoolService(spool, delivery).startService())
         delivery.startService()
         self.addCleanup(delivery.stopService)

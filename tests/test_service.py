@@ -12,7 +12,7 @@ from twisted.logger import ILogObserver
 from twisted.trial.unittest import SynchronousTestCase
 
 from gomail.config import load_config
-from gomail.delivery.local import LocalDeliveryService
+from gomail.delivery.queue import DeliveryQueue
 from gomail.service import build_service
 from gomail.services import ListenError
 from gomail.smtp.server import SMTPService
@@ -39,14 +39,14 @@ class BuildServiceTests(SynchronousTestCase):
         """I/O pool, spool, local delivery, then SMTP: listeners come last, so they open after recovery."""
         service = build_service(config_in(self.directory), self.reactor)
         names = [type(child).__name__ for child in service]
-        self.assertEqual(names, ["ThreadPoolService", "BatchWriter", "BatchWriter", "SpoolService", "LocalDeliveryService", "SMTPService"])
+        self.assertEqual(names, ["ThreadPoolService", "BatchWriter", "BatchWriter", "SpoolService", "DeliveryQueue", "SMTPService"])
         self.assertEqual(self.reactor.tcpServers, [])
 
     def test_forward_smtp_has_no_local_consumer(self) -> None:
         """With forwardSMTP (relay not built yet) no local delivery consumer is wired."""
         config = config_in(self.directory, forwardSMTP=True, forwardHost="smtp.example.net")
         service = build_service(config, self.reactor)
-        self.assertFalse(any(isinstance(child, LocalDeliveryService) for child in service))
+        self.assertFalse(any(isinstance(child, DeliveryQueue) for child in service))
 
     def test_json_log_format_sets_the_observer(self) -> None:
         """logging.format = "json" gives twistd's application a JSON ILogObserver; "text" leaves twistd's own."""

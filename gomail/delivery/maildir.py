@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import re
-from typing import Any, Callable
+from typing import Any
 
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
@@ -41,6 +41,8 @@ class MaildirDelivery:
     """
 
     name = "mailbox"
+    #: A repeated delivery of the same copy is recognised (see _write_copy).
+    idempotent = True
 
     def __init__(self, directory: str, hostname: str, writer: Any, fs: FileSystem | None = None) -> None:
         self.directory = directory

@@ -1,0 +1,267 @@
+"""
+The delivery queue: which queued message is tried when, by whom, and what
+happens after.
+
+An in-memory index of queued ids ordered by next-attempt time is filled from
+the spool at start and by every commit; one timer on the injected clock wakes
+the queue for the earliest message (no polling). Up to C{workers} attempts run
+at once. Each attempt hands the pending recipients to the agents the router
+picks, bounded by C{processing_timeout}; per-recipient outcomes are written to
+the envelope before anything is removed: 2xx delivered, 4xx pending (retried
+with backoff), 5xx failed. A message with nothing pending left is removed, or,
+if any recipient failed, moved to the failed store with a bounce to its sender;
+so is a message older than the policy's maximum age.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random as _random
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList, TimeoutError, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from gomail.delivery.backoff import RetryPolicy, retry_delay
+from gomail.delivery.bounce import build_bounce, original_headers
+from gomail.delivery.failed import FailedStore
+from gomail.interfaces import IDeliveryAgent, IQueueConsumer
+from gomail.spool.envelope import DELIVERED, FAILED, PENDING, Envelope, Recipient
+from gomail.spool.store import Spool
+
+
+@dataclass
+class DeliveryStats:
+    """Counters for the monitoring endpoints."""
+
+    delivered_messages: int = 0
+    deferred_messages: int = 0
+    failed_messages: int = 0
+    delivered_recipients: int = 0
+    deferred_recipients: int = 0
+    failed_recipients: int = 0
+    bounces: int = 0
+    attempt_seconds_total: float = 0.0
+    attempts: int = 0
+    processing_times: list[float] = field(default_factory=list, repr=False)
+
+
+class Router:
+    """Picks the agent for each recipient: local domains to the mailbox, the rest to the relay (if any)."""
+
+    def __init__(self, local: IDeliveryAgent, relay: IDeliveryAgent | None = None,
+                 local_domains: frozenset[str] = frozenset()) -> None:
+        self.local, self.relay = local, relay
+        self.local_domains = frozenset(d.lower().rstrip(".") for d in local_domains)
+
+    def route(self, recipients: list[Recipient]) -> list[tuple[IDeliveryAgent, list[Recipient]]]:
+        if self.relay is None:
+            return [(self.local, recipients)] if recipients else []
+        local = [r for r in recipients if r.address.rpartition("@")[2].lower() in self.local_domains]
+        remote = [r for r in recipients if r not in local]
+        return [(agent, group) for agent, group in ((self.local, local), (self.relay, remote)) if group]
+
+
+@implementer(IQueueConsumer)
+class DeliveryQueue(Service):
+    """Schedules and runs delivery attempts for everything in the spool's queue."""
+
+    log = Logger()
+
+    def __init__(self, spool: Spool, router: Router, clock: IReactorTime, workers: int,
+                 processing_timeout: float, policy: RetryPolicy, failed: FailedStore, hostname: str,
+                 failed_retry_interval: float = 0, random: Callable[[], float] = _random.random) -> None:
+        self.spool, self.router, self.clock = spool, router, clock
+        self.workers, self.processing_timeout, self.policy = workers, processing_timeout, policy
+        self.failed, self.hostname = failed, hostname
+        self.failed_retry_interval = failed_retry_interval
+        self.random = random
+        self.stats = DeliveryStats()
+        self._envelopes: dict[str, Envelope] = {}
+        self._heap: list[tuple[float, int, str]] = []
+        self._sequence = 0
+        self._active: dict[str, Deferred] = {}
+        self._timer: Any = None
+        self._failed_loop: LoopingCall | None = None
+
+    # -- IQueueConsumer ---------------------------------------------------------
+
+    def enqueue(self, envelope: Envelope) -> None:
+        if envelope.id in self._envelopes:
+            return
+        self._envelopes[envelope.id] = envelope
+        self._push(envelope)
+        self._wake()
+
+    @property
+    def depth(self) -> int:
+        """Messages known to the queue (waiting or being delivered)."""
+        return len(self._envelopes)
+
+    def _push(self, envelope: Envelope) -> None:
+        self._sequence += 1
+        heapq.heappush(self._heap, (envelope.next_attempt, self._sequence, envelope.id))
+
+    # -- service ------------------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        if self.failed_retry_interval > 0:
+            self._failed_loop = LoopingCall(self._retry_failed)
+            self._failed_loop.clock = self.clock
+            self._failed_loop.start(self.failed_retry_interval, now=False)
+        self._wake()
+
+    def stopService(self) -> Deferred:
+        super().stopService()
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        if self._failed_loop is not None and self._failed_loop.running:
+            self._failed_loop.stop()
+        if not self._active:
+            return succeed(None)
+        return DeferredList(list(self._active.values()))
+
+    def _retry_failed(self) -> Deferred:
+        d = Deferred.fromCoroutine(self.failed.retry())
+        d.addErrback(lambda f: self.log.failure("periodic retry of failed mail", f))
+        return d
+
+    # -- scheduling ---------------------------------------------------------------
+
+    def _wake(self) -> None:
+        if not self.running:
+            return
+        now = self.clock.seconds()
+        while self._heap and len(self._active) < self.workers:
+            when, _, queue_id = self._heap[0]
+            if when > now:
+                break
+            heapq.heappop(self._heap)
+            envelope = self._envelopes.get(queue_id)
+            if envelope is None or queue_id in self._active or envelope.next_attempt != when:
+                continue  # stale heap entry
+            d = Deferred.fromCoroutine(self._attempt(envelope))
+            self._active[queue_id] = d
+            d.addErrback(lambda f, e=envelope: self._attempt_crashed(e, f))
+            d.addBoth(lambda _, e=envelope: self._attempt_done(e))
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        if self._heap and len(self._active) < self.workers:
+            delay = max(0.0, self._heap[0][0] - now)
+            self._timer = self.clock.callLater(delay, self._wake)
+
+    def _attempt_done(self, envelope: Envelope) -> None:
+        self._active.pop(envelope.id, None)
+        self._wake()
+
+    def _attempt_crashed(self, envelope: Envelope, failure: Any) -> None:
+        # Our own bug or a spool failure: keep the message and try again later.
+        self.log.failure("delivery attempt of {queue_id} failed", failure, queue_id=envelope.id)
+        if envelope.id in self._envelopes:
+            envelope.next_attempt = self.clock.seconds() + retry_delay(self.policy, max(1, envelope.attempts),
+                                                                       self.random)
+            self._push(envelope)
+
+    # -- one attempt ----------------------------------------------------------------
+
+    async def _attempt(self, envelope: Envelope) -> None:
+        started = self.clock.seconds()
+        path = self.spool.message_path(envelope.id)
+        for agent, recipients in self.router.route(envelope.pending()):
+            results = await self._deliver(agent, envelope, path, recipients)
+            self._record(envelope, agent, recipients, results)
+        self.stats.attempts += 1
+        self.stats.attempt_seconds_total += self.clock.seconds() - started
+        await self._settle(envelope)
+
+    async def _deliver(self, agent: IDeliveryAgent, envelope: Envelope, path: str,
+                       recipients: list[Recipient]) -> dict[str, tuple[int, str]]:
+        d = agent.deliver(envelope, path, recipients)
+        d.addTimeout(self.processing_timeout, self.clock)
+        try:
+            return await d
+        except TimeoutError:
+            reply = (451, f"4.4.7 Delivery attempt timed out after {self.processing_timeout:g} s")
+        except Exception as e:
+            self.log.failure("{agent} failed delivering {queue_id}", agent=agent.name, queue_id=envelope.id)
+            reply = (451, f"4.3.0 Local delivery fault: {type(e).__name__}")
+        return {r.address: reply for r in recipients}
+
+    def _record(self, envelope: Envelope, agent: IDeliveryAgent, recipients: list[Recipient],
+                results: dict[str, tuple[int, str]]) -> None:
+        for recipient in recipients:
+            code, text = results.get(recipient.address, (451, "4.3.0 No result from delivery agent"))
+            recipient.reply = f"{code} {text}"
+            if 200 <= code < 300:
+                recipient.status = DELIVERED
+                self.stats.delivered_recipients += 1
+            elif code >= 500:
+                recipient.status = FAILED
+                self.stats.failed_recipients += 1
+            else:
+                self.stats.deferred_recipients += 1
+            self.log.info("{queue_id} to <{recipient}>: {agent} {reply}", queue_id=envelope.id,
+                          recipient=recipient.address, agent=agent.name, reply=recipient.reply)
+
+    async def _settle(self, envelope: Envelope) -> None:
+        now = self.clock.seconds()
+        pending = envelope.pending()
+        if pending and now - envelope.received >= self.policy.max_age:
+            for recipient in pending:
+                recipient.status = FAILED
+                recipient.reply = f"{recipient.reply or '451 4.4.7'} (gave up after {self.policy.max_age:g} s in the queue)"
+            pending = []
+        if pending:
+            envelope.attempts += 1
+            envelope.next_attempt = now + retry_delay(self.policy, envelope.attempts, self.random)
+            envelope.last_error = pending[0].reply
+            await self.spool.update(envelope)
+            self.stats.deferred_messages += 1
+            self.log.info("{queue_id} deferred: {count} recipients pending, next attempt in {delay:.0f} s",
+                          queue_id=envelope.id, count=len(pending), delay=envelope.next_attempt - now)
+            self._push(envelope)
+            return
+        del self._envelopes[envelope.id]
+        if any(r.status == FAILED for r in envelope.recipients):
+            await self._give_up(envelope)
+        else:
+            await self.spool.remove(envelope.id, durable=not self._idempotent(envelope))
+            self.stats.delivered_messages += 1
+
+    def _idempotent(self, envelope: Envelope) -> bool:
+        agents = {agent for agent, _ in self.router.route(envelope.recipients)}
+        return all(getattr(agent, "idempotent", False) for agent in agents)
+
+    async def _give_up(self, envelope: Envelope) -> None:
+        if envelope.sender and not envelope.extra.get("bounced"):
+            await self._bounce(envelope)
+            envelope.extra["bounced"] = True
+        self.stats.failed_messages += 1
+        await self.failed.give_up(envelope, "; ".join(
+            f"<{r.address}>: {r.reply}" for r in envelope.recipients if r.status == FAILED))
+
+    async def _bounce(self, envelope: Envelope) -> None:
+        """Queue a delivery status notification to the sender (null sender: never bounced itself)."""
+        headers = await self.spool.run(original_headers, self.spool.message_path(envelope.id))
+        content = build_bounce(envelope, headers, self.hostname, self.clock.seconds())
+        message = self.spool.new_message()
+        message.write(content)
+        now = self.clock.seconds()
+        bounce = Envelope(id=message.id, sender="", recipients=[Recipient(envelope.sender)], received=now,
+                          next_attempt=now, client_address="", client_helo=self.hostname,
+                          extra={"bounce_for": envelope.id})
+        await message.commit(bounce)
+        self.stats.bounces += 1
+        self.log.info("{queue_id}: bounce {bounce_id} queued for <{sender}>", queue_id=envelope.id,
+                      bounce_id=bounce.id, sender=envelope.sender)
+
+
+__all__ = ["DeliveryQueue", "DeliveryStats", "Router", "PENDING"]
