@@ -10,8 +10,10 @@ from twisted.logger import ILogObserver, Logger, jsonFileLogObserver
 
 import gomail
 from gomail.delivery.backoff import RetryPolicy
+from gomail.delivery.connect import make_connector, smarthosts_from
 from gomail.delivery.failed import FailedStore
 from gomail.delivery.queue import DeliveryQueue, Router
+from gomail.delivery.relay import RelayAgent
 from gomail.delivery.maildir import MaildirDelivery
 from gomail.services import SequentialMultiService, ThreadPoolService
 from gomail.settings import Config
@@ -67,6 +69,33 @@ def _log_file(path: str) -> Any:
     return sys.stdout if not path else open(path, "a", encoding="utf-8")
 
 
+def _delivery(config: Config, reactor: Any, root: GomailService, spool: Spool) -> DeliveryQueue:
+    """The delivery queue: local domains (or everything) to the Maildirs, the rest to the smarthosts."""
+    # Its own writer thread, so Maildir copies never delay the commits that
+    # SMTP clients are waiting on.
+    mailbox_writer = BatchWriter(reactor, fsync_threads=config.spool.ioThreads, name="gomail-mailbox-writer")
+    mailbox_writer.setServiceParent(root)
+    spool.removal_writer = mailbox_writer
+    mailbox = MaildirDelivery(spool.path("mailbox"), config.smtp.hostname, mailbox_writer)
+    settings = config.delivery
+    if config.forwardSMTP:
+        relay = RelayAgent(smarthosts_from(config), make_connector(reactor, config.smtp.hostname, settings),
+                           reactor, config.batchSize, config.batchDelay, config.continueOnError,
+                           idle_timeout=settings.connectionIdleTimeout)
+        router = Router(mailbox, relay, frozenset(config.smtp.localDomains))
+        workers = config.workerCount
+    else:
+        router = Router(mailbox)
+        # Local copies are cheap and batch well in the writer: more at once
+        # than workerCount (which is sized for remote deliveries).
+        workers = max(config.workerCount, LOCAL_CONCURRENCY)
+    policy = RetryPolicy(initial=settings.retryInitialDelay, factor=settings.retryBackoffFactor,
+                         maximum=settings.retryMaxDelay, jitter=settings.retryJitter, max_age=settings.maxQueueAge)
+    return DeliveryQueue(spool, router, reactor, workers, processing_timeout=config.processingTimeout,
+                         policy=policy, failed=FailedStore(spool, reactor), hostname=config.smtp.hostname,
+                         failed_retry_interval=settings.failedRetryInterval)
+
+
 def build_service(config: Config, reactor: Any) -> GomailService:
     """
     Build the whole server from a loaded configuration. Nothing listens or
@@ -83,31 +112,9 @@ def build_service(config: Config, reactor: Any) -> GomailService:
                   min_free_bytes=config.spool.minFreeSpaceMB * 1024 * 1024)
     root.spool = spool
 
-    consumer = None
-    if config.forwardSMTP:
-        root.log.warn("forwardSMTP is set but relay delivery is not available in this version: "
-                      "mail stays queued in {directory}", directory=config.spool.directory)
-    else:
-        # Its own writer thread, so Maildir copies never delay the commits that
-        # SMTP clients are waiting on.
-        mailbox_writer = BatchWriter(reactor, fsync_threads=config.spool.ioThreads, name="gomail-mailbox-writer")
-        mailbox_writer.setServiceParent(root)
-        spool.removal_writer = mailbox_writer
-        agent = MaildirDelivery(spool.path("mailbox"), config.smtp.hostname, mailbox_writer)
-        delivery = config.delivery
-        policy = RetryPolicy(initial=delivery.retryInitialDelay, factor=delivery.retryBackoffFactor,
-                             maximum=delivery.retryMaxDelay, jitter=delivery.retryJitter,
-                             max_age=delivery.maxQueueAge)
-        # Local copies are cheap and batch well in the writer: more at once than
-        # workerCount (which is sized for remote deliveries).
-        consumer = DeliveryQueue(spool, Router(agent), reactor, max(config.workerCount, LOCAL_CONCURRENCY),
-                                 processing_timeout=config.processingTimeout, policy=policy,
-                                 failed=FailedStore(spool, reactor), hostname=config.smtp.hostname,
-                                 failed_retry_interval=delivery.failedRetryInterval)
-        root.delivery = consumer
-    SpoolService(spool, consumer).setServiceParent(root)
-    if consumer is not None:
-        consumer.setServiceParent(root)
+    root.delivery = _delivery(config, reactor, root, spool)
+    SpoolService(spool, root.delivery).setServiceParent(root)
+    root.delivery.setServiceParent(root)
 
     tls = server_context(config.smtp.tlsCertificate, config.smtp.tlsPrivateKey, config.dataDir,
                          config.smtp.hostname)

@@ -165,6 +165,11 @@ class DeliverySettings:
     retryJitter: float = setting(0.2, check=between(0.0, 1.0))
     maxQueueAge: int = setting(432000, check=between(60))
     failedRetryInterval: int = setting(3600, check=between(0))
+    tlsVerify: bool = setting(True)
+    tlsCAFile: str = setting("")
+    connectTimeout: int = setting(30, check=between(1))
+    commandTimeout: int = setting(300, check=between(1))
+    connectionIdleTimeout: int = setting(10, check=between(0))
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ from twisted.logger import ILogObserver
 from twisted.trial.unittest import SynchronousTestCase
 
 from gomail.config import load_config
-from gomail.delivery.queue import DeliveryQueue
 from gomail.service import build_service
+from gomail.spool.envelope import Recipient
 from gomail.services import ListenError
 from gomail.smtp.server import SMTPService
 
@@ -42,11 +42,17 @@ class BuildServiceTests(SynchronousTestCase):
         self.assertEqual(names, ["ThreadPoolService", "BatchWriter", "BatchWriter", "SpoolService", "DeliveryQueue", "SMTPService"])
         self.assertEqual(self.reactor.tcpServers, [])
 
-    def test_forward_smtp_has_no_local_consumer(self) -> None:
-        """With forwardSMTP (relay not built yet) no local delivery consumer is wired."""
-        config = config_in(self.directory, forwardSMTP=True, forwardHost="smtp.example.net")
+    def test_forward_smtp_routes_to_the_relay(self) -> None:
+        """With forwardSMTP, local domains go to the mailbox and the rest to the smarthost, workerCount at once."""
+        config = config_in(self.directory, forwardSMTP=True, forwardHost="smtp.example.net", workerCount=3)
+        config = dataclasses.replace(config, smtp=dataclasses.replace(config.smtp, localDomains=("example.com",)))
         service = build_service(config, self.reactor)
-        self.assertFalse(any(isinstance(child, DeliveryQueue) for child in service))
+        queue = service.delivery
+        self.assertEqual((queue.router.relay.name, queue.workers), ("relay", 3))
+        self.assertEqual([str(s) for s in queue.router.relay.smarthosts], ["smtp.example.net:587"])
+        routes = queue.router.route([Recipient("a@example.com"), Recipient("b@example.org")])
+        self.assertEqual([(agent.name, [r.address for r in group]) for agent, group in routes],
+                         [("mailbox", ["a@example.com"]), ("relay", ["b@example.org"])])
 
     def test_json_log_format_sets_the_observer(self) -> None:
         """logging.format = "json" gives twistd's application a JSON ILogObserver; "text" leaves twistd's own."""

@@ -124,6 +124,10 @@ class DeliveryQueue(Service):
         self._timer = None
         if self._failed_loop is not None and self._failed_loop.running:
             self._failed_loop.stop()
+        for agent in (self.router.local, self.router.relay):
+            close = getattr(agent, "close", None)
+            if close is not None:
+                close()
         if not self._active:
             return succeed(None)
         return DeferredList(list(self._active.values()))

@@ -1,0 +1,174 @@
+"""The relay client protocol, byte for byte, on a StringTransport and a Clock."""
+
+from __future__ import annotations
+
+import io
+
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+
+from gomail.delivery.client import ConnectionFailure, DotStuffer, RelayProtocol, Transaction
+
+CONTENT = b"Subject: hi\r\n\r\nline\r\n.dot line\r\n"
+
+
+class Server:
+    """Plays the smarthost: feeds replies, reads what the client wrote."""
+
+    def __init__(self, test: SynchronousTestCase, **options) -> None:
+        self.clock = Clock()
+        self.transport = StringTransport()
+        self.client = RelayProtocol("gomail.test", self.clock, 30, **options)
+        self.client.makeConnection(self.transport)
+
+    def say(self, *lines: bytes) -> bytes:
+        """Send reply lines; return (and clear) what the client wrote in answer, pumping any file transfer."""
+        for line in lines:
+            self.client.dataReceived(line + b"\r\n")
+        while self.transport.producer is not None:
+            self.transport.producer.resumeProducing()
+        written = self.transport.value()
+        self.transport.clear()
+        return written
+
+    def greet(self, extensions: bytes = b"250 PIPELINING") -> None:
+        assert self.say(b"220 smarthost ESMTP") == b"EHLO gomail.test\r\n"
+        self.say(b"250-smarthost", extensions)
+
+
+def transaction(*recipients: str, content: bytes = CONTENT, sender: str = "alice@example.org") -> Transaction:
+    return Transaction(sender, list(recipients), lambda: io.BytesIO(content))
+
+
+class TransactionTests(SynchronousTestCase):
+    """Transactions over one connection and their per-recipient results."""
+
+    def test_ready_after_greeting(self) -> None:
+        """ready fires once EHLO is answered; the connection is then idle."""
+        server = Server(self)
+        server.greet()
+        self.assertIs(self.successResultOf(server.client.ready), server.client)
+        self.assertTrue(server.client.idle)
+
+    def test_two_batches_on_one_connection(self) -> None:
+        """Two transactions reuse the connection with RSET between them; each gets its replies."""
+        server = Server(self)
+        server.greet()
+        first = server.client.send(transaction("a@example.com", "b@example.com"))
+        self.assertEqual(server.transport.value(), b"MAIL FROM:<alice@example.org>\r\n")
+        server.transport.clear()
+        self.assertEqual(server.say(b"250 ok"), b"RCPT TO:<a@example.com>\r\n")
+        self.assertEqual(server.say(b"250 ok"), b"RCPT TO:<b@example.com>\r\n")
+        self.assertEqual(server.say(b"550 5.1.1 no such user"), b"DATA\r\n")
+        self.assertEqual(server.say(b"354 go ahead"), b"Subject: hi\r\n\r\nline\r\n..dot line\r\n.\r\n")
+        self.assertEqual(server.say(b"250 2.0.0 queued as X"), b"RSET\r\n")
+        self.assertEqual(self.successResultOf(first), {
+            "a@example.com": (250, "2.0.0 queued as X"), "b@example.com": (550, "5.1.1 no such user")})
+        server.say(b"250 reset")
+        self.assertTrue(server.client.idle)
+        second = server.client.send(transaction("c@example.com"))
+        self.assertEqual(server.transport.value(), b"MAIL FROM:<alice@example.org>\r\n")
+        server.transport.clear()
+        server.say(b"250 ok")
+        server.say(b"250 ok")
+        server.say(b"354 go")
+        server.say(b"250 done")
+        self.assertEqual(self.successResultOf(second), {"c@example.com": (250, "done")})
+
+    def test_temporary_failure_at_mail(self) -> None:
+        """A 451 to MAIL FROM is every recipient's reply; the connection stays usable (RSET)."""
+        server = Server(self)
+        server.greet()
+        d = server.client.send(transaction("a@example.com", "b@example.com"))
+        server.transport.clear()
+        self.assertEqual(server.say(b"451 4.3.0 try later"), b"RSET\r\n")
+        self.assertEqual(self.successResultOf(d), {"a@example.com": (451, "4.3.0 try later"),
+                                                   "b@example.com": (451, "4.3.0 try later")})
+
+    def test_failure_at_data(self) -> None:
+        """A 554 instead of 354 is the reply of every accepted recipient."""
+        server = Server(self)
+        server.greet()
+        d = server.client.send(transaction("a@example.com"))
+        server.say(b"250 ok", b"250 ok")
+        self.assertEqual(server.say(b"554 5.3.0 no data today"), b"RSET\r\n")
+        self.assertEqual(self.successResultOf(d), {"a@example.com": (554, "5.3.0 no data today")})
+
+    def test_temporary_failure_after_the_dot(self) -> None:
+        """A 452 after the end of data applies to all accepted recipients, a refused one keeps its own."""
+        server = Server(self)
+        server.greet()
+        d = server.client.send(transaction("a@example.com", "b@example.com"))
+        server.say(b"250 ok", b"250 ok", b"450 4.2.1 mailbox busy", b"354 go")
+        server.say(b"452 4.3.1 out of space")
+        self.assertEqual(self.successResultOf(d), {"a@example.com": (452, "4.3.1 out of space"),
+                                                   "b@example.com": (450, "4.2.1 mailbox busy")})
+
+    def test_no_recipient_accepted(self) -> None:
+        """When every RCPT is refused no DATA is sent and each keeps its reply."""
+        server = Server(self)
+        server.greet()
+        d = server.client.send(transaction("a@example.com"))
+        server.say(b"250 ok")
+        self.assertEqual(server.say(b"550 5.1.1 unknown"), b"RSET\r\n")
+        self.assertEqual(self.successResultOf(d), {"a@example.com": (550, "5.1.1 unknown")})
+
+    def test_connection_dropped_mid_data(self) -> None:
+        """A connection lost during DATA fails the transaction as a connection-level 451."""
+        server = Server(self)
+        server.greet()
+        d = server.client.send(transaction("a@example.com"))
+        server.say(b"250 ok", b"250 ok", b"354 go")
+        server.client.connectionLost(None)
+        failure = self.failureResultOf(d, ConnectionFailure)
+        self.assertEqual(failure.value.reply, (451, "4.4.2 Connection to smarthost lost"))
+        self.assertTrue(server.client.closed)
+
+    def test_service_closing(self) -> None:
+        """A 421 at any point is a connection-level failure with that reply."""
+        server = Server(self)
+        server.greet()
+        d = server.client.send(transaction("a@example.com"))
+        server.say(b"421 4.3.2 shutting down")
+        self.assertEqual(self.failureResultOf(d, ConnectionFailure).value.reply, (421, "4.3.2 shutting down"))
+        self.assertTrue(server.transport.disconnecting)
+
+    def test_greeting_timeout(self) -> None:
+        """No greeting within the command timeout: ready fails and the connection is dropped."""
+        server = Server(self)
+        server.clock.advance(30)
+        self.failureResultOf(server.client.ready, ConnectionFailure)
+        self.assertTrue(server.transport.disconnecting)
+
+    def test_starttls_required_but_not_offered(self) -> None:
+        """With credentials (so TLS required) and no STARTTLS offered: no AUTH, no MAIL, ready fails."""
+        server = Server(self, username="user", password="secret", tls_context=object())
+        server.say(b"220 smarthost ESMTP")
+        written = server.say(b"250-smarthost", b"250 AUTH PLAIN LOGIN")
+        self.assertNotIn(b"AUTH", written)
+        self.assertNotIn(b"MAIL", written)
+        self.failureResultOf(server.client.ready, ConnectionFailure)
+
+
+class DotStufferTests(SynchronousTestCase):
+    """Outgoing DATA never contains an early end-of-data, whatever was stored."""
+
+    def send(self, content: bytes, chunk: int) -> bytes:
+        stuffer = DotStuffer()
+        out = b"".join(stuffer.feed(content[i:i + chunk]) for i in range(0, len(content), chunk))
+        return out + stuffer.finish()
+
+    def test_stored_bare_line_endings_cannot_end_data(self) -> None:
+        """Bare LF/CR around a dot become CRLF with the dot doubled, for every chunk size."""
+        content = b"a\n.\nb\r.\rc\r\n.\r\nd"
+        expected = b"a\r\n..\r\nb\r\n..\r\nc\r\n..\r\nd\r\n.\r\n"
+        for chunk in range(1, len(content) + 1):
+            wire = self.send(content, chunk)
+            self.assertEqual(wire, expected, chunk)
+            self.assertEqual(wire.find(b"\r\n.\r\n"), len(wire) - 5)
+
+    def test_empty_and_unterminated(self) -> None:
+        """An empty message is just the end line; a last line without CRLF gets one."""
+        self.assertEqual(self.send(b"", 1), b".\r\n")
+        self.assertEqual(self.send(b".x", 1), b"..x\r\n.\r\n")
