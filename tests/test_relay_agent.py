@@ -155,3 +155,25 @@ class FailoverTests(AgentTestCase):
         self.assertTrue(connection.closed)
         self.successResultOf(self.deliver(agent, "c@x.test"))
         self.assertEqual(len(self.connections[PRIMARY]), 2)
+
+
+class HangingConnection(FakeConnection):
+    """A connection whose transaction never answers."""
+
+    def send(self, transaction: Transaction) -> Deferred:
+        self.sent.append(transaction.recipients)
+        return transaction.done
+
+
+class CancelTests(AgentTestCase):
+    """processingTimeout cancels a delivery in the middle of a transaction."""
+
+    def test_cancelled_transaction_drops_the_connection(self) -> None:
+        """Cancelling the delivery closes the connection instead of returning it to the pool."""
+        hanging = HangingConnection([])
+        agent = RelayAgent([PRIMARY], lambda s: succeed(hanging), self.clock, 2, 0, True)
+        d = self.deliver(agent, "a@x.test")
+        d.cancel()
+        self.failureResultOf(d)
+        self.assertTrue(hanging.closed)
+        self.assertEqual(agent._idle[PRIMARY], [])

@@ -147,13 +147,15 @@ class RelayProtocol(ESMTPClient):
         return transaction.done
 
     def close(self) -> None:
-        """Say QUIT (or just drop the connection if it is not idle)."""
+        """Say QUIT when idle; otherwise drop the connection (what is under way fails)."""
         if self.closed:
             return
         if self.idle:
             self.idle = False
             self._disconnectFromServer()
         else:
+            self.closed = True
+            self._fail_all(ConnectionFailure(451, "4.4.2 Connection to smarthost closed"))
             self.transport.loseConnection()
 
     # -- ESMTPClient hooks ------------------------------------------------------

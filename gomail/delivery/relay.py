@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -99,11 +99,21 @@ class RelayAgent:
         for smarthost in self._in_order():
             try:
                 connection = await self._connection(smarthost)
+            except ConnectionFailure as e:
+                self._failed(smarthost, e)
+                last = e
+                continue
+            try:
                 replies = await connection.send(Transaction(envelope.sender, batch, lambda: open(path, "rb")))
             except ConnectionFailure as e:
                 self._failed(smarthost, e)
                 last = e
                 continue
+            except CancelledError:
+                # processingTimeout ran out mid-transaction: this connection's
+                # state is unknown, so it is dropped rather than reused.
+                connection.close()
+                raise
             self._health[smarthost].failures = 0
             self._release(smarthost, connection)
             return replies, str(smarthost)
