@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import heapq
 import random as _random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from twisted.application.service import Service
@@ -48,7 +48,11 @@ class DeliveryStats:
     bounces: int = 0
     attempt_seconds_total: float = 0.0
     attempts: int = 0
-    processing_times: list[float] = field(default_factory=list, repr=False)
+
+    @property
+    def average_attempt_ms(self) -> float:
+        """Mean wall time of one delivery attempt, in milliseconds (the seed's avg_processing_time_ms)."""
+        return 1000.0 * self.attempt_seconds_total / self.attempts if self.attempts else 0.0
 
 
 class Router:
