@@ -3,24 +3,124 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
+from typing import Callable
+
+from twisted.internet.interfaces import IReactorTime
 
 import gomail
+from gomail import queuetool
 from gomail.config import ConfigError, describe, load_config
+from gomail.delivery.failed import FailedStore
+from gomail.spool.store import Spool
+
+DEFAULT_CONFIG = os.path.join("conf", "gomail.toml")
+
+_QUEUE_HELP = """\
+list and show are always safe, also on the spool of a running server.
+Changes go through the same atomic writer jobs as the server's, so they never
+leave partial files; but a running server keeps its own index of the queue in
+memory: what retry and flush do takes effect at its next start. (A running
+server retries failed/ by itself every delivery.failedRetryInterval seconds;
+the HTTP admin API will add a live POST /admin/retry-failed.) Delete queued
+messages with the server stopped: a running server would keep trying them.
+Run these commands as the user the server runs as.
+
+exit status: 0 ok, 1 error (unknown id, unreadable spool), 2 usage
+"""
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the C{gomail} console script; returns the exit status."""
+class WallClock:
+    """The system clock, for a command that runs outside any reactor."""
+
+    def seconds(self) -> float:
+        return time.time()
+
+
+def main(argv: list[str] | None = None, clock: IReactorTime | None = None) -> int:
+    """
+    Entry point of the C{gomail} console script; returns the exit status.
+
+    @param clock: the time for C{queue} commands (default: the system clock).
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # usage errors (2), --help and --version (0)
+        return e.code if isinstance(e.code, int) else 2
+    if args.command == "check-config":
+        return check_config(args.file)
+    if args.command == "queue":
+        if args.action is None:
+            args.queue_parser.print_help()
+            return 2
+        try:
+            return queue_command(args, clock or WallClock())
+        except BrokenPipeError:
+            # The reader went away (`gomail queue list | head`): stop quietly.
+            try:
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            except (OSError, ValueError):
+                pass
+            return 1
+    parser.print_help()
+    return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: C{check-config} and C{queue list|show|retry|flush|delete}."""
     parser = argparse.ArgumentParser(prog="gomail", description="gomail mail server operator tool")
     parser.add_argument("--version", action="version", version=f"gomail {gomail.__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     check = commands.add_parser("check-config", help="validate a configuration file (and the environment)")
     check.add_argument("file", help="TOML file, or the Go relay's config.json")
-    args = parser.parse_args(argv)
-    if args.command == "check-config":
-        return check_config(args.file)
-    parser.print_help()
-    return 2
+
+    raw = argparse.RawDescriptionHelpFormatter
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="FILE",
+                        help=f"configuration whose spool.directory to use (default: {DEFAULT_CONFIG} "
+                             f"if it exists, else the built-in defaults)")
+    queue = commands.add_parser("queue", help="inspect and manage the spool (list, show, retry, flush, delete)",
+                                description="Inspect and manage the spool, like postqueue/postsuper.",
+                                epilog=_QUEUE_HELP, formatter_class=raw)
+    queue.set_defaults(queue_parser=queue)
+    actions = queue.add_subparsers(dest="action", metavar="ACTION")
+
+    listing = actions.add_parser("list", parents=[common], help="list queued messages (like postqueue -p)",
+                                 description="One entry per message: id, size, arrival time (UTC), sender, "
+                                             "then its recipients with status and last reply.",
+                                 epilog=_QUEUE_HELP, formatter_class=raw)
+    listing.add_argument("--failed", action="store_true", help="list failed/ instead of queue/")
+    listing.add_argument("--json", action="store_true", help="print a JSON array")
+
+    show = actions.add_parser("show", parents=[common], help="print a message's envelope and headers",
+                              description="Print the envelope (JSON), then the message headers, of a message "
+                                          "in queue/ or failed/.", epilog=_QUEUE_HELP, formatter_class=raw)
+    show.add_argument("id", help="queue id")
+    show.add_argument("--content", action="store_true", help="print the whole message, not only its headers")
+
+    retry = actions.add_parser("retry", parents=[common], help="move failed/ messages back to the queue",
+                               description="Move failed/ messages back to queue/ with fresh attempt counters. "
+                                           "A running server picks them up at its next start.",
+                               epilog=_QUEUE_HELP, formatter_class=raw)
+    which = retry.add_mutually_exclusive_group(required=True)
+    which.add_argument("ids", nargs="*", default=[], metavar="ID", help="failed message ids")
+    which.add_argument("--all", action="store_true", help="every message in failed/")
+
+    actions.add_parser("flush", parents=[common], help="make every queued message due now",
+                               description="Set every queued message's next attempt to now. A running server "
+                                           "acts on it at its next start.", epilog=_QUEUE_HELP, formatter_class=raw)
+
+    delete = actions.add_parser("delete", parents=[common], help="delete messages for good",
+                                description="Delete messages from queue/ or failed/. Nothing is deleted "
+                                            "without explicit ids or --all-failed.",
+                                epilog=_QUEUE_HELP, formatter_class=raw)
+    what = delete.add_mutually_exclusive_group(required=True)
+    what.add_argument("ids", nargs="*", default=[], metavar="ID", help="message ids (queue/ or failed/)")
+    what.add_argument("--all-failed", action="store_true", help="every message in failed/")
+    return parser
 
 
 def check_config(path: str) -> int:
@@ -33,6 +133,78 @@ def check_config(path: str) -> int:
     print(f"{path}: configuration ok")
     print(describe(config))
     return 0
+
+
+def queue_command(args: argparse.Namespace, clock: IReactorTime) -> int:
+    """Run one C{gomail queue} action; errors become one line on stderr and status 1."""
+    path = args.config
+    if path is None and os.path.exists(DEFAULT_CONFIG):
+        path = DEFAULT_CONFIG
+    try:
+        config = load_config(path)
+    except ConfigError as e:
+        print(f"gomail: configuration error: {e}", file=sys.stderr)
+        return 1
+    directory = config.spool.directory
+    try:
+        spool, failed = queuetool.open_spool(directory, clock, errors=sys.stderr)
+        return _ACTIONS[args.action](args, spool, failed)
+    except queuetool.QueueToolError as e:
+        print(f"gomail: {e}", file=sys.stderr)
+    except BrokenPipeError:
+        raise  # stdout, not the spool: main handles it
+    except OSError as e:
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"gomail: cannot use the spool in {directory}: {e.strerror or e}{where}", file=sys.stderr)
+    return 1
+
+
+def _plural(count: int, word: str = "message") -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+def _list(args: argparse.Namespace, spool: Spool, failed: FailedStore) -> int:
+    entries = queuetool.failed_entries(failed) if args.failed else queuetool.queued(spool)
+    if args.json:
+        queuetool.print_json(entries, sys.stdout)
+    else:
+        queued = len(entries) if not args.failed else queuetool.count(spool, queuetool.QUEUE)
+        in_failed = len(entries) if args.failed else queuetool.count(spool, queuetool.FAILED)
+        queuetool.print_listing(entries, queued, in_failed, sys.stdout)
+    return 0
+
+
+def _show(args: argparse.Namespace, spool: Spool, failed: FailedStore) -> int:
+    queuetool.show(spool, failed, args.id, sys.stdout, content=args.content)
+    return 0
+
+
+def _retry(args: argparse.Namespace, spool: Spool, failed: FailedStore) -> int:
+    requeued, problems = queuetool.retry(failed, None if args.all else args.ids)
+    print(f"requeued {_plural(requeued)}")
+    return 1 if problems else 0
+
+
+def _flush(args: argparse.Namespace, spool: Spool, failed: FailedStore) -> int:
+    flushed, problems = queuetool.flush(spool)
+    for problem in problems:
+        print(f"gomail: {problem}", file=sys.stderr)
+    print(f"flushed {_plural(flushed)}")
+    return 1 if problems else 0
+
+
+def _delete(args: argparse.Namespace, spool: Spool, failed: FailedStore) -> int:
+    if args.all_failed:
+        deleted = queuetool.delete_all_failed(failed)
+    else:
+        deleted = queuetool.delete(spool, failed, args.ids)
+    print(f"deleted {_plural(deleted)}")
+    return 0
+
+
+_ACTIONS: dict[str, Callable[[argparse.Namespace, Spool, FailedStore], int]] = {
+    "list": _list, "show": _show, "retry": _retry, "flush": _flush, "delete": _delete,
+}
 
 
 if __name__ == "__main__":
