@@ -1,0 +1,208 @@
+"""
+End-to-end relaying: a real ``twistd -n gomail`` with forwardSMTP = true in
+front of a real smarthost process (L{tests.smarthost}), real smtplib clients,
+and the smarthost's spool as the proof of what was relayed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import smtplib
+import sys
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import TestCase
+
+from tests.processes import TWISTD, ServerProcess, free_port, poll, spawn
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+CONFIG = """
+smtpHost = "127.0.0.1"
+smtpPort = {port}
+dataDir = "{data}"
+forwardSMTP = true
+forwardHost = "127.0.0.1"
+forwardPort = {forward_port}
+[security]
+requireAuth = false
+[smtp]
+hostname = "mx.test"
+localDomains = []
+[spool]
+minFreeSpaceMB = 0
+[delivery]
+retryInitialDelay = 1
+retryJitter = 0.0
+retryMaxDelay = 2
+tlsVerify = false
+failedRetryInterval = 0
+"""
+
+# A line that is only a dot and lines that start with one: stuffed by smtplib,
+# unstuffed by gomail, stuffed again by the relay, unstuffed by the smarthost.
+MESSAGE = (
+    b"From: alice@example.org\r\nTo: bob@example.net\r\nSubject: relayed\r\n\r\n"
+    b"Hello Bob.\r\n.leading dot line\r\n.\r\n..two dots\r\nBye.\r\n"
+)
+
+
+def send(port: int, recipient: str) -> tuple[int, str]:
+    """Send MESSAGE from alice@example.org to C{recipient}; the reply to the end of DATA."""
+    with smtplib.SMTP("127.0.0.1", port, timeout=20) as client:
+        client.ehlo("client.test")
+        client.mail("alice@example.org")
+        code, text = client.rcpt(recipient)
+        if code != 250:
+            return code, text.decode()
+        code, text = client.data(MESSAGE)
+        return code, text.decode()
+
+
+class RelayToSmarthostTests(TestCase):
+    """gomail relaying to a smarthost, both run as an operator would run them."""
+
+    timeout = 120
+
+    def setUp(self) -> None:
+        self.workdir = os.path.abspath(self.mktemp())
+        os.makedirs(self.workdir)
+        self.port, self.forward_port = free_port(), free_port()
+        self.data = os.path.join(self.workdir, "data")
+        self.received_dir = os.path.join(self.workdir, "smarthost")
+        self.config = os.path.join(self.workdir, "gomail.toml")
+        with open(self.config, "w") as f:
+            f.write(CONFIG.format(port=self.port, forward_port=self.forward_port, data=self.data))
+        self.smarthost: ServerProcess | None = None
+
+    # -- processes ------------------------------------------------------------
+
+    def start_gomail(self) -> Deferred:
+        self.gomail = spawn(reactor, TWISTD + ["-n", "--pidfile=", "gomail", "--config", self.config],
+                            cwd=self.workdir)
+        self.addCleanup(self.gomail.stop, reactor)
+        return self.gomail.wait_for(b"gomail ready", reactor)
+
+    def start_smarthost(self, *options: str) -> Deferred:
+        self.smarthost = spawn(reactor, [sys.executable, "-m", "tests.smarthost", "--port", str(self.forward_port),
+                                         "--spool", self.received_dir, *options], cwd=ROOT)
+        self.addCleanup(self.smarthost.stop, reactor)
+        return self.smarthost.wait_for(b"smarthost ready", reactor)
+
+    async def stop_both(self) -> None:
+        """SIGTERM gomail, then the smarthost; gomail must shut down cleanly."""
+        code = await self.gomail.stop(reactor)
+        output = self.gomail.output.decode(errors="replace")
+        # twistd re-raises SIGTERM after a clean shutdown: "killed by TERM" is a clean exit.
+        self.assertIn(code, (0, -15), output)
+        self.assertIn("Server Shut Down", output)
+        self.assertNotIn("Traceback", output)
+        if self.smarthost is not None:
+            self.assertIn(await self.smarthost.stop(reactor), (0, -15), self.smarthost.output)
+            self.assertNotIn(b"Traceback", self.smarthost.output)
+
+    # -- what is where -----------------------------------------------------------
+
+    def relayed(self) -> list[tuple[bytes, bytes]]:
+        """The smarthost's messages in arrival order, as (X-Envelope line, DATA bytes)."""
+        if not os.path.isdir(self.received_dir):
+            return []
+        messages = []
+        for name in sorted(n for n in os.listdir(self.received_dir) if n.endswith(".eml")):
+            with open(os.path.join(self.received_dir, name), "rb") as f:
+                first, _, rest = f.read().partition(b"\r\n")
+            messages.append((first, rest))
+        return messages
+
+    def spool_dir(self, name: str) -> list[str]:
+        path = os.path.join(self.data, "spool", name)
+        return sorted(os.listdir(path)) if os.path.isdir(path) else []
+
+    def assert_relayed_once(self, messages: list[tuple[bytes, bytes]]) -> None:
+        self.assertEqual(len(messages), 1, messages)
+        envelope, content = messages[0]
+        self.assertEqual(envelope, b"X-Envelope: <alice@example.org> <bob@example.net>")
+        self.assertTrue(content.startswith(b"Received: from client.test"), content)
+        self.assertIn(b"mx.test (gomail)", content.split(b"\r\n\r\n", 1)[0])
+        self.assertTrue(content.endswith(MESSAGE), content)
+
+    # -- the tests ------------------------------------------------------------------
+
+    async def _relays_once(self) -> None:
+        await self.start_smarthost()
+        await self.start_gomail()
+        code, text = await deferToThread(send, self.port, "bob@example.net")
+        self.assertEqual(code, 250, text)
+        await self.smarthost.wait_for(b"received 1", reactor)
+        await poll(reactor, lambda: self.spool_dir("queue") == [])
+        self.assert_relayed_once(self.relayed())
+        await self.stop_both()
+        self.assert_relayed_once(self.relayed())
+        self.assertNotIn(b" deferred: ", self.gomail.output)
+
+    def test_message_is_relayed_once_byte_for_byte(self) -> Deferred:
+        """
+        Mail for a non-local domain reaches the smarthost exactly once, with the
+        sender and recipient as sent, gomail's Received: header first and then
+        the client's bytes unchanged (dot lines included); gomail's queue is
+        empty afterwards and both processes stop cleanly on SIGTERM.
+        """
+        return Deferred.fromCoroutine(self._relays_once())
+
+    async def _smarthost_comes_back(self) -> None:
+        await self.start_gomail()
+        code, text = await deferToThread(send, self.port, "bob@example.net")
+        self.assertEqual(code, 250, text)
+        await self.gomail.wait_for(b" deferred: 1 recipients pending", reactor)
+        self.assertIn(b"Cannot reach 127.0.0.1:%d" % self.forward_port, self.gomail.output)
+        self.assertEqual(len(self.spool_dir("queue")), 2)
+        await self.start_smarthost()
+        await self.smarthost.wait_for(b"received 1", reactor)
+        await poll(reactor, lambda: self.spool_dir("queue") == [])
+        await self.stop_both()
+        self.assert_relayed_once(self.relayed())
+        self.assertEqual(self.spool_dir("failed"), [])
+
+    def test_deferred_while_smarthost_down_then_relayed_once(self) -> Deferred:
+        """
+        With nothing listening on forwardPort the message is still accepted (250),
+        kept in the queue and logged as deferred; once the smarthost starts on
+        that port the retry delivers it, exactly once, and the queue empties.
+        """
+        return Deferred.fromCoroutine(self._smarthost_comes_back())
+
+    async def _rejected(self) -> None:
+        await self.start_smarthost("--reject-local-part", "reject")
+        await self.start_gomail()
+        code, text = await deferToThread(send, self.port, "reject@example.net")
+        self.assertEqual(code, 250, text)
+        queue_id = text.rsplit(" ", 1)[1]
+        await self.smarthost.wait_for(b"received 1", reactor)
+        await poll(reactor, lambda: self.spool_dir("failed") == [queue_id + ".json"]
+                   and self.spool_dir("queue") == [])
+        with open(os.path.join(self.data, "spool", "failed", queue_id + ".json"), "rb") as f:
+            record = json.loads(f.read())
+        self.assertIn("<reject@example.net>: 550 5.1.1", record["reason"])
+        self.assertEqual([(r["address"], r["status"]) for r in record["recipients"]],
+                         [("reject@example.net", "failed")])
+        messages = self.relayed()
+        self.assertEqual(len(messages), 1, messages)
+        envelope, bounce = messages[0]
+        self.assertEqual(envelope, b"X-Envelope: <> <alice@example.org>")
+        self.assertIn(b"multipart/report", bounce)
+        self.assertIn(b"Final-Recipient: rfc822; reject@example.net", bounce)
+        self.assertIn(b"Subject: relayed", bounce)  # the original headers are attached
+        await self.stop_both()
+        self.assertEqual(len(self.relayed()), 1)
+
+    def test_permanent_rejection_fails_and_bounces_to_sender(self) -> Deferred:
+        """
+        A 550 5.1.1 from the smarthost for the only recipient moves the message to
+        failed/<id>.json with the smarthost's reply as the reason, and sends the
+        sender one RFC 3464 bounce (null sender, multipart/report, naming the
+        rejected address) through the same smarthost; nothing stays queued.
+        """
+        return Deferred.fromCoroutine(self._rejected())
