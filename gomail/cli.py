@@ -21,11 +21,10 @@ DEFAULT_CONFIG = os.path.join("conf", "gomail.toml")
 _QUEUE_HELP = """\
 list and show are always safe, also on the spool of a running server.
 Changes go through the same atomic writer jobs as the server's, so they never
-leave partial files; but a running server keeps its own index of the queue in
-memory: what retry and flush do takes effect at its next start. (A running
-server retries failed/ by itself every delivery.failedRetryInterval seconds;
-the HTTP admin API will add a live POST /admin/retry-failed.) Delete queued
-messages with the server stopped: a running server would keep trying them.
+leave partial files. After retry, flush or delete, a running server (found
+through <spool>/gomail.pid) is sent SIGUSR1 and rescans its queue: requeued
+mail is picked up, flushed mail is due at once, deleted mail is forgotten
+(a message being delivered at that very moment still finishes its attempt).
 Run these commands as the user the server runs as.
 
 exit status: 0 ok, 1 error (unknown id, unreadable spool), 2 usage
@@ -179,9 +178,16 @@ def _show(args: argparse.Namespace, spool: Spool, failed: FailedStore) -> int:
     return 0
 
 
+def _tell_server(spool: Spool, changed: int) -> None:
+    pid = queuetool.notify_server(spool) if changed else None
+    if pid is not None:
+        print(f"asked the running server (pid {pid}) to rescan the queue")
+
+
 def _retry(args: argparse.Namespace, spool: Spool, failed: FailedStore) -> int:
     requeued, problems = queuetool.retry(failed, None if args.all else args.ids)
     print(f"requeued {_plural(requeued)}")
+    _tell_server(spool, requeued)
     return 1 if problems else 0
 
 
@@ -190,6 +196,7 @@ def _flush(args: argparse.Namespace, spool: Spool, failed: FailedStore) -> int:
     for problem in problems:
         print(f"gomail: {problem}", file=sys.stderr)
     print(f"flushed {_plural(flushed)}")
+    _tell_server(spool, flushed)
     return 1 if problems else 0
 
 
@@ -199,6 +206,7 @@ def _delete(args: argparse.Namespace, spool: Spool, failed: FailedStore) -> int:
     else:
         deleted = queuetool.delete(spool, failed, args.ids)
     print(f"deleted {_plural(deleted)}")
+    _tell_server(spool, deleted)
     return 0
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import signal
 import re
 from dataclasses import dataclass
 from typing import Any, Callable, Coroutine, TextIO
@@ -408,3 +409,24 @@ def delete_all_failed(failed: FailedStore) -> int:
             continue
         deleted += 1
     return deleted
+
+
+def notify_server(spool: Spool, kill: Callable[[int, int], None] = os.kill) -> int | None:
+    """
+    Ask a running server to rescan its queue (SIGUSR1 to the pid in the spool's
+    pid file). Returns the pid, or None when no server runs.
+
+    @raise QueueToolError: when the server runs as another user.
+    """
+    try:
+        with open(spool.pidfile) as f:
+            pid = int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+    try:
+        kill(pid, signal.SIGUSR1)
+    except ProcessLookupError:
+        return None  # a pid file left by a server that died
+    except PermissionError:
+        raise QueueToolError(f"cannot signal the running server (pid {pid}): run this as the server's user") from None
+    return pid

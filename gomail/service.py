@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any, Callable
 
@@ -58,7 +59,24 @@ class GomailService(SequentialMultiService):
         return d
 
     def _started(self, _: Any) -> None:
+        if self.spool is not None:
+            # Lets `gomail queue retry|flush|delete` ask this server to rescan.
+            with open(self.spool.pidfile, "w") as f:
+                f.write(f"{os.getpid()}\n")
         self.log.info("gomail ready")
+
+    def stopService(self) -> Deferred:  # type: ignore[override]
+        if self.spool is not None:
+            try:
+                os.unlink(self.spool.pidfile)
+            except OSError:
+                pass
+        return super().stopService()
+
+    def rescan_queue(self) -> None:
+        """Re-read the queue from disk (on SIGUSR1, sent by C{gomail queue})."""
+        if self.delivery is not None and self.delivery.running:
+            self.delivery.rescan().addErrback(lambda f: self.log.failure("queue rescan failed", f))
 
     def _start_failed(self, failure: Any) -> None:
         self.log.critical("gomail could not start: {error}", error=failure.getErrorMessage())

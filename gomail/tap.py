@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 from typing import Any
 
 from twisted.python import usage
@@ -78,4 +79,6 @@ def makeService(options: Options) -> Any:
         reactor.stop()
 
     service.on_fatal = fatal
+    # `gomail queue retry|flush|delete` send SIGUSR1 after changing the spool.
+    signal.signal(signal.SIGUSR1, lambda signum, frame: reactor.callFromThread(service.rescan_queue))
     return service

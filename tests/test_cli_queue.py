@@ -22,6 +22,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 import gomail
+from gomail import queuetool
 from gomail.cli import main
 from gomail.delivery.failed import FailedStore
 from gomail.spool.envelope import DELIVERED, FAILED, PENDING, Envelope
@@ -419,3 +420,37 @@ class EntryPointTests(QueueCommandTestCase):
         self.assertEqual((result.returncode, result.stderr), (0, ""))
         self.assertIn(self.first.id, result.stdout)
         self.assertEqual(result.stdout.splitlines()[-1], "2 messages in the queue, 1 in failed/")
+
+
+class NotifyServerTests(SynchronousTestCase):
+    """queuetool.notify_server: SIGUSR1 to the pid in <spool>/gomail.pid."""
+
+    def setUp(self) -> None:
+        self.spool = make_spool(os.path.abspath(self.mktemp()))
+        self.kills: list[tuple[int, int]] = []
+
+    def kill(self, pid: int, signum: int) -> None:
+        self.kills.append((pid, signum))
+
+    def test_no_server(self) -> None:
+        """Without a pid file nothing is signalled."""
+        self.assertIsNone(queuetool.notify_server(self.spool, self.kill))
+        self.assertEqual(self.kills, [])
+
+    def test_running_server(self) -> None:
+        """With a pid file the server gets SIGUSR1 and its pid is returned."""
+        import signal
+
+        with open(self.spool.pidfile, "w") as f:
+            f.write("4242\n")
+        self.assertEqual(queuetool.notify_server(self.spool, self.kill), 4242)
+        self.assertEqual(self.kills, [(4242, signal.SIGUSR1)])
+
+    def test_stale_pid_file(self) -> None:
+        """A pid file left by a dead server is ignored."""
+        with open(self.spool.pidfile, "w") as f:
+            f.write("4242\n")
+
+        def gone(pid: int, signum: int) -> None:
+            raise ProcessLookupError(pid)
+        self.assertIsNone(queuetool.notify_server(self.spool, gone))

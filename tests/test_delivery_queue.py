@@ -267,3 +267,39 @@ class FailedRetryTests(QueueTestCase):
 def read_content_tail(record: dict) -> bytes:
     """The content stored in a failed record (it is text here)."""
     return record["content"].encode()
+
+
+class RescanTests(QueueTestCase):
+    """rescan(): the index follows changes made on disk by `gomail queue`."""
+
+    def test_message_added_on_disk_is_picked_up(self) -> None:
+        """A message that appears in queue/ behind the queue's back is delivered after a rescan."""
+        agent = ScriptedAgent()
+        queue = self.queue(agent)
+        self.spool._listeners.clear()  # as if another process had written it
+        envelope = self.commit("bob@example.com")
+        self.assertEqual(agent.calls, [])
+        self.assertEqual(self.successResultOf(queue.rescan()), 1)
+        self.assertEqual(agent.calls, [(envelope.id, ["bob@example.com"])])
+
+    def test_flush_on_disk_makes_it_due(self) -> None:
+        """An earlier next_attempt written to disk (gomail queue flush) is honoured at once."""
+        agent = ScriptedAgent(451)
+        queue = self.queue(agent)
+        envelope = self.commit("bob@example.com")
+        stored = self.on_disk(envelope.id)
+        stored.next_attempt = self.clock.seconds()
+        self.successResultOf(Deferred.fromCoroutine(self.spool.update(stored)))
+        self.successResultOf(queue.rescan())
+        self.assertEqual(len(agent.calls), 2)
+
+    def test_deleted_on_disk_is_forgotten(self) -> None:
+        """A deferred message whose files were deleted is dropped from the index and never tried again."""
+        agent = ScriptedAgent(451)
+        queue = self.queue(agent)
+        envelope = self.commit("bob@example.com")
+        for ext in (".json", ".eml"):
+            os.unlink(self.spool.path("queue", envelope.id + ext))
+        self.assertEqual(self.successResultOf(queue.rescan()), 0)
+        self.clock.advance(3000)
+        self.assertEqual(len(agent.calls), 1)

@@ -6,6 +6,7 @@ clients (plain and STARTTLS), mail found in the local mailbox, clean SIGTERM.
 from __future__ import annotations
 
 import email
+import json
 import os
 import smtplib
 import ssl
@@ -17,6 +18,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
+from gomail.spool.envelope import FAILED, Envelope, Recipient
 from tests.processes import TWISTD, free_port, poll, spawn
 
 CONFIG = """
@@ -173,6 +175,30 @@ class TwistdGomailTests(TestCase):
         the client still gets its 250 and the message is kept, then the process exits.
         """
         return Deferred.fromCoroutine(self._drain())
+
+    async def _cli_retry(self) -> None:
+        await self.start()
+        # A failed entry as the server writes one (gomail.delivery.failed), for bob.
+        now = 1700000000.0
+        envelope = Envelope(id="0000000000001feedbeef", sender="alice@example.org", received=now,
+                            recipients=[Recipient("bob@example.com", FAILED, "550 5.0.0 gone")])
+        record = json.loads(envelope.to_json())
+        record.update(reason="test", failed_at=now, content=MESSAGE.decode(), content_encoding="utf-8")
+        with open(os.path.join(self.data, "spool", "failed", envelope.id + ".json"), "w") as f:
+            json.dump(record, f)
+        result = await deferToThread(subprocess.run, [sys.executable, "-m", "gomail.cli", "queue", "retry", "--all",
+                                                      "--config", self.config],
+                                     capture_output=True, text=True, timeout=60, cwd=self.workdir)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("requeued 1 message", result.stdout)
+        self.assertIn("asked the running server (pid", result.stdout)
+        await poll(reactor, lambda: len(self.delivered()) == 1)
+        self.assertTrue(self.delivered()[0].endswith(MESSAGE))
+        self.assertEqual(os.listdir(os.path.join(self.data, "spool", "failed")), [])
+
+    def test_queue_retry_reaches_the_running_server(self) -> Deferred:
+        """`gomail queue retry --all` requeues failed mail and the running server delivers it at once (SIGUSR1)."""
+        return Deferred.fromCoroutine(self._cli_retry())
 
     def test_start_cleans_tmp_and_sets_corrupt_entries_aside(self) -> Deferred:
         """Leftovers in tmp/ are removed and unreadable queue entries moved to corrupt/; the server still serves."""

@@ -92,6 +92,7 @@ class DeliveryQueue(Service):
         self._active: dict[str, Deferred] = {}
         self._timer: Any = None
         self._failed_loop: LoopingCall | None = None
+        self._settled_during_rescan: set[str] | None = None
 
     # -- IQueueConsumer ---------------------------------------------------------
 
@@ -106,6 +107,39 @@ class DeliveryQueue(Service):
     def depth(self) -> int:
         """Messages known to the queue (waiting or being delivered)."""
         return len(self._envelopes)
+
+    def rescan(self) -> Deferred:
+        """
+        Re-read ``queue/`` and bring the index in line with it: messages put there
+        by someone else (C{gomail queue retry}) are added, an earlier next-attempt
+        time (C{gomail queue flush}) is taken, and messages deleted from disk are
+        dropped. Fires with the number of queued messages.
+        """
+        self._settled_during_rescan = set()
+        d = self.spool.run(self.spool.read_queue)
+        d.addCallback(self._rescanned)
+        return d
+
+    def _rescanned(self, envelopes: list[Envelope]) -> int:
+        settled, self._settled_during_rescan = self._settled_during_rescan or set(), None
+        present = {e.id for e in envelopes}
+        for queue_id in list(self._envelopes):
+            if queue_id not in present and queue_id not in self._active:
+                del self._envelopes[queue_id]
+        for envelope in envelopes:
+            known = self._envelopes.get(envelope.id)
+            if envelope.id in settled or envelope.id in self._active:
+                continue
+            if known is None:
+                self._envelopes[envelope.id] = envelope
+                self._push(envelope)
+            elif envelope.next_attempt < known.next_attempt:
+                known.next_attempt = envelope.next_attempt
+                self._push(known)
+        count = self.spool.queued = len(self._envelopes)
+        self.log.info("queue rescanned: {count} messages", count=count)
+        self._wake()
+        return count
 
     def _push(self, envelope: Envelope) -> None:
         self._sequence += 1
@@ -238,6 +272,8 @@ class DeliveryQueue(Service):
             self._push(envelope)
             return
         del self._envelopes[envelope.id]
+        if self._settled_during_rescan is not None:
+            self._settled_during_rescan.add(envelope.id)
         if any(r.status == FAILED for r in envelope.recipients):
             await self._give_up(envelope)
         else:

@@ -125,6 +125,26 @@ class Spool:
         """Scan ``queue/`` in the I/O pool; fires with a L{RecoveryReport}."""
         return self.run(self._scan).addCallback(self._report)
 
+    def read_queue(self) -> list[Envelope]:
+        """(blocking) The envelopes of every committed message in ``queue/``, changing nothing."""
+        queue = self.path("queue")
+        names = set(os.listdir(queue))
+        envelopes = []
+        for name in names:
+            if not name.endswith(".json") or name[:-5] + ".eml" not in names:
+                continue
+            try:
+                with open(os.path.join(queue, name), "rb") as f:
+                    envelopes.append(Envelope.from_json(f.read()))
+            except (OSError, EnvelopeError):
+                continue  # being replaced or removed right now, or for recovery to set aside
+        return envelopes
+
+    @property
+    def pidfile(self) -> str:
+        """Where a running server records its process id (for ``gomail queue`` to signal it)."""
+        return self.path("gomail.pid")
+
     def _report(self, report: RecoveryReport) -> RecoveryReport:
         for name in report.corrupt:
             self.log.error("moved unreadable queue entry {name} to {directory}/corrupt",
