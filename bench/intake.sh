@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Intake benchmark: gomail vs a private Postfix relay, same machine, same run.
+# Intake and end-to-end relay benchmarks: gomail vs a private Postfix relay,
+# same machine, same run.
 #
-#   bench/intake.sh                  # 3 rounds x 10,000 messages (the defined benchmark)
+#   bench/intake.sh                  # intake: 3 rounds x 10,000 messages (the defined benchmark)
 #   bench/intake.sh -r 1 -m 2000     # quick check
+#   bench/intake.sh -e               # end-to-end relay: both relay into smtp-sink, timed until
+#                                    # the sink has every message (gomail workerCount 20; -w N)
 #
 # Each round runs gomail, then Postfix, each freshly started on free 127.0.0.1
 # ports, loaded with `smtp-source -s 20 -m N -l 5120` (a new connection per
@@ -11,7 +14,10 @@ set -euo pipefail
 
 usage() {
     cat <<EOF
-usage: $0 [-r ROUNDS] [-m MESSAGES] [-s SESSIONS] [-l BYTES] [-d] [-t DRAIN_TIMEOUT] [-k]
+usage: $0 [-e] [-w WORKERS] [-r ROUNDS] [-m MESSAGES] [-s SESSIONS] [-l BYTES] [-d] [-t DRAIN_TIMEOUT] [-k]
+  -e                end-to-end relay mode: gomail relays to smtp-sink like Postfix,
+                    timed until the sink has every accepted message (env E2E=1)
+  -w WORKERS        gomail's workerCount    (env WORKERS, default 20 with -e, else 5)
   -r ROUNDS         rounds; each runs gomail then Postfix      (env ROUNDS, default 3)
   -m MESSAGES       messages per run                           (env MESSAGES, default 10000)
   -s SESSIONS       parallel smtp-source sessions              (env SESSIONS, default 20)
@@ -29,8 +35,12 @@ SIZE=${SIZE:-5120}
 REUSE=${REUSE:-0}
 DRAIN_TIMEOUT=${DRAIN_TIMEOUT:-600}
 KEEP_TMP=${KEEP_TMP:-0}
-while getopts "r:m:s:l:dt:kh" opt; do
+E2E=${E2E:-0}
+WORKERS=${WORKERS:-}
+while getopts "ew:r:m:s:l:dt:kh" opt; do
     case $opt in
+    e) E2E=1 ;;
+    w) WORKERS=$OPTARG ;;
     r) ROUNDS=$OPTARG ;;
     m) MESSAGES=$OPTARG ;;
     s) SESSIONS=$OPTARG ;;
@@ -42,7 +52,9 @@ while getopts "r:m:s:l:dt:kh" opt; do
     *) usage >&2; exit 2 ;;
     esac
 done
-for v in ROUNDS MESSAGES SESSIONS SIZE DRAIN_TIMEOUT; do
+[[ $E2E == 1 ]] && MODE=e2e || MODE=intake
+[[ -n $WORKERS ]] || { [[ $MODE == e2e ]] && WORKERS=20 || WORKERS=5; }
+for v in ROUNDS MESSAGES SESSIONS SIZE DRAIN_TIMEOUT WORKERS; do
     [[ ${!v} =~ ^[0-9]+$ && ${!v} -gt 0 ]] || { echo "$v must be a positive integer, got '${!v}'" >&2; exit 2; }
 done
 
@@ -86,13 +98,13 @@ fi
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 RESULTS=$BENCH/results
 mkdir -p "$RESULTS"
-LOGS=$RESULTS/intake-$STAMP          # compressed server logs of every run
+LOGS=$RESULTS/$MODE-$STAMP          # compressed server logs of every run
 mkdir -p "$LOGS"
-WORK=$(mktemp -d /tmp/gomail-intake.XXXXXX)
+WORK=$(mktemp -d /tmp/gomail-$MODE.XXXXXX)
 chmod 755 "$WORK"                    # Postfix daemons (user postfix) must reach their queue
 mkdir -p "$WORK/runs"
 
-GOMAIL_PID="" SINK_PID="" LOAD_PID="" PF_CONF="" PF_QUEUE=""
+GOMAIL_PID="" SINK_PID="" SINK_PORT="" LOAD_PID="" DRAIN_PID="" PF_CONF="" PF_QUEUE=""
 
 stop_pid() {  # stop_pid PID SECONDS: TERM, bounded wait, then KILL
     local pid=$1 tenths=$(($2 * 10)) i
@@ -132,6 +144,7 @@ cleanup() {
     set +e
     trap - EXIT INT TERM
     [[ -n $LOAD_PID ]] && stop_pid "$LOAD_PID" 5
+    [[ -n $DRAIN_PID ]] && stop_pid "$DRAIN_PID" 5
     [[ -n $GOMAIL_PID ]] && stop_pid "$GOMAIL_PID" 45
     stop_postfix
     [[ -n $SINK_PID ]] && stop_pid "$SINK_PID" 5
@@ -151,18 +164,65 @@ save_log() {  # save_log FILE NAME: keep a compressed copy of a server log next 
     [[ -f $1 ]] && gzip -c "$1" >"$LOGS/$2.gz" || true
 }
 
+start_sink() {  # start_sink DIR AVOID_PORT: smtp-sink on a free port (SINK_PORT), counting into DIR/sink.out
+    local dir=$1 avoid=$2
+    SINK_PORT=$($HELPER freeport)
+    [[ $SINK_PORT != "$avoid" ]] || SINK_PORT=$($HELPER freeport)
+    smtp-sink -u nobody -c "127.0.0.1:$SINK_PORT" 1000 >"$dir/sink.out" 2>"$dir/sink.err" &
+    SINK_PID=$!
+    $HELPER wait-port "$SINK_PORT" --timeout 30 || { cat "$dir/sink.err" >&2; die "smtp-sink did not start"; }
+}
+
+measure() {  # measure DIR PORT SERVER_PID [DRAIN ARGS...]: the load into 127.0.0.1:PORT, then the drain
+    local dir=$1 port=$2 server_pid=$3
+    shift 3
+    $HELPER load --out "$dir/load.json" --output-file "$dir/smtp-source.out" ${server_pid:+--server-pid "$server_pid"} \
+        -- smtp-source "${SMTP_SOURCE_OPTS[@]}" "127.0.0.1:$port" &
+    LOAD_PID=$!
+    if [[ $MODE == e2e ]]; then
+        # The drain runs alongside the load, sampling smtp-sink's counter from the first connection on.
+        $HELPER drain --e2e --poll 0.05 --load-pid "$LOAD_PID" --load-json "$dir/load.json" \
+            --timeout "$DRAIN_TIMEOUT" "$@" &
+        DRAIN_PID=$!
+        wait "$LOAD_PID"
+        LOAD_PID=""
+    else
+        wait "$LOAD_PID"
+        LOAD_PID=""
+        $HELPER drain --load-json "$dir/load.json" --timeout "$DRAIN_TIMEOUT" "$@" &
+        DRAIN_PID=$!
+    fi
+    wait "$DRAIN_PID"
+    DRAIN_PID=""
+}
+
 # -- gomail -------------------------------------------------------------------------
 run_gomail() {  # run_gomail ROUND SEQ
-    local round=$1 seq=$2 dir=$WORK/gomail-$1 port
+    local round=$1 seq=$2 dir=$WORK/gomail-$1 port relay="" delivery="" sink_args=()
     mkdir -p "$dir"
     port=$($HELPER freeport)
+    if [[ $MODE == e2e ]]; then
+        # gomail relays everything to its own smtp-sink (no STARTTLS offered, no
+        # credentials configured: plaintext), counted like the Postfix side.
+        start_sink "$dir" "$port"
+        relay="forwardSMTP = true
+forwardHost = \"127.0.0.1\"
+forwardPort = $SINK_PORT"
+        delivery="[delivery]
+tlsVerify = false
+retryInitialDelay = 5"
+        sink_args=(--sink-out "$dir/sink.out")
+    else
+        sink_args=(--maildir "$dir/data/spool/mailbox/$RCPT/new")
+    fi
     cat >"$dir/gomail.toml" <<EOF
 smtpHost = "127.0.0.1"
 smtpPort = $port
 dataDir = "$dir/data"
 queueSize = 1000000
-workerCount = 5
+workerCount = $WORKERS
 enableHealthCheck = false
+$relay
 
 [security]
 requireAuth = false
@@ -173,6 +233,8 @@ maxConnectionsPerIP = 100
 
 [spool]
 minFreeSpaceMB = 0
+
+$delivery
 EOF
     $HELPER srcstate "$REPO" gomail twisted >"$dir/source.json"   # what this server imports
     # The Go relay's environment names would override the file (SMTP_PORT...): drop them.
@@ -184,25 +246,20 @@ EOF
     GOMAIL_PID=$!
     $HELPER wait-log "$dir/gomail.log" "gomail ready" --pid "$GOMAIL_PID" --timeout 60 ||
         { tail -20 "$dir/gomail.log" >&2; die "gomail did not start"; }
-    log "gomail round $round: pid $GOMAIL_PID on 127.0.0.1:$port, sending $MESSAGES messages"
+    local to=""
+    [[ $MODE == e2e ]] && to=" relaying to smtp-sink on 127.0.0.1:$SINK_PORT (workerCount $WORKERS)"
+    log "gomail round $round: pid $GOMAIL_PID on 127.0.0.1:$port$to, sending $MESSAGES messages"
 
-    $HELPER load --out "$dir/load.json" --output-file "$dir/smtp-source.out" --server-pid "$GOMAIL_PID" \
-        -- smtp-source "${SMTP_SOURCE_OPTS[@]}" "127.0.0.1:$port" &
-    LOAD_PID=$!
-    wait "$LOAD_PID"
-    LOAD_PID=""
-
-    $HELPER drain --kind gomail --round "$round" --out "$WORK/runs/run-$seq.json" \
-        --load-json "$dir/load.json" --log "$dir/gomail.log" --server-pid "$GOMAIL_PID" \
-        --source-json "$dir/source.json" \
-        --maildir "$dir/data/spool/mailbox/$RCPT/new" --queue-dir "$dir/data/spool/queue" \
-        --timeout "$DRAIN_TIMEOUT" &
-    LOAD_PID=$!
-    wait "$LOAD_PID"
-    LOAD_PID=""
+    measure "$dir" "$port" "$GOMAIL_PID" --kind gomail --round "$round" --out "$WORK/runs/run-$seq.json" \
+        --log "$dir/gomail.log" --server-pid "$GOMAIL_PID" --source-json "$dir/source.json" \
+        --queue-dir "$dir/data/spool/queue" --failed-dir "$dir/data/spool/failed" "${sink_args[@]}"
 
     stop_pid "$GOMAIL_PID" 45
     GOMAIL_PID=""
+    if [[ -n $SINK_PID ]]; then
+        stop_pid "$SINK_PID" 5
+        SINK_PID=""
+    fi
     save_log "$dir/gomail.log" "gomail-round$round.log"
     save_log "$dir/smtp-source.out" "gomail-round$round.smtp-source.out"
     [[ $KEEP_TMP == 1 ]] || rm -rf "$dir/data"
@@ -216,12 +273,8 @@ run_postfix() {  # run_postfix ROUND SEQ
     chmod 755 "$dir" "$dir/queue"
     chown postfix "$dir/data"
     port=$($HELPER freeport)
-    sinkport=$($HELPER freeport)
-    [[ $sinkport != "$port" ]] || sinkport=$($HELPER freeport)
-
-    smtp-sink -u nobody -c "127.0.0.1:$sinkport" 1000 >"$dir/sink.out" 2>"$dir/sink.err" &
-    SINK_PID=$!
-    $HELPER wait-port "$sinkport" --timeout 30 || { cat "$dir/sink.err" >&2; die "smtp-sink did not start"; }
+    start_sink "$dir" "$port"
+    sinkport=$SINK_PORT
 
     cat >"$dir/conf/main.cf" <<EOF
 # private benchmark instance written by bench/intake.sh; /etc/postfix is not used
@@ -278,18 +331,8 @@ EOF
     $HELPER wait-port "$port" --timeout 30 || { cat "$dir/maillog" >&2; die "postfix is not listening"; }
     log "postfix round $round: 127.0.0.1:$port relaying to smtp-sink on 127.0.0.1:$sinkport, sending $MESSAGES messages"
 
-    $HELPER load --out "$dir/load.json" --output-file "$dir/smtp-source.out" \
-        -- smtp-source "${SMTP_SOURCE_OPTS[@]}" "127.0.0.1:$port" &
-    LOAD_PID=$!
-    wait "$LOAD_PID"
-    LOAD_PID=""
-
-    $HELPER drain --kind postfix --round "$round" --out "$WORK/runs/run-$seq.json" \
-        --load-json "$dir/load.json" --log "$dir/maillog" --sink-out "$dir/sink.out" \
-        --expected-sessions "$EXPECTED_SESSIONS" --timeout "$DRAIN_TIMEOUT" &
-    LOAD_PID=$!
-    wait "$LOAD_PID"
-    LOAD_PID=""
+    measure "$dir" "$port" "" --kind postfix --round "$round" --out "$WORK/runs/run-$seq.json" \
+        --log "$dir/maillog" --sink-out "$dir/sink.out" --expected-sessions "$EXPECTED_SESSIONS"
 
     stop_postfix
     stop_pid "$SINK_PID" 5
@@ -304,7 +347,11 @@ EOF
 LOADAVG_START=$(cut -d' ' -f1-3 /proc/loadavg)
 GOMAIL_ENV=$(env | grep -E '^GOMAIL_' | grep -viE 'PASSWORD' | sort | tr '\n' ' ' | sed 's/ $//' || true)
 [[ -z $GOMAIL_ENV ]] || log "gomail configuration overridden from the environment: $GOMAIL_ENV"
-log "intake benchmark: $ROUNDS round(s) x $MESSAGES messages of $SIZE bytes, $SESSIONS sessions, $CONNECTION_MODE"
+if [[ $MODE == e2e ]]; then
+    log "end-to-end relay benchmark: $ROUNDS round(s) x $MESSAGES messages of $SIZE bytes, $SESSIONS sessions, $CONNECTION_MODE, gomail workerCount $WORKERS"
+else
+    log "intake benchmark: $ROUNDS round(s) x $MESSAGES messages of $SIZE bytes, $SESSIONS sessions, $CONNECTION_MODE"
+fi
 log "work dir $WORK, load average $LOADAVG_START"
 seq=0
 for ((round = 1; round <= ROUNDS; round++)); do
@@ -312,19 +359,24 @@ for ((round = 1; round <= ROUNDS; round++)); do
     seq=$((seq + 1)); run_postfix "$round" "$seq"
 done
 
+if [[ $MODE == e2e ]]; then
+    GOMAIL_CONFIG="forwardSMTP=true to smtp-sink (plaintext, no credentials), workerCount=$WORKERS, delivery.tlsVerify=false, delivery.retryInitialDelay=5, queueSize=1000000, maxConnectionsPerIP=100, minFreeSpaceMB=0, other keys default (logAllEmails=true, ioThreads=8, batchSize=20, connectionIdleTimeout=10)"
+else
+    GOMAIL_CONFIG="workerCount=$WORKERS, queueSize=1000000, maxConnectionsPerIP=100, minFreeSpaceMB=0, other keys default (logAllEmails=true, ioThreads=8)"
+fi
 PARAMS=$(
     cat <<EOF
-{"rounds": $ROUNDS, "messages": $MESSAGES, "sessions": $SESSIONS, "size": $SIZE,
+{"mode": "$MODE", "workers": $WORKERS, "rounds": $ROUNDS, "messages": $MESSAGES, "sessions": $SESSIONS, "size": $SIZE,
  "connection_mode": "$CONNECTION_MODE", "smtp_source": "smtp-source ${SMTP_SOURCE_OPTS[*]} 127.0.0.1:PORT",
  "timestamp": "$STAMP", "cpus": $(nproc), "loadavg_start": "$LOADAVG_START",
  "gomail_commit": "$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)",
  "gomail_version": "$("$PY" -c 'import gomail; print(gomail.__version__)' 2>/dev/null || echo unknown)",
  "twisted_version": "$("$PY" -c 'import twisted; print(twisted.__version__)' 2>/dev/null || echo unknown)",
  "postfix_version": "$(postconf -dh mail_version 2>/dev/null || echo unknown)",
- "gomail_config": "workerCount=5, queueSize=1000000, maxConnectionsPerIP=100, minFreeSpaceMB=0, other keys default (logAllEmails=true, ioThreads=8)",
+ "gomail_config": "$GOMAIL_CONFIG",
  "gomail_env_overrides": "$GOMAIL_ENV",
  "postfix_config": "relayhost=smtp-sink, default durable queue, chroot off, maillog_file",
  "logs": "$LOGS"}
 EOF
 )
-$HELPER summarize --runs "$WORK/runs" --params "$PARAMS" --out "$RESULTS/intake-$STAMP.json"
+$HELPER summarize --runs "$WORK/runs" --params "$PARAMS" --out "$RESULTS/$MODE-$STAMP.json"

@@ -82,13 +82,14 @@ def context_switches(pid: int) -> int | None:
     return total
 
 
-def machine_cpu() -> tuple[int, int]:
-    """(busy, total) jiffies of all CPUs, from /proc/stat."""
+def machine_cpu() -> tuple[int, int, int]:
+    """(busy, total, steal) jiffies of all CPUs, from /proc/stat (busy includes steal)."""
     with open("/proc/stat") as f:
         values = [int(v) for v in f.readline().split()[1:]]
     idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
     total = sum(values[:8])  # guest time is already counted in user
-    return total - idle, total
+    steal = values[7] if len(values) > 7 else 0  # time the hypervisor gave to other guests
+    return total - idle, total, steal
 
 
 def loadavg() -> float:
@@ -190,7 +191,7 @@ def cmd_load(args: argparse.Namespace) -> int:
     cpu_before = proc_cpu_seconds(args.server_pid) if args.server_pid else None
     split_before = proc_cpu_split(args.server_pid) if args.server_pid else None
     cs_before = context_switches(args.server_pid) if args.server_pid else None
-    busy0, total0 = machine_cpu()
+    busy0, total0, steal0 = machine_cpu()
     stopping: list[int] = []
     children: list[subprocess.Popen] = []
 
@@ -212,15 +213,17 @@ def cmd_load(args: argparse.Namespace) -> int:
         if stopping:
             return 128 + stopping[0]
         wall = time.monotonic() - start
+    result["start_monotonic"] = start  # CLOCK_MONOTONIC: comparable with the drain's samples
     cpu_after = proc_cpu_seconds(args.server_pid) if args.server_pid else None
     split_after = proc_cpu_split(args.server_pid) if args.server_pid else None
     cs_after = context_switches(args.server_pid) if args.server_pid else None
-    busy1, total1 = machine_cpu()
+    busy1, total1, steal1 = machine_cpu()
     lines = [line for line in read_text(args.output_file).splitlines() if line.strip()]
     result.update({
         "rc": rc,
         "wall_s": wall,
         "machine_busy_pct": 100.0 * (busy1 - busy0) / max(1, total1 - total0),
+        "machine_steal_pct": 100.0 * (steal1 - steal0) / max(1, total1 - total0),
         "loadgen_output_lines": len(lines),
         "loadgen_output_first": lines[:20],
     })
@@ -232,8 +235,10 @@ def cmd_load(args: argparse.Namespace) -> int:
         result["server_stime_intake_s"] = split_after[1] - split_before[1]
     if cs_before is not None and cs_after is not None:
         result["server_context_switches_intake"] = cs_after - cs_before
-    with open(args.out, "w") as f:
+    # Written whole, then renamed: a drain running alongside waits for this file.
+    with open(args.out + ".tmp", "w") as f:
         json.dump(result, f, indent=1)
+    os.replace(args.out + ".tmp", args.out)
     return 0
 
 
@@ -241,6 +246,7 @@ def cmd_load(args: argparse.Namespace) -> int:
 
 GOMAIL_QUEUED = re.compile(r"#info\] queued \S+ (?:from|for) ")
 GOMAIL_DELIVERED = re.compile(r"#info\] \S+ to <[^>]*>: \S+ 2\d\d ")
+GOMAIL_DEFERRED = re.compile(r"#info\] \S+ deferred: ")
 GOMAIL_LEVEL = re.compile(r"^\S+ \[([^\]#]*)#(warn|error|critical)\] (.*)$")
 POSTFIX_DISCONNECT = re.compile(r"postfix/smtpd\[\d+\]: disconnect from .* data=(\d+)(?:/(\d+))?")
 POSTFIX_PROBLEM = re.compile(r"(warning|fatal|panic|error): |reject: |status=(deferred|bounced)")
@@ -250,14 +256,70 @@ POSTFIX_ADVICE = re.compile(r"qmgr\[\d+\]: warning: (you may need|so that Postfi
 POSTFIX_LINE_PREFIX = re.compile(r"^\w{3} [ \d]\d \d\d:\d\d:\d\d \S+ ")
 
 
-def gomail_counts(args: argparse.Namespace) -> dict:
-    log = read_text(args.log)
-    return {
-        "accepted": len(GOMAIL_QUEUED.findall(log)),
-        "delivered": count_files(args.maildir),
-        "delivered_logged": len(GOMAIL_DELIVERED.findall(log)),
-        "still_queued": count_files(args.queue_dir, ".json"),
-    }
+class Tail:
+    """
+    The complete records (ending with C{sep}) appended to a growing file since
+    the last call: polling a log costs what it grew by, not its whole size.
+    """
+
+    def __init__(self, path: str, sep: bytes = b"\n") -> None:
+        self.path, self.sep, self.offset, self.carry = path, sep, 0, b""
+
+    def read(self) -> str:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                data = f.read()
+        except OSError:
+            return ""
+        self.offset += len(data)
+        data = self.carry + data
+        cut = data.rfind(self.sep) + 1
+        self.carry = data[cut:]
+        return data[:cut].decode("utf-8", "replace")
+
+
+class SinkCounter:
+    """smtp-sink -c's running 'mesg=' counter (records end with CR), read incrementally."""
+
+    def __init__(self, path: str) -> None:
+        self.tail, self.count = Tail(path, b"\r"), 0
+
+    def poll(self) -> int:
+        found = SINK_COUNT.findall(self.tail.read())
+        if found:
+            self.count = int(found[-1])
+        return self.count
+
+
+class GomailLog:
+    """Counts in gomail's log: accepted (queued), delivered with a 2xx (local or relay), deferred."""
+
+    def __init__(self, path: str) -> None:
+        self.tail = Tail(path)
+        self.counts = {"accepted": 0, "delivered_logged": 0, "deferred_logged": 0}
+
+    def poll(self) -> dict:
+        text = self.tail.read()
+        if text:
+            self.counts["accepted"] += len(GOMAIL_QUEUED.findall(text))
+            self.counts["delivered_logged"] += len(GOMAIL_DELIVERED.findall(text))
+            self.counts["deferred_logged"] += len(GOMAIL_DEFERRED.findall(text))
+        return dict(self.counts)
+
+
+class PostfixLog:
+    """Accepted messages and logged sessions from smtpd's per-session 'disconnect' summaries."""
+
+    def __init__(self, path: str) -> None:
+        self.tail = Tail(path)
+        self.counts = {"accepted": 0, "sessions_logged": 0}
+
+    def poll(self) -> dict:
+        for ok, _total in POSTFIX_DISCONNECT.findall(self.tail.read()):
+            self.counts["accepted"] += int(ok)
+            self.counts["sessions_logged"] += 1
+        return dict(self.counts)
 
 
 def gomail_problems(log: str) -> dict:
@@ -280,17 +342,6 @@ def gomail_problems(log: str) -> dict:
             "groups": sorted(({"key": k, **v} for k, v in groups.items()), key=lambda g: -g["count"])}
 
 
-def postfix_counts(args: argparse.Namespace) -> dict:
-    log = read_text(args.log)
-    accepted = sessions = 0
-    for ok, _total in POSTFIX_DISCONNECT.findall(log):
-        accepted += int(ok)
-        sessions += 1
-    counts = SINK_COUNT.findall(read_text(args.sink_out))
-    return {"accepted": accepted, "sessions_logged": sessions,
-            "delivered": int(counts[-1]) if counts else 0}
-
-
 def postfix_problems(log: str) -> dict:
     groups: dict[str, dict] = {}
     for line in log.splitlines():
@@ -306,21 +357,68 @@ def postfix_problems(log: str) -> dict:
 def cmd_drain(args: argparse.Namespace) -> int:
     """
     Wait until delivered >= accepted (and, for gomail, the queue is empty), at
-    most --timeout seconds, giving up earlier after --stall seconds without
-    progress. For Postfix, 'accepted' comes from smtpd's per-session log summary,
-    which postlogd writes asynchronously: the count must also stop moving.
+    most --timeout seconds after the load, giving up earlier after --stall
+    seconds without progress (or 2 s after gomail's queue is empty). For
+    Postfix, 'accepted' comes from smtpd's per-session log summary, which
+    postlogd writes asynchronously: the count must also stop moving.
+
+    Delivered is smtp-sink's counter when --sink-out is given (Postfix; gomail
+    relaying), else the files in gomail's Maildir. With --e2e the drain is
+    started together with the load (--load-pid) and samples smtp-sink's
+    counter from the first connection on, every --poll seconds: the
+    end-to-end time is from the start of smtp-source until the sink's count
+    first reached the number of accepted messages.
     """
-    counts_of = gomail_counts if args.kind == "gomail" else postfix_counts
+    sink = SinkCounter(args.sink_out) if args.sink_out else None
+    timeline: list[tuple[float, int]] = []  # (monotonic time, sink count) at every change seen
+
+    def sample_sink() -> int:
+        previous = sink.count
+        count = sink.poll()
+        if count != previous or not timeline:
+            timeline.append((time.monotonic(), count))
+        return count
+
+    if args.load_pid:
+        # Running alongside the load: watch the sink until the load's result appears.
+        give_up = time.monotonic() + args.load_timeout
+        while not os.path.exists(args.load_json):
+            if sink is not None:
+                sample_sink()
+            if not alive(args.load_pid) and not os.path.exists(args.load_json):
+                print(f"the load (pid {args.load_pid}) ended without writing {args.load_json}", file=sys.stderr)
+                return 1
+            if time.monotonic() > give_up:
+                print(f"timed out after {args.load_timeout} s waiting for the load to finish", file=sys.stderr)
+                return 1
+            time.sleep(args.poll)
+    with open(args.load_json) as f:
+        load = json.load(f)
+
+    log_counts = GomailLog(args.log) if args.kind == "gomail" else PostfixLog(args.log)
     start = time.monotonic()
     deadline = start + args.timeout
     last, last_change = None, start
+    queued, queue_checked = 0, 0.0
     while True:
         now = time.monotonic()
-        counts = counts_of(args)
+        counts = log_counts.poll()
+        if sink is not None:
+            counts["delivered"] = sample_sink()
+        else:
+            counts["delivered"] = count_files(args.maildir)
+        if args.kind == "gomail":
+            # Listing a queue of thousands of files is not free: while relayed
+            # mail is still arriving at the sink, look once a second.
+            if sink is None or counts["delivered"] >= counts["accepted"] or now - queue_checked >= 1.0:
+                queued, queue_checked = count_files(args.queue_dir, ".json"), now
+            counts["still_queued"] = queued
         if counts != last:
             last, last_change = counts, now
         if args.kind == "gomail":
             done = counts["delivered"] >= counts["accepted"] and counts["still_queued"] == 0
+            # An empty queue with the count standing still: nothing more will come.
+            done = done or (counts["still_queued"] == 0 and now - last_change >= 2.0)
         else:
             # every session of the load has been logged (or the log has been quiet 2 s)
             logged = counts["sessions_logged"] >= args.expected_sessions or now - last_change >= 2.0
@@ -330,16 +428,26 @@ def cmd_drain(args: argparse.Namespace) -> int:
         if now >= deadline or now - last_change >= args.stall:
             counts["drain_incomplete"] = True
             break
-        time.sleep(0.2)
+        time.sleep(args.poll)
     drained_at = time.monotonic()
-    with open(args.load_json) as f:
-        load = json.load(f)
     result = dict(counts)
-    result["drain_wait_s"] = drained_at - start
+    if args.kind == "gomail" and args.failed_dir:
+        result["failed_store"] = count_files(args.failed_dir, ".json")
+    load_end = load["start_monotonic"] + load["wall_s"] if "start_monotonic" in load else start
+    result["drain_wait_s"] = drained_at - load_end
     if args.server_pid and "server_cpu_before_s" in load:
         cpu = proc_cpu_seconds(args.server_pid)
         if cpu is not None:
             result["server_cpu_total_s"] = cpu - load["server_cpu_before_s"]
+    run_e2e = None
+    if args.e2e and sink is not None and "start_monotonic" in load:
+        t0 = load["start_monotonic"]
+        target = counts["accepted"]
+        reached = next((t for t, c in timeline if c >= target), None) if target else None
+        result["e2e_s"] = reached - t0 if reached is not None else None
+        result["sink_timeline"] = [[round(t - t0, 3), c] for t, c in timeline]
+        if result["e2e_s"]:
+            run_e2e = target / result["e2e_s"]
     log = read_text(args.log)
     result["problems"] = gomail_problems(log) if args.kind == "gomail" else postfix_problems(log)
     source = None
@@ -349,12 +457,23 @@ def cmd_drain(args: argparse.Namespace) -> int:
     run = {"side": args.kind, "round": args.round, "gomail_source": source,
            "msgs_per_s": counts["accepted"] / load["wall_s"] if load["wall_s"] > 0 else None,
            "load": load, "drain": result}
+    if args.e2e:
+        run["e2e_msgs_per_s"] = run_e2e
     with open(args.out, "w") as f:
         json.dump(run, f, indent=1)
+    e2e_text = ""
+    if args.e2e:
+        e2e_text = (f"; end to end {result['e2e_s']:.2f} s = {run_e2e:.0f} msg/s"
+                    if run_e2e else "; end to end: NOT ALL ACCEPTED MESSAGES REACHED THE SINK")
     print(f"{args.kind} round {args.round}: {counts['accepted']} accepted in {load['wall_s']:.2f} s = "
-          f"{run['msgs_per_s']:.0f} msg/s; {counts['delivered']} delivered after {result['drain_wait_s']:.1f} s more"
+          f"{run['msgs_per_s']:.0f} msg/s{e2e_text}; {counts['delivered']} delivered"
+          + (" (smtp-sink)" if sink is not None else "")
+          + f", done {result['drain_wait_s']:.1f} s after the load"
           + (f"; server CPU {1000 * load['server_cpu_intake_s'] / max(1, counts['accepted']):.2f} ms/msg in the intake window"
              if "server_cpu_intake_s" in load else "")
+          + (f"; {counts['deferred_logged']} deferrals logged" if counts.get("deferred_logged") else "")
+          + (f"; {counts['still_queued']} still queued" if counts.get("still_queued") else "")
+          + (f"; {result['failed_store']} in the failed store" if result.get("failed_store") else "")
           + (f"; smtp-source exit {load['rc']}, {load['loadgen_output_lines']} output lines" if load["rc"] or load["loadgen_output_lines"] else "")
           + (" [DRAIN INCOMPLETE]" if counts.get("drain_incomplete") else ""), flush=True)
     return 0
@@ -383,6 +502,7 @@ def cmd_summarize(args: argparse.Namespace) -> int:
         with open(path) as f:
             runs.append(json.load(f))
     params = json.loads(args.params)
+    e2e = params.get("mode") == "e2e"
     sides: dict[str, dict] = {}
     for side in ("gomail", "postfix"):
         rs = [r for r in runs if r["side"] == side]
@@ -395,6 +515,8 @@ def cmd_summarize(args: argparse.Namespace) -> int:
             "delivered": [r["drain"]["delivered"] for r in rs],
             "drain_wait_s": spread([r["drain"]["drain_wait_s"] for r in rs]),
             "machine_busy_pct": spread([r["load"]["machine_busy_pct"] for r in rs]),
+            "machine_steal_pct": spread([r["load"]["machine_steal_pct"] for r in rs
+                                         if "machine_steal_pct" in r["load"]]),
             "loadavg_start": [r["load"]["loadavg_start"] for r in rs],
             "loadgen_output_lines": [r["load"]["loadgen_output_lines"] for r in rs],
             "loadgen_rc": [r["load"]["rc"] for r in rs],
@@ -402,7 +524,19 @@ def cmd_summarize(args: argparse.Namespace) -> int:
             "not_accepted": [params["messages"] - r["drain"]["accepted"] for r in rs],
             "drain_incomplete": sum(1 for r in rs if r["drain"].get("drain_incomplete")),
         }
+        if e2e:
+            entry["e2e_msgs_per_s"] = spread([r["e2e_msgs_per_s"] for r in rs if r.get("e2e_msgs_per_s")])
+            entry["e2e_s"] = spread([r["drain"]["e2e_s"] for r in rs if r["drain"].get("e2e_s")])
+            entry["e2e_incomplete"] = sum(1 for r in rs if not r.get("e2e_msgs_per_s"))
+            # how long after smtp-source's exit the last message reached the sink
+            entry["sink_lag_s"] = spread([r["drain"]["e2e_s"] - r["load"]["wall_s"]
+                                          for r in rs if r["drain"].get("e2e_s")])
+            entry["duplicates"] = [max(0, r["drain"]["delivered"] - r["drain"]["accepted"]) for r in rs]
         if side == "gomail":
+            entry["delivered_logged"] = [r["drain"].get("delivered_logged") for r in rs]
+            entry["deferred_logged"] = [r["drain"].get("deferred_logged", 0) for r in rs]
+            entry["still_queued"] = [r["drain"].get("still_queued", 0) for r in rs]
+            entry["failed_store"] = [r["drain"].get("failed_store", 0) for r in rs]
             entry["cpu_ms_per_msg_intake"] = spread(
                 [1000 * r["load"]["server_cpu_intake_s"] / r["drain"]["accepted"]
                  for r in rs if r["drain"]["accepted"] and "server_cpu_intake_s" in r["load"]])
@@ -422,32 +556,64 @@ def cmd_summarize(args: argparse.Namespace) -> int:
                 [100 * r["load"]["server_cpu_intake_s"] / r["load"]["wall_s"]
                  for r in rs if "server_cpu_intake_s" in r["load"]])
         sides[side] = entry
-    g, p = sides["gomail"]["msgs_per_s"], sides["postfix"]["msgs_per_s"]
-    ratio = g["median"] / p["median"] if g.get("n") and p.get("n") and p["median"] else None
-    summary = {"benchmark": "intake", "params": params, "ratio_gomail_over_postfix_median": ratio,
-               "sides": sides, "runs": runs}
+    def median_ratio(key: str) -> float | None:
+        g, p = sides["gomail"].get(key, {}), sides["postfix"].get(key, {})
+        return g["median"] / p["median"] if g.get("n") and p.get("n") and p["median"] else None
+
+    intake_ratio = median_ratio("msgs_per_s")
+    e2e_ratio = median_ratio("e2e_msgs_per_s") if e2e else None
+    ratio = e2e_ratio if e2e else intake_ratio
+    summary = {"benchmark": "e2e" if e2e else "intake", "params": params,
+               "ratio_gomail_over_postfix_median": ratio, "sides": sides, "runs": runs}
+    if e2e:
+        summary["ratio_intake_gomail_over_postfix_median"] = intake_ratio
     with open(args.out, "w") as f:
         json.dump(summary, f, indent=1)
 
     # -- the table ------------------------------------------------------------
     gs, ps = sides["gomail"], sides["postfix"]
     print()
-    print(f"Intake: smtp-source -s {params['sessions']} -m {params['messages']} -l {params['size']} "
-          f"({params['connection_mode']}), {params['rounds']} round(s), alternating gomail/postfix")
+    if e2e:
+        print(f"End-to-end relay: smtp-source -s {params['sessions']} -m {params['messages']} -l {params['size']} "
+              f"({params['connection_mode']}) -> server -> smtp-sink, {params['rounds']} round(s), "
+              f"alternating gomail/postfix; gomail workerCount={params.get('workers')}")
+    else:
+        print(f"Intake: smtp-source -s {params['sessions']} -m {params['messages']} -l {params['size']} "
+              f"({params['connection_mode']}), {params['rounds']} round(s), alternating gomail/postfix")
     print(f"machine: {params['cpus']} CPUs, load average at start {params['loadavg_start']}")
     if params.get("gomail_env_overrides"):
         print(f"gomail configuration overridden from the environment: {params['gomail_env_overrides']}")
     print()
-    rows = [
-        ("", "gomail", "postfix"),
-        ("msg/s median (min–max)", fmt_spread(gs["msgs_per_s"]), fmt_spread(ps["msgs_per_s"])),
+    def values(entry: dict, key: str, digits: int = 0) -> str:
+        return ", ".join(f"{v:.{digits}f}" for v in entry[key].get("values", []))
+
+    rows = [("", "gomail", "postfix")]
+    if e2e:
+        rows += [
+            ("end-to-end msg/s median (min–max)", fmt_spread(gs["e2e_msgs_per_s"]), fmt_spread(ps["e2e_msgs_per_s"])),
+            ("per-run end-to-end msg/s", values(gs, "e2e_msgs_per_s"), values(ps, "e2e_msgs_per_s")),
+            ("per-run end-to-end s", values(gs, "e2e_s", 2), values(ps, "e2e_s", 2)),
+            ("sink done after smtp-source exit, s", fmt_spread(gs["sink_lag_s"], 2), fmt_spread(ps["sink_lag_s"], 2)),
+        ]
+    rows += [
+        ("intake msg/s median (min–max)" if e2e else "msg/s median (min–max)",
+         fmt_spread(gs["msgs_per_s"]), fmt_spread(ps["msgs_per_s"])),
         ("runs", str(gs["runs"]), str(ps["runs"])),
-        ("per-run msg/s", ", ".join(f"{v:.0f}" for v in gs["msgs_per_s"].get("values", [])),
-         ", ".join(f"{v:.0f}" for v in ps["msgs_per_s"].get("values", []))),
+        ("per-run intake msg/s" if e2e else "per-run msg/s", values(gs, "msgs_per_s"), values(ps, "msgs_per_s")),
         ("accepted per run", ", ".join(map(str, gs["accepted"])), ", ".join(map(str, ps["accepted"]))),
         ("delivered per run", ", ".join(map(str, gs["delivered"])), ", ".join(map(str, ps["delivered"]))),
-        ("", "(maildir files)", "(smtp-sink count)"),
-        ("drain after load, s", fmt_spread(gs["drain_wait_s"], 1), fmt_spread(ps["drain_wait_s"], 1)),
+        ("", "(smtp-sink count)" if e2e else "(maildir files)", "(smtp-sink count)"),
+    ]
+    if e2e:
+        rows += [
+            ("gomail: relay 2xx logged / deferrals", ", ".join(map(str, gs["delivered_logged"])) + " / "
+             + ", ".join(map(str, gs["deferred_logged"])), ""),
+            ("gomail: left in queue / failed store", ", ".join(map(str, gs["still_queued"])) + " / "
+             + ", ".join(map(str, gs["failed_store"])), ""),
+        ]
+    rows += [
+        ("done after load, s" if e2e else "drain after load, s",
+         fmt_spread(gs["drain_wait_s"], 1), fmt_spread(ps["drain_wait_s"], 1)),
         ("server CPU ms/msg, intake window", fmt_spread(gs["cpu_ms_per_msg_intake"], 2), "n/a"),
         ("  of which user / system", fmt_spread(gs["cpu_user_ms_per_msg_intake"], 2) + " / "
          + fmt_spread(gs["cpu_sys_ms_per_msg_intake"], 2), ""),
@@ -455,6 +621,7 @@ def cmd_summarize(args: argparse.Namespace) -> int:
         ("server CPU ms/msg, incl. delivery", fmt_spread(gs["cpu_ms_per_msg_total"], 2), "n/a"),
         ("server CPU busy % in window", fmt_spread(gs["cpu_busy_pct_intake"]), "n/a"),
         ("machine CPU busy % in window", fmt_spread(gs["machine_busy_pct"]), fmt_spread(ps["machine_busy_pct"])),
+        ("  of which steal (hypervisor) %", fmt_spread(gs["machine_steal_pct"]), fmt_spread(ps["machine_steal_pct"])),
         ("smtp-source output lines", ", ".join(map(str, gs["loadgen_output_lines"])),
          ", ".join(map(str, ps["loadgen_output_lines"]))),
     ]
@@ -463,7 +630,13 @@ def cmd_summarize(args: argparse.Namespace) -> int:
     for name, a, b in rows:
         print(f"  {name:<{width}}  {a:<{w1}}  {b}")
     print()
-    print(f"  ratio gomail/postfix (medians): {ratio:.2f}" if ratio is not None else "  ratio: n/a")
+    if e2e:
+        print(f"  ratio gomail/postfix end-to-end (medians): {e2e_ratio:.2f}" if e2e_ratio is not None
+              else "  ratio end-to-end: n/a")
+        print(f"  ratio gomail/postfix intake (medians): {intake_ratio:.2f}" if intake_ratio is not None
+              else "  ratio intake: n/a")
+    else:
+        print(f"  ratio gomail/postfix (medians): {ratio:.2f}" if ratio is not None else "  ratio: n/a")
 
     # -- the source the gomail runs imported -------------------------------------------
     sources = [r.get("gomail_source") for r in runs if r["side"] == "gomail" and r.get("gomail_source")]
@@ -495,8 +668,16 @@ def cmd_summarize(args: argparse.Namespace) -> int:
                   + (f", {problems['tracebacks']} tracebacks" if problems.get("tracebacks") else "") + ":")
             for g in problems["groups"][:8]:
                 print(f"    {g['count']:>6} x {g['example'][:220]}")
+        drain = {k: v for k, v in run["drain"].items() if k not in ("problems", "sink_timeline")}
         if run["drain"].get("drain_incomplete"):
-            print(f"\n  {side} round {n}: queue did not drain within the limit: {run['drain']}")
+            print(f"\n  {side} round {n}: queue did not drain within the limit: {drain}")
+        elif e2e and not run.get("e2e_msgs_per_s"):
+            print(f"\n  {side} round {n}: not every accepted message reached smtp-sink: {drain}")
+        elif drain["delivered"] < drain["accepted"] or drain.get("still_queued") or drain.get("failed_store"):
+            print(f"\n  {side} round {n}: messages lost or left behind: {drain}")
+        elif e2e and drain["delivered"] > drain["accepted"]:
+            print(f"\n  {side} round {n}: smtp-sink received {drain['delivered'] - drain['accepted']} "
+                  f"more messages than were accepted (duplicates)")
     print(f"\nJSON: {args.out}")
     return 0
 
@@ -543,8 +724,15 @@ def main() -> int:
     p.add_argument("--load-json", required=True, help="the 'load' subcommand's output for this run")
     p.add_argument("--round", type=int, required=True)
     p.add_argument("--source-json", default="", help="the 'srcstate' output taken when the server started")
-    p.add_argument("--timeout", type=float, default=300)
+    p.add_argument("--timeout", type=float, default=300, help="bound on the wait after the load")
     p.add_argument("--stall", type=float, default=90)
+    p.add_argument("--poll", type=float, default=0.2, help="seconds between samples")
+    p.add_argument("--failed-dir", default="", help="gomail's failed store (counted at the end)")
+    p.add_argument("--e2e", action="store_true",
+                   help="end-to-end: time until smtp-sink has every accepted message (needs --sink-out)")
+    p.add_argument("--load-pid", type=int, default=0,
+                   help="run alongside this load process: sample the sink until --load-json appears")
+    p.add_argument("--load-timeout", type=float, default=3600)
     p.set_defaults(func=cmd_drain)
 
     p = sub.add_parser("summarize")
