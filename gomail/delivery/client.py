@@ -23,6 +23,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.mail.smtp import ESMTPClient, LOGINAuthenticator, PLAINAuthenticator, SMTPClientError
 from twisted.python.failure import Failure
 
+from gomail.tcp import no_delay
+
 Reply = tuple[int, str]
 _LINE_ENDING = re.compile(rb"\r\n|\r|\n")
 
@@ -161,6 +163,7 @@ class RelayProtocol(ESMTPClient):
     # -- ESMTPClient hooks ------------------------------------------------------
 
     def connectionMade(self) -> None:
+        no_delay(self.transport)
         super().connectionMade()
         if self.implicit_tls:
             self._tlsMode = True  # wrapped in TLS from the first byte (port 465 style)

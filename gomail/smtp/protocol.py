@@ -30,6 +30,7 @@ from gomail.smtp.policy import parse_ip
 from gomail.smtp.reader import DataReader
 from gomail.smtp.received import received_header
 from gomail.spool.envelope import Envelope, Recipient
+from gomail.tcp import no_delay
 
 if TYPE_CHECKING:
     from gomail.smtp.server import SMTPServer
@@ -77,6 +78,7 @@ class GomailESMTP(ESMTP):
     # -- connection ---------------------------------------------------------
 
     def connectionMade(self) -> None:
+        no_delay(self.transport)  # replies are small writes; never hold one back for an ACK
         peer = self.transport.getPeer()
         self.client_host = str(getattr(peer, "host", "") or "")
         self.client_ip = parse_ip(self.client_host)
