@@ -17,7 +17,11 @@ import os
 import re
 import sys
 
+from typing import Any
+
+from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ServerFactory
+from twisted.internet.task import react
 from twisted.protocols.basic import LineReceiver
 
 _COMMAND = re.compile(rb"^(MAIL FROM|RCPT TO):\s*<([^>]*)>", re.IGNORECASE)
@@ -105,8 +109,8 @@ class SmarthostFactory(ServerFactory):
         return self.received
 
 
-def main(argv: list[str]) -> None:
-    """Parse the arguments, listen on 127.0.0.1 and run the (global) reactor until SIGTERM."""
+def serve(reactor: Any, argv: list[str]) -> Deferred:
+    """Parse the arguments, listen on 127.0.0.1 and serve until SIGTERM (run by task.react)."""
     parser = argparse.ArgumentParser(prog="python -m tests.smarthost")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--spool", required=True)
@@ -114,13 +118,11 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--tempfail-local-part")
     args = parser.parse_args(argv)
     os.makedirs(args.spool, exist_ok=True)
-    from twisted.internet import reactor
-
     reactor.listenTCP(args.port, SmarthostFactory(args.spool, args.reject_local_part, args.tempfail_local_part),
                       interface="127.0.0.1")
     print("smarthost ready", flush=True)
-    reactor.run()
+    return Deferred()  # never fires: SIGTERM stops the reactor
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    react(serve, (sys.argv[1:],))
