@@ -242,9 +242,14 @@ def _resolve(config: Config, source: str) -> Config:
     data_dir = os.path.abspath(config.dataDir)
     spool_dir = os.path.abspath(config.spool.directory or os.path.join(data_dir, "spool"))
     listen = smtp.listen or (tcp_endpoint(config.smtpHost, config.smtpPort),)
+    auth = dataclasses.replace(
+        config.auth,
+        database=os.path.abspath(config.auth.database or os.path.join(data_dir, "gomail.db")),
+        secretFile=os.path.abspath(config.auth.secretFile or os.path.join(data_dir, "auth.secret")))
     return dataclasses.replace(
         config,
         dataDir=data_dir,
+        auth=auth,
         spool=dataclasses.replace(config.spool, directory=spool_dir),
         smtp=dataclasses.replace(smtp, listen=listen, hostname=smtp.hostname or socket.getfqdn()),
     )

@@ -10,6 +10,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import ILogObserver, Logger, jsonFileLogObserver
 
 import gomail
+from gomail.auth.service import AuthParts, build_auth
 from gomail.delivery.backoff import RetryPolicy
 from gomail.delivery.connect import make_connector, smarthosts_from
 from gomail.delivery.failed import FailedStore
@@ -45,6 +46,7 @@ class GomailService(SequentialMultiService):
         self.spool: Spool | None = None
         self.smtp: SMTPServer | None = None
         self.delivery: DeliveryQueue | None = None
+        self.auth: AuthParts | None = None
 
     def setServiceParent(self, parent: Any) -> None:
         super().setServiceParent(parent)
@@ -133,6 +135,7 @@ def build_service(config: Config, reactor: Any) -> GomailService:
     root.delivery = _delivery(config, reactor, root, spool)
     SpoolService(spool, root.delivery).setServiceParent(root)
     root.delivery.setServiceParent(root)
+    root.auth = build_auth(config, reactor, root)
 
     tls = server_context(config.smtp.tlsCertificate, config.smtp.tlsPrivateKey, config.dataDir,
                          config.smtp.hostname)
@@ -140,6 +143,7 @@ def build_service(config: Config, reactor: Any) -> GomailService:
                          require_auth=config.security.requireAuth,
                          allow_local_only=config.security.allowLocalOnly)
     root.smtp = SMTPServer(config.smtp, policy, spool, reactor, tls, queue_size=config.queueSize,
-                           log_envelopes=config.security.logAllEmails)
+                           log_envelopes=config.security.logAllEmails, portal=root.auth.portal,
+                           rate_limiter=root.auth.rate_limiter, auth_settings=config.auth)
     SMTPService(root.smtp, reactor, config.smtp.listen, config.smtp.implicitTlsListen).setServiceParent(root)
     return root

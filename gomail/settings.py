@@ -113,6 +113,9 @@ class RateLimits:
     maxPerDay: int = setting(2000, check=between(1))
     globalMaxPerHour: int = setting(1000, check=between(1))
     globalMaxPerDay: int = setting(5000, check=between(1))
+    # When the state store cannot answer: "allow" keeps mail flowing (limits are
+    # skipped and a warning logged), "refuse" answers 451 4.7.1 until it is back.
+    failurePolicy: str = setting("allow", check=one_of("allow", "refuse"))
 
 
 @dataclass(frozen=True)
@@ -143,6 +146,7 @@ class SMTPSettings:
     trustedNetworks: tuple[str, ...] = setting(("127.0.0.0/8", "::1/128"), check=networks)
     localDomains: tuple[str, ...] = setting((), check=domains)
     bareLineEndings: str = setting("reject", check=one_of("reject", "normalize"))
+    allowPlaintextAuthLoopback: bool = setting(False)
     shutdownTimeout: int = setting(30, check=between(0))
 
 
@@ -170,6 +174,59 @@ class DeliverySettings:
     connectTimeout: int = setting(30, check=between(1))
     commandTimeout: int = setting(300, check=between(1))
     connectionIdleTimeout: int = setting(10, check=between(0))
+
+
+def redis_url(value: str) -> str | None:
+    """Accept an empty string or redis://[:password@]host[:port][/db]."""
+    if not value:
+        return None
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError as e:
+        return f"is not a valid redis:// URL ({e})"
+    if parts.scheme != "redis" or not parts.hostname:
+        return "must look like redis://[:password@]host[:port][/db]"
+    if parts.path not in ("", "/") and not parts.path[1:].isdigit():
+        return "the path must be a database number such as /0"
+    return None
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    """Credentials, lockout and the authentication cache (section ``auth``)."""
+
+    database: str = setting("")
+    secretFile: str = setting("")
+    bcryptRounds: int = setting(10, check=between(4, 16))
+    cpuThreads: int = setting(2, check=between(1, 64))
+    maxFailAttempts: int = setting(5, check=between(1))
+    maxFailAttemptsPerIP: int = setting(20, check=between(1))
+    failTTL: int = setting(60, check=between(1))
+    lockTTL: int = setting(300, check=between(1))
+    cacheTTL: int = setting(300, check=between(0))
+    blacklistRefresh: int = setting(10, check=between(1))
+    enforceSenderAddress: bool = setting(True)
+    maxFailuresPerSession: int = setting(3, check=between(1))
+
+
+@dataclass(frozen=True)
+class RedisSettings:
+    """The shared state store (section ``redis``); empty url and host: in memory."""
+
+    url: str = setting("", check=redis_url, secret=True)
+    host: str = setting("")
+    port: int = setting(6379, check=between(1, 65535))
+    password: str = setting("", secret=True)
+    db: int = setting(0, check=between(0))
+    keyPrefix: str = setting("gomail:")
+    timeout: float = setting(2.0, check=between(0.05, 60))
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.url or self.host)
 
 
 @dataclass(frozen=True)
@@ -209,4 +266,6 @@ class Config:
     smtp: SMTPSettings = field(default_factory=SMTPSettings)
     spool: SpoolSettings = field(default_factory=SpoolSettings)
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    redis: RedisSettings = field(default_factory=RedisSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)

@@ -188,6 +188,7 @@ class SMTPHarness:
                  run: Callable[..., Deferred] = run, fs: FileSystem | None = None,
                  min_free_bytes: int = 0, local_domains: tuple[str, ...] = (LOCAL_DOMAIN,),
                  require_auth: bool = False, allow_local_only: bool = False,
+                 portal: Any = None, rate_limiter: Any = None, auth_settings: Any = None,
                  **setting_overrides: Any) -> None:
         self.directory = directory
         self.clock = Clock()
@@ -199,7 +200,8 @@ class SMTPHarness:
         self.spool.prepare()
         self.tls_context = tls_context(os.path.join(directory, "tls-data")) if tls else None
         self.server = SMTPServer(self.settings, self.policy, self.spool, self.clock, self.tls_context,
-                                 queue_size=queue_size, log_envelopes=True)
+                                 queue_size=queue_size, log_envelopes=True, portal=portal,
+                                 rate_limiter=rate_limiter, auth_settings=auth_settings)
 
     def connect(self, host: str = "127.0.0.1", *, tls_transport: bool = False,
                 implicit_tls: bool = False, greet: bool = True) -> Client:

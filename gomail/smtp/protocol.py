@@ -17,6 +17,8 @@ What this class changes from twisted.mail.smtp.ESMTP, and why:
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +27,7 @@ from twisted.internet.interfaces import ITLSTransport
 from twisted.logger import Logger
 from twisted.mail.smtp import COMMAND, DATA, ESMTP
 
+from gomail.auth.checker import AuthFailure, LoginAttempt, TemporaryAuthError
 from gomail.smtp.address import AddressError, Path, parse_path
 from gomail.smtp.policy import parse_ip
 from gomail.smtp.reader import DataReader
@@ -74,6 +77,9 @@ class GomailESMTP(ESMTP):
         self._message = None
         self._reader: DataReader | None = None
         self._first_chunk = True
+        self.account: Any = None  # the AuthSuccess of a successful AUTH
+        self._auth_failures = 0
+        self._auth_step: Any = None  # while an AUTH exchange waits for the client's next line
 
     # -- connection ---------------------------------------------------------
 
@@ -249,6 +255,9 @@ class GomailESMTP(ESMTP):
         lines = [f"SIZE {self.settings.maxMessageSize}", "8BITMIME", "PIPELINING", "ENHANCEDSTATUSCODES"]
         if self.canStartTLS and not self.secure:
             lines.append("STARTTLS")
+        if self.server.portal is not None and (self.secure or self._plaintext_auth_allowed()):
+            # RFC 4954 4: passwords travel only inside TLS, so AUTH is not offered before it.
+            lines.append("AUTH PLAIN LOGIN")
         return lines
 
     def ext_STARTTLS(self, rest: bytes) -> None:
@@ -267,10 +276,105 @@ class GomailESMTP(ESMTP):
             self.secure = self.startedTLS = True
             self.helo_name = None
             self.authenticated = False
+            self.account = None
             self.reset_transaction()
 
-    def ext_AUTH(self, rest: bytes) -> None:
-        self.reply(502, "5.5.1", "Authentication not available")
+    # -- AUTH (RFC 4954): PLAIN and LOGIN, inside TLS only -----------------------
+
+    def ext_AUTH(self, rest: bytes) -> Any:
+        mechanism, _, initial = rest.partition(b" ")
+        mechanism = mechanism.upper()
+        if self.server.portal is None:
+            return self.reply(502, "5.5.1", "Authentication not available")
+        if self.helo_name is None or not self.extended:
+            return self.reply(503, "5.5.1", "Error: send EHLO first")
+        if not self.secure and not self._plaintext_auth_allowed():
+            return self.reply(530, "5.7.0", "Must issue a STARTTLS command first")
+        if self.account is not None:
+            return self.reply(503, "5.5.1", "Error: already authenticated")
+        if self.sender is not None:
+            return self.reply(503, "5.5.1", "Error: AUTH not permitted during a mail transaction")
+        if mechanism == b"PLAIN":
+            if initial:
+                return self._auth_plain(initial)
+            return self._challenge(b"", self._auth_plain)
+        if mechanism == b"LOGIN":
+            if initial:
+                return self._auth_login_user(initial)
+            return self._challenge(b"Username:", self._auth_login_user)
+        return self.reply(504, "5.5.4", "Unrecognized authentication type")
+
+    def _plaintext_auth_allowed(self) -> bool:
+        """AUTH without TLS only from loopback, and only when configured (smtp.allowPlaintextAuthLoopback)."""
+        return (self.settings.allowPlaintextAuthLoopback and self.client_ip is not None
+                and self.client_ip.is_loopback)
+
+    def _challenge(self, prompt: bytes, step: Any) -> None:
+        self._auth_step = step
+        self.mode = "AUTH"
+        self.sendCode(334, base64.b64encode(prompt))
+
+    def state_AUTH(self, line: bytes) -> Any:
+        step, self._auth_step = self._auth_step, None
+        self.mode = COMMAND
+        if line.strip() == b"*":
+            return self.reply(501, "5.0.0", "Authentication cancelled")
+        return step(line.strip())
+
+    @staticmethod
+    def _decode(data: bytes) -> str | None:
+        try:
+            return base64.b64decode(data, validate=True).decode("utf-8")
+        except (binascii.Error, ValueError):
+            return None
+
+    def _auth_plain(self, data: bytes) -> Any:
+        decoded = self._decode(data) if data != b"=" else ""
+        parts = decoded.split("\0") if decoded is not None else []
+        if len(parts) != 3:
+            return self.reply(501, "5.5.2", "Cannot decode AUTH PLAIN response")
+        authzid, username, password = parts
+        if authzid and authzid != username:
+            # Acting for another user is not supported: refuse like bad credentials.
+            return self._login(username, "")
+        return self._login(username, password)
+
+    def _auth_login_user(self, data: bytes) -> Any:
+        username = self._decode(data)
+        if username is None:
+            return self.reply(501, "5.5.2", "Cannot decode AUTH LOGIN response")
+        return self._challenge(b"Password:", lambda reply: self._auth_login_password(username, reply))
+
+    def _auth_login_password(self, username: str, data: bytes) -> Any:
+        password = self._decode(data)
+        if password is None:
+            return self.reply(501, "5.5.2", "Cannot decode AUTH LOGIN response")
+        return self._login(username, password)
+
+    def _login(self, username: str, password: str) -> Deferred:
+        attempt = LoginAttempt(username, password, self.client_host or None, "smtp")
+        return Deferred.fromCoroutine(self._finish_login(attempt))
+
+    async def _finish_login(self, attempt: LoginAttempt) -> None:
+        from gomail.auth.checker import login
+
+        try:
+            account = await login(self.server.portal, attempt)
+        except AuthFailure as failure:
+            self._auth_failures += 1
+            self.log.info("SMTP AUTH failed from {client} ({reason})", client=self.client_host, reason=failure.reason)
+            self.reply(535, "5.7.8", "Authentication credentials invalid")
+            if self._auth_failures >= self.server.auth_settings.maxFailuresPerSession:
+                self.reply(421, "4.7.0", f"{self.settings.hostname} Too many failed authentications, closing")
+                self.transport.loseConnection()
+            return
+        except TemporaryAuthError:
+            self.reply(454, "4.7.0", "Temporary authentication failure, try again later")
+            return
+        self.account = account
+        self.authenticated = True
+        self.log.info("SMTP AUTH succeeded from {client} ({via})", client=self.client_host, via=account.via)
+        self.reply(235, "2.7.0", "Authentication successful")
 
     def do_UNKNOWN(self, rest: bytes) -> None:
         # twisted's SMTP defines do_UNKNOWN, so the verb UNKNOWN would reach its
@@ -315,7 +419,10 @@ class GomailESMTP(ESMTP):
             body_type = self._check_mail_params(path)
         except AddressError as e:
             return self.reply(e.code, e.status, e.text)
-        refusal = self.server.mail_refusal(self)
+        return Deferred.fromCoroutine(self._accept_sender(path, body_type))
+
+    async def _accept_sender(self, path: Path, body_type: str | None) -> None:
+        refusal = await self.server.mail_refusal(self, path)
         if refusal is not None:
             return self.reply(*refusal)
         self.sender, self.recipients, self.body_type = path, [], body_type
@@ -412,6 +519,7 @@ class GomailESMTP(ESMTP):
             id=message.id, sender=sender.address, recipients=[Recipient(a) for a in recipients],
             received=now, next_attempt=now, client_address=self.client_host,
             client_helo=self.helo_name or "", tls=self.secure, body_type=body_type,
+            auth_user=self.account.name if self.account is not None else None,
         )
         try:
             await message.commit(envelope)
@@ -419,5 +527,5 @@ class GomailESMTP(ESMTP):
             self.log.failure("could not queue a message from {client}", client=self.client_host)
             self.reply(451, "4.3.0", "Local error in processing; message not accepted, try again later")
             return
-        self.server.accepted(self, envelope)
         self.reply(250, "2.0.0", f"Ok: queued as {envelope.id}")
+        self.server.accepted(self, envelope)

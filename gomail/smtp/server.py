@@ -14,13 +14,15 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
+from gomail.limits.rate import RateLimitUnavailable
 from gomail.services import ListeningService
-from gomail.settings import SMTPSettings
+from gomail.settings import AuthSettings, SMTPSettings
 from gomail.smtp.address import Path
 from gomail.smtp.policy import RelayPolicy
 from gomail.smtp.protocol import GomailESMTP
 
 if TYPE_CHECKING:
+    from gomail.limits.rate import RateLimiter
     from gomail.spool.envelope import Envelope
     from gomail.spool.store import Spool
 
@@ -34,12 +36,16 @@ class SMTPServer:
     @param queue_size: intake answers 452 4.3.1 once this many messages are queued.
     @param log_envelopes: log sender and recipients of every accepted message
         (the Go relay's C{security.logAllEmails}); content is never logged.
+    @param portal: the twisted.cred portal SMTP AUTH logs in through (None: no AUTH).
+    @param rate_limiter: the L{RateLimiter} checked at MAIL FROM (None: no limits).
     """
 
     log = Logger()
 
     def __init__(self, settings: SMTPSettings, policy: RelayPolicy, spool: "Spool",
-                 clock: IReactorTime, tls_context: Any, queue_size: int, log_envelopes: bool) -> None:
+                 clock: IReactorTime, tls_context: Any, queue_size: int, log_envelopes: bool,
+                 portal: Any = None, rate_limiter: "RateLimiter | None" = None,
+                 auth_settings: AuthSettings | None = None) -> None:
         self.settings = settings
         self.policy = policy
         self.spool = spool
@@ -47,6 +53,10 @@ class SMTPServer:
         self.tls_context = tls_context
         self.queue_size = queue_size
         self.log_envelopes = log_envelopes
+        self.portal = portal  # None: AUTH is not offered
+        self.rate_limiter = rate_limiter
+        self.auth_settings = auth_settings or AuthSettings()
+        self.rejections: Counter[str] = Counter()  # refusals by reason, for the metrics endpoint
         self.sessions: set[GomailESMTP] = set()
         self._per_ip: Counter[str] = Counter()
         self.shutting_down = False
@@ -111,14 +121,51 @@ class SMTPServer:
 
     # -- intake rules -------------------------------------------------------
 
-    def mail_refusal(self, session: GomailESMTP) -> Refusal | None:
-        """Why MAIL FROM is refused in this session, or None."""
-        if self.policy.require_auth and not session.authenticated:
+    async def mail_refusal(self, session: GomailESMTP, sender: Path) -> Refusal | None:
+        """Why MAIL FROM C{sender} is refused in this session, or None."""
+        refusal = await self._mail_refusal(session, sender)
+        if refusal is not None:
+            self.rejections[refusal[1]] += 1
+        return refusal
+
+    async def _mail_refusal(self, session: GomailESMTP, sender: Path) -> Refusal | None:
+        if self.policy.require_auth and session.account is None:
             return (530, "5.7.0", "Authentication required")
+        if session.account is not None and not self.may_send_as(session.account.user, sender):
+            self.log.info("refused sender of authenticated user from {client}: not an allowed address",
+                          client=session.client_host)
+            return (553, "5.7.1", f"<{sender.address}>: Sender address rejected: not owned by user")
         if self.spool.queued >= self.queue_size or not self.spool.has_free_space():
             self.log.warn("refusing mail: queue full or spool disk low ({queued} queued)", queued=self.spool.queued)
             return (452, "4.3.1", "Insufficient system storage")
+        if self.rate_limiter is not None:
+            try:
+                allowed = await self.rate_limiter.allows(self.rate_key(session, sender))
+            except RateLimitUnavailable:
+                return (451, "4.3.0", "Rate limits cannot be checked now, try again later")
+            if not allowed:
+                return (451, "4.7.1", "Rate limit exceeded, try again later")
         return None
+
+    def may_send_as(self, user: Any, sender: Path) -> bool:
+        """
+        Whether an authenticated user may use C{sender} as MAIL FROM: one of
+        their allowed addresses or domains (C{@example.com}), or their user name
+        when it is an address and none are set. The null sender is allowed.
+        """
+        if not self.auth_settings.enforceSenderAddress or not sender.address:
+            return True
+        address = sender.address.lower()
+        allowed = user.allowed_senders or ((user.name,) if "@" in user.name else ())
+        domain = "@" + address.rpartition("@")[2]
+        return any(entry.lower() in (address, domain) for entry in allowed)
+
+    @staticmethod
+    def rate_key(session: GomailESMTP, sender: Path) -> str:
+        """Whom a message counts against: the authenticated user, else the envelope sender."""
+        if session.account is not None:
+            return "user:" + session.account.name
+        return "sender:" + sender.address.lower()
 
     def rcpt_refusal(self, session: GomailESMTP, path: Path) -> Refusal | None:
         """Why a recipient is refused in this session, or None."""
@@ -127,7 +174,9 @@ class SMTPServer:
         return None
 
     def accepted(self, session: GomailESMTP, envelope: "Envelope") -> None:
-        """Log a message that has just been queued."""
+        """Log (and count against the rate limits) a message that has just been queued."""
+        if self.rate_limiter is not None:
+            self.rate_limiter.count(self.rate_key(session, Path(envelope.sender, {})))
         if self.log_envelopes:
             self.log.info(
                 "queued {queue_id} from <{sender}> to {recipients} ({size} bytes) client {client}",

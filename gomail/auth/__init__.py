@@ -1,0 +1,1 @@
+"""Users, credentials and the checkers every protocol authenticates through."""

@@ -1,0 +1,124 @@
+"""
+Builds the authentication side from the configuration: user database, state
+store, CPU pool for bcrypt, blacklist, checker, portal and rate limiter.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.cred.portal import Portal
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from gomail.auth.blacklist import Blacklist
+from gomail.auth.checker import Authenticator, ThreadPoolVerifier, make_portal
+from gomail.auth.passwords import hash_password
+from gomail.auth.users import SQLiteUserStore
+from gomail.limits.rate import RateLimiter
+from gomail.services import ThreadPoolService
+from gomail.settings import Config
+from gomail.state.factory import make_state_store
+
+SECRET_BYTES = 32
+
+
+def load_or_create_secret(path: str) -> bytes:
+    """
+    The per-install key of the auth cache's HMAC: read from C{path}, or made
+    and written there (mode 0600) on first start. Read once at start-up, before
+    the reactor runs.
+    """
+    try:
+        with open(path, "rb") as f:
+            secret = f.read()
+        if len(secret) >= 16:
+            return secret
+    except FileNotFoundError:
+        pass
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    secret = secrets.token_bytes(SECRET_BYTES)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(secret)
+        f.flush()
+        os.fsync(f.fileno())
+    return secret
+
+
+@dataclass
+class AuthParts:
+    """What the protocols need from the authentication side."""
+
+    users: SQLiteUserStore
+    state: Any
+    authenticator: Authenticator
+    portal: Portal
+    rate_limiter: RateLimiter
+    cpu: ThreadPoolService
+
+
+class AuthService(Service):
+    """
+    Opens (and migrates) the user database at start, creates the Go relay's
+    C{defaultUsername} when it does not exist yet, and closes the database and
+    the state store at stop.
+    """
+
+    log = Logger()
+
+    def __init__(self, parts: AuthParts, config: Config, clock: Any) -> None:
+        self.parts = parts
+        self.config = config
+        self.clock = clock
+
+    def startService(self) -> Deferred:  # type: ignore[override]
+        super().startService()
+        return Deferred.fromCoroutine(self._start())
+
+    async def _start(self) -> None:
+        users = self.parts.users
+        await users.start()
+        name, password = self.config.defaultUsername, self.config.defaultPassword
+        if name and await users.get_user(name) is None:
+            hashed = await self.parts.cpu.run(hash_password, password, self.config.auth.bcryptRounds)
+            await users.add_user(name, hashed, self.clock.seconds())
+            self.log.info("created the default user from defaultUsername")
+        try:
+            await self.parts.state.ping()
+        except Exception as e:
+            # Not fatal: intake and delivery work without it; logins answer
+            # temporary failures until the store is back.
+            self.log.warn("state store not reachable at start: {error}", error=str(e))
+
+    def stopService(self) -> Deferred:  # type: ignore[override]
+        super().stopService()
+        return Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        self.parts.users.close()
+        close = getattr(self.parts.state, "disconnect", None)
+        if close is not None:
+            try:
+                await close()
+            except Exception:
+                pass
+
+
+def build_auth(config: Config, reactor: Any, parent: Any) -> AuthParts:
+    """Build the authentication parts and attach their services to C{parent} (in start order)."""
+    cpu = ThreadPoolService(reactor, "gomail-cpu", config.auth.cpuThreads)
+    cpu.setServiceParent(parent)
+    users = SQLiteUserStore(config.auth.database, reactor=reactor)
+    state = make_state_store(config.redis, reactor)
+    blacklist = Blacklist(users, reactor, config.auth.blacklistRefresh)
+    authenticator = Authenticator(users, state, blacklist, ThreadPoolVerifier(reactor, cpu.pool), reactor,
+                                  load_or_create_secret(config.auth.secretFile), config.auth)
+    parts = AuthParts(users, state, authenticator, make_portal(authenticator),
+                      RateLimiter(state, config.rateLimits), cpu)
+    AuthService(parts, config, reactor).setServiceParent(parent)
+    return parts

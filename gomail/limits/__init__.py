@@ -1,0 +1,1 @@
+"""Rate limits on mail intake."""
