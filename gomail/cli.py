@@ -6,12 +6,12 @@ import argparse
 import os
 import sys
 import time
-from typing import Callable
+from typing import Any, Callable
 
 from twisted.internet.interfaces import IReactorTime
 
 import gomail
-from gomail import queuetool
+from gomail import queuetool, usercli
 from gomail.config import ConfigError, describe, load_config
 from gomail.delivery.failed import FailedStore
 from gomail.spool.store import Spool
@@ -38,11 +38,15 @@ class WallClock:
         return time.time()
 
 
-def main(argv: list[str] | None = None, clock: IReactorTime | None = None) -> int:
+def main(argv: list[str] | None = None, clock: IReactorTime | None = None,
+         bcrypt_rounds: int | None = None) -> int:
     """
     Entry point of the C{gomail} console script; returns the exit status.
 
-    @param clock: the time for C{queue} commands (default: the system clock).
+    @param clock: the time for C{queue}, C{user} and C{blacklist} commands
+        (default: the system clock).
+    @param bcrypt_rounds: the work factor of passwords C{user} commands hash
+        (default: the configuration's C{auth.bcryptRounds}).
     """
     parser = build_parser()
     try:
@@ -51,12 +55,14 @@ def main(argv: list[str] | None = None, clock: IReactorTime | None = None) -> in
         return e.code if isinstance(e.code, int) else 2
     if args.command == "check-config":
         return check_config(args.file)
-    if args.command == "queue":
-        if args.action is None:
+    if args.command in ("queue", *usercli.COMMANDS):
+        if args.command == "queue" and args.action is None:
             args.queue_parser.print_help()
             return 2
         try:
-            return queue_command(args, clock or WallClock())
+            if args.command == "queue":
+                return queue_command(args, clock or WallClock())
+            return usercli.run(args, clock or WallClock(), bcrypt_rounds)
         except BrokenPipeError:
             # The reader went away (`gomail queue list | head`): stop quietly.
             try:
@@ -68,9 +74,34 @@ def main(argv: list[str] | None = None, clock: IReactorTime | None = None) -> in
     return 2
 
 
+class QuietArgumentParser(argparse.ArgumentParser):
+    """
+    An ArgumentParser that never repeats stray arguments in its error: one of
+    them may be a password typed where it does not belong (`gomail user add
+    alice hunter2`), and error output ends up in terminals and logs.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)  # --password must not mean --password-stdin
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        if message.startswith("unrecognized arguments:"):
+            # Option names are safe to show; values (a password, perhaps) are not.
+            words = message.partition(":")[2].split()
+            options = [w.partition("=")[0] for w in words if w.startswith("-")]
+            hidden = len(words) - len(options)
+            message = "unrecognized arguments: " + " ".join(options + ([f"({hidden} not shown)"] if hidden else []))
+            if hidden:
+                message += "; passwords are read from a prompt or --password-stdin"
+        elif "explicit argument" in message:
+            message = message.partition(":")[0] + ": takes no value"
+        super().error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line: C{check-config} and C{queue list|show|retry|flush|delete}."""
-    parser = argparse.ArgumentParser(prog="gomail", description="gomail mail server operator tool")
+    parser = QuietArgumentParser(prog="gomail", description="gomail mail server operator tool")
     parser.add_argument("--version", action="version", version=f"gomail {gomail.__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     check = commands.add_parser("check-config", help="validate a configuration file (and the environment)")
@@ -119,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     what = delete.add_mutually_exclusive_group(required=True)
     what.add_argument("ids", nargs="*", default=[], metavar="ID", help="message ids (queue/ or failed/)")
     what.add_argument("--all-failed", action="store_true", help="every message in failed/")
+    usercli.add_commands(commands)
     return parser
 
 

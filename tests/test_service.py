@@ -39,7 +39,8 @@ class BuildServiceTests(SynchronousTestCase):
         """I/O pool, spool, local delivery, then SMTP: listeners come last, so they open after recovery."""
         service = build_service(config_in(self.directory), self.reactor)
         names = [type(child).__name__ for child in service]
-        self.assertEqual(names, ["ThreadPoolService", "BatchWriter", "BatchWriter", "SpoolService", "DeliveryQueue", "SMTPService"])
+        self.assertEqual(names, ["ThreadPoolService", "BatchWriter", "BatchWriter", "SpoolService", "DeliveryQueue",
+                                 "ThreadPoolService", "AuthService", "SMTPService"])
         self.assertEqual(self.reactor.tcpServers, [])
 
     def test_forward_smtp_routes_to_the_relay(self) -> None:

@@ -1,0 +1,408 @@
+"""
+The C{gomail user} and C{gomail blacklist} operator commands.
+
+They change the user database directly, through the same functions
+(L{gomail.auth.userdb}) the server uses, so they work whether or not a server
+is running; a running server sees every change at the next login (blacklist
+changes within C{auth.blacklistRefresh} seconds). Passwords are read from a
+prompt or from stdin, never from the command line, and never printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import re
+import sqlite3
+import sys
+from collections.abc import Callable, Sequence
+from getpass import getpass
+from typing import Any, TextIO
+
+import pyotp
+from twisted.internet.interfaces import IReactorTime
+
+from gomail import queuetool
+from gomail.auth import passwords, userdb
+from gomail.auth.names import canonical_sender, canonical_username
+from gomail.config import Config, ConfigError, load_config
+
+#: The top-level commands this module adds to C{gomail}.
+COMMANDS = ("user", "blacklist")
+TOTP_ISSUER = "gomail"
+
+_USER_HELP = """\
+User names are case-insensitive and normalised (NFKC): Alice, alice and
+ＡＬＩＣＥ are one user. Passwords are prompted for twice on a terminal, or read
+as one line from stdin with --password-stdin; never give them as arguments.
+Users with TOTP log in with their password followed by the current 6-digit
+code; app passwords work without a code. Run these commands as the user the
+server runs as (the database is created readable by its owner only).
+
+exit status: 0 ok, 1 error (unknown user, bad name or password), 2 usage
+"""
+
+_BLACKLIST_HELP = """\
+Logins from a blacklisted client network are refused before any credential is
+checked. A running server applies changes within auth.blacklistRefresh seconds.
+
+exit status: 0 ok, 1 error (bad network, no such entry), 2 usage
+"""
+
+_DURATION = re.compile(r"(\d+)([smhdw]?)")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+class UsageError(Exception):
+    """Bad use of the command (exit status 2)."""
+
+
+def config_db_path(config: Config) -> str:
+    """Where the user database of C{config} is (the server's: C{auth.database}, default C{<dataDir>/gomail.db})."""
+    return config.auth.database or os.path.join(config.dataDir, "gomail.db")
+
+
+# -- the command line -----------------------------------------------------------------
+
+
+def duration(text: str) -> int:
+    """C{3600}, C{90m}, C{12h}, C{7d} or C{2w} as seconds (argparse type)."""
+    match = _DURATION.fullmatch(text.strip())
+    if not match or int(match.group(1)) == 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 3600, 90m, 12h or 7d")
+    return int(match.group(1)) * _UNITS[match.group(2)]
+
+
+def add_commands(commands: Any) -> None:
+    """Add C{user} and C{blacklist} to the subcommands of the C{gomail} parser."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="FILE",
+                        help="configuration whose user database to use (default: conf/gomail.toml "
+                             "if it exists, else the built-in defaults)")
+    password = argparse.ArgumentParser(add_help=False)
+    password.add_argument("--password-stdin", action="store_true",
+                          help="read the password as one line from stdin instead of prompting")
+
+    def parser(parent: Any, command: str, help: str, parents: list[Any]) -> Any:
+        epilog = _BLACKLIST_HELP if command.startswith("blacklist") else _USER_HELP
+        return parent.add_parser(command.rsplit(" ", 1)[-1], parents=parents, help=help,
+                                 description=help[0].upper() + help[1:] + ".", epilog=epilog,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    def group(parent: Any, command: str, help: str) -> Any:
+        group_parser = parser(parent, command, help, [])
+        group_parser.set_defaults(help_parser=group_parser)  # printed when no action is given
+        return group_parser.add_subparsers(metavar="ACTION")
+
+    def action(parent: Any, command: str, help: str, *arguments: str, parents: tuple = ()) -> Any:
+        action_parser = parser(parent, command, help, [common, *parents])
+        action_parser.set_defaults(handler=command)  # a key of _HANDLERS
+        for argument in arguments:
+            action_parser.add_argument(argument)
+        return action_parser
+
+    users = group(commands, "user", "manage users, their TOTP and app passwords")
+    add = action(users, "user add", "add a user (prompts for the password)", "name", parents=(password,))
+    add.add_argument("--sender", action="append", default=[], metavar="ADDR",
+                     help="an address (alice@example.com) or domain (@example.com) the user may send "
+                          "as; repeat for more")
+    action(users, "user passwd", "change a user's password", "name", parents=(password,))
+    action(users, "user disable", "refuse a user's logins (keeps the user)", "name")
+    action(users, "user enable", "accept a disabled user's logins again", "name")
+    action(users, "user delete", "delete a user and its app passwords", "name")
+    action(users, "user list", "list users (never passwords or secrets)").add_argument(
+        "--json", action="store_true", help="print a JSON array")
+
+    senders = group(users, "user sender", "set the addresses a user may send as")
+    action(senders, "user sender set", "replace a user's allowed sender addresses", "name").add_argument(
+        "senders", nargs="+", metavar="ADDR", help="alice@example.com, or @example.com for the whole domain")
+    action(senders, "user sender clear", "remove all of a user's allowed sender addresses", "name")
+
+    totp = group(users, "user totp", "turn two-factor codes (TOTP) on or off")
+    action(totp, "user totp enable", "give a user a new TOTP secret and require codes (prints a QR code)",
+           "name")
+    action(totp, "user totp disable", "stop requiring TOTP codes and forget the secret", "name")
+
+    apps = group(users, "user app-password", "manage a user's app passwords (accepted without TOTP)")
+    action(apps, "user app-password add", "generate an app password (printed once)", "name").add_argument(
+        "label", help="what it is for, such as 'phone'")
+    action(apps, "user app-password list", "list a user's app passwords", "name")
+    action(apps, "user app-password revoke", "revoke an app password", "name", "label")
+
+    blacklist = group(commands, "blacklist", "refuse logins from client networks")
+    add = action(blacklist, "blacklist add", "blacklist an address or network (replaces its entry)")
+    add.add_argument("network", help="192.0.2.7, 192.0.2.0/24 or 2001:db8::/32")
+    add.add_argument("--expires", type=duration, metavar="SECONDS",
+                     help="remove the entry after this long (3600, 90m, 12h, 7d; default: never)")
+    add.add_argument("--reason", default="", help="a note for the list")
+    action(blacklist, "blacklist remove", "remove an entry", "network")
+    action(blacklist, "blacklist list", "list the entries in force")
+
+
+def run(args: argparse.Namespace, clock: IReactorTime, bcrypt_rounds: int | None = None) -> int:
+    """Run one C{user} or C{blacklist} command; errors become one line on stderr and status 1 (usage: 2)."""
+    handler = getattr(args, "handler", None)
+    if handler is None:
+        args.help_parser.print_help()
+        return 2
+    path = _config_path(args.config)
+    try:
+        config = load_config(path)
+    except ConfigError as e:
+        print(f"gomail: configuration error: {e}", file=sys.stderr)
+        return 1
+    database = config_db_path(config)
+    command = Command(clock, config.auth.bcryptRounds if bcrypt_rounds is None else bcrypt_rounds)
+    conn = None
+    try:
+        conn = userdb.open_connection(database)
+        userdb.transact(conn, userdb.migrate)
+        return _HANDLERS[handler](command, args, conn)
+    except UsageError as e:
+        print(f"gomail: {e}", file=sys.stderr)
+        return 2
+    except (ValueError, userdb.UserDBError) as e:
+        print(f"gomail: {e}", file=sys.stderr)
+    except (EOFError, KeyboardInterrupt):  # ^D or ^C at a password prompt
+        print("\ngomail: cancelled", file=sys.stderr)
+    except (OSError, sqlite3.Error) as e:
+        if isinstance(e, BrokenPipeError):
+            raise  # stdout, not the database: main handles it
+        print(f"gomail: cannot use the user database {database}: {getattr(e, 'strerror', None) or e}",
+              file=sys.stderr)
+    finally:
+        if conn is not None:
+            conn.close()
+    return 1
+
+
+def _config_path(path: str | None) -> str | None:
+    default = os.path.join("conf", "gomail.toml")
+    if path is None and os.path.exists(default):
+        return default
+    return path
+
+
+# -- the commands -----------------------------------------------------------------------
+
+
+class Command:
+    """What every command needs: the time and how to hash passwords."""
+
+    def __init__(self, clock: IReactorTime, rounds: int) -> None:
+        self.clock = clock
+        self.rounds = rounds
+
+    def now(self) -> float:
+        return self.clock.seconds()
+
+    def new_password_hash(self, from_stdin: bool) -> bytes:
+        """Read a new password (prompt twice, or one line of stdin) and hash it."""
+        if from_stdin:
+            password = sys.stdin.readline().rstrip("\r\n")
+        elif sys.stdin.isatty():
+            password = getpass("New password: ")
+            passwords.check_password(password)  # complain before asking again
+            if getpass("Repeat password: ") != password:
+                raise ValueError("the passwords do not match")
+        else:
+            raise UsageError("stdin is not a terminal: use --password-stdin to read the password from it")
+        return passwords.hash_password(password, self.rounds)
+
+
+def _user_add(command: Command, args: argparse.Namespace, conn: sqlite3.Connection) -> int:
+    name = canonical_username(args.name)  # complain about the name before asking for a password
+    if userdb.transact(conn, userdb.get_user, name) is not None:
+        raise userdb.UserExists(f"user {name} already exists")
+    for sender in args.sender:
+        canonical_sender(sender)
+    hashed = command.new_password_hash(args.password_stdin)
+    name = userdb.transact(conn, userdb.add_user, name, hashed, command.now(), args.sender)
+    print(f"added user {name}")
+    return 0
+
+
+def _user_passwd(command: Command, args: argparse.Namespace, conn: sqlite3.Connection) -> int:
+    name = _existing(conn, args.name).name
+    hashed = command.new_password_hash(args.password_stdin)
+    userdb.transact(conn, userdb.set_password, name, hashed, command.now())
+    print(f"changed the password of {name}")
+    return 0
+
+
+def _set_enabled(enabled: bool) -> Callable[[Command, argparse.Namespace, sqlite3.Connection], int]:
+    def handler(command: Command, args: argparse.Namespace, conn: sqlite3.Connection) -> int:
+        name = canonical_username(args.name)
+        userdb.transact(conn, userdb.set_enabled, name, enabled, command.now())
+        print(f"{'enabled' if enabled else 'disabled'} user {name}")
+        return 0
+    return handler
+
+
+def _user_delete(command: Command, args: argparse.Namespace, conn: sqlite3.Connection) -> int:
+    name = canonical_username(args.name)
+    userdb.transact(conn, userdb.delete_user, name)
+    print(f"deleted user {name}")
+    return 0
+
+
+def _user_list(command: Command, args: argparse.Namespace, conn: sqlite3.Connection) -> int:
+    users = userdb.transact(conn, userdb.list_users)
+    if args.json:
+        json.dump([{"name": u.name, "enabled": u.enabled, "totp": u.totp_enabled,
+                    "app_passwords": [a.label for a in u.app_passwords], "senders": list(u.allowed_senders),
+                    "backend": u.backend, "created": queuetool.iso_time(u.created),
+                    "updated": queuetool.iso_time(u.updated)} for u in users], sys.stdout, indent=2)
+        print()
+        return 0
+    rows = [(u.name, "yes" if u.enabled else "no", "yes" if u.totp_enabled else "no", str(len(u.app_passwords)),
+             ",".join(u.allowed_senders) or "-", u.backend or "-") for u in users]
+    _table(("NAME", "ENABLED", "TOTP", "APP-PASSWORDS", "SENDERS", "BACKEND"), rows, sys.stdout)
+    print(f"{len(users)} user{'' if len(users) == 1 else 's'}")
+    return 0
+
+
+def _sender_set(command: Command, args: argparse.Namespace, conn: sqlite3.Connection) -> int:
+    name = canonical_username(args.name)
+    userdb.transact(conn, userdb.set_allowed_senders, name, args.senders, command.now())
+    user = _existing(conn, name)
+    print(f"{name} may send as: {', '.join(user.allowed_senders)}")
+    return 0
+
+
+def _sender_clear(command: Command, args: argparse.Namespace, conn: sqlite3.Connection) -> int:
+    name = canonical_username(args.name)
+    userdb.transact(conn, userdb.set_allowed_senders, name, (), command.now())
+    print(f"cleared the allowed senders of {name}")
+    return 0
+
+
+def _totp_enable(command: Command, args: argparse.Namespace, conn: sqlite3.Connection) -> int:
+    user = _existing(conn, args.name)
+    if user.totp_enabled:
+        raise userdb.UserDBError(f"TOTP is already enabled for {user.name}; to enrol a new device, "
+                                 f"run 'gomail user totp disable {user.name}' first")
+    secret = passwords.new_totp_secret()
+    userdb.transact(conn, userdb.set_totp, user.name, secret, True, command.now())
+    uri = pyotp.TOTP(secret).provisioning_uri(name=user.name, issuer_name=TOTP_ISSUER)
+    print(f"TOTP enabled for {user.name}. Scan this QR code with an authenticator app:")
+    print()
+    sys.stdout.write(render_qr(uri, sys.stdout))
+    print()
+    print(uri)
+    print(f"secret (for manual entry): {secret}")
+    print(f"{user.name} now logs in with the password followed by the current 6-digit code; "
+          f"app passwords need no code.")
+    return 0
+
+
+def _totp_disable(command: Command, args: argparse.Namespace, conn: sqlite3.Connection) -> int:
+    name = canonical_username(args.name)
+    userdb.transact(conn, userdb.set_totp, name, None, False, command.now())
+    print(f"TOTP disabled for {name}")
+    return 0
+
+
+def _app_add(command: Command, args: argparse.Namespace, conn: sqlite3.Connection) -> int:
+    name = canonical_username(args.name)
+    secret = passwords.new_app_password()
+    label = args.label.strip()
+    userdb.transact(conn, userdb.add_app_password, name, label, passwords.app_password_digest(secret),
+                    command.now())
+    print(f"app password {label!r} for {name} (shown only this once):")
+    print(secret)
+    return 0
+
+
+def _app_list(command: Command, args: argparse.Namespace, conn: sqlite3.Connection) -> int:
+    user = _existing(conn, args.name)
+    rows = [(a.label, queuetool.iso_time(a.created) or "-", queuetool.iso_time(a.last_used) or "never")
+            for a in user.app_passwords]
+    _table(("LABEL", "CREATED", "LAST-USED"), rows, sys.stdout)
+    print(f"{len(rows)} app password{'' if len(rows) == 1 else 's'} for {user.name}")
+    return 0
+
+
+def _app_revoke(command: Command, args: argparse.Namespace, conn: sqlite3.Connection) -> int:
+    name = canonical_username(args.name)
+    userdb.transact(conn, userdb.revoke_app_password, name, args.label, command.now())
+    print(f"revoked app password {args.label.strip()!r} of {name}")
+    return 0
+
+
+def _blacklist_add(command: Command, args: argparse.Namespace, conn: sqlite3.Connection) -> int:
+    now = command.now()
+    expires = None if args.expires is None else now + args.expires
+    userdb.transact(conn, userdb.purge_blacklist, now)
+    network = userdb.transact(conn, userdb.add_blacklist, args.network, expires, args.reason, now)
+    until = "for good" if expires is None else f"until {queuetool.iso_time(expires)}"
+    print(f"blacklisted {network} {until}")
+    return 0
+
+
+def _blacklist_remove(command: Command, args: argparse.Namespace, conn: sqlite3.Connection) -> int:
+    network = userdb.canonical_network(args.network)
+    if not userdb.transact(conn, userdb.remove_blacklist, network):
+        raise userdb.UserDBError(f"{network} is not blacklisted")
+    print(f"removed {network} from the blacklist")
+    return 0
+
+
+def _blacklist_list(command: Command, args: argparse.Namespace, conn: sqlite3.Connection) -> int:
+    entries = userdb.transact(conn, userdb.list_blacklist, command.now())
+    rows = [(e.network, queuetool.iso_time(e.expires) or "never", e.reason or "-") for e in entries]
+    _table(("NETWORK", "EXPIRES", "REASON"), rows, sys.stdout)
+    print(f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'}")
+    return 0
+
+
+_HANDLERS: dict[str, Callable[[Command, argparse.Namespace, sqlite3.Connection], int]] = {
+    "user add": _user_add, "user passwd": _user_passwd, "user disable": _set_enabled(False),
+    "user enable": _set_enabled(True), "user delete": _user_delete, "user list": _user_list,
+    "user sender set": _sender_set, "user sender clear": _sender_clear,
+    "user totp enable": _totp_enable, "user totp disable": _totp_disable,
+    "user app-password add": _app_add, "user app-password list": _app_list,
+    "user app-password revoke": _app_revoke,
+    "blacklist add": _blacklist_add, "blacklist remove": _blacklist_remove, "blacklist list": _blacklist_list,
+}
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+
+def _existing(conn: sqlite3.Connection, name: str) -> Any:
+    user = userdb.transact(conn, userdb.get_user, name)
+    if user is None:
+        raise userdb.NoSuchUser(f"no user {canonical_username(name)}")
+    return user
+
+
+def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]], out: TextIO) -> None:
+    if not rows:
+        return
+    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
+    out.writelines("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() + "\n"
+                   for row in (header, *rows))
+
+
+def render_qr(data: str, out: TextIO) -> str:
+    """
+    C{data} as a QR code drawn with text for C{out}: half blocks (two modules
+    per character) when C{out} can encode them, C{##} otherwise. Light modules
+    are drawn, as for the usual light-on-dark terminal.
+    """
+    import qrcode  # only this command needs it
+
+    code = qrcode.QRCode(border=2, error_correction=qrcode.constants.ERROR_CORRECT_L)
+    code.add_data(data)
+    code.make(fit=True)
+    drawn = io.StringIO()
+    code.print_ascii(out=drawn, invert=True)
+    text = drawn.getvalue()
+    try:
+        text.encode(getattr(out, "encoding", None) or "utf-8")
+    except (UnicodeEncodeError, LookupError):
+        text = "".join("".join("  " if dark else "##" for dark in row) + "\n" for row in code.get_matrix())
+    return text
