@@ -246,10 +246,14 @@ def _resolve(config: Config, source: str) -> Config:
         config.auth,
         database=os.path.abspath(config.auth.database or os.path.join(data_dir, "gomail.db")),
         secretFile=os.path.abspath(config.auth.secretFile or os.path.join(data_dir, "auth.secret")))
+    monitor = config.monitor
+    if not monitor.listen:
+        monitor = dataclasses.replace(monitor, listen=(tcp_endpoint("127.0.0.1", config.healthCheckPort),))
     return dataclasses.replace(
         config,
         dataDir=data_dir,
         auth=auth,
+        monitor=monitor,
         spool=dataclasses.replace(config.spool, directory=spool_dir),
         smtp=dataclasses.replace(smtp, listen=listen, hostname=smtp.hostname or socket.getfqdn()),
     )
@@ -268,6 +272,8 @@ def describe(config: Config) -> str:
         f"hostname: {config.smtp.hostname}",
         f"spool: {config.spool.directory}",
         f"delivery: {'smarthost ' + (config.forwardHost or 'providers') if config.forwardSMTP else 'local mailbox'}",
+        f"monitor: {', '.join(config.monitor.listen) if config.enableHealthCheck else 'off'}",
+        f"nginx auth_http: {', '.join(config.nginxAuth.listen) + config.nginxAuth.path if config.nginxAuth.enabled else 'off'}",
         f"requireAuth: {str(config.security.requireAuth).lower()}, "
         f"allowLocalOnly: {str(config.security.allowLocalOnly).lower()}",
     ]

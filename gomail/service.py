@@ -18,6 +18,7 @@ from gomail.delivery.queue import DeliveryQueue, Router
 from gomail.delivery.relay import RelayAgent
 from gomail.delivery.maildir import MaildirDelivery
 from gomail.services import SequentialMultiService, ThreadPoolService
+from gomail.web.service import build_http
 from gomail.settings import Config
 from gomail.smtp.policy import RelayPolicy
 from gomail.smtp.server import SMTPServer, SMTPService
@@ -47,6 +48,9 @@ class GomailService(SequentialMultiService):
         self.smtp: SMTPServer | None = None
         self.delivery: DeliveryQueue | None = None
         self.auth: AuthParts | None = None
+        self.metrics: Any = None
+        self.monitor: Any = None
+        self.auth_log: Any = None
 
     def setServiceParent(self, parent: Any) -> None:
         super().setServiceParent(parent)
@@ -146,4 +150,6 @@ def build_service(config: Config, reactor: Any) -> GomailService:
                            log_envelopes=config.security.logAllEmails, portal=root.auth.portal,
                            rate_limiter=root.auth.rate_limiter, auth_settings=config.auth)
     SMTPService(root.smtp, reactor, config.smtp.listen, config.smtp.implicitTlsListen).setServiceParent(root)
+    # HTTP last: it reports on everything above, and stops first.
+    root.metrics = build_http(config, reactor, root, root)
     return root

@@ -229,6 +229,69 @@ class RedisSettings:
         return bool(self.url or self.host)
 
 
+def http_path(value: str) -> str | None:
+    """Accept an absolute URL path."""
+    if not value.startswith("/") or any(c.isspace() or c in "?#" for c in value):
+        return f"must be an absolute path such as /api/auth, got {value!r}"
+    return None
+
+
+def header_name(value: str) -> str | None:
+    """Accept an HTTP header name."""
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", value):
+        return f"{value!r} is not an HTTP header name"
+    return None
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One mail server nginx may hand a login to (``[[nginxAuth.backends]]``)."""
+
+    protocol: str = setting("imap", check=one_of("imap", "pop3", "smtp"))
+    address: str = setting("", check=non_empty)
+    port: int = setting(143, check=between(1, 65535))
+    weight: int = setting(1, check=between(1, 1000))
+
+
+@dataclass(frozen=True)
+class NginxAuthSettings:
+    """The nginx mail proxy ``auth_http`` service (section ``nginxAuth``)."""
+
+    enabled: bool = setting(True)
+    listen: tuple[str, ...] = setting(("tcp:8090:interface=127.0.0.1",), check=endpoints)
+    path: str = setting("/api/auth", check=http_path)
+    allowFrom: tuple[str, ...] = setting((), check=networks)
+    sharedSecret: str = setting("", secret=True)
+    secretHeader: str = setting("X-Auth-Key", check=header_name)
+    failureText: str = setting("Invalid login or password", check=non_empty)
+    temporaryText: str = setting("Temporary authentication failure, try again later", check=non_empty)
+    waitSeconds: int = setting(2, check=between(0, 3600))
+    maxWaitSeconds: int = setting(30, check=between(0, 3600))
+    maxLoginAttempts: int = setting(10, check=between(1, 1000))
+    strategy: str = setting("hash", check=one_of("hash", "round-robin"))
+    backends: tuple[Backend, ...] = setting(())
+    healthCheckInterval: int = setting(10, check=between(0))
+    healthCheckTimeout: float = setting(2.0, check=between(0.1, 60))
+    auditLog: bool = setting(True)
+    auditRetentionDays: int = setting(30, check=between(1))
+    maxRequestBytes: int = setting(16384, check=between(1024, 1048576))
+    requestTimeout: int = setting(10, check=between(1, 3600))
+
+
+@dataclass(frozen=True)
+class MonitorSettings:
+    """The monitoring and admin HTTP listener (section ``monitor``)."""
+
+    listen: tuple[str, ...] = setting((), check=endpoints)
+    allowFrom: tuple[str, ...] = setting((), check=networks)
+    bearerToken: str = setting("", secret=True)
+    lowDiskSpaceMB: int = setting(1024, check=between(0))
+    maxRequestBytes: int = setting(65536, check=between(1024, 1048576))
+    requestTimeout: int = setting(30, check=between(1, 3600))
+
+
 @dataclass(frozen=True)
 class LoggingSettings:
     """Log output (section ``logging``)."""
@@ -268,4 +331,6 @@ class Config:
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     redis: RedisSettings = field(default_factory=RedisSettings)
+    nginxAuth: NginxAuthSettings = field(default_factory=NginxAuthSettings)
+    monitor: MonitorSettings = field(default_factory=MonitorSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)

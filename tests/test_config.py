@@ -604,6 +604,8 @@ class DescribeTests(ConfigTestMixin, SynchronousTestCase):
             "hostname: mx.example",
             "spool: /srv/spool",
             "delivery: local mailbox",
+            "monitor: tcp:8025:interface=127.0.0.1",
+            "nginx auth_http: tcp:8090:interface=127.0.0.1/api/auth",
             "requireAuth: true, allowLocalOnly: true",
         ])
 

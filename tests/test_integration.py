@@ -30,6 +30,10 @@ requireAuth = false
 [smtp]
 hostname = "mx.test"
 implicitTlsListen = ["tcp:{tls_port}:interface=127.0.0.1"]
+[monitor]
+listen = ["tcp:0:interface=127.0.0.1"]
+[nginxAuth]
+listen = ["tcp:0:interface=127.0.0.1"]
 [spool]
 minFreeSpaceMB = 0
 """

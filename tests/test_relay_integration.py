@@ -32,6 +32,10 @@ requireAuth = false
 [smtp]
 hostname = "mx.test"
 localDomains = []
+[monitor]
+listen = ["tcp:0:interface=127.0.0.1"]
+[nginxAuth]
+listen = ["tcp:0:interface=127.0.0.1"]
 [spool]
 minFreeSpaceMB = 0
 [delivery]

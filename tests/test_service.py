@@ -40,7 +40,8 @@ class BuildServiceTests(SynchronousTestCase):
         service = build_service(config_in(self.directory), self.reactor)
         names = [type(child).__name__ for child in service]
         self.assertEqual(names, ["ThreadPoolService", "BatchWriter", "BatchWriter", "SpoolService", "DeliveryQueue",
-                                 "ThreadPoolService", "AuthService", "SMTPService"])
+                                 "ThreadPoolService", "AuthService", "SMTPService", "BackendRouter", "AuthLog",
+                                 "ListeningService", "ListeningService"])
         self.assertEqual(self.reactor.tcpServers, [])
 
     def test_forward_smtp_routes_to_the_relay(self) -> None:

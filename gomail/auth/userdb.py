@@ -66,6 +66,22 @@ MIGRATIONS: list[tuple[str, ...]] = [
         )""",
         "CREATE TABLE meta (key TEXT PRIMARY KEY NOT NULL, value)",
     ),
+    (
+        # Every login attempt through nginx auth_http (gomail.auth.authlog).
+        """CREATE TABLE auth_log (
+            id INTEGER PRIMARY KEY,
+            time REAL NOT NULL,
+            user TEXT NOT NULL,
+            protocol TEXT NOT NULL,
+            client_ip TEXT NOT NULL,
+            result TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            latency_ms REAL NOT NULL,
+            backend TEXT
+        )""",
+        "CREATE INDEX auth_log_time ON auth_log (time)",
+        "CREATE INDEX auth_log_user_time ON auth_log (user, time)",
+    ),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import heapq
 import random as _random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from twisted.application.service import Service
@@ -48,6 +48,8 @@ class DeliveryStats:
     bounces: int = 0
     attempt_seconds_total: float = 0.0
     attempts: int = 0
+    #: callables(seconds) told the wall time of each attempt (a latency histogram)
+    attempt_observers: list = field(default_factory=list)
 
     @property
     def average_attempt_ms(self) -> float:
@@ -107,6 +109,20 @@ class DeliveryQueue(Service):
     def depth(self) -> int:
         """Messages known to the queue (waiting or being delivered)."""
         return len(self._envelopes)
+
+    def summary(self) -> dict[str, Any]:
+        """
+        The queue by state, for monitoring: C{active} (being delivered now),
+        C{deferred} (waiting after a failed attempt), C{new} (not tried yet),
+        and the age in seconds of the oldest message.
+        """
+        now = self.clock.seconds()
+        active = sum(1 for queue_id in self._envelopes if queue_id in self._active)
+        deferred = sum(1 for queue_id, e in self._envelopes.items()
+                       if queue_id not in self._active and e.attempts > 0)
+        oldest = min((e.received for e in self._envelopes.values()), default=None)
+        return {"active": active, "deferred": deferred, "new": len(self._envelopes) - active - deferred,
+                "oldest_age_seconds": max(0.0, now - oldest) if oldest is not None else 0.0}
 
     def rescan(self) -> Deferred:
         """
@@ -220,8 +236,11 @@ class DeliveryQueue(Service):
         for agent, recipients in self.router.route(envelope.pending()):
             results = await self._deliver(agent, envelope, path, recipients)
             self._record(envelope, agent, recipients, results)
+        elapsed = self.clock.seconds() - started
         self.stats.attempts += 1
-        self.stats.attempt_seconds_total += self.clock.seconds() - started
+        self.stats.attempt_seconds_total += elapsed
+        for observer in self.stats.attempt_observers:
+            observer(elapsed)
         await self._settle(envelope)
 
     async def _deliver(self, agent: IDeliveryAgent, envelope: Envelope, path: str,

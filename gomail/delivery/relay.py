@@ -121,6 +121,10 @@ class RelayAgent:
 
     # -- smarthost health ----------------------------------------------------------
 
+    def failing(self) -> list[str]:
+        """The smarthosts whose last connection failed (for the health check)."""
+        return [str(s) for s in self.smarthosts if self._health[s].failures > 0]
+
     def _in_order(self) -> list[Smarthost]:
         now = self.clock.seconds()
         healthy = [s for s in self.smarthosts if self._health[s].skip_until <= now]

@@ -28,6 +28,10 @@ if TYPE_CHECKING:
 
 Refusal = tuple[int, str, str]
 
+#: Metric label of a MAIL FROM refusal, by its enhanced status code.
+_REASONS = {"5.7.0": "auth_required", "5.7.1": "sender_not_owned", "4.3.1": "insufficient_storage",
+            "4.7.1": "rate_limited", "4.3.0": "rate_limit_unavailable"}
+
 
 class SMTPServer:
     """
@@ -57,6 +61,9 @@ class SMTPServer:
         self.rate_limiter = rate_limiter
         self.auth_settings = auth_settings or AuthSettings()
         self.rejections: Counter[str] = Counter()  # refusals by reason, for the metrics endpoint
+        self.sessions_total = 0
+        self.received_messages = 0
+        self.received_recipients = 0
         self.sessions: set[GomailESMTP] = set()
         self._per_ip: Counter[str] = Counter()
         self.shutting_down = False
@@ -70,14 +77,18 @@ class SMTPServer:
 
     def admit(self, session: GomailESMTP) -> Refusal | None:
         """Register a new session, or say why it is refused (then it is not registered)."""
+        self.sessions_total += 1
         if self.shutting_down:
             return (421, "4.3.2", f"{self.settings.hostname} Service shutting down, try again later")
         if not self.policy.may_connect(session.client_ip):
+            self.rejections["not_local"] += 1
             self.log.info("refused non-local client {client} (security.allowLocalOnly)", client=session.client_host)
             return (554, "5.7.1", f"{self.settings.hostname} Access denied: this server accepts only local clients")
         if len(self.sessions) >= self.settings.maxConnections:
+            self.rejections["too_many_connections"] += 1
             return (421, "4.7.0", f"{self.settings.hostname} Too many connections, try again later")
         if self._per_ip[session.client_host] >= self.settings.maxConnectionsPerIP:
+            self.rejections["too_many_connections_per_ip"] += 1
             self.log.info("refused {client}: too many connections from one address", client=session.client_host)
             return (421, "4.7.0", f"{self.settings.hostname} Too many connections from your address, try again later")
         self.sessions.add(session)
@@ -125,7 +136,7 @@ class SMTPServer:
         """Why MAIL FROM C{sender} is refused in this session, or None."""
         refusal = await self._mail_refusal(session, sender)
         if refusal is not None:
-            self.rejections[refusal[1]] += 1
+            self.rejections[_REASONS.get(refusal[1], refusal[1])] += 1
         return refusal
 
     async def _mail_refusal(self, session: GomailESMTP, sender: Path) -> Refusal | None:
@@ -170,11 +181,14 @@ class SMTPServer:
     def rcpt_refusal(self, session: GomailESMTP, path: Path) -> Refusal | None:
         """Why a recipient is refused in this session, or None."""
         if path.domain and not self.policy.may_relay(session.client_ip, session.authenticated, path.domain):
+            self.rejections["relay_denied"] += 1
             return (554, "5.7.1", f"<{path.address}>: Relay access denied")
         return None
 
     def accepted(self, session: GomailESMTP, envelope: "Envelope") -> None:
         """Log (and count against the rate limits) a message that has just been queued."""
+        self.received_messages += 1
+        self.received_recipients += len(envelope.recipients)
         if self.rate_limiter is not None:
             self.rate_limiter.count(self.rate_key(session, Path(envelope.sender, {})))
         if self.log_envelopes:

@@ -1,0 +1,133 @@
+"""
+The audit log of login attempts through nginx auth_http, kept in the user database.
+
+nginx asks once per login, possibly thousands of times a second, so entries are
+buffered in memory and written in one transaction per second (and at stop);
+entries older than the retention are deleted hourly. A full buffer (the
+database stuck) drops the oldest entries with a warning rather than growing
+without bound: the log is evidence, not a queue of mail.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import astuple, dataclass
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f]")
+
+
+@dataclass(frozen=True)
+class AuthLogEntry:
+    """One attempt."""
+
+    time: float
+    user: str
+    protocol: str
+    client_ip: str
+    result: str  # success, failure, tempfail, refused
+    reason: str  # password, cache, app-password, bad-password, locked, blacklisted, ...
+    latency_ms: float
+    backend: str | None = None
+
+
+def insert_entries(cursor: Any, entries: list[AuthLogEntry]) -> None:
+    cursor.executemany(
+        "INSERT INTO auth_log (time, user, protocol, client_ip, result, reason, latency_ms, backend)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [astuple(e) for e in entries])
+
+
+def purge_entries(cursor: Any, before: float) -> int:
+    cursor.execute("DELETE FROM auth_log WHERE time < ?", (before,))
+    return cursor.rowcount
+
+
+def query_entries(cursor: Any, since: float = 0.0, user: str | None = None, limit: int = 100) -> list[AuthLogEntry]:
+    """The newest entries first, from C{since} on, optionally of one user."""
+    sql = "SELECT time, user, protocol, client_ip, result, reason, latency_ms, backend FROM auth_log WHERE time >= ?"
+    args: list[Any] = [since]
+    if user is not None:
+        sql += " AND user = ?"
+        args.append(user)
+    cursor.execute(sql + " ORDER BY time DESC, id DESC LIMIT ?", (*args, limit))
+    return [AuthLogEntry(*row) for row in cursor.fetchall()]
+
+
+def printable(text: str, limit: int = 254) -> str:
+    """A client-supplied string made safe to store and show: no control characters, bounded."""
+    return _UNPRINTABLE.sub("?", text)[:limit]
+
+
+class AuthLog(Service):
+    """Buffers entries and writes them through the user store's pool."""
+
+    log = Logger()
+    FLUSH_SECONDS = 1.0
+    PURGE_SECONDS = 3600.0
+    MAX_BUFFER = 100_000
+
+    def __init__(self, pool: Any, clock: Any, retention_days: int) -> None:
+        """@param pool: an adbapi ConnectionPool (the user store's C{pool})."""
+        self.pool = pool
+        self.clock = clock
+        self.retention = retention_days * 86400
+        self.buffer: list[AuthLogEntry] = []
+        self.dropped = 0
+        self._flushing: Deferred | None = None
+        self._loops: list[LoopingCall] = []
+
+    def record(self, entry: AuthLogEntry) -> None:
+        if len(self.buffer) >= self.MAX_BUFFER:
+            del self.buffer[: len(self.buffer) // 10]
+            self.dropped += 1
+            self.log.warn("auth log buffer full: dropping old entries (database not keeping up)")
+        self.buffer.append(entry)
+
+    def flush(self) -> Deferred:
+        """Write what is buffered; fires when written (errors are logged, the entries kept for the next try)."""
+        if self._flushing is not None or not self.buffer:
+            return succeed(None)
+        entries, self.buffer = self.buffer, []
+        d = self.pool.runInteraction(insert_entries, entries)
+
+        def failed(failure: Any) -> None:
+            self.log.warn("could not write the auth log: {error}", error=failure.getErrorMessage())
+            self.buffer[:0] = entries
+
+        def done(_: Any) -> None:
+            self._flushing = None
+
+        d.addErrback(failed).addBoth(done)
+        self._flushing = d
+        return d
+
+    def purge(self) -> Deferred:
+        d = self.pool.runInteraction(purge_entries, self.clock.seconds() - self.retention)
+        return d.addErrback(lambda f: self.log.warn("could not purge the auth log: {error}",
+                                                    error=f.getErrorMessage()))
+
+    def query(self, since: float = 0.0, user: str | None = None, limit: int = 100) -> Deferred:
+        return self.pool.runInteraction(query_entries, since, user, limit)
+
+    def startService(self) -> None:
+        super().startService()
+        for function, interval in ((self.flush, self.FLUSH_SECONDS), (self.purge, self.PURGE_SECONDS)):
+            loop = LoopingCall(function)
+            loop.clock = self.clock
+            loop.start(interval, now=function == self.purge).addErrback(
+                lambda f: self.log.failure("auth log loop stopped", f))
+            self._loops.append(loop)
+
+    def stopService(self) -> Deferred:  # type: ignore[override]
+        super().stopService()
+        for loop in self._loops:
+            if loop.running:
+                loop.stop()
+        self._loops = []
+        pending = self._flushing or succeed(None)
+        return pending.addCallback(lambda _: self.flush())

@@ -1,0 +1,185 @@
+"""
+Which backend mail server nginx hands a login to.
+
+A user's own assignment (C{gomail user backend set}) comes first; otherwise the
+configured pool for the protocol, by one of two strategies:
+
+- C{hash}: weighted rendezvous hashing of the user name, so a user always
+  lands on the same backend, and adding or removing one backend moves only the
+  users that belong to it;
+- C{round-robin}: smooth weighted round robin (nginx's own algorithm).
+
+nginx does no DNS lookups, so C{Auth-Server} must be an IP literal: backend
+names are resolved at start and again at every health check, and a backend
+whose name does not resolve, or whose port does not accept a TCP connection,
+is marked down. When every backend of a protocol is down, all are candidates
+again (better one more try than a certain refusal).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from gomail.settings import Backend
+
+
+class NoBackend(Exception):
+    """No usable backend for a login (none configured, or an assignment that is not an IP)."""
+
+
+def ip_literal(host: str) -> str | None:
+    """C{host} as a normalised IP literal, or None when it is a name."""
+    try:
+        return str(ipaddress.ip_address(host.strip("[]")))
+    except ValueError:
+        return None
+
+
+def parse_assignment(value: str) -> tuple[str, int]:
+    """
+    A per-user backend, C{IP:PORT} or C{[IPv6]:PORT}.
+
+    @raise ValueError: when it is not an IP literal and a port.
+    """
+    host, sep, port = value.rpartition(":")
+    address = ip_literal(host)
+    if not sep or address is None or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{value!r} is not IP:PORT (nginx needs an IP address, not a name)")
+    return address, int(port)
+
+
+@dataclass
+class BackendState:
+    """A configured backend with its resolved address and health."""
+
+    config: Backend
+    address: str | None = None  # IP literal, once resolved
+    up: bool = True
+    current_weight: int = 0  # smooth round robin
+    key: bytes = field(default=b"")
+
+    def __post_init__(self) -> None:
+        self.address = ip_literal(self.config.address)
+        self.key = f"{self.config.address}:{self.config.port}".encode()
+
+
+class BackendRouter(Service):
+    """Picks backends and keeps their health (a periodic TCP check when C{interval} > 0)."""
+
+    log = Logger()
+
+    def __init__(self, backends: Iterable[Backend], strategy: str, reactor: Any,
+                 interval: float = 10.0, timeout: float = 2.0) -> None:
+        self.pools: dict[str, list[BackendState]] = {}
+        for backend in backends:
+            self.pools.setdefault(backend.protocol, []).append(BackendState(backend))
+        self.strategy = strategy
+        self.reactor = reactor
+        self.interval = interval
+        self.timeout = timeout
+        self._loop: LoopingCall | None = None
+
+    # -- choosing -------------------------------------------------------------
+
+    def choose(self, protocol: str, user: str, assignment: str | None = None) -> tuple[str, int]:
+        """
+        The (IP, port) for C{user} logging in over C{protocol}.
+
+        @raise NoBackend: nothing configured, or an unusable assignment.
+        """
+        if assignment:
+            return parse_assignment(assignment)
+        pool = [b for b in self.pools.get(protocol, ()) if b.address is not None]
+        if not pool:
+            raise NoBackend(f"no {protocol} backend is configured or resolvable")
+        live = [b for b in pool if b.up] or pool
+        chosen = self._by_hash(live, user) if self.strategy == "hash" else self._round_robin(live)
+        return chosen.address, chosen.config.port  # type: ignore[return-value]
+
+    @staticmethod
+    def _by_hash(pool: list[BackendState], user: str) -> BackendState:
+        def score(backend: BackendState) -> float:
+            digest = hashlib.sha256(backend.key + b"\0" + user.encode("utf-8", "surrogatepass")).digest()
+            unit = (int.from_bytes(digest[:8], "big") + 1) / (2 ** 64 + 1)  # in (0, 1)
+            return -backend.config.weight / math.log(unit)
+        return max(pool, key=score)
+
+    @staticmethod
+    def _round_robin(pool: list[BackendState]) -> BackendState:
+        total = 0
+        best = pool[0]
+        for backend in pool:
+            backend.current_weight += backend.config.weight
+            total += backend.config.weight
+            if backend.current_weight > best.current_weight:
+                best = backend
+        best.current_weight -= total
+        return best
+
+    # -- health -----------------------------------------------------------------
+
+    def startService(self) -> Deferred | None:  # type: ignore[override]
+        super().startService()
+        if not self.pools:
+            return None
+        if self.interval > 0:
+            self._loop = LoopingCall(self.check)
+            self._loop.clock = self.reactor
+            # The first check runs now; start-up waits for it, so names are resolved before nginx asks.
+            d = self._loop.start(self.interval, now=False)
+            d.addErrback(lambda f: self.log.failure("backend health check loop stopped", f))
+        return self.check()
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+
+    def check(self) -> Deferred:
+        """Resolve every backend's name and try a TCP connection to it (or only resolve, with no interval)."""
+        backends = [b for pool in self.pools.values() for b in pool]
+        return gatherResults([Deferred.fromCoroutine(self._check(b)) for b in backends]).addCallback(lambda _: None)
+
+    async def _check(self, backend: BackendState) -> None:
+        name = backend.config.address
+        if ip_literal(name) is None:
+            try:
+                backend.address = await self.reactor.resolve(name, timeout=(int(math.ceil(self.timeout)),))
+            except Exception as e:
+                self._mark(backend, False, f"{name} does not resolve: {type(e).__name__}")
+                return
+        if self.interval <= 0:
+            return
+        address = backend.address or ""
+        endpoint_type = TCP6ClientEndpoint if ":" in address else TCP4ClientEndpoint
+        endpoint = endpoint_type(self.reactor, address, backend.config.port, timeout=self.timeout)
+        try:
+            protocol = await connectProtocol(endpoint, Protocol())
+        except Exception as e:
+            self._mark(backend, False, f"connection failed: {type(e).__name__}")
+            return
+        protocol.transport.loseConnection()
+        self._mark(backend, True, "reachable")
+
+    def _mark(self, backend: BackendState, up: bool, why: str) -> None:
+        if backend.up != up:
+            self.log.warn("{protocol} backend {name}:{port} is {state}: {why}", protocol=backend.config.protocol,
+                          name=backend.config.address, port=backend.config.port,
+                          state="up" if up else "down", why=why)
+        backend.up = up
+
+    def status(self) -> list[dict[str, Any]]:
+        """Every backend and whether it is up (for the health endpoint)."""
+        return [{"protocol": b.config.protocol, "backend": f"{b.config.address}:{b.config.port}", "up": b.up}
+                for pool in self.pools.values() for b in pool]

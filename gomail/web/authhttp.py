@@ -1,0 +1,231 @@
+"""
+The nginx mail proxy C{auth_http} endpoint (contract: PROTOCOLS.md).
+
+nginx reads only the response headers and ignores the status line, so the one
+rule above all: C{Auth-Status: OK} is written in a single place, after every
+check has passed and the backend is chosen, from a header set built in a local
+variable. Any exception before that answers the temporary failure.
+
+This is a plain twisted.web leaf resource rather than a Klein route: nginx
+asks once per login, and Klein's routing costs ~40% of the throughput of this
+hottest path (BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import time
+from typing import Any
+from urllib.parse import unquote_to_bytes
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+
+from gomail.auth.authlog import AuthLog, AuthLogEntry, printable
+from gomail.auth.backends import BackendRouter, NoBackend
+from gomail.auth.checker import AuthFailure, Authenticator, LoginAttempt, TemporaryAuthError
+from gomail.settings import NginxAuthSettings
+
+PROTOCOLS = frozenset({"imap", "pop3", "smtp"})
+_CONTROL = frozenset(range(0x20)) | {0x7f}
+
+
+class BadRequest(Exception):
+    """
+    A request nginx would not send, or one we will not serve: answered with a
+    refusal and no C{Auth-Wait}, so nginx closes the client's session.
+    C{args[0]} is for the log, C{client_text} for the client.
+    """
+
+    def __init__(self, why: str, client_text: str = "Invalid authentication request") -> None:
+        super().__init__(why)
+        self.client_text = client_text
+
+
+class AuthHTTPResource(Resource):
+    """C{GET <path>}: one login attempt from nginx."""
+
+    isLeaf = True
+    log = Logger()
+
+    def __init__(self, settings: NginxAuthSettings, authenticator: Authenticator, router: BackendRouter,
+                 audit: AuthLog | None = None, timer: Any = time.perf_counter, clock: Any = None) -> None:
+        super().__init__()
+        self.settings = settings
+        self.authenticator = authenticator
+        self.router = router
+        self.audit = audit
+        self.timer = timer
+        self.clock = clock if clock is not None else authenticator.clock
+        self.secret = settings.sharedSecret.encode()
+        self.secret_header = settings.secretHeader.encode()
+
+    def render_GET(self, request: Any) -> Any:
+        started = self.timer()
+        d = Deferred.fromCoroutine(self._answer(request, started))
+        d.addErrback(self._crashed, request)
+        return NOT_DONE_YET
+
+    def render_HEAD(self, request: Any) -> Any:
+        return self.render_GET(request)
+
+    # -- the exchange -----------------------------------------------------------
+
+    async def _answer(self, request: Any, started: float) -> None:
+        protocol = "unknown"
+        try:
+            self._check_secret(request)
+            protocol = self._protocol(request)
+            attempt_number = self._attempt_number(request)
+            self._check_method(request)
+            user = self._credential(request, b"auth-user")
+            password = self._credential(request, b"auth-pass")
+            client_ip = self._client_ip(request)
+        except BadRequest as e:
+            self.log.warn("auth_http request refused: {why}", why=str(e))
+            self._finish(request, {b"Auth-Status": self._status_text(e.client_text)}, 400)
+            return
+        attempt = LoginAttempt(user, password, client_ip, protocol)
+        try:
+            success = await self.authenticator.authenticate(attempt)
+        except AuthFailure as failure:
+            self._record(started, user, protocol, client_ip, "failure", failure.reason)
+            self._finish(request, self._failure(protocol, attempt_number))
+            return
+        except TemporaryAuthError:
+            self._record(started, user, protocol, client_ip, "tempfail", "unavailable")
+            self._finish(request, self._temporary(protocol))
+            return
+        try:
+            address, port = self.router.choose(protocol, success.name, success.user.backend)
+        except (NoBackend, ValueError) as e:
+            self.log.error("no backend for a {protocol} login: {why}", protocol=protocol, why=str(e))
+            self._record(started, user, protocol, client_ip, "tempfail", "no-backend")
+            self._finish(request, self._temporary(protocol))
+            return
+        headers = {b"Auth-Server": address.encode(), b"Auth-Port": str(port).encode()}
+        if _header_safe(success.password):
+            # nginx hands this to the backend as it is: the password without the TOTP code.
+            headers[b"Auth-Pass"] = success.password.encode("utf-8")
+        self._record(started, success.name, protocol, client_ip, "success", success.via, f"{address}:{port}")
+        headers[b"Auth-Status"] = b"OK"  # the only place OK is ever written
+        self._finish(request, headers)
+
+    def _crashed(self, failure: Any, request: Any) -> None:
+        self.log.failure("auth_http request failed", failure)
+        if not request.finished and not getattr(request, "_disconnected", False):
+            request.responseHeaders.removeHeader(b"Auth-Status")
+            self._finish(request, self._temporary(_safe_protocol(request)), 500)
+
+    def _finish(self, request: Any, headers: dict[bytes, bytes], code: int = 200) -> None:
+        if getattr(request, "_disconnected", False) or request.finished:
+            return
+        request.setResponseCode(code)
+        for name, value in headers.items():
+            request.setHeader(name, value)
+        request.setHeader(b"Content-Length", b"0")
+        request.finish()
+
+    # -- parsing ------------------------------------------------------------------
+
+    def _check_secret(self, request: Any) -> None:
+        if not self.secret:
+            return
+        values = request.requestHeaders.getRawHeaders(self.secret_header) or []
+        if len(values) != 1 or not hmac.compare_digest(values[0].encode("latin-1"), self.secret):
+            raise BadRequest("missing or wrong shared secret header", "Authentication service unavailable")
+
+    def _protocol(self, request: Any) -> str:
+        protocol = (self._single(request, b"auth-protocol") or "").strip().lower()
+        if protocol not in PROTOCOLS:
+            raise BadRequest("unsupported Auth-Protocol", "Unsupported protocol")
+        return protocol
+
+    def _check_method(self, request: Any) -> None:
+        method = (self._single(request, b"auth-method") or "plain").strip().lower()
+        if method != "plain":
+            raise BadRequest(f"unsupported Auth-Method {printable(method, 20)!r}",
+                             "Unsupported authentication method, use plain")
+
+    def _attempt_number(self, request: Any) -> int:
+        value = self._single(request, b"auth-login-attempt") or "1"
+        return int(value) if value.isdigit() and 0 < len(value) < 6 else 1
+
+    def _credential(self, request: Any, name: bytes) -> str:
+        raw = self._single(request, name)
+        if raw is None:
+            raise BadRequest(f"missing {name.decode().title()}")
+        try:
+            value = unquote_to_bytes(raw).decode("utf-8")  # nginx escapes once: decode exactly once
+        except UnicodeDecodeError:
+            raise BadRequest(f"{name.decode().title()} is not UTF-8") from None
+        if len(value) > 1024:
+            raise BadRequest(f"{name.decode().title()} too long")
+        return value
+
+    def _client_ip(self, request: Any) -> str | None:
+        value = self._single(request, b"client-ip")
+        if value is None:
+            return None
+        try:
+            return str(ipaddress.ip_address(value.strip()))
+        except ValueError:
+            raise BadRequest("Client-IP is not an IP address") from None
+
+    @staticmethod
+    def _single(request: Any, name: bytes) -> str | None:
+        values = request.requestHeaders.getRawHeaders(name)
+        if not values:
+            return None
+        if len(values) > 1:
+            raise BadRequest(f"duplicated {name.decode().title()} header")
+        return values[0]
+
+    # -- answers --------------------------------------------------------------------
+
+    def _failure(self, protocol: str, attempt_number: int) -> dict[bytes, bytes]:
+        headers = {b"Auth-Status": self._status_text(self.settings.failureText)}
+        if attempt_number < self.settings.maxLoginAttempts:
+            wait = min(self.settings.maxWaitSeconds, self.settings.waitSeconds * attempt_number)
+            headers[b"Auth-Wait"] = str(wait).encode()
+        if protocol == "smtp":
+            headers[b"Auth-Error-Code"] = b"535 5.7.8"
+        return headers
+
+    def _temporary(self, protocol: str) -> dict[bytes, bytes]:
+        headers = {b"Auth-Status": self._status_text(self.settings.temporaryText),
+                   b"Auth-Wait": str(max(1, self.settings.waitSeconds)).encode()}
+        if protocol == "smtp":
+            headers[b"Auth-Error-Code"] = b"454 4.7.0"
+        return headers
+
+    @staticmethod
+    def _status_text(text: str) -> bytes:
+        return _header_value(text) if _header_safe(text) else b"Authentication failed"
+
+    def _record(self, started: float, user: str, protocol: str, client_ip: str | None, result: str,
+                reason: str, backend: str | None = None) -> None:
+        if self.audit is None:
+            return
+        try:
+            self.audit.record(AuthLogEntry(self.clock.seconds(), printable(user), protocol, client_ip or "",
+                                           result, reason, round((self.timer() - started) * 1000, 3), backend))
+        except Exception:
+            self.log.failure("could not record an auth_http attempt")
+
+
+def _header_safe(text: str) -> bool:
+    """Whether C{text} can go into a header value as it is (no control characters)."""
+    return not any(ord(c) in _CONTROL for c in text)
+
+
+def _header_value(text: str) -> bytes:
+    return text.encode("utf-8")
+
+
+def _safe_protocol(request: Any) -> str:
+    values = request.requestHeaders.getRawHeaders(b"auth-protocol") or [""]
+    return values[0].strip().lower() if len(values) == 1 else ""

@@ -1,0 +1,160 @@
+"""
+What every gomail HTTP listener shares: request size and time limits, the
+peer-based access guard, and JSON responses.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+from typing import Any, Iterable
+
+from twisted.internet.address import UNIXAddress
+from twisted.logger import Logger
+from twisted.web.http import Request
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import Site
+from zope.interface import implementer
+
+LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+
+
+def json_body(request: Any, data: Any, code: int = 200) -> bytes:
+    """Set the status and JSON content type on C{request}; return the encoded body."""
+    request.setResponseCode(code)
+    request.setHeader(b"Content-Type", b"application/json")
+    request.setHeader(b"Cache-Control", b"no-store")
+    return json.dumps(data, sort_keys=True).encode() + b"\n"
+
+
+class LimitedRequest(Request):
+    """A request whose body may not exceed C{max_bytes} (413 beyond, connection closed)."""
+
+    max_bytes = 65536
+    log = Logger()
+
+    def gotLength(self, length: int | None) -> None:
+        if length is not None and length > self.max_bytes:
+            self._refuse()
+            return
+        self._received = 0
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        self._received = getattr(self, "_received", 0) + len(data)
+        if self._received > self.max_bytes:
+            self._refuse()
+            return
+        super().handleContentChunk(data)
+
+    def _refuse(self) -> None:
+        body = b'{"error": "request body too large"}\n'
+        transport = self.channel.transport
+        transport.write(b"HTTP/1.1 413 Payload Too Large\r\nContent-Type: application/json\r\n"
+                        b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        transport.loseConnection()
+        self.channel.transport = _Discard()  # whatever the parser does next goes nowhere
+
+
+class _Discard:
+    """Stands in for a closed transport."""
+
+    disconnecting = True
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: None
+
+
+class LimitedSite(Site):
+    """
+    A Site with bounded requests: header size and count, body size, and an idle
+    timeout (a client that stops sending is cut after C{timeout} seconds).
+    """
+
+    def __init__(self, resource: Any, reactor: Any, max_request_bytes: int, timeout: float) -> None:
+        super().__init__(resource, reactor=reactor, timeout=timeout)
+        self.requestFactory = type("Limited", (LimitedRequest,), {"max_bytes": max_request_bytes})
+        self.max_header_bytes = min(16384, max_request_bytes)
+        self.noisy = False
+
+    def log(self, request: Any) -> None:
+        pass  # no access log line per request: nginx asks once per login; gomail logs what matters
+
+    def buildProtocol(self, addr: Any) -> Any:
+        channel = super().buildProtocol(addr)
+        channel.totalHeadersSize = self.max_header_bytes
+        channel.maxHeaders = 100
+        return channel
+
+
+class PeerAccess:
+    """
+    Who may use a listener: the real socket peer (never X-Forwarded-For or any
+    header) in C{allow_from}, loopback when that is empty, a UNIX socket peer;
+    or anyone presenting C{bearer_token} (when one is configured).
+    """
+
+    def __init__(self, allow_from: Iterable[str] = (), bearer_token: str = "") -> None:
+        self.networks = tuple(ipaddress.ip_network(n, strict=False) for n in allow_from) or LOOPBACK
+        self.token = bearer_token.encode()
+
+    def allows(self, request: Any) -> bool:
+        peer = request.getClientAddress()
+        if isinstance(peer, UNIXAddress):
+            return True
+        try:
+            ip = ipaddress.ip_address(str(getattr(peer, "host", "")).split("%", 1)[0])
+        except ValueError:
+            ip = None
+        if ip is not None and ip.version == 6 and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        if ip is not None and any(ip in network for network in self.networks):
+            return True
+        if self.token:
+            header = request.getHeader(b"authorization") or ""
+            scheme, _, value = header.partition(" ")
+            return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), self.token)
+        return False
+
+
+@implementer(IResource)
+class Guarded:
+    """A resource tree answered only to peers L{PeerAccess} allows (403 JSON otherwise)."""
+
+    isLeaf = False
+    log = Logger()
+
+    def __init__(self, wrapped: Any, access: PeerAccess) -> None:
+        self.wrapped = wrapped
+        self.access = access
+
+    def render(self, request: Any) -> bytes:
+        if not self.access.allows(request):
+            return self._forbidden(request)
+        return self.wrapped.render(request)
+
+    def getChildWithDefault(self, path: bytes, request: Any) -> Any:
+        if not self.access.allows(request):
+            return _Forbidden(self)
+        request.postpath.insert(0, request.prepath.pop())
+        return self.wrapped
+
+    def putChild(self, path: bytes, child: Any) -> None:
+        raise NotImplementedError("wrap a complete resource tree")
+
+    def _forbidden(self, request: Any) -> bytes:
+        peer = request.getClientAddress()
+        self.log.warn("HTTP request refused for {peer}: not an allowed peer", peer=getattr(peer, "host", peer))
+        return json_body(request, {"error": "forbidden"}, 403)
+
+
+class _Forbidden(Resource):
+    isLeaf = True
+
+    def __init__(self, guard: Guarded) -> None:
+        super().__init__()
+        self.guard = guard
+
+    def render(self, request: Any) -> bytes:
+        return self.guard._forbidden(request)
