@@ -120,6 +120,11 @@ def add_commands(commands: Any) -> None:
         "senders", nargs="+", metavar="ADDR", help="alice@example.com, or @example.com for the whole domain")
     action(senders, "user sender clear", "remove all of a user's allowed sender addresses", "name")
 
+    backend = group(users, "user backend", "pin a user's nginx logins to one backend server")
+    action(backend, "user backend set", "send the user's IMAP/POP3/SMTP logins to IP:PORT", "name").add_argument(
+        "backend", metavar="IP:PORT", help="an IP literal and port, such as 10.0.0.5:143 or [2001:db8::5]:143")
+    action(backend, "user backend clear", "use the configured backend pools again", "name")
+
     totp = group(users, "user totp", "turn two-factor codes (TOTP) on or off")
     action(totp, "user totp enable", "give a user a new TOTP secret and require codes (prints a QR code)",
            "name")
@@ -279,6 +284,27 @@ def _sender_clear(command: Command, args: argparse.Namespace, conn: sqlite3.Conn
     return 0
 
 
+def _backend_set(command: Command, args: argparse.Namespace, conn: sqlite3.Connection) -> int:
+    from gomail.auth.backends import parse_assignment
+
+    name = canonical_username(args.name)
+    try:
+        address, port = parse_assignment(args.backend)
+    except ValueError as e:
+        raise userdb.UserDBError(str(e)) from None
+    backend = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+    userdb.transact(conn, userdb.set_backend, name, backend, command.now())
+    print(f"{name}'s logins go to {backend}")
+    return 0
+
+
+def _backend_clear(command: Command, args: argparse.Namespace, conn: sqlite3.Connection) -> int:
+    name = canonical_username(args.name)
+    userdb.transact(conn, userdb.set_backend, name, None, command.now())
+    print(f"{name}'s logins use the configured backends")
+    return 0
+
+
 def _totp_enable(command: Command, args: argparse.Namespace, conn: sqlite3.Connection) -> int:
     user = _existing(conn, args.name)
     if user.totp_enabled:
@@ -362,6 +388,7 @@ _HANDLERS: dict[str, Callable[[Command, argparse.Namespace, sqlite3.Connection],
     "user add": _user_add, "user passwd": _user_passwd, "user disable": _set_enabled(False),
     "user enable": _set_enabled(True), "user delete": _user_delete, "user list": _user_list,
     "user sender set": _sender_set, "user sender clear": _sender_clear,
+    "user backend set": _backend_set, "user backend clear": _backend_clear,
     "user totp enable": _totp_enable, "user totp disable": _totp_disable,
     "user app-password add": _app_add, "user app-password list": _app_list,
     "user app-password revoke": _app_revoke,

@@ -195,6 +195,16 @@ class ChangeTests(UserCommandTestCase):
         self.assertTrue(bcrypt.checkpw(b"new-password", user.password_hash))
         self.assertEqual((user.credential_version, user.updated), (2, START + 10))
 
+    def test_backend(self) -> None:
+        """backend set stores an IP:PORT assignment, refuses a host name, and clear removes it."""
+        self.assertEqual(self.gomail("user", "backend", "set", "alice", "10.0.0.5:143")[:2],
+                         (0, "alice's logins go to 10.0.0.5:143\n"))
+        self.assertEqual(self.user().backend, "10.0.0.5:143")
+        self.assertOneErrorLine(self.gomail("user", "backend", "set", "alice", "imap.example:143"),
+                                "not IP:PORT")
+        self.assertEqual(self.gomail("user", "backend", "clear", "alice")[0], 0)
+        self.assertIsNone(self.user().backend)
+
     def test_passwd_unknown(self) -> None:
         """passwd for an unknown user fails (1) before asking for the password."""
         self.answers = [PASSWORD, PASSWORD]

@@ -135,7 +135,7 @@ class AuthHTTPResource(Resource):
         if not self.secret:
             return
         values = request.requestHeaders.getRawHeaders(self.secret_header) or []
-        if len(values) != 1 or not hmac.compare_digest(values[0].encode("latin-1"), self.secret):
+        if len(values) != 1 or not hmac.compare_digest(values[0], self.secret):  # bytes: name is bytes
             raise BadRequest("missing or wrong shared secret header", "Authentication service unavailable")
 
     def _protocol(self, request: Any) -> str:
@@ -159,7 +159,8 @@ class AuthHTTPResource(Resource):
         if raw is None:
             raise BadRequest(f"missing {name.decode().title()}")
         try:
-            value = unquote_to_bytes(raw).decode("utf-8")  # nginx escapes once: decode exactly once
+            # nginx escapes once: decode exactly once (raw is latin-1 text of the header's bytes, see _single)
+            value = unquote_to_bytes(raw.encode("latin-1")).decode("utf-8")
         except UnicodeDecodeError:
             raise BadRequest(f"{name.decode().title()} is not UTF-8") from None
         if len(value) > 1024:
@@ -182,7 +183,8 @@ class AuthHTTPResource(Resource):
             return None
         if len(values) > 1:
             raise BadRequest(f"duplicated {name.decode().title()} header")
-        return values[0]
+        # A bytes name gives bytes values: latin-1 maps each byte to one character and back.
+        return values[0].decode("latin-1")
 
     # -- answers --------------------------------------------------------------------
 
@@ -227,5 +229,5 @@ def _header_value(text: str) -> bytes:
 
 
 def _safe_protocol(request: Any) -> str:
-    values = request.requestHeaders.getRawHeaders(b"auth-protocol") or [""]
-    return values[0].strip().lower() if len(values) == 1 else ""
+    values = request.requestHeaders.getRawHeaders(b"auth-protocol") or [b""]
+    return values[0].decode("latin-1").strip().lower() if len(values) == 1 else ""

@@ -12,7 +12,7 @@ from typing import Any, Iterable
 
 from twisted.internet.address import UNIXAddress
 from twisted.logger import Logger
-from twisted.web.http import Request
+from twisted.web.server import Request
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
 from zope.interface import implementer
@@ -112,9 +112,10 @@ class PeerAccess:
         if ip is not None and any(ip in network for network in self.networks):
             return True
         if self.token:
-            header = request.getHeader(b"authorization") or ""
+            raw = request.getHeader(b"authorization") or b""  # a bytes name gives a bytes value
+            header = raw.decode("latin-1") if isinstance(raw, bytes) else raw
             scheme, _, value = header.partition(" ")
-            return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), self.token)
+            return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode("latin-1"), self.token)
         return False
 
 

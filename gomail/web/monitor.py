@@ -138,7 +138,7 @@ class MonitorApp:
     async def metrics_view(self, request: Any) -> bytes:
         self.metrics.failed_count = await self._failed_count()
         wanted = (request.args.get(b"format") or [b""])[0].decode("ascii", "replace").lower()
-        accept = (request.getHeader(b"accept") or "").lower()
+        accept = (request.getHeader(b"accept") or b"").decode("latin-1").lower()  # bytes name: bytes value
         if wanted == "openmetrics" or (not wanted and "application/openmetrics-text" in accept):
             request.setHeader(b"Content-Type", OPENMETRICS_TYPE.encode())
             return generate_openmetrics(self.metrics.registry)

@@ -1,0 +1,340 @@
+"""
+A real nginx mail proxy asking a real gomail (auth_http), with Python's
+imaplib, poplib and smtplib as the clients: what an operator's users see.
+
+The IMAP and POP3 backends are tiny fakes in this process that record the
+credentials nginx logs in with; SMTP logins go to gomail's own SMTP listener.
+"""
+
+from __future__ import annotations
+
+import imaplib
+import os
+import poplib
+import re
+import shutil
+import smtplib
+import socket
+
+import pyotp
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import SkipTest, TestCase
+
+from gomail.auth import userdb
+from gomail.auth.passwords import hash_password
+from tests.processes import TWISTD, free_port, poll, spawn
+
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+MAIL_MODULE = "/usr/lib/nginx/modules/ngx_mail_module.so"
+SECRET = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"
+SHARED = "nginx-shared-key"
+
+GOMAIL_CONFIG = """
+smtpHost = "127.0.0.1"
+smtpPort = {smtp}
+dataDir = "{data}"
+enableHealthCheck = false
+[security]
+requireAuth = false
+[smtp]
+hostname = "mx.test"
+[spool]
+minFreeSpaceMB = 0
+[auth]
+bcryptRounds = 4
+maxFailAttempts = 2
+[nginxAuth]
+listen = ["tcp:{auth}:interface=127.0.0.1"]
+sharedSecret = "{shared}"
+waitSeconds = 1
+healthCheckInterval = 0
+[[nginxAuth.backends]]
+protocol = "imap"
+address = "127.0.0.1"
+port = {imap_backend}
+[[nginxAuth.backends]]
+protocol = "pop3"
+address = "localhost"
+port = {pop_backend}
+"""
+
+NGINX_CONFIG = """
+load_module {module};
+daemon off;
+master_process off;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log info;
+events {{ worker_connections 64; }}
+mail {{
+    server_name mail.test;
+    auth_http 127.0.0.1:{auth}/api/auth;
+    auth_http_header X-Auth-Key "{shared}";
+    proxy_pass_error_message on;
+    server {{ listen 127.0.0.1:{imap}; protocol imap; }}
+    server {{ listen 127.0.0.1:{pop}; protocol pop3; }}
+    server {{ listen 127.0.0.1:{smtp}; protocol smtp; smtp_auth login plain; xclient off; }}
+}}
+"""
+
+
+class FakeIMAPBackend(Protocol):
+    """Just enough IMAP for nginx's backend login (LOGIN with literals) and LOGOUT."""
+
+    def connectionMade(self) -> None:
+        self.buffer, self.state, self.tag, self.need = b"", "command", b"", 0
+        self.user = b""
+        self.transport.write(b"* OK fake IMAP ready\r\n")
+
+    def dataReceived(self, data: bytes) -> None:
+        self.buffer += data
+        while self._step():
+            pass
+
+    def _line(self) -> bytes | None:
+        if b"\r\n" not in self.buffer:
+            return None
+        line, self.buffer = self.buffer.split(b"\r\n", 1)
+        return line
+
+    def _step(self) -> bool:
+        if self.state == "command":
+            line = self._line()
+            if line is None:
+                return False
+            match = re.match(rb"(\S+) LOGIN \{(\d+)\}$", line, re.I)
+            tag = line.split(b" ", 1)[0]
+            if match:
+                self.tag, self.need, self.state = match.group(1), int(match.group(2)), "user"
+                self.transport.write(b"+ go ahead\r\n")
+            elif b" LOGOUT" in line.upper():
+                self.transport.write(b"* BYE\r\n" + tag + b" OK LOGOUT completed\r\n")
+                self.transport.loseConnection()
+            else:
+                self.transport.write(tag + b" OK done\r\n")
+            return True
+        if len(self.buffer) < self.need:
+            return False
+        value, self.buffer = self.buffer[:self.need], self.buffer[self.need:]
+        if self.state == "user":
+            self.user = value
+            line = self._line()
+            if line is None:  # wait for " {N}": put the value back
+                self.buffer = value + self.buffer
+                return False
+            self.need, self.state = int(re.match(rb" \{(\d+)\}", line).group(1)), "password"
+            self.transport.write(b"+ go ahead\r\n")
+            return True
+        line = self._line()
+        if line is None:
+            self.buffer = value + self.buffer
+            return False
+        self.factory.logins.append((self.user.decode(), value.decode()))
+        self.state = "command"
+        self.transport.write(self.tag + b" OK LOGIN completed\r\n")
+        return True
+
+
+class FakePOP3Backend(Protocol):
+    """Just enough POP3 for nginx's backend login (USER, PASS) and QUIT."""
+
+    def connectionMade(self) -> None:
+        self.buffer, self.user = b"", ""
+        self.transport.write(b"+OK fake POP3 ready\r\n")
+
+    def dataReceived(self, data: bytes) -> None:
+        self.buffer += data
+        while b"\r\n" in self.buffer:
+            line, self.buffer = self.buffer.split(b"\r\n", 1)
+            verb, _, argument = line.decode().partition(" ")
+            if verb.upper() == "USER":
+                self.user = argument
+                self.transport.write(b"+OK\r\n")
+            elif verb.upper() == "PASS":
+                self.factory.logins.append((self.user, argument))
+                self.transport.write(b"+OK logged in\r\n")
+            elif verb.upper() == "QUIT":
+                self.transport.write(b"+OK bye\r\n")
+                self.transport.loseConnection()
+            else:
+                self.transport.write(b"+OK\r\n")
+
+
+def backend(protocol: type) -> Factory:
+    factory = Factory.forProtocol(protocol)
+    factory.logins = []
+    return factory
+
+
+def accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+# -- the clients (blocking: run in threads) ------------------------------------------------
+
+
+def imap_login(port: int, user: str, password: str) -> str:
+    """Log in over IMAP through nginx; returns "OK" or the error text."""
+    client = imaplib.IMAP4("127.0.0.1", port, timeout=20)
+    try:
+        client.login(user, password)
+        client.logout()
+        return "OK"
+    except imaplib.IMAP4.error as e:
+        return str(e)
+    finally:
+        try:
+            client.shutdown()
+        except OSError:
+            pass
+
+
+def pop3_login(port: int, user: str, password: str) -> str:
+    client = poplib.POP3("127.0.0.1", port, timeout=20)
+    try:
+        client.user(user)
+        client.pass_(password)
+        client.quit()
+        return "OK"
+    except poplib.error_proto as e:
+        return str(e)
+
+
+def smtp_send(port: int, user: str, password: str) -> str:
+    """AUTH through nginx, then send one message; returns "OK" or the error."""
+    try:
+        with smtplib.SMTP("127.0.0.1", port, timeout=20) as client:
+            client.ehlo("client.test")
+            client.login(user, password)
+            client.sendmail(user, ["bob@example.com"], b"Subject: via nginx\r\n\r\nhello\r\n")
+        return "OK"
+    except smtplib.SMTPException as e:
+        return f"{getattr(e, 'smtp_code', '')} {getattr(e, 'smtp_error', e)!r}"
+
+
+class NginxMailProxyTests(TestCase):
+    """nginx mail proxy + gomail auth_http, end to end."""
+
+    timeout = 120
+
+    def setUp(self) -> Deferred:
+        if not (os.path.exists(NGINX) and os.path.exists(MAIL_MODULE)):
+            if os.environ.get("CI"):
+                self.fail("nginx with the mail module is required (Debian: nginx-core libnginx-mod-mail)")
+            raise SkipTest("nginx with the mail module is not installed")
+        self.workdir = os.path.abspath(self.mktemp())
+        os.makedirs(self.workdir)
+        self.imap_backend = backend(FakeIMAPBackend)
+        self.pop_backend = backend(FakePOP3Backend)
+        ports = {}
+        for name, factory in (("imap_backend", self.imap_backend), ("pop_backend", self.pop_backend)):
+            listening = reactor.listenTCP(0, factory, interface="127.0.0.1")
+            self.addCleanup(listening.stopListening)
+            ports[name] = listening.getHost().port
+        self.ports = dict(ports, smtp=free_port(), auth=free_port(), imap=free_port(), pop=free_port(),
+                          nginx_smtp=free_port())
+        self.data = os.path.join(self.workdir, "data")
+        self._users()
+        return Deferred.fromCoroutine(self._start())
+
+    def _users(self) -> None:
+        os.makedirs(self.data)
+        conn = userdb.open_connection(os.path.join(self.data, "gomail.db"))
+        try:
+            userdb.transact(conn, userdb.migrate)
+            userdb.transact(conn, userdb.add_user, "alice@example.org", hash_password("alice pw", 4), 0.0)
+            userdb.transact(conn, userdb.add_user, "tom@example.org", hash_password("tom-pw", 4), 0.0)
+            userdb.transact(conn, userdb.set_totp, "tom@example.org", SECRET, True, 0.0)
+        finally:
+            conn.close()
+
+    def blacklist(self, network: str) -> None:
+        conn = userdb.open_connection(os.path.join(self.data, "gomail.db"))
+        try:
+            userdb.transact(conn, userdb.add_blacklist, network, None, "test", 0.0)
+        finally:
+            conn.close()
+
+    async def _start(self) -> None:
+        p = self.ports
+        config = os.path.join(self.workdir, "gomail.toml")
+        with open(config, "w") as f:
+            f.write(GOMAIL_CONFIG.format(data=self.data, shared=SHARED, **p))
+        self.gomail = spawn(reactor, TWISTD + ["-n", "--pidfile=", "gomail", "--config", config], cwd=self.workdir)
+        self.addCleanup(self.gomail.stop, reactor)
+        await self.gomail.wait_for(b"gomail ready", reactor)
+        prefix = os.path.join(self.workdir, "nginx")
+        os.makedirs(prefix)
+        with open(os.path.join(prefix, "nginx.conf"), "w") as f:
+            f.write(NGINX_CONFIG.format(module=MAIL_MODULE, prefix=prefix, auth=p["auth"], shared=SHARED,
+                                        imap=p["imap"], pop=p["pop"], smtp=p["nginx_smtp"]))
+        self.nginx = spawn(reactor, [NGINX, "-p", prefix, "-e", os.path.join(prefix, "error.log"),
+                                     "-c", os.path.join(prefix, "nginx.conf")], cwd=prefix)
+        self.addCleanup(self.nginx.stop, reactor)
+        await poll(reactor, lambda: accepts(p["imap"]) and accepts(p["pop"]) and accepts(p["nginx_smtp"]))
+
+    def _diagnostics(self) -> str:
+        log = os.path.join(self.workdir, "nginx", "error.log")
+        text = open(log, errors="replace").read()[-3000:] if os.path.exists(log) else ""
+        return f"nginx: {text}\ngomail: {self.gomail.output.decode(errors='replace')[-3000:]}"
+
+    async def test_imap_good_password_reaches_backend(self) -> None:
+        """IMAP login with the right password reaches the backend with the same credentials."""
+        result = await deferToThread(imap_login, self.ports["imap"], "alice@example.org", "alice pw")
+        self.assertEqual(result, "OK", self._diagnostics())
+        self.assertEqual(self.imap_backend.logins, [("alice@example.org", "alice pw")])
+
+    async def test_pop3_good_password_reaches_backend(self) -> None:
+        """POP3 login reaches the backend configured by host name (gomail sent nginx its IP)."""
+        result = await deferToThread(pop3_login, self.ports["pop"], "alice@example.org", "alice pw")
+        self.assertEqual(result, "OK", self._diagnostics())
+        self.assertEqual(self.pop_backend.logins, [("alice@example.org", "alice pw")])
+
+    async def test_totp_code_is_stripped_for_the_backend(self) -> None:
+        """Password + TOTP code gets in; the backend sees the password without the code."""
+        code = pyotp.TOTP(SECRET).now()
+        result = await deferToThread(imap_login, self.ports["imap"], "tom@example.org", "tom-pw" + code)
+        self.assertEqual(result, "OK", self._diagnostics())
+        self.assertEqual(self.imap_backend.logins, [("tom@example.org", "tom-pw")])
+
+    async def test_wrong_password_refused(self) -> None:
+        """A wrong password is refused with gomail's generic text, and nothing reaches the backend."""
+        result = await deferToThread(imap_login, self.ports["imap"], "alice@example.org", "wrong")
+        self.assertIn("Invalid login or password", result, self._diagnostics())
+        self.assertEqual(self.imap_backend.logins, [])
+
+    async def test_locked_user_refused(self) -> None:
+        """After maxFailAttempts wrong passwords, even the right one is refused the same way."""
+        for _ in range(2):
+            await deferToThread(pop3_login, self.ports["pop"], "alice@example.org", "wrong")
+        result = await deferToThread(pop3_login, self.ports["pop"], "alice@example.org", "alice pw")
+        self.assertIn("Invalid login or password", result, self._diagnostics())
+        self.assertEqual(self.pop_backend.logins, [])
+
+    async def test_blacklisted_client_refused(self) -> None:
+        """A blacklisted client IP (nginx's Client-IP) is refused even with the right password."""
+        self.blacklist("127.0.0.0/8")
+        await poll(reactor, lambda: False if False else True)  # the entry is read at the next refresh
+        self.gomail.output = b""
+        result = await deferToThread(imap_login, self.ports["imap"], "alice@example.org", "alice pw")
+        self.assertIn("Invalid login or password", result, self._diagnostics())
+        self.assertEqual(self.imap_backend.logins, [])
+
+    async def test_smtp_through_nginx(self) -> None:
+        """SMTP AUTH at nginx, then the message goes through gomail's own SMTP listener into the mailbox."""
+        result = await deferToThread(smtp_send, self.ports["nginx_smtp"], "alice@example.org", "alice pw")
+        self.assertEqual(result, "OK", self._diagnostics())
+        mailbox = os.path.join(self.data, "spool", "mailbox", "bob@example.com", "new")
+        await poll(reactor, lambda: os.path.isdir(mailbox) and len(os.listdir(mailbox)) == 1)
+
+    async def test_smtp_wrong_password(self) -> None:
+        """A wrong SMTP password gets 535 5.7.8 from nginx (gomail's Auth-Error-Code)."""
+        result = await deferToThread(smtp_send, self.ports["nginx_smtp"], "alice@example.org", "nope")
+        self.assertIn("535", result, self._diagnostics())
+        self.assertIn("5.7.8", result)

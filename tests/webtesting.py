@@ -1,0 +1,117 @@
+"""
+Test helpers for the HTTP listeners: treq's L{StubTreq} over the real resource
+trees, answered synchronously, with a way to pretend the peer is not loopback.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from treq.testing import StubTreq
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
+from twisted.web.http_headers import Headers
+from twisted.web.resource import IResource
+from zope.interface import implementer
+
+
+@implementer(IResource)
+class FromPeer:
+    """
+    Wraps a resource tree so that every request seems to come from C{host}
+    (StubTreq's own fake peer is always 127.0.0.1:31337). Every request seen is
+    kept in C{requests}, so tests can check what address the tree was shown.
+    """
+
+    isLeaf = False
+
+    def __init__(self, wrapped: Any, host: str | None = None) -> None:
+        self.wrapped = wrapped
+        self.host = host
+        self.requests: list[Any] = []
+
+    def _patch(self, request: Any) -> None:
+        if request not in self.requests:
+            self.requests.append(request)
+        if self.host is not None:
+            address_type = IPv6Address if ":" in self.host else IPv4Address
+            peer = address_type("TCP", self.host, 40000)
+            request.getClientAddress = lambda: peer
+
+    def getChildWithDefault(self, path: bytes, request: Any) -> Any:
+        self._patch(request)
+        return self.wrapped.getChildWithDefault(path, request)
+
+    def render(self, request: Any) -> Any:
+        self._patch(request)
+        return self.wrapped.render(request)
+
+    def putChild(self, path: bytes, child: Any) -> None:
+        raise NotImplementedError
+
+
+@dataclass
+class Answer:
+    """A response as a test looks at it."""
+
+    code: int
+    headers: Headers
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        """The single value of header C{name} (fails when it is repeated), or None."""
+        values = self.headers.getRawHeaders(name)
+        if values is None:
+            return None
+        if len(values) != 1:
+            raise AssertionError(f"header {name} repeated: {values!r}")
+        return values[0]
+
+    def raw_headers(self) -> list[tuple[bytes, bytes]]:
+        """Every header line, as bytes."""
+        return [(name, value) for name, values in self.headers.getAllRawHeaders() for value in values]
+
+    def auth_headers(self) -> dict[bytes, list[bytes]]:
+        """The C{Auth-*} headers (all nginx reads), lower-cased names."""
+        return {name.lower(): list(values) for name, values in self.headers.getAllRawHeaders()
+                if name.lower().startswith(b"auth-")}
+
+
+def settle(d: Deferred, stub: StubTreq) -> Any:
+    """Flush C{stub} until C{d} has fired; return its result (raising a failure)."""
+    results: list[Any] = []
+    d.addBoth(results.append)
+    for _ in range(10):
+        if results:
+            break
+        stub.flush()
+    if not results:
+        raise AssertionError("the request did not finish")
+    if isinstance(results[0], Failure):
+        results[0].raiseException()
+    return results[0]
+
+
+class Browser:
+    """A StubTreq over C{resource}, answering synchronously."""
+
+    def __init__(self, resource: Any, peer: str | None = None) -> None:
+        self.root = FromPeer(resource, peer)
+        self.stub = StubTreq(self.root)
+
+    def request(self, method: str, url: str, headers: Any = None, data: Any = None) -> Answer:
+        response = settle(self.stub.request(method, url, headers=headers, data=data), self.stub)
+        body = settle(self.stub.content(response), self.stub)
+        return Answer(response.code, response.headers, body)
+
+    def get(self, url: str, headers: Any = None) -> Answer:
+        return self.request("GET", url, headers=headers)
+
+    def post(self, url: str, headers: Any = None, data: Any = None) -> Answer:
+        return self.request("POST", url, headers=headers, data=data)
+
+    def peers_seen(self) -> list[Any]:
+        """The client address every request was shown (C{getClientAddress()})."""
+        return [request.getClientAddress() for request in self.root.requests]
