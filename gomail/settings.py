@@ -208,6 +208,7 @@ class AuthSettings:
     lockTTL: int = setting(300, check=between(1))
     cacheTTL: int = setting(300, check=between(0))
     blacklistRefresh: int = setting(10, check=between(1))
+    userRefresh: float = setting(1.0, check=between(0, 60))
     enforceSenderAddress: bool = setting(True)
     maxFailuresPerSession: int = setting(3, check=between(1))
 

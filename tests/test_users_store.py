@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import stat
 
+from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
@@ -134,3 +135,62 @@ class SQLiteUserStoreTests(TestCase):
         self.assertEqual((await store.get_user("bob")).name, "bob")
         userdb.transact(conn, userdb.set_enabled, "bob", False, NOW)
         self.assertFalse((await store.get_user("bob")).enabled)
+
+
+class UserRecordCacheTests(TestCase):
+    """
+    The store with its record cache on (C{refresh} given): the watch for other
+    processes' changes runs on a L{Clock}; the database thread is real.
+    """
+
+    async def start(self) -> SQLiteUserStore:
+        self.clock = Clock()
+        self.path = os.path.join(os.path.abspath(self.mktemp()), "gomail.db")
+        store = SQLiteUserStore(self.path, refresh=1.0, clock=self.clock)
+        self.addCleanup(store.close)
+        await store.start()
+        await store.add_user("alice", HASH, NOW)
+        self.conn = userdb.open_connection(self.path)
+        self.addCleanup(self.conn.close)
+        return store
+
+    async def look(self, store: SQLiteUserStore) -> None:
+        """Let the watch look for changes once, and wait for its answer."""
+        self.clock.advance(1.0)
+        await store._look_for_changes()  # the same look the timer just started; waits for an answer
+
+    async def test_second_lookup_from_memory(self) -> None:
+        """A looked-up user is answered from memory the next time: the Deferred has already fired."""
+        store = await self.start()
+        first = await store.get_user("alice")
+        self.assertIs(self.successResultOf(store.get_user("alice")), first)
+
+    async def test_own_change_forgets_at_once(self) -> None:
+        """A change made through the store itself is seen by the very next lookup."""
+        store = await self.start()
+        await store.get_user("alice")
+        await store.set_enabled("alice", False, NOW + 1)
+        self.assertFalse((await store.get_user("alice")).enabled)
+
+    async def test_other_process_change_seen_after_refresh(self) -> None:
+        """A change committed by another connection (the gomail command) is seen after the next look."""
+        store = await self.start()
+        await self.look(store)
+        await store.get_user("alice")
+        userdb.transact(self.conn, userdb.set_password, "alice", b"$2b$04$" + b"z" * 53, NOW + 1)
+        self.assertEqual((await store.get_user("alice")).credential_version, 1)  # until the next look
+        await self.look(store)
+        self.assertEqual((await store.get_user("alice")).credential_version, 2)
+
+    async def test_unknown_users_not_kept(self) -> None:
+        """An unknown name is asked of the database every time, so a user added later is found."""
+        store = await self.start()
+        self.assertIsNone(await store.get_user("bob"))
+        userdb.transact(self.conn, userdb.add_user, "bob", HASH, NOW)
+        self.assertEqual((await store.get_user("bob")).name, "bob")
+
+    async def test_closed_store_does_not_cache(self) -> None:
+        """After close the watch is stopped (no timer left on the clock)."""
+        store = await self.start()
+        store.close()
+        self.assertEqual(self.clock.getDelayedCalls(), [])

@@ -113,7 +113,7 @@ def build_auth(config: Config, reactor: Any, parent: Any) -> AuthParts:
     """Build the authentication parts and attach their services to C{parent} (in start order)."""
     cpu = ThreadPoolService(reactor, "gomail-cpu", config.auth.cpuThreads)
     cpu.setServiceParent(parent)
-    users = SQLiteUserStore(config.auth.database, reactor=reactor)
+    users = SQLiteUserStore(config.auth.database, reactor=reactor, refresh=config.auth.userRefresh)
     state = make_state_store(config.redis, reactor)
     blacklist = Blacklist(users, reactor, config.auth.blacklistRefresh)
     authenticator = Authenticator(users, state, blacklist, ThreadPoolVerifier(reactor, cpu.pool), reactor,

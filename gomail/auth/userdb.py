@@ -218,6 +218,12 @@ def get_user(cursor: Any, name: str) -> UserRecord | None:
     return records[0] if records else None
 
 
+def data_version(cursor: Any) -> int:
+    """SQLite's C{PRAGMA data_version}: changes when another connection commits to the database."""
+    cursor.execute("PRAGMA data_version")
+    return int(cursor.fetchone()[0])
+
+
 def list_users(cursor: Any) -> list[UserRecord]:
     """Every user, by name."""
     cursor.execute(f"{_USERS_WITH_APPS} ORDER BY u.name, a.label")

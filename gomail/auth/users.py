@@ -6,6 +6,13 @@ L{SQLiteUserStore} runs the functions of L{gomail.auth.userdb} in its own
 database thread through C{adbapi.ConnectionPool.runInteraction}: the same
 functions the C{gomail user} command runs directly, so both always agree on
 the schema and on canonical names.
+
+User records are also kept in memory, so that a login (nginx asks once per
+login, thousands of times a second) costs no trip to the database thread:
+every change made through the store forgets them at once, and a change made
+by another process (the C{gomail user} command) is noticed within
+C{refresh} seconds through SQLite's C{PRAGMA data_version}, which moves when
+another connection commits.
 """
 
 from __future__ import annotations
@@ -15,7 +22,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from twisted.enterprise import adbapi
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
 from gomail.auth import userdb
@@ -52,14 +61,31 @@ class SQLiteUserStore:
     5 s busy timeout make them wait for each other instead of failing).
 
     Call L{start} (and wait for it) before anything else, L{close} at the end.
+
+    @param refresh: seconds between looks for changes made by other processes;
+        the user record cache is only used when this is given, with a clock.
+    @param clock: the timer of those looks (default: C{reactor}).
     """
 
-    def __init__(self, path: str, reactor: Any = None) -> None:
+    log = Logger()
+    #: Past this many cached records the cache starts over (bounded memory).
+    MAX_CACHED = 50_000
+
+    def __init__(self, path: str, reactor: Any = None, refresh: float = 0.0, clock: Any = None) -> None:
         self.path = os.path.abspath(path)
         # check_same_thread=False: the pool may close the connection from the reactor thread.
         self.pool = adbapi.ConnectionPool("sqlite3", self.path, check_same_thread=False, cp_min=1, cp_max=1,
                                           cp_openfun=userdb.connection_setup, cp_reactor=reactor)
         self._closed = False
+        self._cache: dict[str, Any] = {}
+        self._generation = 0  # moves at every change: a lookup started before one is not cached
+        self._data_version: int | None = None
+        self._watch: LoopingCall | None = None
+        clock = clock if clock is not None else reactor
+        if refresh and clock is not None:
+            self._watch = LoopingCall(self._look_for_changes)
+            self._watch.clock = clock
+            self._refresh = refresh
 
     def start(self) -> Deferred:
         """
@@ -75,22 +101,73 @@ class SQLiteUserStore:
         except OSError:
             return fail()
         self.pool.start()  # idempotent; the pool starts itself only once the reactor runs
-        return self.pool.runInteraction(userdb.migrate)
+        d = self.pool.runInteraction(userdb.migrate)
+        if self._watch is not None:
+            d.addCallback(self._start_watching)
+        return d
 
     def close(self) -> None:
         """Close the connection and stop the database thread (again: nothing happens)."""
         if not self._closed:
             self._closed = True
+            if self._watch is not None and self._watch.running:
+                self._watch.stop()
             self.pool.close()
 
     def _run(self, fn: Any, *args: Any) -> Deferred:
         return self.pool.runInteraction(fn, *args)
 
+    def _write(self, fn: Any, *args: Any) -> Deferred:
+        """Run a change, forgetting the cached records before and after it."""
+        self._forget()
+        return self._run(fn, *args).addBoth(self._forget)
+
+    # -- the record cache ---------------------------------------------------------
+
+    def _forget(self, result: Any = None) -> Any:
+        self._cache.clear()
+        self._generation += 1
+        return result
+
+    def _start_watching(self, version: int) -> int:
+        assert self._watch is not None
+        self._watch.start(self._refresh, now=True).addErrback(
+            lambda f: self.log.failure("user database watch stopped", f))
+        return version
+
+    def _look_for_changes(self) -> Deferred:
+        def compare(version: int) -> None:
+            if version != self._data_version:
+                self._data_version = version
+                self._forget()
+
+        def failed(failure: Any) -> None:
+            # Cannot tell whether anything changed: serve from the database until it answers again.
+            self.log.warn("user database not answering: {error}", error=failure.getErrorMessage())
+            self._forget()
+
+        return self._run(userdb.data_version).addCallbacks(compare, failed)
+
     # -- users --------------------------------------------------------------------
 
     def get_user(self, name: str) -> Deferred:
         """@return: Deferred[UserRecord | None]"""
-        return self._run(userdb.get_user, name)
+        if self._watch is None:
+            return self._run(userdb.get_user, name)
+        if name in self._cache:
+            return succeed(self._cache[name])
+        generation = self._generation
+
+        def keep(user: Any) -> Any:
+            # Unknown users are not kept: anyone can make up names, and they cost a bcrypt anyway.
+            if user is not None and generation == self._generation and self._watch is not None \
+                    and self._watch.running:
+                if len(self._cache) >= self.MAX_CACHED:
+                    self._cache.clear()
+                self._cache[name] = user
+            return user
+
+        return self._run(userdb.get_user, name).addCallback(keep)
 
     def list_users(self) -> Deferred:
         """@return: Deferred[list[UserRecord]], by name."""
@@ -98,41 +175,41 @@ class SQLiteUserStore:
 
     def add_user(self, name: str, password_hash: bytes, now: float, allowed_senders: Iterable[str] = ()) -> Deferred:
         """@return: Deferred[str], the canonical name; fails with L{userdb.UserExists}."""
-        return self._run(userdb.add_user, name, password_hash, now, tuple(allowed_senders))
+        return self._write(userdb.add_user, name, password_hash, now, tuple(allowed_senders))
 
     def set_password(self, name: str, password_hash: bytes, now: float) -> Deferred:
         """@return: Deferred[None]; fails with L{userdb.NoSuchUser}."""
-        return self._run(userdb.set_password, name, password_hash, now)
+        return self._write(userdb.set_password, name, password_hash, now)
 
     def set_enabled(self, name: str, enabled: bool, now: float) -> Deferred:
         """@return: Deferred[None]; fails with L{userdb.NoSuchUser}."""
-        return self._run(userdb.set_enabled, name, enabled, now)
+        return self._write(userdb.set_enabled, name, enabled, now)
 
     def delete_user(self, name: str) -> Deferred:
         """@return: Deferred[None]; fails with L{userdb.NoSuchUser}."""
-        return self._run(userdb.delete_user, name)
+        return self._write(userdb.delete_user, name)
 
     def set_totp(self, name: str, secret: str | None, enabled: bool, now: float) -> Deferred:
         """@return: Deferred[None]; fails with L{userdb.NoSuchUser}."""
-        return self._run(userdb.set_totp, name, secret, enabled, now)
+        return self._write(userdb.set_totp, name, secret, enabled, now)
 
     def set_allowed_senders(self, name: str, senders: Iterable[str], now: float) -> Deferred:
         """@return: Deferred[None]; fails with L{userdb.NoSuchUser} or ValueError."""
-        return self._run(userdb.set_allowed_senders, name, tuple(senders), now)
+        return self._write(userdb.set_allowed_senders, name, tuple(senders), now)
 
     def set_backend(self, name: str, backend: str | None, now: float) -> Deferred:
         """@return: Deferred[None]; fails with L{userdb.NoSuchUser}."""
-        return self._run(userdb.set_backend, name, backend, now)
+        return self._write(userdb.set_backend, name, backend, now)
 
     # -- app passwords ------------------------------------------------------------
 
     def add_app_password(self, name: str, label: str, digest: str, now: float) -> Deferred:
         """@return: Deferred[int], the id; fails with L{userdb.NoSuchUser} or L{userdb.AppPasswordExists}."""
-        return self._run(userdb.add_app_password, name, label, digest, now)
+        return self._write(userdb.add_app_password, name, label, digest, now)
 
     def revoke_app_password(self, name: str, label: str, now: float | None = None) -> Deferred:
         """@return: Deferred[None]; fails with L{userdb.NoSuchUser} or L{userdb.NoSuchAppPassword}."""
-        return self._run(userdb.revoke_app_password, name, label, now)
+        return self._write(userdb.revoke_app_password, name, label, now)
 
     def touch_app_password(self, app_id: int, now: float) -> Deferred:
         """@return: Deferred[None]"""
