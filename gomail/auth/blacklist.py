@@ -8,6 +8,8 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
+from gomail.netaddr import parse_ip
+
 
 class Blacklist:
     """
@@ -32,12 +34,9 @@ class Blacklist:
         now = self.clock.seconds()
         if self._loaded_at is None or now - self._loaded_at >= self.refresh:
             await self.reload()
-        try:
-            address = ipaddress.ip_address(ip.split("%", 1)[0])
-        except ValueError:
+        address = parse_ip(ip)
+        if address is None or not self._entries:
             return False
-        if address.version == 6 and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
         return any(address in network and (expires is None or expires > now)
                    for network, expires in self._entries)
 

@@ -8,12 +8,14 @@ C{Alice}, C{ alice } and the fullwidth C{ＡＬＩＣＥ} are one user everywher
 
 from __future__ import annotations
 
+import functools
 import unicodedata
 
 #: The longest user name accepted (in characters): an e-mail address fits.
 MAX_NAME_LENGTH = 254
 
 
+@functools.lru_cache(maxsize=4096)  # pure, and asked at every login: the same names again and again
 def canonical_username(raw: str) -> str:
     """
     The canonical form of a user name: NFKC, surrounding whitespace trimmed,

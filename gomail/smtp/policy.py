@@ -5,20 +5,9 @@ from __future__ import annotations
 import ipaddress
 from typing import Iterable
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+from gomail.netaddr import IPAddress, parse_ip
 
-
-def parse_ip(host: str | None) -> IPAddress | None:
-    """The client's IP (IPv4-mapped IPv6 unwrapped), or None for a non-IP peer such as a UNIX socket."""
-    if not host:
-        return None
-    try:
-        address = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
+__all__ = ["IPAddress", "RelayPolicy", "parse_ip"]
 
 
 class RelayPolicy:

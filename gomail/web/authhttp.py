@@ -14,7 +14,6 @@ hottest path (BENCHMARKS.md).
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import time
 from typing import Any
 from urllib.parse import unquote_to_bytes
@@ -27,6 +26,7 @@ from twisted.web.server import NOT_DONE_YET
 from gomail.auth.authlog import AuthLog, AuthLogEntry, printable
 from gomail.auth.backends import BackendRouter, NoBackend
 from gomail.auth.checker import AuthFailure, Authenticator, LoginAttempt, TemporaryAuthError
+from gomail.netaddr import parse_ip
 from gomail.settings import NginxAuthSettings
 
 PROTOCOLS = frozenset({"imap", "pop3", "smtp"})
@@ -171,10 +171,10 @@ class AuthHTTPResource(Resource):
         value = self._single(request, b"client-ip")
         if value is None:
             return None
-        try:
-            return str(ipaddress.ip_address(value.strip()))
-        except ValueError:
-            raise BadRequest("Client-IP is not an IP address") from None
+        address = parse_ip(value.strip())
+        if address is None:
+            raise BadRequest("Client-IP is not an IP address")
+        return str(address)
 
     @staticmethod
     def _single(request: Any, name: bytes) -> str | None:

@@ -17,6 +17,8 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
 from zope.interface import implementer
 
+from gomail.netaddr import parse_ip
+
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
 
 
@@ -103,12 +105,7 @@ class PeerAccess:
         peer = request.getClientAddress()
         if isinstance(peer, UNIXAddress):
             return True
-        try:
-            ip = ipaddress.ip_address(str(getattr(peer, "host", "")).split("%", 1)[0])
-        except ValueError:
-            ip = None
-        if ip is not None and ip.version == 6 and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
+        ip = parse_ip(str(getattr(peer, "host", "")))
         if ip is not None and any(ip in network for network in self.networks):
             return True
         if self.token:

@@ -1,0 +1,29 @@
+"""Client addresses as every part of gomail reads them."""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@functools.lru_cache(maxsize=4096)
+def parse_ip(host: str | None) -> IPAddress | None:
+    """
+    The IP address in C{host}: IPv4-mapped IPv6 unwrapped, an IPv6 zone
+    (C{%eth0}) dropped; None when it is not an IP address (a UNIX socket peer,
+    a name, garbage).
+
+    Cached: the same few client addresses are parsed on every connection and
+    login, and the parse is most of what the address checks cost.
+    """
+    if not host:
+        return None
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
