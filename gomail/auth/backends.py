@@ -111,7 +111,8 @@ class BackendRouter(Service):
     def _by_hash(pool: list[BackendState], user: str) -> BackendState:
         def score(backend: BackendState) -> float:
             digest = hashlib.sha256(backend.key + b"\0" + user.encode("utf-8", "surrogatepass")).digest()
-            unit = (int.from_bytes(digest[:8], "big") + 1) / (2 ** 64 + 1)  # in (0, 1)
+            # 53 bits and a half step: exactly representable, strictly inside (0, 1), so log() is never 0.
+            unit = ((int.from_bytes(digest[:8], "big") >> 11) + 0.5) / 2 ** 53
             return -backend.config.weight / math.log(unit)
         return max(pool, key=score)
 

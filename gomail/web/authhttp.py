@@ -110,7 +110,9 @@ class AuthHTTPResource(Resource):
         if _header_safe(success.password):
             # nginx hands this to the backend as it is: the password without the TOTP code.
             headers[b"Auth-Pass"] = success.password.encode("utf-8")
-        self._record(started, success.name, protocol, client_ip, "success", success.via, f"{address}:{port}")
+        # A success that cannot be recorded is not let through: the error answers the temporary failure.
+        self._record(started, success.name, protocol, client_ip, "success", success.via, f"{address}:{port}",
+                     required=True)
         headers[b"Auth-Status"] = b"OK"  # the only place OK is ever written
         self._finish(request, headers)
 
@@ -152,7 +154,8 @@ class AuthHTTPResource(Resource):
 
     def _attempt_number(self, request: Any) -> int:
         value = self._single(request, b"auth-login-attempt") or "1"
-        return int(value) if value.isdigit() and 0 < len(value) < 6 else 1
+        # isascii: str.isdigit() also accepts "²" (byte 0xb2 as latin-1), which int() refuses
+        return max(1, int(value)) if value.isascii() and value.isdigit() and 0 < len(value) < 6 else 1
 
     def _credential(self, request: Any, name: bytes) -> str:
         raw = self._single(request, name)
@@ -209,13 +212,15 @@ class AuthHTTPResource(Resource):
         return _header_value(text) if _header_safe(text) else b"Authentication failed"
 
     def _record(self, started: float, user: str, protocol: str, client_ip: str | None, result: str,
-                reason: str, backend: str | None = None) -> None:
+                reason: str, backend: str | None = None, required: bool = False) -> None:
         if self.audit is None:
             return
         try:
             self.audit.record(AuthLogEntry(self.clock.seconds(), printable(user), protocol, client_ip or "",
                                            result, reason, round((self.timer() - started) * 1000, 3), backend))
         except Exception:
+            if required:
+                raise
             self.log.failure("could not record an auth_http attempt")
 
 
