@@ -493,7 +493,8 @@ class SharedSecretTests(AuthHTTPMixin, SynchronousTestCase):
         for secret in ([], [b"wrong"], [SHARED + b"x"], [SHARED[:-1]], [SHARED, SHARED], [SHARED, b"wrong"]):
             self.assertRefused(self.ask(secret=None, X_Auth_Key=secret or None),
                                "Authentication service unavailable")
-        self.assertEqual((self.users.lookups, self.verifier.hashes, self.audit.buffer), (0, [], []))
+        self.assertEqual((self.users.lookups, self.verifier.hashes), (0, []))
+        self.assertEqual({(e.result, e.reason) for e in self.audit.buffer}, {("refused", "bad-secret")})
 
     def test_right_secret(self) -> None:
         """The right secret is accepted."""
@@ -560,6 +561,13 @@ class AuditTests(AuthHTTPMixin, SynchronousTestCase):
                 if isinstance(field, str):
                     for secret in ("s3cret", "zqx-wrong", "pass" + code, code):
                         self.assertNotIn(secret, field)
+
+    def test_refused_requests(self) -> None:
+        """A request refused before any check is recorded as refused, with why, and no claimed user or IP."""
+        self.ask(method=b"cram-md5")
+        self.ask(omit=(b"Auth-Pass",))
+        self.assertEqual([(e.user, e.client_ip, e.result, e.reason) for e in self.audit.buffer],
+                         [("", "", "refused", "unsupported-method"), ("", "", "refused", "bad-request")])
 
     def test_user_made_printable(self) -> None:
         """A user name with control characters is stored with them replaced."""

@@ -40,9 +40,11 @@ class BadRequest(Exception):
     C{args[0]} is for the log, C{client_text} for the client.
     """
 
-    def __init__(self, why: str, client_text: str = "Invalid authentication request") -> None:
+    def __init__(self, why: str, client_text: str = "Invalid authentication request",
+                 reason: str = "bad-request") -> None:
         super().__init__(why)
         self.client_text = client_text
+        self.reason = reason
 
 
 class AuthHTTPResource(Resource):
@@ -86,6 +88,8 @@ class AuthHTTPResource(Resource):
             client_ip = self._client_ip(request)
         except BadRequest as e:
             self.log.warn("auth_http request refused: {why}", why=str(e))
+            # Who it claimed to be is unknown (or not to be trusted): the entry says only that and why.
+            self._record(started, "", protocol, None, "refused", e.reason)
             self._finish(request, {b"Auth-Status": self._status_text(e.client_text)}, 400)
             return
         attempt = LoginAttempt(user, password, client_ip, protocol)
@@ -138,7 +142,8 @@ class AuthHTTPResource(Resource):
             return
         values = request.requestHeaders.getRawHeaders(self.secret_header) or []
         if len(values) != 1 or not hmac.compare_digest(values[0], self.secret):  # bytes: name is bytes
-            raise BadRequest("missing or wrong shared secret header", "Authentication service unavailable")
+            raise BadRequest("missing or wrong shared secret header", "Authentication service unavailable",
+                             "bad-secret")
 
     def _protocol(self, request: Any) -> str:
         protocol = (self._single(request, b"auth-protocol") or "").strip().lower()
@@ -150,7 +155,7 @@ class AuthHTTPResource(Resource):
         method = (self._single(request, b"auth-method") or "plain").strip().lower()
         if method != "plain":
             raise BadRequest(f"unsupported Auth-Method {printable(method, 20)!r}",
-                             "Unsupported authentication method, use plain")
+                             "Unsupported authentication method, use plain", "unsupported-method")
 
     def _attempt_number(self, request: Any) -> int:
         value = self._single(request, b"auth-login-attempt") or "1"
