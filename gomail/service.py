@@ -25,10 +25,12 @@ from gomail.smtp.server import SMTPServer, SMTPService
 from gomail.spool.service import SpoolService
 from gomail.spool.store import Spool
 from gomail.spool.writer import BatchWriter
+from gomail.tls import server_context
 
 #: Local Maildir deliveries in flight at once.
 LOCAL_CONCURRENCY = 64
-from gomail.tls import server_context
+#: Removed messages' files kept for reuse by new commits (gomail.spool.spares).
+SPARE_FILES = 256
 
 
 class GomailService(SequentialMultiService):
@@ -133,7 +135,7 @@ def build_service(config: Config, reactor: Any) -> GomailService:
     writer = BatchWriter(reactor, fsync_threads=config.spool.ioThreads)
     writer.setServiceParent(root)
     spool = Spool(config.spool.directory, reactor, io.run, writer=writer,
-                  min_free_bytes=config.spool.minFreeSpaceMB * 1024 * 1024)
+                  min_free_bytes=config.spool.minFreeSpaceMB * 1024 * 1024, spare_files=SPARE_FILES)
     root.spool = spool
 
     root.delivery = _delivery(config, reactor, root, spool)

@@ -67,9 +67,23 @@ class ScriptedFileSystem(FileSystem):
         self.open_fds.add(fd)
         return fd
 
+    def open_existing(self, path: str) -> int:
+        self._step(f"open_existing {self._name(path)}")
+        fd = super().open_existing(path)
+        self.open_fds.add(fd)
+        return fd
+
     def write(self, fd: int, chunks: list[bytes]) -> None:
         self._step(f"write {sum(len(c) for c in chunks)} bytes")
         super().write(fd, chunks)
+
+    def trim(self, fd: int) -> None:
+        self._step("trim")
+        super().trim(fd)
+
+    def link_count(self, path: str) -> int:
+        self._step(f"link_count {self._name(path)}")
+        return super().link_count(path)
 
     def fsync(self, fd: int) -> None:
         self._step("fsync")
@@ -116,9 +130,10 @@ class ScriptedFileSystem(FileSystem):
 
 
 def make_spool(directory: str, clock: Clock | None = None, fs: FileSystem | None = None,
-               run: Callable[..., Deferred] = synchronous_run, min_free_bytes: int = 0) -> Spool:
+               run: Callable[..., Deferred] = synchronous_run, min_free_bytes: int = 0,
+               spare_files: int = 0) -> Spool:
     """A prepared spool in C{directory} working synchronously; C{fs} is used after preparation."""
-    spool = Spool(directory, clock or Clock(), run, min_free_bytes=min_free_bytes)
+    spool = Spool(directory, clock or Clock(), run, min_free_bytes=min_free_bytes, spare_files=spare_files)
     spool.prepare()
     if fs is not None:
         spool.fs = fs

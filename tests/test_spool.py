@@ -23,6 +23,7 @@ from tests.spooltesting import (Crash, ScriptedFileSystem, listing, make_spool, 
                                 start_commit, synchronous_run)
 
 SMALL = b"Subject: hello\r\n\r\nHello, world.\r\n"
+MEDIUM = b"Subject: medium\r\n\r\n" + b"x" * 3000 + b"\r\n"
 
 
 def large_content() -> bytes:
@@ -264,20 +265,20 @@ class CrashTests(SpoolTestCase):
 
     def test_commit_steps_are_the_documented_ones(self) -> None:
         """
-        A commit is: content and envelope written, both fsynced (by the writer,
-        together with the rest of its batch), both renamed (content first),
-        directory fsynced.
+        A commit is: content and envelope written and cut to length (a reused
+        file may have been longer), both fsynced (by the writer, together with
+        the rest of its batch), both renamed (content first), directory fsynced.
         """
         steps = self.reference_steps(SMALL)
         self.assertEqual([s.split()[0] for s in steps], [
-            "create", "write", "create", "write", "fsync", "fsync", "close", "close",
+            "create", "write", "trim", "create", "write", "trim", "fsync", "fsync", "close", "close",
             "rename", "rename", "fsync_directory",
         ])
-        self.assertTrue(steps[8].endswith(".eml") and steps[9].endswith(".json"), steps)
+        self.assertTrue(steps[10].endswith(".eml") and steps[11].endswith(".json"), steps)
 
     def test_crash_in_finish_files(self) -> None:
         """Spool.finish_files interrupted after the content rename leaves an .eml that recovery removes."""
-        fs = ScriptedFileSystem(fail_at=9, error=Crash())
+        fs = ScriptedFileSystem(fail_at=11, error=Crash())
         spool = self.spool(fs)
         job = spool.finish_files("0123abcd", None, [SMALL], new_envelope("0123abcd").to_json())
         for fd in next(job):
@@ -301,14 +302,14 @@ class CommitFailureTests(SpoolTestCase):
 
     def test_fsync_error(self) -> None:
         """An EIO from fsync of the content fails the commit; no file stays in tmp/ or queue/."""
-        fs = ScriptedFileSystem(fail_at=4, error=OSError(errno.EIO, "Input/output error"))
+        fs = ScriptedFileSystem(fail_at=6, error=OSError(errno.EIO, "Input/output error"))
         spool = self.spool(fs)
         seen: list[Envelope] = []
         spool.add_listener(seen.append)
         _, d = start_commit(spool, SMALL)
         failure = self.failureResultOf(d, OSError)
         self.assertEqual(failure.value.errno, errno.EIO)
-        self.assertEqual(fs.steps[4], "fsync")
+        self.assertEqual(fs.steps[6], "fsync")
         self.assertEqual(seen, [])
         self.assertNothingLeft(spool, fs)
 
@@ -625,3 +626,98 @@ class SpoolServiceTests(SpoolTestCase):
             f.write(b"a file")
         service = SpoolService(Spool(self.directory, self.clock, synchronous_run), FakeConsumer())
         self.failureResultOf(service.startService(), SpoolError)
+
+
+class SpareFilesTests(SpoolTestCase):
+    """Removed messages' files kept in tmp/ and reused by new commits (gomail.spool.spares)."""
+
+    def commit(self, spool: Spool, content: bytes = SMALL, *recipients: str) -> Envelope:
+        envelope, d = start_commit(spool, content, *(recipients or ("a@example.com",)))
+        self.successResultOf(d)
+        return envelope
+
+    def remove(self, spool: Spool, envelope: Envelope) -> None:
+        self.successResultOf(Deferred.fromCoroutine(spool.remove(envelope.id)))
+
+    def inode(self, spool: Spool, *parts: str) -> int:
+        return os.stat(spool.path(*parts)).st_ino
+
+    def test_removed_files_become_spares(self) -> None:
+        """remove() takes a message out of queue/ and keeps its two files in tmp/ as spares."""
+        spool = self.spool(spare_files=4)
+        envelope = self.commit(spool)
+        self.remove(spool, envelope)
+        self.assertEqual(listing(spool, "queue"), [])
+        self.assertEqual(listing(spool, "tmp"), ["spare-0", "spare-1"])
+        self.assertEqual(len(spool.spares), 2)
+
+    def test_next_commit_reuses_them_cut_to_length(self) -> None:
+        """A commit after a removal writes into the spares' inodes; a longer old file is cut to the new length."""
+        spool = self.spool(spare_files=4)
+        old = self.commit(spool, MEDIUM, "a@example.com", "b@example.com", "c@example.com")
+        self.remove(spool, old)
+        spares = {self.inode(spool, "tmp", name) for name in listing(spool, "tmp")}
+        new = self.commit(spool, SMALL)
+        self.assertEqual({self.inode(spool, "queue", new.id + ext) for ext in (".eml", ".json")}, spares)
+        self.assertEqual(listing(spool, "tmp"), [])
+        self.assertEqual(read(spool.message_path(new.id)), read_back_content(spool, new.id))
+        self.assertTrue(read(spool.message_path(new.id)).endswith(SMALL))
+        self.assertEqual(Envelope.from_json(read(spool.path("queue", new.id + ".json"))).id, new.id)
+        spool, report = self.recovered()
+        self.assertEqual([e.id for e in report.envelopes], [new.id])
+
+    def test_linked_content_is_never_taken(self) -> None:
+        """A content file with another link (a Maildir copy) is unlinked, not kept: the mailbox owns it."""
+        spool = self.spool(spare_files=4)
+        envelope = self.commit(spool)
+        mailbox = os.path.join(self.directory, "mailbox-copy")
+        os.link(spool.message_path(envelope.id), mailbox)
+        self.remove(spool, envelope)
+        self.assertEqual(listing(spool, "tmp"), ["spare-0"])  # the envelope only
+        self.commit(spool, large_content())
+        self.assertTrue(read(mailbox).endswith(SMALL))
+
+    def test_limit(self) -> None:
+        """Past the limit removed files are unlinked."""
+        spool = self.spool(spare_files=1)
+        self.remove(spool, self.commit(spool))
+        self.assertEqual(listing(spool, "tmp"), ["spare-0"])
+
+    def test_restart_empties_tmp(self) -> None:
+        """Spares are temporary files: a restart removes them, and recovery finds only committed mail."""
+        spool = self.spool(spare_files=4)
+        self.remove(spool, self.commit(spool))
+        kept = self.commit(spool)
+        spool, report = self.recovered()
+        self.assertEqual(listing(spool, "tmp"), [])
+        self.assertEqual([e.id for e in report.envelopes], [kept.id])
+
+    def test_crash_at_every_step_of_a_reusing_commit(self) -> None:
+        """A crash at any step of a commit into spares leaves nothing, or the whole message, after recovery."""
+        reference = self.spool(ScriptedFileSystem(), spare_files=4)
+        self.remove(reference, self.commit(reference, large_content()))
+        steps = len(reference.fs.steps)
+        self.commit(reference)
+        total = len(reference.fs.steps) - steps
+        for index in range(total):
+            self.directory = os.path.abspath(self.mktemp())
+            fs = ScriptedFileSystem(fail_at=None)
+            spool = self.spool(fs, spare_files=4)
+            self.remove(spool, self.commit(spool, large_content()))
+            fs.fail_at, fs.error = len(fs.steps) + index, Crash()
+            envelope, d = start_commit(spool, SMALL, "a@example.com")
+            d.addErrback(lambda f: f.trap(Crash))
+            fs.close_all()
+            spool, report = self.recovered()
+            where = f"crash at step {index}: {fs.steps[-1]}"
+            if report.envelopes:
+                self.assertEqual([e.id for e in report.envelopes], [envelope.id], where)
+                self.assertEqual(read(spool.message_path(envelope.id)), read_back_content(spool, envelope.id), where)
+                self.assertTrue(read(spool.message_path(envelope.id)).endswith(SMALL), where)
+            else:
+                self.assertEqual(listing(spool, "queue"), [], where)
+
+
+def read_back_content(spool: Spool, queue_id: str) -> bytes:
+    """The content file as stored: our Received: header, then exactly what the client sent."""
+    return read(spool.message_path(queue_id))

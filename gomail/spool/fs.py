@@ -26,6 +26,18 @@ class FileSystem:
                 written = os.write(fd, view)
                 view = view[written:]
 
+    def open_existing(self, path: str) -> int:
+        """Open an existing file for writing from its start (nothing truncated yet: see L{trim})."""
+        return os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+
+    def trim(self, fd: int) -> None:
+        """Cut the file at the current write position (what a reused file had beyond it goes)."""
+        os.ftruncate(fd, os.lseek(fd, 0, os.SEEK_CUR))
+
+    def link_count(self, path: str) -> int:
+        """How many names the file has (a Maildir hard link is one more)."""
+        return os.stat(path).st_nlink
+
     def fsync(self, fd: int) -> None:
         """Flush a file's data and size to stable storage."""
         os.fsync(fd)

@@ -30,6 +30,7 @@ from twisted.logger import Logger
 from gomail.spool.envelope import Envelope, EnvelopeError, new_queue_id
 from gomail.spool.fs import FileSystem
 from gomail.spool.incoming import IncomingMessage
+from gomail.spool.spares import SpareFiles
 from gomail.spool.writer import ImmediateWriter
 
 RunInThread = Callable[..., Deferred]
@@ -63,7 +64,8 @@ class Spool:
     log = Logger()
 
     def __init__(self, directory: str, clock: IReactorTime, run: RunInThread,
-                 fs: FileSystem | None = None, min_free_bytes: int = 0, writer: Any = None) -> None:
+                 fs: FileSystem | None = None, min_free_bytes: int = 0, writer: Any = None,
+                 spare_files: int = 0) -> None:
         self.directory = directory
         self.clock = clock
         self.run = run
@@ -73,6 +75,10 @@ class Spool:
         #: Where removals go (default: the writer): a second writer keeps them
         #: from delaying the commits that SMTP clients wait on.
         self.removal_writer: Any = None
+        #: Up to C{spare_files} removed messages' files, reused by the next
+        #: commits (see L{gomail.spool.spares}); the server keeps some, the
+        #: one-shot C{gomail queue} command none.
+        self.spares = SpareFiles(self.path("tmp"), spare_files)
         self.queued = 0
         self._listeners: list[Callable[[Envelope], Any]] = []
         self._space_checked_at: float | None = None
@@ -109,6 +115,7 @@ class Spool:
             self.fs.unlink(probe)  # left by a crash during an earlier start: create() would refuse it
             self.fs.write_file(probe, b"probe")
             os.unlink(probe)
+            self.spares.forget()
             leftovers = os.listdir(self.path("tmp"))
             for name in leftovers:
                 self.fs.unlink(self.path("tmp", name))
@@ -217,7 +224,7 @@ class Spool:
     def append_tmp(self, queue_id: str, fd: int | None, chunks: list[bytes]) -> int:
         """(I/O pool) Append to ``tmp/<id>.eml``, creating it first if C{fd} is None; returns the descriptor."""
         if fd is None:
-            fd = self.fs.create(self.path("tmp", queue_id + ".eml"))
+            fd = self.spares.create(self.fs, self.path("tmp", queue_id + ".eml"))
             try:
                 self.fs.write(fd, chunks)
             except BaseException:
@@ -248,12 +255,14 @@ class Spool:
         """
         fs = self.fs
         if fd is None:
-            fd = fs.create(self.path("tmp", queue_id + ".eml"))
+            fd = self.spares.create(fs, self.path("tmp", queue_id + ".eml"))
         try:
             fs.write(fd, chunks)
-            envelope_fd = fs.create(self.path("tmp", queue_id + ".json"))
+            fs.trim(fd)
+            envelope_fd = self.spares.create(fs, self.path("tmp", queue_id + ".json"))
             try:
                 fs.write(envelope_fd, [envelope])
+                fs.trim(envelope_fd)
                 yield [fd, envelope_fd]
             finally:
                 fs.close(envelope_fd)
@@ -296,9 +305,10 @@ class Spool:
     def _write_envelope(self, envelope: Envelope) -> Any:
         tmp = self.path("tmp", envelope.id + ".json.new")
         try:
-            fd = self.fs.create(tmp)
+            fd = self.spares.create(self.fs, tmp)
             try:
                 self.fs.write(fd, [envelope.to_json()])
+                self.fs.trim(fd)
                 yield [fd]
             finally:
                 self.fs.close(fd)
@@ -315,8 +325,8 @@ class Spool:
 
     def _remove_files(self, queue_id: str) -> None:
         # The envelope goes first: without it the content is an uncommitted leftover.
-        self.fs.unlink(self.path("queue", queue_id + ".json"))
-        self.fs.unlink(self.path("queue", queue_id + ".eml"))
+        self.spares.retire(self.fs, self.path("queue", queue_id + ".json"))
+        self.spares.retire(self.fs, self.path("queue", queue_id + ".eml"))
 
     async def remove(self, queue_id: str, durable: bool = True) -> None:
         """
