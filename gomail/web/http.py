@@ -35,6 +35,7 @@ class LimitedRequest(Request):
 
     max_bytes = 65536
     log = Logger()
+    _refused = False
 
     def gotLength(self, length: int | None) -> None:
         if length is not None and length > self.max_bytes:
@@ -44,13 +45,25 @@ class LimitedRequest(Request):
         super().gotLength(length)
 
     def handleContentChunk(self, data: bytes) -> None:
+        if self._refused:
+            return
         self._received = getattr(self, "_received", 0) + len(data)
         if self._received > self.max_bytes:
             self._refuse()
             return
         super().handleContentChunk(data)
 
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        # The rest of a refused body can arrive in the same read (a chunked
+        # body's last chunk): the request was answered 413 and must not run.
+        if self._refused:
+            return
+        super().requestReceived(command, path, version)
+
     def _refuse(self) -> None:
+        if self._refused:
+            return
+        self._refused = True
         body = b'{"error": "request body too large"}\n'
         transport = self.channel.transport
         transport.write(b"HTTP/1.1 413 Payload Too Large\r\nContent-Type: application/json\r\n"
@@ -84,10 +97,13 @@ class LimitedSite(Site):
         pass  # no access log line per request: nginx asks once per login; gomail logs what matters
 
     def buildProtocol(self, addr: Any) -> Any:
-        channel = super().buildProtocol(addr)
+        protocol = super().buildProtocol(addr)
+        # Site.buildProtocol returns a _GenericHTTPChannelProtocol, which proxies
+        # only some attributes: the limits must be set on the HTTPChannel inside.
+        channel = getattr(protocol, "_channel", protocol)
         channel.totalHeadersSize = self.max_header_bytes
         channel.maxHeaders = 100
-        return channel
+        return protocol
 
 
 class PeerAccess:

@@ -16,7 +16,7 @@ import uuid
 from typing import Any
 
 from klein import Klein
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import generate_latest
 from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS_TYPE
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from twisted.internet.defer import Deferred
@@ -27,6 +27,10 @@ from gomail.metrics import Metrics
 from gomail.web.http import json_body
 
 CHECK_TIMEOUT = 5.0
+#: The type of what L{generate_latest} writes, as prometheus_client's own
+#: C{choose_encoder} labels it. (Its CONTENT_TYPE_LATEST says version=1.0.0
+#: since 0.22, a format a scraper asking for 0.0.4 did not ask for.)
+PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class MonitorApp:
@@ -143,7 +147,7 @@ class MonitorApp:
             request.setHeader(b"Content-Type", OPENMETRICS_TYPE.encode())
             return generate_openmetrics(self.metrics.registry)
         if wanted == "prometheus" or (not wanted and "text/plain" in accept):
-            request.setHeader(b"Content-Type", CONTENT_TYPE_LATEST.encode())
+            request.setHeader(b"Content-Type", PROMETHEUS_TYPE.encode())
             return generate_latest(self.metrics.registry)
         if wanted not in ("", "json"):
             return json_body(request, {"error": "format must be json, prometheus or openmetrics"}, 400)

@@ -1,0 +1,328 @@
+"""
+What every gomail HTTP listener shares (L{gomail.web.http}): the request
+limits of L{LimitedSite}, driven byte by byte through a real HTTPChannel over
+a StringTransport on a MemoryReactorClock, and the peer guard (L{PeerAccess},
+L{Guarded}) through treq's StubTreq.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.internet.address import IPv4Address, UNIXAddress
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.resource import Resource
+from twisted.web.test.requesthelper import DummyRequest
+
+from gomail.web.http import Guarded, LimitedSite, PeerAccess, json_body
+from tests.webtesting import Browser
+
+URL = "http://gomail.test"
+TIMEOUT = 30
+PEER = IPv4Address("TCP", "127.0.0.1", 40000)
+
+
+class Recorder(Resource):
+    """A leaf that answers with the size of the body it got, and remembers every request."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[bytes, int]] = []
+
+    def render(self, request: Any) -> bytes:
+        size = len(request.content.read())
+        self.seen.append((request.method, size))
+        return json_body(request, {"received": size})
+
+
+def status_line(data: bytes) -> bytes:
+    """The first line of what the server wrote."""
+    return data.split(b"\r\n", 1)[0]
+
+
+class LimitedSiteTestCase(SynchronousTestCase):
+    """A LimitedSite over a L{Recorder}, and connections to it over StringTransports."""
+
+    max_request_bytes = 4096
+
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.recorder = Recorder()
+        self.site = LimitedSite(self.recorder, self.reactor, self.max_request_bytes, TIMEOUT)
+
+    def connect(self) -> tuple[Any, StringTransport]:
+        protocol = self.site.buildProtocol(PEER)
+        transport = StringTransport(peerAddress=PEER)
+        protocol.makeConnection(transport)
+        return protocol, transport
+
+    def exchange(self, data: bytes) -> tuple[bytes, StringTransport]:
+        """Send C{data} in one read on a new connection; return what came back and the transport."""
+        protocol, transport = self.connect()
+        protocol.dataReceived(data)
+        return transport.value(), transport
+
+
+def post(body: bytes, *headers: bytes) -> bytes:
+    return (b"POST /x HTTP/1.1\r\nHost: gomail.test\r\nContent-Length: %d\r\n" % len(body)
+            + b"".join(h + b"\r\n" for h in headers) + b"\r\n" + body)
+
+
+def get(*headers: bytes) -> bytes:
+    return b"GET /x HTTP/1.1\r\nHost: gomail.test\r\n" + b"".join(h + b"\r\n" for h in headers) + b"\r\n"
+
+
+def chunked(*chunks: bytes) -> bytes:
+    body = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks) + b"0\r\n\r\n"
+    return b"POST /x HTTP/1.1\r\nHost: gomail.test\r\nTransfer-Encoding: chunked\r\n\r\n" + body
+
+
+class BodyLimitTests(LimitedSiteTestCase):
+    """maxRequestBytes: bodies beyond it get 413 and are never handed to the resource."""
+
+    def test_body_within_the_limit_is_served(self) -> None:
+        """A body of exactly maxRequestBytes reaches the resource whole."""
+        data, transport = self.exchange(post(b"x" * self.max_request_bytes))
+        self.assertEqual(status_line(data), b"HTTP/1.1 200 OK")
+        self.assertEqual(self.recorder.seen, [(b"POST", self.max_request_bytes)])
+        self.assertFalse(transport.disconnecting)
+
+    def test_declared_length_over_the_limit(self) -> None:
+        """A Content-Length one byte over the limit is answered 413 JSON at once and the connection closed."""
+        protocol, transport = self.connect()
+        protocol.dataReceived(b"POST /x HTTP/1.1\r\nHost: gomail.test\r\n"
+                              b"Content-Length: %d\r\n\r\n" % (self.max_request_bytes + 1))
+        head, _, body = transport.value().partition(b"\r\n\r\n")
+        self.assertEqual(status_line(head), b"HTTP/1.1 413 Payload Too Large")
+        self.assertIn(b"Content-Type: application/json", head)
+        self.assertIn(b"Connection: close", head)
+        self.assertEqual(json.loads(body), {"error": "request body too large"})
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(self.recorder.seen, [])
+
+    def test_rest_of_a_refused_body_is_ignored(self) -> None:
+        """Body bytes arriving after the 413 neither raise nor run the request."""
+        protocol, transport = self.connect()
+        size = self.max_request_bytes + 100
+        protocol.dataReceived(b"POST /x HTTP/1.1\r\nHost: gomail.test\r\nContent-Length: %d\r\n\r\n" % size)
+        answered = transport.value()
+        protocol.dataReceived(b"x" * 10)
+        protocol.dataReceived(b"x" * (size - 10))
+        self.assertEqual(transport.value(), answered)
+        self.assertEqual(self.recorder.seen, [])
+
+    def test_chunked_body_over_the_limit_in_one_read(self) -> None:
+        """
+        A chunked body that passes the limit is refused with 413, and the request
+        is not processed even when its last chunk comes in the same read (it
+        used to run with the body cut at the limit).
+        """
+        data, transport = self.exchange(chunked(b"x" * self.max_request_bytes, b"y" * 16))
+        self.assertEqual(status_line(data), b"HTTP/1.1 413 Payload Too Large")
+        self.assertEqual(data.count(b"HTTP/1.1"), 1)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(self.recorder.seen, [])
+
+    def test_chunked_body_within_the_limit(self) -> None:
+        """A chunked body that stays within the limit is served whole."""
+        data, _ = self.exchange(chunked(b"x" * 1000, b"y" * 1000))
+        self.assertEqual(status_line(data), b"HTTP/1.1 200 OK")
+        self.assertEqual(self.recorder.seen, [(b"POST", 2000)])
+
+
+class HeaderLimitTests(LimitedSiteTestCase):
+    """The header limits apply to the real HTTPChannel: too many or too large headers get 400."""
+
+    def test_limits_are_set_on_the_inner_channel(self) -> None:
+        """
+        buildProtocol gives a wrapper around the HTTPChannel; the header limits
+        are on the channel that parses (setting them on the wrapper did nothing).
+        """
+        protocol, _ = self.connect()
+        channel = protocol._channel
+        self.assertEqual((channel.totalHeadersSize, channel.maxHeaders), (self.max_request_bytes, 100))
+
+    def test_header_bytes_capped_at_16k(self) -> None:
+        """With a large maxRequestBytes the header block is still limited to 16 KiB."""
+        site = LimitedSite(self.recorder, self.reactor, 1048576, TIMEOUT)
+        self.assertEqual(site.buildProtocol(PEER)._channel.totalHeadersSize, 16384)
+
+    def test_hundred_headers_pass(self) -> None:
+        """A request with 100 header lines (Host included) is served."""
+        data, _ = self.exchange(get(*[b"X-H%d: v" % i for i in range(99)]))
+        self.assertEqual(status_line(data), b"HTTP/1.1 200 OK")
+
+    def test_too_many_headers(self) -> None:
+        """The 101st header line gets 400 and a closed connection; the resource never runs."""
+        data, transport = self.exchange(get(*[b"X-H%d: v" % i for i in range(100)]))
+        self.assertEqual(status_line(data), b"HTTP/1.1 400 Bad Request")
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(self.recorder.seen, [])
+
+    def test_headers_within_the_size_limit_pass(self) -> None:
+        """A 3000-byte header fits a 4096-byte header limit."""
+        data, _ = self.exchange(get(b"X-Big: " + b"a" * 3000))
+        self.assertEqual(status_line(data), b"HTTP/1.1 200 OK")
+
+    def test_too_large_headers(self) -> None:
+        """A header block beyond the limit (below Twisted's own 16 KiB default) gets 400."""
+        data, transport = self.exchange(get(b"X-Big: " + b"a" * 5000))
+        self.assertEqual(status_line(data), b"HTTP/1.1 400 Bad Request")
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(self.recorder.seen, [])
+
+
+class TimeoutTests(LimitedSiteTestCase):
+    """requestTimeout: a connection that sends nothing for that long is closed (on the reactor's clock)."""
+
+    def test_idle_connection_is_closed(self) -> None:
+        """A connection that never sends a byte is closed exactly requestTimeout seconds after it opened."""
+        _, transport = self.connect()
+        self.reactor.advance(TIMEOUT - 0.1)
+        self.assertFalse(transport.disconnecting)
+        self.reactor.advance(0.1)
+        self.assertTrue(transport.disconnecting)
+
+    def test_stalled_request_is_closed(self) -> None:
+        """A client that stops in the middle of its headers is cut off after requestTimeout."""
+        protocol, transport = self.connect()
+        self.reactor.advance(10)
+        protocol.dataReceived(b"GET /x HTTP/1.1\r\nHost: gom")
+        self.reactor.advance(TIMEOUT - 0.1)
+        self.assertFalse(transport.disconnecting)
+        self.reactor.advance(0.1)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(self.recorder.seen, [])
+
+    def test_idle_after_a_response(self) -> None:
+        """A kept-alive connection idle after its answer is closed requestTimeout later."""
+        protocol, transport = self.connect()
+        protocol.dataReceived(get())
+        self.assertEqual(status_line(transport.value()), b"HTTP/1.1 200 OK")
+        self.reactor.advance(TIMEOUT - 0.1)
+        self.assertFalse(transport.disconnecting)
+        self.reactor.advance(0.1)
+        self.assertTrue(transport.disconnecting)
+
+
+class Tree(Resource):
+    """A small tree: C{/} and C{/child} answer JSON naming themselves."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rendered: list[bytes] = []
+        child = Resource()
+        child.isLeaf = True
+        child.render = lambda request: self._answer(request, b"child")
+        self.putChild(b"child", child)
+
+    def render(self, request: Any) -> bytes:
+        return self._answer(request, b"root")
+
+    def _answer(self, request: Any, name: bytes) -> bytes:
+        self.rendered.append(name)
+        return json_body(request, {"at": name.decode()})
+
+
+class GuardedTests(SynchronousTestCase):
+    """Guarded + PeerAccess: who may use a listener, judged by the socket peer only."""
+
+    def browse(self, peer: str | None, access: PeerAccess | None = None) -> tuple[Browser, Tree]:
+        tree = Tree()
+        return Browser(Guarded(tree, access or PeerAccess()), peer), tree
+
+    def assertForbidden(self, answer: Any) -> None:
+        self.assertEqual(answer.code, 403)
+        self.assertEqual(answer.header("Content-Type"), "application/json")
+        self.assertEqual(json.loads(answer.body), {"error": "forbidden"})
+
+    def test_loopback_is_allowed(self) -> None:
+        """With no allowFrom, 127.0.0.1, another 127/8 address, ::1 and IPv4-mapped loopback are served."""
+        for peer in (None, "127.0.0.2", "::1", "::ffff:127.0.0.1"):
+            browser, tree = self.browse(peer)
+            answer = browser.get(URL + "/child")
+            self.assertEqual((peer, answer.code, json.loads(answer.body)), (peer, 200, {"at": "child"}))
+
+    def test_remote_peer_is_refused(self) -> None:
+        """A non-loopback peer gets 403 JSON, at the root and below it, and nothing is rendered."""
+        browser, tree = self.browse("203.0.113.9")
+        self.assertForbidden(browser.get(URL + "/child"))
+        self.assertForbidden(browser.get(URL + "/"))
+        self.assertForbidden(browser.post(URL + "/child", data=b"x"))
+        self.assertEqual(tree.rendered, [])
+
+    def test_allow_from_cidr(self) -> None:
+        """allowFrom admits peers in its networks (IPv4 and IPv6) and refuses others."""
+        access = PeerAccess(["203.0.113.0/24", "2001:db8::/32"])
+        for peer, code in (("203.0.113.9", 200), ("2001:db8::7", 200), ("203.0.114.1", 403),
+                           ("198.51.100.1", 403)):
+            browser, _ = self.browse(peer, access)
+            self.assertEqual((peer, browser.get(URL + "/child").code), (peer, code))
+
+    def test_allow_from_replaces_loopback(self) -> None:
+        """As documented, a non-empty allowFrom is the whole list: loopback must be named to stay allowed."""
+        browser, _ = self.browse("127.0.0.1", PeerAccess(["10.0.0.0/8"]))
+        self.assertForbidden(browser.get(URL + "/child"))
+        browser, _ = self.browse("127.0.0.1", PeerAccess(["10.0.0.0/8", "127.0.0.0/8"]))
+        self.assertEqual(browser.get(URL + "/child").code, 200)
+
+    def test_bearer_token_admits_a_remote_peer(self) -> None:
+        """With a bearer token configured, a remote peer presenting it is served (scheme in any case)."""
+        access = PeerAccess(bearer_token="s3cret-token")
+        for header in ("Bearer s3cret-token", "bearer s3cret-token"):
+            browser, tree = self.browse("203.0.113.9", access)
+            answer = browser.get(URL + "/child", headers={"Authorization": header})
+            self.assertEqual(answer.code, 200)
+            self.assertEqual(tree.rendered, [b"child"])
+
+    def test_wrong_token_is_refused(self) -> None:
+        """A wrong, truncated, missing token or another scheme is refused 403."""
+        access = PeerAccess(bearer_token="s3cret-token")
+        for headers in ({"Authorization": "Bearer wrong"}, {"Authorization": "Bearer s3cret"},
+                        {"Authorization": "Basic s3cret-token"}, {"Authorization": "s3cret-token"}, None):
+            browser, tree = self.browse("203.0.113.9", access)
+            self.assertForbidden(browser.get(URL + "/child", headers=headers))
+            self.assertEqual(tree.rendered, [])
+
+    def test_no_token_configured_admits_no_bearer(self) -> None:
+        """Without a configured token, an empty bearer value does not open the door."""
+        browser, _ = self.browse("203.0.113.9")
+        self.assertForbidden(browser.get(URL + "/child", headers={"Authorization": "Bearer "}))
+        self.assertForbidden(browser.get(URL + "/child", headers={"Authorization": "Bearer"}))
+
+    def test_forwarded_headers_are_never_trusted(self) -> None:
+        """X-Forwarded-For, X-Real-IP and Forwarded naming loopback do not admit a remote peer."""
+        browser, tree = self.browse("203.0.113.9")
+        answer = browser.get(URL + "/child", headers={"X-Forwarded-For": "127.0.0.1", "X-Real-IP": "127.0.0.1",
+                                                       "Forwarded": "for=127.0.0.1"})
+        self.assertForbidden(answer)
+        self.assertEqual(tree.rendered, [])
+        self.assertEqual({p.host for p in browser.peers_seen()}, {"203.0.113.9"})
+
+    def test_forwarded_for_does_not_refuse_a_local_peer(self) -> None:
+        """Nor does X-Forwarded-For naming a remote address shut out a loopback peer."""
+        browser, _ = self.browse(None)
+        self.assertEqual(browser.get(URL + "/child", headers={"X-Forwarded-For": "203.0.113.9"}).code, 200)
+
+    def test_unix_socket_peer_is_allowed(self) -> None:
+        """A peer on a UNIX socket (only local users can connect) is allowed, even with allowFrom set."""
+        request = DummyRequest([b""])
+        request.getClientAddress = lambda: UNIXAddress(b"/run/gomail/monitor.sock")
+        self.assertTrue(PeerAccess(["10.0.0.0/8"]).allows(request))
+
+
+class JsonBodyTests(SynchronousTestCase):
+    """json_body: the one way HTTP answers are written."""
+
+    def test_sets_status_type_and_cache(self) -> None:
+        """It sets the code, a JSON content type and no-store, and returns sorted JSON with a newline."""
+        request = DummyRequest([b""])
+        body = json_body(request, {"b": 1, "a": [True, None]}, 418)
+        self.assertEqual(body, b'{"a": [true, null], "b": 1}\n')
+        self.assertEqual(request.responseCode, 418)
+        self.assertEqual(request.responseHeaders.getRawHeaders(b"content-type"), [b"application/json"])
+        self.assertEqual(request.responseHeaders.getRawHeaders(b"cache-control"), [b"no-store"])
