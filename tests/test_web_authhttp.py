@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-from dataclasses import astuple
 from types import SimpleNamespace
 from urllib.parse import quote
 
@@ -557,7 +556,7 @@ class AuditTests(AuthHTTPMixin, SynchronousTestCase):
         self.ask("alice", "zqx-wrong")
         self.assertEqual(len(self.audit.buffer), 4)
         for entry in self.audit.buffer:
-            for field in astuple(entry):
+            for field in entry:
                 if isinstance(field, str):
                     for secret in ("s3cret", "zqx-wrong", "pass" + code, code):
                         self.assertNotIn(secret, field)
