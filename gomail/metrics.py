@@ -38,12 +38,19 @@ class Metrics:
         self.auth_latency = Histogram(
             "gomail_auth_check_seconds", "Time to answer one authentication attempt",
             ["protocol"], buckets=AUTH_BUCKETS, registry=self.registry)
+        self._auth_children: dict[str, Any] = {}
         if delivery is not None:
             delivery.stats.attempt_observers.append(self.delivery_latency.observe)
         if auth is not None:
-            auth.stats.observers.append(
-                lambda protocol, result, reason, seconds: self.auth_latency.labels(protocol).observe(seconds))
+            auth.stats.observers.append(self._observe_auth)
         self.registry.register(_Collector(self))
+
+    def _observe_auth(self, protocol: str, result: str, reason: str, seconds: float) -> None:
+        # labels() takes a lock and builds a key at every call: keep each protocol's child
+        child = self._auth_children.get(protocol)
+        if child is None:
+            child = self._auth_children[protocol] = self.auth_latency.labels(protocol)
+        child.observe(seconds)
 
     # -- the Go relay's JSON ------------------------------------------------------
 

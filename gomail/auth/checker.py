@@ -22,6 +22,7 @@ with L{TemporaryAuthError}; nothing here turns an error into a success.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import time
@@ -294,7 +295,9 @@ class Authenticator:
             self.log.error("state store unavailable: {error}", error=str(e))
             raise TemporaryAuthError("state store unavailable") from e
 
-    def _key(self, kind: str, subject: str) -> str:
+    @staticmethod
+    @functools.lru_cache(maxsize=8192)  # the same users and client IPs at every login
+    def _key(kind: str, subject: str) -> str:
         # Subjects are hashed: keys never hold user names or addresses in clear.
         return f"auth:{kind}:{hashlib.sha256(subject.encode()).hexdigest()[:32]}"
 
