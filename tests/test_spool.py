@@ -12,10 +12,11 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from gomail.spool.envelope import (DELIVERED, FORMAT_VERSION, PENDING, Envelope, EnvelopeError,
                                    Recipient, new_queue_id)
+from gomail.spool.fs import FileSystem
 from gomail.spool.incoming import IncomingMessage
 from gomail.spool.service import SpoolService
 from gomail.spool.store import SUBDIRECTORIES, Spool, SpoolError
@@ -721,3 +722,30 @@ class SpareFilesTests(SpoolTestCase):
 def read_back_content(spool: Spool, queue_id: str) -> bytes:
     """The content file as stored: our Received: header, then exactly what the client sent."""
     return read(spool.message_path(queue_id))
+
+
+class SpreadSubdirectoriesTests(SynchronousTestCase):
+    """FileSystem.spread_subdirectories: ext4's top-directory flag, best effort."""
+
+    def test_new_spool_directory_is_marked(self) -> None:
+        """prepare() marks a new spool directory as a top directory where the file system supports it."""
+        directory = os.path.abspath(self.mktemp())
+        make_spool(directory)
+        import array
+        import fcntl
+
+        from gomail.spool.fs import FS_IOC_GETFLAGS, FS_TOPDIR_FL
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            flags = array.array("i", [0])
+            try:
+                fcntl.ioctl(fd, FS_IOC_GETFLAGS, flags, True)
+            except OSError:
+                raise SkipTest("this file system has no inode flags")
+        finally:
+            os.close(fd)
+        self.assertTrue(flags[0] & FS_TOPDIR_FL)
+
+    def test_unsupported_is_harmless(self) -> None:
+        """A path that cannot be opened (or a file system without flags) answers False and raises nothing."""
+        self.assertFalse(FileSystem().spread_subdirectories(os.path.abspath(self.mktemp())))

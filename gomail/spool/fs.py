@@ -8,7 +8,14 @@ All of these block: call them only from the spool's I/O thread pool.
 
 from __future__ import annotations
 
+import array
+import fcntl
 import os
+
+# linux/fs.h: the inode flags ioctl, and the Orlov allocator's "top of a directory hierarchy" flag
+FS_IOC_GETFLAGS = 0x80086601
+FS_IOC_SETFLAGS = 0x40086602
+FS_TOPDIR_FL = 0x00020000
 
 
 class FileSystem:
@@ -57,6 +64,31 @@ class FileSystem:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def spread_subdirectories(self, path: str) -> bool:
+        """
+        Ask the file system to place new subdirectories of C{path} where there
+        is room (ext4's C{chattr +T}: the Orlov allocator treats C{path} as a
+        top directory). Files are allocated near their directory, and on a
+        crowded part of a disk creating one cost up to 600 us of CPU against
+        30 us elsewhere (bench/README.md). Best effort: returns whether the
+        flag is set; file systems without it are left alone.
+        """
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            return False
+        try:
+            flags = array.array("i", [0])
+            fcntl.ioctl(fd, FS_IOC_GETFLAGS, flags, True)
+            if not flags[0] & FS_TOPDIR_FL:
+                flags[0] |= FS_TOPDIR_FL
+                fcntl.ioctl(fd, FS_IOC_SETFLAGS, flags, True)
+            return True
+        except OSError:
+            return False
         finally:
             os.close(fd)
 

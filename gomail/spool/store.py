@@ -109,6 +109,8 @@ class Spool:
         @raise SpoolError: with a one-line explanation.
         """
         try:
+            os.makedirs(self.directory, mode=0o700, exist_ok=True)
+            self.fs.spread_subdirectories(self.directory)  # before tmp/ exists: it decides where tmp/ goes
             for name in SUBDIRECTORIES:
                 os.makedirs(self.path(name), mode=0o700, exist_ok=True)
             probe = self.path("tmp", ".write-probe")
