@@ -201,7 +201,7 @@ class AuthSettings:
     database: str = setting("")
     secretFile: str = setting("")
     bcryptRounds: int = setting(10, check=between(4, 16))
-    cpuThreads: int = setting(2, check=between(1, 64))
+    cpuThreads: int = setting(0, check=between(0, 64))  # 0: one fewer than the CPU cores, at least 1
     maxFailAttempts: int = setting(5, check=between(1))
     maxFailAttemptsPerIP: int = setting(20, check=between(1))
     failTTL: int = setting(60, check=between(1))

@@ -79,3 +79,19 @@ class BuildServiceTests(SynchronousTestCase):
         failure = self.failureResultOf(listener.startService(), ListenError)
         self.assertIn("tcp:2525:interface=127.0.0.1", str(failure.value))
         self.assertIn("Address already in use", str(failure.value))
+
+
+class BcryptThreadsTests(SynchronousTestCase):
+    """The size of the bcrypt pool (auth.cpuThreads)."""
+
+    def test_configured_wins(self) -> None:
+        """A configured size is used as it is."""
+        from gomail.auth.service import bcrypt_threads
+
+        self.assertEqual(bcrypt_threads(3, 2), 3)
+
+    def test_automatic_leaves_the_event_loop_a_core(self) -> None:
+        """0 means one fewer than the cores, and never fewer than one thread."""
+        from gomail.auth.service import bcrypt_threads
+
+        self.assertEqual([bcrypt_threads(0, cores) for cores in (None, 1, 2, 8)], [1, 1, 1, 7])

