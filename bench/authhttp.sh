@@ -63,8 +63,8 @@ USER_NAME=alice@example.org
 USER_PASS=bench-pass-1
 SECRET=bench-shared-secret
 
-log() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*"; }
-die() { log "ERROR: $*" >&2; exit 1; }
+# shellcheck source=bench/common.sh
+. "$BENCH/common.sh"   # log, die, stop_pid
 
 [[ -x $TWISTD && -x $PY ]] || die "$TWISTD not found: run ./dev.sh test (or ./dev.sh run) once to create .venv"
 command -v wrk >/dev/null || die "wrk is not installed (Debian: apt-get install wrk)"
@@ -84,21 +84,6 @@ mkdir -p "$LOGS"
 WORK=$(mktemp -d /tmp/gomail-authhttp.XXXXXX)
 mkdir -p "$WORK/runs"
 GOMAIL_PID="" PEER_PID="" RUN_PID="" SPY_PID=""
-
-stop_pid() {  # stop_pid PID SECONDS: TERM, bounded wait, then KILL
-    local pid=$1 tenths=$(($2 * 10)) i
-    [[ -n $pid ]] || return 0
-    kill -TERM "$pid" 2>/dev/null || return 0
-    for ((i = 0; i < tenths; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-        log "process $pid did not stop in $2 s: killing it"
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
-}
 
 cleanup() {
     local rc=$?

@@ -68,8 +68,8 @@ export PATH="$PATH:/usr/sbin:/sbin"
 RCPT=bob@example.com
 SENDER=alice@example.org
 
-log() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*"; }
-die() { log "ERROR: $*" >&2; exit 1; }
+# shellcheck source=bench/common.sh
+. "$BENCH/common.sh"   # log, die, stop_pid
 
 # -- tools ------------------------------------------------------------------------
 [[ -x $TWISTD ]] || die "$TWISTD not found: run ./dev.sh test (or ./dev.sh run) once to create .venv"
@@ -105,21 +105,6 @@ chmod 755 "$WORK"                    # Postfix daemons (user postfix) must reach
 mkdir -p "$WORK/runs"
 
 GOMAIL_PID="" SINK_PID="" SINK_PORT="" LOAD_PID="" DRAIN_PID="" PF_CONF="" PF_QUEUE=""
-
-stop_pid() {  # stop_pid PID SECONDS: TERM, bounded wait, then KILL
-    local pid=$1 tenths=$(($2 * 10)) i
-    [[ -n $pid ]] || return 0
-    kill -TERM "$pid" 2>/dev/null || return 0
-    for ((i = 0; i < tenths; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-        log "process $pid did not stop in $2 s: killing it"
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
-}
 
 stop_postfix() {
     [[ -n $PF_CONF ]] || return 0

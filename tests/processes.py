@@ -10,12 +10,21 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import sys
 from typing import Any, Callable
 
 from twisted.internet import defer, protocol, task
 
 TWISTD = [sys.executable, "-c", "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"]
+
+
+def client_tls() -> ssl.SSLContext:
+    """A client TLS context for the test servers, whose certificates are self-signed."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 def free_port() -> int:

@@ -22,7 +22,6 @@ import email
 import json
 import os
 import smtplib
-import ssl
 import time
 
 import pyotp
@@ -33,7 +32,7 @@ from twisted.trial.unittest import TestCase
 
 from gomail.auth import passwords, userdb
 from gomail.settings import Config
-from tests.processes import TWISTD, ServerProcess, free_port, poll, spawn
+from tests.processes import TWISTD, ServerProcess, client_tls, free_port, poll, spawn
 from tests.redisserver import RedisServer, start_redis
 
 CONFIG = """
@@ -74,13 +73,6 @@ MESSAGE = (b"From: alice@example.org\r\nTo: bob@example.com\r\nSubject: sent whi
            b"Still authenticated.\r\n")
 
 
-def _client_tls() -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE  # the server's certificate is self-signed
-    return context
-
-
 def _plain(name: str, password: str) -> str:
     return base64.b64encode(f"\0{name}\0{password}".encode()).decode("ascii")
 
@@ -88,11 +80,11 @@ def _plain(name: str, password: str) -> str:
 def connect(port: int, implicit_tls: bool) -> smtplib.SMTP:
     """An smtplib client inside TLS (STARTTLS, or an implicit-TLS port), after EHLO. Blocking."""
     if implicit_tls:
-        client: smtplib.SMTP = smtplib.SMTP_SSL("127.0.0.1", port, timeout=20, context=_client_tls())
+        client: smtplib.SMTP = smtplib.SMTP_SSL("127.0.0.1", port, timeout=20, context=client_tls())
     else:
         client = smtplib.SMTP("127.0.0.1", port, timeout=20)
         client.ehlo("client.test")
-        client.starttls(context=_client_tls())
+        client.starttls(context=client_tls())
     client.ehlo("client.test")
     return client
 

@@ -9,7 +9,6 @@ import email
 import json
 import os
 import smtplib
-import ssl
 import subprocess
 import sys
 
@@ -19,7 +18,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from gomail.spool.envelope import FAILED, Envelope, Recipient
-from tests.processes import TWISTD, free_port, poll, spawn
+from tests.processes import TWISTD, client_tls, free_port, poll, spawn
 
 CONFIG = """
 smtpHost = "127.0.0.1"
@@ -44,26 +43,19 @@ MESSAGE = (
 )
 
 
-def _client_tls() -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE  # the server's certificate is self-signed
-    return context
-
-
 def send_plain(port: int, starttls: bool) -> dict:
     """Send MESSAGE with smtplib; returns the refused recipients (empty on success)."""
     with smtplib.SMTP("127.0.0.1", port, timeout=20) as client:
         client.ehlo("client.test")
         if starttls:
-            client.starttls(context=_client_tls())
+            client.starttls(context=client_tls())
             client.ehlo("client.test")
         return client.sendmail("alice@example.org", ["bob@example.com"], MESSAGE)
 
 
 def send_implicit_tls(port: int) -> dict:
     """Send MESSAGE over an implicit-TLS (port 465 style) connection."""
-    with smtplib.SMTP_SSL("127.0.0.1", port, timeout=20, context=_client_tls()) as client:
+    with smtplib.SMTP_SSL("127.0.0.1", port, timeout=20, context=client_tls()) as client:
         client.ehlo("client.test")
         return client.sendmail("alice@example.org", ["bob@example.com"], MESSAGE)
 
