@@ -31,6 +31,7 @@ from twisted.python.failure import Failure
 
 from gomail.delivery.failed import FailedStore, decode_content
 from gomail.spool.envelope import DELIVERED, Envelope, EnvelopeError
+from gomail.spool.fs import read_queued
 from gomail.spool.store import Spool
 from gomail.spool.writer import ImmediateWriter
 
@@ -146,8 +147,8 @@ def in_failed(failed: FailedStore, queue_id: str) -> bool:
 
 
 def _read(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
+    # The server may remove (and reuse the file of) a message while we read it.
+    return read_queued(path)
 
 
 def _queued_entry(spool: Spool, queue_id: str) -> Entry:

@@ -81,6 +81,10 @@ class ScriptedFileSystem(FileSystem):
         self._step("trim")
         super().trim(fd)
 
+    def empty(self, path: str) -> None:
+        self._step(f"empty {self._name(path)}")
+        super().empty(path)
+
     def link_count(self, path: str) -> int:
         self._step(f"link_count {self._name(path)}")
         return super().link_count(path)

@@ -16,7 +16,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from gomail.spool.envelope import (DELIVERED, FORMAT_VERSION, PENDING, Envelope, EnvelopeError,
                                    Recipient, new_queue_id)
-from gomail.spool.fs import FileSystem
+from gomail.spool.fs import FileSystem, read_queued
 from gomail.spool.incoming import IncomingMessage
 from gomail.spool.service import SpoolService
 from gomail.spool.store import SUBDIRECTORIES, Spool, SpoolError
@@ -679,10 +679,35 @@ class SpareFilesTests(SpoolTestCase):
         self.assertTrue(read(mailbox).endswith(SMALL))
 
     def test_limit(self) -> None:
-        """Past the limit removed files are unlinked."""
+        """Once the spares reach the limit, removed files are unlinked."""
         spool = self.spool(spare_files=1)
-        self.remove(spool, self.commit(spool))
-        self.assertEqual(listing(spool, "tmp"), ["spare-0"])
+        first, second = self.commit(spool), self.commit(spool)
+        self.remove(spool, first)
+        self.remove(spool, second)
+        self.assertEqual(listing(spool, "tmp"), ["spare-0", "spare-1"])  # both of the first message's
+        self.assertEqual(listing(spool, "queue"), [])
+
+    def test_spares_are_emptied_and_offered_after_the_removal_is_durable(self) -> None:
+        """A retired file is cut to nothing, and offered only after queue/ was fsynced, even for a non-durable removal."""
+        fs = ScriptedFileSystem()
+        spool = self.spool(fs, spare_files=4)
+        envelope = self.commit(spool, MEDIUM)
+        start = len(fs.steps)
+        self.successResultOf(Deferred.fromCoroutine(spool.remove(envelope.id, durable=False)))
+        steps = fs.steps[start:]
+        self.assertEqual(steps[-1], "fsync_directory queue", steps)
+        self.assertEqual([os.path.getsize(spool.path("tmp", name)) for name in listing(spool, "tmp")], [0, 0])
+        self.assertEqual(len(spool.spares), 2)
+
+    def test_failed_removal_offers_nothing(self) -> None:
+        """When the removal's directory fsync fails, its files are not offered for reuse."""
+        fs = ScriptedFileSystem()
+        spool = self.spool(fs, spare_files=4)
+        envelope = self.commit(spool)
+        fs.fail_at, fs.error = len(fs.steps) + 6, OSError(errno.EIO, "Input/output error")  # the fsync of queue/
+        self.failureResultOf(Deferred.fromCoroutine(spool.remove(envelope.id)), OSError)
+        self.assertEqual(fs.steps[-1], "fsync_directory queue")
+        self.assertEqual(len(spool.spares), 0)
 
     def test_restart_empties_tmp(self) -> None:
         """Spares are temporary files: a restart removes them, and recovery finds only committed mail."""
@@ -749,3 +774,31 @@ class SpreadSubdirectoriesTests(SynchronousTestCase):
     def test_unsupported_is_harmless(self) -> None:
         """A path that cannot be opened (or a file system without flags) answers False and raises nothing."""
         self.assertFalse(FileSystem().spread_subdirectories(os.path.abspath(self.mktemp())))
+
+
+class ReadQueuedTests(SynchronousTestCase):
+    """gomail.spool.fs.read_queued: a read that counts only if the file is still the one named."""
+
+    def test_reads_a_file(self) -> None:
+        """A file that stays in place is read whole."""
+        path = os.path.abspath(self.mktemp())
+        with open(path, "wb") as f:
+            f.write(b"envelope")
+        self.assertEqual(read_queued(path), b"envelope")
+
+    def test_replaced_while_read(self) -> None:
+        """When the name leads to another inode after the read, the read is refused as a removal."""
+        path = os.path.abspath(self.mktemp())
+        other = path + ".other"
+        for name in (path, other):
+            with open(name, "wb") as f:
+                f.write(name.encode())
+        real_stat = os.stat
+
+        def stat_after_a_swap(name: Any, *args: Any, **kwargs: Any) -> Any:
+            if name == path:
+                os.replace(other, path)  # the server retired it and another file took the name
+            return real_stat(name, *args, **kwargs)
+
+        self.patch(os, "stat", stat_after_a_swap)
+        self.assertRaises(FileNotFoundError, read_queued, path)

@@ -18,6 +18,21 @@ FS_IOC_SETFLAGS = 0x40086602
 FS_TOPDIR_FL = 0x00020000
 
 
+def read_queued(path: str) -> bytes:
+    """
+    The whole of a queued file, or FileNotFoundError when it was removed
+    meanwhile. A removed file's inode may be reused for another message (see
+    L{gomail.spool.spares}), so a read counts only if the name still leads to
+    the inode that was read once the read is done. For readers running beside
+    the server (a rescan, the C{gomail queue} command).
+    """
+    with open(path, "rb") as f:
+        data = f.read()
+        if os.fstat(f.fileno()).st_ino != os.stat(path).st_ino:
+            raise FileNotFoundError(2, "removed while being read", path)
+    return data
+
+
 class FileSystem:
     """Thin wrappers over the os calls a spool uses."""
 
@@ -40,6 +55,10 @@ class FileSystem:
     def trim(self, fd: int) -> None:
         """Cut the file at the current write position (what a reused file had beyond it goes)."""
         os.ftruncate(fd, os.lseek(fd, 0, os.SEEK_CUR))
+
+    def empty(self, path: str) -> None:
+        """Cut a file to nothing (its blocks are freed; the inode stays)."""
+        os.truncate(path, 0)
 
     def link_count(self, path: str) -> int:
         """How many names the file has (a Maildir hard link is one more)."""

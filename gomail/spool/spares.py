@@ -14,7 +14,11 @@ durability changes: the file is still written, trimmed and fsynced in
 is emptied at start.
 
 A file with other links (a local delivery hard-linked it into a Maildir) is
-never taken: it belongs to the mailbox now.
+never taken: it belongs to the mailbox now. A retired file is emptied at
+once (the delivered mail does not linger, and spares hold no disk space), and
+it becomes available only once its removal from ``queue/`` is on disk: were
+it reused earlier, a crash could bring back the old queue entry holding the
+new message's bytes.
 """
 
 from __future__ import annotations
@@ -56,20 +60,30 @@ class SpareFiles:
                 return fs.open_existing(path)
         return fs.create(path)
 
-    def retire(self, fs: FileSystem, path: str) -> None:
-        """Remove C{path} from where it is: kept as a spare when there is room and nothing else links it."""
+    def retire(self, fs: FileSystem, path: str) -> str | None:
+        """
+        Remove C{path} from where it is: emptied and renamed into C{tmp/} when
+        there is room and nothing else links it, else unlinked. Returns the
+        spare's path, to be L{publish}ed once the removal is durable.
+        """
         with self._lock:
             number = next(self._numbers) if len(self._names) < self.limit else None
         try:
             if number is None or fs.link_count(path) != 1:
                 fs.unlink(path)
-                return
+                return None
+            fs.empty(path)
             spare = os.path.join(self.directory, f"spare-{number}")
             fs.rename(path, spare)
         except FileNotFoundError:
-            return  # already gone: removal is idempotent
+            return None  # already gone: removal is idempotent
+        return spare
+
+    def publish(self, spares: list[str]) -> None:
+        """Offer C{spares} (from L{retire}) to new commits: call only once their removals are on disk."""
         with self._lock:
-            self._names.append(spare)
+            # The limit is checked at retire time, so removals in flight together may pass it by a few.
+            self._names.extend(spares)
 
     def forget(self) -> None:
         """Drop every spare from the list (C{tmp/} is being emptied)."""

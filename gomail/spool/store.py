@@ -28,7 +28,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from gomail.spool.envelope import Envelope, EnvelopeError, new_queue_id
-from gomail.spool.fs import FileSystem
+from gomail.spool.fs import FileSystem, read_queued
 from gomail.spool.incoming import IncomingMessage
 from gomail.spool.spares import SpareFiles
 from gomail.spool.writer import ImmediateWriter
@@ -143,8 +143,7 @@ class Spool:
             if not name.endswith(".json") or name[:-5] + ".eml" not in names:
                 continue
             try:
-                with open(os.path.join(queue, name), "rb") as f:
-                    envelopes.append(Envelope.from_json(f.read()))
+                envelopes.append(Envelope.from_json(read_queued(os.path.join(queue, name))))
             except (OSError, EnvelopeError):
                 continue  # being replaced or removed right now, or for recovery to set aside
         return envelopes
@@ -325,10 +324,13 @@ class Spool:
         """Replace a queued message's envelope atomically and durably."""
         await self.durably(self._write_envelope, envelope)
 
-    def _remove_files(self, queue_id: str) -> None:
+    def _remove_files(self, queue_id: str, durable: bool) -> tuple[list[str], list[str]]:
+        """(writer) Remove both files; returns the spares made and the directories to fsync."""
         # The envelope goes first: without it the content is an uncommitted leftover.
-        self.spares.retire(self.fs, self.path("queue", queue_id + ".json"))
-        self.spares.retire(self.fs, self.path("queue", queue_id + ".eml"))
+        made = [self.spares.retire(self.fs, self.path("queue", queue_id + ext)) for ext in (".json", ".eml")]
+        spares = [spare for spare in made if spare is not None]
+        # A spare is reused only after its removal is on disk, so making one makes the removal durable.
+        return spares, [self.path("queue")] if durable or spares else []
 
     async def remove(self, queue_id: str, durable: bool = True) -> None:
         """
@@ -337,7 +339,7 @@ class Spool:
         suits deliveries that recognise a repeat (the Maildir one does) and
         keeps a directory fsync off the intake path.
         """
-        directories = [self.path("queue")] if durable else []
         writer = self.removal_writer or self.writer
-        await writer.submit(lambda: (self._remove_files(queue_id), directories))
+        spares = await writer.submit(lambda: self._remove_files(queue_id, durable))
+        self.spares.publish(spares)
         self.queued = max(0, self.queued - 1)
