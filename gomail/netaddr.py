@@ -8,20 +8,29 @@ import ipaddress
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
-@functools.lru_cache(maxsize=4096)
+#: Longer than any IP literal with a zone: not worth parsing (nor caching).
+MAX_LENGTH = 64
+
+
 def parse_ip(host: str | None) -> IPAddress | None:
     """
     The IP address in C{host}: IPv4-mapped IPv6 unwrapped, an IPv6 zone
     (C{%eth0}) dropped; None when it is not an IP address (a UNIX socket peer,
     a name, garbage).
-
-    Cached: the same few client addresses are parsed on every connection and
-    login, and the parse is most of what the address checks cost.
     """
-    if not host:
+    if not host or len(host) > MAX_LENGTH:
         return None
+    return _parse(host)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse(host: str) -> IPAddress | None:
+    # Cached: the same few client addresses are parsed on every connection and
+    # login, and the parse is most of what the address checks cost.
+    if ":" in host:
+        host = host.split("%", 1)[0]  # only IPv6 has zones
     try:
-        address = ipaddress.ip_address(host.split("%", 1)[0])
+        address = ipaddress.ip_address(host)
     except ValueError:
         return None
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:

@@ -94,4 +94,10 @@ class BcryptThreadsTests(SynchronousTestCase):
         """0 means one fewer than the cores, and never fewer than one thread."""
         from gomail.auth.service import bcrypt_threads
 
-        self.assertEqual([bcrypt_threads(0, cores) for cores in (None, 1, 2, 8)], [1, 1, 1, 7])
+        self.assertEqual([bcrypt_threads(0, cores) for cores in (None, 1, 2, 8, 200)], [1, 1, 1, 7, 64])
+
+    def test_usable_cpus(self) -> None:
+        """The CPUs counted are at most those this process may run on."""
+        from gomail.auth.service import usable_cpus
+
+        self.assertTrue(1 <= usable_cpus() <= len(os.sched_getaffinity(0)))

@@ -159,6 +159,13 @@ class UserRecordCacheTests(TestCase):
         self.clock.advance(1.0)
         await store._look_for_changes()  # the same look the timer just started; waits for an answer
 
+    async def test_answers_from_memory_only_after_a_look(self) -> None:
+        """Before the first look for changes has answered, lookups read the database."""
+        store = await self.start()
+        store._confirmed_at = None
+        await store.get_user("alice")
+        self.assertEqual(store._cache, {})
+
     async def test_second_lookup_from_memory(self) -> None:
         """A looked-up user is answered from memory the next time: the Deferred has already fired."""
         store = await self.start()
@@ -182,15 +189,41 @@ class UserRecordCacheTests(TestCase):
         await self.look(store)
         self.assertEqual((await store.get_user("alice")).credential_version, 2)
 
-    async def test_unknown_users_not_kept(self) -> None:
-        """An unknown name is asked of the database every time, so a user added later is found."""
+    async def test_unknown_names_kept_until_a_change(self) -> None:
+        """An unknown name is answered from memory too (same timing as a known one) until a change is seen."""
         store = await self.start()
+        await self.look(store)
         self.assertIsNone(await store.get_user("bob"))
+        self.assertIsNone(self.successResultOf(store.get_user("bob")))
         userdb.transact(self.conn, userdb.add_user, "bob", HASH, NOW)
+        await self.look(store)
         self.assertEqual((await store.get_user("bob")).name, "bob")
+
+    async def test_stuck_watch_stops_the_cache(self) -> None:
+        """When the look for changes has not answered for twice the refresh, every lookup reads the database."""
+        store = await self.start()
+        await self.look(store)
+        await store.get_user("alice")
+        store._run = _hold_data_version(store._run)  # the database thread is busy for a long time
+        userdb.transact(self.conn, userdb.set_enabled, "alice", False, NOW + 1)
+        self.clock.advance(1.0)
+        self.assertTrue(self.successResultOf(store.get_user("alice")).enabled)  # within the refresh: from memory
+        self.clock.advance(1.5)
+        self.assertFalse((await store.get_user("alice")).enabled)
 
     async def test_closed_store_does_not_cache(self) -> None:
         """After close the watch is stopped (no timer left on the clock)."""
         store = await self.start()
         store.close()
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+def _hold_data_version(run):
+    """A store's _run whose looks for changes never answer (the other calls go through)."""
+    from twisted.internet.defer import Deferred
+
+    def held(fn, *args):
+        if fn is userdb.data_version:
+            return Deferred()
+        return run(fn, *args)
+    return held

@@ -568,6 +568,17 @@ class AuditTests(AuthHTTPMixin, SynchronousTestCase):
         self.assertEqual([(e.user, e.client_ip, e.result, e.reason) for e in self.audit.buffer],
                          [("", "", "refused", "unsupported-method"), ("", "", "refused", "bad-request")])
 
+    def test_refusals_flood_neither_log_nor_audit(self) -> None:
+        """Past MAX_REFUSALS_LOGGED refusals a second, the rest are only counted; the next second logs again."""
+        limit = self.resource.MAX_REFUSALS_LOGGED
+        for _ in range(limit + 5):
+            self.ask(secret=b"wrong")
+        self.assertEqual(len(self.audit.buffer), limit)
+        self.assertEqual(self.resource.refusals_not_logged, 5)
+        self.clock.advance(1)
+        self.ask(secret=b"wrong")
+        self.assertEqual(len(self.audit.buffer), limit + 1)
+
     def test_user_made_printable(self) -> None:
         """A user name with control characters is stored with them replaced."""
         self.ask("ev\r\nil", "x")

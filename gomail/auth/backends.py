@@ -111,8 +111,9 @@ class BackendRouter(Service):
     def _by_hash(pool: list[BackendState], user: str) -> BackendState:
         def score(backend: BackendState) -> float:
             digest = hashlib.sha256(backend.key + b"\0" + user.encode("utf-8", "surrogatepass")).digest()
-            # 53 bits and a half step: exactly representable, strictly inside (0, 1), so log() is never 0.
-            unit = ((int.from_bytes(digest[:8], "big") >> 11) + 0.5) / 2 ** 53
+            # 52 bits and a half step: exactly representable and strictly inside (0, 1), so log() is
+            # never 0 (with 53 bits the largest value, 2**53 - 0.5, would round up to 2**53).
+            unit = ((int.from_bytes(digest[:8], "big") >> 12) + 0.5) / 2 ** 52
             return -backend.config.weight / math.log(unit)
         return max(pool, key=score)
 

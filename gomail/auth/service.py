@@ -5,6 +5,7 @@ store, CPU pool for bcrypt, blacklist, checker, portal and rate limiter.
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 from dataclasses import dataclass
@@ -112,16 +113,35 @@ class AuthService(Service):
 def bcrypt_threads(configured: int, cores: int | None) -> int:
     """
     The size of the bcrypt pool: as configured, or (0) one thread fewer than
-    the CPU cores, at least one, so that the event loop always has a core
-    while logins queue for bcrypt (measured: /health p99 1.5-2.5 ms with one
-    bcrypt thread on two cores, 6 ms with two).
+    the CPU C{cores} gomail may use, at least one and at most 64, so that the
+    event loop always has a core while logins queue for bcrypt (measured:
+    /health p99 1.5-2.5 ms with one bcrypt thread on two cores, 6 ms with two).
     """
-    return configured or max(1, (cores or 1) - 1)
+    return configured or min(64, max(1, (cores or 1) - 1))
+
+
+def usable_cpus() -> int:
+    """
+    The CPUs this process may run on: its affinity mask, bounded by a cgroup
+    v2 CPU quota (a container's C{--cpus}), not the host's core count.
+    """
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as f:
+            quota, period = f.read().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return cpus
 
 
 def build_auth(config: Config, reactor: Any, parent: Any) -> AuthParts:
     """Build the authentication parts and attach their services to C{parent} (in start order)."""
-    cpu = ThreadPoolService(reactor, "gomail-cpu", bcrypt_threads(config.auth.cpuThreads, os.cpu_count()))
+    cpu = ThreadPoolService(reactor, "gomail-cpu", bcrypt_threads(config.auth.cpuThreads, usable_cpus()))
     cpu.setServiceParent(parent)
     users = SQLiteUserStore(config.auth.database, reactor=reactor, refresh=config.auth.userRefresh)
     state = make_state_store(config.redis, reactor)

@@ -7,12 +7,14 @@ database thread through C{adbapi.ConnectionPool.runInteraction}: the same
 functions the C{gomail user} command runs directly, so both always agree on
 the schema and on canonical names.
 
-User records are also kept in memory, so that a login (nginx asks once per
-login, thousands of times a second) costs no trip to the database thread:
-every change made through the store forgets them at once, and a change made
-by another process (the C{gomail user} command) is noticed within
-C{refresh} seconds through SQLite's C{PRAGMA data_version}, which moves when
-another connection commits.
+User records (and unknown names, so that timing does not tell them apart)
+are also kept in memory, so that a login (nginx asks once per login,
+thousands of times a second) costs no trip to the database thread: every
+change made through the store forgets them at once, and a change made by
+another process (the C{gomail user} command) is noticed within C{refresh}
+seconds through SQLite's C{PRAGMA data_version}, which moves when another
+connection commits. When that look has not succeeded for twice C{refresh}
+(the database slow or stuck), the memory is not used until it has.
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ class SQLiteUserStore:
     log = Logger()
     #: Past this many cached records the cache starts over (bounded memory).
     MAX_CACHED = 50_000
+    _UNKNOWN = object()  # a name the database does not have, in the cache
 
     def __init__(self, path: str, reactor: Any = None, refresh: float = 0.0, clock: Any = None) -> None:
         self.path = os.path.abspath(path)
@@ -80,8 +83,9 @@ class SQLiteUserStore:
         self._cache: dict[str, Any] = {}
         self._generation = 0  # moves at every change: a lookup started before one is not cached
         self._data_version: int | None = None
+        self._confirmed_at: float | None = None  # when the last successful look for changes started
         self._watch: LoopingCall | None = None
-        clock = clock if clock is not None else reactor
+        clock = self._clock = clock if clock is not None else reactor
         if refresh and clock is not None:
             self._watch = LoopingCall(self._look_for_changes)
             self._watch.clock = clock
@@ -135,11 +139,19 @@ class SQLiteUserStore:
             lambda f: self.log.failure("user database watch stopped", f))
         return version
 
+    def _serving(self) -> bool:
+        """Whether the cache may answer: the watch runs and has looked for changes lately."""
+        return (self._watch is not None and self._watch.running and self._confirmed_at is not None
+                and self._clock.seconds() - self._confirmed_at <= 2 * self._refresh)
+
     def _look_for_changes(self) -> Deferred:
+        started = self._clock.seconds()
+
         def compare(version: int) -> None:
             if version != self._data_version:
                 self._data_version = version
                 self._forget()
+            self._confirmed_at = started
 
         def failed(failure: Any) -> None:
             # Cannot tell whether anything changed: serve from the database until it answers again.
@@ -152,19 +164,18 @@ class SQLiteUserStore:
 
     def get_user(self, name: str) -> Deferred:
         """@return: Deferred[UserRecord | None]"""
-        if self._watch is None:
+        if not self._serving():
             return self._run(userdb.get_user, name)
-        if name in self._cache:
-            return succeed(self._cache[name])
+        cached = self._cache.get(name)
+        if cached is not None:
+            return succeed(None if cached is self._UNKNOWN else cached)
         generation = self._generation
 
         def keep(user: Any) -> Any:
-            # Unknown users are not kept: anyone can make up names, and they cost a bcrypt anyway.
-            if user is not None and generation == self._generation and self._watch is not None \
-                    and self._watch.running:
-                if len(self._cache) >= self.MAX_CACHED:
+            if generation == self._generation and self._serving():
+                if len(self._cache) >= self.MAX_CACHED:  # made-up names cannot grow it without bound
                     self._cache.clear()
-                self._cache[name] = user
+                self._cache[name] = self._UNKNOWN if user is None else user
             return user
 
         return self._run(userdb.get_user, name).addCallback(keep)

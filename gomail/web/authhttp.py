@@ -52,6 +52,8 @@ class AuthHTTPResource(Resource):
 
     isLeaf = True
     log = Logger()
+    #: Refused requests logged and audited per second (the rest only counted).
+    MAX_REFUSALS_LOGGED = 10
 
     def __init__(self, settings: NginxAuthSettings, authenticator: Authenticator, router: BackendRouter,
                  audit: AuthLog | None = None, timer: Any = time.perf_counter, clock: Any = None) -> None:
@@ -64,6 +66,10 @@ class AuthHTTPResource(Resource):
         self.clock = clock if clock is not None else authenticator.clock
         self.secret = settings.sharedSecret.encode()
         self.secret_header = settings.secretHeader.encode()
+        self.refusals_not_logged = 0
+        self._refusals_reported = 0
+        self._refusal_second = -1
+        self._refusals_this_second = 0
 
     def render_GET(self, request: Any) -> Any:
         started = self.timer()
@@ -87,9 +93,10 @@ class AuthHTTPResource(Resource):
             password = self._credential(request, b"auth-pass")
             client_ip = self._client_ip(request)
         except BadRequest as e:
-            self.log.warn("auth_http request refused: {why}", why=str(e))
-            # Who it claimed to be is unknown (or not to be trusted): the entry says only that and why.
-            self._record(started, "", protocol, None, "refused", e.reason)
+            if self._note_refusal():
+                self.log.warn("auth_http request refused: {why}", why=str(e))
+                # Who it claimed to be is unknown (or not to be trusted): the entry says only that and why.
+                self._record(started, "", protocol, None, "refused", e.reason)
             self._finish(request, {b"Auth-Status": self._status_text(e.client_text)}, 400)
             return
         attempt = LoginAttempt(user, password, client_ip, protocol)
@@ -119,6 +126,27 @@ class AuthHTTPResource(Resource):
                      required=True)
         headers[b"Auth-Status"] = b"OK"  # the only place OK is ever written
         self._finish(request, headers)
+
+    def _note_refusal(self) -> bool:
+        """
+        Count a refused request; whether to log and audit it. At most
+        C{MAX_REFUSALS_LOGGED} a second are: a peer without the secret must
+        not be able to flood the log, or push real entries out of the audit
+        buffer. The rest are counted (C{refusals_not_logged}) and summed up in
+        the next second's first line.
+        """
+        second = int(self.clock.seconds())
+        if second != self._refusal_second:
+            if self.refusals_not_logged > self._refusals_reported:
+                self.log.warn("auth_http: {count} more refused requests were not logged",
+                              count=self.refusals_not_logged - self._refusals_reported)
+                self._refusals_reported = self.refusals_not_logged
+            self._refusal_second, self._refusals_this_second = second, 0
+        self._refusals_this_second += 1
+        if self._refusals_this_second > self.MAX_REFUSALS_LOGGED:
+            self.refusals_not_logged += 1
+            return False
+        return True
 
     def _crashed(self, failure: Any, request: Any) -> None:
         self.log.failure("auth_http request failed", failure)
