@@ -85,9 +85,9 @@ class ScriptedFileSystem(FileSystem):
         self._step(f"empty {self._name(path)}")
         super().empty(path)
 
-    def link_count(self, path: str) -> int:
-        self._step(f"link_count {self._name(path)}")
-        return super().link_count(path)
+    def links_and_size(self, path: str) -> tuple[int, int]:
+        self._step(f"links_and_size {self._name(path)}")
+        return super().links_and_size(path)
 
     def fsync(self, fd: int) -> None:
         self._step("fsync")

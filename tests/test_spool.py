@@ -687,8 +687,8 @@ class SpareFilesTests(SpoolTestCase):
         self.assertEqual(listing(spool, "tmp"), ["spare-0", "spare-1"])  # both of the first message's
         self.assertEqual(listing(spool, "queue"), [])
 
-    def test_spares_are_emptied_and_offered_after_the_removal_is_durable(self) -> None:
-        """A retired file is cut to nothing, and offered only after queue/ was fsynced, even for a non-durable removal."""
+    def test_spares_are_offered_after_the_removal_is_durable(self) -> None:
+        """A retired file is offered only after queue/ was fsynced, even for a non-durable removal."""
         fs = ScriptedFileSystem()
         spool = self.spool(fs, spare_files=4)
         envelope = self.commit(spool, MEDIUM)
@@ -696,15 +696,22 @@ class SpareFilesTests(SpoolTestCase):
         self.successResultOf(Deferred.fromCoroutine(spool.remove(envelope.id, durable=False)))
         steps = fs.steps[start:]
         self.assertEqual(steps[-1], "fsync_directory queue", steps)
-        self.assertEqual([os.path.getsize(spool.path("tmp", name)) for name in listing(spool, "tmp")], [0, 0])
         self.assertEqual(len(spool.spares), 2)
+
+    def test_large_spares_are_emptied(self) -> None:
+        """A retired file over KEEP_BLOCKS is cut to nothing (spares hold little disk); a small one is kept as is."""
+        spool = self.spool(spare_files=4)
+        self.remove(spool, self.commit(spool, large_content()))
+        sizes = sorted(os.path.getsize(spool.path("tmp", name)) for name in listing(spool, "tmp"))
+        self.assertEqual(sizes[0], 0)  # the content: large, emptied
+        self.assertGreater(sizes[1], 0)  # the envelope: small, kept as it is
 
     def test_failed_removal_offers_nothing(self) -> None:
         """When the removal's directory fsync fails, its files are not offered for reuse."""
         fs = ScriptedFileSystem()
         spool = self.spool(fs, spare_files=4)
         envelope = self.commit(spool)
-        fs.fail_at, fs.error = len(fs.steps) + 6, OSError(errno.EIO, "Input/output error")  # the fsync of queue/
+        fs.fail_at, fs.error = len(fs.steps) + 4, OSError(errno.EIO, "Input/output error")  # the fsync of queue/
         self.failureResultOf(Deferred.fromCoroutine(spool.remove(envelope.id)), OSError)
         self.assertEqual(fs.steps[-1], "fsync_directory queue")
         self.assertEqual(len(spool.spares), 0)

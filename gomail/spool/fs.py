@@ -60,9 +60,10 @@ class FileSystem:
         """Cut a file to nothing (its blocks are freed; the inode stays)."""
         os.truncate(path, 0)
 
-    def link_count(self, path: str) -> int:
-        """How many names the file has (a Maildir hard link is one more)."""
-        return os.stat(path).st_nlink
+    def links_and_size(self, path: str) -> tuple[int, int]:
+        """How many names the file has (a Maildir hard link is one more), and its size."""
+        stat = os.stat(path)
+        return stat.st_nlink, stat.st_size
 
     def fsync(self, fd: int) -> None:
         """Flush a file's data and size to stable storage."""

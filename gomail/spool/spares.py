@@ -14,11 +14,12 @@ durability changes: the file is still written, trimmed and fsynced in
 is emptied at start.
 
 A file with other links (a local delivery hard-linked it into a Maildir) is
-never taken: it belongs to the mailbox now. A retired file is emptied at
-once (the delivered mail does not linger, and spares hold no disk space), and
-it becomes available only once its removal from ``queue/`` is on disk: were
-it reused earlier, a crash could bring back the old queue entry holding the
-new message's bytes.
+never taken: it belongs to the mailbox now. A retired file over
+L{KEEP_BLOCKS} bytes is emptied at once, so spares hold little disk space (a
+small one keeps its blocks: overwriting them in place is the cheapest commit
+of all), and a spare becomes available only once its removal from
+``queue/`` is on disk: were it reused earlier, a crash could bring back the
+old queue entry holding the new message's bytes.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ import os
 import threading
 
 from gomail.spool.fs import FileSystem
+
+#: A retired file up to this size keeps its blocks for the next message (256 spares: 16 MiB at most).
+KEEP_BLOCKS = 64 * 1024
 
 
 class SpareFiles:
@@ -69,10 +73,15 @@ class SpareFiles:
         with self._lock:
             number = next(self._numbers) if len(self._names) < self.limit else None
         try:
-            if number is None or fs.link_count(path) != 1:
+            if number is None:
                 fs.unlink(path)
                 return None
-            fs.empty(path)
+            links, size = fs.links_and_size(path)
+            if links != 1:
+                fs.unlink(path)
+                return None
+            if size > KEEP_BLOCKS:
+                fs.empty(path)
             spare = os.path.join(self.directory, f"spare-{number}")
             fs.rename(path, spare)
         except FileNotFoundError:
