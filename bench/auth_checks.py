@@ -3,16 +3,19 @@ Authentication checks per second, and whether bcrypt stalls the reactor.
 
 Runs gomail's real credential checker (L{gomail.auth.checker.Authenticator})
 on the real reactor: an SQLite user store in a temporary directory holding
-one user (bcrypt hash of cost C{--rounds}), the in-memory state store, the IP
-blacklist, and bcrypt in a C{ThreadPool(0, 2)} (2 threads = the 2 cores these
-machines have). Lockout limits are set out of reach. Each of C{--repeat}
+one user (bcrypt hash of cost C{--rounds}; its record cache on, as in the
+server, unless C{--no-user-cache}), the in-memory state store, the IP
+blacklist, and bcrypt in a thread pool of gomail's automatic size (one thread
+fewer than the CPUs; C{--threads N} to choose). Lockout limits are set out
+of reach. Each of C{--repeat}
 repeats measures, in this order:
 
 1. cached: the auth cache warmed once, then C{--cached-checks} checks with at
    most 50 in flight (DeferredSemaphore): checks/s (count / wall time) and
    per-check latency p50/p99 (from the check's start, i.e. after it got a
    semaphore slot, to its result). Peer: the user lookup alone
-   (C{store.get_user}, one SQLite round trip), the same way;
+   (C{store.get_user}: from memory, or one SQLite round trip without the
+   cache), the same way;
 2. uncached (C{cacheTTL = 0}, every check runs bcrypt): the same with
    C{--checks} checks. Peer: bcrypt alone (C{verifier.verify}) in the same pool;
 3. reactor liveness: a tiny C{twisted.web} site on a free 127.0.0.1 port
@@ -51,6 +54,7 @@ from twisted.web.server import Site
 from gomail.auth.blacklist import Blacklist
 from gomail.auth.checker import Authenticator, LoginAttempt, ThreadPoolVerifier
 from gomail.auth.passwords import hash_password
+from gomail.auth.service import bcrypt_threads, usable_cpus
 from gomail.auth.users import SQLiteUserStore
 from gomail.settings import AuthSettings
 from gomail.state.memory import MemoryStateStore
@@ -186,9 +190,12 @@ async def main(reactor, args):
           f"loadavg at start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; gomail {source_info()}; "
           f"{time.strftime('%Y-%m-%d %H:%M:%S')}", flush=True)
     tmp = tempfile.TemporaryDirectory(prefix="gomail-auth-bench.")
-    pool = ThreadPool(0, 2, name="bench-bcrypt")
+    threads = args.threads or bcrypt_threads(0, usable_cpus())  # gomail's default (auth.cpuThreads = 0)
+    print(f"# bcrypt threads: {threads}; user record cache: {'on' if args.user_cache else 'off'}", flush=True)
+    pool = ThreadPool(0, threads, name="bench-bcrypt")
     pool.start()
-    store = SQLiteUserStore(os.path.join(tmp.name, "users.sqlite3"), reactor=reactor)
+    store = SQLiteUserStore(os.path.join(tmp.name, "users.sqlite3"), reactor=reactor,
+                            refresh=1.0 if args.user_cache else 0.0)
     listener = None
     try:
         await store.start()
@@ -268,5 +275,9 @@ if __name__ == "__main__":
     parser.add_argument("--checks", type=int, default=200, help="uncached checks per repeat (default 200)")
     parser.add_argument("--cached-checks", type=int, default=5000, help="cached checks per repeat (default 5000)")
     parser.add_argument("--repeat", type=int, default=3, help="repeats (default 3)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="bcrypt threads (default 0: gomail's automatic size, one fewer than the CPUs)")
+    parser.add_argument("--no-user-cache", dest="user_cache", action="store_false",
+                        help="read the user database at every check (gomail's auth.userRefresh = 0)")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds of /health probing per phase (default 5)")
     task.react(lambda reactor: Deferred.fromCoroutine(main(reactor, parser.parse_args())))
