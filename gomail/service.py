@@ -107,7 +107,7 @@ def _delivery(config: Config, reactor: Any, root: GomailService, spool: Spool) -
     if config.forwardSMTP:
         relay = RelayAgent(smarthosts_from(config), make_connector(reactor, config.smtp.hostname, settings),
                            reactor, config.batchSize, config.batchDelay, config.continueOnError,
-                           idle_timeout=settings.connectionIdleTimeout)
+                           idle_timeout=settings.connectionIdleTimeout, run=spool.run)
         router = Router(mailbox, relay, frozenset(config.smtp.localDomains))
         workers = config.workerCount
     else:

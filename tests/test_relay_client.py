@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import io
 
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from gomail.delivery.client import ConnectionFailure, DotStuffer, RelayProtocol, Transaction
+from gomail.delivery.content import BytesContent
 
 CONTENT = b"Subject: hi\r\n\r\nline\r\n.dot line\r\n"
 
@@ -38,7 +38,7 @@ class Server:
 
 
 def transaction(*recipients: str, content: bytes = CONTENT, sender: str = "alice@example.org") -> Transaction:
-    return Transaction(sender, list(recipients), lambda: io.BytesIO(content))
+    return Transaction(sender, list(recipients), lambda: BytesContent(content))
 
 
 class TransactionTests(SynchronousTestCase):

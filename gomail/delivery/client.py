@@ -8,7 +8,8 @@ one with a per-recipient result; the connection idles between them (RSET
 already sent) so a pool can reuse it; every wait for the server is bounded by
 C{command_timeout} on the injected clock; and the message is sent with
 dot-stuffing that holds across chunk boundaries and turns any bare CR or LF
-into CRLF, so no stored byte sequence can end the DATA early.
+into CRLF, so no stored byte sequence can end the DATA early; the content is
+read in the I/O pool (L{gomail.delivery.content}), never on the reactor.
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ from __future__ import annotations
 import re
 from collections import deque
 from dataclasses import dataclass, field
-from typing import IO, Any, Callable
+from typing import Any, Callable
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.mail.smtp import ESMTPClient, LOGINAuthenticator, PLAINAuthenticator, SMTPClientError
+from twisted.mail.smtp import SUCCESS, ESMTPClient, LOGINAuthenticator, PLAINAuthenticator, SMTPClientError
 from twisted.python.failure import Failure
 
+from gomail.delivery.content import ContentSource, send_content
 from gomail.tcp import no_delay
 
 Reply = tuple[int, str]
@@ -50,7 +52,7 @@ class Transaction:
 
     sender: str
     recipients: list[str]
-    open_content: Callable[[], IO[bytes]]
+    open_content: Callable[[], ContentSource]
     done: Deferred = field(default_factory=Deferred)
 
 
@@ -194,16 +196,22 @@ class RelayProtocol(ESMTPClient):
     def getMailTo(self) -> list[str]:
         return self._current.recipients
 
-    def getMailData(self) -> IO[bytes]:
+    def smtpState_data(self, code: int, resp: bytes) -> None:
+        # Twisted's version hands getMailData()'s file to a FileSender, which reads it on
+        # the reactor thread; this one reads in the I/O pool (same states afterwards).
         self._stuffer = DotStuffer()
-        return self._current.open_content()
+        sending = send_content(self._current.open_content(), self.transport, self.transformChunk)
+        sending.addCallbacks(self._content_sent, lambda failure: self.sendError(failure.value))
+        self._expected = SUCCESS
+        self._okresponse = self.smtpState_msgSent
+
+    def _content_sent(self, complete: bool) -> None:
+        if complete:  # else the connection went away: connectionLost answers for the transaction
+            self.transport.write(self._stuffer.finish())
 
     def transformChunk(self, chunk: bytes) -> bytes:
         self.resetTimeout()
         return self._stuffer.feed(chunk)
-
-    def finishedFileTransfer(self, lastsent: bytes) -> None:
-        self.transport.write(self._stuffer.finish())
 
     def sentMail(self, code: int, resp: bytes, numOk: int, addresses: list, log: Any) -> None:
         transaction, self._current = self._current, None

@@ -8,13 +8,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from gomail.delivery.client import ConnectionFailure, RelayProtocol, Reply, Transaction
+from gomail.delivery.content import FileContent
 from gomail.interfaces import IDeliveryAgent
 from gomail.spool.envelope import Envelope, Recipient
 
@@ -59,7 +60,8 @@ class RelayAgent:
 
     def __init__(self, smarthosts: list[Smarthost], connect: Callable[[Smarthost], Deferred],
                  clock: IReactorTime, batch_size: int, batch_delay_ms: int, continue_on_error: bool,
-                 idle_timeout: float = 10.0, failure_threshold: int = 3, skip_seconds: float = 300.0) -> None:
+                 idle_timeout: float = 10.0, failure_threshold: int = 3, skip_seconds: float = 300.0,
+                 run: Callable[..., Deferred] = maybeDeferred) -> None:
         self.smarthosts = sorted(smarthosts, key=lambda s: s.priority)
         self.connect = connect
         self.clock = clock
@@ -69,6 +71,8 @@ class RelayAgent:
         self.idle_timeout = idle_timeout
         self.failure_threshold = failure_threshold
         self.skip_seconds = skip_seconds
+        #: Where the content is read: the spool's I/O pool (C{Spool.run}) in the server.
+        self.run = run
         self._health = {s: _Health() for s in self.smarthosts}
         self._idle: dict[Smarthost, list[tuple[RelayProtocol, Any]]] = {s: [] for s in self.smarthosts}
 
@@ -104,7 +108,8 @@ class RelayAgent:
                 last = e
                 continue
             try:
-                replies = await connection.send(Transaction(envelope.sender, batch, lambda: open(path, "rb")))
+                replies = await connection.send(
+                    Transaction(envelope.sender, batch, lambda: FileContent(path, self.run)))
             except ConnectionFailure as e:
                 self._failed(smarthost, e)
                 last = e

@@ -1,0 +1,130 @@
+"""
+Message content on its way to a smarthost, read off the reactor thread.
+
+twisted.mail's client sends DATA with a C{FileSender}, which calls the file's
+C{read()} on the reactor thread: a large message, or one no longer in the page
+cache, would stall every other connection while the disk answers. Here the
+content is a L{ContentSource} whose reads run in the spool's I/O pool, and
+L{send_content} writes it chunk by chunk as the transport takes it (a push
+producer registered with the transport), so neither the reactor waits for the
+disk nor a whole message sits in memory.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Protocol
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IPushProducer
+from zope.interface import implementer
+
+#: Bytes read per hand-off to the I/O pool.
+CHUNK_SIZE = 256 * 1024
+
+
+class ContentSource(Protocol):
+    """Where a message's bytes come from, one chunk at a time."""
+
+    def read(self, size: int) -> Deferred:
+        """Fires with up to C{size} more bytes; with C{b""} at the end."""
+
+    def close(self) -> Deferred:
+        """Release what the source holds (idempotent)."""
+
+
+class FileContent:
+    """A queued message file, opened and read in C{run} (the spool's I/O pool: C{Spool.run})."""
+
+    def __init__(self, path: str, run: Callable[..., Deferred]) -> None:
+        self.path = path
+        self.run = run
+        self._file: Any = None
+        self._at_end = False
+
+    def read(self, size: int) -> Deferred:
+        if self._at_end:
+            return succeed(b"")
+        return self.run(self._read, size)
+
+    def close(self) -> Deferred:
+        if self._file is None:
+            return succeed(None)
+        f, self._file = self._file, None
+        return self.run(f.close)
+
+    def _read(self, size: int) -> bytes:
+        # (I/O pool) A short read is the end: the file is closed in the same hand-off, so a
+        # message smaller than a chunk costs one trip to the pool, not three.
+        if self._file is None:
+            self._file = open(self.path, "rb")
+        data = self._file.read(size)
+        if len(data) < size:
+            self._at_end = True
+            f, self._file = self._file, None
+            f.close()
+        return data
+
+
+class BytesContent:
+    """Content already in memory (for tests and tools)."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = memoryview(data)
+
+    def read(self, size: int) -> Deferred:
+        chunk, self._data = bytes(self._data[:size]), self._data[size:]
+        return succeed(chunk)
+
+    def close(self) -> Deferred:
+        return succeed(None)
+
+
+@implementer(IPushProducer)
+class _Sender:
+    """Pumps a source into a transport, pausing while the transport's buffer is full."""
+
+    def __init__(self, source: ContentSource, transport: Any, transform: Callable[[bytes], bytes]) -> None:
+        self.source, self.transport, self.transform = source, transport, transform
+        self.stopped = False
+        self._resumed: Deferred | None = None
+
+    async def run(self) -> bool:
+        self.transport.registerProducer(self, True)
+        try:
+            while not self.stopped:
+                if self._resumed is not None:
+                    await self._resumed
+                    continue
+                chunk = await self.source.read(CHUNK_SIZE)
+                if not chunk or self.stopped:
+                    break
+                self.transport.write(self.transform(chunk))
+        finally:
+            await self.source.close()
+            if not self.stopped:
+                self.transport.unregisterProducer()
+        return not self.stopped
+
+    def pauseProducing(self) -> None:
+        if self._resumed is None:
+            self._resumed = Deferred()
+
+    def resumeProducing(self) -> None:
+        resumed, self._resumed = self._resumed, None
+        if resumed is not None:
+            resumed.callback(None)
+
+    def stopProducing(self) -> None:
+        self.stopped = True
+        self.resumeProducing()
+
+
+def send_content(source: ContentSource, transport: Any, transform: Callable[[bytes], bytes]) -> Deferred:
+    """
+    Write all of C{source}, each chunk through C{transform}, to C{transport}.
+
+    @return: Deferred firing with True once everything is written, with False
+        when the transport stopped it (the connection went away); failing with
+        the source's read error.
+    """
+    return Deferred.fromCoroutine(_Sender(source, transport, transform).run())

@@ -1,0 +1,139 @@
+"""
+Tests for L{gomail.delivery.content}: message content read in the I/O pool
+and written to the smarthost connection as the transport takes it.
+"""
+
+from __future__ import annotations
+
+import os
+
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+
+from gomail.delivery import content
+from gomail.delivery.content import BytesContent, FileContent, send_content
+
+
+class HeldReads:
+    """A source whose reads wait until the test releases them, as a busy I/O pool would."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks = list(chunks)
+        self.waiting: list[Deferred] = []
+        self.closed = False
+
+    def read(self, size: int) -> Deferred:
+        d: Deferred = Deferred()
+        self.waiting.append(d)
+        return d
+
+    def release(self) -> None:
+        self.waiting.pop(0).callback(self.chunks.pop(0) if self.chunks else b"")
+
+    def close(self) -> Deferred:
+        self.closed = True
+        return maybeDeferred(lambda: None)
+
+
+class SendContentTests(SynchronousTestCase):
+    """send_content: chunks through the transform, in order, under the transport's flow control."""
+
+    def test_everything_written_through_the_transform(self) -> None:
+        """All chunks reach the transport transformed; the Deferred fires True; the producer is unregistered."""
+        self.patch(content, "CHUNK_SIZE", 4)
+        transport = StringTransport()
+        d = send_content(BytesContent(b"abcdefghij"), transport, bytes.upper)
+        self.assertTrue(self.successResultOf(d))
+        self.assertEqual(transport.value(), b"ABCDEFGHIJ")
+        self.assertIsNone(transport.producer)
+
+    def test_waits_for_reads(self) -> None:
+        """Nothing is written before a read answers; then the next read is asked for."""
+        source = HeldReads([b"one ", b"two"])
+        transport = StringTransport()
+        d = send_content(source, transport, lambda chunk: chunk)
+        self.assertEqual((transport.value(), len(source.waiting)), (b"", 1))
+        source.release()
+        self.assertEqual(transport.value(), b"one ")
+        source.release()
+        source.release()  # the end
+        self.assertTrue(self.successResultOf(d))
+        self.assertEqual(transport.value(), b"one two")
+        self.assertTrue(source.closed)
+
+    def test_paused_transport_stops_reading(self) -> None:
+        """While the transport has paused its producer, no read is asked for; resuming goes on."""
+        source = HeldReads([b"a", b"b"])
+        transport = StringTransport()
+        d = send_content(source, transport, lambda chunk: chunk)
+        transport.producer.pauseProducing()
+        source.release()
+        self.assertEqual(source.waiting, [])
+        transport.producer.resumeProducing()
+        source.release()
+        source.release()
+        self.assertTrue(self.successResultOf(d))
+        self.assertEqual(transport.value(), b"ab")
+
+    def test_stopped_by_the_transport(self) -> None:
+        """When the connection goes away (stopProducing), sending ends with False and the source is closed."""
+        source = HeldReads([b"a", b"b"])
+        transport = StringTransport()
+        d = send_content(source, transport, lambda chunk: chunk)
+        transport.producer.stopProducing()
+        source.release()
+        self.assertFalse(self.successResultOf(d))
+        self.assertEqual(transport.value(), b"")
+        self.assertTrue(source.closed)
+
+    def test_read_error_fails(self) -> None:
+        """A read that fails (the file vanished) fails the Deferred, with the source closed."""
+        source = HeldReads([])
+        d = send_content(source, StringTransport(), lambda chunk: chunk)
+        source.waiting.pop(0).errback(OSError(5, "Input/output error"))
+        self.failureResultOf(d, OSError)
+        self.assertTrue(source.closed)
+
+
+class FileContentTests(SynchronousTestCase):
+    """FileContent: the file is opened, read and closed only through C{run}."""
+
+    def test_reads_through_run(self) -> None:
+        """Every read and the close go through run (the I/O pool); the bytes are the file's."""
+        path = os.path.abspath(self.mktemp())
+        with open(path, "wb") as f:
+            f.write(b"x" * 10)
+        calls: list[str] = []
+
+        def run(function, *args):
+            calls.append(getattr(function, "__name__", "?"))
+            return maybeDeferred(function, *args)
+
+        source = FileContent(path, run)
+        self.assertEqual(self.successResultOf(source.read(6)), b"x" * 6)
+        self.successResultOf(source.close())  # closing early goes through run too
+        self.assertEqual(calls, ["_read", "close"])
+
+    def test_short_read_ends_in_one_trip(self) -> None:
+        """A read shorter than asked is the end: the file is closed in that trip, later reads answer at once."""
+        path = os.path.abspath(self.mktemp())
+        with open(path, "wb") as f:
+            f.write(b"x" * 10)
+        calls: list[str] = []
+
+        def run(function, *args):
+            calls.append(getattr(function, "__name__", "?"))
+            return maybeDeferred(function, *args)
+
+        source = FileContent(path, run)
+        self.assertEqual(self.successResultOf(source.read(6)), b"x" * 6)
+        self.assertEqual(self.successResultOf(source.read(6)), b"x" * 4)
+        self.assertEqual(self.successResultOf(source.read(6)), b"")
+        self.successResultOf(source.close())
+        self.assertEqual(calls, ["_read", "_read"])
+
+    def test_missing_file(self) -> None:
+        """A file that is gone fails the read with FileNotFoundError."""
+        source = FileContent(os.path.abspath(self.mktemp()), maybeDeferred)
+        self.failureResultOf(source.read(10), FileNotFoundError)
