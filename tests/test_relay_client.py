@@ -141,6 +141,13 @@ class TransactionTests(SynchronousTestCase):
         self.failureResultOf(server.client.ready, ConnectionFailure)
         self.assertTrue(server.transport.disconnecting)
 
+    def test_refused_session_is_a_deferral(self) -> None:
+        """A 5xx before any transaction (here the greeting) refuses our session, not the mail: 451 4.7.0."""
+        server = Server(self)
+        server.say(b"554 5.7.1 no service for you")
+        failure = self.failureResultOf(server.client.ready, ConnectionFailure)
+        self.assertEqual(failure.value.reply, (451, "4.7.0 Smarthost refused the session: 554 5.7.1 no service for you"))
+
     def test_starttls_required_but_not_offered(self) -> None:
         """With credentials (so TLS required) and no STARTTLS offered: no AUTH, no MAIL, ready fails."""
         server = Server(self, username="user", password="secret", tls_context=object())

@@ -231,8 +231,14 @@ class RelayProtocol(ESMTPClient):
 
     def sendError(self, exc: Exception) -> None:
         code = getattr(exc, "code", -1)
-        resp = getattr(exc, "resp", b"") or str(exc)
-        self._fail_all(ConnectionFailure(code if isinstance(code, int) else -1, _text(resp)))
+        code = code if isinstance(code, int) else -1
+        text = _text(getattr(exc, "resp", b"") or str(exc))
+        if not self.ready.called and 500 <= code < 600:
+            # Refused before any transaction (greeting, EHLO, STARTTLS, AUTH): a problem of our
+            # session, such as wrong credentials, not of the recipients. Mail waits for the
+            # operator instead of bouncing (as Postfix's smtp_sasl_auth_soft_bounce does).
+            code, text = 451, f"4.7.0 Smarthost refused the session: {code} {text}"
+        self._fail_all(ConnectionFailure(code, text))
         super().sendError(exc)
 
     def connectionLost(self, reason: Failure = None) -> None:
