@@ -134,6 +134,17 @@ class BodyLimitTests(LimitedSiteTestCase):
         self.assertEqual(self.recorder.seen, [(b"POST", 2000)])
 
 
+class ServerHeaderTests(LimitedSiteTestCase):
+    """What a response says about the software behind it."""
+
+    def test_no_version_announced(self) -> None:
+        """The Server header names gomail only: no Twisted, no version."""
+        data, _ = self.exchange(get())
+        headers = data.split(b"\r\n\r\n", 1)[0].lower()
+        self.assertIn(b"\r\nserver: gomail\r\n", headers)
+        self.assertNotIn(b"twisted", headers)
+
+
 class HeaderLimitTests(LimitedSiteTestCase):
     """The header limits apply to the real HTTPChannel: too many or too large headers get 400."""
 

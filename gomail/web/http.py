@@ -53,6 +53,12 @@ class LimitedRequest(Request):
             return
         super().handleContentChunk(data)
 
+    def write(self, data: bytes) -> None:
+        if not self.startedWriting:
+            # twisted.web announces its name and version; a server tells nobody which software it runs.
+            self.responseHeaders.setRawHeaders(b"server", [b"gomail"])
+        super().write(data)
+
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         # The rest of a refused body can arrive in the same read (a chunked
         # body's last chunk): the request was answered 413 and must not run.
