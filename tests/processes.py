@@ -27,6 +27,17 @@ def client_tls() -> ssl.SSLContext:
     return context
 
 
+def maildir_messages(directory: str) -> list[bytes]:
+    """The messages in a Maildir folder (such as C{new/}), by file name; [] while it does not exist."""
+    if not os.path.isdir(directory):
+        return []
+    messages = []
+    for name in sorted(os.listdir(directory)):
+        with open(os.path.join(directory, name), "rb") as f:
+            messages.append(f.read())
+    return messages
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as s:

@@ -32,7 +32,7 @@ from twisted.trial.unittest import TestCase
 
 from gomail.auth import passwords, userdb
 from gomail.settings import Config
-from tests.processes import TWISTD, ServerProcess, client_tls, free_port, poll, spawn
+from tests.processes import TWISTD, ServerProcess, client_tls, free_port, maildir_messages, poll, spawn
 from tests.redisserver import RedisServer, start_redis
 
 CONFIG = """
@@ -134,13 +134,7 @@ class Node:
                 secret=json.dumps(os.path.join(workdir, "auth.secret"))) + HTTP_OFF)
 
     def delivered(self) -> list[bytes]:
-        if not os.path.isdir(self.mailbox):
-            return []
-        messages = []
-        for name in sorted(os.listdir(self.mailbox)):
-            with open(os.path.join(self.mailbox, name), "rb") as f:
-                messages.append(f.read())
-        return messages
+        return maildir_messages(self.mailbox)
 
 
 class AuthIntegrationCase(TestCase):

@@ -99,8 +99,8 @@ class SendContentTests(SynchronousTestCase):
 class FileContentTests(SynchronousTestCase):
     """FileContent: the file is opened, read and closed only through C{run}."""
 
-    def test_reads_through_run(self) -> None:
-        """Every read and the close go through run (the I/O pool); the bytes are the file's."""
+    def source(self) -> tuple[FileContent, list[str]]:
+        """A FileContent over a 10-byte file, and the names of what it ran in its "pool"."""
         path = os.path.abspath(self.mktemp())
         with open(path, "wb") as f:
             f.write(b"x" * 10)
@@ -110,23 +110,18 @@ class FileContentTests(SynchronousTestCase):
             calls.append(getattr(function, "__name__", "?"))
             return maybeDeferred(function, *args)
 
-        source = FileContent(path, run)
+        return FileContent(path, run), calls
+
+    def test_reads_through_run(self) -> None:
+        """Every read and the close go through run (the I/O pool); the bytes are the file's."""
+        source, calls = self.source()
         self.assertEqual(self.successResultOf(source.read(6)), b"x" * 6)
         self.successResultOf(source.close())  # closing early goes through run too
         self.assertEqual(calls, ["_read", "close"])
 
     def test_short_read_ends_in_one_trip(self) -> None:
         """A read shorter than asked is the end: the file is closed in that trip, later reads answer at once."""
-        path = os.path.abspath(self.mktemp())
-        with open(path, "wb") as f:
-            f.write(b"x" * 10)
-        calls: list[str] = []
-
-        def run(function, *args):
-            calls.append(getattr(function, "__name__", "?"))
-            return maybeDeferred(function, *args)
-
-        source = FileContent(path, run)
+        source, calls = self.source()
         self.assertEqual(self.successResultOf(source.read(6)), b"x" * 6)
         self.assertEqual(self.successResultOf(source.read(6)), b"x" * 4)
         self.assertEqual(self.successResultOf(source.read(6)), b"")

@@ -18,7 +18,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from gomail.spool.envelope import FAILED, Envelope, Recipient
-from tests.processes import TWISTD, client_tls, free_port, poll, spawn
+from tests.processes import TWISTD, client_tls, free_port, maildir_messages, poll, spawn
 
 CONFIG = """
 smtpHost = "127.0.0.1"
@@ -82,13 +82,7 @@ class TwistdGomailTests(TestCase):
         return self.process.wait_for(b"gomail ready", reactor)
 
     def delivered(self) -> list[bytes]:
-        if not os.path.isdir(self.mailbox):
-            return []
-        messages = []
-        for name in sorted(os.listdir(self.mailbox)):
-            with open(os.path.join(self.mailbox, name), "rb") as f:
-                messages.append(f.read())
-        return messages
+        return maildir_messages(self.mailbox)
 
     async def _send_and_stop(self) -> None:
         await self.start()
