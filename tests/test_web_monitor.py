@@ -30,7 +30,7 @@ from gomail.services import ListeningService
 from gomail.spool.envelope import Envelope, Recipient
 from gomail.state.memory import MemoryStateStore
 from gomail.web.http import Guarded, LimitedSite, PeerAccess
-from gomail.web.monitor import CHECK_TIMEOUT, MonitorApp
+from gomail.web.monitor import CHECK_TIMEOUT, PROBE_SECONDS, MonitorApp
 from tests.authtesting import MemoryUsers, authenticator
 from tests.smtphelpers import SMTPHarness, queued_id
 from tests.test_delivery_queue import ScriptedAgent
@@ -146,6 +146,31 @@ class HealthTests(MonitorTestCase):
                           details["success_rate"]), (1, 1, 2, 50.0))
         self.assertEqual(body["status"], "ok")
         self.assertEqual((body["checks"]["queue"]["queued"], body["checks"]["queue"]["deferred"]), (1, 1))
+
+    def test_probes_reused_for_a_second(self) -> None:
+        """
+        Within PROBE_SECONDS the disk probes are not repeated, so a spool that
+        breaks is reported at the first request after that (a fail, then ok again
+        once repaired, each seen within a second).
+        """
+        browser = self.browser()
+        runs: list[str] = []
+        real_run = self.spool.run
+        self.spool.run = lambda f, *a: (runs.append(f.__name__), real_run(f, *a))[1]
+        self.json(browser.get(URL + "/health"))
+        self.json(browser.get(URL + "/health"))
+        self.assertEqual(sorted(r for r in runs if r.startswith("_")), ["_free_bytes", "_probe_write"])
+        os.rmdir(self.spool.path("tmp"))
+        with open(self.spool.path("tmp"), "wb") as f:
+            f.write(b"not a directory")
+        self.assertEqual(self.json(browser.get(URL + "/health"))["status"], "ok")  # the cached probe
+        self.clock.advance(PROBE_SECONDS)
+        self.assertEqual(self.json(browser.get(URL + "/health"), 503)["failed_checks"], ["spool"])
+        os.unlink(self.spool.path("tmp"))
+        os.mkdir(self.spool.path("tmp"))
+        self.assertEqual(self.json(browser.get(URL + "/health"), 503)["status"], "fail")  # the cached failure
+        self.clock.advance(PROBE_SECONDS)
+        self.assertEqual(self.json(browser.get(URL + "/health"))["status"], "ok")
 
     def test_unwritable_spool_fails(self) -> None:
         """

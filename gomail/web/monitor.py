@@ -27,6 +27,8 @@ from gomail.metrics import Metrics
 from gomail.web.http import json_body
 
 CHECK_TIMEOUT = 5.0
+#: How long a disk probe's outcome (free space, the spool's write test) is reused.
+PROBE_SECONDS = 1.0
 #: The type of what L{generate_latest} writes, as prometheus_client's own
 #: C{choose_encoder} labels it. (Its CONTENT_TYPE_LATEST says version=1.0.0
 #: since 0.22, a format a scraper asking for 0.0.4 did not ask for.)
@@ -53,6 +55,7 @@ class MonitorApp:
         self.metrics, self.spool, self.failed, self.delivery = metrics, spool, failed, delivery
         self.clock, self.state, self.relay, self.backends = clock, state, relay, backends
         self.queue_size, self.low_disk_mb = queue_size, low_disk_mb
+        self._probes: dict[str, tuple[float, tuple[bool, Any]]] = {}  # name: (when, (ok, result or error))
 
     def resource(self) -> Any:
         return self.app.resource()
@@ -87,9 +90,28 @@ class MonitorApp:
         }
         return json_body(request, body, 503 if status == "fail" else 200)
 
+    async def _fresh(self, name: str, probe: Any, *args: Any) -> Any:
+        """
+        C{probe(*args)} run in the spool's I/O pool, its outcome (result or
+        error) reused for L{PROBE_SECONDS}: a monitor asking often, or many
+        at once, costs the disk one probe a second, not one per request.
+        """
+        now = self.clock.seconds()
+        cached = self._probes.get(name)
+        if cached is None or now - cached[0] >= PROBE_SECONDS:
+            try:
+                outcome: tuple[bool, Any] = (True, await self._timed(self.spool.run(probe, *args)))
+            except Exception as e:
+                outcome = (False, e)
+            cached = self._probes[name] = (now, outcome)
+        ok, value = cached[1]
+        if not ok:
+            raise value
+        return value
+
     async def _check_disk(self, checks: dict) -> int | None:
         try:
-            free = await self._timed(self.spool.run(_free_bytes, self.spool.path("queue")))
+            free = await self._fresh("disk", _free_bytes, self.spool.path("queue"))
         except Exception as e:
             checks["disk"] = {"status": "fail", "error": _describe(e)}
             return None
@@ -104,7 +126,7 @@ class MonitorApp:
 
     async def _check_spool(self, checks: dict) -> None:
         try:
-            await self._timed(self.spool.run(_probe_write, self.spool.path("tmp")))
+            await self._fresh("spool", _probe_write, self.spool.path("tmp"))
             checks["spool"] = {"status": "ok"}
         except Exception as e:
             checks["spool"] = {"status": "fail", "error": f"spool not writable: {_describe(e)}"}
