@@ -64,7 +64,7 @@ USER_PASS=bench-pass-1
 SECRET=bench-shared-secret
 
 # shellcheck source=bench/common.sh
-. "$BENCH/common.sh"   # log, die, stop_pid
+. "$BENCH/common.sh"   # log, die, stop_pid, finish_work
 
 [[ -x $TWISTD && -x $PY ]] || die "$TWISTD not found: run ./dev.sh test (or ./dev.sh run) once to create .venv"
 command -v wrk >/dev/null || die "wrk is not installed (Debian: apt-get install wrk)"
@@ -96,13 +96,7 @@ cleanup() {
     [[ -f $WORK/gomail.log ]] && gzip -c "$WORK/gomail.log" >"$LOGS/gomail.log.gz"
     [[ -f $WORK/peer.log ]] && gzip -c "$WORK/peer.log" >"$LOGS/peer.log.gz"
     cp "$WORK"/runs/*.wrk.txt "$LOGS"/ 2>/dev/null
-    if [[ $KEEP_TMP == 1 ]]; then
-        log "kept $WORK"
-    else
-        rm -rf "$WORK"
-    fi
-    rmdir "$LOGS" 2>/dev/null  # nothing saved (stopped early)
-    exit "$rc"
+    finish_work "$rc"
 }
 trap cleanup EXIT
 trap 'exit 130' INT

@@ -1,4 +1,5 @@
 # Shell helpers shared by the bench scripts (sourced, not run).
+# They use the scripts' WORK, LOGS and KEEP_TMP variables.
 
 log() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*"; }
 die() { log "ERROR: $*" >&2; exit 1; }
@@ -16,4 +17,14 @@ stop_pid() {  # stop_pid PID SECONDS: TERM, bounded wait, then KILL
         kill -KILL "$pid" 2>/dev/null || true
     fi
     wait "$pid" 2>/dev/null || true
+}
+
+finish_work() {  # finish_work RC: keep or remove $WORK, drop an empty $LOGS, exit with RC
+    if [[ $KEEP_TMP == 1 ]]; then
+        log "kept $WORK"
+    else
+        rm -rf "$WORK"
+    fi
+    rmdir "$LOGS" 2>/dev/null  # nothing saved (stopped early)
+    exit "$1"
 }

@@ -69,7 +69,7 @@ RCPT=bob@example.com
 SENDER=alice@example.org
 
 # shellcheck source=bench/common.sh
-. "$BENCH/common.sh"   # log, die, stop_pid
+. "$BENCH/common.sh"   # log, die, stop_pid, finish_work
 
 # -- tools ------------------------------------------------------------------------
 [[ -x $TWISTD ]] || die "$TWISTD not found: run ./dev.sh test (or ./dev.sh run) once to create .venv"
@@ -133,13 +133,7 @@ cleanup() {
     [[ -n $GOMAIL_PID ]] && stop_pid "$GOMAIL_PID" 45
     stop_postfix
     [[ -n $SINK_PID ]] && stop_pid "$SINK_PID" 5
-    if [[ $KEEP_TMP == 1 ]]; then
-        log "kept $WORK"
-    else
-        rm -rf "$WORK"
-    fi
-    rmdir "$LOGS" 2>/dev/null  # nothing saved (stopped early)
-    exit "$rc"
+    finish_work "$rc"
 }
 trap cleanup EXIT
 trap 'exit 130' INT
