@@ -36,3 +36,16 @@ def _parse(host: str) -> IPAddress | None:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         return address.ipv4_mapped
     return address
+
+
+def ip_text(host: str | None) -> str | None:
+    """L{parse_ip}'s address in its canonical text form (C{str}), or None; cached like the parse."""
+    if not host or len(host) > MAX_LENGTH:
+        return None
+    return _text(host)
+
+
+@functools.lru_cache(maxsize=4096)
+def _text(host: str) -> str | None:
+    address = _parse(host)
+    return None if address is None else str(address)

@@ -413,7 +413,9 @@ class FailClosedTests(AuthHTTPMixin, SynchronousTestCase):
 
     def test_authenticator_raises(self) -> None:
         """An unexpected error from the checker itself: a temporary failure, no OK."""
-        self.auth.authenticate = lambda attempt: fail(RuntimeError("checker bug"))
+        async def broken(attempt):
+            raise RuntimeError("checker bug")
+        self.auth.check = broken
         self.assertTemporary(self.ask())
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 

@@ -104,7 +104,12 @@ class BackendRouter(Service):
         if not pool:
             raise NoBackend(f"no {protocol} backend is configured or resolvable")
         live = [b for b in pool if b.up] or pool
-        chosen = self._by_hash(live, user) if self.strategy == "hash" else self._round_robin(live)
+        if len(live) == 1:
+            chosen = live[0]  # nothing to choose between: spare the hash (nginx asks once per login)
+        elif self.strategy == "hash":
+            chosen = self._by_hash(live, user)
+        else:
+            chosen = self._round_robin(live)
         return chosen.address, chosen.config.port  # type: ignore[return-value]
 
     @staticmethod

@@ -28,9 +28,10 @@ class Blacklist:
 
     def contains(self, ip: str) -> Deferred:
         """@return: Deferred[bool]; fails when the entries cannot be loaded."""
-        return Deferred.fromCoroutine(self._contains(ip))
+        return Deferred.fromCoroutine(self.check(ip))
 
-    async def _contains(self, ip: str) -> bool:
+    async def check(self, ip: str) -> bool:
+        """L{contains} as a coroutine (no Deferred when the entries are fresh)."""
         now = self.clock.seconds()
         if self._loaded_at is None or now - self._loaded_at >= self.refresh:
             await self.reload()

@@ -153,9 +153,14 @@ class Authenticator:
 
     def authenticate(self, attempt: LoginAttempt) -> Deferred:
         """Check one attempt: fires with L{AuthSuccess}, fails with L{AuthFailure} or L{TemporaryAuthError}."""
-        return Deferred.fromCoroutine(self._authenticate(attempt))
+        return Deferred.fromCoroutine(self.check(attempt))
 
-    async def _authenticate(self, attempt: LoginAttempt) -> AuthSuccess:
+    async def check(self, attempt: LoginAttempt) -> AuthSuccess:
+        """
+        L{authenticate} as a coroutine, for a caller that is one already:
+        awaiting it directly saves a Deferred and a trampoline per login on
+        auth_http's hot path.
+        """
         started = self._timer()
         try:
             success = await self._check(attempt)
@@ -279,7 +284,7 @@ class Authenticator:
 
     async def _blacklisted(self, ip: str) -> bool:
         try:
-            return await self.blacklist.contains(ip)
+            return await self.blacklist.check(ip)
         except Exception as e:
             self.log.error("IP blacklist unavailable: {error}", error=str(e) or type(e).__name__)
             raise TemporaryAuthError("blacklist unavailable") from e
@@ -302,9 +307,9 @@ class Authenticator:
         return f"auth:{kind}:{hashlib.sha256(subject.encode()).hexdigest()[:32]}"
 
     def _cache_key(self, name: str, password: str) -> str:
-        mac = hmac.new(self.secret, name.encode() + b"\0" + password.encode("utf-8", "surrogatepass"),
-                       hashlib.sha256).hexdigest()
-        return f"auth:cache:{mac}"
+        # hmac.digest: the one-shot C path, a third of hmac.new()'s cost on the per-login path
+        mac = hmac.digest(self.secret, name.encode() + b"\0" + password.encode("utf-8", "surrogatepass"), "sha256")
+        return f"auth:cache:{mac.hex()}"
 
 
 # -- twisted.cred -----------------------------------------------------------------

@@ -5,6 +5,7 @@ peer-based access guard, and JSON responses.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import ipaddress
 import json
@@ -122,13 +123,18 @@ class PeerAccess:
     def __init__(self, allow_from: Iterable[str] = (), bearer_token: str = "") -> None:
         self.networks = tuple(ipaddress.ip_network(n, strict=False) for n in allow_from) or LOOPBACK
         self.token = bearer_token.encode()
+        # The same few peers ask again and again (nginx: once per login): their answer is kept.
+        self._host_allowed = functools.lru_cache(maxsize=1024)(self._in_networks)
+
+    def _in_networks(self, host: str) -> bool:
+        ip = parse_ip(host)
+        return ip is not None and any(ip in network for network in self.networks)
 
     def allows(self, request: Any) -> bool:
         peer = request.getClientAddress()
         if isinstance(peer, UNIXAddress):
             return True
-        ip = parse_ip(str(getattr(peer, "host", "")))
-        if ip is not None and any(ip in network for network in self.networks):
+        if self._host_allowed(str(getattr(peer, "host", ""))):
             return True
         if self.token:
             raw = request.getHeader(b"authorization") or b""  # a bytes name gives a bytes value
