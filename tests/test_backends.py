@@ -250,3 +250,14 @@ class HealthCheckTests(SynchronousTestCase):
         self.assertIsNone(router.startService())
         self.reactor.advance(100)
         self.assertEqual(self.reactor.tcpClients, [])
+
+
+class SingleBackendTests(SynchronousTestCase):
+    """A pool of one (or with one live backend) answers it for every user, whatever the strategy."""
+
+    def test_pool_of_one(self) -> None:
+        """Every user goes to the only backend, with the hash and with round-robin."""
+        for strategy in ("hash", "round-robin"):
+            router = BackendRouter([imap("192.0.2.1", 1143)], strategy, MemoryReactorClock(), interval=0)
+            self.assertEqual({router.choose("imap", user) for user in USERS[:50]}, {("192.0.2.1", 1143)},
+                             strategy)
