@@ -1,0 +1,181 @@
+"""
+The auth_http hot path without the network: gomail's real auth_http site
+(built from a config, as `twistd gomail` builds it, listening on
+an ephemeral loopback port it is never asked on) and a bare twisted.web
+resource answering the same headers, each fed N keep-alive requests
+through a StringTransport in one process, alternating, several rounds.
+
+It shows what gomail's own Python costs per login, without wrk, the kernel
+and the other core in the figure; `bench/authhttp.sh` stays the benchmark.
+
+  .venv/bin/python bench/authhttp_inprocess.py [-n REQUESTS] [-r ROUNDS] [--profile]
+
+--profile adds one cProfile'd gomail round (cumulative, gomail and Deferred
+frames). Prints microseconds of CPU per request and the ratio peer/gomail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import os
+import pstats
+import shutil
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from twisted.internet import reactor  # noqa: E402
+from twisted.internet.address import IPv4Address  # noqa: E402
+from twisted.internet.testing import StringTransport  # noqa: E402
+from twisted.web.resource import Resource  # noqa: E402
+from twisted.web.server import Site  # noqa: E402
+
+from authhttp_helper import freeports, make_users  # noqa: E402  (bench/ is on sys.path as the script's directory)
+
+USER, PASSWORD, SECRET = "alice@example.org", "bench-pass-1", "bench-shared-secret"
+PEER = IPv4Address("TCP", "127.0.0.1", 40000)
+REQUEST = (b"GET /api/auth HTTP/1.1\r\nHost: 127.0.0.1\r\nAuth-Method: plain\r\n"
+           b"Auth-User: " + USER.encode() + b"\r\nAuth-Pass: " + PASSWORD.encode() + b"\r\n"
+           b"Auth-Protocol: imap\r\nAuth-Login-Attempt: 1\r\nClient-IP: 127.0.0.1\r\n"
+           b"X-Auth-Key: " + SECRET.encode() + b"\r\n\r\n")
+CONFIG = """\
+smtpHost = "127.0.0.1"
+smtpPort = {smtp_port}
+dataDir = "{data}"
+enableHealthCheck = false
+
+[security]
+requireAuth = false
+
+[spool]
+minFreeSpaceMB = 0
+
+[auth]
+bcryptRounds = 4
+cacheTTL = 86400
+
+[nginxAuth]
+listen = ["tcp:0:interface=127.0.0.1"]
+sharedSecret = "{secret}"
+healthCheckInterval = 0
+
+[[nginxAuth.backends]]
+protocol = "imap"
+address = "127.0.0.1"
+port = 143
+"""
+
+
+class AuthOK(Resource):
+    """The peer: what bench/authhttp.sh's bare resource answers."""
+
+    isLeaf = True
+
+    def render_GET(self, request):
+        request.setHeader(b"Auth-Status", b"OK")
+        request.setHeader(b"Auth-Server", b"127.0.0.1")
+        request.setHeader(b"Auth-Port", b"143")
+        return b""
+
+
+def connect(site: Site) -> tuple:
+    protocol = site.buildProtocol(PEER)
+    transport = StringTransport(peerAddress=PEER, hostAddress=IPv4Address("TCP", "127.0.0.1", 8090))
+    protocol.makeConnection(transport)
+    return protocol, transport
+
+
+def answer(protocol, transport) -> bytes:
+    """One request; waits on the reactor when the answer is not immediate (a refresh in a thread)."""
+    protocol.dataReceived(REQUEST)
+    deadline = time.monotonic() + 5
+    while not transport.io.tell():
+        if time.monotonic() > deadline:
+            raise RuntimeError("no answer within 5 s")
+        reactor.iterate(0.001)
+    out = transport.value()
+    transport.clear()
+    return out
+
+
+def drive(site: Site, n: int, profile: bool = False) -> float:
+    """Microseconds of CPU per request over C{n} keep-alive requests."""
+    protocol, transport = connect(site)
+    first = answer(protocol, transport)
+    if b"Auth-Status: OK" not in first:
+        raise RuntimeError(f"not a success: {first!r}")
+    profiler = cProfile.Profile() if profile else None
+    started = time.process_time()
+    if profiler:
+        profiler.enable()
+    for _ in range(n):
+        answer(protocol, transport)
+    if profiler:
+        profiler.disable()
+    spent = time.process_time() - started
+    if profiler:
+        pstats.Stats(profiler).sort_stats("cumulative").print_stats("gomail|defer", 40)
+    return spent / n * 1e6
+
+
+def auth_site(service) -> Site:
+    """The auth_http Site the service would listen with."""
+    def walk(node):
+        for child in getattr(node, "services", ()):
+            yield child
+            yield from walk(child)
+
+    for child in walk(service):
+        for value in vars(child).values():
+            if isinstance(value, Site):
+                return value
+    raise RuntimeError("no auth_http site found")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("-n", type=int, default=20000, help="requests per round (default 20000)")
+    parser.add_argument("-r", type=int, default=3, help="rounds, each gomail then the peer (default 3)")
+    parser.add_argument("--profile", action="store_true", help="one more, profiled gomail round")
+    args = parser.parse_args()
+
+    from gomail.config import load_config
+    from gomail.service import build_service
+
+    work = tempfile.mkdtemp(prefix="gomail-authhttp-inprocess.")
+    data = os.path.join(work, "data")
+    make_users(os.path.join(data, "gomail.db"), USER, PASSWORD, 4)
+    path = os.path.join(work, "gomail.toml")
+    with open(path, "w") as f:
+        f.write(CONFIG.format(data=data, secret=SECRET, smtp_port=freeports(1)[0]))
+    service = build_service(load_config(path), reactor)
+    status = [1]
+
+    def run() -> None:
+        try:
+            site = auth_site(service)
+            peer = Site(AuthOK())
+            peer.log = lambda request: None
+            for round_number in range(1, args.r + 1):
+                gomail_us, peer_us = drive(site, args.n), drive(peer, args.n)
+                print(f"round {round_number}: gomail {gomail_us:.1f} us/request, peer {peer_us:.1f},"
+                      f" ratio {peer_us / gomail_us:.2f}", flush=True)
+            if args.profile:
+                drive(site, args.n, profile=True)
+            status[0] = 0
+        finally:
+            service.stopService()
+            reactor.stop()
+
+    reactor.callWhenRunning(service.startService)
+    reactor.callWhenRunning(reactor.callLater, 0.5, run)
+    reactor.run()
+    shutil.rmtree(work, ignore_errors=True)
+    return status[0]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
