@@ -33,7 +33,7 @@ from gomail.smtp.policy import parse_ip
 from gomail.smtp.reader import DataReader
 from gomail.smtp.received import received_header
 from gomail.spool.envelope import Envelope, Recipient
-from gomail.tcp import no_delay, write_through
+from gomail.tcp import no_delay
 
 if TYPE_CHECKING:
     from gomail.smtp.server import SMTPServer
@@ -99,10 +99,6 @@ class GomailESMTP(ESMTP):
         self.admitted = True
         self.sendCode(220, self.host + b" ESMTP gomail")
         self.setTimeout(self.timeout)
-
-    def sendLine(self, line: bytes) -> None:
-        # Every reply goes through here: straight to the socket when nothing is buffered (gomail.tcp).
-        write_through(self.transport, line + self.delimiter)
 
     def connectionLost(self, reason: Any = None) -> None:
         self.setTimeout(None)
