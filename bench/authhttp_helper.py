@@ -99,9 +99,8 @@ def make_users(db: str, user: str, password: str, rounds: int) -> None:
         conn.close()
 
 
-def run_peer(port: int) -> None:
-    """The peer: a bare twisted.web leaf resource answering nginx's success headers; one reactor, Site."""
-    from twisted.internet import reactor
+def peer_site():
+    """The peer: a bare twisted.web leaf resource answering nginx's success headers, in a Site."""
     from twisted.web.resource import Resource
     from twisted.web.server import Site
 
@@ -116,6 +115,14 @@ def run_peer(port: int) -> None:
 
     site = Site(AuthOK())
     site.log = lambda request: None  # no access log (gomail's LimitedSite has none either)
+    return site
+
+
+def run_peer(port: int) -> None:
+    """The peer (L{peer_site}) listening on C{port}; one reactor."""
+    from twisted.internet import reactor
+
+    site = peer_site()
     reactor.listenTCP(port, site, interface="127.0.0.1")
     reactor.callWhenRunning(lambda: print(f"peer ready on 127.0.0.1:{port}", flush=True))
     reactor.run()

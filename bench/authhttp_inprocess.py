@@ -30,10 +30,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from twisted.internet import reactor  # noqa: E402
 from twisted.internet.address import IPv4Address  # noqa: E402
 from twisted.internet.testing import StringTransport  # noqa: E402
-from twisted.web.resource import Resource  # noqa: E402
 from twisted.web.server import Site  # noqa: E402
 
-from authhttp_helper import freeports, make_users  # noqa: E402  (bench/ is on sys.path as the script's directory)
+from authhttp_helper import freeports, make_users, peer_site  # noqa: E402  (bench/ is on sys.path as the script's directory)
 
 USER, PASSWORD, SECRET = "alice@example.org", "bench-pass-1", "bench-shared-secret"
 PEER = IPv4Address("TCP", "127.0.0.1", 40000)
@@ -67,18 +66,6 @@ protocol = "imap"
 address = "127.0.0.1"
 port = 143
 """
-
-
-class AuthOK(Resource):
-    """The peer: what bench/authhttp.sh's bare resource answers."""
-
-    isLeaf = True
-
-    def render_GET(self, request):
-        request.setHeader(b"Auth-Status", b"OK")
-        request.setHeader(b"Auth-Server", b"127.0.0.1")
-        request.setHeader(b"Auth-Port", b"143")
-        return b""
 
 
 def connect(site: Site) -> tuple:
@@ -157,8 +144,7 @@ def main() -> int:
     def run() -> None:
         try:
             site = auth_site(service)
-            peer = Site(AuthOK())
-            peer.log = lambda request: None
+            peer = peer_site()
             for round_number in range(1, args.r + 1):
                 gomail_us, peer_us = drive(site, args.n), drive(peer, args.n)
                 print(f"round {round_number}: gomail {gomail_us:.1f} us/request, peer {peer_us:.1f},"

@@ -18,7 +18,8 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f]")
+#: Control characters: what no stored text, and no header value, may carry.
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class AuthLogEntry(NamedTuple):
@@ -63,7 +64,7 @@ def query_entries(cursor: Any, since: float = 0.0, user: str | None = None, limi
 
 def printable(text: str, limit: int = 254) -> str:
     """A client-supplied string made safe to store and show: no control characters, bounded."""
-    return _UNPRINTABLE.sub("?", text)[:limit]
+    return CONTROL_CHARACTERS.sub("?", text)[:limit]
 
 
 class AuthLog(Service):

@@ -14,7 +14,6 @@ hottest path (BENCHMARKS.md).
 from __future__ import annotations
 
 import hmac
-import re
 import time
 from typing import Any
 from urllib.parse import unquote_to_bytes
@@ -24,14 +23,13 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from gomail.auth.authlog import AuthLog, AuthLogEntry, printable
+from gomail.auth.authlog import CONTROL_CHARACTERS, AuthLog, AuthLogEntry, printable
 from gomail.auth.backends import BackendRouter, NoBackend
 from gomail.auth.checker import AuthFailure, Authenticator, LoginAttempt, TemporaryAuthError
 from gomail.netaddr import ip_text
 from gomail.settings import NginxAuthSettings
 
 PROTOCOLS = frozenset({"imap", "pop3", "smtp"})
-_CONTROL = re.compile("[\x00-\x1f\x7f]")
 
 
 class BadRequest(Exception):
@@ -260,7 +258,7 @@ class AuthHTTPResource(Resource):
 
 def _header_safe(text: str) -> bool:
     """Whether C{text} can go into a header value as it is (no control characters)."""
-    return _CONTROL.search(text) is None
+    return CONTROL_CHARACTERS.search(text) is None
 
 
 def _header_value(text: str) -> bytes:
