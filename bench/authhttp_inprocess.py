@@ -1,6 +1,6 @@
 """
-The auth_http hot path without the network: gomail's real auth_http site
-(built from a config, as `twistd gomail` builds it, listening on
+The auth_http hot path without the network: gomail's real auth_http listener
+factory (built from a config, as `twistd gomail` builds it, listening on
 an ephemeral loopback port it is never asked on) and a bare twisted.web
 resource answering the same headers, each fed N keep-alive requests
 through a StringTransport in one process, alternating, several rounds.
@@ -29,8 +29,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from twisted.internet import reactor  # noqa: E402
 from twisted.internet.address import IPv4Address  # noqa: E402
+from twisted.internet.defer import maybeDeferred  # noqa: E402
 from twisted.internet.testing import StringTransport  # noqa: E402
-from twisted.web.server import Site  # noqa: E402
+from twisted.internet.protocol import Factory  # noqa: E402
 
 from authhttp_helper import freeports, make_users, peer_site  # noqa: E402  (bench/ is on sys.path as the script's directory)
 
@@ -68,8 +69,8 @@ port = 143
 """
 
 
-def connect(site: Site) -> tuple:
-    protocol = site.buildProtocol(PEER)
+def connect(factory: Factory) -> tuple:
+    protocol = factory.buildProtocol(PEER)
     transport = StringTransport(peerAddress=PEER, hostAddress=IPv4Address("TCP", "127.0.0.1", 8090))
     protocol.makeConnection(transport)
     return protocol, transport
@@ -88,9 +89,9 @@ def answer(protocol, transport) -> bytes:
     return out
 
 
-def drive(site: Site, n: int, profile: bool = False) -> float:
+def drive(factory: Factory, n: int, profile: bool = False) -> float:
     """Microseconds of CPU per request over C{n} keep-alive requests."""
-    protocol, transport = connect(site)
+    protocol, transport = connect(factory)
     first = answer(protocol, transport)
     if b"Auth-Status: OK" not in first:
         raise RuntimeError(f"not a success: {first!r}")
@@ -108,8 +109,8 @@ def drive(site: Site, n: int, profile: bool = False) -> float:
     return spent / n * 1e6
 
 
-def auth_site(service) -> Site:
-    """The auth_http Site the service would listen with."""
+def auth_factory(service) -> Factory:
+    """The protocol factory of the service's auth_http listener."""
     def walk(node):
         for child in getattr(node, "services", ()):
             yield child
@@ -117,9 +118,9 @@ def auth_site(service) -> Site:
 
     for child in walk(service):
         for value in vars(child).values():
-            if isinstance(value, Site):
+            if isinstance(value, AuthHTTPFactory):
                 return value
-    raise RuntimeError("no auth_http site found")
+    raise RuntimeError("no auth_http listener found")
 
 
 def main() -> int:
@@ -129,7 +130,9 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true", help="one more, profiled gomail round")
     args = parser.parse_args()
 
+    global AuthHTTPFactory
     from gomail.config import load_config
+    from gomail.web.authwire import AuthHTTPFactory
     from gomail.service import build_service
 
     work = tempfile.mkdtemp(prefix="gomail-authhttp-inprocess.")
@@ -143,7 +146,7 @@ def main() -> int:
 
     def run() -> None:
         try:
-            site = auth_site(service)
+            site = auth_factory(service)
             peer = peer_site()
             for round_number in range(1, args.r + 1):
                 gomail_us, peer_us = drive(site, args.n), drive(peer, args.n)
@@ -153,8 +156,8 @@ def main() -> int:
                 drive(site, args.n, profile=True)
             status[0] = 0
         finally:
-            service.stopService()
-            reactor.stop()
+            # The service's threads stop with it: the reactor stops after them, or the process never exits.
+            maybeDeferred(service.stopService).addBoth(lambda _: reactor.stop())
 
     reactor.callWhenRunning(service.startService)
     reactor.callWhenRunning(reactor.callLater, 0.5, run)

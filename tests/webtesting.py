@@ -1,16 +1,20 @@
 """
 Test helpers for the HTTP listeners: treq's L{StubTreq} over the real resource
-trees, answered synchronously, with a way to pretend the peer is not loopback.
+trees, answered synchronously, with a way to pretend the peer is not loopback;
+and L{WireBrowser}, raw HTTP through a listener's protocol factory (the
+auth_http listener is not a twisted.web Site).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from treq.testing import StubTreq
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
+from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 from twisted.web.resource import IResource
@@ -115,3 +119,60 @@ class Browser:
     def peers_seen(self) -> list[Any]:
         """The client address every request was shown (C{getClientAddress()})."""
         return [request.getClientAddress() for request in self.root.requests]
+
+
+def parse_response(data: bytes) -> Answer:
+    """The first HTTP response in C{data} (fails when there is none, complete)."""
+    head, sep, rest = data.partition(b"\r\n\r\n")
+    if not sep:
+        raise AssertionError(f"the request did not finish: {data!r}")
+    status, *lines = head.split(b"\r\n")
+    version, code, _ = status.split(b" ", 2)
+    headers = Headers()
+    for line in lines:
+        name, _, value = line.partition(b": ")
+        headers.addRawHeader(name, value)
+    length = int(headers.getRawHeaders(b"content-length", [b"0"])[0])
+    return Answer(int(code), headers, rest[:length])
+
+
+class WireBrowser:
+    """
+    Requests as raw HTTP/1.1 bytes through C{factory}'s protocol on a
+    StringTransport, one connection each, peer C{peer} (loopback by default);
+    the same answers as L{Browser}.
+    """
+
+    def __init__(self, factory: Any, peer: str | None = None) -> None:
+        self.factory = factory
+        host = peer or "127.0.0.1"
+        self.peer = (IPv6Address if ":" in host else IPv4Address)("TCP", host, 40000)
+        self.transports: list[StringTransport] = []
+
+    def connect(self) -> tuple[Any, StringTransport]:
+        """A new connection: its protocol and transport."""
+        protocol = self.factory.buildProtocol(self.peer)
+        transport = StringTransport(peerAddress=self.peer)
+        protocol.makeConnection(transport)
+        self.transports.append(transport)
+        return protocol, transport
+
+    @staticmethod
+    def encode(method: str, url: str, headers: Any = None, data: bytes | None = None) -> bytes:
+        """The request's bytes."""
+        parts = urlsplit(url)
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        lines = [f"{method} {target} HTTP/1.1".encode(), b"Host: " + parts.netloc.encode()]
+        for name, values in (headers or {}).items():
+            lines += [name + b": " + value for value in values]
+        if data is not None:
+            lines.append(b"Content-Length: %d" % len(data))
+        return b"\r\n".join(lines) + b"\r\n\r\n" + (data or b"")
+
+    def request(self, method: str, url: str, headers: Any = None, data: bytes | None = None) -> Answer:
+        protocol, transport = self.connect()
+        protocol.dataReceived(self.encode(method, url, headers, data))
+        return parse_response(transport.value())
+
+    def get(self, url: str, headers: Any = None) -> Answer:
+        return self.request("GET", url, headers=headers)

@@ -1,27 +1,23 @@
 """
-The nginx mail proxy C{auth_http} endpoint (contract: PROTOCOLS.md).
+What the nginx mail proxy's C{auth_http} request is answered (contract:
+PROTOCOLS.md), apart from HTTP itself: L{AuthHTTPAnswerer} turns a request's
+headers into the status code and C{Auth-*} headers of the answer;
+L{gomail.web.authwire} carries them over the wire.
 
 nginx reads only the response headers and ignores the status line, so the one
 rule above all: C{Auth-Status: OK} is written in a single place, after every
 check has passed and the backend is chosen, from a header set built in a local
 variable. Any exception before that answers the temporary failure.
-
-This is a plain twisted.web leaf resource rather than a Klein route: nginx
-asks once per login, and Klein's routing costs ~40% of the throughput of this
-hottest path (BENCHMARKS.md).
 """
 
 from __future__ import annotations
 
 import hmac
 import time
-from typing import Any
+from typing import Any, Mapping
 from urllib.parse import unquote_to_bytes
 
-from twisted.internet.defer import Deferred
 from twisted.logger import Logger
-from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET
 
 from gomail.auth.authlog import CONTROL_CHARACTERS, AuthLog, AuthLogEntry, printable
 from gomail.auth.backends import BackendRouter, NoBackend
@@ -30,6 +26,11 @@ from gomail.netaddr import ip_text
 from gomail.settings import NginxAuthSettings
 
 PROTOCOLS = frozenset({"imap", "pop3", "smtp"})
+
+#: A request's headers: lower-cased names, every value in the order received.
+RequestHeaders = Mapping[bytes, list[bytes]]
+#: An answer: the HTTP status code and the response headers (names as sent).
+Answer = tuple[int, dict[bytes, bytes]]
 
 
 class BadRequest(Exception):
@@ -46,17 +47,15 @@ class BadRequest(Exception):
         self.reason = reason
 
 
-class AuthHTTPResource(Resource):
-    """C{GET <path>}: one login attempt from nginx."""
+class AuthHTTPAnswerer:
+    """The answer to one login attempt from nginx, from the request's headers."""
 
-    isLeaf = True
     log = Logger()
     #: Refused requests logged and audited per second (the rest only counted).
     MAX_REFUSALS_LOGGED = 10
 
     def __init__(self, settings: NginxAuthSettings, authenticator: Authenticator, router: BackendRouter,
                  audit: AuthLog | None = None, timer: Any = time.perf_counter, clock: Any = None) -> None:
-        super().__init__()
         self.settings = settings
         self.authenticator = authenticator
         self.router = router
@@ -64,67 +63,67 @@ class AuthHTTPResource(Resource):
         self.timer = timer
         self.clock = clock if clock is not None else authenticator.clock
         self.secret = settings.sharedSecret.encode()
-        self.secret_header = settings.secretHeader.encode()
+        self.secret_header = settings.secretHeader.encode().lower()
         self.refusals_not_logged = 0
         self._refusals_reported = 0
         self._refusal_second = -1
         self._refusals_this_second = 0
 
-    def render_GET(self, request: Any) -> Any:
+    async def answer(self, headers: RequestHeaders) -> Answer:
+        """
+        The status code and headers that answer a request with C{headers}.
+        Never raises: whatever goes wrong answers the temporary failure (and
+        is logged), never C{Auth-Status: OK}.
+        """
         started = self.timer()
-        d = Deferred.fromCoroutine(self._answer(request, started))
-        d.addErrback(self._crashed, request)
-        return NOT_DONE_YET
-
-    def render_HEAD(self, request: Any) -> Any:
-        return self.render_GET(request)
+        try:
+            return await self._answer(headers, started)
+        except Exception:
+            self.log.failure("auth_http request failed")
+            return 500, self._temporary(_safe_protocol(headers))
 
     # -- the exchange -----------------------------------------------------------
 
-    async def _answer(self, request: Any, started: float) -> None:
+    async def _answer(self, headers: RequestHeaders, started: float) -> Answer:
         protocol = "unknown"
         try:
-            self._check_secret(request)
-            protocol = self._protocol(request)
-            attempt_number = self._attempt_number(request)
-            self._check_method(request)
-            user = self._credential(request, b"auth-user")
-            password = self._credential(request, b"auth-pass")
-            client_ip = self._client_ip(request)
+            self._check_secret(headers)
+            protocol = self._protocol(headers)
+            attempt_number = self._attempt_number(headers)
+            self._check_method(headers)
+            user = self._credential(headers, b"auth-user")
+            password = self._credential(headers, b"auth-pass")
+            client_ip = self._client_ip(headers)
         except BadRequest as e:
             if self._note_refusal():
                 self.log.warn("auth_http request refused: {why}", why=str(e))
                 # Who it claimed to be is unknown (or not to be trusted): the entry says only that and why.
                 self._record(started, "", protocol, None, "refused", e.reason)
-            self._finish(request, {b"Auth-Status": self._status_text(e.client_text)}, 400)
-            return
+            return 400, {b"Auth-Status": self._status_text(e.client_text)}
         attempt = LoginAttempt(user, password, client_ip, protocol)
         try:
             success = await self.authenticator.check(attempt)
         except AuthFailure as failure:
             self._record(started, user, protocol, client_ip, "failure", failure.reason)
-            self._finish(request, self._failure(protocol, attempt_number))
-            return
+            return 200, self._failure(protocol, attempt_number)
         except TemporaryAuthError:
             self._record(started, user, protocol, client_ip, "tempfail", "unavailable")
-            self._finish(request, self._temporary(protocol))
-            return
+            return 200, self._temporary(protocol)
         try:
             address, port = self.router.choose(protocol, success.name, success.user.backend)
         except (NoBackend, ValueError) as e:
             self.log.error("no backend for a {protocol} login: {why}", protocol=protocol, why=str(e))
             self._record(started, user, protocol, client_ip, "tempfail", "no-backend")
-            self._finish(request, self._temporary(protocol))
-            return
-        headers = {b"Auth-Server": address.encode(), b"Auth-Port": str(port).encode()}
+            return 200, self._temporary(protocol)
+        answer = {b"Auth-Server": address.encode(), b"Auth-Port": str(port).encode()}
         if _header_safe(success.password):
             # nginx hands this to the backend as it is: the password without the TOTP code.
-            headers[b"Auth-Pass"] = success.password.encode("utf-8")
+            answer[b"Auth-Pass"] = success.password.encode("utf-8")
         # A success that cannot be recorded is not let through: the error answers the temporary failure.
         self._record(started, success.name, protocol, client_ip, "success", success.via, f"{address}:{port}",
                      required=True)
-        headers[b"Auth-Status"] = b"OK"  # the only place OK is ever written
-        self._finish(request, headers)
+        answer[b"Auth-Status"] = b"OK"  # the only place OK is ever written
+        return 200, answer
 
     def _note_refusal(self) -> bool:
         """
@@ -147,50 +146,35 @@ class AuthHTTPResource(Resource):
             return False
         return True
 
-    def _crashed(self, failure: Any, request: Any) -> None:
-        self.log.failure("auth_http request failed", failure)
-        if not request.finished and not getattr(request, "_disconnected", False):
-            request.responseHeaders.removeHeader(b"Auth-Status")
-            self._finish(request, self._temporary(_safe_protocol(request)), 500)
-
-    def _finish(self, request: Any, headers: dict[bytes, bytes], code: int = 200) -> None:
-        if getattr(request, "_disconnected", False) or request.finished:
-            return
-        request.setResponseCode(code)
-        for name, value in headers.items():
-            request.setHeader(name, value)
-        request.setHeader(b"Content-Length", b"0")
-        request.finish()
-
     # -- parsing ------------------------------------------------------------------
 
-    def _check_secret(self, request: Any) -> None:
+    def _check_secret(self, headers: RequestHeaders) -> None:
         if not self.secret:
             return
-        values = request.requestHeaders.getRawHeaders(self.secret_header) or []
-        if len(values) != 1 or not hmac.compare_digest(values[0], self.secret):  # bytes: name is bytes
+        values = headers.get(self.secret_header) or []
+        if len(values) != 1 or not hmac.compare_digest(values[0], self.secret):
             raise BadRequest("missing or wrong shared secret header", "Authentication service unavailable",
                              "bad-secret")
 
-    def _protocol(self, request: Any) -> str:
-        protocol = (self._single(request, b"auth-protocol") or "").strip().lower()
+    def _protocol(self, headers: RequestHeaders) -> str:
+        protocol = (self._single(headers, b"auth-protocol") or "").strip().lower()
         if protocol not in PROTOCOLS:
             raise BadRequest("unsupported Auth-Protocol", "Unsupported protocol")
         return protocol
 
-    def _check_method(self, request: Any) -> None:
-        method = (self._single(request, b"auth-method") or "plain").strip().lower()
+    def _check_method(self, headers: RequestHeaders) -> None:
+        method = (self._single(headers, b"auth-method") or "plain").strip().lower()
         if method != "plain":
             raise BadRequest(f"unsupported Auth-Method {printable(method, 20)!r}",
                              "Unsupported authentication method, use plain", "unsupported-method")
 
-    def _attempt_number(self, request: Any) -> int:
-        value = self._single(request, b"auth-login-attempt") or "1"
+    def _attempt_number(self, headers: RequestHeaders) -> int:
+        value = self._single(headers, b"auth-login-attempt") or "1"
         # isascii: str.isdigit() also accepts "²" (byte 0xb2 as latin-1), which int() refuses
         return max(1, int(value)) if value.isascii() and value.isdigit() and 0 < len(value) < 6 else 1
 
-    def _credential(self, request: Any, name: bytes) -> str:
-        raw = self._single(request, name)
+    def _credential(self, headers: RequestHeaders, name: bytes) -> str:
+        raw = self._single(headers, name)
         if raw is None:
             raise BadRequest(f"missing {name.decode().title()}")
         try:
@@ -202,8 +186,8 @@ class AuthHTTPResource(Resource):
             raise BadRequest(f"{name.decode().title()} too long")
         return value
 
-    def _client_ip(self, request: Any) -> str | None:
-        value = self._single(request, b"client-ip")
+    def _client_ip(self, headers: RequestHeaders) -> str | None:
+        value = self._single(headers, b"client-ip")
         if value is None:
             return None
         address = ip_text(value.strip())
@@ -212,13 +196,13 @@ class AuthHTTPResource(Resource):
         return address
 
     @staticmethod
-    def _single(request: Any, name: bytes) -> str | None:
-        values = request.requestHeaders.getRawHeaders(name)
+    def _single(headers: RequestHeaders, name: bytes) -> str | None:
+        values = headers.get(name)
         if not values:
             return None
         if len(values) > 1:
             raise BadRequest(f"duplicated {name.decode().title()} header")
-        # A bytes name gives bytes values: latin-1 maps each byte to one character and back.
+        # latin-1 maps each byte to one character and back.
         return values[0].decode("latin-1")
 
     # -- answers --------------------------------------------------------------------
@@ -265,6 +249,6 @@ def _header_value(text: str) -> bytes:
     return text.encode("utf-8")
 
 
-def _safe_protocol(request: Any) -> str:
-    values = request.requestHeaders.getRawHeaders(b"auth-protocol") or [b""]
+def _safe_protocol(headers: RequestHeaders) -> str:
+    values = headers.get(b"auth-protocol") or [b""]
     return values[0].decode("latin-1").strip().lower() if len(values) == 1 else ""

@@ -130,11 +130,13 @@ class PeerAccess:
         ip = parse_ip(host)
         return ip is not None and any(ip in network for network in self.networks)
 
+    def allows_address(self, peer: Any) -> bool:
+        """Whether the socket peer C{peer} (an address object) is allowed as it is, without a token."""
+        return isinstance(peer, UNIXAddress) or self._host_allowed(str(getattr(peer, "host", "")))
+
     def allows(self, request: Any) -> bool:
-        peer = request.getClientAddress()
-        if isinstance(peer, UNIXAddress):
-            return True
-        if self._host_allowed(str(getattr(peer, "host", ""))):
+        """Whether C{request} is served: its socket peer is allowed, or it carries the bearer token."""
+        if self.allows_address(request.getClientAddress()):
             return True
         if self.token:
             raw = request.getHeader(b"authorization") or b""  # a bytes name gives a bytes value

@@ -12,7 +12,8 @@ from gomail.auth.backends import BackendRouter
 from gomail.metrics import Metrics
 from gomail.services import ListeningService
 from gomail.settings import Backend, Config
-from gomail.web.authhttp import AuthHTTPResource
+from gomail.web.authhttp import AuthHTTPAnswerer
+from gomail.web.authwire import AuthHTTPFactory
 from gomail.web.http import Guarded, LimitedSite, PeerAccess
 from gomail.web.monitor import MonitorApp
 
@@ -48,14 +49,14 @@ def build_http(config: Config, reactor: Any, root: Any, parent: MultiService) ->
             audit = AuthLog(auth.users.pool, reactor, settings.auditRetentionDays)
             audit.setServiceParent(parent)
         root.auth_log = audit
-        resource = AuthHTTPResource(settings, auth.authenticator, router, audit)
-        guarded = LimitedSite(Guarded(_at_path(resource, settings.path), PeerAccess(settings.allowFrom)),
-                              reactor, settings.maxRequestBytes, settings.requestTimeout)
+        answerer = AuthHTTPAnswerer(settings, auth.authenticator, router, audit)
+        factory = AuthHTTPFactory(answerer, settings.path, PeerAccess(settings.allowFrom), reactor,
+                                  settings.maxRequestBytes, settings.requestTimeout)
         if not settings.sharedSecret:
             log.warn("nginxAuth.sharedSecret is empty: any allowed peer may ask auth_http (set it, and "
                      "auth_http_header in nginx)")
         for description in settings.listen:
-            ListeningService(reactor, description, guarded, "nginx auth_http").setServiceParent(parent)
+            ListeningService(reactor, description, factory, "nginx auth_http").setServiceParent(parent)
     if config.enableHealthCheck:
         monitor = config.monitor
         app = MonitorApp(metrics, root.spool, root.delivery.failed, root.delivery, reactor, state=auth.state,
@@ -67,34 +68,3 @@ def build_http(config: Config, reactor: Any, root: Any, parent: MultiService) ->
         for description in monitor.listen:
             ListeningService(reactor, description, site, "monitor").setServiceParent(parent)
     return metrics
-
-
-def _at_path(resource: Any, path: str) -> Any:
-    """A tree that serves C{resource} at C{path} (and 404 JSON elsewhere)."""
-    from twisted.web.resource import Resource
-
-    from gomail.web.http import json_body
-
-    class NotFound(Resource):
-        isLeaf = True
-
-        def render(self, request: Any) -> bytes:
-            return json_body(request, {"error": "not found"}, 404)
-
-    class Root(Resource):
-        def getChild(self, name: bytes, request: Any) -> Any:
-            return NotFound()
-
-        def render(self, request: Any) -> bytes:
-            return json_body(request, {"error": "not found"}, 404)
-
-    root = Root()
-    parts = [p.encode() for p in path.strip("/").split("/")]
-    node = root
-    for part in parts[:-1]:
-        child = Root()
-        node.putChild(part, child)
-        node = child
-    node.putChild(parts[-1], resource)
-    return root
-

@@ -1,0 +1,278 @@
+"""
+The auth_http listener's HTTP: the small, fixed part of HTTP/1.x that nginx's
+mail proxy speaks (PROTOCOLS.md), parsed strictly, answered by an
+L{AuthHTTPAnswerer}.
+
+Why not twisted.web here: nginx asks once per login, and twisted.web's general
+request machinery (line-by-line parsing, C{Request}, resource traversal, the
+response's header canonicalisation) costs several times the rest of a cached
+login (bench/README.md). A request here is one GET or HEAD of one path with
+headers and no body; everything else gets a precise refusal, so the surface
+is small: no bodies, no chunked encoding, no query arguments parsed, no
+absolute URLs. The monitor and admin listeners stay on twisted.web and Klein.
+
+What is served:
+  - C{GET}/C{HEAD} of the configured path (its query string ignored);
+    another path 404, another method 405, a body 413, a head over the limit 431,
+    an HTTP version other than 1.0/1.1 505, anything malformed 400; each
+    refusal closes the connection;
+  - HTTP/1.1 keep-alive (and HTTP/1.0 with C{Connection: keep-alive}), and
+    pipelined requests, answered one after another in order;
+  - peers the L{PeerAccess} allows (403 otherwise), decided once per
+    connection from the socket's peer address;
+  - an idle timeout: a connection with no complete request for C{timeout}
+    seconds is closed (the timer stops while an answer is being worked out).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from email.utils import formatdate
+from typing import Any, Coroutine
+
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.protocols.policies import TimeoutMixin
+
+from gomail.web.authhttp import Answer, AuthHTTPAnswerer, RequestHeaders
+from gomail.web.http import PeerAccess
+
+#: Where a request's head ends: an empty line (CRLF, or a bare LF, which RFC 9112 lets servers accept).
+HEAD_END = re.compile(rb"\r?\n\r?\n")
+#: What a head may not contain: control characters other than HTAB and line ends, and a CR not before LF.
+BAD_BYTES = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)")
+#: An HTTP field name (RFC 9110 5.1: a token).
+TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+MAX_HEADERS = 100
+VERSIONS = (b"HTTP/1.1", b"HTTP/1.0")
+REASONS = {200: b"OK", 400: b"Bad Request", 403: b"Forbidden", 404: b"Not Found", 405: b"Method Not Allowed",
+           413: b"Content Too Large", 431: b"Request Header Fields Too Large", 500: b"Internal Server Error",
+           505: b"HTTP Version Not Supported"}
+REFUSAL = b"Invalid authentication request"
+
+
+class HTTPError(Exception):
+    """A request answered at the HTTP level: C{code} and a JSON error C{message}; the connection closes."""
+
+    def __init__(self, code: int, message: str, auth_refusal: bool = False) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        #: Whether the answer carries a refusal C{Auth-Status} (a malformed login request).
+        self.auth_refusal = auth_refusal
+
+
+class AuthHTTPFactory(Factory):
+    """Builds L{AuthHTTPChannel}s for one auth_http listener."""
+
+    noisy = False
+
+    def __init__(self, answerer: AuthHTTPAnswerer, path: str, access: PeerAccess, clock: Any,
+                 max_head_bytes: int, timeout: float) -> None:
+        self.answerer = answerer
+        self.path = path.encode()
+        self.access = access
+        self.clock = clock
+        self.max_head_bytes = max_head_bytes
+        self.timeout = timeout
+        self._date_second = -1
+        self._date = b""
+
+    def buildProtocol(self, addr: Any) -> AuthHTTPChannel:
+        channel = AuthHTTPChannel()
+        channel.factory = self
+        channel.callLater = self.clock.callLater  # TimeoutMixin's timer, on the injected clock
+        return channel
+
+    def date(self) -> bytes:
+        """The C{Date} header's value now (worked out once a second)."""
+        second = int(self.clock.seconds())
+        if second != self._date_second:
+            self._date_second, self._date = second, formatdate(second, usegmt=True).encode()
+        return self._date
+
+
+class AuthHTTPChannel(Protocol, TimeoutMixin):
+    """One connection from nginx (or anyone the peer access lets in): requests answered in order."""
+
+    factory: AuthHTTPFactory
+    log = Logger()
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._busy = False  # an answer is being worked out: later requests wait in the buffer
+        self._paused = False
+        self._closing = False
+        self._allowed = False
+
+    def connectionMade(self) -> None:
+        self._allowed = self.factory.access.allows_address(self.transport.getPeer())
+        self.setTimeout(self.factory.timeout)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closing:
+            return
+        self._buffer += data
+        if self._busy:
+            if len(self._buffer) > self.factory.max_head_bytes and not self._paused:
+                # Pipelined requests pile up while one is answered: stop reading until it is.
+                self._paused = True
+                self.transport.pauseProducing()
+            return
+        self.resetTimeout()
+        self._serve()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self._closing = True
+        self.setTimeout(None)
+
+    def timeoutConnection(self) -> None:
+        self.log.debug("auth_http connection idle for {timeout} s: closed", timeout=self.factory.timeout)
+        self._closing = True
+        self.transport.abortConnection()
+
+    # -- requests -----------------------------------------------------------------
+
+    def _serve(self) -> None:
+        """Answer every complete request in the buffer, until one has to wait."""
+        limit = self.factory.max_head_bytes
+        while not self._busy and not self._closing:
+            if self._buffer[:1] in (b"\r", b"\n"):
+                self._buffer = self._buffer.lstrip(b"\r\n")  # RFC 9112 2.2: empty lines before a request
+            end = HEAD_END.search(self._buffer)
+            if end is None or end.end() > limit:
+                if len(self._buffer) > limit:
+                    self._refuse(b"HTTP/1.1", HTTPError(431, "request head too large", auth_refusal=True))
+                return
+            head, self._buffer = self._buffer[:end.start()], self._buffer[end.end():]
+            version, head_only = b"HTTP/1.1", head.startswith(b"HEAD ")
+            try:
+                method, target, version, headers = self._parse(head)
+                keep_alive = _keep_alive(version, headers)
+                self._check(method, target, headers)
+            except HTTPError as error:
+                self._refuse(version, error, head_only)
+                return
+            self._busy = True
+            self.setTimeout(None)
+            self._answer(self.factory.answerer.answer(headers), version, keep_alive)
+
+    @staticmethod
+    def _parse(head: bytes) -> tuple[bytes, bytes, bytes, RequestHeaders]:
+        """The method, target, version and headers of a request head; raises L{HTTPError}."""
+        lines = head.split(b"\n")
+        parts = lines[0].rstrip(b"\r").split(b" ")
+        if len(parts) != 3:
+            raise HTTPError(400, "malformed request line")
+        method, target, version = parts
+        if version not in VERSIONS:
+            if version.startswith(b"HTTP/"):
+                raise HTTPError(505, "HTTP version not supported")
+            raise HTTPError(400, "malformed request line")
+        if len(lines) > MAX_HEADERS + 1:
+            raise HTTPError(431, "too many header lines")
+        if BAD_BYTES.search(head) is not None:
+            raise HTTPError(400, "control character in the request", auth_refusal=True)
+        headers: dict[bytes, list[bytes]] = {}
+        for line in lines[1:]:
+            name, colon, value = line.partition(b":")
+            # A name with space around it, an obs-fold continuation or a line without a colon: no guessing.
+            if not colon or TOKEN.fullmatch(name) is None:
+                raise HTTPError(400, "malformed header line", auth_refusal=True)
+            headers.setdefault(name.lower(), []).append(value.strip(b" \t\r"))
+        if not target.startswith(b"/"):
+            raise HTTPError(400, "malformed request target")  # nginx sends a path, never an absolute URL
+        return method, target, version, headers
+
+    def _check(self, method: bytes, target: bytes, headers: RequestHeaders) -> None:
+        """What a well-formed request must also be here, in this order; raises L{HTTPError}."""
+        if not self._allowed:
+            peer = self.transport.getPeer()
+            self.log.warn("HTTP request refused for {peer}: not an allowed peer", peer=getattr(peer, "host", peer))
+            raise HTTPError(403, "forbidden")
+        if target.partition(b"?")[0] != self.factory.path:
+            raise HTTPError(404, "not found")
+        if method not in (b"GET", b"HEAD"):
+            raise HTTPError(405, "method not allowed")
+        if b"transfer-encoding" in headers or headers.get(b"content-length", [b"0"]) != [b"0"]:
+            raise HTTPError(413, "a login request has no body")
+
+    def _answer(self, coroutine: Coroutine[Any, Any, Answer], version: bytes, keep_alive: bool) -> None:
+        """
+        Run the answer's coroutine: at once when nothing it waits for is
+        pending (a cached login: no Deferred, no trampoline), or else by
+        Twisted once the first pending Deferred fires.
+        """
+        try:
+            waiting = coroutine.send(None)
+        except StopIteration as done:
+            self._respond(done.value, version, keep_alive)
+            return
+        except Exception:  # answer() never raises; if it ever does: no OK, and no connection left hanging
+            self.log.failure("auth_http answer failed")
+            self._respond((500, {b"Auth-Status": b"Temporary authentication failure"}), version, False)
+            return
+        del waiting  # Deferred.__await__ looks again whether it fired: resuming with None is safe
+        d = Deferred.fromCoroutine(coroutine)
+        d.addCallback(self._respond, version, keep_alive)
+        d.addErrback(self._crashed, version)
+        d.addCallback(lambda _: self._resume())
+
+    def _crashed(self, failure: Any, version: bytes) -> None:
+        self.log.failure("auth_http answer failed", failure)
+        self._respond((500, {b"Auth-Status": b"Temporary authentication failure"}), version, False)
+
+    def _resume(self) -> None:
+        """After an answer that had to wait: read again, answer what was pipelined meanwhile."""
+        if self._closing:
+            return
+        if self._paused:
+            self._paused = False
+            self.transport.resumeProducing()
+        self._serve()
+
+    # -- responses ----------------------------------------------------------------
+
+    def _respond(self, answer: Answer, version: bytes, keep_alive: bool, body: bytes = b"",
+                 head_only: bool = False) -> None:
+        """Write one response (nothing once the connection is gone); close it unless kept alive."""
+        self._busy = False
+        if self._closing:
+            return
+        code, headers = answer
+        lines = [b"%s %d %s" % (version, code, REASONS.get(code, b"Error")), b"Server: gomail",
+                 b"Date: " + self.factory.date(), b"Content-Length: %d" % len(body)]
+        if body:
+            lines += [b"Content-Type: application/json", b"Cache-Control: no-store"]
+        if not keep_alive:
+            lines.append(b"Connection: close")
+        elif version == b"HTTP/1.0":
+            lines.append(b"Connection: keep-alive")
+        lines += [name + b": " + value for name, value in headers.items()]
+        lines += [b"", b"" if head_only else body]
+        self.transport.write(b"\r\n".join(lines))
+        if keep_alive:
+            self.setTimeout(self.factory.timeout)
+        else:
+            self._closing = True
+            self.transport.loseConnection()
+
+    def _refuse(self, version: bytes, error: HTTPError, head_only: bool = False) -> None:
+        headers = {b"Auth-Status": REFUSAL} if error.auth_refusal else {}
+        if error.code == 405:
+            headers[b"Allow"] = b"GET, HEAD"
+        body = json.dumps({"error": error.message}).encode() + b"\n"
+        self._respond((error.code, headers), version, False, body, head_only)
+
+
+def _keep_alive(version: bytes, headers: RequestHeaders) -> bool:
+    """Whether the connection stays open after the answer (RFC 9112 9.3)."""
+    values = headers.get(b"connection")
+    if not values:
+        return version == b"HTTP/1.1"
+    options = {option.strip().lower() for value in values for option in value.split(b",")}
+    if b"close" in options:
+        return False
+    return version == b"HTTP/1.1" or b"keep-alive" in options
