@@ -60,6 +60,7 @@ cacheTTL = 86400
 [nginxAuth]
 listen = ["tcp:0:interface=127.0.0.1"]
 sharedSecret = "{secret}"
+auditLog = {audit}
 healthCheckInterval = 0
 
 [[nginxAuth.backends]]
@@ -140,7 +141,7 @@ def main() -> int:
     make_users(os.path.join(data, "gomail.db"), USER, PASSWORD, 4)
     path = os.path.join(work, "gomail.toml")
     with open(path, "w") as f:
-        f.write(CONFIG.format(data=data, secret=SECRET, smtp_port=freeports(1)[0]))
+        f.write(CONFIG.format(data=data, secret=SECRET, smtp_port=freeports(1)[0], audit=os.environ.get("AUDIT", "true")))
     service = build_service(load_config(path), reactor)
     status = [1]
 
