@@ -8,7 +8,7 @@ through a StringTransport in one process, alternating, several rounds.
 It shows what gomail's own Python costs per login, without wrk, the kernel
 and the other core in the figure; `bench/authhttp.sh` stays the benchmark.
 
-  .venv/bin/python bench/authhttp_inprocess.py [-n REQUESTS] [-r ROUNDS] [--profile]
+  .venv/bin/python bench/authhttp_inprocess.py [-n REQUESTS] [-r ROUNDS] [--profile] [--new-connections]
 
 --profile adds one cProfile'd gomail round (cumulative, gomail and Deferred
 frames); AUDIT=false in the environment turns gomail's audit log off. Prints
@@ -31,6 +31,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from twisted.internet import reactor  # noqa: E402
 from twisted.internet.address import IPv4Address  # noqa: E402
 from twisted.internet.defer import maybeDeferred  # noqa: E402
+from twisted.internet.error import ConnectionDone  # noqa: E402
+from twisted.python.failure import Failure  # noqa: E402
 from twisted.internet.testing import StringTransport  # noqa: E402
 from twisted.internet.protocol import Factory  # noqa: E402
 
@@ -43,6 +45,8 @@ REQUEST = (b"GET /api/auth HTTP/1.1\r\nHost: 127.0.0.1\r\nAuth-Method: plain\r\n
            b"Auth-User: " + USER.encode() + b"\r\nAuth-Pass: " + PASSWORD.encode() + b"\r\n"
            b"Auth-Protocol: imap\r\nAuth-Login-Attempt: 1\r\nClient-IP: 127.0.0.1\r\n"
            b"X-Auth-Key: " + SECRET.encode() + b"\r\n\r\n")
+#: nginx's way: HTTP/1.0, so the server closes after the answer.
+CLOSING_REQUEST = REQUEST.replace(b"HTTP/1.1", b"HTTP/1.0", 1)
 CONFIG = """\
 smtpHost = "127.0.0.1"
 smtpPort = {smtp_port}
@@ -79,9 +83,9 @@ def connect(factory: Factory) -> tuple:
     return protocol, transport
 
 
-def answer(protocol, transport) -> bytes:
+def answer(protocol, transport, request: bytes = REQUEST) -> bytes:
     """One request; waits on the reactor when the answer is not immediate (a refresh in a thread)."""
-    protocol.dataReceived(REQUEST)
+    protocol.dataReceived(request)
     deadline = time.monotonic() + 5
     while not transport.io.tell():
         if time.monotonic() > deadline:
@@ -92,8 +96,8 @@ def answer(protocol, transport) -> bytes:
     return out
 
 
-def drive(factory: Factory, n: int, profile: bool = False) -> float:
-    """Microseconds of CPU per request over C{n} keep-alive requests."""
+def drive(factory: Factory, n: int, profile: bool = False, new_connections: bool = False) -> float:
+    """Microseconds of CPU per request over C{n} keep-alive requests (or a connection each)."""
     protocol, transport = connect(factory)
     first = answer(protocol, transport)
     if b"Auth-Status: OK" not in first:
@@ -103,7 +107,12 @@ def drive(factory: Factory, n: int, profile: bool = False) -> float:
     if profiler:
         profiler.enable()
     for i in range(n):
-        answer(protocol, transport)
+        if new_connections:
+            protocol, transport = connect(factory)
+            answer(protocol, transport, CLOSING_REQUEST)
+            protocol.connectionLost(Failure(ConnectionDone()))
+        else:
+            answer(protocol, transport)
         if i % 500 == 0:
             reactor.iterate(0)  # timers and thread results (the audit log's flushes) run, as in a server
     if profiler:
@@ -133,6 +142,8 @@ def main() -> int:
     parser.add_argument("-n", type=int, default=20000, help="requests per round (default 20000)")
     parser.add_argument("-r", type=int, default=3, help="rounds, each gomail then the peer (default 3)")
     parser.add_argument("--profile", action="store_true", help="one more, profiled gomail round")
+    parser.add_argument("--new-connections", action="store_true",
+                        help="a connection per request, HTTP/1.0 (as nginx asks), instead of keep-alive")
     args = parser.parse_args()
 
     from gomail.config import load_config
@@ -152,11 +163,12 @@ def main() -> int:
             site = auth_factory(service)
             peer = peer_site()
             for round_number in range(1, args.r + 1):
-                gomail_us, peer_us = drive(site, args.n), drive(peer, args.n)
+                gomail_us = drive(site, args.n, new_connections=args.new_connections)
+                peer_us = drive(peer, args.n, new_connections=args.new_connections)
                 print(f"round {round_number}: gomail {gomail_us:.1f} us/request, peer {peer_us:.1f},"
                       f" ratio {peer_us / gomail_us:.2f}", flush=True)
             if args.profile:
-                drive(site, args.n, profile=True)
+                drive(site, args.n, profile=True, new_connections=args.new_connections)
             status[0] = 0
         finally:
             # The service's threads stop with it: the reactor stops after them, or the process never exits.
