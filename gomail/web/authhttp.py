@@ -26,6 +26,8 @@ from gomail.netaddr import ip_text
 from gomail.settings import NginxAuthSettings
 
 PROTOCOLS = frozenset({"imap", "pop3", "smtp"})
+#: What a request nginx would not send is answered.
+REFUSAL_TEXT = "Invalid authentication request"
 
 #: A request's headers: lower-cased names, every value in the order received.
 RequestHeaders = Mapping[bytes, list[bytes]]
@@ -40,7 +42,7 @@ class BadRequest(Exception):
     C{args[0]} is for the log, C{client_text} for the client.
     """
 
-    def __init__(self, why: str, client_text: str = "Invalid authentication request",
+    def __init__(self, why: str, client_text: str = REFUSAL_TEXT,
                  reason: str = "bad-request") -> None:
         super().__init__(why)
         self.client_text = client_text

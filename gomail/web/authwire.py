@@ -35,8 +35,9 @@ from typing import Any, Coroutine
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
-from gomail.web.authhttp import Answer, AuthHTTPAnswerer, RequestHeaders
+from gomail.web.authhttp import REFUSAL_TEXT, Answer, AuthHTTPAnswerer, RequestHeaders
 from gomail.web.http import PeerAccess
 
 # The parsing below uses bytes methods (find, translate, partition), not regular expressions: on a
@@ -50,7 +51,7 @@ VERSIONS = (b"HTTP/1.1", b"HTTP/1.0")
 REASONS = {200: b"OK", 400: b"Bad Request", 403: b"Forbidden", 404: b"Not Found", 405: b"Method Not Allowed",
            413: b"Content Too Large", 431: b"Request Header Fields Too Large", 500: b"Internal Server Error",
            505: b"HTTP Version Not Supported"}
-REFUSAL = b"Invalid authentication request"
+REFUSAL = REFUSAL_TEXT.encode()
 
 
 class HTTPError(Exception):
@@ -234,21 +235,21 @@ class AuthHTTPChannel(Protocol):
         Twisted once the first pending Deferred fires.
         """
         try:
-            waiting = coroutine.send(None)
+            coroutine.send(None)  # what it yields is the Deferred it waits for; Twisted takes over below
         except StopIteration as done:
             self._respond(done.value, version, keep_alive)
             return
-        except Exception:  # answer() never raises; if it ever does: no OK, and no connection left hanging
-            self.log.failure("auth_http answer failed")
-            self._respond((500, {b"Auth-Status": b"Temporary authentication failure"}), version, False)
+        except Exception:
+            self._crashed(Failure(), version)
             return
-        del waiting  # Deferred.__await__ looks again whether it fired: resuming with None is safe
+        # Deferred.__await__ looks again whether it fired: resuming the coroutine with None is safe.
         d = Deferred.fromCoroutine(coroutine)
         d.addCallback(self._respond, version, keep_alive)
         d.addErrback(self._crashed, version)
         d.addCallback(lambda _: self._resume())
 
-    def _crashed(self, failure: Any, version: bytes) -> None:
+    def _crashed(self, failure: Failure, version: bytes) -> None:
+        # answer() never raises; if it ever does: no OK, and no connection left hanging
         self.log.failure("auth_http answer failed", failure)
         self._respond((500, {b"Auth-Status": b"Temporary authentication failure"}), version, False)
 
