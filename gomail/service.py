@@ -17,6 +17,7 @@ from gomail.delivery.failed import FailedStore
 from gomail.delivery.queue import DeliveryQueue, Router
 from gomail.delivery.relay import RelayAgent
 from gomail.delivery.maildir import MaildirDelivery
+from gomail.logtext import classic_observer
 from gomail.services import SequentialMultiService, ThreadPoolService
 from gomail.web.service import build_http
 from gomail.settings import Config
@@ -53,12 +54,19 @@ class GomailService(SequentialMultiService):
         self.metrics: Any = None
         self.monitor: Any = None
         self.auth_log: Any = None
+        #: Where twistd would write text logs (set by the twistd plugin): they are then
+        #: written there by gomail's faster formatter of the same format.
+        self.text_log_file: Any = None
 
     def setServiceParent(self, parent: Any) -> None:
         super().setServiceParent(parent)
         # twistd asks the application for an ILogObserver before starting to log.
-        if self.config.logging.format == "json" and hasattr(parent, "setComponent"):
+        if not hasattr(parent, "setComponent"):
+            return
+        if self.config.logging.format == "json":
             parent.setComponent(ILogObserver, jsonFileLogObserver(_log_file(self.config.logging.file)))
+        elif self.text_log_file is not None:
+            parent.setComponent(ILogObserver, classic_observer(self.text_log_file))
 
     def startService(self) -> Deferred:  # type: ignore[override]
         self.log.info("gomail {version} starting", version=gomail.__version__)

@@ -65,6 +65,7 @@ def makeService(options: Options) -> Any:
     """Build the gomail service for twistd; a bad configuration exits with one line."""
     from twisted.internet import reactor
 
+    from gomail.logtext import twistd_log_file
     from gomail.service import build_service
     from gomail.tls import TLSConfigError
 
@@ -79,6 +80,9 @@ def makeService(options: Options) -> Any:
         reactor.stop()
 
     service.on_fatal = fatal
+    twistd_options = getattr(options, "parent", None)  # twistd's own options, when run by twistd
+    if twistd_options is not None and service.config.logging.format == "text":
+        service.text_log_file = twistd_log_file(twistd_options)
     # `gomail queue retry|flush|delete` send SIGUSR1 after changing the spool.
     signal.signal(signal.SIGUSR1, lambda signum, frame: reactor.callFromThread(service.rescan_queue))
     return service
