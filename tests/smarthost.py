@@ -2,12 +2,15 @@
 The smarthost of the relay integration tests, run as its own process::
 
     python -m tests.smarthost --port P --spool DIR [--reject-local-part reject] [--tempfail-local-part busy]
+                              [--no-pipelining]
 
 Any sender is accepted; a recipient whose local part is the --reject-local-part
 value gets 550 5.1.1, the --tempfail-local-part value 451 4.2.1, any other 250.
 Each message becomes C{DIR/<counter>.eml}: C{X-Envelope: <sender> <rcpt1,rcpt2>},
 CRLF, then the DATA bytes as received (dot-unstuffed). Prints C{smarthost ready}
-once listening and C{received N} after each message.
+once listening, C{received N} after each message and, when a connection
+ends, C{session: <its command verbs>}. EHLO offers PIPELINING unless
+--no-pipelining (commands are answered in order either way).
 """
 
 from __future__ import annotations
@@ -37,16 +40,22 @@ class SmarthostProtocol(LineReceiver):
         self.sender: str | None = None
         self.recipients: list[str] = []
         self.data: list[bytes] | None = None
+        self.verbs: list[str] = []
         self.sendLine(b"220 smarthost.test ESMTP test smarthost")
+
+    def connectionLost(self, reason: Any = None) -> None:
+        print(f"session: {' '.join(self.verbs)}", flush=True)
 
     def lineReceived(self, line: bytes) -> None:
         if self.data is not None:
             self.data_line(line)
             return
         verb = line.split(b" ", 1)[0].upper()
+        self.verbs.append(verb.decode("ascii", "replace"))
         match = _COMMAND.match(line)
         if verb == b"EHLO":
-            self.sendLine(b"250-smarthost.test\r\n250 8BITMIME")
+            extensions = b"250 8BITMIME" if not self.factory.pipelining else b"250-PIPELINING\r\n250 8BITMIME"
+            self.sendLine(b"250-smarthost.test\r\n" + extensions)
         elif verb == b"HELO":
             self.sendLine(b"250 smarthost.test")
         elif verb == b"MAIL" and match:
@@ -94,8 +103,9 @@ class SmarthostFactory(ServerFactory):
 
     protocol = SmarthostProtocol
 
-    def __init__(self, spool: str, reject: str | None, tempfail: str | None) -> None:
+    def __init__(self, spool: str, reject: str | None, tempfail: str | None, pipelining: bool = True) -> None:
         self.spool, self.reject, self.tempfail = spool, reject, tempfail
+        self.pipelining = pipelining
         self.received = 0
 
     def store(self, sender: str, recipients: list[str], data: bytes) -> int:
@@ -116,9 +126,11 @@ def serve(reactor: Any, argv: list[str]) -> Deferred:
     parser.add_argument("--spool", required=True)
     parser.add_argument("--reject-local-part")
     parser.add_argument("--tempfail-local-part")
+    parser.add_argument("--no-pipelining", action="store_true")
     args = parser.parse_args(argv)
     os.makedirs(args.spool, exist_ok=True)
-    reactor.listenTCP(args.port, SmarthostFactory(args.spool, args.reject_local_part, args.tempfail_local_part),
+    reactor.listenTCP(args.port, SmarthostFactory(args.spool, args.reject_local_part, args.tempfail_local_part,
+                                                     pipelining=not args.no_pipelining),
                       interface="127.0.0.1")
     print("smarthost ready", flush=True)
     return Deferred()  # never fires: SIGTERM stops the reactor

@@ -32,7 +32,8 @@ class Server:
         self.transport.clear()
         return written
 
-    def greet(self, extensions: bytes = b"250 PIPELINING") -> None:
+    def greet(self, extensions: bytes = b"250 8BITMIME") -> None:
+        """Greeting and EHLO; by default without PIPELINING (Twisted's one-command-at-a-time machine)."""
         assert self.say(b"220 smarthost ESMTP") == b"EHLO gomail.test\r\n"
         self.say(b"250-smarthost", extensions)
 
@@ -157,6 +158,146 @@ class TransactionTests(SynchronousTestCase):
         self.assertNotIn(b"MAIL", written)
         self.failureResultOf(server.client.ready, ConnectionFailure)
 
+
+class PipeliningTests(SynchronousTestCase):
+    """To a server offering PIPELINING (RFC 2920): MAIL, RCPT... and DATA in one write."""
+
+    def pipelined(self) -> Server:
+        server = Server(self)
+        server.greet(b"250 PIPELINING")
+        self.assertTrue(server.client.pipelining)
+        return server
+
+    def test_one_write_then_the_content(self) -> None:
+        """A transaction is one write of MAIL, every RCPT and DATA; the content follows the 354, no RSET after."""
+        server = self.pipelined()
+        d = server.client.send(transaction("a@example.com", "b@example.com"))
+        self.assertEqual(server.transport.value(), b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<a@example.com>\r\n"
+                                                   b"RCPT TO:<b@example.com>\r\nDATA\r\n")
+        server.transport.clear()
+        self.assertEqual(server.say(b"250 2.1.0 ok", b"250 2.1.5 ok"), b"")
+        self.assertEqual(server.say(b"550 5.1.1 no such user", b"354 go ahead"),
+                         b"Subject: hi\r\n\r\nline\r\n..dot line\r\n.\r\n")
+        self.assertEqual(server.say(b"250 2.0.0 queued as X"), b"")
+        self.assertEqual(self.successResultOf(d), {
+            "a@example.com": (250, "2.0.0 queued as X"), "b@example.com": (550, "5.1.1 no such user")})
+        self.assertTrue(server.client.idle)
+
+    def test_replies_split_and_joined_anyhow(self) -> None:
+        """Replies arriving together, or a multi-line one cut mid-way, are matched to their commands in order."""
+        server = self.pipelined()
+        d = server.client.send(transaction("a@example.com"))
+        server.transport.clear()
+        server.client.dataReceived(b"250-2.1.0 sender\r\n250 2.1.0 ok\r\n250 2.1.5 o")
+        server.client.dataReceived(b"k\r\n354 go\r\n")
+        while server.transport.producer is not None:
+            server.transport.producer.resumeProducing()
+        self.assertTrue(server.transport.value().endswith(b"\r\n.\r\n"))
+        server.say(b"250 done")
+        self.assertEqual(self.successResultOf(d), {"a@example.com": (250, "done")})
+
+    def test_queued_transactions_follow_each_other(self) -> None:
+        """A second queued transaction is sent as soon as the first is answered, on the same connection."""
+        server = self.pipelined()
+        first = server.client.send(transaction("a@example.com"))
+        second = server.client.send(transaction("c@example.com", sender="bob@example.org"))
+        server.transport.clear()
+        server.say(b"250 ok", b"250 ok", b"354 go")
+        self.assertEqual(server.say(b"250 first done"),
+                         b"MAIL FROM:<bob@example.org>\r\nRCPT TO:<c@example.com>\r\nDATA\r\n")
+        server.say(b"250 ok", b"250 ok", b"354 go")
+        server.say(b"250 second done")
+        self.assertEqual(self.successResultOf(first), {"a@example.com": (250, "first done")})
+        self.assertEqual(self.successResultOf(second), {"c@example.com": (250, "second done")})
+
+    def test_failed_mail_is_every_recipients_reply(self) -> None:
+        """A 451 to MAIL applies to every recipient; the RCPT and DATA replies behind it are consumed."""
+        server = self.pipelined()
+        d = server.client.send(transaction("a@example.com", "b@example.com"))
+        server.transport.clear()
+        self.assertEqual(server.say(b"451 4.3.0 try later", b"503 5.5.1 no sender", b"503 5.5.1 no sender",
+                                    b"503 5.5.1 no recipients"), b"")
+        self.assertEqual(self.successResultOf(d), {"a@example.com": (451, "4.3.0 try later"),
+                                                   "b@example.com": (451, "4.3.0 try later")})
+        self.assertTrue(server.client.idle)
+
+    def test_transaction_ended_early_is_reset_with_the_next(self) -> None:
+        """After a refused DATA the next transaction starts with RSET, in the same write."""
+        server = self.pipelined()
+        first = server.client.send(transaction("a@example.com"))
+        server.transport.clear()
+        server.say(b"250 ok", b"250 ok", b"554 5.3.0 no data today")
+        self.assertEqual(self.successResultOf(first), {"a@example.com": (554, "5.3.0 no data today")})
+        second = server.client.send(transaction("c@example.com"))
+        self.assertEqual(server.transport.value(), b"RSET\r\nMAIL FROM:<alice@example.org>\r\n"
+                                                   b"RCPT TO:<c@example.com>\r\nDATA\r\n")
+        server.transport.clear()
+        server.say(b"250 reset", b"250 ok", b"250 ok", b"354 go")
+        server.say(b"250 done")
+        self.assertEqual(self.successResultOf(second), {"c@example.com": (250, "done")})
+
+    def test_no_recipient_accepted(self) -> None:
+        """Every RCPT refused: each keeps its reply; a 354 to the pipelined DATA gets an empty end of data."""
+        server = self.pipelined()
+        d = server.client.send(transaction("a@example.com"))
+        server.transport.clear()
+        self.assertEqual(server.say(b"250 ok", b"550 5.1.1 unknown", b"503 5.5.1 no recipients"), b"")
+        self.assertEqual(self.successResultOf(d), {"a@example.com": (550, "5.1.1 unknown")})
+        lenient = self.pipelined()
+        d = lenient.client.send(transaction("a@example.com"))
+        lenient.transport.clear()
+        self.assertEqual(lenient.say(b"250 ok", b"550 5.1.1 unknown", b"354 go"), b".\r\n")
+        self.assertNoResult(d)
+        lenient.say(b"554 5.5.1 no valid recipients")
+        self.assertEqual(self.successResultOf(d), {"a@example.com": (550, "5.1.1 unknown")})
+        second = lenient.client.send(transaction("c@example.com"))
+        self.assertTrue(lenient.transport.value().startswith(b"MAIL FROM:"))  # that transaction is over: no RSET
+        self.assertNoResult(second)
+
+    def test_temporary_failure_after_the_dot(self) -> None:
+        """A 452 after the end of data applies to the accepted recipients, a refused one keeps its own."""
+        server = self.pipelined()
+        d = server.client.send(transaction("a@example.com", "b@example.com"))
+        server.say(b"250 ok", b"250 ok", b"450 4.2.1 mailbox busy", b"354 go")
+        server.say(b"452 4.3.1 out of space")
+        self.assertEqual(self.successResultOf(d), {"a@example.com": (452, "4.3.1 out of space"),
+                                                   "b@example.com": (450, "4.2.1 mailbox busy")})
+
+    def test_unexpected_reply_to_data(self) -> None:
+        """A 2xx to DATA (no content asked for) is a connection-level failure, never a delivery."""
+        server = self.pipelined()
+        d = server.client.send(transaction("a@example.com"))
+        server.say(b"250 ok", b"250 ok", b"250 sure")
+        failure = self.failureResultOf(d, ConnectionFailure)
+        self.assertEqual(failure.value.reply[0], 451)
+
+    def test_service_closing_mid_pipeline(self) -> None:
+        """A 421 among the pipelined replies fails the transaction with that reply and drops the connection."""
+        server = self.pipelined()
+        d = server.client.send(transaction("a@example.com"))
+        server.say(b"250 ok", b"421 4.3.2 shutting down")
+        self.assertEqual(self.failureResultOf(d, ConnectionFailure).value.reply, (421, "4.3.2 shutting down"))
+        self.assertTrue(server.transport.disconnecting)
+
+    def test_dropped_mid_data(self) -> None:
+        """A connection lost while the content is on its way fails the transaction as a connection-level 451."""
+        server = self.pipelined()
+        d = server.client.send(transaction("a@example.com"))
+        server.say(b"250 ok", b"250 ok", b"354 go")
+        server.client.connectionLost(None)
+        self.assertEqual(self.failureResultOf(d, ConnectionFailure).value.reply,
+                         (451, "4.4.2 Connection to smarthost lost"))
+
+    def test_keyword_is_case_insensitive(self) -> None:
+        """EHLO keywords are case-insensitive (RFC 5321 2.4): 'pipelining' counts; without it, one command at a time."""
+        lower = Server(self)
+        lower.greet(b"250 pipelining")
+        self.assertTrue(lower.client.pipelining)
+        plain = Server(self)
+        plain.greet(b"250 8BITMIME")
+        self.assertFalse(plain.client.pipelining)
+        plain.client.send(transaction("a@example.com"))
+        self.assertEqual(plain.transport.value(), b"MAIL FROM:<alice@example.org>\r\n")
 
 class DotStufferTests(SynchronousTestCase):
     """Outgoing DATA never contains an early end-of-data, whatever was stored."""

@@ -135,8 +135,8 @@ class RelayToSmarthostTests(TestCase):
 
     # -- the tests ------------------------------------------------------------------
 
-    async def _relays_once(self) -> None:
-        await self.start_smarthost()
+    async def _relays_once(self, *smarthost_options: str) -> None:
+        await self.start_smarthost(*smarthost_options)
         await self.start_gomail()
         code, text = await deferToThread(send, self.port, "bob@example.net")
         self.assertEqual(code, 250, text)
@@ -155,6 +155,21 @@ class RelayToSmarthostTests(TestCase):
         empty afterwards and both processes stop cleanly on SIGTERM.
         """
         return Deferred.fromCoroutine(self._relays_once())
+
+    def test_pipelined_transaction_needs_no_rset(self) -> None:
+        """To a smarthost offering PIPELINING the relay sends MAIL, RCPT and DATA and no RSET after the message."""
+        async def check() -> None:
+            await self._relays_once()
+            self.assertIn(b"session: EHLO MAIL RCPT DATA", self.smarthost.output)
+            self.assertNotIn(b"RSET", self.smarthost.output)
+        return Deferred.fromCoroutine(check())
+
+    def test_relayed_once_without_pipelining(self) -> None:
+        """A smarthost without PIPELINING gets one command at a time (Twisted's machine) and the same message."""
+        async def check() -> None:
+            await self._relays_once("--no-pipelining")
+            self.assertIn(b"session: EHLO MAIL RCPT DATA RSET", self.smarthost.output)
+        return Deferred.fromCoroutine(check())
 
     async def _smarthost_comes_back(self) -> None:
         await self.start_gomail()

@@ -1,11 +1,16 @@
 """
 The SMTP client side of relaying: one connection to a smarthost carrying many
-transactions, built on twisted.mail's ESMTPClient (EHLO, STARTTLS, AUTH and
-the MAIL/RCPT/DATA/RSET state machine are Twisted's).
+transactions, built on twisted.mail's ESMTPClient (EHLO, STARTTLS and AUTH are
+Twisted's, and so is the MAIL/RCPT/DATA/RSET state machine for a server that
+does not offer PIPELINING).
 
 What we add: transactions are queued on the connection and answered one by
-one with a per-recipient result; the connection idles between them (RSET
-already sent) so a pool can reuse it; every wait for the server is bounded by
+one with a per-recipient result; the connection idles between them so a pool
+can reuse it; to a server offering PIPELINING (RFC 2920) a transaction is one
+write of MAIL, every RCPT and DATA (behind an RSET when the one before ended
+early), then the content: two round trips instead of the three-plus-one-per-
+recipient of Twisted's machine, which also sends an RSET after every message;
+every wait for the server is bounded by
 C{command_timeout} on the injected clock; and the message is sent with
 dot-stuffing that holds across chunk boundaries and turns any bare CR or LF
 into CRLF, so no stored byte sequence can end the DATA early; the content is
@@ -21,7 +26,8 @@ from typing import Any, Callable
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.mail.smtp import SUCCESS, ESMTPClient, LOGINAuthenticator, PLAINAuthenticator, SMTPClientError
+from twisted.mail.smtp import (SUCCESS, ESMTPClient, LOGINAuthenticator, PLAINAuthenticator, SMTPClientError,
+                               quoteaddr)
 from twisted.python.failure import Failure
 
 from gomail.delivery.content import ContentSource, send_content
@@ -135,6 +141,13 @@ class RelayProtocol(ESMTPClient):
         self._pending: deque[Transaction] = deque()
         self._current: Transaction | None = None
         self._stuffer: DotStuffer | None = None
+        #: Whether the server's last EHLO (after STARTTLS, if any) offered PIPELINING.
+        self.pipelining = False
+        # Pipelined transactions: the replies still due, in order, and those received.
+        self._due: deque[tuple[str, str]] = deque()
+        self._mail_reply: tuple[int, bytes] = (0, b"")
+        self._rcpt_replies: list[tuple[str, int, bytes]] = []
+        self._reset_due = False
 
     # -- the pool's interface ----------------------------------------------------
 
@@ -180,6 +193,11 @@ class RelayProtocol(ESMTPClient):
             return None
         return super().lineReceived(line)
 
+    def authenticate(self, code: int, resp: bytes, items: dict) -> None:
+        # Called with the extensions of the EHLO that mail will follow (the one after STARTTLS).
+        self.pipelining = any(key.upper() == b"PIPELINING" for key in items)
+        super().authenticate(code, resp, items)
+
     def smtpState_from(self, code: int, resp: bytes) -> None:
         if not self.ready.called:
             self.ready.callback(self)
@@ -188,7 +206,79 @@ class RelayProtocol(ESMTPClient):
             self.setTimeout(None)
             return
         self._current = self._pending.popleft()
-        super().smtpState_from(code, resp)
+        if self.pipelining:
+            self._pipeline(self._current)
+        else:
+            super().smtpState_from(code, resp)
+
+    # -- PIPELINING (RFC 2920) ----------------------------------------------------
+
+    def _pipeline(self, transaction: Transaction) -> None:
+        """Send MAIL, every RCPT and DATA at once; the replies come back in that order."""
+        due = [("rset", "")] if self._reset_due else []
+        due.append(("mail", ""))
+        due += [("rcpt", address) for address in transaction.recipients]
+        due.append(("data", ""))
+        self._due = deque(due)
+        self._reset_due = False
+        self._mail_reply, self._rcpt_replies = (0, b""), []
+        commands = {"rset": lambda _: b"RSET", "mail": lambda _: b"MAIL FROM:" + quoteaddr(transaction.sender),
+                    "rcpt": lambda address: b"RCPT TO:" + quoteaddr(address), "data": lambda _: b"DATA"}
+        self._expected = range(0, 1000)  # every reply goes to _pipelined_reply, in order
+        self._okresponse = self._failresponse = self._pipelined_reply
+        self.transport.write(b"".join(commands[step](address) + b"\r\n" for step, address in due))
+
+    def _pipelined_reply(self, code: int, resp: bytes) -> None:
+        step, address = self._due.popleft()
+        if step == "mail":
+            self._mail_reply = (code, resp)
+        elif step == "rcpt":
+            self._rcpt_replies.append((address, code, resp))
+        elif step == "data":
+            self._data_reply(code, resp)
+        elif step == "discard":
+            self._finish_pipelined(None, reset=False)
+        # "rset": its 250 needs nothing (a 421 is handled in lineReceived)
+
+    def _data_reply(self, code: int, resp: bytes) -> None:
+        accepted = self._mail_reply[0] == 250 and any(c in SUCCESS for _, c, _ in self._rcpt_replies)
+        if code == 354 and accepted:
+            self.smtpState_data(code, resp)
+            self._expected = range(0, 1000)
+            self._okresponse = self._failresponse = self._final_reply
+        elif code == 354:
+            # DATA accepted with no recipient accepted (RFC 2920 3.1): end the empty message at once.
+            self._due.append(("discard", ""))
+            self.transport.write(b".\r\n")
+        elif 400 <= code < 600:
+            self._finish_pipelined((code, resp), reset=True)
+        else:
+            self.sendError(SMTPClientError(code, b"Unexpected reply to DATA: " + resp))
+
+    def _final_reply(self, code: int, resp: bytes) -> None:
+        self._finish_pipelined((code, resp), reset=False)
+
+    def _finish_pipelined(self, final: tuple[int, bytes] | None, reset: bool) -> None:
+        """
+        Answer the transaction: a failed MAIL is every recipient's reply; otherwise a
+        refused recipient keeps its RCPT reply and an accepted one gets C{final} (the
+        reply to DATA or to the end of data). Then the next transaction, or idle.
+        """
+        transaction, self._current = self._current, None
+        # A transaction ended before its end of data may still be open on the server.
+        self._reset_due = reset
+        mail_code, mail_resp = self._mail_reply
+        replies: dict[str, Reply] = {}
+        if mail_code != 250:
+            replies = {address: (mail_code, _text(mail_resp)) for address in transaction.recipients}
+        for address, rcpt_code, rcpt_resp in self._rcpt_replies:
+            if rcpt_code in (250, 251) and final is not None:
+                replies.setdefault(address, (final[0], _text(final[1])))
+            else:
+                replies.setdefault(address, (rcpt_code, _text(rcpt_resp)))
+        if not transaction.done.called:
+            transaction.done.callback(replies)
+        self.smtpState_from(250, b"")
 
     def getMailFrom(self) -> str | None:
         return self._current.sender if self._current is not None else None
