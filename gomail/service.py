@@ -13,6 +13,7 @@ import gomail
 from gomail.auth.service import AuthParts, build_auth
 from gomail.delivery.backoff import RetryPolicy
 from gomail.delivery.connect import make_connector, smarthosts_from
+from gomail.delivery.content import content_opener
 from gomail.delivery.failed import FailedStore
 from gomail.delivery.queue import DeliveryQueue, Router
 from gomail.delivery.relay import RelayAgent
@@ -32,6 +33,8 @@ from gomail.tls import server_context
 LOCAL_CONCURRENCY = 64
 #: Removed messages' files kept for reuse by new commits (gomail.spool.spares).
 SPARE_FILES = 256
+#: Memory for the content of just-committed messages, read by their relay (see gomail.spool.recent).
+RECENT_CONTENT_BYTES = 16 * 1024 * 1024
 
 
 class GomailService(SequentialMultiService):
@@ -115,7 +118,8 @@ def _delivery(config: Config, reactor: Any, root: GomailService, spool: Spool) -
     if config.forwardSMTP:
         relay = RelayAgent(smarthosts_from(config), make_connector(reactor, config.smtp.hostname, settings),
                            reactor, config.batchSize, config.batchDelay, config.continueOnError,
-                           idle_timeout=settings.connectionIdleTimeout, run=spool.run)
+                           idle_timeout=settings.connectionIdleTimeout, run=spool.run,
+                           open_content=content_opener(spool.recent, spool.run))
         router = Router(mailbox, relay, frozenset(config.smtp.localDomains))
         workers = config.workerCount
     else:
@@ -143,7 +147,8 @@ def build_service(config: Config, reactor: Any) -> GomailService:
     writer = BatchWriter(reactor, fsync_threads=config.spool.ioThreads)
     writer.setServiceParent(root)
     spool = Spool(config.spool.directory, reactor, io.run, writer=writer,
-                  min_free_bytes=config.spool.minFreeSpaceMB * 1024 * 1024, spare_files=SPARE_FILES)
+                  min_free_bytes=config.spool.minFreeSpaceMB * 1024 * 1024, spare_files=SPARE_FILES,
+                  recent_content_bytes=RECENT_CONTENT_BYTES)
     root.spool = spool
 
     root.delivery = _delivery(config, reactor, root, spool)

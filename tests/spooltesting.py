@@ -135,9 +135,10 @@ class ScriptedFileSystem(FileSystem):
 
 def make_spool(directory: str, clock: Clock | None = None, fs: FileSystem | None = None,
                run: Callable[..., Deferred] = synchronous_run, min_free_bytes: int = 0,
-               spare_files: int = 0) -> Spool:
+               spare_files: int = 0, recent_content_bytes: int = 0) -> Spool:
     """A prepared spool in C{directory} working synchronously; C{fs} is used after preparation."""
-    spool = Spool(directory, clock or Clock(), run, min_free_bytes=min_free_bytes, spare_files=spare_files)
+    spool = Spool(directory, clock or Clock(), run, min_free_bytes=min_free_bytes, spare_files=spare_files,
+                  recent_content_bytes=recent_content_bytes)
     spool.prepare()
     if fs is not None:
         spool.fs = fs

@@ -12,7 +12,8 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from gomail.delivery import content
-from gomail.delivery.content import BytesContent, FileContent, send_content
+from gomail.delivery.content import BytesContent, FileContent, content_opener, send_content
+from gomail.spool.recent import RecentContent
 
 
 class HeldReads:
@@ -132,3 +133,30 @@ class FileContentTests(SynchronousTestCase):
         """A file that is gone fails the read with FileNotFoundError."""
         source = FileContent(os.path.abspath(self.mktemp()), maybeDeferred)
         self.failureResultOf(source.read(10), FileNotFoundError)
+
+
+class ContentOpenerTests(SynchronousTestCase):
+    """content_opener: memory first, the queue file otherwise."""
+
+    def test_memory_then_file(self) -> None:
+        """A message the spool still holds is served from memory with no trip to the pool; others from the file."""
+        path = os.path.abspath(self.mktemp())
+        with open(path, "wb") as f:
+            f.write(b"from disk\r\n")
+        trips: list[object] = []
+
+        def run(function, *args):
+            trips.append(function)
+            return maybeDeferred(function, *args)
+
+        recent = RecentContent(1024)
+        recent.keep("in-memory", b"from memory\r\n")
+        open_content = content_opener(recent, run)
+        kept = open_content("in-memory", path)
+        self.assertEqual(self.successResultOf(kept.read(1024)), b"from memory\r\n")
+        self.assertEqual(self.successResultOf(kept.read(1024)), b"")
+        self.assertEqual(trips, [])
+        other = open_content("not-kept", path)
+        self.assertIsInstance(other, FileContent)
+        self.assertEqual(self.successResultOf(other.read(1024)), b"from disk\r\n")
+        self.assertEqual(len(trips), 1)

@@ -19,6 +19,7 @@ from gomail.spool.envelope import (DELIVERED, FORMAT_VERSION, PENDING, Envelope,
 from gomail.spool.fs import FileSystem, read_queued
 from gomail.spool.incoming import IncomingMessage
 from gomail.spool.service import SpoolService
+from gomail.spool.recent import RecentContent
 from gomail.spool.store import SUBDIRECTORIES, Spool, SpoolError
 from tests.spooltesting import (Crash, ScriptedFileSystem, listing, make_spool, new_envelope, read,
                                 start_commit, synchronous_run)
@@ -523,6 +524,62 @@ class UpdateRemoveTests(SpoolTestCase):
         spool, report = self.recovered()
         self.assertEqual((report.envelopes, report.corrupt), ([], []))
         self.assertEqual(listing(spool, "queue"), [])
+
+
+class RecentContentTests(SpoolTestCase):
+    """Just-committed content kept in memory for delivery (L{gomail.spool.recent})."""
+
+    def test_small_commit_keeps_the_file_bytes(self) -> None:
+        """A message received whole in memory is kept after its commit: exactly the bytes of its file."""
+        spool = self.spool(recent_content_bytes=1024 * 1024)
+        seen: list[bytes | None] = []
+        spool.add_listener(lambda envelope: seen.append(spool.recent.get(envelope.id)))
+        envelope, d = start_commit(spool, SMALL, chunk=100)
+        self.successResultOf(d)
+        self.assertEqual(spool.recent.get(envelope.id), read(spool.message_path(envelope.id)))
+        self.assertEqual(seen, [SMALL])  # already there when delivery hears of the message
+
+    def test_streamed_message_is_read_from_disk(self) -> None:
+        """A message that went to tmp/ in parts while arriving is not kept (its delivery reads the file)."""
+        spool = self.spool(recent_content_bytes=64 * 1024 * 1024)
+        envelope, d = start_commit(spool, large_content(), chunk=7001)
+        self.successResultOf(d)
+        self.assertIsNone(spool.recent.get(envelope.id))
+
+    def test_failed_commit_keeps_nothing(self) -> None:
+        """A commit that fails (fsync error) leaves nothing in memory either."""
+        spool = self.spool(ScriptedFileSystem(fail_at=3, error=OSError(errno.EIO, "I/O error")),
+                           recent_content_bytes=1024 * 1024)
+        envelope, d = start_commit(spool, SMALL)
+        self.failureResultOf(d, OSError)
+        self.assertEqual(len(spool.recent), 0)
+
+    def test_removal_forgets(self) -> None:
+        """A message leaving the queue leaves memory too."""
+        spool = self.spool(recent_content_bytes=1024 * 1024)
+        envelope, d = start_commit(spool, SMALL)
+        self.successResultOf(d)
+        self.successResultOf(Deferred.fromCoroutine(spool.remove(envelope.id)))
+        self.assertEqual((len(spool.recent), spool.recent.size), (0, 0))
+
+    def test_budget(self) -> None:
+        """The oldest entries go first once the budget is reached; one message may use an eighth of it."""
+        recent = RecentContent(800)
+        recent.keep("big", b"x" * 101)
+        self.assertIsNone(recent.get("big"))
+        for number in range(10):
+            recent.keep(f"m{number}", b"%d" % number * 100)
+        self.assertEqual([recent.get(f"m{n}") is not None for n in range(10)], [False] * 2 + [True] * 8)
+        self.assertEqual(recent.size, 800)
+        recent.keep("m9", b"y" * 50)
+        self.assertEqual((recent.get("m9"), recent.size), (b"y" * 50, 750))
+        recent.forget("m9")
+        recent.forget("not there")
+        self.assertEqual((len(recent), recent.size), (7, 700))
+        self.assertEqual(len(RecentContent(0)), 0)
+        nothing = RecentContent(0)
+        nothing.keep("a", b"")
+        self.assertEqual(len(nothing), 1)  # an empty message costs nothing
 
 
 class FreeSpaceTests(SpoolTestCase):

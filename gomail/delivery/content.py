@@ -65,8 +65,22 @@ class FileContent:
         return data
 
 
+def content_opener(recent: Any, run: Callable[..., Deferred]) -> Callable[[str, str], ContentSource]:
+    """
+    C{open(queue_id, path)}: a queued message's content from C{recent} (the
+    spool's L{gomail.spool.recent.RecentContent}) when it holds it, else the
+    file at C{path} read in C{run}.
+    """
+    def open_content(queue_id: str, path: str) -> ContentSource:
+        content = recent.get(queue_id)
+        if content is not None:
+            return BytesContent(content)
+        return FileContent(path, run)
+    return open_content
+
+
 class BytesContent:
-    """Content already in memory (for tests and tools)."""
+    """Content already in memory."""
 
     def __init__(self, data: bytes) -> None:
         self._data = memoryview(data)

@@ -15,7 +15,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from gomail.delivery.client import ConnectionFailure, RelayProtocol, Reply, Transaction
-from gomail.delivery.content import FileContent
+from gomail.delivery.content import ContentSource, FileContent
 from gomail.interfaces import IDeliveryAgent
 from gomail.spool.envelope import Envelope, Recipient
 
@@ -61,7 +61,8 @@ class RelayAgent:
     def __init__(self, smarthosts: list[Smarthost], connect: Callable[[Smarthost], Deferred],
                  clock: IReactorTime, batch_size: int, batch_delay_ms: int, continue_on_error: bool,
                  idle_timeout: float = 10.0, failure_threshold: int = 3, skip_seconds: float = 300.0,
-                 run: Callable[..., Deferred] = maybeDeferred) -> None:
+                 run: Callable[..., Deferred] = maybeDeferred,
+                 open_content: Callable[[str, str], ContentSource] | None = None) -> None:
         self.smarthosts = sorted(smarthosts, key=lambda s: s.priority)
         self.connect = connect
         self.clock = clock
@@ -73,6 +74,8 @@ class RelayAgent:
         self.skip_seconds = skip_seconds
         #: Where the content is read: the spool's I/O pool (C{Spool.run}) in the server.
         self.run = run
+        #: open_content(queue_id, path): the message's bytes (the server's also looks in memory).
+        self.open_content = open_content or (lambda queue_id, path: FileContent(path, self.run))
         self._health = {s: _Health() for s in self.smarthosts}
         self._idle: dict[Smarthost, list[tuple[RelayProtocol, Any]]] = {s: [] for s in self.smarthosts}
 
@@ -109,7 +112,7 @@ class RelayAgent:
                 continue
             try:
                 replies = await connection.send(
-                    Transaction(envelope.sender, batch, lambda: FileContent(path, self.run)))
+                    Transaction(envelope.sender, batch, lambda: self.open_content(envelope.id, path)))
             except ConnectionFailure as e:
                 self._failed(smarthost, e)
                 last = e

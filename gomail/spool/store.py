@@ -30,6 +30,7 @@ from twisted.logger import Logger
 from gomail.spool.envelope import Envelope, EnvelopeError, new_queue_id
 from gomail.spool.fs import FileSystem, read_queued
 from gomail.spool.incoming import IncomingMessage
+from gomail.spool.recent import RecentContent
 from gomail.spool.spares import SpareFiles
 from gomail.spool.writer import ImmediateWriter
 
@@ -65,7 +66,7 @@ class Spool:
 
     def __init__(self, directory: str, clock: IReactorTime, run: RunInThread,
                  fs: FileSystem | None = None, min_free_bytes: int = 0, writer: Any = None,
-                 spare_files: int = 0) -> None:
+                 spare_files: int = 0, recent_content_bytes: int = 0) -> None:
         self.directory = directory
         self.clock = clock
         self.run = run
@@ -79,6 +80,8 @@ class Spool:
         #: commits (see L{gomail.spool.spares}); the server keeps some, the
         #: one-shot C{gomail queue} command none.
         self.spares = SpareFiles(self.path("tmp"), spare_files)
+        #: Content of just-committed messages for their delivery (see L{gomail.spool.recent}).
+        self.recent = RecentContent(recent_content_bytes)
         self.queued = 0
         self._listeners: list[Callable[[Envelope], Any]] = []
         self._space_checked_at: float | None = None
@@ -339,6 +342,7 @@ class Spool:
         suits deliveries that recognise a repeat (the Maildir one does) and
         keeps a directory fsync off the intake path.
         """
+        self.recent.forget(queue_id)
         writer = self.removal_writer or self.writer
         spares = await writer.submit(lambda: self._remove_files(queue_id, durable))
         self.spares.publish(spares)
