@@ -77,9 +77,9 @@ class ScriptedFileSystem(FileSystem):
         self._step(f"write {sum(len(c) for c in chunks)} bytes")
         super().write(fd, chunks)
 
-    def trim(self, fd: int) -> None:
-        self._step("trim")
-        super().trim(fd)
+    def trim(self, fd: int, length: int) -> None:
+        self._step(f"trim {length}")
+        super().trim(fd, length)
 
     def empty(self, path: str) -> None:
         self._step(f"empty {self._name(path)}")

@@ -51,7 +51,7 @@ class SpareFiles:
         """
         A descriptor of a new file at C{path}, open for writing from its start:
         a spare renamed there when there is one, else a new file. The caller
-        writes it and then calls C{fs.trim(fd)} before the fsync.
+        writes it and then calls C{fs.trim(fd, length)} before the fsync.
         """
         with self._lock:
             spare = self._names.pop() if self._names else None

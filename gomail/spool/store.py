@@ -252,21 +252,25 @@ class Spool:
             return result if inspect.isgenerator(result) else (None, [queue])
         return self.writer.submit(job)
 
-    def finish_files(self, queue_id: str, fd: int | None, chunks: list[bytes], envelope: bytes) -> Any:
+    def finish_files(self, queue_id: str, fd: int | None, chunks: list[bytes], envelope: bytes,
+                     size: int | None = None) -> Any:
         """
-        (writer, generator) Write the rest of the content and the envelope, have
-        both fsynced, then rename them into ``queue/`` (content first).
+        (writer, generator) Write the rest of the content (C{size} bytes in all,
+        by default those of C{chunks}) and the envelope, have both fsynced, then
+        rename them into ``queue/`` (content first).
         """
+        if size is None:
+            size = sum(len(chunk) for chunk in chunks)
         fs = self.fs
         if fd is None:
             fd = self.spares.create(fs, self.path("tmp", queue_id + ".eml"))
         try:
             fs.write(fd, chunks)
-            fs.trim(fd)
+            fs.trim(fd, size)
             envelope_fd = self.spares.create(fs, self.path("tmp", queue_id + ".json"))
             try:
                 fs.write(envelope_fd, [envelope])
-                fs.trim(envelope_fd)
+                fs.trim(envelope_fd, len(envelope))
                 yield [fd, envelope_fd]
             finally:
                 fs.close(envelope_fd)
@@ -311,8 +315,9 @@ class Spool:
         try:
             fd = self.spares.create(self.fs, tmp)
             try:
-                self.fs.write(fd, [envelope.to_json()])
-                self.fs.trim(fd)
+                data = envelope.to_json()
+                self.fs.write(fd, [data])
+                self.fs.trim(fd, len(data))
                 yield [fd]
             finally:
                 self.fs.close(fd)
