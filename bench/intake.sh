@@ -95,6 +95,10 @@ else
 fi
 
 # -- work area and cleanup --------------------------------------------------------
+# Every run's files stay until the end: room for all of them (message + a block, twice over).
+need=$(( ROUNDS * 2 * MESSAGES * (SIZE + 4096) * 2 ))
+avail=$(df --output=avail -B1 /tmp | tail -1)
+(( avail > need )) || die "/tmp: $avail bytes free, $need needed (every run's files are kept until the end)"
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 RESULTS=$BENCH/results
 mkdir -p "$RESULTS"
@@ -241,7 +245,7 @@ EOF
     fi
     save_log "$dir/gomail.log" "gomail-round$round.log"
     save_log "$dir/smtp-source.out" "gomail-round$round.smtp-source.out"
-    [[ $KEEP_TMP == 1 ]] || rm -rf "$dir/data"
+    # The spool and Maildirs stay until the end (see "File system state" in bench/README.md).
     sync
 }
 
@@ -318,7 +322,6 @@ EOF
     SINK_PID=""
     save_log "$dir/maillog" "postfix-round$round.maillog"
     save_log "$dir/smtp-source.out" "postfix-round$round.smtp-source.out"
-    [[ $KEEP_TMP == 1 ]] || rm -rf "$dir/queue" "$dir/data"
     sync
 }
 
