@@ -288,6 +288,18 @@ class PipeliningTests(SynchronousTestCase):
         self.assertEqual(self.failureResultOf(d, ConnectionFailure).value.reply,
                          (451, "4.4.2 Connection to smarthost lost"))
 
+    def test_reply_to_nothing_drops_the_connection(self) -> None:
+        """A reply nobody asked for (here while idle after a transaction) ends the session; nothing is misread."""
+        server = self.pipelined()
+        d = server.client.send(transaction("a@example.com"))
+        server.say(b"250 ok", b"250 ok", b"354 go")
+        server.say(b"250 done")
+        self.assertEqual(self.successResultOf(d), {"a@example.com": (250, "done")})
+        server.say(b"250 surprise")
+        self.assertTrue(server.client.closed or server.transport.disconnecting)
+        late = server.client.send(transaction("b@example.com"))
+        self.failureResultOf(late, ConnectionFailure)
+
     def test_keyword_is_case_insensitive(self) -> None:
         """EHLO keywords are case-insensitive (RFC 5321 2.4): 'pipelining' counts; without it, one command at a time."""
         lower = Server(self)

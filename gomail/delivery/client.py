@@ -204,6 +204,9 @@ class RelayProtocol(ESMTPClient):
         if not self._pending:
             self.idle = True
             self.setTimeout(None)
+            # Idle: any reply now answers nothing we sent.
+            self._expected = range(0, 1000)
+            self._okresponse = self._failresponse = self._unexpected_reply
             return
         self._current = self._pending.popleft()
         if self.pipelining:
@@ -228,7 +231,14 @@ class RelayProtocol(ESMTPClient):
         self._okresponse = self._failresponse = self._pipelined_reply
         self.transport.write(b"".join(commands[step](address) + b"\r\n" for step, address in due))
 
+    def _unexpected_reply(self, code: int, resp: bytes) -> None:
+        # A reply to nothing we sent (while idle, or one too many): the session is out of step.
+        self.sendError(SMTPClientError(code, b"Unexpected reply: " + resp, isFatal=True))
+
     def _pipelined_reply(self, code: int, resp: bytes) -> None:
+        if not self._due:
+            self._unexpected_reply(code, resp)
+            return
         step, address = self._due.popleft()
         if step == "mail":
             self._mail_reply = (code, resp)
@@ -253,7 +263,7 @@ class RelayProtocol(ESMTPClient):
         elif 400 <= code < 600:
             self._finish_pipelined((code, resp), reset=True)
         else:
-            self.sendError(SMTPClientError(code, b"Unexpected reply to DATA: " + resp))
+            self.sendError(SMTPClientError(code, b"Unexpected reply to DATA: " + resp, isFatal=True))
 
     def _final_reply(self, code: int, resp: bytes) -> None:
         self._finish_pipelined((code, resp), reset=False)
@@ -265,6 +275,8 @@ class RelayProtocol(ESMTPClient):
         reply to DATA or to the end of data). Then the next transaction, or idle.
         """
         transaction, self._current = self._current, None
+        if transaction is None:  # already failed with the connection
+            return
         # A transaction ended before its end of data may still be open on the server.
         self._reset_due = reset
         mail_code, mail_resp = self._mail_reply
@@ -329,6 +341,9 @@ class RelayProtocol(ESMTPClient):
             # operator instead of bouncing (as Postfix's smtp_sasl_auth_soft_bounce does).
             code, text = 451, f"4.7.0 Smarthost refused the session: {code} {text}"
         self._fail_all(ConnectionFailure(code, text))
+        # The connection is on its way out (QUIT, or dropped): nothing more goes on it.
+        self.idle = False
+        self.closed = True
         super().sendError(exc)
 
     def connectionLost(self, reason: Failure = None) -> None:
