@@ -42,6 +42,15 @@ def transaction(*recipients: str, content: bytes = CONTENT, sender: str = "alice
     return Transaction(sender, list(recipients), lambda: BytesContent(content))
 
 
+def assert_failure_after_the_dot(test: SynchronousTestCase, server: Server) -> None:
+    """MAIL ok, one RCPT ok and one refused, 354, then 452: the accepted one gets the 452, the other its 450."""
+    d = server.client.send(transaction("a@example.com", "b@example.com"))
+    server.say(b"250 ok", b"250 ok", b"450 4.2.1 mailbox busy", b"354 go")
+    server.say(b"452 4.3.1 out of space")
+    test.assertEqual(test.successResultOf(d), {"a@example.com": (452, "4.3.1 out of space"),
+                                               "b@example.com": (450, "4.2.1 mailbox busy")})
+
+
 class TransactionTests(SynchronousTestCase):
     """Transactions over one connection and their per-recipient results."""
 
@@ -100,11 +109,7 @@ class TransactionTests(SynchronousTestCase):
         """A 452 after the end of data applies to all accepted recipients, a refused one keeps its own."""
         server = Server(self)
         server.greet()
-        d = server.client.send(transaction("a@example.com", "b@example.com"))
-        server.say(b"250 ok", b"250 ok", b"450 4.2.1 mailbox busy", b"354 go")
-        server.say(b"452 4.3.1 out of space")
-        self.assertEqual(self.successResultOf(d), {"a@example.com": (452, "4.3.1 out of space"),
-                                                   "b@example.com": (450, "4.2.1 mailbox busy")})
+        assert_failure_after_the_dot(self, server)
 
     def test_no_recipient_accepted(self) -> None:
         """When every RCPT is refused no DATA is sent and each keeps its reply."""
@@ -256,12 +261,7 @@ class PipeliningTests(SynchronousTestCase):
 
     def test_temporary_failure_after_the_dot(self) -> None:
         """A 452 after the end of data applies to the accepted recipients, a refused one keeps its own."""
-        server = self.pipelined()
-        d = server.client.send(transaction("a@example.com", "b@example.com"))
-        server.say(b"250 ok", b"250 ok", b"450 4.2.1 mailbox busy", b"354 go")
-        server.say(b"452 4.3.1 out of space")
-        self.assertEqual(self.successResultOf(d), {"a@example.com": (452, "4.3.1 out of space"),
-                                                   "b@example.com": (450, "4.2.1 mailbox busy")})
+        assert_failure_after_the_dot(self, self.pipelined())
 
     def test_unexpected_reply_to_data(self) -> None:
         """A 2xx to DATA (no content asked for) is a connection-level failure, never a delivery."""
