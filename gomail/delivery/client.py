@@ -218,18 +218,20 @@ class RelayProtocol(ESMTPClient):
 
     def _pipeline(self, transaction: Transaction) -> None:
         """Send MAIL, every RCPT and DATA at once; the replies come back in that order."""
-        due = [("rset", "")] if self._reset_due else []
+        commands, due = ([b"RSET"], [("rset", "")]) if self._reset_due else ([], [])
+        commands.append(b"MAIL FROM:" + quoteaddr(transaction.sender))
         due.append(("mail", ""))
-        due += [("rcpt", address) for address in transaction.recipients]
+        for address in transaction.recipients:
+            commands.append(b"RCPT TO:" + quoteaddr(address))
+            due.append(("rcpt", address))
+        commands.append(b"DATA")
         due.append(("data", ""))
         self._due = deque(due)
         self._reset_due = False
         self._mail_reply, self._rcpt_replies = (0, b""), []
-        commands = {"rset": lambda _: b"RSET", "mail": lambda _: b"MAIL FROM:" + quoteaddr(transaction.sender),
-                    "rcpt": lambda address: b"RCPT TO:" + quoteaddr(address), "data": lambda _: b"DATA"}
         self._expected = range(0, 1000)  # every reply goes to _pipelined_reply, in order
         self._okresponse = self._failresponse = self._pipelined_reply
-        self.transport.write(b"".join(commands[step](address) + b"\r\n" for step, address in due))
+        self.transport.write(b"".join(command + b"\r\n" for command in commands))
 
     def _unexpected_reply(self, code: int, resp: bytes) -> None:
         # A reply to nothing we sent (while idle, or one too many): the session is out of step.
