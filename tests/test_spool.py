@@ -577,10 +577,9 @@ class RecentContentTests(SpoolTestCase):
         recent.forget("m9")
         recent.forget("not there")
         self.assertEqual((len(recent), recent.size), (7, 700))
-        self.assertEqual(len(RecentContent(0)), 0)
         nothing = RecentContent(0)
         nothing.keep("a", b"")
-        self.assertEqual(len(nothing), 1)  # an empty message costs nothing
+        self.assertEqual(len(nothing), 0)  # a budget of 0 keeps nothing, not even an empty message
 
 
 class FreeSpaceTests(SpoolTestCase):

@@ -17,7 +17,7 @@ FS_IOC_GETFLAGS = 0x80086601
 FS_IOC_SETFLAGS = 0x40086602
 FS_TOPDIR_FL = 0x00020000
 #: The most buffers one writev takes.
-_IOV_MAX = os.sysconf("SC_IOV_MAX")
+_IOV_MAX = max(16, os.sysconf("SC_IOV_MAX"))  # -1 where the system sets no limit
 
 
 def read_queued(path: str) -> bytes:

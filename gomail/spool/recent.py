@@ -30,7 +30,7 @@ class RecentContent:
     def keep(self, queue_id: str, content: bytes) -> None:
         """Remember C{content} (the whole message file) for C{queue_id}, evicting the oldest as needed."""
         # One message may take at most an eighth of the budget: a few big ones never flush the rest.
-        if len(content) > self.budget // 8:
+        if not self.budget or len(content) > self.budget // 8:
             return
         self.forget(queue_id)
         self._entries[queue_id] = content
