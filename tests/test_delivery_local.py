@@ -124,6 +124,34 @@ class MaildirDeliveryTests(MaildirTestCase):
         [name] = os.listdir(self.box("a@example.com"))
         self.assertEqual(os.stat(os.path.join(self.box("a@example.com"), name)).st_ino, queued.st_ino)
 
+    def test_link_goes_straight_into_new(self) -> None:
+        """The hard link is made in new/ itself (one atomic step for a complete file); new/ is fsynced for it."""
+
+        class Recording(FileSystem):
+            def __init__(self) -> None:
+                self.calls: list[tuple[str, str]] = []
+
+            def link(self, source: str, target: str) -> None:
+                self.calls.append(("link", os.path.basename(os.path.dirname(target))))
+                super().link(source, target)
+
+            def rename(self, source: str, target: str) -> None:
+                self.calls.append(("rename", target))
+                super().rename(source, target)
+
+            def fsync_directory(self, path: str) -> None:
+                self.calls.append(("fsync_directory", os.path.basename(path)))
+                super().fsync_directory(path)
+
+        fs = Recording()
+        agent = MaildirDelivery(self.spool.path("mailbox"), "mx.example", ImmediateWriter(fs), fs=fs)
+        envelope = self.commit("a@example.com")
+        self.deliver(envelope, agent)
+        self.assertEqual(fs.calls, [("link", "new"), ("fsync_directory", "new")])
+        fs.calls.clear()
+        self.deliver(envelope, agent)  # again, as after a crash: found in new/, new/ fsynced once more
+        self.assertEqual(fs.calls, [("link", "new"), ("fsync_directory", "new")])
+
     def test_copied_when_a_link_is_impossible(self) -> None:
         """When link() fails with EXDEV (another file system) the content is copied and fsynced instead."""
 

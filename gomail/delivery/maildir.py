@@ -26,17 +26,20 @@ def mailbox_name(address: str) -> str:
 @implementer(IDeliveryAgent)
 class MaildirDelivery:
     """
-    Gives each recipient the message in ``mailbox/<address>/new/`` the Maildir
-    way: into ``tmp/``, then renamed into ``new/``; the writer fsyncs ``new/``
-    once for its whole batch before the result is reported.
+    Gives each recipient the message in ``mailbox/<address>/new/``; the writer
+    fsyncs ``new/`` once for its whole batch before the result is reported.
 
     The copy is a hard link to the queued file, which is already on disk (it was
-    fsynced before its 250): only directory entries change, so delivery costs no
-    data write and no file fsync, and N recipients share one inode. Where a link
-    is impossible (the mailbox on another file system) the content is copied and
-    fsynced instead. Either way the message is stored exactly as queued, with
-    CRLF line endings (Maildir readers such as Dovecot accept them). The file
-    name is derived from the queue id, so a copy delivered before a crash is
+    fsynced before its 250): only a directory entry changes, so delivery costs no
+    data write and no file fsync, and N recipients share one inode. The link goes
+    straight into ``new/``: the Maildir rule of writing in ``tmp/`` first is
+    there so that readers never see a half-written file, and a link to a
+    complete file is one atomic step (Postfix's local(8) also ends with a
+    link() into ``new/``). Where a link is impossible (the mailbox on another
+    file system) the content is copied into ``tmp/``, fsynced and renamed into
+    ``new/``. Either way the message is stored exactly as queued, with CRLF
+    line endings (Maildir readers such as Dovecot accept them). The file name
+    is derived from the queue id, so a copy delivered before a crash is
     recognised and not delivered twice.
     """
 
@@ -60,12 +63,14 @@ class MaildirDelivery:
 
     def _deliver_all(self, envelope: Envelope, message_path: str, targets: list[tuple[int, str]]) -> Any:
         """
-        (writer, generator) Put every copy into its Maildir's tmp/, yield the
-        descriptors of written copies for the writer to fsync, then rename into
-        new/; ends with the results and the new/ directories to fsync.
+        (writer, generator) Link every copy into its Maildir's new/ (or write
+        it into tmp/), yield the descriptors of written copies for the writer
+        to fsync, then rename those into new/; ends with the results and the
+        new/ directories to fsync.
         """
         results: dict[str, tuple[int, str]] = {}
-        copies: list[tuple[str, str, str, int | None]] = []  # address, tmp, final, fd (None: a link)
+        copies: list[tuple[str, str, str, int]] = []  # written copies: address, tmp, final, fd
+        touched = []
         try:
             for index, address in targets:
                 try:
@@ -73,20 +78,19 @@ class MaildirDelivery:
                 except OSError as e:
                     results[address] = (451, f"4.3.0 Mailbox write failed: {e.strerror}")
                     continue
-                if copy is None:
-                    results[address] = DELIVERED_REPLY  # delivered by an earlier attempt
+                if isinstance(copy, str):
+                    results[address] = DELIVERED_REPLY  # linked into new/ (now, or by an earlier attempt)
+                    touched.append(copy)
                 else:
                     copies.append(copy)
             try:
-                yield [fd for _, _, _, fd in copies if fd is not None]
+                yield [fd for _, _, _, fd in copies]
                 synced = True
             except OSError as e:
                 synced, error = False, e
         finally:
             for _, _, _, fd in copies:
-                if fd is not None:
-                    self.fs.close(fd)
-        touched = []
+                self.fs.close(fd)
         for address, tmp, final, _ in copies:
             try:
                 if not synced:
@@ -100,27 +104,34 @@ class MaildirDelivery:
         return results, touched
 
     def _write_copy(self, envelope: Envelope, message_path: str, address: str,
-                    index: int) -> tuple[str, str, str, int | None] | None:
-        """Link (or write, not yet fsynced) one copy into tmp/; None when it is already in new/."""
+                    index: int) -> tuple[str, str, str, int] | str:
+        """
+        Link one copy into new/ and return that directory (also when an earlier
+        attempt put it there), or write it into tmp/ (not yet fsynced) and
+        return (address, tmp, final, descriptor).
+        """
         box = os.path.join(self.directory, mailbox_name(address))
         if box not in self._boxes:
             for sub in ("tmp", "new", "cur"):
                 os.makedirs(os.path.join(box, sub), mode=0o700, exist_ok=True)
             self._boxes.add(box)
         name = f"{int(envelope.received)}.{envelope.id}_{index}.{self.hostname}"
-        final = os.path.join(box, "new", name)
-        # A copy delivered before a crash is still in new/ unless a mail reader
-        # already moved it to cur/ (then it is delivered again: at least once).
-        if os.path.exists(final):
-            return None
-        tmp = os.path.join(box, "tmp", name)
-        self.fs.unlink(tmp)
+        new = os.path.join(box, "new")
+        final = os.path.join(new, name)
         try:
-            self.fs.link(message_path, tmp)
-            return address, tmp, final, None
+            self.fs.link(message_path, final)
+            return new
+        except FileExistsError:
+            # Delivered before a crash: still in new/ unless a mail reader already
+            # moved it to cur/ (then it is delivered again: at least once).
+            return new
         except OSError as e:
             if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
                 raise
+        if os.path.exists(final):
+            return new
+        tmp = os.path.join(box, "tmp", name)
+        self.fs.unlink(tmp)
         fd = self.fs.create(tmp)
         try:
             with open(message_path, "rb") as source:
