@@ -38,8 +38,6 @@ class IncomingMessage:
         self._writing: Deferred | None = None
         self._failure = None
         self._finished = False
-        # True while every byte is still in _chunks (nothing flushed to tmp/ yet).
-        self._whole = True
         #: Called (no arguments) whenever a background write completes.
         self.on_drain: Callable[[], None] | None = None
 
@@ -62,7 +60,6 @@ class IncomingMessage:
             self._flush()
 
     def _flush(self) -> None:
-        self._whole = False
         chunks, self._chunks, self._buffered = self._chunks, [], 0
         d = self._spool.run(self._spool.append_tmp, self.id, self._fd, chunks)
         self._writing = d
@@ -97,6 +94,8 @@ class IncomingMessage:
         envelope.size = self.size
         chunks, self._chunks, self._buffered = self._chunks, [], 0
         fd, self._fd = self._fd, None
+        # No descriptor yet: nothing went to tmp/ before, every byte is in chunks.
+        whole = fd is None
         try:
             if self._failure is not None:
                 self._failure.raiseException()
@@ -109,7 +108,7 @@ class IncomingMessage:
             # A real crash runs no cleanup; recovery handles that (see Spool.recover).
             await self._spool.run(self._spool.discard_files, self.id, fd)
             raise
-        if self._whole:
+        if whole:
             # Exactly the bytes now on disk; kept before delivery hears of the message.
             self._spool.recent.keep(self.id, b"".join(chunks))
         self._spool.committed(envelope)
