@@ -26,6 +26,7 @@ from gomail.smtp.policy import RelayPolicy
 from gomail.smtp.server import SMTPServer, SMTPService
 from gomail.spool.service import SpoolService
 from gomail.spool.store import Spool
+from gomail.spool.process import WriterProcess, WriterSpec
 from gomail.spool.writer import BatchWriter
 from gomail.tls import server_context
 
@@ -106,12 +107,29 @@ def _log_file(path: str) -> Any:
     return sys.stdout if not path else open(path, "a", encoding="utf-8")
 
 
-def _delivery(config: Config, reactor: Any, root: GomailService, spool: Spool) -> DeliveryQueue:
-    """The delivery queue: local domains (or everything) to the Maildirs, the rest to the smarthosts."""
-    # Its own writer thread, so Maildir copies never delay the commits that
-    # SMTP clients are waiting on.
+def _writers(config: Config, reactor: Any, root: GomailService) -> tuple[Any, Any]:
+    """
+    The spool's two writers: one for commits (what SMTP clients wait on), one
+    for Maildir copies and removals, so those never delay a commit. Both are
+    lanes of one writer process (gomail.spool.process), or with
+    spool.writerProcess = false two threads of this process.
+    """
+    if config.spool.writerProcess:
+        spec = WriterSpec(spool_directory=config.spool.directory, spare_files=SPARE_FILES,
+                          mailbox_directory=os.path.join(config.spool.directory, "mailbox"),
+                          hostname=config.smtp.hostname, fsync_threads=config.spool.ioThreads)
+        process = WriterProcess(reactor, spec)
+        process.setServiceParent(root)
+        return process.lane("commit"), process.lane("mailbox")
+    writer = BatchWriter(reactor, fsync_threads=config.spool.ioThreads)
+    writer.setServiceParent(root)
     mailbox_writer = BatchWriter(reactor, fsync_threads=config.spool.ioThreads, name="gomail-mailbox-writer")
     mailbox_writer.setServiceParent(root)
+    return writer, mailbox_writer
+
+
+def _delivery(config: Config, reactor: Any, spool: Spool, mailbox_writer: Any) -> DeliveryQueue:
+    """The delivery queue: local domains (or everything) to the Maildirs, the rest to the smarthosts."""
     spool.removal_writer = mailbox_writer
     mailbox = MaildirDelivery(spool.path("mailbox"), config.smtp.hostname, mailbox_writer)
     settings = config.delivery
@@ -144,14 +162,13 @@ def build_service(config: Config, reactor: Any) -> GomailService:
     root = GomailService(config)
     io = ThreadPoolService(reactor, "gomail-io", config.spool.ioThreads)
     io.setServiceParent(root)
-    writer = BatchWriter(reactor, fsync_threads=config.spool.ioThreads)
-    writer.setServiceParent(root)
+    writer, mailbox_writer = _writers(config, reactor, root)
     spool = Spool(config.spool.directory, reactor, io.run, writer=writer,
                   min_free_bytes=config.spool.minFreeSpaceMB * 1024 * 1024, spare_files=SPARE_FILES,
                   recent_content_bytes=RECENT_CONTENT_BYTES)
     root.spool = spool
 
-    root.delivery = _delivery(config, reactor, root, spool)
+    root.delivery = _delivery(config, reactor, spool, mailbox_writer)
     SpoolService(spool, root.delivery).setServiceParent(root)
     root.delivery.setServiceParent(root)
     root.auth = build_auth(config, reactor, root)

@@ -157,6 +157,7 @@ class SpoolSettings:
     directory: str = setting("")
     minFreeSpaceMB: int = setting(100, check=between(0))
     ioThreads: int = setting(8, check=between(1, 64))
+    writerProcess: bool = setting(True)
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from gomail.smtp.server import SMTPServer
 from gomail.spool.envelope import Envelope
 from gomail.spool.fs import FileSystem
 from gomail.spool.store import Spool
-from gomail.spool.writer import run_batch
+from gomail.spool.writer import method_job, run_batch
 
 HOSTNAME = "mx.test"
 LOCAL_DOMAIN = "example.com"
@@ -58,9 +58,16 @@ class ManualRun:
         self.pending.append((f, args, kwargs, d))
         return d
 
+    #: As the in-process writers: jobs may be handed descriptors.
+    shares_descriptors = True
+
     def submit(self, job: Callable[[], Any]) -> Deferred:
         """The spool writer's interface: the durable job waits like any other call."""
         return self(_run_job, job)
+
+    def call(self, target: Any, method: str, *args: Any) -> Deferred:
+        """The spool writer's interface for a named call (see BatchWriter.call)."""
+        return self.submit(method_job(target, method, args))
 
     def release(self) -> None:
         """Run every waiting call (and any they start), in order."""

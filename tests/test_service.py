@@ -36,13 +36,23 @@ class BuildServiceTests(SynchronousTestCase):
         self.reactor = MemoryReactorClock()
 
     def test_children_in_start_order(self) -> None:
-        """I/O pool, spool, local delivery, then SMTP: listeners come last, so they open after recovery."""
+        """I/O pool, spool writer process, spool, local delivery, then SMTP: listeners come last, so they open after recovery."""
         service = build_service(config_in(self.directory), self.reactor)
         names = [type(child).__name__ for child in service]
-        self.assertEqual(names, ["ThreadPoolService", "BatchWriter", "BatchWriter", "SpoolService", "DeliveryQueue",
+        self.assertEqual(names, ["ThreadPoolService", "WriterProcess", "SpoolService", "DeliveryQueue",
                                  "ThreadPoolService", "AuthService", "SMTPService", "BackendRouter", "AuthLog",
                                  "ListeningService", "ListeningService"])
         self.assertEqual(self.reactor.tcpServers, [])
+
+    def test_writer_threads_without_a_process(self) -> None:
+        """spool.writerProcess = false: two writer threads in this process (commits; Maildir copies and removals)."""
+        config = config_in(self.directory)
+        config = dataclasses.replace(config, spool=dataclasses.replace(config.spool, writerProcess=False))
+        service = build_service(config, self.reactor)
+        names = [type(child).__name__ for child in service][:4]
+        self.assertEqual(names, ["ThreadPoolService", "BatchWriter", "BatchWriter", "SpoolService"])
+        self.assertIs(service.spool.removal_writer, service.delivery.router.local.writer)
+        self.assertIsNot(service.spool.writer, service.spool.removal_writer)
 
     def test_forward_smtp_routes_to_the_relay(self) -> None:
         """With forwardSMTP, local domains go to the mailbox and the rest to the smarthost, workerCount at once."""

@@ -40,6 +40,8 @@ class FailedStore:
     """Messages given up on, kept as JSON until retried or deleted by an operator."""
 
     log = Logger()
+    #: The name a writer process knows this store by (see L{gomail.spool.process}).
+    job_target = "failed"
 
     def __init__(self, spool: Spool, clock: IReactorTime) -> None:
         self.spool = spool
@@ -62,7 +64,7 @@ class FailedStore:
     async def give_up(self, envelope: Envelope, reason: str) -> None:
         """Move a queued message to the failed store (durably), then out of the queue."""
         now = self.clock.seconds()
-        await self.spool.writer.submit(lambda: self._write_record(envelope, reason, now))
+        await self.spool.writer.call(self, "_write_record", envelope, reason, now)
         await self.spool.remove(envelope.id)
         self.log.warn("{queue_id} moved to failed/: {reason}", queue_id=envelope.id, reason=reason)
 
@@ -100,11 +102,11 @@ class FailedStore:
         for one in ids:
             now = self.clock.seconds()
             try:
-                envelope = await self.spool.writer.submit(lambda one=one: self._requeue(one, now))
+                envelope = await self.spool.writer.call(self, "_requeue", one, now)
             except (OSError, ValueError, EnvelopeError) as e:
                 self.log.error("could not requeue failed message {queue_id}: {error}", queue_id=one, error=e)
                 continue
-            await self.spool.writer.submit(lambda one=one: self._forget(one))
+            await self.spool.writer.call(self, "_forget", one)
             self.spool.committed(envelope)
             count += 1
         if count:
@@ -144,4 +146,4 @@ class FailedStore:
         """Remove a failed message for good."""
         if not os.path.exists(self.path(queue_id)):
             raise KeyError(queue_id)
-        await self.spool.writer.submit(lambda: self._forget(queue_id))
+        await self.spool.writer.call(self, "_forget", queue_id)

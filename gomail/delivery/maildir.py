@@ -44,6 +44,8 @@ class MaildirDelivery:
     """
 
     name = "mailbox"
+    #: The name a writer process knows this delivery by (see L{gomail.spool.process}).
+    job_target = "mailbox"
     #: A repeated delivery of the same copy is recognised (see _write_copy).
     idempotent = True
 
@@ -59,7 +61,7 @@ class MaildirDelivery:
         # retry of a copy that was delivered before a crash finds it again.
         positions = {r.address: i for i, r in enumerate(envelope.recipients)}
         targets = [(positions.get(r.address, 0), r.address) for r in recipients]
-        return self.writer.submit(lambda: self._deliver_all(envelope, message_path, targets))
+        return self.writer.call(self, "_deliver_all", envelope, message_path, targets)
 
     def _deliver_all(self, envelope: Envelope, message_path: str, targets: list[tuple[int, str]]) -> Any:
         """

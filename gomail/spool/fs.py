@@ -58,6 +58,10 @@ class FileSystem:
         """Open an existing file for writing from its start (nothing truncated yet: see L{trim})."""
         return os.open(path, os.O_WRONLY | os.O_CLOEXEC)
 
+    def open_appending(self, path: str) -> int:
+        """Open an existing file for writing at its end (the rest of a message another process began)."""
+        return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+
     def trim(self, fd: int, length: int) -> None:
         """Cut the file to C{length}, the bytes just written (what a reused file had beyond them goes)."""
         os.ftruncate(fd, length)

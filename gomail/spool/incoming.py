@@ -99,11 +99,10 @@ class IncomingMessage:
         try:
             if self._failure is not None:
                 self._failure.raiseException()
-            # finish_files closes the descriptor whatever happens: never close it again (another
+            # commit_files closes the descriptor whatever happens: never close it again (another
             # thread may have been given the same number by then).
             handed, fd = fd, None
-            await self._spool.durably(self._spool.finish_files, self.id, handed, chunks, envelope.to_json(),
-                                      self.size)
+            await self._spool.commit_files(self.id, handed, chunks, envelope.to_json(), self.size)
         except Exception:
             # A real crash runs no cleanup; recovery handles that (see Spool.recover).
             await self._spool.run(self._spool.discard_files, self.id, fd)

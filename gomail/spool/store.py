@@ -18,7 +18,6 @@ arrived (its sender got no 250) and moves unreadable entries to ``corrupt/``.
 
 from __future__ import annotations
 
-import inspect
 import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -63,6 +62,8 @@ class Spool:
     """
 
     log = Logger()
+    #: The name a writer process knows this spool by (see L{gomail.spool.process}).
+    job_target = "spool"
 
     def __init__(self, directory: str, clock: IReactorTime, run: RunInThread,
                  fs: FileSystem | None = None, min_free_bytes: int = 0, writer: Any = None,
@@ -239,31 +240,36 @@ class Spool:
         self.fs.write(fd, chunks)
         return fd
 
-    def durably(self, function: Callable[..., Any], *args: Any) -> Deferred:
+    def commit_files(self, queue_id: str, fd: int | None, chunks: list[bytes], envelope: bytes,
+                     size: int) -> Deferred:
         """
-        Run C{function(*args)} in the writer; fires once it and the C{queue/}
-        directory are on disk. A generator C{function} yields its descriptors
-        for the writer to fsync (see L{gomail.spool.writer}).
+        Have the writer finish the message (L{finish_files}); fires once it and
+        the C{queue/} directory are on disk. Takes C{fd}, the descriptor of what
+        was already written to C{tmp/} (None: nothing was): it is closed
+        whatever happens. A writer in another process cannot be handed a
+        descriptor, so then it is closed first and the file reopened there.
         """
-        queue = self.path("queue")
-
-        def job() -> Any:
-            result = function(*args)
-            return result if inspect.isgenerator(result) else (None, [queue])
-        return self.writer.submit(job)
+        if fd is not None and not self.writer.shares_descriptors:
+            return self.run(self.fs.close, fd).addCallback(
+                lambda _: self.writer.call(self, "finish_files", queue_id, None, chunks, envelope, size, True))
+        return self.writer.call(self, "finish_files", queue_id, fd, chunks, envelope, size)
 
     def finish_files(self, queue_id: str, fd: int | None, chunks: list[bytes], envelope: bytes,
-                     size: int | None = None) -> Any:
+                     size: int | None = None, started: bool = False) -> Any:
         """
         (writer, generator) Write the rest of the content (C{size} bytes in all,
         by default those of C{chunks}) and the envelope, have both fsynced, then
-        rename them into ``queue/`` (content first).
+        rename them into ``queue/`` (content first). C{fd} is the descriptor of
+        the content's start already in C{tmp/}; None with C{started} means that
+        file is to be reopened (it was written by another process), None alone
+        that there is none yet.
         """
         if size is None:
             size = sum(len(chunk) for chunk in chunks)
         fs = self.fs
         if fd is None:
-            fd = self.spares.create(fs, self.path("tmp", queue_id + ".eml"))
+            path = self.path("tmp", queue_id + ".eml")
+            fd = fs.open_appending(path) if started else self.spares.create(fs, path)
         try:
             fs.write(fd, chunks)
             fs.trim(fd, size)
@@ -330,7 +336,7 @@ class Spool:
 
     async def update(self, envelope: Envelope) -> None:
         """Replace a queued message's envelope atomically and durably."""
-        await self.durably(self._write_envelope, envelope)
+        await self.writer.call(self, "_write_envelope", envelope)
 
     def _remove_files(self, queue_id: str, durable: bool) -> tuple[list[str], list[str]]:
         """(writer) Remove both files; returns the spares made and the directories to fsync."""
@@ -349,6 +355,17 @@ class Spool:
         """
         self.recent.forget(queue_id)
         writer = self.removal_writer or self.writer
-        spares = await writer.submit(lambda: self._remove_files(queue_id, durable))
-        self.spares.publish(spares)
+        spares = await writer.call(self, "_remove_files", queue_id, durable)
+        if spares:
+            if writer.shares_descriptors:
+                self.spares.publish(spares)
+            else:
+                # The spares belong to the writer process's spool, where the next commits are made.
+                writer.call(self, "publish_spares", spares).addErrback(
+                    lambda f: self.log.failure("could not offer spare files", f))
         self.queued = max(0, self.queued - 1)
+
+    def publish_spares(self, spares: list[str]) -> tuple[None, list[str]]:
+        """(writer) Offer C{spares} to the next commits (their removal is on disk already)."""
+        self.spares.publish(spares)
+        return None, []

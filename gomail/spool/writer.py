@@ -108,11 +108,23 @@ def _try(function: Callable[[int], None], fd: int) -> BaseException | None:
     return None
 
 
+def method_job(target: Any, method: str, args: tuple) -> Job:
+    """The job of calling C{target.<method>(*args)} (see L{BatchWriter.call})."""
+    return lambda: getattr(target, method)(*args)
+
+
 class ImmediateWriter:
     """Runs each job at once in the calling thread: for tests and tools, not for the reactor."""
 
+    #: Jobs run in this process: they may be given open descriptors.
+    shares_descriptors = True
+
     def __init__(self, fs: FileSystem | None = None) -> None:
         self.fs = fs or FileSystem()
+
+    def call(self, target: Any, method: str, *args: Any) -> Deferred:
+        """Run C{target.<method>(*args)} as a job now (see L{BatchWriter.call})."""
+        return self.submit(method_job(target, method, args))
 
     def submit(self, job: Job) -> Deferred:
         """Run C{job} now; the Deferred has already fired."""
@@ -138,11 +150,23 @@ class BatchWriter(Service):
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
 
+    #: Jobs run in this process: they may be given open descriptors.
+    shares_descriptors = True
+
     def submit(self, job: Job) -> Deferred:
         """Run C{job} in the writer thread; fires (in the reactor) once its batch is durable."""
         d: Deferred = Deferred()
         self._queue.put((job, d))
         return d
+
+    def call(self, target: Any, method: str, *args: Any) -> Deferred:
+        """
+        Run C{target.<method>(*args)} as a job. Every durable change is made
+        this way, by naming a method of a spool object rather than passing a
+        closure, so that the same call can also be sent to a writer in another
+        process (L{gomail.spool.process}).
+        """
+        return self.submit(method_job(target, method, args))
 
     def startService(self) -> None:
         super().startService()

@@ -1,0 +1,143 @@
+"""
+The spool writer's child process (started by L{gomail.spool.process}; not a
+command for people).
+
+Reads a L{WriterSpec} and then job frames from standard input, runs each
+lane's jobs in batches in a thread of its own (L{gomail.spool.writer.run_batch},
+exactly as the in-process writer does), and writes one reply frame per job to
+standard output once its batch is durable. End of input means stop: the jobs
+already read are finished first.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import queue
+import signal
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, BinaryIO
+
+from gomail.spool.process import HEADER, WriterSpec, frame
+from gomail.spool.writer import _try, method_job, run_batch
+
+_STOP = object()
+MAX_BATCH = 512
+
+
+def build_targets(spec: WriterSpec) -> dict[str, Any]:
+    """This process's own spool objects, by their C{job_target} names."""
+    from gomail.delivery.failed import FailedStore
+    from gomail.delivery.maildir import MaildirDelivery
+    from gomail.spool.store import Spool
+
+    spool = Spool(spec.spool_directory, clock=None, run=None, spare_files=spec.spare_files)
+    mailbox = MaildirDelivery(spec.mailbox_directory, spec.hostname, writer=None)
+    failed = FailedStore(spool, clock=None)
+    return {target.job_target: target for target in (spool, mailbox, failed)}
+
+
+class Replies:
+    """Standard output, shared by the lanes: a batch's replies go out in one write."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._lock = threading.Lock()
+
+    def send(self, replies: list[tuple[int, bool, Any]]) -> None:
+        data = b"".join(_reply_frame(reply) for reply in replies)
+        with self._lock:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self.fd, view):]
+
+
+def _reply_frame(reply: tuple[int, bool, Any]) -> bytes:
+    try:
+        return frame(reply)
+    except Exception as e:  # an exception or result that cannot be pickled
+        request_id, _, value = reply
+        return frame((request_id, False, RuntimeError(f"unpicklable spool writer result: {value!r} ({e})")))
+
+
+class Lane:
+    """One writer thread: takes the jobs waiting, runs them as one batch, replies."""
+
+    def __init__(self, name: str, targets: dict[str, Any], fsyncs: ThreadPoolExecutor, replies: Replies) -> None:
+        self.name = name
+        self.targets = targets
+        self.fsyncs = fsyncs
+        self.replies = replies
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.fs = targets["spool"].fs
+        self.thread = threading.Thread(target=self._loop, name=f"gomail-writer-{name}", daemon=True)
+
+    def _fsync_all(self, fds: list[int]) -> list:
+        if len(fds) == 1:
+            return [_try(self.fs.fsync, fd) for fd in fds]
+        return list(self.fsyncs.map(lambda fd: _try(self.fs.fsync, fd), fds))
+
+    def _loop(self) -> None:
+        stopping = False
+        while not stopping:
+            item = self.queue.get()
+            batch = []
+            while True:
+                if item is _STOP:
+                    stopping = True
+                else:
+                    batch.append(item)
+                if len(batch) >= MAX_BATCH:
+                    break
+                try:
+                    item = self.queue.get_nowait()
+                except queue.Empty:
+                    break
+            if batch:
+                jobs = [method_job(self.targets[target], method, args) for _, target, method, args in batch]
+                outcomes = run_batch(jobs, self.fs, self._fsync_all)
+                self.replies.send([(request_id, ok, value if ok else value.value)
+                                   for (request_id, *_), (ok, value) in zip(batch, outcomes)])
+
+
+def read_frame(stream: BinaryIO) -> Any:
+    """The next frame's value, or C{_STOP} at the end of input."""
+    header = stream.read(HEADER.size)
+    if len(header) < HEADER.size:
+        return _STOP
+    (length,) = HEADER.unpack(header)
+    data = stream.read(length)
+    if len(data) < length:
+        return _STOP
+    return pickle.loads(data)
+
+
+def main() -> None:
+    # The server stops this process by closing its input, after its own
+    # clients are drained; a Ctrl-C or SIGTERM sent to the whole process group
+    # must not cut a batch short.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    stdin = sys.stdin.buffer
+    spec = read_frame(stdin)
+    if not isinstance(spec, WriterSpec):
+        sys.exit("gomail spool writer: no specification on standard input")
+    targets = build_targets(spec)
+    replies = Replies(sys.stdout.fileno())
+    with ThreadPoolExecutor(spec.fsync_threads, thread_name_prefix="gomail-writer-fsync") as fsyncs:
+        lanes = {name: Lane(name, targets, fsyncs, replies) for name in spec.lanes}
+        for lane in lanes.values():
+            lane.thread.start()
+        while (request := read_frame(stdin)) is not _STOP:
+            request_id, lane_name, target, method, args = request
+            lanes[lane_name].queue.put((request_id, target, method, args))
+        for lane in lanes.values():
+            lane.queue.put(_STOP)
+        for lane in lanes.values():
+            lane.thread.join()
+
+
+if __name__ == "__main__":
+    main()
