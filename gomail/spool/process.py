@@ -118,10 +118,12 @@ class WriterProcess(Service):
 
     log = Logger()
 
-    def __init__(self, reactor: Any, spec: WriterSpec, name: str = "gomail-spool-writer") -> None:
+    def __init__(self, reactor: Any, spec: WriterSpec, name: str = "gomail-spool-writer",
+                 restart_delay: float = RESTART_DELAY) -> None:
         self.reactor = reactor
         self.spec = spec
         self.name = name
+        self.restart_delay = restart_delay
         self.restarts = 0
         self._protocol: _ChildProtocol | None = None
         self._pending: dict[int, Deferred] = {}
@@ -138,6 +140,11 @@ class WriterProcess(Service):
     def startService(self) -> None:
         super().startService()
         self._spawn()
+
+    @property
+    def pid(self) -> int | None:
+        """The running child's process id."""
+        return self._protocol.transport.pid if self._protocol is not None else None
 
     def _spawn(self) -> None:
         self._restart = None
@@ -180,19 +187,19 @@ class WriterProcess(Service):
         self._protocol = None
         pending, self._pending = self._pending, {}
         error = WriterGone(f"the spool writer process exited: {reason.getErrorMessage()}")
-        for d in pending.values():
-            d.errback(Failure(error))
         if self._ended is not None:
             ended, self._ended = self._ended, None
             if not reason.check(ProcessDone):
                 self.log.error("spool writer process: {error}", error=reason.getErrorMessage())
+            _fail_all(pending, error)
             ended.callback(None)
             return
         self.log.critical("spool writer process exited unexpectedly ({error}); {count} jobs failed; "
                           "restarting it in {delay:.0f} s", error=reason.getErrorMessage(),
-                          count=len(pending), delay=RESTART_DELAY)
+                          count=len(pending), delay=self.restart_delay)
         self.restarts += 1
-        self._restart = self.reactor.callLater(RESTART_DELAY, self._spawn)
+        self._restart = self.reactor.callLater(self.restart_delay, self._spawn)
+        _fail_all(pending, error)
 
     def stopService(self) -> Deferred:
         super().stopService()
@@ -217,6 +224,11 @@ class WriterProcess(Service):
             protocol.transport.signalProcess("KILL")
         except Exception:
             pass
+
+
+def _fail_all(pending: dict[int, Deferred], error: Exception) -> None:
+    for d in pending.values():
+        d.errback(Failure(error))
 
 
 class _ChildProtocol(ProcessProtocol):

@@ -1,0 +1,203 @@
+"""
+The spool writer in a child process (gomail.spool.process): a real child on
+the real reactor, driven through the same Spool and Maildir calls the server
+makes; what is checked is what ends up on disk and what the callers are told.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import sys
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from gomail.delivery.maildir import MaildirDelivery
+from gomail.spool.envelope import Recipient
+from gomail.spool.incoming import IncomingMessage
+from gomail.spool.process import FrameReader, WriterGone, WriterProcess, WriterSpec, frame
+from tests.processes import spawn
+from tests.spooltesting import listing, make_spool, read, start_commit
+
+
+class FrameTests(SynchronousTestCase):
+    """Frames: a length and a pickle, however the bytes arrive."""
+
+    def test_split_and_joined_frames(self) -> None:
+        """Frames cut anywhere, and several in one read, come out whole and in order."""
+        data = frame(("a", b"x" * 70000)) + frame(1) + frame({"k": [None]})
+        reader = FrameReader()
+        values = []
+        for start in range(0, len(data), 997):
+            values += reader.feed(data[start:start + 997])
+        self.assertEqual(values, [("a", b"x" * 70000), 1, {"k": [None]}])
+        self.assertEqual(reader.feed(frame(2) + frame(3)), [2, 3])
+
+
+class WriterProcessTests(TestCase):
+    """A spool whose writers are the lanes of a real writer process."""
+
+    timeout = 60
+
+    def setUp(self) -> Deferred:
+        self.directory = os.path.abspath(self.mktemp())
+        self.spool = make_spool(self.directory, spare_files=8)
+        spec = WriterSpec(spool_directory=self.directory, spare_files=8,
+                          mailbox_directory=self.spool.path("mailbox"), hostname="mx.test", fsync_threads=2)
+        self.process = WriterProcess(reactor, spec, restart_delay=0)
+        self.process.startService()
+        self.addCleanup(self.stop)
+        self.spool.writer = self.process.lane("commit")
+        self.spool.removal_writer = self.process.lane("mailbox")
+        # The child answers once it has started: wait for one round trip.
+        return self.process.lane("commit").call(self.spool, "publish_spares", [])
+
+    def stop(self) -> Deferred | None:
+        return self.process.stopService() if self.process.running else None
+
+    def commit(self, content: bytes, chunk: int = 8192) -> Deferred:
+        envelope, d = start_commit(self.spool, content, "bob@example.com", chunk=chunk)
+        return d.addCallback(lambda _: envelope)
+
+    async def _commits(self) -> None:
+        small = await self.commit(b"Subject: small\r\n\r\nhello\r\n")
+        large_content = b"Subject: large\r\n\r\n" + b"y" * (3 * IncomingMessage.FLUSH_AT) + b"\r\n"
+        large = await self.commit(large_content)
+        self.assertEqual(listing(self.spool, "queue"), sorted(
+            [small.id + ".eml", small.id + ".json", large.id + ".eml", large.id + ".json"]))
+        self.assertEqual(read(self.spool.message_path(small.id)), b"Subject: small\r\n\r\nhello\r\n")
+        self.assertEqual(read(self.spool.message_path(large.id)), large_content)
+        self.assertEqual(self.spool.queued, 2)
+        self.assertEqual(listing(self.spool, "tmp"), [])
+
+    def test_small_and_large_commits(self) -> Deferred:
+        """
+        A message received whole in memory and one that went to tmp/ as it
+        arrived (its file reopened by the child) both end complete in queue/.
+        """
+        return Deferred.fromCoroutine(self._commits())
+
+    async def _deliver_and_remove(self) -> None:
+        envelope = await self.commit(b"Subject: local\r\n\r\nfor the mailbox\r\n")
+        mailbox = MaildirDelivery(self.spool.path("mailbox"), "mx.test", self.process.lane("mailbox"))
+        results = await mailbox.deliver(envelope, self.spool.message_path(envelope.id), [Recipient("bob@example.com")])
+        self.assertEqual(results, {"bob@example.com": (250, "2.0.0 Delivered to mailbox")})
+        new = self.spool.path("mailbox", "bob@example.com", "new")
+        [name] = os.listdir(new)
+        self.assertEqual(read(os.path.join(new, name)), b"Subject: local\r\n\r\nfor the mailbox\r\n")
+        await self.spool.remove(envelope.id)
+        self.assertEqual((listing(self.spool, "queue"), self.spool.queued), ([], 0))
+        # The envelope's file is a spare in tmp/ (the content lives on in the Maildir)...
+        [spare] = listing(self.spool, "tmp")
+        inode = os.stat(self.spool.path("tmp", spare)).st_ino
+        # ... offered to the child's next commit once its removal was on disk.
+        await self.process.lane("mailbox").call(self.spool, "publish_spares", [])
+        again = await self.commit(b"Subject: next\r\n\r\nreuses the spare\r\n")
+        inodes = {os.stat(self.spool.path("queue", again.id + ext)).st_ino for ext in (".eml", ".json")}
+        self.assertIn(inode, inodes)
+        self.assertEqual(listing(self.spool, "tmp"), [])
+
+    def test_maildir_delivery_removal_and_spares(self) -> Deferred:
+        """Local delivery and removal run in the child, and its removed files hold its next commit."""
+        return Deferred.fromCoroutine(self._deliver_and_remove())
+
+    async def _error(self) -> None:
+        with self.assertRaises(FileNotFoundError):
+            await self.process.lane("commit").call(self.spool, "finish_files", "00000000000000000dead", None,
+                                                   [b"rest"], b"{}", 4, True)
+        self.assertEqual(listing(self.spool, "queue"), [])
+        # The child is still there for the next job.
+        await self.commit(b"Subject: after\r\n\r\nstill fine\r\n")
+
+    def test_job_error_reaches_the_caller(self) -> Deferred:
+        """An exception in a job fails that job's Deferred with the same exception type; the child lives on."""
+        return Deferred.fromCoroutine(self._error())
+
+    def test_closures_are_refused(self) -> None:
+        """A lane runs named calls only: a closure cannot cross into the child."""
+        self.failureResultOf(self.process.lane("commit").submit(lambda: None), TypeError)
+
+    async def _death(self) -> None:
+        first = self.process.pid
+        self.process._protocol.transport.signalProcess("KILL")
+        envelope, commit = start_commit(self.spool, b"Subject: lost\r\n\r\nnever answered\r\n", "bob@example.com")
+        with self.assertRaises(WriterGone):
+            await commit
+        # The commit failed as a whole: nothing of it is left (its client was told 451).
+        self.assertEqual(listing(self.spool, "queue"), [])
+        self.assertEqual(self.process.restarts, 1)
+        # A new child takes over (restart_delay 0 here).
+        while self.process.pid is None:
+            await _next_turn()
+        self.assertNotEqual(self.process.pid, first)
+        await self.commit(b"Subject: again\r\n\r\nafter the restart\r\n")
+        self.assertEqual(len(listing(self.spool, "queue")), 2)
+        self.flushLoggedErrors()
+
+    def test_child_death_fails_waiting_jobs_and_restarts(self) -> Deferred:
+        """A killed child fails the jobs waiting on it (the commit leaves nothing) and is replaced."""
+        return Deferred.fromCoroutine(self._death())
+
+    async def _stop(self) -> None:
+        commits = [self.commit(b"Subject: %d\r\n\r\nbefore the stop\r\n" % i) for i in range(20)]
+        pid = self.process.pid
+        await self.process.stopService()
+        for d in commits:
+            await d
+        self.assertEqual(len(listing(self.spool, "queue")), 40)
+        self.assertFalse(os.path.exists(f"/proc/{pid}"))
+        failure = self.failureResultOf(self.process.lane("commit").call(self.spool, "publish_spares", []))
+        self.assertIsInstance(failure.value, WriterGone)
+
+    def test_stop_finishes_the_jobs_sent(self) -> Deferred:
+        """Stopping lets the child finish every job already sent, then it exits; later jobs fail at once."""
+        return Deferred.fromCoroutine(self._stop())
+
+
+class OrphanTests(TestCase):
+    """The child outlives nothing: it ends with the server, even a killed one."""
+
+    timeout = 60
+
+    async def _orphan(self) -> None:
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        script = (
+            "import os, sys\n"
+            "from twisted.internet import reactor\n"
+            "from gomail.spool.process import WriterProcess, WriterSpec\n"
+            f"spec = WriterSpec({directory!r}, 0, {directory!r} + '/mailbox', 'mx.test', 1)\n"
+            "p = WriterProcess(reactor, spec)\n"
+            "reactor.callWhenRunning(p.startService)\n"
+            "reactor.callWhenRunning(lambda: print('child', p.pid, 'started', flush=True))\n"
+            "reactor.run()\n"
+        )
+        parent = spawn(reactor, [sys.executable, "-c", script], cwd=directory)
+        self.addCleanup(parent.stop, reactor)
+        await parent.wait_for(b" started", reactor)
+        child = int(parent.output.split(b"child ")[1].split()[0])
+        watch = os.pidfd_open(child)
+        self.addCleanup(os.close, watch)
+        parent.transport.signalProcess("KILL")
+        await parent.ended
+        # The child sees the end of its input and exits on its own.
+        readable, _, _ = await _in_thread(select.select, [watch], [], [], 30)
+        self.assertEqual(readable, [watch])
+
+    def test_child_exits_when_the_server_is_killed(self) -> Deferred:
+        """kill -9 of the server: its writer process finishes what it has and exits (no orphan left running)."""
+        return Deferred.fromCoroutine(self._orphan())
+
+
+def _next_turn() -> Deferred:
+    d: Deferred = Deferred()
+    reactor.callLater(0, d.callback, None)
+    return d
+
+
+def _in_thread(f: Any, *args: Any) -> Deferred:
+    return deferToThread(f, *args)
