@@ -40,8 +40,26 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 # -- small utilities ----------------------------------------------------------
 
-def proc_cpu_seconds(pid: int) -> float | None:
-    """utime+stime of a whole process (all threads), in seconds; None if it is gone."""
+def process_tree(pid: int) -> list[int]:
+    """C{pid} and its live descendants (gomail's spool writer process is its child)."""
+    pids, index = [pid], 0
+    while index < len(pids):
+        current = pids[index]
+        index += 1
+        try:
+            tasks = os.listdir(f"/proc/{current}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                with open(f"/proc/{current}/task/{task}/children") as f:
+                    pids.extend(int(child) for child in f.read().split())
+            except OSError:
+                pass
+    return pids
+
+
+def _own_cpu_split(pid: int) -> tuple[float, float] | None:
     try:
         with open(f"/proc/{pid}/stat") as f:
             data = f.read()
@@ -49,36 +67,46 @@ def proc_cpu_seconds(pid: int) -> float | None:
         return None
     # The command name (field 2) may contain spaces: split after its closing parenthesis.
     fields = data[data.rindex(")") + 2:].split()
-    utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of stat(5)
-    return (utime + stime) / CLK_TCK
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK  # fields 14 and 15 of stat(5)
 
 
 def proc_cpu_split(pid: int) -> tuple[float, float] | None:
-    """(utime, stime) of a whole process in seconds; None if it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            data = f.read()
-    except OSError:
+    """(utime, stime) in seconds of a process and its child processes, all threads; None if it is gone."""
+    own = _own_cpu_split(pid)
+    if own is None:
         return None
-    fields = data[data.rindex(")") + 2:].split()
-    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+    user, system = own
+    for child in process_tree(pid)[1:]:
+        split = _own_cpu_split(child)
+        if split is not None:
+            user, system = user + split[0], system + split[1]
+    return user, system
+
+
+def proc_cpu_seconds(pid: int) -> float | None:
+    """utime+stime of a process and its child processes (all threads), in seconds; None if it is gone."""
+    split = proc_cpu_split(pid)
+    return None if split is None else split[0] + split[1]
 
 
 def context_switches(pid: int) -> int | None:
-    """Voluntary + involuntary context switches of the process's live threads."""
-    total = 0
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except OSError:
+    """Voluntary + involuntary context switches of the live threads of a process and its child processes."""
+    if not os.path.exists(f"/proc/{pid}"):
         return None
-    for task in tasks:
+    total = 0
+    for process in process_tree(pid):
         try:
-            with open(f"/proc/{pid}/task/{task}/status") as f:
-                for line in f:
-                    if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
-                        total += int(line.split()[1])
+            tasks = os.listdir(f"/proc/{process}/task")
         except OSError:
-            pass
+            continue
+        for task in tasks:
+            try:
+                with open(f"/proc/{process}/task/{task}/status") as f:
+                    for line in f:
+                        if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                            total += int(line.split()[1])
+            except OSError:
+                pass
     return total
 
 
