@@ -14,12 +14,13 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from gomail.delivery.maildir import MaildirDelivery
 from gomail.spool.envelope import Recipient
 from gomail.spool.incoming import IncomingMessage
-from gomail.spool.process import FrameReader, WriterGone, WriterProcess, WriterSpec, frame
+from gomail.spool.process import FrameReader, WriterGone, WriterProcess, WriterSpec, _ChildProtocol, frame
 from tests.processes import spawn
 from tests.spooltesting import listing, make_spool, read, start_commit
 
@@ -36,6 +37,21 @@ class FrameTests(SynchronousTestCase):
             values += reader.feed(data[start:start + 997])
         self.assertEqual(values, [("a", b"x" * 70000), 1, {"k": [None]}])
         self.assertEqual(reader.feed(frame(2) + frame(3)), [2, 3])
+
+
+class ChildOutputTests(SynchronousTestCase):
+    """What the child writes to standard error reaches the server's log."""
+
+    def test_stderr_lines_are_logged(self) -> None:
+        """Each complete line is logged as an error naming the writer process; a partial line waits for its end."""
+        protocol = _ChildProtocol(WriterProcess(None, None))
+        with capturedLogs() as events:
+            protocol.childDataReceived(2, b"Traceback (most recent call last):\n  File")
+            protocol.childDataReceived(2, b' "x.py"\n\n')
+        self.assertEqual([formatEvent(e) for e in events],
+                         ["spool writer process: Traceback (most recent call last):",
+                          'spool writer process:   File "x.py"'])
+        self.assertTrue(all(e["log_level"] is LogLevel.error for e in events))
 
 
 class WriterProcessTests(TestCase):
@@ -116,6 +132,17 @@ class WriterProcessTests(TestCase):
     def test_job_error_reaches_the_caller(self) -> Deferred:
         """An exception in a job fails that job's Deferred with the same exception type; the child lives on."""
         return Deferred.fromCoroutine(self._error())
+
+    async def _unknown(self) -> None:
+        with self.assertRaises(AttributeError):
+            await self.process.lane("commit").call(self.spool, "no_such_method")
+        with self.assertRaises(ValueError):
+            await self.process.send("commit", "no-such-target", "finish_files", ())
+        await self.commit(b"Subject: after\r\n\r\nstill fine\r\n")
+
+    def test_unknown_method_or_target(self) -> Deferred:
+        """A call of a method or target the child does not have fails that call only."""
+        return Deferred.fromCoroutine(self._unknown())
 
     def test_closures_are_refused(self) -> None:
         """A lane runs named calls only: a closure cannot cross into the child."""

@@ -20,6 +20,8 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, BinaryIO
 
+from twisted.logger import globalLogBeginner, textFileLogObserver
+
 from gomail.spool.process import HEADER, WriterSpec, frame
 from gomail.spool.writer import _try, method_job, run_batch
 
@@ -120,19 +122,27 @@ def main() -> None:
     # must not cut a batch short.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # Replies get a descriptor of their own; anything else that writes to
+    # standard output (a stray print) lands on standard error instead, which
+    # the server logs, and cannot corrupt a frame. Log events go there too.
+    replies = Replies(os.dup(sys.stdout.fileno()))
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
     stdin = sys.stdin.buffer
     spec = read_frame(stdin)
     if not isinstance(spec, WriterSpec):
         sys.exit("gomail spool writer: no specification on standard input")
     targets = build_targets(spec)
-    replies = Replies(sys.stdout.fileno())
     with ThreadPoolExecutor(spec.fsync_threads, thread_name_prefix="gomail-writer-fsync") as fsyncs:
         lanes = {name: Lane(name, targets, fsyncs, replies) for name in spec.lanes}
         for lane in lanes.values():
             lane.thread.start()
         while (request := read_frame(stdin)) is not _STOP:
             request_id, lane_name, target, method, args = request
-            lanes[lane_name].queue.put((request_id, target, method, args))
+            if lane_name in lanes and target in targets:
+                lanes[lane_name].queue.put((request_id, target, method, args))
+            else:
+                replies.send([(request_id, False, ValueError(f"no lane {lane_name!r} or target {target!r}"))])
         for lane in lanes.values():
             lane.queue.put(_STOP)
         for lane in lanes.values():
