@@ -25,6 +25,7 @@ usage: $0 [-e] [-w WORKERS] [-r ROUNDS] [-m MESSAGES] [-s SESSIONS] [-l BYTES] [
   -d                reuse connections (smtp-source -d)         (env REUSE=1; default: one connection per message)
   -t SECONDS        bound on the wait for the queue to drain   (env DRAIN_TIMEOUT, default 600)
   -k                keep the temporary directory               (env KEEP_TMP=1)
+  -n                no wait for an earlier benchmark's deletions to age (env NO_SETTLE=1)
 EOF
 }
 
@@ -37,7 +38,8 @@ DRAIN_TIMEOUT=${DRAIN_TIMEOUT:-600}
 KEEP_TMP=${KEEP_TMP:-0}
 E2E=${E2E:-0}
 WORKERS=${WORKERS:-}
-while getopts "ew:r:m:s:l:dt:kh" opt; do
+NO_SETTLE=${NO_SETTLE:-0}
+while getopts "ew:r:m:s:l:dt:knh" opt; do
     case $opt in
     e) E2E=1 ;;
     w) WORKERS=$OPTARG ;;
@@ -48,6 +50,7 @@ while getopts "ew:r:m:s:l:dt:kh" opt; do
     d) REUSE=1 ;;
     t) DRAIN_TIMEOUT=$OPTARG ;;
     k) KEEP_TMP=1 ;;
+    n) NO_SETTLE=1 ;;
     h) usage; exit 0 ;;
     *) usage >&2; exit 2 ;;
     esac
@@ -99,9 +102,22 @@ fi
 need=$(( ROUNDS * 2 * MESSAGES * (SIZE + 4096) * 2 ))
 avail=$(df --output=avail -B1 /tmp | tail -1)
 (( avail > need )) || die "/tmp: $avail bytes free, $need needed (every run's files are kept until the end)"
-STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 RESULTS=$BENCH/results
 mkdir -p "$RESULTS"
+# ext4 without a journal skips, at every file creation, the inodes deleted in
+# the last 60-360 s (README "File system state"): a run started right after
+# an earlier benchmark deleted its 10,000s of files would pay for them.
+DELETED_AT_FILE=$RESULTS/.files-deleted-at
+SETTLE=360
+if [[ $NO_SETTLE != 1 && -f $DELETED_AT_FILE ]]; then
+    deleted_at=$(tr -dc 0-9 <"$DELETED_AT_FILE")
+    wait_s=$(( ${deleted_at:-0} + SETTLE - $(date +%s) ))
+    if (( wait_s > 0 && wait_s <= SETTLE )); then
+        log "an earlier benchmark deleted its files at $(date -d "@$deleted_at" +%H:%M:%S): waiting $wait_s s for them to age (-n: don't)"
+        sleep "$wait_s"
+    fi
+fi
+STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 LOGS=$RESULTS/$MODE-$STAMP          # compressed server logs of every run
 mkdir -p "$LOGS"
 WORK=$(mktemp -d /tmp/gomail-$MODE.XXXXXX)
@@ -137,6 +153,10 @@ cleanup() {
     [[ -n $GOMAIL_PID ]] && stop_pid "$GOMAIL_PID" 45
     stop_postfix
     [[ -n $SINK_PID ]] && stop_pid "$SINK_PID" 5
+    if [[ $KEEP_TMP != 1 ]]; then
+        rm -rf "$WORK"
+        date +%s >"$DELETED_AT_FILE"  # for the next run's wait (above)
+    fi
     finish_work "$rc"
 }
 trap cleanup EXIT
