@@ -8,6 +8,7 @@ from __future__ import annotations
 import email
 import json
 import os
+import select
 import smtplib
 import subprocess
 import sys
@@ -60,6 +61,20 @@ def send_implicit_tls(port: int) -> dict:
         return client.sendmail("alice@example.org", ["bob@example.com"], MESSAGE)
 
 
+def child_processes(pid: int) -> list[int]:
+    """The live child processes of C{pid}."""
+    children = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            children += [int(child) for child in f.read().split()]
+    return children
+
+
+def read_cmdline(pid: int) -> bytes:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return f.read()
+
+
 class TwistdGomailTests(TestCase):
     """The service as an operator runs it."""
 
@@ -98,7 +113,11 @@ class TwistdGomailTests(TestCase):
         protocols = sorted(email.message_from_bytes(raw)["Received"].split(" with ")[1].split()[0]
                            for raw in self.delivered())
         self.assertEqual(protocols, ["ESMTP", "ESMTPS", "ESMTPS"])
+        [writer] = child_processes(self.process.transport.pid)
+        self.assertIn(b"gomail.spool.writerchild", read_cmdline(writer))
         code = await self.process.stop(reactor)
+        # The spool writer process ended before the server did (nothing left running).
+        self.assertFalse(os.path.exists(f"/proc/{writer}"))
         # twistd re-raises SIGTERM after a clean shutdown, so the exit is "killed by TERM"
         # (what init systems expect), never a crash or a SIGKILL.
         self.assertIn(code, (0, -15), self.process.output.decode(errors="replace"))
@@ -110,9 +129,34 @@ class TwistdGomailTests(TestCase):
         """
         Mail sent in plaintext, after STARTTLS and over implicit TLS is answered
         250, lands in the recipient's Maildir with our Received: header and the
-        dot-unstuffed content, leaves the queue empty, and SIGTERM shuts down cleanly.
+        dot-unstuffed content, leaves the queue empty, and SIGTERM shuts down
+        cleanly, the spool writer process with it.
         """
         return Deferred.fromCoroutine(self._send_and_stop())
+
+    async def _kill9(self) -> None:
+        await self.start()
+        for _ in range(5):
+            self.assertEqual(await deferToThread(send_plain, self.port, False), {})
+        writer = child_processes(self.process.transport.pid)[0]
+        watch = os.pidfd_open(writer)
+        self.addCleanup(os.close, watch)
+        self.process.transport.signalProcess("KILL")
+        await self.process.ended
+        # The orphaned writer process finishes the jobs it has and exits on its own.
+        readable, _, _ = await deferToThread(select.select, [watch], [], [], 30)
+        self.assertEqual(readable, [watch])
+        await self.start()
+        await poll(reactor, lambda: len(self.delivered()) == 5)
+        self.assertEqual(os.listdir(os.path.join(self.data, "spool", "queue")), [])
+
+    def test_kill_9_loses_no_accepted_message(self) -> Deferred:
+        """
+        Five messages answered 250, then kill -9 of the server: its writer
+        process exits by itself, and after a restart all five are in the
+        Maildir, each once.
+        """
+        return Deferred.fromCoroutine(self._kill9())
 
     async def _restart_recovers(self) -> None:
         queue = os.path.join(self.data, "spool", "queue")
