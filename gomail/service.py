@@ -52,6 +52,8 @@ class GomailService(SequentialMultiService):
         self.config = config
         self.on_fatal: Callable[[Any], None] = lambda failure: None
         self.spool: Spool | None = None
+        #: The spool writer's child process (None with spool.writerProcess = false).
+        self.writer_process: WriterProcess | None = None
         self.smtp: SMTPServer | None = None
         self.delivery: DeliveryQueue | None = None
         self.auth: AuthParts | None = None
@@ -118,7 +120,7 @@ def _writers(config: Config, reactor: Any, root: GomailService) -> tuple[Any, An
         spec = WriterSpec(spool_directory=config.spool.directory, spare_files=SPARE_FILES,
                           mailbox_directory=os.path.join(config.spool.directory, "mailbox"),
                           hostname=config.smtp.hostname, fsync_threads=config.spool.ioThreads)
-        process = WriterProcess(reactor, spec)
+        process = root.writer_process = WriterProcess(reactor, spec)
         process.setServiceParent(root)
         return process.lane("commit"), process.lane("mailbox")
     writer = BatchWriter(reactor, fsync_threads=config.spool.ioThreads)

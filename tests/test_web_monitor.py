@@ -234,6 +234,23 @@ class HealthTests(MonitorTestCase):
         self.assertEqual((body["status"], body["failed_checks"]), ("degraded", ["smarthost"]))
         self.assertEqual(body["checks"]["smarthost"]["failing"], ["primary.test:587", "backup.test:587"])
 
+    def test_writer_process_down_fails(self) -> None:
+        """With the spool writer process running the check is ok with its pid; while it is down, health fails (503)."""
+
+        class Process:
+            pid: int | None = 4242
+            restarts = 0
+
+        process = Process()
+        body = self.json(self.browser(self.monitor(writer_process=process)).get(URL + "/health"))
+        self.assertEqual((body["status"], body["checks"]["spool_writer"]),
+                         ("ok", {"status": "ok", "pid": 4242, "restarts": 0}))
+        process.pid, process.restarts = None, 1
+        body = self.json(self.browser(self.monitor(writer_process=process)).get(URL + "/health"), 503)
+        self.assertEqual((body["status"], body["failed_checks"]), ("fail", ["spool_writer"]))
+        self.assertEqual(body["checks"]["spool_writer"]["restarts"], 1)
+        self.assertIn("451", body["checks"]["spool_writer"]["error"])
+
     def test_queue_near_its_limit_is_degraded(self) -> None:
         """With the queue at 90% of queueSize the queue check is degraded."""
         self.agent.script.extend(["hold"])

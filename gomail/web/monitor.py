@@ -51,9 +51,10 @@ class MonitorApp:
 
     def __init__(self, metrics: Metrics, spool: Any, failed: Any, delivery: Any, clock: Any,
                  state: Any = None, relay: Any = None, backends: Any = None,
-                 queue_size: int = 1000, low_disk_mb: int = 1024) -> None:
+                 queue_size: int = 1000, low_disk_mb: int = 1024, writer_process: Any = None) -> None:
         self.metrics, self.spool, self.failed, self.delivery = metrics, spool, failed, delivery
         self.clock, self.state, self.relay, self.backends = clock, state, relay, backends
+        self.writer_process = writer_process
         self.queue_size, self.low_disk_mb = queue_size, low_disk_mb
         self._probes: dict[str, tuple[float, tuple[bool, Any]]] = {}  # name: (when, (ok, result or error))
 
@@ -67,6 +68,7 @@ class MonitorApp:
         checks: dict[str, dict[str, Any]] = {}
         free_mb = await self._check_disk(checks)
         await self._check_spool(checks)
+        self._check_writer(checks)
         await self._check_state(checks)
         self._check_queue(checks)
         self._check_relay(checks)
@@ -130,6 +132,16 @@ class MonitorApp:
             checks["spool"] = {"status": "ok"}
         except Exception as e:
             checks["spool"] = {"status": "fail", "error": f"spool not writable: {_describe(e)}"}
+
+    def _check_writer(self, checks: dict) -> None:
+        process = self.writer_process
+        if process is None:
+            return
+        pid = process.pid
+        check = {"status": "ok" if pid is not None else "fail", "pid": pid, "restarts": process.restarts}
+        if pid is None:
+            check["error"] = "spool writer process not running: intake answers 451 until it is back"
+        checks["spool_writer"] = check
 
     async def _check_state(self, checks: dict) -> None:
         if self.state is None:

@@ -61,7 +61,7 @@ def build_http(config: Config, reactor: Any, root: Any, parent: MultiService) ->
         monitor = config.monitor
         app = MonitorApp(metrics, root.spool, root.delivery.failed, root.delivery, reactor, state=auth.state,
                          relay=relay, backends=router, queue_size=config.queueSize,
-                         low_disk_mb=monitor.lowDiskSpaceMB)
+                         low_disk_mb=monitor.lowDiskSpaceMB, writer_process=root.writer_process)
         root.monitor = app
         site = LimitedSite(Guarded(app.resource(), PeerAccess(monitor.allowFrom, monitor.bearerToken)),
                            reactor, monitor.maxRequestBytes, monitor.requestTimeout)
