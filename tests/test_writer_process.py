@@ -165,6 +165,25 @@ class WriterProcessTests(TestCase):
         self.assertEqual(len(listing(self.spool, "queue")), 2)
         self.flushLoggedErrors()
 
+    async def _respawn_failure(self) -> None:
+        spawn, calls = self.process.reactor.spawnProcess, []
+
+        def failing(*args: Any, **kwargs: Any) -> Any:
+            calls.append(args)
+            if len(calls) == 1:
+                raise OSError(24, "Too many open files")
+            return spawn(*args, **kwargs)
+        self.process.reactor = _ReactorWith(reactor, failing)
+        self.process._protocol.transport.signalProcess("KILL")
+        while self.process.pid is None or len(calls) < 2:
+            await _next_turn()
+        self.assertEqual(len(calls), 2)
+        await self.commit(b"Subject: again\r\n\r\nafter a failed restart\r\n")
+
+    def test_failed_restart_is_retried(self) -> Deferred:
+        """A restart that cannot start a process (out of descriptors) is tried again until one starts."""
+        return Deferred.fromCoroutine(self._respawn_failure())
+
     def test_child_death_fails_waiting_jobs_and_restarts(self) -> Deferred:
         """A killed child fails the jobs waiting on it (the commit leaves nothing) and is replaced."""
         return Deferred.fromCoroutine(self._death())
@@ -218,6 +237,16 @@ class OrphanTests(TestCase):
     def test_child_exits_when_the_server_is_killed(self) -> Deferred:
         """kill -9 of the server: its writer process finishes what it has and exits (no orphan left running)."""
         return Deferred.fromCoroutine(self._orphan())
+
+
+class _ReactorWith:
+    """The real reactor with another spawnProcess."""
+
+    def __init__(self, reactor: Any, spawn: Any) -> None:
+        self._reactor, self.spawnProcess = reactor, spawn
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reactor, name)
 
 
 def _next_turn() -> Deferred:

@@ -198,8 +198,16 @@ class WriterProcess(Service):
                           "restarting it in {delay:.0f} s", error=reason.getErrorMessage(),
                           count=len(pending), delay=self.restart_delay)
         self.restarts += 1
-        self._restart = self.reactor.callLater(self.restart_delay, self._spawn)
+        self._restart = self.reactor.callLater(self.restart_delay, self._respawn)
         _fail_all(pending, error)
+
+    def _respawn(self) -> None:
+        try:
+            self._spawn()
+        except Exception as e:  # out of processes or descriptors, say: keep trying
+            self.log.critical("could not restart the spool writer process ({error}); trying again in {delay:.0f} s",
+                              error=e, delay=self.restart_delay)
+            self._restart = self.reactor.callLater(self.restart_delay, self._respawn)
 
     def stopService(self) -> Deferred:
         super().stopService()
