@@ -21,6 +21,7 @@ from gomail.delivery.maildir import MaildirDelivery
 from gomail.spool.envelope import Recipient
 from gomail.spool.incoming import IncomingMessage
 from gomail.spool.process import FrameReader, WriterGone, WriterProcess, WriterSpec, _ChildProtocol, frame
+from gomail.spool.writerchild import _reply_frame
 from tests.processes import spawn
 from tests.spooltesting import listing, make_spool, read, start_commit
 
@@ -144,6 +145,11 @@ class WriterProcessTests(TestCase):
         """A call of a method or target the child does not have fails that call only."""
         return Deferred.fromCoroutine(self._unknown())
 
+    def test_unpicklable_arguments_fail_the_call(self) -> None:
+        """Arguments that cannot be sent fail that call at once; nothing is left waiting."""
+        self.failureResultOf(self.process.lane("commit").call(self.spool, "publish_spares", [lambda: None]))
+        self.assertEqual(self.process._pending, {})
+
     def test_closures_are_refused(self) -> None:
         """A lane runs named calls only: a closure cannot cross into the child."""
         self.failureResultOf(self.process.lane("commit").submit(lambda: None), TypeError)
@@ -257,3 +263,21 @@ def _next_turn() -> Deferred:
 
 def _in_thread(f: Any, *args: Any) -> Deferred:
     return deferToThread(f, *args)
+
+
+class ReplyFrameTests(SynchronousTestCase):
+    """What the child sends back can always be read by the server."""
+
+    def test_exception_that_cannot_be_rebuilt(self) -> None:
+        """An error whose class pickles but cannot be unpickled is sent as a RuntimeError naming it."""
+        [(request_id, ok, value)] = FrameReader().feed(_reply_frame((7, False, _Stubborn("disk", 5))))
+        self.assertEqual((request_id, ok, type(value)), (7, False, RuntimeError))
+        self.assertIn("disk", str(value))
+        [reply] = FrameReader().feed(_reply_frame((8, False, FileNotFoundError(2, "gone", "/x"))))
+        self.assertEqual((reply[0], type(reply[2]), reply[2].filename), (8, FileNotFoundError, "/x"))
+
+
+class _Stubborn(Exception):
+    def __init__(self, what: str, code: int) -> None:
+        super().__init__(f"{what} failed")
+        self.code = code

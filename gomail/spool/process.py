@@ -165,10 +165,14 @@ class WriterProcess(Service):
         if self._protocol is None:
             return fail(WriterGone("the spool writer process is not running"))
         request_id = self._next_id
+        try:
+            data = frame((request_id, lane, target, method, args))
+        except Exception as e:  # arguments that cannot be pickled: a programming error, told to the caller
+            return fail(e)
         self._next_id += 1
         d: Deferred = Deferred()
         self._pending[request_id] = d
-        self._protocol.transport.write(frame((request_id, lane, target, method, args)))
+        self._protocol.transport.write(data)
         return d
 
     def _replied(self, replies: list[tuple[int, bool, Any]]) -> None:

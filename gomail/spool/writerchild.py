@@ -57,11 +57,16 @@ class Replies:
 
 
 def _reply_frame(reply: tuple[int, bool, Any]) -> bytes:
+    request_id, ok, value = reply
     try:
-        return frame(reply)
-    except Exception as e:  # an exception or result that cannot be pickled
-        request_id, _, value = reply
-        return frame((request_id, False, RuntimeError(f"unpicklable spool writer result: {value!r} ({e})")))
+        data = frame(reply)
+        if not ok:
+            # Some exception classes pickle but cannot be rebuilt (an __init__
+            # with other arguments): the server must be able to read every frame.
+            pickle.loads(data[HEADER.size:])
+        return data
+    except Exception as e:
+        return frame((request_id, False, RuntimeError(f"spool writer result that cannot be sent: {value!r} ({e})")))
 
 
 class Lane:
