@@ -44,19 +44,26 @@ def process_tree(pid: int) -> list[int]:
     """C{pid} and its live descendants (gomail's spool writer process is its child)."""
     pids, index = [pid], 0
     while index < len(pids):
-        current = pids[index]
+        for text in _task_files(pids[index], "children"):
+            pids.extend(int(child) for child in text.split())
         index += 1
-        try:
-            tasks = os.listdir(f"/proc/{current}/task")
-        except OSError:
-            continue
-        for task in tasks:
-            try:
-                with open(f"/proc/{current}/task/{task}/children") as f:
-                    pids.extend(int(child) for child in f.read().split())
-            except OSError:
-                pass
     return pids
+
+
+def _task_files(pid: int, name: str) -> list[str]:
+    """The text of /proc/PID/task/*/NAME for each live thread of a process ([] once it is gone)."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+    texts = []
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/{name}") as f:
+                texts.append(f.read())
+        except OSError:
+            pass
+    return texts
 
 
 def _own_cpu_split(pid: int) -> tuple[float, float] | None:
@@ -95,18 +102,10 @@ def context_switches(pid: int) -> int | None:
         return None
     total = 0
     for process in process_tree(pid):
-        try:
-            tasks = os.listdir(f"/proc/{process}/task")
-        except OSError:
-            continue
-        for task in tasks:
-            try:
-                with open(f"/proc/{process}/task/{task}/status") as f:
-                    for line in f:
-                        if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
-                            total += int(line.split()[1])
-            except OSError:
-                pass
+        for status in _task_files(process, "status"):
+            for line in status.splitlines():
+                if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                    total += int(line.split()[1])
     return total
 
 

@@ -36,7 +36,8 @@ from twisted.python.failure import Failure
 from gomail.spool.fs import FileSystem
 
 Job = Callable[[], tuple[Any, Iterable[str]]]
-_STOP = object()
+#: Put on a writer's queue to end it after the jobs before it.
+STOP = object()
 
 
 def run_batch(jobs: list[Job], fs: FileSystem, fsync_all: Callable[[list[int]], list] | None = None
@@ -98,6 +99,36 @@ def _fsync_each(fs: FileSystem) -> Callable[[list[int]], list]:
     def fsync_all(fds: list[int]) -> list:
         return [_try(fs.fsync, fd) for fd in fds]
     return fsync_all
+
+
+def take_batch(waiting: queue.SimpleQueue, limit: int) -> tuple[list, bool]:
+    """
+    Wait for the next item put on C{waiting}, then take every item already
+    there after it, up to C{limit} in all. Returns them and whether L{STOP}
+    was among them (the caller runs the batch, then ends).
+    """
+    item = waiting.get()
+    batch: list = []
+    stopping = False
+    while True:
+        if item is STOP:
+            stopping = True
+        else:
+            batch.append(item)
+        if len(batch) >= limit:
+            break
+        try:
+            item = waiting.get_nowait()
+        except queue.Empty:
+            break
+    return batch, stopping
+
+
+def fsync_in_parallel(fs: FileSystem, pool: ThreadPoolExecutor | None, fds: list[int]) -> list:
+    """fsync C{fds} on C{pool}'s threads (one after the other without a pool); one error or None each."""
+    if len(fds) == 1 or pool is None:
+        return [_try(fs.fsync, fd) for fd in fds]
+    return list(pool.map(lambda fd: _try(fs.fsync, fd), fds))
 
 
 def _try(function: Callable[[int], None], fd: int) -> BaseException | None:
@@ -176,7 +207,7 @@ class BatchWriter(Service):
 
     def stopService(self) -> Deferred:
         super().stopService()
-        self._queue.put(_STOP)
+        self._queue.put(STOP)
         thread, self._thread = self._thread, None
         if thread is not None:
             # Waits for the batch on disk now and the jobs queued before the stop.
@@ -186,26 +217,12 @@ class BatchWriter(Service):
         return succeed(None)
 
     def _fsync_all(self, fds: list[int]) -> list:
-        if len(fds) == 1 or self._fsyncs is None or self.fsync_threads <= 1:
-            return [_try(self.fs.fsync, fd) for fd in fds]
-        return list(self._fsyncs.map(lambda fd: _try(self.fs.fsync, fd), fds))
+        return fsync_in_parallel(self.fs, self._fsyncs if self.fsync_threads > 1 else None, fds)
 
     def _loop(self) -> None:
         stopping = False
         while not stopping:
-            item = self._queue.get()
-            batch = []
-            while True:
-                if item is _STOP:
-                    stopping = True
-                else:
-                    batch.append(item)
-                if len(batch) >= self.max_batch:
-                    break
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
+            batch, stopping = take_batch(self._queue, self.max_batch)
             if batch:
                 outcomes = run_batch([job for job, _ in batch], self.fs, self._fsync_all)
                 self.batches += 1

@@ -23,9 +23,8 @@ from typing import Any, BinaryIO
 from twisted.logger import globalLogBeginner, textFileLogObserver
 
 from gomail.spool.process import HEADER, WriterSpec, frame
-from gomail.spool.writer import _try, method_job, run_batch
+from gomail.spool.writer import STOP, fsync_in_parallel, method_job, run_batch, take_batch
 
-_STOP = object()
 MAX_BATCH = 512
 
 
@@ -82,26 +81,12 @@ class Lane:
         self.thread = threading.Thread(target=self._loop, name=f"gomail-writer-{name}", daemon=True)
 
     def _fsync_all(self, fds: list[int]) -> list:
-        if len(fds) == 1:
-            return [_try(self.fs.fsync, fd) for fd in fds]
-        return list(self.fsyncs.map(lambda fd: _try(self.fs.fsync, fd), fds))
+        return fsync_in_parallel(self.fs, self.fsyncs, fds)
 
     def _loop(self) -> None:
         stopping = False
         while not stopping:
-            item = self.queue.get()
-            batch = []
-            while True:
-                if item is _STOP:
-                    stopping = True
-                else:
-                    batch.append(item)
-                if len(batch) >= MAX_BATCH:
-                    break
-                try:
-                    item = self.queue.get_nowait()
-                except queue.Empty:
-                    break
+            batch, stopping = take_batch(self.queue, MAX_BATCH)
             if batch:
                 jobs = [method_job(self.targets[target], method, args) for _, target, method, args in batch]
                 outcomes = run_batch(jobs, self.fs, self._fsync_all)
@@ -110,14 +95,14 @@ class Lane:
 
 
 def read_frame(stream: BinaryIO) -> Any:
-    """The next frame's value, or C{_STOP} at the end of input."""
+    """The next frame's value, or C{STOP} at the end of input."""
     header = stream.read(HEADER.size)
     if len(header) < HEADER.size:
-        return _STOP
+        return STOP
     (length,) = HEADER.unpack(header)
     data = stream.read(length)
     if len(data) < length:
-        return _STOP
+        return STOP
     return pickle.loads(data)
 
 
@@ -142,14 +127,14 @@ def main() -> None:
         lanes = {name: Lane(name, targets, fsyncs, replies) for name in spec.lanes}
         for lane in lanes.values():
             lane.thread.start()
-        while (request := read_frame(stdin)) is not _STOP:
+        while (request := read_frame(stdin)) is not STOP:
             request_id, lane_name, target, method, args = request
             if lane_name in lanes and target in targets:
                 lanes[lane_name].queue.put((request_id, target, method, args))
             else:
                 replies.send([(request_id, False, ValueError(f"no lane {lane_name!r} or target {target!r}"))])
         for lane in lanes.values():
-            lane.queue.put(_STOP)
+            lane.queue.put(STOP)
         for lane in lanes.values():
             lane.thread.join()
 
