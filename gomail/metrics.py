@@ -28,8 +28,10 @@ class Metrics:
     it, since counting the failed store touches the disk.
     """
 
-    def __init__(self, smtp: Any = None, delivery: Any = None, auth: Any = None, rate_limiter: Any = None) -> None:
+    def __init__(self, smtp: Any = None, delivery: Any = None, auth: Any = None, rate_limiter: Any = None,
+                 writer_process: Any = None) -> None:
         self.smtp, self.delivery, self.auth, self.rate_limiter = smtp, delivery, auth, rate_limiter
+        self.writer_process = writer_process
         self.failed_count = 0
         self.registry = CollectorRegistry(auto_describe=True)
         self.delivery_latency = Histogram(
@@ -105,6 +107,12 @@ class _Collector:
                                       value=m.rate_limiter.store_failures)
         if m.auth is not None:
             yield from self._auth(m.auth.stats)
+        if m.writer_process is not None:
+            up = GaugeMetricFamily("gomail_spool_writer_up", "Whether the spool writer process is running (1) or not (0)")
+            up.add_metric([], 1 if m.writer_process.pid is not None else 0)
+            yield up
+            yield CounterMetricFamily("gomail_spool_writer_restarts", "Spool writer processes replaced after dying",
+                                      value=m.writer_process.restarts)
 
     def _smtp(self, smtp: Any) -> Any:
         yield CounterMetricFamily("gomail_messages_received", "Messages accepted (250) by SMTP",

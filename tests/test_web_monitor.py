@@ -323,6 +323,22 @@ class MetricsTests(MonitorTestCase):
         self.assertEqual(samples[("gomail_failed_store_messages", ())], 1)
         self.assertEqual(samples[("gomail_delivery_attempt_seconds_count", ())], 3)
 
+    def test_prometheus_writer_process(self) -> None:
+        """With a writer process: gomail_spool_writer_up (1 running, 0 down) and gomail_spool_writer_restarts."""
+
+        class Process:
+            pid: int | None = 4242
+            restarts = 2
+
+        process = Process()
+        self.metrics.writer_process = process
+        samples = self.samples(self.browser().get(URL + "/metrics?format=prometheus").body.decode())
+        self.assertEqual((samples[("gomail_spool_writer_up", ())], samples[("gomail_spool_writer_restarts_total", ())]),
+                         (1, 2))
+        process.pid = None
+        samples = self.samples(self.browser().get(URL + "/metrics?format=prometheus").body.decode())
+        self.assertEqual(samples[("gomail_spool_writer_up", ())], 0)
+
     def test_prometheus_by_query(self) -> None:
         """?format=prometheus gives the text format whatever the Accept header says."""
         answer = self.browser().get(URL + "/metrics?format=prometheus", headers={"Accept": "application/json"})

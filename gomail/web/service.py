@@ -37,7 +37,7 @@ def build_http(config: Config, reactor: Any, root: Any, parent: MultiService) ->
     auth = root.auth
     relay = getattr(root.delivery.router, "relay", None)
     metrics = Metrics(smtp=root.smtp, delivery=root.delivery, auth=auth.authenticator,
-                      rate_limiter=auth.rate_limiter)
+                      rate_limiter=auth.rate_limiter, writer_process=root.writer_process)
     router = None
     if config.nginxAuth.enabled:
         settings = config.nginxAuth
