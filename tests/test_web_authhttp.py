@@ -607,7 +607,7 @@ class WiringTests(SynchronousTestCase):
             healthCheckInterval=0, listen=("tcp:0:interface=127.0.0.1",)))
         root = SimpleNamespace(auth=SimpleNamespace(authenticator=auth, rate_limiter=None, state=None,
                                                     users=SimpleNamespace(pool=None)),
-                               smtp=None, spool=None,
+                               smtp=None, spool=None, writer_process=None,
                                delivery=SimpleNamespace(router=None, stats=SimpleNamespace(attempt_observers=[])))
         parent = MultiService()
         build_http(config, MemoryReactorClock(), root, parent)
