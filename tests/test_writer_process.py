@@ -6,6 +6,7 @@ makes; what is checked is what ends up on disk and what the callers are told.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import select
 import sys
@@ -20,7 +21,8 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from gomail.delivery.maildir import MaildirDelivery
 from gomail.spool.envelope import Recipient
 from gomail.spool.incoming import IncomingMessage
-from gomail.spool.process import FrameReader, WriterGone, WriterProcess, WriterSpec, _ChildProtocol, frame
+from gomail.spool.process import (FrameReader, WriterGone, WriterProcess, WriterSpec, WriterStartError,
+                                  _ChildProtocol, frame)
 from gomail.spool.writerchild import _reply_frame
 from tests.processes import spawn
 from tests.spooltesting import listing, make_spool, read, start_commit
@@ -65,13 +67,12 @@ class WriterProcessTests(TestCase):
         self.spool = make_spool(self.directory, spare_files=8)
         spec = WriterSpec(spool_directory=self.directory, spare_files=8,
                           mailbox_directory=self.spool.path("mailbox"), hostname="mx.test", fsync_threads=2)
+        self.spec = spec
         self.process = WriterProcess(reactor, spec, restart_delay=0)
-        self.process.startService()
         self.addCleanup(self.stop)
         self.spool.writer = self.process.lane("commit")
         self.spool.removal_writer = self.process.lane("mailbox")
-        # The child answers once it has started: wait for one round trip.
-        return self.process.lane("commit").call(self.spool, "publish_spares", [])
+        return self.process.startService()
 
     def stop(self) -> Deferred | None:
         return self.process.stopService() if self.process.running else None
@@ -204,6 +205,40 @@ class WriterProcessTests(TestCase):
         self.assertFalse(os.path.exists(f"/proc/{pid}"))
         failure = self.failureResultOf(self.process.lane("commit").call(self.spool, "publish_spares", []))
         self.assertIsInstance(failure.value, WriterGone)
+
+    async def _second_writer(self) -> None:
+        impatient = WriterProcess(reactor, dataclasses.replace(self.spec, lock_timeout=0.2))
+        with self.assertRaises(WriterStartError) as caught:
+            await impatient.startService()
+        self.assertIn("another spool writer holds", str(caught.exception))
+        self.assertIn("writer.lock", str(caught.exception))
+        self.assertEqual(impatient.restarts, 0)
+        self.flushLoggedErrors()
+
+    def test_a_second_writer_on_the_spool_fails_to_start(self) -> Deferred:
+        """A writer process for a spool another one holds gives up after its lock timeout, saying why."""
+        return Deferred.fromCoroutine(self._second_writer())
+
+    async def _successor(self) -> None:
+        successor = WriterProcess(reactor, self.spec)
+        ready = successor.startService()
+        self.addCleanup(lambda: successor.stopService() if successor.running else None)
+        # The next writer's child says it waits for the lock...
+        while "still finishing" not in successor._protocol.last_error:
+            await _next_turn()
+        commit = self.commit(b"Subject: last\r\n\r\nof the first writer\r\n")
+        self.assertNoResult(ready)
+        await self.process.stopService()
+        await commit
+        # ... and only once the first writer has finished and exited does it take over.
+        await ready
+        self.spool.writer = successor.lane("commit")
+        await self.commit(b"Subject: first\r\n\r\nof the next writer\r\n")
+        self.assertEqual(len(listing(self.spool, "queue")), 4)
+
+    def test_next_writer_waits_for_the_previous_one(self) -> Deferred:
+        """A new writer process on the same spool starts only after the previous one has finished its jobs."""
+        return Deferred.fromCoroutine(self._successor())
 
     def test_stop_finishes_the_jobs_sent(self) -> Deferred:
         """Stopping lets the child finish every job already sent, then it exits; later jobs fail at once."""

@@ -88,10 +88,20 @@ class WriterSpec:
     hostname: str
     fsync_threads: int
     lanes: tuple[str, ...] = ("commit", "mailbox")
+    #: How long a new child waits for the spool's writer lock (held by an earlier writer still finishing).
+    lock_timeout: float = 30.0
+
+
+#: In the spool directory: held (flock) by the writer process working on it.
+LOCK_NAME = "writer.lock"
 
 
 class WriterGone(Exception):
     """The writer process exited before it answered."""
+
+
+class WriterStartError(Exception):
+    """The writer process could not start (the message says why)."""
 
 
 class RemoteLane:
@@ -129,6 +139,7 @@ class WriterProcess(Service):
         self._pending: dict[int, Deferred] = {}
         self._next_id = 0
         self._ended: Deferred | None = None
+        self._ready: Deferred | None = None
         self._restart: Any = None
 
     def lane(self, name: str) -> RemoteLane:
@@ -137,9 +148,17 @@ class WriterProcess(Service):
             raise ValueError(f"no lane {name!r}")
         return RemoteLane(self, name)
 
-    def startService(self) -> None:
+    def startService(self) -> Deferred:  # type: ignore[override]
+        """
+        Start the child; fires once it holds the spool's writer lock, so no
+        earlier writer (of a server killed a moment ago, or another server on
+        the same spool) still writes there when the spool is prepared.
+        """
         super().startService()
+        self._ready = Deferred()
+        ready = self._ready
         self._spawn()
+        return ready
 
     @property
     def pid(self) -> int | None:
@@ -175,8 +194,13 @@ class WriterProcess(Service):
         self._protocol.transport.write(data)
         return d
 
-    def _replied(self, replies: list[tuple[int, bool, Any]]) -> None:
+    def _replied(self, replies: list[tuple[int | None, bool, Any]]) -> None:
         for request_id, ok, value in replies:
+            if request_id is None:  # the child holds the lock and takes jobs
+                ready, self._ready = self._ready, None
+                if ready is not None:
+                    ready.callback(None)
+                continue
             d = self._pending.pop(request_id, None)
             if d is None:
                 continue
@@ -191,6 +215,13 @@ class WriterProcess(Service):
         self._protocol = None
         pending, self._pending = self._pending, {}
         error = WriterGone(f"the spool writer process exited: {reason.getErrorMessage()}")
+        if self._ready is not None:
+            # It never got going: no restart, the server's start fails with the child's reason.
+            ready, self._ready = self._ready, None
+            _fail_all(pending, error)
+            why = protocol.last_error or reason.getErrorMessage()
+            ready.errback(Failure(WriterStartError(f"the spool writer process could not start: {why}")))
+            return
         if self._ended is not None:
             ended, self._ended = self._ended, None
             if not reason.check(ProcessDone):
@@ -250,6 +281,8 @@ class _ChildProtocol(ProcessProtocol):
         self.owner = owner
         self.reader = FrameReader()
         self._errors = b""
+        #: The last line the child wrote to stderr (why it exited, if it did).
+        self.last_error = ""
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         if childFD == 1:
@@ -260,7 +293,8 @@ class _ChildProtocol(ProcessProtocol):
         *lines, self._errors = self._errors.split(b"\n")
         for line in lines:
             if line.strip():
-                self.log.error("spool writer process: {line}", line=line.decode("utf-8", "replace"))
+                self.last_error = line.decode("utf-8", "replace")
+                self.log.error("spool writer process: {line}", line=self.last_error)
 
     def processEnded(self, reason: Failure) -> None:
         self.owner._child_ended(self, reason)

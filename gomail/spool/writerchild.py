@@ -11,21 +11,48 @@ already read are finished first.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import pickle
 import queue
 import signal
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, BinaryIO
 
 from twisted.logger import globalLogBeginner, textFileLogObserver
 
-from gomail.spool.process import HEADER, WriterSpec, frame
+from gomail.spool.process import HEADER, LOCK_NAME, WriterSpec, frame
 from gomail.spool.writer import STOP, fsync_in_parallel, method_job, run_batch, take_batch
 
 MAX_BATCH = 512
+#: The first reply: the lock is held, jobs are welcome.
+READY = (None, True, "ready")
+
+
+def take_lock(path: str, timeout: float) -> int:
+    """
+    Hold an exclusive flock on C{path} (the spool's writer lock) and return its
+    descriptor; wait up to C{timeout} seconds for a writer still holding it,
+    then exit with a line saying so.
+    """
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    deadline = time.monotonic() + timeout
+    waited = False
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                sys.exit(f"another spool writer holds {path} (is another gomail running on this spool?)")
+            if not waited:
+                print(f"waiting for {path}: an earlier spool writer is still finishing", file=sys.stderr, flush=True)
+                waited = True
+            time.sleep(0.05)
 
 
 def build_targets(spec: WriterSpec) -> dict[str, Any]:
@@ -122,7 +149,9 @@ def main() -> None:
     spec = read_frame(stdin)
     if not isinstance(spec, WriterSpec):
         sys.exit("gomail spool writer: no specification on standard input")
+    lock = take_lock(os.path.join(spec.spool_directory, LOCK_NAME), spec.lock_timeout)
     targets = build_targets(spec)
+    replies.send([READY])
     with ThreadPoolExecutor(spec.fsync_threads, thread_name_prefix="gomail-writer-fsync") as fsyncs:
         lanes = {name: Lane(name, targets, fsyncs, replies) for name in spec.lanes}
         for lane in lanes.values():
@@ -137,6 +166,7 @@ def main() -> None:
             lane.queue.put(STOP)
         for lane in lanes.values():
             lane.thread.join()
+    os.close(lock)
 
 
 if __name__ == "__main__":
