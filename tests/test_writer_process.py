@@ -224,7 +224,7 @@ class WriterProcessTests(TestCase):
         ready = successor.startService()
         self.addCleanup(lambda: successor.stopService() if successor.running else None)
         # The next writer's child says it waits for the lock...
-        while "still finishing" not in successor._protocol.last_error:
+        while "waiting for" not in successor._protocol.last_error:
             await _next_turn()
         commit = self.commit(b"Subject: last\r\n\r\nof the first writer\r\n")
         self.assertNoResult(ready)

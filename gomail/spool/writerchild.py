@@ -50,7 +50,8 @@ def take_lock(path: str, timeout: float) -> int:
             if time.monotonic() >= deadline:
                 sys.exit(f"another spool writer holds {path} (is another gomail running on this spool?)")
             if not waited:
-                print(f"waiting for {path}: an earlier spool writer is still finishing", file=sys.stderr, flush=True)
+                print(f"waiting for {path}: another spool writer holds it "
+                      "(one still finishing, or another gomail on this spool)", file=sys.stderr, flush=True)
                 waited = True
             time.sleep(0.05)
 
