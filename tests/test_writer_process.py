@@ -215,6 +215,19 @@ class WriterProcessTests(TestCase):
         self.assertEqual(impatient.restarts, 0)
         self.flushLoggedErrors()
 
+    async def _stop_while_starting(self) -> None:
+        waiting = WriterProcess(reactor, dataclasses.replace(self.spec, lock_timeout=0.2))
+        ready = waiting.startService()
+        ready.addErrback(lambda f: f.trap(WriterStartError))
+        # Stopped while it still waits for the lock: the stop still completes.
+        await waiting.stopService()
+        await ready
+        self.assertIsNone(waiting.pid)
+
+    def test_stop_while_waiting_for_the_lock(self) -> Deferred:
+        """A writer stopped before it got the spool lock stops (its start fails), rather than hanging the stop."""
+        return Deferred.fromCoroutine(self._stop_while_starting())
+
     def test_a_second_writer_on_the_spool_fails_to_start(self) -> Deferred:
         """A writer process for a spool another one holds gives up after its lock timeout, saying why."""
         return Deferred.fromCoroutine(self._second_writer())

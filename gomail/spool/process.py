@@ -218,10 +218,11 @@ class WriterProcess(Service):
         if self._ready is not None:
             # It never got going: no restart, the server's start fails with the child's reason.
             ready, self._ready = self._ready, None
-            _fail_all(pending, error)
             why = protocol.last_error or reason.getErrorMessage()
             ready.errback(Failure(WriterStartError(f"the spool writer process could not start: {why}")))
-            return
+            if self._ended is None:
+                _fail_all(pending, error)
+                return
         if self._ended is not None:
             ended, self._ended = self._ended, None
             if not reason.check(ProcessDone):
