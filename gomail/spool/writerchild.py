@@ -79,8 +79,13 @@ class Replies:
         data = b"".join(_reply_frame(reply) for reply in replies)
         with self._lock:
             view = memoryview(data)
-            while view:
-                view = view[os.write(self.fd, view):]
+            try:
+                while view:
+                    view = view[os.write(self.fd, view):]
+            except BrokenPipeError:
+                # The server is gone (killed): nobody is waiting for an answer any
+                # more, but the lanes still finish the jobs they were sent.
+                pass
 
 
 def _reply_frame(reply: tuple[int, bool, Any]) -> bytes:
