@@ -32,6 +32,9 @@ class SequentialMultiService(MultiService):
     async def _start_children(self) -> None:
         for child in list(self):
             await maybeDeferred(child.startService)
+            if not self.running:
+                # Stopped while that child was starting: the rest never start.
+                return
 
     def stopService(self) -> Deferred:  # type: ignore[override]
         self.running = 0

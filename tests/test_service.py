@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from twisted.application.service import Application
-from twisted.internet.defer import fail
+from twisted.application.service import Application, Service
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import ILogObserver
 from twisted.trial.unittest import SynchronousTestCase
@@ -14,7 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from gomail.config import load_config
 from gomail.service import build_service
 from gomail.spool.envelope import Recipient
-from gomail.services import ListenError
+from gomail.services import ListenError, SequentialMultiService
 from gomail.smtp.server import SMTPService
 
 
@@ -89,6 +89,29 @@ class BuildServiceTests(SynchronousTestCase):
         failure = self.failureResultOf(listener.startService(), ListenError)
         self.assertIn("tcp:2525:interface=127.0.0.1", str(failure.value))
         self.assertIn("Address already in use", str(failure.value))
+
+
+class SequentialStartTests(SynchronousTestCase):
+    """SequentialMultiService: one child after the other."""
+
+    def test_stop_during_a_start_starts_nothing_more(self) -> None:
+        """Stopped while a child is still starting: the later children never start (nor need stopping)."""
+        pending: Deferred = Deferred()
+
+        class Slow(Service):
+            def startService(self) -> Deferred:
+                super().startService()
+                return pending
+
+        parent = SequentialMultiService()
+        slow, later = Slow(), Service()
+        slow.setServiceParent(parent)
+        later.setServiceParent(parent)
+        started = parent.startService()
+        self.successResultOf(parent.stopService())
+        pending.callback(None)
+        self.successResultOf(started)
+        self.assertFalse(later.running)
 
 
 class BcryptThreadsTests(SynchronousTestCase):

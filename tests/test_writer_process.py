@@ -7,6 +7,7 @@ makes; what is checked is what ends up on disk and what the callers are told.
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 import select
 import sys
@@ -23,6 +24,9 @@ from gomail.spool.envelope import Recipient
 from gomail.spool.incoming import IncomingMessage
 from gomail.spool.process import (FrameReader, WriterGone, WriterProcess, WriterSpec, WriterStartError,
                                   _ChildProtocol, frame)
+from gomail.spool import writerchild
+from gomail.spool.process import HEADER
+from gomail.spool.writer import STOP
 from gomail.spool.writerchild import _reply_frame
 from tests.processes import spawn
 from tests.spooltesting import listing, make_spool, read, start_commit
@@ -253,6 +257,33 @@ class WriterProcessTests(TestCase):
         """A new writer process on the same spool starts only after the previous one has finished its jobs."""
         return Deferred.fromCoroutine(self._successor())
 
+    async def _garbage(self) -> None:
+        first = self.process.pid
+        envelope, commit = start_commit(self.spool, b"Subject: x\r\n\r\nwaiting\r\n", "bob@example.com")
+        # A frame that cannot be read: the stream is no longer trusted.
+        self.process._protocol.childDataReceived(1, HEADER.pack(3) + b"bad")
+        with self.assertRaises(WriterGone):
+            await commit
+        self.assertEqual(len(self.flushLoggedErrors()), 1)
+        while self.process.pid is None:
+            await _next_turn()
+        self.assertNotEqual(self.process.pid, first)
+        await self.commit(b"Subject: again\r\n\r\nafter the new child\r\n")
+
+    def test_unreadable_reply_replaces_the_child(self) -> Deferred:
+        """A reply that cannot be read kills the child: the jobs waiting fail (451), and a new child serves."""
+        return Deferred.fromCoroutine(self._garbage())
+
+    async def _after_stop(self) -> None:
+        stopping = self.process.stopService()
+        # Sent after the stop began: refused at once, not left to wait for the child's exit.
+        self.failureResultOf(self.process.lane("commit").call(self.spool, "publish_spares", []), WriterGone)
+        await stopping
+
+    def test_jobs_after_the_stop_fail_at_once(self) -> Deferred:
+        """Once the stop has begun, a new job fails with WriterGone immediately."""
+        return Deferred.fromCoroutine(self._after_stop())
+
     def test_stop_finishes_the_jobs_sent(self) -> Deferred:
         """Stopping lets the child finish every job already sent, then it exits; later jobs fail at once."""
         return Deferred.fromCoroutine(self._stop())
@@ -311,6 +342,41 @@ def _next_turn() -> Deferred:
 
 def _in_thread(f: Any, *args: Any) -> Deferred:
     return deferToThread(f, *args)
+
+
+class ChildPartsTests(SynchronousTestCase):
+    """Pieces of the child process, run in this one."""
+
+    def test_lane_that_breaks_ends_the_process(self) -> None:
+        """An error outside the jobs (here: replies cannot be written) ends the child with status 70, traceback on stderr."""
+        exits: list[int] = []
+        self.patch(writerchild.os, "_exit", exits.append)
+        errors = io.StringIO()
+        self.patch(sys, "stderr", errors)
+
+        class BrokenReplies:
+            def send(self, replies: Any) -> None:
+                raise RuntimeError("no way out")
+
+        directory = os.path.abspath(self.mktemp())
+        spool = make_spool(directory)
+        lane = writerchild.Lane("commit", {"spool": spool}, None, BrokenReplies())
+        lane.queue.put((1, "spool", "publish_spares", ([],)))
+        lane.queue.put(STOP)
+        lane._loop()
+        self.assertEqual(exits, [70])
+        self.assertIn("RuntimeError: no way out", errors.getvalue())
+
+    def test_remove_spares(self) -> None:
+        """A new child removes spares a dead one left in tmp/ (and nothing else); a spool without tmp/ is fine."""
+        tmp = os.path.abspath(self.mktemp())
+        os.makedirs(tmp)
+        for name in ("spare-0", "spare-17", "0123.eml"):
+            with open(os.path.join(tmp, name), "wb") as f:
+                f.write(b"x")
+        writerchild.remove_spares(tmp)
+        self.assertEqual(os.listdir(tmp), ["0123.eml"])
+        writerchild.remove_spares(os.path.join(tmp, "missing"))
 
 
 class ReplyFrameTests(SynchronousTestCase):

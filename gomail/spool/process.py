@@ -181,7 +181,7 @@ class WriterProcess(Service):
 
     def send(self, lane: str, target: str, method: str, args: tuple) -> Deferred:
         """Send one job; fires with its result once the child reports it durable."""
-        if self._protocol is None:
+        if self._protocol is None or self._ended is not None:
             return fail(WriterGone("the spool writer process is not running"))
         request_id = self._next_id
         try:
@@ -287,7 +287,13 @@ class _ChildProtocol(ProcessProtocol):
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         if childFD == 1:
-            self.owner._replied(self.reader.feed(data))
+            try:
+                self.owner._replied(self.reader.feed(data))
+            except Exception:
+                # The reply stream can no longer be trusted: end this child, and
+                # with it every job waiting on it (then it is restarted).
+                self.log.failure("unreadable reply from the spool writer process: killing it")
+                self.transport.signalProcess("KILL")
             return
         # The child's stderr: tracebacks and warnings, logged line by line.
         self._errors += data

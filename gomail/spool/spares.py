@@ -32,6 +32,8 @@ from gomail.spool.fs import FileSystem
 
 #: A retired file up to this size keeps its blocks for the next message (256 spares: 16 MiB at most).
 KEEP_BLOCKS = 64 * 1024
+#: How the name of a spare in C{tmp/} begins.
+SPARE_PREFIX = "spare-"
 
 
 class SpareFiles:
@@ -82,7 +84,7 @@ class SpareFiles:
                 return None
             if size > KEEP_BLOCKS:
                 fs.empty(path)
-            spare = os.path.join(self.directory, f"spare-{number}")
+            spare = os.path.join(self.directory, f"{SPARE_PREFIX}{number}")
             fs.rename(path, spare)
         except FileNotFoundError:
             return None  # already gone: removal is idempotent

@@ -19,12 +19,15 @@ import signal
 import sys
 import threading
 import time
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, BinaryIO
 
 from twisted.logger import globalLogBeginner, textFileLogObserver
 
+from gomail.spool.fs import FileSystem
 from gomail.spool.process import HEADER, LOCK_NAME, WriterSpec, frame
+from gomail.spool.spares import SPARE_PREFIX
 from gomail.spool.writer import STOP, fsync_in_parallel, method_job, run_batch, take_batch
 
 MAX_BATCH = 512
@@ -54,6 +57,21 @@ def take_lock(path: str, timeout: float) -> int:
                       "(one still finishing, or another gomail on this spool)", file=sys.stderr, flush=True)
                 waited = True
             time.sleep(0.05)
+
+
+def remove_spares(tmp: str) -> None:
+    """
+    Remove the spare files an earlier writer left in C{tmp} (a writer that
+    died: nobody else knows their names, and only writers make them).
+    """
+    try:
+        names = [name for name in os.listdir(tmp) if name.startswith(SPARE_PREFIX)]
+    except FileNotFoundError:
+        return  # a new spool: the server creates tmp/ next
+    for name in names:
+        os.unlink(os.path.join(tmp, name))
+    if names:
+        FileSystem().fsync_directory(tmp)
 
 
 def build_targets(spec: WriterSpec) -> dict[str, Any]:
@@ -117,6 +135,17 @@ class Lane:
         return fsync_in_parallel(self.fs, self.fsyncs, fds)
 
     def _loop(self) -> None:
+        try:
+            self._run()
+        except BaseException:
+            # A lane that stops answering would leave the server waiting for
+            # ever: end the whole process instead, so the server sees it go,
+            # fails what was waiting and starts a new one.
+            traceback.print_exc()
+            sys.stderr.flush()
+            os._exit(70)
+
+    def _run(self) -> None:
         stopping = False
         while not stopping:
             batch, stopping = take_batch(self.queue, MAX_BATCH)
@@ -141,10 +170,10 @@ def read_frame(stream: BinaryIO) -> Any:
 
 def main() -> None:
     # The server stops this process by closing its input, after its own
-    # clients are drained; a Ctrl-C or SIGTERM sent to the whole process group
-    # must not cut a batch short.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # clients are drained; a Ctrl-C, SIGTERM or terminal hangup sent to the
+    # whole process group must not cut a batch short.
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_IGN)
     # Replies get a descriptor of their own; anything else that writes to
     # standard output (a stray print) lands on standard error instead, which
     # the server logs, and cannot corrupt a frame. Log events go there too.
@@ -156,6 +185,7 @@ def main() -> None:
     if not isinstance(spec, WriterSpec):
         sys.exit("gomail spool writer: no specification on standard input")
     lock = take_lock(os.path.join(spec.spool_directory, LOCK_NAME), spec.lock_timeout)
+    remove_spares(os.path.join(spec.spool_directory, "tmp"))
     targets = build_targets(spec)
     replies.send([READY])
     with ThreadPoolExecutor(spec.fsync_threads, thread_name_prefix="gomail-writer-fsync") as fsyncs:
