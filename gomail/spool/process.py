@@ -21,10 +21,13 @@ Frames in both directions are a 4-byte big-endian length and a pickle. Only
 this process and its own child ever read them (the pipes are private), so
 pickle's trust in its input is not a concern.
 
-If the child dies, every job waiting on it fails (a commit answers 451 and
-leaves nothing behind, see L{gomail.spool.incoming}) and a new child is
-started a second later. On stop, the child is told to finish by closing its
-input: it completes the jobs already sent, then exits.
+The child holds an exclusive lock on C{<spool>/writer.lock} while it works,
+and the service's start fires only once it does: so a server restarted right
+after being killed waits for its old writer to finish, and two servers never
+write one spool. If the child dies, every job waiting on it fails (a commit
+answers 451 and leaves nothing behind, see L{gomail.spool.incoming}) and a
+new child is started a second later. On stop, the child is told to finish by
+closing its input: it completes the jobs already sent, then exits.
 """
 
 from __future__ import annotations
