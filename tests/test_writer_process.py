@@ -297,15 +297,17 @@ class OrphanTests(TestCase):
     async def _orphan(self) -> None:
         directory = os.path.abspath(self.mktemp())
         os.makedirs(directory)
+        # A stand-in server: a process of its own whose writer process we watch when it is killed.
         script = (
-            "import os, sys\n"
-            "from twisted.internet import reactor\n"
+            "from twisted.internet import defer, task\n"
             "from gomail.spool.process import WriterProcess, WriterSpec\n"
             f"spec = WriterSpec({directory!r}, 0, {directory!r} + '/mailbox', 'mx.test', 1)\n"
-            "p = WriterProcess(reactor, spec)\n"
-            "reactor.callWhenRunning(p.startService)\n"
-            "reactor.callWhenRunning(lambda: print('child', p.pid, 'started', flush=True))\n"
-            "reactor.run()\n"
+            "def serve(reactor):\n"
+            "    process = WriterProcess(reactor, spec)\n"
+            "    process.startService()\n"
+            "    print('child', process.pid, 'started', flush=True)\n"
+            "    return defer.Deferred()  # until killed\n"
+            "task.react(serve)\n"
         )
         parent = spawn(reactor, [sys.executable, "-c", script], cwd=directory)
         self.addCleanup(parent.stop, reactor)
