@@ -59,7 +59,7 @@ class ManualRun:
         return d
 
     #: As the in-process writers: jobs may be handed descriptors.
-    shares_descriptors = True
+    in_process = True
 
     def submit(self, job: Callable[[], Any]) -> Deferred:
         """The spool writer's interface: the durable job waits like any other call."""

@@ -110,8 +110,8 @@ class WriterStartError(Exception):
 class RemoteLane:
     """One lane of a L{WriterProcess}: the writer interface the spool objects use."""
 
-    #: Jobs run in another process: descriptors cannot be passed, only paths.
-    shares_descriptors = False
+    #: Jobs run in another process: descriptors cannot be passed (only paths), nor objects changed here.
+    in_process = False
 
     def __init__(self, process: "WriterProcess", name: str) -> None:
         self.process = process

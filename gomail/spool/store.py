@@ -249,7 +249,7 @@ class Spool:
         whatever happens. A writer in another process cannot be handed a
         descriptor, so then it is closed first and the file reopened there.
         """
-        if fd is not None and not self.writer.shares_descriptors:
+        if fd is not None and not self.writer.in_process:
             return self.run(self.fs.close, fd).addCallback(
                 lambda _: self.writer.call(self, "finish_files", queue_id, None, chunks, envelope, size, True))
         return self.writer.call(self, "finish_files", queue_id, fd, chunks, envelope, size)
@@ -357,7 +357,7 @@ class Spool:
         writer = self.removal_writer or self.writer
         spares = await writer.call(self, "_remove_files", queue_id, durable)
         if spares:
-            if writer.shares_descriptors:
+            if writer.in_process:
                 self.spares.publish(spares)
             else:
                 # The spares belong to the writer process's spool, where the next commits are made.

@@ -79,7 +79,7 @@ def run_batch(jobs: list[Job], fs: FileSystem, fsync_all: Callable[[list[int]], 
             outcomes[index] = (False, Failure())
     if waiting:
         fds = [fd for _, _, job_fds in waiting for fd in job_fds]
-        errors = dict(zip(fds, (fsync_all or _fsync_each(fs))(fds)))
+        errors = dict(zip(fds, fsync_all(fds) if fsync_all else fsync_in_parallel(fs, None, fds)))
         for index, generator, job_fds in waiting:
             error = next((errors[fd] for fd in job_fds if errors[fd] is not None), None)
             if error is None:
@@ -93,12 +93,6 @@ def run_batch(jobs: list[Job], fs: FileSystem, fsync_all: Callable[[list[int]], 
             sync_failure = Failure()
             return [(False, sync_failure) if ok else (ok, value) for ok, value in outcomes]
     return outcomes
-
-
-def _fsync_each(fs: FileSystem) -> Callable[[list[int]], list]:
-    def fsync_all(fds: list[int]) -> list:
-        return [_try(fs.fsync, fd) for fd in fds]
-    return fsync_all
 
 
 def take_batch(waiting: queue.SimpleQueue, limit: int) -> tuple[list, bool]:
@@ -140,22 +134,34 @@ def _try(function: Callable[[int], None], fd: int) -> BaseException | None:
 
 
 def method_job(target: Any, method: str, args: tuple) -> Job:
-    """The job of calling C{target.<method>(*args)} (see L{BatchWriter.call})."""
+    """The job of calling C{target.<method>(*args)} (see L{_InProcessWriter.call})."""
     return lambda: getattr(target, method)(*args)
 
 
-class ImmediateWriter:
-    """Runs each job at once in the calling thread: for tests and tools, not for the reactor."""
+class _InProcessWriter:
+    """What the writers that run jobs in this process share."""
 
-    #: Jobs run in this process: they may be given open descriptors.
-    shares_descriptors = True
+    #: Jobs run in this process: they may be handed its descriptors and change its objects.
+    in_process = True
+
+    def submit(self, job: Job) -> Deferred:
+        raise NotImplementedError
+
+    def call(self, target: Any, method: str, *args: Any) -> Deferred:
+        """
+        Run C{target.<method>(*args)} as a job. Every durable change is made
+        this way, by naming a method of a spool object rather than passing a
+        closure, so that the same call can also be sent to a writer in another
+        process (L{gomail.spool.process}).
+        """
+        return self.submit(method_job(target, method, args))
+
+
+class ImmediateWriter(_InProcessWriter):
+    """Runs each job at once in the calling thread: for tests and tools, not for the reactor."""
 
     def __init__(self, fs: FileSystem | None = None) -> None:
         self.fs = fs or FileSystem()
-
-    def call(self, target: Any, method: str, *args: Any) -> Deferred:
-        """Run C{target.<method>(*args)} as a job now (see L{BatchWriter.call})."""
-        return self.submit(method_job(target, method, args))
 
     def submit(self, job: Job) -> Deferred:
         """Run C{job} now; the Deferred has already fired."""
@@ -163,7 +169,7 @@ class ImmediateWriter:
         return succeed(value) if ok else fail(value)
 
 
-class BatchWriter(Service):
+class BatchWriter(_InProcessWriter, Service):
     """
     The writer thread, owned by the service: started with it, and stopped after
     the jobs already submitted have run.
@@ -181,23 +187,11 @@ class BatchWriter(Service):
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
 
-    #: Jobs run in this process: they may be given open descriptors.
-    shares_descriptors = True
-
     def submit(self, job: Job) -> Deferred:
         """Run C{job} in the writer thread; fires (in the reactor) once its batch is durable."""
         d: Deferred = Deferred()
         self._queue.put((job, d))
         return d
-
-    def call(self, target: Any, method: str, *args: Any) -> Deferred:
-        """
-        Run C{target.<method>(*args)} as a job. Every durable change is made
-        this way, by naming a method of a spool object rather than passing a
-        closure, so that the same call can also be sent to a writer in another
-        process (L{gomail.spool.process}).
-        """
-        return self.submit(method_job(target, method, args))
 
     def startService(self) -> None:
         super().startService()
