@@ -182,7 +182,8 @@ def build_service(config: Config, reactor: Any) -> GomailService:
                          allow_local_only=config.security.allowLocalOnly)
     root.smtp = SMTPServer(config.smtp, policy, spool, reactor, tls, queue_size=config.queueSize,
                            log_envelopes=config.security.logAllEmails, portal=root.auth.portal,
-                           rate_limiter=root.auth.rate_limiter, auth_settings=config.auth)
+                           rate_limiter=root.auth.rate_limiter, auth_settings=config.auth,
+                           blacklist=root.auth.authenticator.blacklist)
     SMTPService(root.smtp, reactor, config.smtp.listen, config.smtp.implicitTlsListen).setServiceParent(root)
     # HTTP last: it reports on everything above, and stops first.
     root.metrics = build_http(config, reactor, root, root)

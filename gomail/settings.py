@@ -148,6 +148,12 @@ class SMTPSettings:
     bareLineEndings: str = setting("reject", check=one_of("reject", "normalize"))
     allowPlaintextAuthLoopback: bool = setting(False)
     shutdownTimeout: int = setting(30, check=between(0))
+    # Abuse bounds (Postfix's defaults where Postfix has one): see conf/gomail.toml.
+    greetingDelay: float = setting(1.0, check=between(0, 30))
+    maxSessionTime: int = setting(3600, check=between(0))
+    maxTransactions: int = setting(1000, check=between(1))
+    minDataRate: int = setting(500, check=between(0))
+    junkCommandLimit: int = setting(100, check=between(1))
 
 
 @dataclass(frozen=True)

@@ -223,6 +223,8 @@ class SMTPHarness:
         proto = self.server.factory(implicit_tls=implicit_tls).buildProtocol(peer)
         proto.makeConnection(transport)
         client = Client(proto, transport)
+        if greet and not proto.greeted and proto.admitted:
+            self.clock.advance(self.settings.greetingDelay)  # an untrusted client waits for its banner
         if greet:
             banner = client.take()
             if banner != b"220 mx.test ESMTP gomail\r\n":

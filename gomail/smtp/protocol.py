@@ -1,58 +1,54 @@
+# -*- test-case-name: tests.test_smtp_protocol,tests.test_smtp_abuse -*-
 """
 gomail's ESMTP server protocol: twisted.mail's ESMTP with its gaps closed.
 
 What this class changes from twisted.mail.smtp.ESMTP, and why:
 
-- Input is parsed here, not by LineOnlyReceiver: a command whose answer is not
-  ready yet (a Deferred) holds back the pipelined commands behind it, so replies
-  stay in order; DATA content is handled in chunks by L{DataReader}, which only
-  ends a message at <CRLF>.<CRLF> and never drops back into command mode in the
-  middle of a message (an over-long line fails the message, not the session).
+- Input is parsed by L{SMTPFraming}, not by LineOnlyReceiver: replies stay in
+  order behind a pending one, DATA never drops back into command mode in the
+  middle of a message, lines are bounded, and the abuse rules apply.
+- The banner waits for the IP blacklist and, for an untrusted client,
+  C{smtp.greetingDelay}: a client that talks first is cut off.
+- The session is bounded: total time, transactions, DATA rate, idle time.
 - Plaintext pipelined behind STARTTLS is discarded and the session is reset.
 - Every reply carries an enhanced status code; local failures answer 451 4.3.0.
-- Command lines are bounded and may not hold control characters, so nothing a
-  client sends reaches our Received: header unchecked.
+- Command lines may not hold control characters, so nothing a client sends
+  reaches our Received: header unchecked.
 - Message content goes straight to the spool as it arrives.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import ITLSTransport
-from twisted.logger import Logger
-from twisted.mail.smtp import COMMAND, DATA, ESMTP
+from twisted.internet.task import deferLater
+from twisted.mail.smtp import COMMAND, DATA
 
-from gomail.auth.checker import AuthFailure, LoginAttempt, TemporaryAuthError
 from gomail.smtp.address import AddressError, Path, parse_path
+from gomail.smtp.framing import SMTPFraming
 from gomail.smtp.policy import parse_ip
 from gomail.smtp.reader import DataReader
 from gomail.smtp.received import received_header
+from gomail.smtp.sasl import SASLMixin
 from gomail.spool.envelope import Envelope, Recipient
 from gomail.tcp import no_delay
 
 if TYPE_CHECKING:
     from gomail.smtp.server import SMTPServer
 
-MAX_COMMAND_LINE = 2048
-#: Pipelined input held while a reply is pending, before the client is paused.
-MAX_PIPELINE_BUFFER = 64 * 1024
-_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _HELO_NAME = re.compile(rb"^[\x21-\x7e]{1,255}$")
 _HEADER_START = re.compile(rb"^[\x21-\x39\x3b-\x7e]+:|^\r\n")
 
 
-class GomailESMTP(ESMTP):
+class GomailESMTP(SASLMixin, SMTPFraming):
     """One SMTP session. Shared state and settings come from the L{SMTPServer}."""
-
-    log = Logger()
 
     def __init__(self, server: "SMTPServer", implicit_tls: bool = False) -> None:
         super().__init__(chal={}, contextFactory=server.tls_context)
+        self.init_framing()
         self.server = server
         self.settings = server.settings
         self.host = server.settings.hostname
@@ -68,15 +64,13 @@ class GomailESMTP(ESMTP):
         self.recipients: list[str] = []
         self.body_type: str | None = None
         self.close_when_idle = False
-        self._input = b""
-        self._blocked = False
-        self._processing = False
-        self._skip_long_line = False
-        self._paused_for: set[str] = set()
+        self.transactions = 0
         self._errors = 0
         self._message = None
         self._reader: DataReader | None = None
         self._first_chunk = True
+        self._timers: dict[str, Any] = {}  # the session's deadlines, by name
+        self._data_started = 0.0
         self.account: Any = None  # the AuthSuccess of a successful AUTH
         self._auth_failures = 0
         self._auth_step: Any = None  # while an AUTH exchange waits for the client's next line
@@ -97,11 +91,30 @@ class GomailESMTP(ESMTP):
             self.transport.loseConnection()
             return
         self.admitted = True
-        self.sendCode(220, self.host + b" ESMTP gomail")
         self.setTimeout(self.timeout)
+        self._deadline("session", self.settings.maxSessionTime, self._session_expired)
+        Deferred.fromCoroutine(self._open()).addErrback(self._internal_error)
+
+    async def _open(self) -> None:
+        """Greet the client once it passed the blacklist and, if untrusted, the greeting delay."""
+        refusal = await self.server.client_refusal(self)
+        if self.transport.disconnecting:
+            return
+        if refusal is not None:
+            return self.hang_up(*refusal)
+        if not self.exempt_from_sync() and self.settings.greetingDelay:
+            await deferLater(self.server.clock, self.settings.greetingDelay, lambda: None)
+            if self.transport.disconnecting:
+                return
+        self.greeted = True
+        self.sendCode(220, self.host + b" ESMTP gomail")
+        self._process()  # what a trusted client sent early
 
     def connectionLost(self, reason: Any = None) -> None:
         self.setTimeout(None)
+        for timer in self._timers.values():
+            if timer.active():
+                timer.cancel()
         if self.mode == DATA and self._message is not None:
             self._message.abort()
             self._message = None
@@ -109,8 +122,43 @@ class GomailESMTP(ESMTP):
             self.server.release(self)
 
     def timeoutConnection(self) -> None:
-        self.reply(421, "4.4.2", f"{self.settings.hostname} Error: timeout exceeded")
-        self.transport.loseConnection()
+        self.hang_up(421, "4.4.2", f"{self.settings.hostname} Error: timeout exceeded")
+
+    def exempt_from_sync(self) -> bool:
+        """Whether the pipelining and greeting rules are waived: trusted or authenticated clients."""
+        return self.account is not None or self.server.policy.is_trusted(self.client_ip)
+
+    @property
+    def pipelining_offered(self) -> bool:
+        """Whether this session's last greeting was an EHLO (which offers PIPELINING)."""
+        return self.helo_name is not None and self.extended
+
+    # -- deadlines ----------------------------------------------------------
+
+    def _deadline(self, name: str, seconds: float, expired: Any) -> None:
+        """Call C{expired} in C{seconds} (0: never), replacing an earlier deadline of that name."""
+        old = self._timers.pop(name, None)
+        if old is not None and old.active():
+            old.cancel()
+        if seconds > 0:
+            self._timers[name] = self.server.clock.callLater(seconds, expired)
+
+    def _session_expired(self) -> None:
+        self.log.info("session with {client} over smtp.maxSessionTime", client=self.client_host)
+        self.server.rejections["session_time"] += 1
+        self.hang_up(421, "4.4.2", f"{self.settings.hostname} Error: session time limit exceeded")
+
+    def _data_too_slow(self) -> None:
+        self.log.info("DATA from {client} slower than smtp.minDataRate", client=self.client_host)
+        self.server.rejections["data_rate"] += 1
+        self.hang_up(421, "4.4.2", f"{self.settings.hostname} Error: data rate too low")
+
+    def _data_deadline(self) -> None:
+        """DATA must arrive at smtp.minDataRate, after an allowance of one idle timeout."""
+        rate = self.settings.minDataRate
+        if rate and self._reader is not None:
+            allowed = self._data_started + self.timeout + self._reader.size / rate
+            self._deadline("data", max(0.0, allowed - self.server.clock.seconds()), self._data_too_slow)
 
     @property
     def in_transaction(self) -> bool:
@@ -135,99 +183,7 @@ class GomailESMTP(ESMTP):
         if code >= 400 and code != 421 and status != "4.5.3":
             self._errors += 1
             if self._errors >= self.settings.maxErrors:
-                super().sendCode(421, b"4.7.0 Too many errors, closing connection")
-                self.transport.loseConnection()
-
-    # -- input --------------------------------------------------------------
-
-    def dataReceived(self, data: bytes) -> None:
-        self._input += data
-        if not self._processing:
-            self._process()
-
-    def _process(self) -> None:
-        self._processing = True
-        try:
-            while self._input and not self._blocked and not self.transport.disconnecting:
-                if self.mode == DATA:
-                    self._data_received()
-                else:
-                    if not self._next_line():
-                        break
-        finally:
-            self._processing = False
-        if self._blocked and len(self._input) > MAX_PIPELINE_BUFFER:
-            self._pause("pipeline")
-
-    def _next_line(self) -> bool:
-        end = self._input.find(b"\r\n")
-        if end < 0:
-            if len(self._input) > MAX_COMMAND_LINE + 1:  # +1: a CR may wait for its LF
-                # Keep a final CR: it may be the first half of the long line's CRLF.
-                self._input = b"\r" if self._input.endswith(b"\r") else b""
-                if not self._skip_long_line:
-                    self.reply(500, "5.5.2", "Line too long")
-                self._skip_long_line = True
-            return False
-        line, self._input = self._input[:end], self._input[end + 2:]
-        if self._skip_long_line:
-            self._skip_long_line = False
-            return True
-        if len(line) > MAX_COMMAND_LINE:
-            self.reply(500, "5.5.2", "Line too long")
-            return True
-        self.resetTimeout()
-        self._wait_for(getattr(self, "state_" + self.mode)(line))
-        return True
-
-    def _wait_for(self, result: Any) -> None:
-        """Hold further input until a pending reply (a Deferred) is sent."""
-        if isinstance(result, Deferred) and not result.called:
-            self._blocked = True
-            result.addErrback(self._internal_error)
-            result.addBoth(self._unblock)
-        elif isinstance(result, Deferred):
-            result.addErrback(self._internal_error)
-        # A transaction that ended at once (RSET, a synchronous commit) ends a drain too.
-        if self.close_when_idle and not self.in_transaction and not self.transport.disconnecting:
-            self.close_gracefully()
-
-    def _unblock(self, _: Any) -> None:
-        self._blocked = False
-        self._resume("pipeline")
-        if self.close_when_idle and not self.in_transaction:
-            self.close_gracefully()
-        elif not self._processing:
-            self._process()
-
-    def _internal_error(self, failure: Any) -> None:
-        self.log.failure("internal error in SMTP session with {client}", failure, client=self.client_host)
-        self.reply(451, "4.3.0", "Local error in processing, try again later")
-
-    def _pause(self, reason: str) -> None:
-        if not self._paused_for:
-            self.transport.pauseProducing()
-        self._paused_for.add(reason)
-
-    def _resume(self, reason: str) -> None:
-        if reason in self._paused_for:
-            self._paused_for.discard(reason)
-            if not self._paused_for:
-                self.transport.resumeProducing()
-
-    def state_COMMAND(self, line: bytes) -> Any:
-        if _CONTROL.search(line):
-            self.reply(501, "5.5.2", "Invalid character in command line")
-            return None
-        verb, _, rest = line.strip().partition(b" ")
-        if not verb:
-            self.reply(500, "5.5.2", "Error: bad syntax")
-            return None
-        method = self.lookupMethod(verb) if verb.isascii() else None
-        if method is None:
-            self.reply(500, "5.5.2", "Error: command not recognized")
-            return None
-        return method(rest.strip())
+                self.hang_up(421, "4.7.0", "Too many errors, closing connection")
 
     # -- session commands ---------------------------------------------------
 
@@ -278,103 +234,6 @@ class GomailESMTP(ESMTP):
             self.authenticated = False
             self.account = None
             self.reset_transaction()
-
-    # -- AUTH (RFC 4954): PLAIN and LOGIN, inside TLS only -----------------------
-
-    def ext_AUTH(self, rest: bytes) -> Any:
-        mechanism, _, initial = rest.partition(b" ")
-        mechanism = mechanism.upper()
-        if self.server.portal is None:
-            return self.reply(502, "5.5.1", "Authentication not available")
-        if self.helo_name is None or not self.extended:
-            return self.reply(503, "5.5.1", "Error: send EHLO first")
-        if not self.secure and not self._plaintext_auth_allowed():
-            return self.reply(530, "5.7.0", "Must issue a STARTTLS command first")
-        if self.account is not None:
-            return self.reply(503, "5.5.1", "Error: already authenticated")
-        if self.sender is not None:
-            return self.reply(503, "5.5.1", "Error: AUTH not permitted during a mail transaction")
-        if mechanism == b"PLAIN":
-            if initial:
-                return self._auth_plain(initial)
-            return self._challenge(b"", self._auth_plain)
-        if mechanism == b"LOGIN":
-            if initial:
-                return self._auth_login_user(initial)
-            return self._challenge(b"Username:", self._auth_login_user)
-        return self.reply(504, "5.5.4", "Unrecognized authentication type")
-
-    def _plaintext_auth_allowed(self) -> bool:
-        """AUTH without TLS only from loopback, and only when configured (smtp.allowPlaintextAuthLoopback)."""
-        return (self.settings.allowPlaintextAuthLoopback and self.client_ip is not None
-                and self.client_ip.is_loopback)
-
-    def _challenge(self, prompt: bytes, step: Any) -> None:
-        self._auth_step = step
-        self.mode = "AUTH"
-        self.sendCode(334, base64.b64encode(prompt))
-
-    def state_AUTH(self, line: bytes) -> Any:
-        step, self._auth_step = self._auth_step, None
-        self.mode = COMMAND
-        if line.strip() == b"*":
-            return self.reply(501, "5.0.0", "Authentication cancelled")
-        return step(line.strip())
-
-    @staticmethod
-    def _decode(data: bytes) -> str | None:
-        try:
-            return base64.b64decode(data, validate=True).decode("utf-8")
-        except (binascii.Error, ValueError):
-            return None
-
-    def _auth_plain(self, data: bytes) -> Any:
-        decoded = self._decode(data) if data != b"=" else ""
-        parts = decoded.split("\0") if decoded is not None else []
-        if len(parts) != 3:
-            return self.reply(501, "5.5.2", "Cannot decode AUTH PLAIN response")
-        authzid, username, password = parts
-        if authzid and authzid != username:
-            # Acting for another user is not supported: refuse like bad credentials.
-            return self._login(username, "")
-        return self._login(username, password)
-
-    def _auth_login_user(self, data: bytes) -> Any:
-        username = self._decode(data)
-        if username is None:
-            return self.reply(501, "5.5.2", "Cannot decode AUTH LOGIN response")
-        return self._challenge(b"Password:", lambda reply: self._auth_login_password(username, reply))
-
-    def _auth_login_password(self, username: str, data: bytes) -> Any:
-        password = self._decode(data)
-        if password is None:
-            return self.reply(501, "5.5.2", "Cannot decode AUTH LOGIN response")
-        return self._login(username, password)
-
-    def _login(self, username: str, password: str) -> Deferred:
-        attempt = LoginAttempt(username, password, self.client_host or None, "smtp")
-        return Deferred.fromCoroutine(self._finish_login(attempt))
-
-    async def _finish_login(self, attempt: LoginAttempt) -> None:
-        from gomail.auth.checker import login
-
-        try:
-            account = await login(self.server.portal, attempt)
-        except AuthFailure as failure:
-            self._auth_failures += 1
-            self.log.info("SMTP AUTH failed from {client} ({reason})", client=self.client_host, reason=failure.reason)
-            self.reply(535, "5.7.8", "Authentication credentials invalid")
-            if self._auth_failures >= self.server.auth_settings.maxFailuresPerSession:
-                self.reply(421, "4.7.0", f"{self.settings.hostname} Too many failed authentications, closing")
-                self.transport.loseConnection()
-            return
-        except TemporaryAuthError:
-            self.reply(454, "4.7.0", "Temporary authentication failure, try again later")
-            return
-        self.account = account
-        self.authenticated = True
-        self.log.info("SMTP AUTH succeeded from {client} ({via})", client=self.client_host, via=account.via)
-        self.reply(235, "2.7.0", "Authentication successful")
 
     def do_UNKNOWN(self, rest: bytes) -> None:
         # twisted's SMTP defines do_UNKNOWN, so the verb UNKNOWN would reach its
@@ -479,6 +338,8 @@ class GomailESMTP(ESMTP):
             self._content, self.settings.maxMessageSize, self.settings.maxLineLength,
             normalize=self.settings.bareLineEndings == "normalize")
         self.mode = DATA
+        self._data_started = self.server.clock.seconds()
+        self._data_deadline()
         self.sendCode(354, b"End data with <CR><LF>.<CR><LF>")
 
     def _content(self, block: bytes) -> None:
@@ -499,6 +360,7 @@ class GomailESMTP(ESMTP):
         data, self._input = self._input, b""
         self.resetTimeout()
         rest = self._reader.feed(data)
+        self._data_deadline()
         if rest is not None:
             self._input = rest
             self.mode = COMMAND
@@ -507,6 +369,7 @@ class GomailESMTP(ESMTP):
     async def _end_of_data(self) -> None:
         message, reader = self._message, self._reader
         self._message = self._reader = None
+        self._deadline("data", 0, None)
         self._resume("disk")
         sender, recipients, body_type = self.sender, self.recipients, self.body_type
         self.reset_transaction()
@@ -529,3 +392,9 @@ class GomailESMTP(ESMTP):
             return
         self.reply(250, "2.0.0", f"Ok: queued as {envelope.id}")
         self.server.accepted(self, envelope)
+        self.junk_commands = 0  # as Postfix: junk is counted between accepted messages
+        self.transactions += 1
+        if self.transactions >= self.settings.maxTransactions:
+            self.log.info("closing the session with {client} after {count} messages (smtp.maxTransactions)",
+                          client=self.client_host, count=self.transactions)
+            self.hang_up(421, "4.4.2", f"{self.settings.hostname} Error: too many messages in one session")

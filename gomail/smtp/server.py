@@ -27,6 +27,31 @@ if TYPE_CHECKING:
     from gomail.spool.store import Spool
 
 Refusal = tuple[int, str, str]
+#: Lines logged a second about refused blacklisted clients (the rest are counted).
+BLACKLIST_LOG_PER_SECOND = 5
+
+
+class LogThrottle:
+    """At most C{per_second} log lines a second; says how many were left out."""
+
+    def __init__(self, clock: IReactorTime, per_second: int) -> None:
+        self.clock = clock
+        self.per_second = per_second
+        self._second = -1
+        self._logged = 0
+        self._skipped = 0
+
+    def allow(self) -> int | None:
+        """None: do not log this one; else log it, with the number left out since the last line."""
+        second = int(self.clock.seconds())
+        if second != self._second:
+            self._second, self._logged = second, 0
+        if self._logged >= self.per_second:
+            self._skipped += 1
+            return None
+        self._logged += 1
+        skipped, self._skipped = self._skipped, 0
+        return skipped
 
 #: Metric label of a MAIL FROM refusal, by its enhanced status code.
 _REASONS = {"5.7.0": "auth_required", "5.7.1": "sender_not_owned", "4.3.1": "insufficient_storage",
@@ -42,6 +67,7 @@ class SMTPServer:
         (the Go relay's C{security.logAllEmails}); content is never logged.
     @param portal: the twisted.cred portal SMTP AUTH logs in through (None: no AUTH).
     @param rate_limiter: the L{RateLimiter} checked at MAIL FROM (None: no limits).
+    @param blacklist: the IP L{Blacklist} checked before the banner (None: none).
     """
 
     log = Logger()
@@ -49,7 +75,7 @@ class SMTPServer:
     def __init__(self, settings: SMTPSettings, policy: RelayPolicy, spool: "Spool",
                  clock: IReactorTime, tls_context: Any, queue_size: int, log_envelopes: bool,
                  portal: Any = None, rate_limiter: "RateLimiter | None" = None,
-                 auth_settings: AuthSettings | None = None) -> None:
+                 auth_settings: AuthSettings | None = None, blacklist: Any = None) -> None:
         self.settings = settings
         self.policy = policy
         self.spool = spool
@@ -60,6 +86,8 @@ class SMTPServer:
         self.portal = portal  # None: AUTH is not offered
         self.rate_limiter = rate_limiter
         self.auth_settings = auth_settings or AuthSettings()
+        self.blacklist = blacklist  # None: no IP blacklist
+        self._blacklist_log = LogThrottle(clock, BLACKLIST_LOG_PER_SECOND)
         self.rejections: Counter[str] = Counter()  # refusals by reason, for the metrics endpoint
         self.sessions_total = 0
         self.received_messages = 0
@@ -94,6 +122,29 @@ class SMTPServer:
         self.sessions.add(session)
         self._per_ip[session.client_host] += 1
         return None
+
+    async def client_refusal(self, session: GomailESMTP) -> Refusal | None:
+        """
+        Why a client is refused before its banner (the IP blacklist), or None.
+        A blacklist that cannot be read lets the client in: it guards logins
+        too, where it fails closed, and intake goes on while the database is down.
+        """
+        if self.blacklist is None or not session.client_host:
+            return None
+        try:
+            listed = await self.blacklist.check(session.client_host)
+        except Exception as e:
+            self.log.warn("IP blacklist unavailable, not checked for {client}: {error}",
+                          client=session.client_host, error=str(e) or type(e).__name__)
+            return None
+        if not listed:
+            return None
+        self.rejections["blacklisted"] += 1
+        suppressed = self._blacklist_log.allow()
+        if suppressed is not None:
+            self.log.info("refused blacklisted client {client}{more}", client=session.client_host,
+                          more=f" ({suppressed} more refused meanwhile)" if suppressed else "")
+        return (554, "5.7.1", f"{self.settings.hostname} Access denied: your address is blacklisted")
 
     def release(self, session: GomailESMTP) -> None:
         """Forget a closed session."""
