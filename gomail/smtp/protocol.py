@@ -137,8 +137,11 @@ class GomailESMTP(SASLMixin, SMTPFraming):
 
     def _deadline(self, name: str, seconds: float, expired: Any) -> None:
         """Call C{expired} in C{seconds} (0: never), replacing an earlier deadline of that name."""
-        old = self._timers.pop(name, None)
+        old = self._timers.get(name)
         if old is not None and old.active():
+            if seconds > 0:
+                old.reset(seconds)  # cheaper than a new call: DATA moves its deadline at every read
+                return
             old.cancel()
         if seconds > 0:
             self._timers[name] = self.server.clock.callLater(seconds, expired)
