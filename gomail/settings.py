@@ -63,10 +63,26 @@ def networks(values: tuple[str, ...]) -> str | None:
 
 
 def domains(values: tuple[str, ...]) -> str | None:
-    """Accept a list of domain names."""
+    """Accept a list of domain names (internationalised ones too: they are used in A-label form)."""
+    from gomail.smtp.address import canonical_domain
+
     for value in values:
-        if not value or any(c.isspace() or c in "@/\\<>" for c in value):
+        try:
+            canonical_domain(value)
+        except ValueError:
             return f"{value!r} is not a domain name"
+    return None
+
+
+def mailbox_or_empty(value: str) -> str | None:
+    """Accept an address (local-part@domain) or nothing."""
+    from gomail.smtp.address import canonical_address
+
+    if value:
+        try:
+            canonical_address(value)
+        except ValueError:
+            return f"{value!r} is not an address such as postmaster@example.com"
     return None
 
 
@@ -145,6 +161,10 @@ class SMTPSettings:
     maxConnectionsPerIP: int = setting(20, check=between(1))
     trustedNetworks: tuple[str, ...] = setting(("127.0.0.0/8", "::1/128"), check=networks)
     localDomains: tuple[str, ...] = setting((), check=domains)
+    # Recipients in local domains must be users or aliases (550 5.1.1 otherwise); see gomail.smtp.recipients.
+    verifyRecipients: bool = setting(True)
+    # Where postmaster@ and abuse@ of every local domain (and <postmaster>) go; "": postmaster@<hostname>.
+    postmaster: str = setting("", check=mailbox_or_empty)
     bareLineEndings: str = setting("reject", check=one_of("reject", "normalize"))
     allowPlaintextAuthLoopback: bool = setting(False)
     shutdownTimeout: int = setting(30, check=between(0))
@@ -213,6 +233,11 @@ class AuthSettings:
     maxFailAttemptsPerIP: int = setting(20, check=between(1))
     failTTL: int = setting(60, check=between(1))
     lockTTL: int = setting(300, check=between(1))
+    # One user's failures from any client IPs: past this many within the window,
+    # failures are answered userSlowdownDelay seconds late (never refused; 0: off).
+    userSlowdownAttempts: int = setting(10, check=between(1))
+    userSlowdownWindow: int = setting(300, check=between(1))
+    userSlowdownDelay: int = setting(5, check=between(0, 60))
     cacheTTL: int = setting(300, check=between(0))
     blacklistRefresh: int = setting(10, check=between(1))
     userRefresh: float = setting(1.0, check=between(0, 60))

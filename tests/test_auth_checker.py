@@ -7,9 +7,10 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
 from gomail.auth.checker import AuthFailure, LoginAttempt, TemporaryAuthError, login
+from gomail.auth.lockout import state_key
 from gomail.auth.records import BlacklistEntry
 from gomail.state.memory import MemoryStateStore
-from tests.authtesting import MemoryUsers, SyncVerifier, authenticator, portal_for
+from tests.authtesting import MemoryUsers, SyncVerifier, auth_settings, authenticator, portal_for
 from tests.test_smtp_auth import BrokenStore
 
 SECRET = pyotp.random_base32()
@@ -45,6 +46,11 @@ class CheckerMixin:
 
     def code(self, offset_steps=0):
         return pyotp.TOTP(SECRET).at(self.clock.seconds() + 30 * offset_steps)
+
+    def wrong_code(self):
+        """Six digits that are no valid code now, nor one step either side."""
+        valid = {self.code(step) for step in (-1, 0, 1)}
+        return next(code for code in ("000000", "111111", "222222", "333333") if code not in valid)
 
 
 class PasswordTests(CheckerMixin, TestCase):
@@ -105,8 +111,7 @@ class TOTPTests(CheckerMixin, TestCase):
 
     def test_wrong_code(self):
         """A wrong code fails with reason bad-totp."""
-        wrong = "%06d" % ((int(self.code()) + 1) % 1000000)
-        self.assertEqual(self.check("tom", "pass" + wrong), "bad-totp")
+        self.assertEqual(self.check("tom", "pass" + self.wrong_code()), "bad-totp")
 
     def test_missing_code(self):
         """The password alone fails for a TOTP user."""
@@ -121,6 +126,31 @@ class TOTPTests(CheckerMixin, TestCase):
         code = self.code()
         self.check("tom", "pass" + code)
         self.assertEqual(self.check("tom", "pass" + code), "totp-replay")
+
+    def test_older_code_refused(self):
+        """RFC 6238 5.2: after the code of step T, the (still valid) code of T-1 is refused; T+1 works."""
+        self.assertEqual(self.check("tom", "pass" + self.code()).name, "tom")
+        self.assertEqual(self.check("tom", "pass" + self.code(-1)), "totp-replay")
+        self.assertEqual(self.check("tom", "pass" + self.code(+1)).name, "tom")
+        self.assertEqual(self.check("tom", "pass" + self.code()), "totp-replay")
+
+    def test_older_code_refused_across_authenticators(self):
+        """Two Authenticators (two servers) sharing one store: a code older than one used on the other fails."""
+        other = authenticator(self.clock, self.state, self.users, SyncVerifier())
+        self.assertEqual(self.check("tom", "pass" + self.code()).name, "tom")
+        d = other.authenticate(LoginAttempt("tom", "pass" + self.code(-1), "192.0.2.1", "smtp"))
+        self.assertEqual(self.failureResultOf(d, AuthFailure).value.reason, "totp-replay")
+        d = other.authenticate(LoginAttempt("tom", "pass" + self.code(+1), "192.0.2.1", "smtp"))
+        self.assertEqual(self.successResultOf(d).name, "tom")
+        self.assertEqual(self.check("tom", "pass" + self.code()), "totp-replay")
+
+    def test_last_step_mark_expires_with_its_codes(self):
+        """Once every code up to the last step used is out of the window, the mark is gone from the store."""
+        self.check("tom", "pass" + self.code(+1))
+        mark = state_key("totp:last", "tom")
+        self.assertEqual(self.successResultOf(self.state.get(mark)), b"%d" % (T0 // 30 + 1))
+        self.clock.advance(4 * 30)
+        self.assertIsNone(self.successResultOf(self.state.get(mark)))
 
     def test_one_step_drift(self):
         """Codes of the previous and the next step are accepted."""
@@ -146,18 +176,24 @@ class TOTPTests(CheckerMixin, TestCase):
 
 
 class LockoutTests(CheckerMixin, TestCase):
-    """Failures per user and per client IP, and the locks they cause."""
+    """Failures per (user, client IP) and per client IP, and the locks they cause (more: test_auth_lockout)."""
 
-    def test_user_lockout(self):
-        """After 5 failures the right password fails as 'locked' for lockTTL seconds, then works."""
+    def test_pair_lockout(self):
+        """After 5 failures from one IP the right password fails there as 'locked' for lockTTL seconds, then works."""
         for _ in range(5):
-            self.check("alice", "wrong", ip=f"192.0.2.{_}")
+            self.check("alice", "wrong")
         self.assertEqual(self.check("alice", "s3cret"), "locked")
         self.clock.advance(299)
         self.assertEqual(self.check("alice", "s3cret"), "locked")
         self.clock.advance(1)
         self.assertEqual(self.check("alice", "s3cret").name, "alice")
-        self.assertEqual(self.auth.stats.lockouts["user"], 1)
+        self.assertEqual(self.auth.stats.lockouts["user-ip"], 1)
+
+    def test_failures_spread_over_ips_lock_nothing(self):
+        """Five failures of alice from five IPs lock her nowhere: each pair has one."""
+        for n in range(5):
+            self.check("alice", "wrong", ip=f"192.0.2.{n + 10}")
+        self.assertEqual(self.check("alice", "s3cret", ip="192.0.2.10").name, "alice")
 
     def test_failures_expire(self):
         """Failures older than failTTL no longer count towards a lock."""
@@ -167,8 +203,8 @@ class LockoutTests(CheckerMixin, TestCase):
         self.check("alice", "wrong")
         self.assertEqual(self.check("alice", "s3cret").name, "alice")
 
-    def test_success_clears_user_counter(self):
-        """A success resets the user's failure count."""
+    def test_success_clears_pair_counter(self):
+        """A success resets the failure count of that user on that IP."""
         for _ in range(4):
             self.check("alice", "wrong")
         self.check("alice", "s3cret")
@@ -182,14 +218,93 @@ class LockoutTests(CheckerMixin, TestCase):
             self.check(f"user{i}", "wrong", ip="198.51.100.7")
         self.assertEqual(self.check("alice", "s3cret", ip="198.51.100.7"), "locked")
         self.assertEqual(self.check("alice", "s3cret", ip="198.51.100.8").name, "alice")
+        self.assertEqual(self.auth.stats.lockouts["client IP"], 1)
 
-    def test_lock_costs_no_bcrypt(self):
-        """A locked attempt is refused before any password check."""
+    def test_bad_user_names_count_for_the_ip(self):
+        """Names that are no user names count against the client IP too."""
+        for _ in range(20):
+            self.assertEqual(self.check("", "x", ip="198.51.100.9"), "bad-username")
+        self.assertEqual(self.check("alice", "s3cret", ip="198.51.100.9"), "locked")
+
+
+class RefusalCostTests(CheckerMixin, TestCase):
+    """
+    Every kind of refusal runs the verifier exactly once, so its time is one
+    bcrypt verification whichever kind it is; a success from the cache runs none.
+    (bench/auth_timing.py measures the times themselves.)
+    """
+
+    def refuse(self, reason, user, password, ip="192.0.2.1"):
+        """Check that the attempt is refused for C{reason} after exactly one verifier call."""
+        before = len(self.verifier.hashes)
+        self.assertEqual(self.check(user, password, ip), reason)
+        self.assertEqual(len(self.verifier.hashes) - before, 1, f"{reason}: verifier calls")
+
+    def test_wrong_password(self):
+        """A wrong password: one verification, against the user's own hash."""
+        self.refuse("bad-password", "alice", "wrong")
+        self.assertEqual(self.verifier.hashes, [self.users.users["alice"].password_hash])
+
+    def test_password_bcrypt_cannot_take(self):
+        """A password bcrypt refuses without work (over 72 bytes, NUL) still costs one verification."""
+        self.refuse("bad-password", "alice", "x" * 100)
+        self.refuse("bad-password", "alice", "s3cret\0")
+        self.assertEqual(self.verifier.hashes, [self.auth._dummy] * 2)
+
+    def test_unknown_disabled_bad_name(self):
+        """Unknown user, disabled user and a name that is none: one dummy verification each."""
+        self.refuse("unknown-user", "nobody", "s3cret")
+        self.users.change("alice", enabled=False)
+        self.refuse("disabled", "alice", "s3cret")
+        self.refuse("bad-username", "", "s3cret")
+        self.assertEqual(self.verifier.hashes, [self.auth._dummy] * 3)
+
+    def test_locked(self):
+        """A locked pair and a locked IP: one dummy verification, not zero."""
         for _ in range(5):
             self.check("alice", "wrong")
-        before = len(self.verifier.hashes)
+        self.refuse("locked", "alice", "s3cret")
+        for i in range(20):
+            self.check(f"user{i}", "wrong", ip="198.51.100.7")
+        self.refuse("locked", "alice", "s3cret", ip="198.51.100.7")
+        self.assertEqual(self.verifier.hashes[-1], self.auth._dummy)
+
+    def test_blacklisted(self):
+        """A blacklisted client: one dummy verification, and still no user lookup."""
+        self.users.blacklist.append(BlacklistEntry("203.0.113.0/24", None))
+        self.refuse("blacklisted", "alice", "s3cret", ip="203.0.113.9")
+        self.assertEqual(self.users.lookups, 0)
+
+    def test_totp_refusals_uncached(self):
+        """Right password with a wrong, missing or malformed code: one verification each."""
+        self.refuse("bad-totp", "tom", "pass" + self.wrong_code())
+        self.refuse("bad-totp", "tom", "pass")
+        self.refuse("bad-totp", "tom", "pass12345x")
+        self.refuse("bad-password", "tom", "nope" + self.code())
+
+    def test_wrong_code_after_cached_password(self):
+        """
+        The password in the auth cache and a wrong code: still one (dummy)
+        verification, so the time does not tell that the password was right.
+        """
+        self.check("tom", "pass" + self.code())
+        self.refuse("bad-totp", "tom", "pass" + self.wrong_code())
+        self.assertEqual(self.verifier.hashes[-1], self.auth._dummy)
+
+    def test_reused_code(self):
+        """A reused code costs one verification, its password served from the cache or not."""
+        code = self.code()
+        self.check("tom", "pass" + code)
+        self.refuse("totp-replay", "tom", "pass" + code)
+        self.auth.settings = auth_settings(cacheTTL=0)
+        self.refuse("totp-replay", "tom", "pass" + code)
+
+    def test_successes(self):
+        """A success runs bcrypt at most once (none from the cache, none for an app password)."""
         self.check("alice", "s3cret")
-        self.assertEqual(len(self.verifier.hashes), before)
+        self.check("alice", "s3cret")
+        self.check("tom", "abcd-efgh-ijkl-mnop")
+        self.assertEqual(len(self.verifier.hashes), 1)
 
 
 class CacheTests(CheckerMixin, TestCase):
@@ -233,6 +348,21 @@ class CacheTests(CheckerMixin, TestCase):
         keys = " ".join(list(self.state._values) + list(self.state._logs))
         self.assertNotIn("alice", keys)
         self.assertNotIn("s3cret", keys)
+
+    def test_filled_only_after_the_whole_login(self):
+        """The right password with a wrong code leaves nothing in the cache: the next login runs bcrypt again."""
+        self.assertEqual(self.check("tom", "pass" + self.wrong_code()), "bad-totp")
+        self.assertEqual([k for k in self.state._values if k.startswith("auth:cache:")], [])
+        self.assertEqual(self.check("tom", "pass" + self.code()).via, "password")
+
+    def test_not_filled_by_a_replay(self):
+        """A reused code with the right (uncached) password fills no cache entry either."""
+        self.auth.settings = auth_settings(cacheTTL=0)
+        code = self.code()
+        self.check("tom", "pass" + code)
+        self.auth.settings = auth_settings()
+        self.assertEqual(self.check("tom", "pass" + code), "totp-replay")
+        self.assertEqual([k for k in self.state._values if k.startswith("auth:cache:")], [])
 
     def test_totp_still_checked_on_cache_hit(self):
         """For a TOTP user the cache spares bcrypt but never the code: a replayed code fails."""

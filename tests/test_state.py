@@ -126,6 +126,34 @@ class StateStoreContractMixin:
         self.assertEqual(await self.store.get("m"), b"third")
 
     @async_test
+    async def test_advance(self) -> None:
+        """advance stores a number only above the one held, and says whether it did."""
+        self.assertTrue(await self.store.advance("mark", 56_666_666, 120))
+        self.assertFalse(await self.store.advance("mark", 56_666_666, 120))
+        self.assertFalse(await self.store.advance("mark", 56_666_665, 120))
+        self.assertEqual(await self.store.get("mark"), b"56666666")
+        self.assertTrue(await self.store.advance("mark", 56_666_667, 120))
+        self.assertEqual(await self.store.get("mark"), b"56666667")
+
+    @async_test
+    async def test_advance_expiry(self) -> None:
+        """A refused advance keeps the TTL; a stored one starts its own; once expired, any number is stored."""
+        await self.store.advance("mark", 10, 100)
+        await self.store.advance("mark", 9, 1000)
+        await self.pass_ttl("mark", 100)
+        self.assertTrue(await self.store.advance("mark", 1, 60))
+        await self.store.advance("mark", 2, 10)
+        await self.pass_ttl("mark", 10)
+
+    @async_test
+    async def test_advance_of_a_value_fails(self) -> None:
+        """advance of a key holding a non-number fails with StateStoreError and leaves the value."""
+        await self.store.set("v", b"text", 60)
+        with self.assertRaises(StateStoreError):
+            await self.store.advance("v", 1, 60)
+        self.assertEqual(await self.store.get("v"), b"text")
+
+    @async_test
     async def test_delete(self) -> None:
         """delete removes the keys named, values and logs alike; absent or no keys are fine."""
         for key in ("a", "b", "c"):
@@ -204,6 +232,7 @@ class StateStoreContractMixin:
             self.assertRaises(ValueError, self.store.set, "v", b"x", ttl)
             self.assertRaises(ValueError, self.store.incr, "c", ttl)
             self.assertRaises(ValueError, self.store.add, "m", b"x", ttl)
+            self.assertRaises(ValueError, self.store.advance, "m", 1, ttl)
         self.assertRaises(ValueError, self.store.window_add, "log", 0)
 
 
@@ -306,10 +335,12 @@ class RedisStateStoreTests(RedisStoreMixin, StateStoreContractMixin, TestCase):
 
     @async_test
     async def test_shared(self) -> None:
-        """Two stores with the same prefix (two gomail processes) share counters and logs."""
+        """Two stores with the same prefix (two gomail processes) share counters, marks and logs."""
         other = self.make_store(clock=self.clock)
         await self.store.incr("c", 60)
         self.assertEqual(await other.incr("c", 60), 2)
+        self.assertTrue(await self.store.advance("mark", 7, 60))
+        self.assertFalse(await other.advance("mark", 7, 60))
         await self.store.window_add("log", 60)
         self.assertEqual(await other.window_add("log", 60), 2)
 
@@ -321,7 +352,7 @@ class RedisFailureTests(RedisStoreMixin, TestCase):
         """Each operation fails with StateStoreError in less than C{within} seconds."""
         operations = [
             lambda: store.incr("c", 60), lambda: store.get("v"), lambda: store.set("v", b"x", 60),
-            lambda: store.add("m", b"x", 60), lambda: store.delete("a", "b"),
+            lambda: store.add("m", b"x", 60), lambda: store.advance("n", 1, 60), lambda: store.delete("a", "b"),
             lambda: store.window_count("log", 60), lambda: store.window_add("log", 60), store.ping,
         ]
         for operation in operations:

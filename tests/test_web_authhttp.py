@@ -216,11 +216,26 @@ class RequestHeaderTests(AuthHTTPMixin, SynchronousTestCase):
             self.assertRefused(self.ask(client_ip=value))
         self.assertEqual(self.users.lookups, 0)
 
-    def test_client_ip_optional_and_ipv6(self) -> None:
-        """Without Client-IP the login is still checked; an IPv6 Client-IP is accepted and normalised."""
-        self.assertOK(self.ask(client_ip=None), "192.0.2.10", 143, "s3cret")
+    def test_client_ip_required(self) -> None:
+        """
+        What the tester sent (issue 14, item 10): the shared secret and alice's
+        right password but no Client-IP. Refused like any malformed request
+        (400, the refusal text, no Auth-Wait), before any lookup or bcrypt,
+        and audited as refused; so a request can never skip the blacklist or
+        the per-IP lockout by leaving out the address.
+        """
+        for protocol in (b"imap", b"pop3", b"smtp"):
+            answer = self.ask(client_ip=None, protocol=protocol)
+            self.assertRefused(answer)
+            self.assertEqual(answer.code, 400)
+            self.assertEqual(answer.header("Auth-Error-Code"), None)
+        self.assertEqual((self.users.lookups, self.verifier.hashes), (0, []))
+        self.assertEqual([(e.user, e.result, e.reason) for e in self.audit.buffer], [("", "refused", "bad-request")] * 3)
+
+    def test_client_ip_ipv6(self) -> None:
+        """An IPv6 Client-IP is accepted and normalised."""
         self.assertOK(self.ask(client_ip=b"2001:DB8::0:1"), "192.0.2.10", 143, "s3cret")
-        self.assertEqual([e.client_ip for e in self.audit.buffer], ["", "2001:db8::1"])
+        self.assertEqual([e.client_ip for e in self.audit.buffer], ["2001:db8::1"])
 
     def test_blacklisted_client_ip(self) -> None:
         """Client-IP is what the blacklist checks: a blacklisted client fails even with the right password."""
@@ -231,7 +246,7 @@ class RequestHeaderTests(AuthHTTPMixin, SynchronousTestCase):
         """HEAD is answered like GET (nginx only reads headers)."""
         answer = self.browser.request("HEAD", URL, headers={
             b"Auth-User": [b"alice"], b"Auth-Pass": [b"s3cret"], b"Auth-Protocol": [b"imap"],
-            b"X-Auth-Key": [SHARED]})
+            b"Client-IP": [b"192.0.2.1"], b"X-Auth-Key": [SHARED]})
         self.assertOK(answer, "192.0.2.10", 143, "s3cret")
 
     def test_other_paths(self) -> None:
@@ -490,6 +505,48 @@ class FailureTests(AuthHTTPMixin, SynchronousTestCase):
         self.assertEqual(self.ask(password="wrong").header("Auth-Status"), "Nope")
 
 
+class LockoutModelTests(AuthHTTPMixin, SynchronousTestCase):
+    """Issue 14, item 13, through auth_http: locks per (user, Client-IP), a slowdown per user."""
+
+    APP = "abcd-efgh-ijkl-mnop"
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.users.add("carol", "c4rol", app_passwords={"phone": self.APP})
+
+    def test_guesses_from_elsewhere_do_not_lock_the_user_out(self) -> None:
+        """
+        What the tester did: five wrong passwords for carol from another IP.
+        Her right password and her app password from her own IP still get
+        OK; from the guessing IP even the right password gets the failure.
+        """
+        for _ in range(5):
+            self.assertEqual(self.ask("carol", "wrong", client_ip=b"198.51.100.66").header("Auth-Status"), FAILURE)
+        self.assertOK(self.ask("carol", "c4rol", client_ip=b"192.0.2.1"), "192.0.2.10", 143, "c4rol")
+        self.assertOK(self.ask("carol", self.APP, client_ip=b"192.0.2.1"), "192.0.2.10", 143, self.APP)
+        self.assertEqual(self.ask("carol", "c4rol", client_ip=b"198.51.100.66").header("Auth-Status"), FAILURE)
+        self.assertEqual(self.audit.buffer[-1].reason, "locked")
+
+    def test_slowdown_sets_auth_wait(self) -> None:
+        """
+        Ten failures of carol from ten IPs (auth.userSlowdownAttempts): from
+        then on a failure carries Auth-Wait: 5 (auth.userSlowdownDelay) where
+        it would say 2, still none from maxLoginAttempts on (nginx closes);
+        her right password and app password get OK with no wait.
+        """
+        waits = [self.ask("carol", "wrong", client_ip=f"203.0.113.{n}".encode()).header("Auth-Wait")
+                 for n in range(1, 11)]
+        self.assertEqual(waits, ["2"] * 9 + ["5"])
+        self.assertEqual(self.ask("carol", "wrong", client_ip=b"192.0.2.77").header("Auth-Wait"), "5")
+        self.assertEqual(self.ask("carol", "wrong", client_ip=b"192.0.2.78", attempt=b"10").header("Auth-Wait"),
+                         None)
+        self.assertEqual(self.ask("alice", "wrong", client_ip=b"192.0.2.79").header("Auth-Wait"), "2")
+        self.assertOK(self.ask("carol", "c4rol", client_ip=b"192.0.2.1"), "192.0.2.10", 143, "c4rol")
+        self.assertOK(self.ask("carol", self.APP, client_ip=b"192.0.2.1"), "192.0.2.10", 143, self.APP)
+        self.clock.advance(300)  # auth.userSlowdownWindow
+        self.assertEqual(self.ask("carol", "wrong", client_ip=b"192.0.2.80").header("Auth-Wait"), "2")
+
+
 class SharedSecretTests(AuthHTTPMixin, SynchronousTestCase):
     """Only nginx, which knows the shared secret, may ask (and claim a Client-IP)."""
 
@@ -613,10 +670,15 @@ class WiringTests(SynchronousTestCase):
         build_http(config, MemoryReactorClock(), root, parent)
         [listener] = [s for s in parent if isinstance(s, ListeningService)]
         headers = {b"Auth-User": [b"alice"], b"Auth-Pass": [b"s3cret"], b"Auth-Protocol": [b"imap"],
-                   b"X-Auth-Key": [SHARED]}
+                   b"Client-IP": [b"192.0.2.1"], b"X-Auth-Key": [SHARED]}
+        # Without Client-IP (issue 14, item 10): refused by the real listener, as by the answerer.
+        answer = WireBrowser(listener.factory).get("http://gomail.test/nginx/auth", headers={
+            name: value for name, value in headers.items() if name != b"Client-IP"})
+        self.assertEqual((answer.code, answer.header("Auth-Status"), answer.header("Auth-Wait")),
+                         (400, "Invalid authentication request", None))
         answer = WireBrowser(listener.factory).get("http://gomail.test/nginx/auth", headers=headers)
         self.assertEqual((answer.header("Auth-Status"), answer.header("Auth-Server")), ("OK", "192.0.2.10"))
-        self.assertEqual(len(root.auth_log.buffer), 1)
+        self.assertEqual(len(root.auth_log.buffer), 2)
         answer = WireBrowser(listener.factory).get("http://gomail.test/nginx/auth",
                                                         headers={**headers, b"X-Auth-Key": [b"no"]})
         self.assertEqual(answer.header("Auth-Status"), "Authentication service unavailable")

@@ -5,60 +5,80 @@ One login attempt goes through, in this order:
 
 1. the IP blacklist (before anything else is looked at);
 2. the user name's canonical form (``Alice``, `` alice`` and NFKC variants are one user);
-3. lockout marks for the user and for the client IP;
-4. the user record (an unknown or disabled user still costs one bcrypt
-   verification against a dummy hash, so timing does not tell them apart);
+3. lockout marks for the client IP and for the (user, client IP) pair
+   (L{gomail.auth.lockout});
+4. the user record;
 5. app passwords (fast digest comparison: they are random, high-entropy tokens);
 6. the password: a cached success (an HMAC of user and password under the
    install secret, remembering the user's credential version) or bcrypt in the
    CPU thread pool;
-7. for TOTP users, the 6 digits appended to the password, each code accepted once.
+7. for TOTP users, the 6 digits appended to the password: a code is accepted
+   only for a time step after the last one accepted (L{gomail.auth.totp});
+8. only then is the success remembered in the auth cache.
 
 Bad credentials of every kind fail with L{AuthFailure}, a subclass of
 C{UnauthorizedLogin} carrying the reason for logs and metrics only: the
-protocols answer all of them the same way. A store that cannot answer fails
-with L{TemporaryAuthError}; nothing here turns an error into a success.
+protocols answer all of them the same way. Every refusal costs exactly one
+bcrypt verification (against the dummy hash when the attempt did not run one
+on its own: locked, blacklisted, unknown, a password found in the cache but a
+wrong or reused code...), so the time to a refusal does not tell which kind it
+was, nor that the password was right. A success may be fast. A store that
+cannot answer fails with L{TemporaryAuthError}; nothing here turns an error
+into a success.
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import hmac
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
-import pyotp
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
 from gomail.auth.blacklist import Blacklist
+from gomail.auth.lockout import Lockout, client_ip
 from gomail.auth.names import canonical_username
-from gomail.auth.passwords import app_password_digest, dummy_hash
+from gomail.auth.passwords import app_password_digest, check_password, dummy_hash
 from gomail.auth.records import UserRecord
 from gomail.auth.stats import AuthStats
+from gomail.auth.totp import (
+    TOTP_DIGITS,
+    TOTP_MARK_TTL,
+    TOTP_STEP,
+    accept_step,
+    matching_step,
+    split_code,
+)
 from gomail.settings import AuthSettings
 from gomail.state.interface import IStateStore, StateStoreError
 
-TOTP_DIGITS = 6
-TOTP_STEP = 30
-#: A replay mark outlives the ±1 step window the code is valid in.
-TOTP_MARK_TTL = 4 * TOTP_STEP
+#: What the dummy verification checks: any valid password does, the dummy hash matches none.
+_STAND_IN = "-"
 
 
 class AuthFailure(UnauthorizedLogin):
-    """Bad credentials. C{reason} is for logs and metrics, never for the client."""
+    """
+    Bad credentials. C{reason} is for logs and metrics, never for the client.
 
-    def __init__(self, reason: str) -> None:
+    @ivar delay: seconds the protocol should wait before answering (the
+        user's slowdown, see L{gomail.auth.lockout}); 0 for none. The portal
+        (L{make_portal}) waits them itself; auth_http tells nginx (C{Auth-Wait}).
+    """
+
+    def __init__(self, reason: str, delay: float = 0.0) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.delay = delay
 
 
 class TemporaryAuthError(Exception):
@@ -125,13 +145,22 @@ class ThreadPoolVerifier:
         return deferToThreadPool(self.reactor, self.pool, verify_password, password, hashed)
 
 
+class _Spent:
+    """Whether this attempt has run a bcrypt verification yet (every refusal costs exactly one)."""
+
+    __slots__ = ("verified",)
+
+    def __init__(self) -> None:
+        self.verified = False
+
+
 class Authenticator:
     """
     The composed checker (see the module docstring).
 
     @param users: an L{gomail.auth.users.IUserStore}.
     @param state: the L{IStateStore} holding fail counters, locks, the cache and
-        TOTP replay marks.
+        the last TOTP steps used.
     @param secret: the per-install key of the auth cache's HMAC.
     """
 
@@ -141,7 +170,6 @@ class Authenticator:
                  clock: IReactorTime, secret: bytes, settings: AuthSettings,
                  stats: AuthStats | None = None, timer: Callable[[], float] = time.perf_counter) -> None:
         self.users = users
-        self.state = state
         self.blacklist = blacklist
         self.verifier = verifier
         self.clock = clock
@@ -150,6 +178,17 @@ class Authenticator:
         self.stats = stats or AuthStats()
         self._timer = timer
         self._dummy = dummy_hash(settings.bcryptRounds)
+        self.lockout = Lockout(state, settings, self.stats)
+        self.state = state
+
+    @property
+    def state(self) -> IStateStore:
+        return self._state
+
+    @state.setter
+    def state(self, state: IStateStore) -> None:
+        # The lockout reads the same store (a test or a reload may swap it).
+        self._state = self.lockout.state = state
 
     def authenticate(self, attempt: LoginAttempt) -> Deferred:
         """Check one attempt: fires with L{AuthSuccess}, fails with L{AuthFailure} or L{TemporaryAuthError}."""
@@ -162,9 +201,12 @@ class Authenticator:
         auth_http's hot path.
         """
         started = self._timer()
+        spent = _Spent()
         try:
-            success = await self._check(attempt)
+            success = await self._check(attempt, spent)
         except AuthFailure as failure:
+            if not spent.verified:
+                await self._spend_time()
             self.stats.attempt(attempt.protocol, "failure", failure.reason, self._timer() - started)
             raise
         except TemporaryAuthError:
@@ -173,33 +215,31 @@ class Authenticator:
         self.stats.attempt(attempt.protocol, "success", success.via, self._timer() - started)
         return success
 
-    async def _check(self, attempt: LoginAttempt) -> AuthSuccess:
-        ip = attempt.client_ip or ""
+    async def _check(self, attempt: LoginAttempt, spent: _Spent) -> AuthSuccess:
+        ip = client_ip(attempt.client_ip)
         if ip and await self._blacklisted(ip):
             raise AuthFailure("blacklisted")
         try:
             name = canonical_username(attempt.username)
         except ValueError:
-            await self._spend_time(attempt.password)
-            raise AuthFailure("bad-username")
-        if await self._locked(name, ip):
+            raise AuthFailure("bad-username", await self.lockout.failed(None, ip)) from None
+        if await self._store(self.lockout.locked(name, ip)):
             raise AuthFailure("locked")
         try:
-            success = await self._verify(name, attempt.password)
-        except AuthFailure:
-            await self._count_failure(name, ip)
+            success = await self._verify(name, attempt.password, spent)
+        except AuthFailure as failure:
+            failure.delay = await self.lockout.failed(name, ip)
             raise
-        await self._store(self.state.delete(self._key("fail:user", name)))
+        await self._store(self.lockout.succeeded(name, ip))
         return success
 
-    async def _verify(self, name: str, password: str) -> AuthSuccess:
+    async def _verify(self, name: str, password: str, spent: _Spent) -> AuthSuccess:
         try:
             user = await self.users.get_user(name)
         except Exception as e:
             self.log.error("user database unavailable: {error}", error=str(e) or type(e).__name__)
             raise TemporaryAuthError("user database unavailable") from e
         if user is None or not user.enabled:
-            await self._spend_time(password)
             raise AuthFailure("unknown-user" if user is None else "disabled")
         app = self._app_password(user, password)
         if app is not None:
@@ -208,13 +248,20 @@ class Authenticator:
             return AuthSuccess(user, "app-password", password)
         secret, code = password, None
         if user.totp_enabled:
-            secret, code = password[:-TOTP_DIGITS], password[-TOTP_DIGITS:]
-            if not (code.isascii() and code.isdigit() and len(code) == TOTP_DIGITS):
-                await self._spend_time(password)
+            parts = split_code(password)
+            if parts is None:
                 raise AuthFailure("bad-totp")
-        via = await self._check_password(user, secret)
+            secret, code = parts
+        cache_key = self._cache_key(user.name, secret)
+        version = str(user.credential_version).encode()
+        via = await self._check_password(user, secret, cache_key, version, spent)
         if code is not None:
             await self._check_totp(user, code)
+        if via == "password" and self.settings.cacheTTL:
+            # Only now, the whole login (password and code) being right: a cache
+            # filled before the code was checked made a right password answer
+            # faster than a wrong one, whatever the code.
+            await self._store(self.state.set(cache_key, version, self.settings.cacheTTL))
         return AuthSuccess(user, via, secret)
 
     def _app_password(self, user: UserRecord, password: str) -> Any:
@@ -225,60 +272,32 @@ class Authenticator:
                 found = app
         return found
 
-    async def _check_password(self, user: UserRecord, password: str) -> str:
-        cache_key = self._cache_key(user.name, password)
-        version = str(user.credential_version).encode()
+    async def _check_password(self, user: UserRecord, password: str, cache_key: str, version: bytes,
+                              spent: _Spent) -> str:
+        """C{"cache"} or C{"password"} (bcrypt said yes); fails with bad-password."""
         if self.settings.cacheTTL:
             cached = await self._store(self.state.get(cache_key))
             if cached is not None and hmac.compare_digest(cached, version):
                 self.stats.cache(hit=True)
                 return "cache"
             self.stats.cache(hit=False)
+        try:
+            check_password(password)
+        except ValueError:
+            # bcrypt would refuse it without working (empty, NUL, over 72 bytes):
+            # the refusal's dummy verification gives it the usual cost.
+            raise AuthFailure("bad-password") from None
+        spent.verified = True
         if not await self.verifier.verify(password, user.password_hash):
             raise AuthFailure("bad-password")
-        if self.settings.cacheTTL:
-            await self._store(self.state.set(cache_key, version, self.settings.cacheTTL))
         return "password"
 
     async def _check_totp(self, user: UserRecord, code: str) -> None:
-        totp = pyotp.TOTP(user.totp_secret or "", digits=TOTP_DIGITS, interval=TOTP_STEP)
-        now = self.clock.seconds()
-        step = None
-        for offset in (-1, 0, 1):  # RFC 6238 5.2: one step of clock drift either way
-            if hmac.compare_digest(totp.at(now + offset * TOTP_STEP), code):
-                step = int(now // TOTP_STEP) + offset
+        step = matching_step(user.totp_secret or "", code, self.clock.seconds())
         if step is None:
             raise AuthFailure("bad-totp")
-        mark = self._key("totp", f"{user.name}:{step}")
-        if not await self._store(self.state.add(mark, b"1", TOTP_MARK_TTL)):
+        if not await self._store(accept_step(self.state, user.name, step)):
             raise AuthFailure("totp-replay")
-
-    # -- lockout ----------------------------------------------------------------
-
-    async def _locked(self, name: str, ip: str) -> bool:
-        if await self._store(self.state.get(self._key("lock:user", name))) is not None:
-            return True
-        return bool(ip) and await self._store(self.state.get(self._key("lock:ip", ip))) is not None
-
-    async def _count_failure(self, name: str, ip: str) -> None:
-        settings = self.settings
-        try:
-            failures = await self.state.incr(self._key("fail:user", name), settings.failTTL)
-            if failures >= settings.maxFailAttempts:
-                await self._lock("lock:user", name, "user")
-            if ip:
-                failures = await self.state.incr(self._key("fail:ip", ip), settings.failTTL)
-                if failures >= settings.maxFailAttemptsPerIP:
-                    await self._lock("lock:ip", ip, "client IP")
-        except StateStoreError as e:
-            # The attempt failed anyway; it stays a failure (not a temporary error).
-            self.log.warn("could not count a failed login: {error}", error=str(e))
-
-    async def _lock(self, kind: str, subject: str, what: str) -> None:
-        if await self.state.add(self._key(kind, subject), b"1", self.settings.lockTTL):
-            self.stats.lockout(what)
-            self.log.warn("{what} locked out for {ttl} s after repeated failed logins",
-                          what=what if what == "user" else f"{what} {subject}", ttl=self.settings.lockTTL)
 
     # -- helpers ----------------------------------------------------------------
 
@@ -289,22 +308,19 @@ class Authenticator:
             self.log.error("IP blacklist unavailable: {error}", error=str(e) or type(e).__name__)
             raise TemporaryAuthError("blacklist unavailable") from e
 
-    async def _spend_time(self, password: str) -> None:
-        """Cost an unknown user what a known one costs: one bcrypt verification."""
-        await self.verifier.verify(password, self._dummy)
+    async def _spend_time(self) -> None:
+        """
+        Cost a refusal what a wrong password costs: one bcrypt verification,
+        in the same pool, of a stand-in password against the dummy hash.
+        """
+        await self.verifier.verify(_STAND_IN, self._dummy)
 
-    async def _store(self, result: Deferred) -> Any:
+    async def _store(self, result: Any) -> Any:
         try:
             return await result
         except StateStoreError as e:
             self.log.error("state store unavailable: {error}", error=str(e))
             raise TemporaryAuthError("state store unavailable") from e
-
-    @staticmethod
-    @functools.lru_cache(maxsize=8192)  # the same users and client IPs at every login
-    def _key(kind: str, subject: str) -> str:
-        # Subjects are hashed: keys never hold user names or addresses in clear.
-        return f"auth:{kind}:{hashlib.sha256(subject.encode()).hexdigest()[:32]}"
 
     def _cache_key(self, name: str, password: str) -> str:
         # hmac.digest: the one-shot C path, a third of hmac.new()'s cost on the per-login path
@@ -321,7 +337,12 @@ class IAccount(Interface):
 
 @implementer(ICredentialsChecker)
 class AuthenticatorChecker:
-    """twisted.cred's view of the L{Authenticator}: the avatar id is the L{AuthSuccess}."""
+    """
+    twisted.cred's view of the L{Authenticator}: the avatar id is the
+    L{AuthSuccess}. A failure with a C{delay} (the user's slowdown) fails that
+    many seconds later, so the protocols logging in through the portal need
+    not know about slowdowns.
+    """
 
     credentialInterfaces = (IUsernamePassword,)
 
@@ -331,7 +352,16 @@ class AuthenticatorChecker:
     def requestAvatarId(self, credentials: Any) -> Deferred:
         if not isinstance(credentials, LoginAttempt):
             credentials = LoginAttempt(credentials.username, credentials.password, None, "unknown")
-        return self.authenticator.authenticate(credentials)
+        return Deferred.fromCoroutine(self._avatar_id(credentials))
+
+    async def _avatar_id(self, attempt: LoginAttempt) -> AuthSuccess:
+        try:
+            return await self.authenticator.check(attempt)
+        except AuthFailure as failure:
+            if failure.delay > 0:
+                # The user's slowdown: a session protocol (SMTP AUTH) answers the failure this much later.
+                await deferLater(self.authenticator.clock, failure.delay)
+            raise
 
 
 @implementer(IRealm)
@@ -354,5 +384,16 @@ def login(portal: Portal, attempt: LoginAttempt) -> Deferred:
     return portal.login(attempt, None, IAccount).addCallback(lambda result: result[1])
 
 
-__all__ = ["AuthFailure", "TemporaryAuthError", "AuthSuccess", "LoginAttempt", "Authenticator",
-           "ThreadPoolVerifier", "make_portal", "login"]
+__all__ = [
+    "TOTP_DIGITS",
+    "TOTP_MARK_TTL",
+    "TOTP_STEP",
+    "AuthFailure",
+    "AuthSuccess",
+    "Authenticator",
+    "LoginAttempt",
+    "TemporaryAuthError",
+    "ThreadPoolVerifier",
+    "login",
+    "make_portal",
+]

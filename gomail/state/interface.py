@@ -18,7 +18,7 @@ class StateStoreError(Exception):
 
 
 class IStateStore(Interface):
-    """Counters, TTL keys and sliding-window logs shared by every protocol."""
+    """Counters, TTL keys, high-water marks and sliding-window logs shared by every protocol."""
 
     def incr(key, ttl):
         """
@@ -40,6 +40,17 @@ class IStateStore(Interface):
         Store C{value} under C{key} for C{ttl} seconds only if C{key} is absent.
 
         @return: Deferred[bool], True when this call stored it.
+        """
+
+    def advance(key, value, ttl):
+        """
+        Store the whole number C{value} under C{key} for C{ttl} seconds if the
+        key is absent or holds a smaller number (a high-water mark, such as the
+        last TOTP time step used); a refused call leaves the key and its TTL as
+        they were. A key holding something that is not a number fails with
+        L{StateStoreError}.
+
+        @return: Deferred[bool], True when this call stored C{value}.
         """
 
     def delete(*keys):

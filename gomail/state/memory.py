@@ -10,6 +10,7 @@ ones nobody touches again, so keys seen once (a scanner's IP) do not pile up.
 from __future__ import annotations
 
 from collections import deque
+
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
@@ -111,6 +112,20 @@ class MemoryStateStore:
         self._values[key] = (bytes(value), now + seconds)
         return defer.succeed(True)
 
+    def advance(self, key: str, value: int, ttl: int) -> defer.Deferred:
+        seconds = whole_seconds(ttl)
+        now = self._now()
+        entry = self._value(key, now)
+        if entry is not None:
+            try:
+                current = int(entry[0])
+            except ValueError:
+                return defer.fail(StateStoreError("advance: the key does not hold a number"))
+            if current >= value:
+                return defer.succeed(False)
+        self._values[key] = (b"%d" % value, now + seconds)
+        return defer.succeed(True)
+
     def delete(self, *keys: str) -> defer.Deferred:
         self._now()
         for key in keys:
@@ -155,4 +170,4 @@ class MemoryStateStore:
         return defer.succeed(None)
 
 
-__all__ = ["MemoryStateStore", "whole_seconds", "positive_window"]
+__all__ = ["MemoryStateStore", "positive_window", "whole_seconds"]

@@ -45,6 +45,22 @@ end
 return count
 """
 
+# ARGV: the new value, its TTL in seconds. 1 when stored, 0 when the key holds as much or more.
+ADVANCE = """
+local current = redis.call('GET', KEYS[1])
+if current then
+  local number = tonumber(current)
+  if not number then
+    return redis.error_reply('the key does not hold a number')
+  end
+  if number >= tonumber(ARGV[1]) then
+    return 0
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return 1
+"""
+
 # ARGV: cutoff (events at or before it have left the window).
 WINDOW_COUNT = """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
@@ -225,6 +241,13 @@ class RedisStateStore:
                                           only_if_not_exists=True)
             return reply is not None
         return self._call("add", command)
+
+    def advance(self, key: str, value: int, ttl: int) -> defer.Deferred:
+        seconds = whole_seconds(ttl)
+
+        async def command() -> bool:
+            return bool(int(await self._redis.eval(ADVANCE, [self._key(key)], [int(value), seconds])))
+        return self._call("advance", command)
 
     def delete(self, *keys: str) -> defer.Deferred:
         if not keys:

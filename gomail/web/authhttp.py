@@ -13,6 +13,7 @@ variable. Any exception before that answers the temporary failure.
 from __future__ import annotations
 
 import hmac
+import math
 import time
 from typing import Any, Mapping
 from urllib.parse import unquote_to_bytes
@@ -107,7 +108,7 @@ class AuthHTTPAnswerer:
             success = await self.authenticator.check(attempt)
         except AuthFailure as failure:
             self._record(started, user, protocol, client_ip, "failure", failure.reason)
-            return 200, self._failure(protocol, attempt_number)
+            return 200, self._failure(protocol, attempt_number, failure.delay)
         except TemporaryAuthError:
             self._record(started, user, protocol, client_ip, "tempfail", "unavailable")
             return 200, self._temporary(protocol)
@@ -188,10 +189,12 @@ class AuthHTTPAnswerer:
             raise BadRequest(f"{name.decode().title()} too long")
         return value
 
-    def _client_ip(self, headers: RequestHeaders) -> str | None:
+    def _client_ip(self, headers: RequestHeaders) -> str:
         value = self._single(headers, b"client-ip")
         if value is None:
-            return None
+            # nginx always sends it; without it the blacklist and the per-IP
+            # lockout would have nothing to check.
+            raise BadRequest("missing Client-IP")
         address = ip_text(value.strip())
         if address is None:
             raise BadRequest("Client-IP is not an IP address")
@@ -209,10 +212,12 @@ class AuthHTTPAnswerer:
 
     # -- answers --------------------------------------------------------------------
 
-    def _failure(self, protocol: str, attempt_number: int) -> dict[bytes, bytes]:
+    def _failure(self, protocol: str, attempt_number: int, delay: float = 0.0) -> dict[bytes, bytes]:
         headers = {b"Auth-Status": self._status_text(self.settings.failureText)}
         if attempt_number < self.settings.maxLoginAttempts:
             wait = min(self.settings.maxWaitSeconds, self.settings.waitSeconds * attempt_number)
+            # The user's slowdown (auth.userSlowdownDelay) when it is longer.
+            wait = max(wait, math.ceil(delay))
             headers[b"Auth-Wait"] = str(wait).encode()
         if protocol == "smtp":
             headers[b"Auth-Error-Code"] = b"535 5.7.8"
