@@ -7,13 +7,16 @@ in-memory transport, and checks the replies, the connection and the spool.
 
 from __future__ import annotations
 
-from twisted.internet.defer import fail, succeed
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.protocol import ClientFactory
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from gomail.smtp import guard
 from gomail.smtp.framing import MAX_COMMAND_LINE, MAX_LONG_LINE
 from tests.smtphelpers import HarnessMixin, replies
+from tests.test_flow import Sink, _socket_transport, buffered
 from tests.test_smtp_auth import AuthHarnessMixin, plain
 
 UNTRUSTED = "203.0.113.5"
@@ -358,3 +361,96 @@ class BlacklistAtConnectTests(HarnessMixin, SynchronousTestCase):
         self.assertEqual(len(lines), 6)
         self.assertEqual(lines[-1]["more"], " (15 more refused meanwhile)")
         self.assertEqual(h.server.rejections["blacklisted"], 21)
+
+
+class UnreadRepliesTests(HarnessMixin, SynchronousTestCase):
+    """Item 1 on StringTransport: replies a client does not read stop its input being read."""
+
+    def test_paused_session_stops_processing(self):
+        """While the transport says its buffer is full, buffered commands wait and reading is paused."""
+        h = self.harness()
+        client = h.connect()
+        self.assertIs(client.transport.producer, client.proto.flow)
+        client.proto.flow.pauseProducing()  # what a TCP transport does over its 64 KiB bound
+        self.assertEqual(client.transport.producerState, "paused")
+        self.assertEqual(client.send(b"EHLO a\r\nMAIL FROM:<a@example.org>\r\n"), b"")
+        client.proto.flow.resumeProducing()
+        got = replies(client.take())
+        self.assertEqual(got[-1], b"250 2.1.0 Sender ok")
+        self.assertEqual(client.transport.producerState, "producing")
+
+    def test_stuck_past_idle_timeout_aborted(self):
+        """A client over the bound for idleTimeout seconds is aborted (its unsent replies dropped)."""
+        h = self.harness(idleTimeout=30)
+        client = h.connect()
+        client.proto.flow.pauseProducing()
+        h.clock.advance(30)
+        self.assertTrue(client.transport.disconnected)  # StringTransport: aborted
+        self.assertEqual(h.server.rejections["output_unread"], 1)
+
+    def test_close_of_non_reading_client_aborts(self):
+        """A session closed while its client does not read is aborted, not left waiting to flush."""
+        h = self.harness()
+        client = h.connect()
+        client.proto.flow.pauseProducing()
+        client.proto.close_connection()
+        self.assertTrue(client.transport.disconnected)  # StringTransport: aborted
+        self.assertIsNone(client.transport.producer)
+
+
+class UnreadRepliesLoopbackTests(HarnessMixin, TestCase):
+    """Item 1 on a real loopback connection: the attacker pipelines and never reads."""
+
+    def listen(self, **settings):
+        harness = self.harness(**settings)
+        port = reactor.listenTCP(0, harness.server.factory(), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        return harness, port.getHost().port
+
+    def connect(self, port, client):
+        connector = reactor.connectTCP("127.0.0.1", port, ClientFactory.forProtocol(lambda: client))
+        self.addCleanup(connector.disconnect)
+
+    async def session(self, harness):
+        while not harness.server.sessions:
+            await _turn()
+        return next(iter(harness.server.sessions))
+
+    async def test_pipelined_ehlo_never_read_stays_bounded(self):
+        """
+        40,000 pipelined EHLOs (about 7 MB of replies) and nothing read: the
+        server stops reading once its buffer is over the bound, holds at most
+        the bound and one reply, and aborts the connection after the idle timeout.
+        """
+        harness, port = self.listen(idleTimeout=60)
+        client = Sink(b"EHLO client.test\r\n" * 40000)
+        self.connect(port, client)
+        session = await self.session(harness)
+        while not session.flow.paused:
+            await _turn()
+        bound = _socket_transport(session.transport).bufferSize
+        most = 0
+        for _ in range(20):  # the server gets every chance to read more
+            await _turn()
+            most = max(most, buffered(session.transport))
+        self.assertTrue(session.flow.paused)
+        self.assertLessEqual(most, bound + 1024)
+        self.assertLessEqual(len(session._input), 64 * 1024 + 65536)  # held input is bounded too
+        harness.clock.advance(60)
+        await client.lost
+        self.assertEqual(harness.server.sessions, set())
+
+    async def test_noop_flood_never_read_ends_at_junk_limit(self):
+        """The tester's NOOP flood: 100 are answered, then the session ends; nothing grows."""
+        harness, port = self.listen()
+        client = Sink(b"NOOP\r\n" * 100000)
+        self.connect(port, client)
+        await client.lost
+        self.assertEqual(harness.server.sessions, set())
+
+
+def _turn() -> Deferred:
+    """One turn of the reactor."""
+    d: Deferred = Deferred()
+    reactor.callLater(0, d.callback, None)
+    return d

@@ -165,7 +165,7 @@ class SMTPFraming(ESMTP):
         if self.transport.disconnecting:
             return
         self.sendCode(code, f"{status} {text}".encode("ascii", "replace"))
-        self.transport.loseConnection()
+        self.close_connection()
 
     # -- holding input while a reply is pending --------------------------------
 

@@ -27,6 +27,7 @@ from twisted.internet.interfaces import ITLSTransport
 from twisted.internet.task import deferLater
 from twisted.mail.smtp import COMMAND, DATA
 
+from gomail.flow import OutputBound
 from gomail.smtp.address import AddressError, Path, parse_path
 from gomail.smtp.framing import SMTPFraming
 from gomail.smtp.policy import parse_ip
@@ -70,6 +71,7 @@ class GomailESMTP(SASLMixin, SMTPFraming):
         self._reader: DataReader | None = None
         self._first_chunk = True
         self._timers: dict[str, Any] = {}  # the session's deadlines, by name
+        self.flow: OutputBound | None = None  # bounds replies the client does not read
         self._data_started = 0.0
         self.account: Any = None  # the AuthSuccess of a successful AUTH
         self._auth_failures = 0
@@ -91,6 +93,12 @@ class GomailESMTP(SASLMixin, SMTPFraming):
             self.transport.loseConnection()
             return
         self.admitted = True
+        # Replies the client does not read stop its input being read; past an
+        # idle timeout like that the connection is aborted (issue 14 item 1).
+        self.flow = OutputBound(self.server.clock, self.timeout, on_paused=lambda: self._pause("output"),
+                                on_resumed=lambda: self._resume("output"), on_timeout=self._output_stuck,
+                                name="smtp")
+        self.flow.attach(self.transport)
         self.setTimeout(self.timeout)
         self._deadline("session", self.settings.maxSessionTime, self._session_expired)
         Deferred.fromCoroutine(self._open()).addErrback(self._internal_error)
@@ -112,6 +120,8 @@ class GomailESMTP(SASLMixin, SMTPFraming):
 
     def connectionLost(self, reason: Any = None) -> None:
         self.setTimeout(None)
+        if self.flow is not None:
+            self.flow.detach()
         for timer in self._timers.values():
             if timer.active():
                 timer.cancel()
@@ -120,6 +130,23 @@ class GomailESMTP(SASLMixin, SMTPFraming):
             self._message = None
         if self.admitted:
             self.server.release(self)
+
+    def _output_stuck(self) -> None:
+        self.close_connection()  # still paused: aborted
+
+    def close_connection(self) -> None:
+        """
+        Close once the replies written are sent; a client that is not reading
+        them would keep the connection forever, so it is aborted instead.
+        """
+        if self.flow is not None:
+            unread = self.flow.paused
+            self.flow.detach()  # a registered producer would hold the close back
+            if unread:
+                self.server.rejections["output_unread"] += 1
+                self.transport.abortConnection()
+                return
+        self.transport.loseConnection()
 
     def timeoutConnection(self) -> None:
         self.hang_up(421, "4.4.2", f"{self.settings.hostname} Error: timeout exceeded")
@@ -174,7 +201,7 @@ class GomailESMTP(SASLMixin, SMTPFraming):
             self.close_when_idle = True
         else:
             self.reply(421, "4.3.2", f"{self.settings.hostname} Service shutting down, try again later")
-            self.transport.loseConnection()
+            self.close_connection()
 
     # -- replies ------------------------------------------------------------
 
@@ -232,6 +259,8 @@ class GomailESMTP(SASLMixin, SMTPFraming):
             # the session starts over, so injected plaintext cannot ride along.
             self._input = b""
             self.transport.startTLS(self.ctx)
+            if self.flow is not None:
+                self.flow.tls_started()
             self.secure = self.startedTLS = True
             self.helo_name = None
             self.authenticated = False
@@ -261,7 +290,7 @@ class GomailESMTP(SASLMixin, SMTPFraming):
 
     def do_QUIT(self, rest: bytes) -> None:
         self.reply(221, "2.0.0", "Bye")
-        self.transport.loseConnection()
+        self.close_connection()
 
     def reset_transaction(self) -> None:
         """Forget the current sender and recipients."""
@@ -306,11 +335,11 @@ class GomailESMTP(SASLMixin, SMTPFraming):
                 raise AddressError(555, "5.5.4", f"Unsupported MAIL parameter {key}")
         return body_type
 
-    def do_RCPT(self, rest: bytes) -> None:
+    def do_RCPT(self, rest: bytes) -> Any:
         if self.sender is None:
             return self.reply(503, "5.5.1", "Error: need MAIL command")
         try:
-            path = parse_path(rest, b"TO", allow_null=False)
+            path = parse_path(rest, b"TO", allow_null=False)  # canonical from here on
         except AddressError as e:
             return self.reply(e.code, e.status, e.text)
         if path.params:
@@ -320,11 +349,22 @@ class GomailESMTP(SASLMixin, SMTPFraming):
         refusal = self.server.rcpt_refusal(self, path)
         if refusal is not None:
             return self.reply(*refusal)
-        if not path.domain:  # <Postmaster>, the one address without a domain (RFC 5321 4.5.1)
-            path = Path(f"postmaster@{self.settings.hostname}", path.params)
-        if path.address not in self.recipients:
-            self.recipients.append(path.address)
-        self.reply(250, "2.1.5", "Recipient ok")
+
+        def decided(outcome: Any) -> None:
+            # gomail.smtp.recipients: users, aliases (expanded here), postmaster, catch-alls.
+            if self.transport.disconnecting:
+                return
+            if hasattr(outcome, "reason"):
+                self.server.rejections[outcome.reason] += 1
+                return self.reply(*outcome.reply)
+            for address in outcome.addresses:
+                if address not in self.recipients:
+                    self.recipients.append(address)
+            self.reply(250, "2.1.5", "Recipient ok")
+
+        # Pipelined input waits while a lookup is pending (see _wait_for).
+        return self.server.recipients.check(path, self.recipients, self.settings.maxRecipients,
+                                            self.client_host).addCallback(decided)
 
     def do_DATA(self, rest: bytes) -> None:
         if rest:

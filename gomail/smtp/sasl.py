@@ -112,7 +112,7 @@ class SASLMixin:
             self.reply(535, "5.7.8", "Authentication credentials invalid")
             if self._auth_failures >= self.server.auth_settings.maxFailuresPerSession:
                 self.reply(421, "4.7.0", f"{self.settings.hostname} Too many failed authentications, closing")
-                self.transport.loseConnection()
+                self.close_connection()
             return
         except TemporaryAuthError:
             self.reply(454, "4.7.0", "Temporary authentication failure, try again later")
