@@ -15,7 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from gomail.smtp import guard
 from gomail.smtp.framing import MAX_COMMAND_LINE, MAX_LONG_LINE
-from tests.smtphelpers import HarnessMixin, replies
+from tests.smtphelpers import HarnessMixin, ManualRun, replies
 from tests.test_flow import Sink, _socket_transport, buffered
 from tests.test_smtp_auth import AuthHarnessMixin, plain
 
@@ -62,6 +62,23 @@ class SlowClientTests(HarnessMixin, SynchronousTestCase):
             self.assertEqual(client.send(b"NOOP\r\n"), b"250 2.0.0 Ok\r\n")
             h.clock.advance(3)
         self.assertEqual(client.take(), b"421 4.4.2 mx.test Error: session time limit exceeded\r\n")
+        self.assertTrue(client.closed)
+
+    def test_session_limit_waits_for_a_pending_commit(self):
+        """A session that reaches maxSessionTime while its message is being committed gets the 250, then the 421."""
+        manual = ManualRun()
+        manual.synchronous = True
+        h = self.harness(run=manual, maxSessionTime=60)
+        client = h.connect()
+        client.start_transaction()
+        manual.synchronous = False
+        self.assertEqual(client.send(MESSAGE + b".\r\n"), b"")
+        h.clock.advance(60)
+        self.assertFalse(client.closed)
+        manual.release()
+        got = replies(client.take())
+        self.assertTrue(got[0].startswith(b"250 2.0.0 Ok: queued as "), got)
+        self.assertEqual(got[1], b"421 4.4.2 mx.test Error: session time limit exceeded")
         self.assertTrue(client.closed)
 
     def test_transactions_per_session(self):

@@ -65,6 +65,8 @@ class GomailESMTP(SASLMixin, SMTPFraming):
         self.recipients: list[str] = []
         self.body_type: str | None = None
         self.close_when_idle = False
+        #: The last reply of a session closed when idle (shutdown, or a deadline).
+        self.closing_reply = (421, "4.3.2", f"{server.settings.hostname} Service shutting down, try again later")
         self.transactions = 0
         self._errors = 0
         self._message = None
@@ -176,7 +178,13 @@ class GomailESMTP(SASLMixin, SMTPFraming):
     def _session_expired(self) -> None:
         self.log.info("session with {client} over smtp.maxSessionTime", client=self.client_host)
         self.server.rejections["session_time"] += 1
-        self.hang_up(421, "4.4.2", f"{self.settings.hostname} Error: session time limit exceeded")
+        self.closing_reply = (421, "4.4.2", f"{self.settings.hostname} Error: session time limit exceeded")
+        if self._blocked:
+            # A message is being committed: its client gets the 250 first (or
+            # would send it again), then the 421.
+            self.close_when_idle = True
+        else:
+            self.hang_up(*self.closing_reply)
 
     def _data_too_slow(self) -> None:
         self.log.info("DATA from {client} slower than smtp.minDataRate", client=self.client_host)
@@ -200,8 +208,7 @@ class GomailESMTP(SASLMixin, SMTPFraming):
         if self.in_transaction:
             self.close_when_idle = True
         else:
-            self.reply(421, "4.3.2", f"{self.settings.hostname} Service shutting down, try again later")
-            self.close_connection()
+            self.hang_up(*self.closing_reply)
 
     # -- replies ------------------------------------------------------------
 
