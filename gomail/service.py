@@ -10,6 +10,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import ILogObserver, Logger, jsonFileLogObserver
 
 import gomail
+from gomail.auth.aliases import AliasStore
 from gomail.auth.service import AuthParts, build_auth
 from gomail.delivery.backoff import RetryPolicy
 from gomail.delivery.connect import make_connector, smarthosts_from
@@ -22,7 +23,8 @@ from gomail.logtext import classic_observer
 from gomail.services import SequentialMultiService, ThreadPoolService
 from gomail.web.service import build_http
 from gomail.settings import Config
-from gomail.smtp.policy import RelayPolicy
+from gomail.smtp.policy import RelayPolicy, local_domains, own_domain
+from gomail.smtp.recipients import LocalRecipients
 from gomail.smtp.server import SMTPServer, SMTPService
 from gomail.spool.service import SpoolService
 from gomail.spool.store import Spool
@@ -140,7 +142,7 @@ def _delivery(config: Config, reactor: Any, spool: Spool, mailbox_writer: Any) -
                            reactor, config.batchSize, config.batchDelay, config.continueOnError,
                            idle_timeout=settings.connectionIdleTimeout, run=spool.run,
                            open_content=content_opener(spool.recent, spool.run))
-        router = Router(mailbox, relay, frozenset(config.smtp.localDomains))
+        router = Router(mailbox, relay, local_domains(config.smtp.localDomains, config.smtp.hostname))
         workers = config.workerCount
     else:
         router = Router(mailbox)
@@ -152,6 +154,20 @@ def _delivery(config: Config, reactor: Any, spool: Spool, mailbox_writer: Any) -
     return DeliveryQueue(spool, router, reactor, workers, processing_timeout=config.processingTimeout,
                          policy=policy, failed=FailedStore(spool, reactor), hostname=config.smtp.hostname,
                          failed_retry_interval=settings.failedRetryInterval)
+
+
+def _recipients(config: Config, reactor: Any, policy: RelayPolicy, auth: AuthParts) -> LocalRecipients:
+    """Who exists in the local domains: the user store's users, its aliases, postmaster@ and abuse@."""
+    domains = ", ".join(sorted(policy.local_domains))
+    if config.smtp.verifyRecipients:
+        GomailService.log.info("recipients in the local domains ({domains}) must be users or aliases "
+                               "(smtp.verifyRecipients)", domains=domains)
+    else:
+        GomailService.log.warn("smtp.verifyRecipients = false: any address in the local domains ({domains}) "
+                               "is accepted", domains=domains)
+    return LocalRecipients(policy, own_domain(config.smtp.hostname), config.smtp.postmaster, users=auth.users,
+                           aliases=AliasStore(auth.users.pool, reactor, config.auth.userRefresh),
+                           verify=config.smtp.verifyRecipients)
 
 
 def build_service(config: Config, reactor: Any) -> GomailService:
@@ -177,13 +193,15 @@ def build_service(config: Config, reactor: Any) -> GomailService:
 
     tls = server_context(config.smtp.tlsCertificate, config.smtp.tlsPrivateKey, config.dataDir,
                          config.smtp.hostname)
-    policy = RelayPolicy(config.smtp.trustedNetworks, config.smtp.localDomains,
+    domains = local_domains(config.smtp.localDomains, config.smtp.hostname)
+    policy = RelayPolicy(config.smtp.trustedNetworks, domains,
                          require_auth=config.security.requireAuth,
                          allow_local_only=config.security.allowLocalOnly)
     root.smtp = SMTPServer(config.smtp, policy, spool, reactor, tls, queue_size=config.queueSize,
                            log_envelopes=config.security.logAllEmails, portal=root.auth.portal,
                            rate_limiter=root.auth.rate_limiter, auth_settings=config.auth,
-                           blacklist=root.auth.authenticator.blacklist)
+                           blacklist=root.auth.authenticator.blacklist,
+                           recipients=_recipients(config, reactor, policy, root.auth))
     SMTPService(root.smtp, reactor, config.smtp.listen, config.smtp.implicitTlsListen).setServiceParent(root)
     # HTTP last: it reports on everything above, and stops first.
     root.metrics = build_http(config, reactor, root, root)

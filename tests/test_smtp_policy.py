@@ -6,7 +6,8 @@ import ipaddress
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from gomail.smtp.policy import RelayPolicy, parse_ip
+from gomail.smtp.address import parse_path
+from gomail.smtp.policy import RelayPolicy, local_domains, own_domain, parse_ip
 
 DEFAULT_TRUSTED = ("127.0.0.0/8", "::1/128")
 
@@ -96,11 +97,39 @@ class TrustTests(SynchronousTestCase):
 class LocalDomainTests(SynchronousTestCase):
     """smtp.localDomains."""
 
-    def test_case_and_trailing_dot(self):
-        """Local domains match case-insensitively and with or without a trailing dot, on either side."""
-        p = policy(local=("Example.COM.", "mail.test"))
-        for domain in ("example.com", "EXAMPLE.com", "example.com.", "mail.test", "MAIL.TEST."):
+    def test_configured_domains_canonical(self):
+        """Configured local domains are canonicalised: case, a trailing dot, internationalised names."""
+        p = policy(local=("Example.COM.", "mail.test", "Bücher.example"))
+        for domain in ("example.com", "mail.test", "xn--bcher-kva.example"):
             self.assertTrue(p.is_local_domain(domain), domain)
+
+    def test_asked_domains_are_canonical(self):
+        """
+        The policy compares the domain it is asked about as it is: addresses
+        are canonicalised once, by parse_path, and nowhere else (a domain that
+        is not canonical never reaches the policy from a client).
+        """
+        p = policy(local=("example.com",))
+        for domain in ("EXAMPLE.com", "example.com."):
+            self.assertFalse(p.is_local_domain(domain), domain)
+
+    def test_trailing_dot_through_the_parser(self):
+        """The tester's <relaytest@example.com.> is local once parsed; <relaytest@example.net.> is not."""
+        p = policy(local=("example.com",))
+        self.assertTrue(p.is_local_domain(parse_path(b"TO:<relaytest@Example.COM.>", b"TO", False).domain))
+        self.assertFalse(p.may_relay(parse_ip("203.0.113.5"), False,
+                                     parse_path(b"TO:<relaytest@example.net.>", b"TO", False).domain))
+
+    def test_local_domains_include_the_hostname(self):
+        """local_domains: the configured ones and the server's own name, canonical (Postfix's mydestination)."""
+        self.assertEqual(local_domains(("Example.COM.",), "MX.Example.NET."), {"example.com", "mx.example.net"})
+        self.assertEqual(local_domains((), "mx.test"), {"mx.test"})
+
+    def test_own_domain_of_odd_hostnames(self):
+        """A host name that cannot be a mail domain (an underscore) makes the own domain localhost."""
+        self.assertEqual(own_domain("my_host"), "localhost")
+        self.assertEqual(own_domain("Mx.Test."), "mx.test")
+        self.assertEqual(local_domains(("example.com",), "my_host"), {"example.com", "localhost"})
 
     def test_subdomains_are_not_local(self):
         """A subdomain or a suffix-lookalike of a local domain is not local."""

@@ -486,15 +486,18 @@ class MessageTests(HarnessMixin, SynchronousTestCase):
         self.assertTrue(content.startswith(b"Received: from client.test ([IPv6:::1])\r\n"))
 
     def test_envelope(self):
-        """The stored envelope has the sender, recipients, client address and HELO name, and the content size."""
+        """
+        The stored envelope has the sender, recipients (their domains canonical,
+        local parts as given), client address and HELO name, and the content size.
+        """
         h = self.harness()
         client = h.connect()
-        client.start_transaction(sender=b"alice@example.org", recipients=(b"bob@example.com", b"Carol@Example.com"))
+        client.start_transaction(sender=b"alice@example.org", recipients=(b"bob@example.com", b"Carol@Example.com."))
         queue_id = queued_id(client.send(MESSAGE + b".\r\n"))
         envelope = h.envelope(queue_id)
         self.assertEqual(envelope.id, queue_id)
         self.assertEqual(envelope.sender, "alice@example.org")
-        self.assertEqual([r.address for r in envelope.recipients], ["bob@example.com", "Carol@Example.com"])
+        self.assertEqual([r.address for r in envelope.recipients], ["bob@example.com", "Carol@example.com"])
         self.assertEqual((envelope.client_address, envelope.client_helo, envelope.tls),
                          ("127.0.0.1", "client.test", False))
         self.assertEqual(envelope.size, len(h.content(queue_id)))

@@ -82,6 +82,15 @@ MIGRATIONS: list[tuple[str, ...]] = [
         "CREATE INDEX auth_log_time ON auth_log (time)",
         "CREATE INDEX auth_log_user_time ON auth_log (user, time)",
     ),
+    (
+        # Aliases and per-domain catch-alls ("@example.com"): gomail.auth.aliases.
+        """CREATE TABLE aliases (
+            address TEXT PRIMARY KEY NOT NULL,
+            targets TEXT NOT NULL,
+            created REAL NOT NULL,
+            updated REAL NOT NULL
+        )""",
+    ),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import heapq
 import random as _random
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -31,6 +32,7 @@ from gomail.delivery.backoff import RetryPolicy, retry_delay
 from gomail.delivery.bounce import build_bounce, original_headers
 from gomail.delivery.failed import FailedStore
 from gomail.interfaces import IDeliveryAgent, IQueueConsumer
+from gomail.smtp.address import canonical_domain
 from gomail.spool.envelope import DELIVERED, FAILED, PENDING, Envelope, Recipient
 from gomail.spool.store import Spool
 
@@ -58,17 +60,22 @@ class DeliveryStats:
 
 
 class Router:
-    """Picks the agent for each recipient: local domains to the mailbox, the rest to the relay (if any)."""
+    """
+    Picks the agent for each recipient: local domains to the mailbox, the rest
+    to the relay (if any). Envelope addresses are canonical (see
+    L{gomail.smtp.address}), so their domains are compared as they are; only
+    the configured C{local_domains} are canonicalised here.
+    """
 
     def __init__(self, local: IDeliveryAgent, relay: IDeliveryAgent | None = None,
-                 local_domains: frozenset[str] = frozenset()) -> None:
+                 local_domains: Iterable[str] = frozenset()) -> None:
         self.local, self.relay = local, relay
-        self.local_domains = frozenset(d.lower().rstrip(".") for d in local_domains)
+        self.local_domains = frozenset(canonical_domain(d) for d in local_domains)
 
     def route(self, recipients: list[Recipient]) -> list[tuple[IDeliveryAgent, list[Recipient]]]:
         if self.relay is None:
             return [(self.local, recipients)] if recipients else []
-        local = [r for r in recipients if r.address.rpartition("@")[2].lower() in self.local_domains]
+        local = [r for r in recipients if r.address.rpartition("@")[2] in self.local_domains]
         remote = [r for r in recipients if r not in local]
         return [(agent, group) for agent, group in ((self.local, local), (self.relay, remote)) if group]
 

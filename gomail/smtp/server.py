@@ -18,8 +18,9 @@ from gomail.limits.rate import RateLimitUnavailable
 from gomail.services import ListeningService
 from gomail.settings import AuthSettings, SMTPSettings
 from gomail.smtp.address import Path
-from gomail.smtp.policy import RelayPolicy
+from gomail.smtp.policy import RelayPolicy, own_domain
 from gomail.smtp.protocol import GomailESMTP
+from gomail.smtp.recipients import LocalRecipients
 
 if TYPE_CHECKING:
     from gomail.limits.rate import RateLimiter
@@ -68,6 +69,8 @@ class SMTPServer:
     @param portal: the twisted.cred portal SMTP AUTH logs in through (None: no AUTH).
     @param rate_limiter: the L{RateLimiter} checked at MAIL FROM (None: no limits).
     @param blacklist: the IP L{Blacklist} checked before the banner (None: none).
+    @param recipients: the L{LocalRecipients} deciding on RCPT addresses of
+        local domains (None: every such address is accepted).
     """
 
     log = Logger()
@@ -75,9 +78,14 @@ class SMTPServer:
     def __init__(self, settings: SMTPSettings, policy: RelayPolicy, spool: "Spool",
                  clock: IReactorTime, tls_context: Any, queue_size: int, log_envelopes: bool,
                  portal: Any = None, rate_limiter: "RateLimiter | None" = None,
-                 auth_settings: AuthSettings | None = None, blacklist: Any = None) -> None:
+                 auth_settings: AuthSettings | None = None, blacklist: Any = None,
+                 recipients: LocalRecipients | None = None) -> None:
         self.settings = settings
         self.policy = policy
+        # Who exists in the local domains (users, aliases, postmaster); by
+        # default no user store: any address of a local domain is accepted.
+        self.recipients = recipients or LocalRecipients(
+            policy, own_domain(settings.hostname), settings.postmaster, users=None)
         self.spool = spool
         self.clock = clock
         self.tls_context = tls_context
