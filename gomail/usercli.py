@@ -114,6 +114,8 @@ def add_commands(commands: Any) -> None:
     action(users, "user delete", "delete a user and its app passwords", "name")
     action(users, "user list", "list users (never passwords or secrets)").add_argument(
         "--json", action="store_true", help="print a JSON array")
+    action(users, "user unlock", "lift a user's login lockout and slowdown (in the configured Redis)",
+           "name").add_argument("--ip", metavar="IP", help="only the lock on this client IP")
 
     senders = group(users, "user sender", "set the addresses a user may send as")
     action(senders, "user sender set", "replace a user's allowed sender addresses", "name").add_argument(
@@ -159,9 +161,11 @@ def run(args: argparse.Namespace, clock: IReactorTime, bcrypt_rounds: int | None
         print(f"gomail: configuration error: {e}", file=sys.stderr)
         return 1
     database = config_db_path(config)
-    command = Command(clock, config.auth.bcryptRounds if bcrypt_rounds is None else bcrypt_rounds)
+    command = Command(clock, config.auth.bcryptRounds if bcrypt_rounds is None else bcrypt_rounds, config)
     conn = None
     try:
+        if handler == "user unlock":  # the state store, not the user database
+            return _user_unlock(command, args)
         conn = userdb.open_connection(database)
         userdb.transact(conn, userdb.migrate)
         return _HANDLERS[handler](command, args, conn)
@@ -194,11 +198,12 @@ def _config_path(path: str | None) -> str | None:
 
 
 class Command:
-    """What every command needs: the time and how to hash passwords."""
+    """What every command needs: the time, how to hash passwords, the configuration."""
 
-    def __init__(self, clock: IReactorTime, rounds: int) -> None:
+    def __init__(self, clock: IReactorTime, rounds: int, config: Config | None = None) -> None:
         self.clock = clock
         self.rounds = rounds
+        self.config = config
 
     def now(self) -> float:
         return self.clock.seconds()
@@ -267,6 +272,16 @@ def _user_list(command: Command, args: argparse.Namespace, conn: sqlite3.Connect
     _table(("NAME", "ENABLED", "TOTP", "APP-PASSWORDS", "SENDERS", "BACKEND"), rows, sys.stdout)
     print(f"{len(users)} user{'' if len(users) == 1 else 's'}")
     return 0
+
+
+def _user_unlock(command: Command, args: argparse.Namespace) -> int:
+    from gomail.auth.unlock import UnlockError, unlock
+
+    assert command.config is not None
+    try:
+        return unlock(command.config, args.name, args.ip, sys.stdout)
+    except UnlockError as e:
+        raise userdb.UserDBError(str(e)) from None
 
 
 def _sender_set(command: Command, args: argparse.Namespace, conn: sqlite3.Connection) -> int:

@@ -21,14 +21,21 @@ import sys
 
 import bcrypt
 import pyotp
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 import gomail
 from gomail import usercli
 from gomail.auth import passwords, userdb
+from gomail.auth.checker import AuthFailure, LoginAttempt
 from gomail.auth.records import UserRecord
 from gomail.cli import main
+from gomail.state.redis import RedisStateStore
+from tests.authtesting import MemoryUsers, authenticator
+from tests.processes import free_port
+from tests.redisserver import start_redis
 
 _SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(gomail.__file__)))
 START = 1714564800.0  # 2024-05-01T12:00:00Z
@@ -441,3 +448,119 @@ class UsageTests(UserCommandTestCase):
         self.assertEqual((listed.returncode, listed.stderr), (0, ""))
         self.assertEqual(listed.stdout.splitlines()[1].split()[:2], ["alice", "yes"])
         self.assertTrue(bcrypt.checkpw(PASSWORD.encode(), self.user().password_hash))
+
+
+class UnlockTests(UserCommandTestCase, TestCase):
+    """
+    C{gomail user unlock NAME [--ip IP]} against a real redis-server that a
+    real checker (L{Authenticator} on a L{RedisStateStore}) locked alice in.
+    """
+
+    timeout = 60
+    GUESSER, OTHER = "198.51.100.66", "198.51.100.67"
+
+    def use_redis(self, prefix: str = "gomail:") -> Deferred:
+        async def start() -> None:
+            server = await start_redis(self, reactor)
+            with open(self.config, "a", encoding="utf-8") as f:
+                f.write(f"[redis]\nurl = {json.dumps(server.url)}\nkeyPrefix = {json.dumps(prefix)}\n")
+            self.store = RedisStateStore(reactor, "127.0.0.1", server.port, None, 0, prefix=prefix, reactor=reactor)
+            self.addCleanup(self.store.disconnect)
+            self.users = MemoryUsers()
+            self.users.add("alice", "s3cret")
+            clock = Clock()
+            clock.advance(START)
+            self.auth = authenticator(clock, self.store, self.users)
+        return Deferred.fromCoroutine(start())
+
+    async def login(self, password: str, ip: str) -> str:
+        """The checker's answer: the via of a success, or the failure's reason."""
+        try:
+            return (await self.auth.check(LoginAttempt("alice", password, ip, "imap"))).via
+        except AuthFailure as failure:
+            return failure.reason
+
+    async def lock(self, ip: str) -> None:
+        for _ in range(5):
+            self.assertEqual(await self.login("wrong", ip), "bad-password")
+        self.assertEqual(await self.login("s3cret", ip), "locked")
+
+    def test_without_redis(self) -> None:
+        """With no [redis], the locks are in the server's memory: the command says it cannot reach them (1)."""
+        status, out, err = self.gomail("user", "unlock", "alice")
+        self.assertEqual((status, out), (1, ""))
+        self.assertIn("no [redis] is configured", err)
+        self.assertIn("cannot reach", err)
+        self.assertIn("auth.lockTTL (300 s)", err)
+
+    async def _one_ip(self) -> None:
+        await self.use_redis()
+        await self.lock(self.GUESSER)
+        await self.lock(self.OTHER)
+        status, out, err = self.gomail("user", "unlock", "Alice", "--ip", self.GUESSER)
+        self.assertEqual((status, out, err),
+                         (0, f"unlocked alice on {self.GUESSER}: removed 3 lock and failure marks\n", ""))
+        self.assertEqual(await self.login("s3cret", self.GUESSER), "password")
+        self.assertEqual(await self.login("s3cret", self.OTHER), "locked")
+        status, out, _ = self.gomail("user", "unlock", "alice", "--ip", self.GUESSER)
+        self.assertEqual((status, out), (0, f"alice was not locked or slowed down on {self.GUESSER}\n"))
+
+    def test_one_ip(self) -> Deferred:
+        """--ip lifts alice's lock on that client IP (and her count across IPs) only: the other IP stays locked."""
+        return Deferred.fromCoroutine(self._one_ip())
+
+    async def _every_ip(self) -> None:
+        await self.use_redis(prefix="gm[1]*:")
+        await self.lock(self.GUESSER)
+        await self.lock(self.OTHER)
+        status, out, err = self.gomail("user", "unlock", "alice")
+        self.assertEqual((status, out, err), (0, "unlocked alice: removed 5 lock and failure marks\n", ""))
+        self.assertEqual(await self.login("s3cret", self.GUESSER), "password")
+        self.assertEqual(await self.login("s3cret", self.OTHER), "cache")
+
+    def test_every_ip(self) -> Deferred:
+        """
+        Without --ip every lock of alice goes (found by SCAN, a key prefix
+        with glob characters taken literally), and the slowdown count too.
+        """
+        return Deferred.fromCoroutine(self._every_ip())
+
+    async def _ip_lock_kept(self) -> None:
+        await self.use_redis()
+        for n in range(20):
+            try:
+                await self.auth.check(LoginAttempt(f"user{n}", "wrong", self.GUESSER, "imap"))
+            except AuthFailure:
+                pass
+        status, out, _ = self.gomail("user", "unlock", "alice", "--ip", self.GUESSER)
+        self.assertEqual(status, 0)
+        self.assertIn(f"note: the client IP {self.GUESSER} itself is locked for every user", out)
+        self.assertEqual(await self.login("s3cret", self.GUESSER), "locked")
+
+    def test_ip_lock_kept(self) -> Deferred:
+        """The client IP's own lock (maxFailAttemptsPerIP) is not lifted, only reported with its time left."""
+        return Deferred.fromCoroutine(self._ip_lock_kept())
+
+    def test_bad_input(self) -> None:
+        """A bad IP or user name is one error line and status 1, before any store is used."""
+        self.assertOneErrorLine(self.gomail("user", "unlock", "alice", "--ip", "nope"), "not an IP address")
+        self.assertOneErrorLine(self.gomail("user", "unlock", "", "--ip", "192.0.2.1"), "")
+
+    def test_redis_unreachable(self) -> None:
+        """A configured Redis that does not answer: one error line naming it, status 1."""
+        with open(self.config, "a", encoding="utf-8") as f:
+            f.write(f"[redis]\nhost = \"127.0.0.1\"\nport = {free_port()}\ntimeout = 1.0\n")
+        self.assertOneErrorLine(self.gomail("user", "unlock", "alice"), "cannot use Redis: cannot connect")
+
+    async def _wrong_password(self) -> None:
+        server = await start_redis(self, reactor, "right horse")
+        with open(self.config, "a", encoding="utf-8") as f:
+            f.write(f"[redis]\nurl = \"redis://:wrong@127.0.0.1:{server.port}/0\"\n")
+        status, out, err = self.gomail("user", "unlock", "alice")
+        self.assertEqual((status, out), (1, ""))
+        self.assertIn("cannot use Redis: Redis: WRONGPASS", err)
+        self.assertNotIn("wrong@", err)
+
+    def test_redis_wrong_password(self) -> None:
+        """Redis refusing the password: its error (never the password), status 1."""
+        return Deferred.fromCoroutine(self._wrong_password())

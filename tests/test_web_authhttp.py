@@ -17,8 +17,8 @@ import pyotp
 from twisted.application.service import MultiService
 from twisted.internet.defer import fail, succeed
 from twisted.internet.error import DNSLookupError
-from twisted.internet.testing import MemoryReactorClock
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
 from gomail.auth.authlog import AuthLog

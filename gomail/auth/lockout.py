@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+from typing import Any
 
 from twisted.logger import Logger
 
@@ -75,7 +76,7 @@ class Lockout:
     log = Logger()
 
     def __init__(self, state: IStateStore, settings: AuthSettings, stats: AuthStats) -> None:
-        self.state = state
+        self.state: Any = state  # an IStateStore (Any: mypy reads zope interfaces' methods wrongly)
         self.settings = settings
         self.stats = stats
 

@@ -13,11 +13,11 @@ after the code of step T, the code of T (again) and of T-1 are refused too.
 from __future__ import annotations
 
 import hmac
+from typing import Any
 
 import pyotp
 
 from gomail.auth.lockout import state_key
-from gomail.state.interface import IStateStore
 
 TOTP_DIGITS = 6
 TOTP_STEP = 30
@@ -48,9 +48,10 @@ def matching_step(totp_secret: str, code: str, now: float) -> int | None:
     return step
 
 
-def accept_step(state: IStateStore, name: str, step: int) -> object:
+def accept_step(state: Any, name: str, step: int) -> Any:
     """
-    Record C{step} as user C{name}'s last accepted one, unless a step as late
+    Record C{step} as user C{name}'s last accepted one in C{state} (an
+    L{IStateStore}), unless a step as late
     or later already is. @return: Deferred[bool], True when the code may be
     accepted (fails with StateStoreError when the store cannot answer).
     """
