@@ -7,7 +7,7 @@ import sys
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred
-from twisted.logger import ILogObserver, Logger, jsonFileLogObserver
+from twisted.logger import ILogObserver, Logger
 
 import gomail
 from gomail.auth.aliases import AliasStore
@@ -19,8 +19,10 @@ from gomail.delivery.failed import FailedStore
 from gomail.delivery.queue import DeliveryQueue, Router
 from gomail.delivery.relay import RelayAgent
 from gomail.delivery.maildir import MaildirDelivery
+from gomail.logjson import json_lines_observer
 from gomail.logtext import classic_observer
 from gomail.services import SequentialMultiService, ThreadPoolService
+from gomail.signals import SignalService
 from gomail.web.service import build_http
 from gomail.settings import Config
 from gomail.smtp.policy import RelayPolicy, local_domains, own_domain
@@ -72,7 +74,7 @@ class GomailService(SequentialMultiService):
         if not hasattr(parent, "setComponent"):
             return
         if self.config.logging.format == "json":
-            parent.setComponent(ILogObserver, jsonFileLogObserver(_log_file(self.config.logging.file)))
+            parent.setComponent(ILogObserver, json_lines_observer(_log_file(self.config.logging.file)))
         elif self.text_log_file is not None:
             parent.setComponent(ILogObserver, classic_observer(self.text_log_file))
 
@@ -203,6 +205,7 @@ def build_service(config: Config, reactor: Any) -> GomailService:
                            blacklist=root.auth.authenticator.blacklist,
                            recipients=_recipients(config, reactor, policy, root.auth))
     SMTPService(root.smtp, reactor, config.smtp.listen, config.smtp.implicitTlsListen).setServiceParent(root)
+    SignalService(reactor, root.rescan_queue).setServiceParent(root)
     # HTTP last: it reports on everything above, and stops first.
     root.metrics = build_http(config, reactor, root, root)
     return root

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import signal
 from typing import Any
 
 from twisted.python import usage
@@ -83,6 +82,4 @@ def makeService(options: Options) -> Any:
     twistd_options = getattr(options, "parent", None)  # twistd's own options, when run by twistd
     if twistd_options is not None and service.config.logging.format == "text":
         service.text_log_file = twistd_log_file(twistd_options)
-    # `gomail queue retry|flush|delete` send SIGUSR1 after changing the spool.
-    signal.signal(signal.SIGUSR1, lambda signum, frame: reactor.callFromThread(service.rescan_queue))
     return service

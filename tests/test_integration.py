@@ -151,6 +151,18 @@ class TwistdGomailTests(TestCase):
         await poll(reactor, lambda: len(self.delivered()) >= 5 and not os.listdir(queue))
         self.assertEqual(len(self.delivered()), 5)
 
+    async def _sighup(self) -> None:
+        await self.start()
+        self.process.transport.signalProcess("HUP")
+        await self.process.wait_for(b"SIGHUP received", reactor)
+        self.assertEqual(await deferToThread(send_plain, self.port, False), {})
+        await poll(reactor, lambda: len(self.delivered()) == 1)
+        self.assertIsNone(self.process.exit_code)
+
+    def test_sighup_is_logged_and_ignored(self) -> Deferred:
+        """SIGHUP no longer ends the server: it logs that it ignores it, and mail still flows."""
+        return Deferred.fromCoroutine(self._sighup())
+
     def test_kill_9_loses_no_accepted_message(self) -> Deferred:
         """
         Five messages answered 250, then kill -9 of the server: its writer

@@ -156,9 +156,10 @@ class ObserverWiringTests(SynchronousTestCase):
         path = os.path.join(self.directory, "gomail.toml")
         with open(path, "w") as f:
             f.write(f'dataDir = "{self.directory}"\nsmtpPort = 2525\n[security]\nrequireAuth = false\n')
-        # makeService installs gomail's SIGUSR1 handler (queue rescan): put the test runner's back.
-        self.addCleanup(signal.signal, signal.SIGUSR1, signal.getsignal(signal.SIGUSR1))
+        before = signal.getsignal(signal.SIGUSR1)
         options = ServerOptions()
         options.parseOptions(["-n", "gomail", "--config", path])
         service = tap.makeService(options.subOptions)
         self.assertIs(service.text_log_file, sys.stdout)
+        # Signal handlers belong to a service's start, not to makeService.
+        self.assertEqual(signal.getsignal(signal.SIGUSR1), before)

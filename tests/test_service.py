@@ -40,7 +40,8 @@ class BuildServiceTests(SynchronousTestCase):
         service = build_service(config_in(self.directory), self.reactor)
         names = [type(child).__name__ for child in service]
         self.assertEqual(names, ["ThreadPoolService", "WriterProcess", "SpoolService", "DeliveryQueue",
-                                 "ThreadPoolService", "AuthService", "SMTPService", "BackendRouter", "AuthLog",
+                                 "ThreadPoolService", "AuthService", "SMTPService", "SignalService", "BackendRouter",
+                                 "AuthLog",
                                  "ListeningService", "ListeningService"])
         self.assertEqual(self.reactor.tcpServers, [])
 
