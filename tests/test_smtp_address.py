@@ -5,7 +5,8 @@ the canonical form of addresses and configured domains.
 
 from __future__ import annotations
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from gomail.smtp.address import AddressError, Path, canonical_address, canonical_domain, parse_path
@@ -42,16 +43,16 @@ class ParsePathTests(SynchronousTestCase):
         The address's domain is lower-cased and loses one trailing dot; the
         local part keeps its case. Path.domain is that domain.
         """
-        for given in (b"Bob@Example.COM", b"Bob@example.com.", b"Bob@EXAMPLE.COM."):
-            path = rcpt(b"TO:<" + given + b">")
-            self.assertEqual((path.address, path.domain), ("Bob@example.com", "example.com"), given)
+        for written in (b"Bob@Example.COM", b"Bob@example.com.", b"Bob@EXAMPLE.COM."):
+            path = rcpt(b"TO:<" + written + b">")
+            self.assertEqual((path.address, path.domain), ("Bob@example.com", "example.com"), written)
         self.assertEqual(mail(b"FROM:<Alice@Example.ORG.>").address, "Alice@example.org")
 
     def test_postmaster(self):
         """<Postmaster> in any case is "postmaster" without a domain; with a domain it is an address."""
-        for given in (b"TO:<Postmaster>", b"TO:<POSTMASTER>", b"TO:<postmaster>"):
-            self.assertEqual(rcpt(given), Path("postmaster", {}))
-            self.assertEqual(rcpt(given).domain, "")
+        for argument in (b"TO:<Postmaster>", b"TO:<POSTMASTER>", b"TO:<postmaster>"):
+            self.assertEqual(rcpt(argument), Path("postmaster", {}))
+            self.assertEqual(rcpt(argument).domain, "")
         self.assertEqual(rcpt(b"TO:<PostMaster@Example.COM.>").address, "PostMaster@example.com")
 
     def test_parameters(self):

@@ -164,6 +164,8 @@ class LocalRecipients:
         if skipped:
             self.log.warn("alias targets of <{recipient}> skipped: {targets}",  # noqa: G010
                           recipient=address, targets=", ".join(skipped))
+        if not found and expansion.loops:
+            return Refused(550, "5.4.6", f"<{given}>: Recipient address rejected: alias loop", "alias_loop")
         if not found:
             self.log.info("refused recipient <{recipient}> from {client}: user unknown",
                           recipient=given, client=client)
