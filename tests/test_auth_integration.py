@@ -65,6 +65,9 @@ HTTP_OFF = "".join(f"[{section}]\nenabled = false\n" for section in ("nginxAuth"
                    if section in {f.name for f in dataclasses.fields(Config)})
 
 ALICE, ALICE_PASSWORD = "alice@example.org", "alice-Correct-horse-1"
+ALICE_APP_PASSWORD = "abcd-efgh-ijkl-mnop"
+#: Alice's own client address, and a guesser's (both loopback: the servers listen on 127.0.0.1).
+HOME, GUESSER = "127.0.0.1", "127.0.0.2"
 CAROL, CAROL_PASSWORD = "carol@example.org", "carol-Battery-staple-2"
 TINA, TINA_PASSWORD = "tina@example.org", "tina-Totp-protected-3"
 TINA_SECRET = pyotp.random_base32()
@@ -77,12 +80,16 @@ def _plain(name: str, password: str) -> str:
     return base64.b64encode(f"\0{name}\0{password}".encode()).decode("ascii")
 
 
-def connect(port: int, implicit_tls: bool) -> smtplib.SMTP:
-    """An smtplib client inside TLS (STARTTLS, or an implicit-TLS port), after EHLO. Blocking."""
+def connect(port: int, implicit_tls: bool, source: str = "127.0.0.1") -> smtplib.SMTP:
+    """
+    An smtplib client inside TLS (STARTTLS, or an implicit-TLS port), after
+    EHLO, from the loopback address C{source} (127.0.0.2 is another client IP). Blocking.
+    """
     if implicit_tls:
-        client: smtplib.SMTP = smtplib.SMTP_SSL("127.0.0.1", port, timeout=20, context=client_tls())
+        client: smtplib.SMTP = smtplib.SMTP_SSL("127.0.0.1", port, timeout=20, context=client_tls(),
+                                                source_address=(source, 0))
     else:
-        client = smtplib.SMTP("127.0.0.1", port, timeout=20)
+        client = smtplib.SMTP("127.0.0.1", port, timeout=20, source_address=(source, 0))
         client.ehlo("client.test")
         client.starttls(context=client_tls())
     client.ehlo("client.test")
@@ -95,9 +102,10 @@ def auth_plain(client: smtplib.SMTP, name: str, password: str) -> tuple[int, str
     return code, text.decode(errors="replace")
 
 
-def try_login(port: int, name: str, password: str, implicit_tls: bool = False) -> tuple[int, str]:
-    """AUTH PLAIN on a new connection (closed afterwards): the reply code and text. Blocking."""
-    with connect(port, implicit_tls) as client:
+def try_login(port: int, name: str, password: str, implicit_tls: bool = False,
+              source: str = "127.0.0.1") -> tuple[int, str]:
+    """AUTH PLAIN on a new connection from C{source} (closed afterwards): the reply code and text. Blocking."""
+    with connect(port, implicit_tls, source) as client:
         return auth_plain(client, name, password)
 
 
@@ -109,6 +117,8 @@ def create_users(database: str, *, totp: bool = False) -> None:
         now = time.time()
         for name, password in ((ALICE, ALICE_PASSWORD), (CAROL, CAROL_PASSWORD), (TINA, TINA_PASSWORD)):
             userdb.transact(conn, userdb.add_user, name, passwords.hash_password(password, 4), now)
+        userdb.transact(conn, userdb.add_app_password, ALICE, "phone",
+                        passwords.app_password_digest(ALICE_APP_PASSWORD), now)
         if totp:
             userdb.transact(conn, userdb.set_totp, TINA, TINA_SECRET, True, now)
     finally:
@@ -169,29 +179,37 @@ class SharedRedisTests(AuthIntegrationCase):
     async def _lockout(self) -> None:
         a, b = await self.start_cluster(("a", "b"))
         for attempt in range(3):
-            code, text = await deferToThread(try_login, a.port, ALICE, f"wrong-password-{attempt}")
+            code, text = await deferToThread(try_login, a.port, ALICE, f"wrong-password-{attempt}",
+                                             source=GUESSER)
             self.assertEqual((code, text), (535, "5.7.8 Authentication credentials invalid"))
-        await a.process.wait_for(b"user locked out for 300 s", reactor)
-        # The right password, on the other server: refused exactly like a wrong one.
-        code, text = await deferToThread(try_login, b.port, ALICE, ALICE_PASSWORD)
+        await a.process.wait_for(b"user locked out for 300 s on client IP 127.0.0.2", reactor)
+        # The right password from the guessing IP, on the other server: refused exactly like a wrong one.
+        code, text = await deferToThread(try_login, b.port, ALICE, ALICE_PASSWORD, source=GUESSER)
         self.assertEqual((code, text), (535, "5.7.8 Authentication credentials invalid"), self.output(b))
-        # Same over B's implicit-TLS listener.
-        code, _ = await deferToThread(try_login, b.tls_port, ALICE, ALICE_PASSWORD, True)
+        # Same over B's implicit-TLS listener, and for her app password.
+        code, _ = await deferToThread(try_login, b.tls_port, ALICE, ALICE_PASSWORD, True, GUESSER)
         self.assertEqual(code, 535)
-        # B works, and the lock is Alice's only (not the client IP's, the same for all of these).
-        code, text = await deferToThread(try_login, b.port, CAROL, CAROL_PASSWORD)
+        code, _ = await deferToThread(try_login, b.port, ALICE, ALICE_APP_PASSWORD, source=GUESSER)
+        self.assertEqual(code, 535)
+        await b.process.wait_for(b"SMTP AUTH failed from 127.0.0.2 (locked)", reactor)
+        # From her own IP Alice logs in on both servers, with her password and her app password.
+        code, text = await deferToThread(try_login, b.port, ALICE, ALICE_PASSWORD, source=HOME)
         self.assertEqual((code, text), (235, "2.7.0 Authentication successful"), self.output(b))
-        code, _ = await deferToThread(try_login, a.port, CAROL, CAROL_PASSWORD)
+        code, _ = await deferToThread(try_login, a.tls_port, ALICE, ALICE_APP_PASSWORD, True, HOME)
         self.assertEqual(code, 235)
-        await b.process.wait_for(b"SMTP AUTH failed from 127.0.0.1 (locked)", reactor)
+        # The lock is Alice's on that IP only: Carol logs in from the guessing IP.
+        code, text = await deferToThread(try_login, b.port, CAROL, CAROL_PASSWORD, source=GUESSER)
+        self.assertEqual((code, text), (235, "2.7.0 Authentication successful"), self.output(b))
 
     def test_lockout_on_one_server_is_enforced_by_the_other(self) -> Deferred:
         """
-        Three wrong passwords for Alice through server A (each 535 5.7.8, and A
-        logs the lockout) lock her out on server B too: the right password on B
-        answers 535 5.7.8 (B logs the reason "locked"), on STARTTLS and on the
-        implicit-TLS listener. Carol, from the same client address, still logs in
-        on B and on A (235 2.7.0): the lock is Alice's, held in the shared Redis.
+        What the tester did (issue 14, item 13), on two servers sharing Redis:
+        three wrong passwords for Alice from 127.0.0.2 through server A (each
+        535 5.7.8, and A logs the lock on that IP) lock her out on server B too
+        from that IP: her right password and her app password answer 535 5.7.8
+        (B logs "locked"), on STARTTLS and implicit TLS. From her own IP
+        (127.0.0.1) she still logs in on B and A (235 2.7.0), with her password
+        and her app password; Carol logs in from 127.0.0.2.
         """
         return Deferred.fromCoroutine(self._lockout())
 
@@ -199,7 +217,7 @@ class SharedRedisTests(AuthIntegrationCase):
         a, b = await self.start_cluster(("a", "b"), totp=True)
         totp = pyotp.TOTP(TINA_SECRET)
         now = time.time()
-        code_now, code_next = totp.at(now), totp.at(now + 30)
+        code_prev, code_now, code_next = totp.at(now - 30), totp.at(now), totp.at(now + 30)
         # The password alone is not enough for a TOTP user.
         code, _ = await deferToThread(try_login, a.port, TINA, TINA_PASSWORD)
         self.assertEqual(code, 535)
@@ -215,9 +233,12 @@ class SharedRedisTests(AuthIntegrationCase):
         code, text = await deferToThread(try_login, b.port, TINA, TINA_PASSWORD + code_next)
         self.assertEqual((code, text), (235, "2.7.0 Authentication successful"), self.output(b))
         await b.process.wait_for(b"SMTP AUTH succeeded from 127.0.0.1 (cache)", reactor)
-        # And A refuses that one now.
+        # And A refuses that one now, and the older code (still in its validity window) too.
         code, _ = await deferToThread(try_login, a.port, TINA, TINA_PASSWORD + code_next)
         self.assertEqual(code, 535)
+        code, _ = await deferToThread(try_login, a.port, TINA, TINA_PASSWORD + code_prev)
+        self.assertEqual(code, 535)
+        await a.process.wait_for(b"SMTP AUTH failed from 127.0.0.1 (totp-replay)", reactor)
 
     def test_totp_code_used_on_one_server_is_refused_by_the_other(self) -> Deferred:
         """
@@ -225,7 +246,9 @@ class SharedRedisTests(AuthIntegrationCase):
         password + code on server B answers 535 5.7.8 (logged as a TOTP replay)
         while the code is still within its validity window. B accepts an unused
         code (235, password from the auth cache A filled, which the shared auth
-        secret makes usable), and A then refuses that code in turn.
+        secret makes usable), and A then refuses that code in turn, and the
+        previous step's code as well (RFC 6238 5.2: nothing at or before the
+        last step used is accepted).
         """
         return Deferred.fromCoroutine(self._totp_replay())
 
