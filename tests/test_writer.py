@@ -6,6 +6,8 @@ import errno
 import os
 import threading
 
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from gomail.spool.fs import FileSystem
@@ -77,6 +79,42 @@ class RunBatchTests(SynchronousTestCase):
         outcomes = run_batch([lambda: (1, [self.a]), lambda: (2, [])], fs)
         self.assertEqual([ok for ok, _ in outcomes], [False, False])
         self.assertIn("Input/output error", outcomes[0][1].getErrorMessage())
+
+    def test_batch_failure_is_one_per_job(self) -> None:
+        """
+        A failed directory fsync fails every job of the batch with its own
+        exception: raising them one after the other (as each caller does)
+        leaves each with a short traceback, not one that grows per job.
+        """
+        fs = CountingFileSystem(fail=True)
+        outcomes = run_batch([lambda: (i, [self.a]) for i in range(50)], fs)
+        errors = [failure.value for _, failure in outcomes]
+        self.assertEqual(len({id(e) for e in errors}), 50)
+        sizes: list[int] = []
+
+        async def caller(d: Deferred) -> None:  # as every committing SMTP session awaits its job
+            try:
+                await d
+            except OSError:
+                sizes.append(len(Failure().getTraceback().splitlines()))
+
+        waiting = [Deferred() for _ in outcomes]
+        for d in waiting:
+            Deferred.fromCoroutine(caller(d))
+        for d, (_, failure) in zip(waiting, outcomes):
+            d.errback(failure)
+        self.assertEqual(len(sizes), 50)
+        self.assertEqual(len(set(sizes)), 1, sizes)
+        self.assertEqual(errors[0].errno, errno.EIO)
+
+    def test_writer_gone_is_one_per_job(self) -> None:
+        """When the writer process dies, each waiting job fails with its own WriterGone."""
+        from gomail.spool.process import WriterGone, _fail_all
+
+        waiting = {i: Deferred() for i in range(3)}
+        _fail_all(waiting, WriterGone("the spool writer process exited"))
+        errors = [self.failureResultOf(d, WriterGone).value for d in waiting.values()]
+        self.assertEqual(len({id(e) for e in errors}), 3)
 
     def test_immediate_writer(self) -> None:
         """ImmediateWriter runs the job at once and fires its Deferred with the result or the failure."""

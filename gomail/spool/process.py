@@ -46,6 +46,8 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from gomail.spool.writer import own_failure
+
 HEADER = struct.Struct("!I")
 #: How long a stopping server waits for the child to finish its jobs before killing it.
 STOP_TIMEOUT = 60.0
@@ -210,7 +212,8 @@ class WriterProcess(Service):
             if ok:
                 d.callback(value)
             else:
-                d.errback(Failure(value))
+                # One reply frame may carry one exception object for several jobs.
+                d.errback(own_failure(value))
 
     def _child_ended(self, protocol: "_ChildProtocol", reason: Failure) -> None:
         if protocol is not self._protocol:
@@ -275,7 +278,7 @@ class WriterProcess(Service):
 
 def _fail_all(pending: dict[int, Deferred], error: Exception) -> None:
     for d in pending.values():
-        d.errback(Failure(error))
+        d.errback(own_failure(error))
 
 
 class _ChildProtocol(ProcessProtocol):

@@ -23,6 +23,7 @@ GIL, so the reactor keeps serving while a batch is on disk.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import queue
 import threading
@@ -89,10 +90,22 @@ def run_batch(jobs: list[Job], fs: FileSystem, fsync_all: Callable[[list[int]], 
     for directory in sorted(dirty):
         try:
             fs.fsync_directory(directory)
-        except BaseException:
-            sync_failure = Failure()
-            return [(False, sync_failure) if ok else (ok, value) for ok, value in outcomes]
+        except BaseException as e:
+            return [(False, own_failure(e)) if ok else (ok, value) for ok, value in outcomes]
     return outcomes
+
+
+def own_failure(error: BaseException) -> Failure:
+    """
+    A failure for one job alone: a copy of C{error} without its traceback.
+
+    One exception object handed to several callers gains the frames of every
+    place that raises it again, so the log lines of a disk failure that failed
+    a whole batch carried ever longer tracebacks (one failure, one traceback).
+    """
+    clone = copy.copy(error)
+    clone.__traceback__ = None
+    return Failure(clone, type(error), error.__traceback__)
 
 
 def take_batch(waiting: queue.SimpleQueue, limit: int) -> tuple[list, bool]:
