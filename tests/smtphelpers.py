@@ -84,14 +84,15 @@ def _run_job(job: Callable[[], Any]) -> Any:
 
 
 class FailingFsync(FileSystem):
-    """A file system whose fsync fails with EIO once L{armed}."""
+    """A file system whose fsync fails (with EIO, or L{error}) once L{armed}."""
 
     def __init__(self) -> None:
         self.armed = False
+        self.error = OSError(errno.EIO, "Input/output error")
 
     def fsync(self, fd: int) -> None:
         if self.armed:
-            raise OSError(errno.EIO, "Input/output error")
+            raise OSError(self.error.errno, self.error.strerror)
         super().fsync(fd)
 
 

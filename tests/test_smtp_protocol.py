@@ -7,6 +7,8 @@ spool is a temporary directory, through a StringTransport, on a task.Clock.
 
 from __future__ import annotations
 
+import errno
+
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.smtphelpers import (
@@ -1087,6 +1089,28 @@ class StorageTests(HarnessMixin, SynchronousTestCase):
         fs.armed = True
         self.assertTrue(client.send(b".\r\n").startswith(b"451 4.3.0 "))
         self.assertTrue(h.spool_is_empty())
+        self.flushLoggedErrors(OSError)
+
+    def test_file_too_large(self):
+        """EFBIG (a file-size limit) answers 552 5.3.4, not a 451 the client would retry forever; nothing kept."""
+        fs = FailingFsync()
+        fs.error = OSError(errno.EFBIG, "File too large")
+        h = self.harness(fs=fs)
+        client = h.connect()
+        client.start_transaction()
+        fs.armed = True
+        self.assertEqual(client.send(MESSAGE + b".\r\n"), b"552 5.3.4 Message too big for system\r\n")
+        self.assertTrue(h.spool_is_empty())
+
+    def test_disk_full_stays_temporary(self):
+        """ENOSPC stays 451 4.3.0: space may come back."""
+        fs = FailingFsync()
+        fs.error = OSError(errno.ENOSPC, "No space left on device")
+        h = self.harness(fs=fs)
+        client = h.connect()
+        client.start_transaction()
+        fs.armed = True
+        self.assertTrue(client.send(MESSAGE + b".\r\n").startswith(b"451 4.3.0 "))
         self.flushLoggedErrors(OSError)
 
     def test_session_continues_after_local_error(self):

@@ -19,6 +19,7 @@ What this class changes from twisted.mail.smtp.ESMTP, and why:
 
 from __future__ import annotations
 
+import errno
 import re
 from typing import TYPE_CHECKING, Any
 
@@ -436,7 +437,13 @@ class GomailESMTP(SASLMixin, SMTPFraming):
         )
         try:
             await message.commit(envelope)
-        except Exception:
+        except Exception as e:
+            if isinstance(e, OSError) and e.errno == errno.EFBIG:
+                # A file-size limit (RLIMIT_FSIZE, a quota's): this message can never be stored.
+                self.log.error("could not queue a message from {client}: {error}", client=self.client_host,
+                               error=e.strerror)
+                self.reply(552, "5.3.4", "Message too big for system")
+                return
             self.log.failure("could not queue a message from {client}", client=self.client_host)
             self.reply(451, "4.3.0", "Local error in processing; message not accepted, try again later")
             return
