@@ -11,7 +11,7 @@ from typing import Any, Callable
 from twisted.internet.interfaces import IReactorTime
 
 import gomail
-from gomail import queuetool, usercli
+from gomail import aliascli, queuetool, usercli
 from gomail.config import ConfigError, describe, load_config
 from gomail.delivery.failed import FailedStore
 from gomail.spool.store import Spool
@@ -55,13 +55,15 @@ def main(argv: list[str] | None = None, clock: IReactorTime | None = None,
         return e.code if isinstance(e.code, int) else 2
     if args.command == "check-config":
         return check_config(args.file)
-    if args.command in ("queue", *usercli.COMMANDS):
+    if args.command in ("queue", *usercli.COMMANDS, *aliascli.COMMANDS):
         if args.command == "queue" and args.action is None:
             args.queue_parser.print_help()
             return 2
         try:
             if args.command == "queue":
                 return queue_command(args, clock or WallClock())
+            if args.command in aliascli.COMMANDS:
+                return aliascli.run(args, clock or WallClock())
             return usercli.run(args, clock or WallClock(), bcrypt_rounds)
         except BrokenPipeError:
             # The reader went away (`gomail queue list | head`): stop quietly.
@@ -151,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("ids", nargs="*", default=[], metavar="ID", help="message ids (queue/ or failed/)")
     what.add_argument("--all-failed", action="store_true", help="every message in failed/")
     usercli.add_commands(commands)
+    aliascli.add_commands(commands)
     return parser
 
 

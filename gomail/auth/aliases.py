@@ -84,26 +84,28 @@ def alias_name(text: str) -> str:
 
 def alias_targets(texts: Iterable[str]) -> tuple[str, ...]:
     """
-    Canonical targets, in order and without duplicates; each text may hold
-    several, separated by commas.
+    Canonical targets, in order and without duplicates (addresses differing
+    only in the case of the local part are one); each text may hold several,
+    separated by commas.
 
     @raise ValueError: a target that is no address, none at all, or too many.
     """
-    targets: dict[str, None] = {}
+    targets: dict[str, str] = {}  # by mailbox_key
     for text in texts:
         for part in text.split(","):
             part = part.strip()
             if not part:
                 continue
             try:
-                targets[canonical_address(part)] = None
+                target = canonical_address(part)
             except ValueError:
                 raise ValueError(f"the target {part!r} is not an address such as bob@example.com") from None
+            targets.setdefault(mailbox_key(target), target)
     if not targets:
         raise ValueError("an alias needs at least one target address")
     if len(targets) > MAX_TARGETS:
         raise ValueError(f"an alias may have at most {MAX_TARGETS} targets")
-    return tuple(targets)
+    return tuple(targets.values())
 
 
 # -- the table -----------------------------------------------------------------------
@@ -158,11 +160,11 @@ def remove_alias(cursor: Any, name: str, targets: Iterable[str] = (), now: float
     old = get_alias(cursor, name)
     if old is None:
         raise NoSuchAlias(f"no alias {name}")
-    drop = alias_targets(targets) if targets else old.targets
-    missing = [t for t in drop if t not in old.targets]
+    drop = {mailbox_key(t) for t in (alias_targets(targets) if targets else old.targets)}
+    missing = drop - {mailbox_key(t) for t in old.targets}
     if missing:
-        raise NoSuchAlias(f"alias {name} has no target {missing[0]}")
-    left = tuple(t for t in old.targets if t not in drop)
+        raise NoSuchAlias(f"alias {name} has no target {min(missing)}")
+    left = tuple(t for t in old.targets if mailbox_key(t) not in drop)
     if not left:
         cursor.execute("DELETE FROM aliases WHERE address = ?", (name,))
         return None
