@@ -10,12 +10,14 @@ exercised in L{tests.test_cli_alias} and L{AliasStoreTests} below).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sqlite3
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from gomail.auth import aliases, userdb
@@ -24,11 +26,14 @@ from gomail.auth.records import UserRecord
 from gomail.auth.users import SQLiteUserStore
 from gomail.delivery.maildir import MaildirDelivery
 from gomail.delivery.queue import Router
+from gomail.service import build_service
 from gomail.smtp.address import Path
 from gomail.smtp.policy import RelayPolicy
 from gomail.smtp.recipients import MAX_DEPTH, Accepted, LocalRecipients, Refused
+from gomail.spool.envelope import Recipient
 from gomail.spool.writer import ImmediateWriter
 from tests.smtphelpers import HarnessMixin, SMTPHarness, queued_id, replies
+from tests.test_service import config_in
 
 MESSAGE = b"Subject: hi\r\n\r\nhello\r\n"
 UNTRUSTED = "203.0.113.5"
@@ -427,3 +432,36 @@ class AliasStoreTests(TestCase):
         self.patch(aliases, "snapshot", locked)
         self.clock.advance(1.0)
         self.assertEqual((await self.check("info@example.com")).code, 451)
+
+
+class WiringTests(SynchronousTestCase):
+    """What build_service gives the SMTP server and the router."""
+
+    def build(self, **smtp: Any) -> Any:
+        config = config_in(os.path.abspath(self.mktemp()), forwardSMTP=True, forwardHost="smtp.example.net")
+        config = dataclasses.replace(config, smtp=dataclasses.replace(config.smtp, localDomains=("Example.COM.",),
+                                                                      **smtp))
+        return build_service(config, MemoryReactorClock())
+
+    def test_one_set_of_local_domains(self):
+        """
+        The relay policy, the recipient check and the router share the
+        canonical local domains, the hostname among them: <postmaster> is
+        accepted from anyone and delivered to a Maildir, never to the relay.
+        """
+        service = self.build()
+        smtp = service.smtp
+        self.assertEqual(smtp.policy.local_domains, {"example.com", "mx.test"})
+        self.assertEqual(service.delivery.router.local_domains, smtp.policy.local_domains)
+        self.assertIs(smtp.recipients.users, service.auth.users)
+        self.assertTrue(smtp.recipients.verify)
+        self.assertEqual(smtp.recipients.postmaster, "postmaster@mx.test")
+        routes = service.delivery.router.route([Recipient("postmaster@mx.test"), Recipient("a@example.com"),
+                                                Recipient("relaytest@example.net")])
+        self.assertEqual([(agent.name, [r.address for r in group]) for agent, group in routes],
+                         [("mailbox", ["postmaster@mx.test", "a@example.com"]), ("relay", ["relaytest@example.net"])])
+
+    def test_settings(self):
+        """smtp.verifyRecipients and smtp.postmaster reach the recipient check."""
+        recipients = self.build(verifyRecipients=False, postmaster="Ops@Example.com").smtp.recipients
+        self.assertEqual((recipients.verify, recipients.postmaster), (False, "Ops@example.com"))
