@@ -67,6 +67,15 @@ class BuildServiceTests(SynchronousTestCase):
         self.assertEqual([(agent.name, [r.address for r in group]) for agent, group in routes],
                          [("mailbox", ["a@example.com"]), ("relay", ["b@example.org"])])
 
+    def test_envelopes_queued_before_canonical_domains_stay_local(self) -> None:
+        """An envelope written before domains were canonical ("Example.COM.") still routes to the mailbox."""
+        config = config_in(self.directory, forwardSMTP=True, forwardHost="smtp.example.net")
+        config = dataclasses.replace(config, smtp=dataclasses.replace(config.smtp, localDomains=("example.com",)))
+        router = build_service(config, self.reactor).delivery.router
+        routes = router.route([Recipient("a@Example.COM."), Recipient("b@example.org")])
+        self.assertEqual([(agent.name, [r.address for r in group]) for agent, group in routes],
+                         [("mailbox", ["a@Example.COM."]), ("relay", ["b@example.org"])])
+
     def test_json_log_format_sets_the_observer(self) -> None:
         """logging.format = "json" gives twistd's application a JSON ILogObserver; "text" leaves twistd's own."""
         path = os.path.join(self.directory, "log.json")

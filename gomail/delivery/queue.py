@@ -75,9 +75,14 @@ class Router:
     def route(self, recipients: list[Recipient]) -> list[tuple[IDeliveryAgent, list[Recipient]]]:
         if self.relay is None:
             return [(self.local, recipients)] if recipients else []
-        local = [r for r in recipients if r.address.rpartition("@")[2] in self.local_domains]
+        local = [r for r in recipients if self._is_local(r.address.rpartition("@")[2])]
         remote = [r for r in recipients if r not in local]
         return [(agent, group) for agent, group in ((self.local, local), (self.relay, remote)) if group]
+
+    def _is_local(self, domain: str) -> bool:
+        # Envelopes queued before addresses were canonical at parse time may
+        # still hold "Example.COM.": they must not be relayed for that.
+        return domain in self.local_domains or domain.lower().rstrip(".") in self.local_domains
 
 
 @implementer(IQueueConsumer)
