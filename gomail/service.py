@@ -109,6 +109,16 @@ class GomailService(SequentialMultiService):
         self.on_fatal(failure)
 
 
+def _default_user(config: Config) -> str:
+    """The canonical name of the Go relay's C{defaultUsername} ("" when none is set)."""
+    from gomail.auth.names import canonical_username
+
+    try:
+        return canonical_username(config.defaultUsername) if config.defaultUsername else ""
+    except ValueError:
+        return ""  # not a usable name: AuthService's start says so
+
+
 def _log_file(path: str) -> Any:
     return sys.stdout if not path else open(path, "a", encoding="utf-8")
 
@@ -203,6 +213,7 @@ def build_service(config: Config, reactor: Any) -> GomailService:
                            log_envelopes=config.security.logAllEmails, portal=root.auth.portal,
                            rate_limiter=root.auth.rate_limiter, auth_settings=config.auth,
                            blacklist=root.auth.authenticator.blacklist,
+                           default_user=_default_user(config),
                            recipients=_recipients(config, reactor, policy, root.auth))
     SMTPService(root.smtp, reactor, config.smtp.listen, config.smtp.implicitTlsListen).setServiceParent(root)
     SignalService(reactor, root.rescan_queue).setServiceParent(root)

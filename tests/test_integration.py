@@ -284,3 +284,44 @@ class ConfigErrorTests(TestCase):
                                 capture_output=True, text=True, timeout=60)
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertIn("configuration ok", result.stdout)
+
+
+class GoRelaySeedConfigTests(TestCase):
+    """The Go relay's own config.json, as an application that relays through it uses it."""
+
+    timeout = 120
+
+    async def _seed(self) -> None:
+        workdir = os.path.abspath(self.mktemp())
+        os.makedirs(workdir)
+        port = free_port()
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            json.dump({"smtpHost": "127.0.0.1", "smtpPort": port, "defaultUsername": "alice",
+                       "defaultPassword": "wonderland-4711", "enableHealthCheck": False,
+                       "security": {"requireAuth": True, "allowLocalOnly": True}}, f)
+        env = {"GOMAIL_DATADIR": os.path.join(workdir, "data"), "GOMAIL_AUTH_BCRYPTROUNDS": "4",
+               "GOMAIL_NGINXAUTH_ENABLED": "false", "GOMAIL_SPOOL_MINFREESPACEMB": "0"}
+        process = spawn(reactor, TWISTD + ["-n", "--pidfile=", "gomail", "--config", "config.json"],
+                        cwd=workdir, env=env)
+        self.addCleanup(process.stop, reactor)
+        await process.wait_for(b"gomail ready", reactor)
+        self.assertIn(b"the default user alice (defaultUsername) may send as any address", process.output)
+
+        def send() -> dict:
+            with smtplib.SMTP("127.0.0.1", port, timeout=20) as client:
+                client.ehlo("app.test")
+                client.starttls(context=client_tls())
+                client.ehlo("app.test")
+                client.login("alice", "wonderland-4711")
+                return client.sendmail("alice@example.org", ["bob@example.com"], MESSAGE)
+
+        self.assertEqual(await deferToThread(send), {})
+
+    def test_default_user_sends_as_its_applications_address(self) -> Deferred:
+        """
+        The tester's seed config.json (defaultUsername alice, requireAuth): alice
+        logs in after STARTTLS and sends from alice@example.org: 250, not 553;
+        the start-up log warns that this user may send as anyone.
+        """
+        return Deferred.fromCoroutine(self._seed())
+

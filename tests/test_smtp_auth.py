@@ -232,6 +232,37 @@ class AuthenticatedMailTests(AuthHarnessMixin, TestCase):
         self.login(client)
         self.assertEqual(client.send(b"MAIL FROM:<mallory@example.org>\r\n"), b"250 2.1.0 Sender ok\r\n")
 
+    def test_go_relay_default_user_sends_as_anyone(self):
+        """
+        The tester's seed config (defaultUsername "alice", requireAuth): the
+        default user, with no senders set, may send as any address, as the Go
+        relay let it; it gets 250, not 553.
+        """
+        harness = self.auth_harness(require_auth=True)
+        self.users.add("alice", "wonderland")
+        harness.server.default_user = "alice"
+        client = self.secure_client(harness)
+        self.login(client, "alice", "wonderland")
+        self.assertEqual(client.send(b"MAIL FROM:<alice@example.org>\r\n"), b"250 2.1.0 Sender ok\r\n")
+        client.send(b"RSET\r\n")
+        self.assertEqual(client.send(b"MAIL FROM:<billing@example.net>\r\n"), b"250 2.1.0 Sender ok\r\n")
+
+    def test_default_user_with_senders_is_restricted(self):
+        """Once senders are set for the default user, the ownership rule applies to it too."""
+        harness = self.auth_harness()
+        harness.server.default_user = "bob"  # bob has allowed senders
+        client = self.secure_client(harness)
+        self.login(client)
+        self.assertTrue(client.send(b"MAIL FROM:<mallory@example.org>\r\n").startswith(b"553 5.7.1 "))
+
+    def test_other_users_keep_the_rule(self):
+        """Every other user keeps the ownership rule."""
+        harness = self.auth_harness()
+        harness.server.default_user = "alice"
+        client = self.secure_client(harness)
+        self.login(client, "alice@example.org", "correct horse")
+        self.assertTrue(client.send(b"MAIL FROM:<mallory@example.org>\r\n").startswith(b"553 5.7.1 "))
+
 
 class RateLimitTests(AuthHarnessMixin, TestCase):
     """rateLimits at MAIL FROM: 451 4.7.1 past the limit, sliding windows."""

@@ -89,6 +89,10 @@ class AuthService(Service):
             hashed = await self.parts.cpu.run(hash_password, password, self.config.auth.bcryptRounds)
             await users.add_user(name, hashed, self.clock.seconds())
             self.log.info("created the default user from defaultUsername")
+        user = await users.get_user(name) if name else None
+        if user is not None and not user.allowed_senders and self.config.auth.enforceSenderAddress:
+            self.log.warn("the default user {user} (defaultUsername) may send as any address, as the Go relay "
+                          "let it; restrict it with: gomail user sender set {user} ADDRESS...", user=user.name)
         try:
             await self.parts.state.ping()
         except Exception as e:

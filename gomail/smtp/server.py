@@ -79,7 +79,7 @@ class SMTPServer:
                  clock: IReactorTime, tls_context: Any, queue_size: int, log_envelopes: bool,
                  portal: Any = None, rate_limiter: "RateLimiter | None" = None,
                  auth_settings: AuthSettings | None = None, blacklist: Any = None,
-                 recipients: LocalRecipients | None = None) -> None:
+                 recipients: LocalRecipients | None = None, default_user: str = "") -> None:
         self.settings = settings
         self.policy = policy
         # Who exists in the local domains (users, aliases, postmaster); by
@@ -95,6 +95,8 @@ class SMTPServer:
         self.rate_limiter = rate_limiter
         self.auth_settings = auth_settings or AuthSettings()
         self.blacklist = blacklist  # None: no IP blacklist
+        # The Go relay's defaultUsername (canonical): it sends as anyone until given senders.
+        self.default_user = default_user
         self._blacklist_log = LogThrottle(clock, BLACKLIST_LOG_PER_SECOND)
         self.rejections: Counter[str] = Counter()  # refusals by reason, for the metrics endpoint
         self.sessions_total = 0
@@ -221,9 +223,14 @@ class SMTPServer:
         """
         Whether an authenticated user may use C{sender} as MAIL FROM: one of
         their allowed addresses or domains (C{@example.com}), or their user name
-        when it is an address and none are set. The null sender is allowed.
+        when it is an address and none are set. The null sender is allowed. The
+        user made from the Go relay's C{defaultUsername} may use any sender
+        until senders are set for it, as the Go relay let it (applications that
+        relay through it depend on that).
         """
         if not self.auth_settings.enforceSenderAddress or not sender.address:
+            return True
+        if user.name == self.default_user and not user.allowed_senders:
             return True
         address = sender.address.lower()
         allowed = user.allowed_senders or ((user.name,) if "@" in user.name else ())
