@@ -13,6 +13,7 @@ from twisted.internet.interfaces import IReactorTime
 import gomail
 from gomail import aliascli, queuetool, usercli
 from gomail.config import ConfigError, describe, load_config
+from gomail.config import warnings as config_warnings
 from gomail.delivery.failed import FailedStore
 from gomail.spool.store import Spool
 
@@ -166,6 +167,8 @@ def check_config(path: str) -> int:
         return 1
     print(f"{path}: configuration ok")
     print(describe(config))
+    for warning in config_warnings(config):
+        print(f"gomail: warning: {warning}", file=sys.stderr)
     return 0
 
 

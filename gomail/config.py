@@ -278,3 +278,17 @@ def describe(config: Config) -> str:
         f"allowLocalOnly: {str(config.security.allowLocalOnly).lower()}",
     ]
     return "\n".join(lines)
+
+
+def warnings(config: Config) -> list[str]:
+    """
+    What a valid configuration probably does not mean to do, one sentence
+    each (printed by C{gomail check-config}, logged at start).
+    """
+    found = []
+    if not config.forwardSMTP and not config.smtp.localDomains:
+        found.append("forwardSMTP is false and smtp.localDomains is empty: mail for every domain is "
+                     "delivered to local Maildirs; set forwardSMTP with forwardHost (or forwardProviders) "
+                     "to relay outside mail, and list your own domains in smtp.localDomains")
+    return found
+

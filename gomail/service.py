@@ -19,6 +19,7 @@ from gomail.delivery.failed import FailedStore
 from gomail.delivery.queue import DeliveryQueue, Router
 from gomail.delivery.relay import RelayAgent
 from gomail.delivery.maildir import MaildirDelivery
+from gomail.config import warnings as config_warnings
 from gomail.logjson import json_lines_observer
 from gomail.logtext import classic_observer
 from gomail.services import SequentialMultiService, ThreadPoolService
@@ -80,6 +81,8 @@ class GomailService(SequentialMultiService):
 
     def startService(self) -> Deferred:  # type: ignore[override]
         self.log.info("gomail {version} starting", version=gomail.__version__)
+        for warning in config_warnings(self.config):
+            self.log.warn("configuration: {warning}", warning=warning)
         d = super().startService()
         d.addCallbacks(self._started, self._start_failed)
         return d

@@ -43,7 +43,7 @@ class CheckConfigTests(SynchronousTestCase):
     def test_valid_file(self) -> None:
         """A valid file exits 0, says 'configuration ok' and prints the summary on stdout."""
         path = self.write("gomail.toml", 'smtpPort = 2525\nforwardPassword = "cli-secret-1"\n'
-                                         '[smtp]\nhostname = "mx.example"\n')
+                                         '[smtp]\nhostname = "mx.example"\nlocalDomains = ["example.com"]\n')
         result = self.gomail("check-config", path)
         self.assertEqual((result.returncode, result.stderr), (0, ""))
         lines = result.stdout.splitlines()
@@ -62,6 +62,27 @@ class CheckConfigTests(SynchronousTestCase):
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertIn("delivery: smarthost relay.example", result.stdout)
         self.assertNotIn("cli-secret-2", result.stdout)
+
+    def test_everything_local_is_warned(self) -> None:
+        """forwardSMTP false and no localDomains: valid (exit 0), with a warning saying all mail stays local."""
+        path = self.write("gomail.toml", "smtpPort = 2525\n")
+        result = self.gomail("check-config", path)
+        self.assertEqual(result.returncode, 0)
+        self.assertIn("gomail: warning: forwardSMTP is false and smtp.localDomains is empty", result.stderr)
+
+    def test_production_example_relays_outside_mail(self) -> None:
+        """
+        conf/production.toml (its TLS files pointed at files that exist) is valid,
+        warns of nothing, relays to a smarthost and keeps example.com local.
+        """
+        with open(os.path.join(_SOURCE_ROOT, "conf", "production.toml"), encoding="utf-8") as f:
+            text = f.read()
+        for name in ("fullchain.pem", "privkey.pem"):
+            text = text.replace(f"/etc/gomail/tls/{name}", self.write(name, "placeholder\n"))
+        path = self.write("production.toml", text)
+        result = self.gomail("check-config", path)
+        self.assertEqual((result.returncode, result.stderr), (0, ""))
+        self.assertIn("delivery: smarthost smtp.provider.example", result.stdout)
 
     def test_invalid_file(self) -> None:
         """A bad value exits 1 with one line on stderr naming the file and the key, nothing on stdout."""
