@@ -119,7 +119,10 @@ class _Collector:
                                   value=smtp.received_messages)
         yield CounterMetricFamily("gomail_recipients_received", "Recipients of accepted messages",
                                   value=smtp.received_recipients)
-        yield CounterMetricFamily("gomail_smtp_sessions", "SMTP connections opened", value=smtp.sessions_total)
+        yield CounterMetricFamily("gomail_smtp_sessions", "SMTP sessions (connections refused, or whose client sent "
+                                  "something)", value=smtp.sessions_total)
+        yield CounterMetricFamily("gomail_smtp_probes", "SMTP connections closed without a byte from the client "
+                                  "(TCP health checks)", value=smtp.probes_total)
         open_ = GaugeMetricFamily("gomail_smtp_sessions_open", "SMTP sessions open now")
         open_.add_metric([], len(smtp.sessions))
         yield open_

@@ -26,12 +26,22 @@ from typing import Any, Iterable
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, gatherResults
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol
-from twisted.internet.protocol import Protocol
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from gomail.settings import Backend
+
+
+class _ProbeFactory(Factory):
+    """A connection that only checks the port accepts; quiet (no Starting/Stopping factory lines every interval)."""
+
+    noisy = False
+    protocol = Protocol
+
+
+_PROBE = _ProbeFactory()
 
 
 class NoBackend(Exception):
@@ -172,7 +182,7 @@ class BackendRouter(Service):
         endpoint_type = TCP6ClientEndpoint if ":" in address else TCP4ClientEndpoint
         endpoint = endpoint_type(self.reactor, address, backend.config.port, timeout=self.timeout)
         try:
-            protocol = await connectProtocol(endpoint, Protocol())
+            protocol = await endpoint.connect(_PROBE)
         except Exception as e:
             self._mark(backend, False, f"connection failed: {type(e).__name__}")
             return

@@ -55,11 +55,15 @@ class SMTPFraming(ESMTP):
         self._pipelined = False  # whether input followed the command being run
         self._paused_for: set[str] = set()
         self.greeted = False
+        self.spoke = False  # whether the client sent anything (else: a TCP probe)
         self.junk_commands = 0
 
     # -- reading ------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
+        if not self.spoke:
+            self.spoke = True
+            self.server.spoke(self)
         if self.transport.disconnecting:
             return  # a last reply is on its way: nothing more is read
         if not self.greeted:

@@ -100,6 +100,7 @@ class SMTPServer:
         self._blacklist_log = LogThrottle(clock, BLACKLIST_LOG_PER_SECOND)
         self.rejections: Counter[str] = Counter()  # refusals by reason, for the metrics endpoint
         self.sessions_total = 0
+        self.probes_total = 0  # connections closed without a byte from the client
         self.received_messages = 0
         self.received_recipients = 0
         self.sessions: set[GomailESMTP] = set()
@@ -114,8 +115,23 @@ class SMTPServer:
     # -- sessions -----------------------------------------------------------
 
     def admit(self, session: GomailESMTP) -> Refusal | None:
-        """Register a new session, or say why it is refused (then it is not registered)."""
+        """
+        Register a new session, or say why it is refused (then it is not
+        registered). A session counts in C{sessions_total} once refused or once
+        its client sends something; one that closes without a byte is a TCP
+        health check (nginx's backend probe, a load balancer's) and counts in
+        C{probes_total} instead (see L{release}).
+        """
+        refusal = self._admission(session)
+        if refusal is not None:
+            self.sessions_total += 1
+        return refusal
+
+    def spoke(self, session: GomailESMTP) -> None:
+        """The client of an admitted session sent its first bytes: a session, not a probe."""
         self.sessions_total += 1
+
+    def _admission(self, session: GomailESMTP) -> Refusal | None:
         if self.shutting_down:
             return (421, "4.3.2", f"{self.settings.hostname} Service shutting down, try again later")
         if not self.policy.may_connect(session.client_ip):
@@ -158,6 +174,8 @@ class SMTPServer:
 
     def release(self, session: GomailESMTP) -> None:
         """Forget a closed session."""
+        if not session.spoke:
+            self.probes_total += 1
         if session in self.sessions:
             self.sessions.discard(session)
             self._per_ip[session.client_host] -= 1
