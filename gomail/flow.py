@@ -72,7 +72,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -139,7 +139,7 @@ class OutputBound:
 
     log = Logger()
 
-    def __init__(self, clock: IReactorTime, timeout: float | None,
+    def __init__(self, clock: Any, timeout: float | None,
                  on_paused: Callable[[], None] | None = None, on_resumed: Callable[[], None] | None = None,
                  on_timeout: Callable[[], None] | None = None, name: str = "connection") -> None:
         if timeout is not None and timeout <= 0:
@@ -151,7 +151,7 @@ class OutputBound:
         self.paused = False
         #: Whether the timeout has aborted the connection.
         self.timed_out = False
-        self._timer: IDelayedCall | None = None
+        self._timer: Any = None  # an IDelayedCall while paused
 
     # -- the owner's side ---------------------------------------------------------
 
