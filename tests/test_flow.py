@@ -245,7 +245,7 @@ class LineServer(Protocol):
         self.lost = Deferred()
 
     def connectionMade(self) -> None:
-        _small_buffers(_socket_transport(self.transport).getHandle())
+        small_buffers(_socket_transport(self.transport).getHandle())
         self.flow = OutputBound(self.clock, 60, self.output_full, self.output_drained, name="test")
         self.flow.attach(self.transport)
         if self.banner:
@@ -297,7 +297,7 @@ class Sink(Protocol):
 
     def connectionMade(self) -> None:
         if not self.read:
-            _small_buffers(_socket_transport(self.transport).getHandle())
+            small_buffers(_socket_transport(self.transport).getHandle())
             if not self.tls:
                 self.transport.pauseProducing()  # the attacker never reads
         if self.data:
@@ -316,7 +316,7 @@ class Sink(Protocol):
         self.lost.callback(None)
 
 
-def _small_buffers(sock: Any) -> None:
+def small_buffers(sock: Any) -> None:
     """Small kernel buffers, so that the test's unread bytes fill them quickly."""
     import socket
 
@@ -363,7 +363,7 @@ class LoopbackTests(TestCase):
         await self.servers_paused()
         server = self.servers[0]
         for _ in range(5):
-            await _turn()  # what the TLS layer aggregates is flushed at the next turn
+            await turn()  # what the TLS layer aggregates is flushed at the next turn
         self.assertLessEqual(server.most_buffered, bound(server.transport))
         self.assertLessEqual(buffered(server.transport), bound(server.transport))
         self.assertLess(server.received, COMMANDS * 6)  # it stopped reading
@@ -374,14 +374,14 @@ class LoopbackTests(TestCase):
             clock.advance(60)
             if client.lost.called:
                 break
-            await _turn()
+            await turn()
         self.assertTrue(server.flow.timed_out)
         await client.lost
         await server.lost
 
     async def servers_paused(self) -> None:
         while not self.servers:
-            await _turn()
+            await turn()
         await self.servers[0].paused
 
     async def test_unread_output_stays_bounded(self) -> None:
@@ -445,7 +445,7 @@ class StartTLSClient(Sink):
     """Asks for STARTTLS, then, over TLS, pipelines C{data} and never reads."""
 
     def connectionMade(self) -> None:
-        _small_buffers(_socket_transport(self.transport).getHandle())
+        small_buffers(_socket_transport(self.transport).getHandle())
         self.transport.write(b"STARTTLS\r\n")
 
     def dataReceived(self, data: bytes) -> None:
@@ -463,7 +463,7 @@ def _socket_transport(transport: Any) -> Any:
     return transport
 
 
-def _turn() -> Deferred:
+def turn() -> Deferred:
     """One turn of the reactor."""
     d: Deferred = Deferred()
     reactor.callLater(0, d.callback, None)

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import json
 
+from twisted.internet import reactor
 from twisted.internet.address import IPv4Address, UNIXAddress
 from twisted.internet.defer import Deferred
+from twisted.internet.protocol import ClientFactory
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from gomail.web.authwire import AuthHTTPFactory
 from gomail.web.http import PeerAccess
-from tests.webtesting import parse_response
+from tests.test_flow import Sink, buffered, small_buffers, turn
+from tests.webtesting import BoundedTransport, flood, parse_response
 
 LOOPBACK = IPv4Address("TCP", "127.0.0.1", 40000)
 OK = {b"Auth-Status": b"OK", b"Auth-Server": b"192.0.2.10", b"Auth-Port": b"143"}
@@ -354,3 +357,139 @@ class TimeoutTests(WireTestCase):
         protocol, transport = self.connect()
         protocol.connectionLost(None)
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+ATTACK = 53_600_000  # what the tester pipelined without reading an answer
+#: nginx's login request, kept alive so that it can be pipelined.
+PIPELINED = NGINX.replace(b"HTTP/1.0", b"HTTP/1.1")
+
+
+class UnreadAnswersTests(WireTestCase):
+    """
+    Issue 14 item 1: a client pipelining logins and never reading the answers
+    (53.6 MB of them grew the server by 81 MB) is held to a bounded buffer
+    and cut off after the timeout.
+    """
+
+    def connect_bounded(self):
+        protocol = self.factory.buildProtocol(LOOPBACK)
+        transport = BoundedTransport(peerAddress=LOOPBACK)
+        protocol.makeConnection(transport)
+        return protocol, transport
+
+    def test_unread_answers_stay_bounded(self) -> None:
+        """
+        Reading stops once the unread answers are over the transport's buffer
+        size: the buffer holds at most that and one answer, and what the
+        server holds of the client's input at most one read more than a head.
+        """
+        protocol, transport = self.connect_bounded()
+        sent = flood(protocol, transport, PIPELINED, ATTACK)
+        self.assertEqual(transport.producerState, "paused")
+        self.assertLess(sent, 1_000_000)
+        self.assertFalse(transport.disconnecting)
+        answer_size = len(responses(transport.value())[0].body) + transport.value().index(b"\r\n\r\n") + 4
+        self.assertLessEqual(transport.most, transport.bufferSize + answer_size)
+        self.assertLessEqual(len(protocol._buffer), 65536 + 2048)
+        self.assertLessEqual(len(self.answerer.seen), transport.bufferSize // answer_size + 1)
+
+    def test_input_while_paused_is_not_served(self) -> None:
+        """A read already in flight when reading stopped is kept, not served, and reading stays paused."""
+        protocol, transport = self.connect_bounded()
+        flood(protocol, transport, PIPELINED, ATTACK)
+        asked, written = len(self.answerer.seen), len(transport.value())
+        protocol.dataReceived(PIPELINED * 200)
+        self.assertEqual((len(self.answerer.seen), len(transport.value())), (asked, written))
+        self.assertEqual(transport.producerState, "paused")
+        self.assertLessEqual(len(protocol._buffer), 2 * 65536 + 2048)
+
+    def test_client_that_stays_over_is_aborted(self) -> None:
+        """A client still not reading its answers after the timeout is aborted, not before."""
+        protocol, transport = self.connect_bounded()
+        flood(protocol, transport, PIPELINED, ATTACK)
+        self.clock.advance(TIMEOUT - 0.1)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(0.1)
+        self.assertTrue(transport.aborted)
+
+    def test_client_reading_late_gets_every_answer(self) -> None:
+        """A client that reads its answers late gets every one, in order, and is not cut off."""
+        protocol, transport = self.connect_bounded()
+        sent = flood(protocol, transport, request(b"/api/auth?n"), 400_000)
+        received = b""
+        for _ in range(100):
+            received += transport.drain()
+            if transport.producerState == "paused":
+                continue
+            if sent < 400_000:
+                sent += flood(protocol, transport, request(b"/api/auth?n"), 400_000 - sent)
+            else:
+                break
+        received += transport.drain()
+        self.assertEqual(len(responses(received)), len(self.answerer.seen))
+        self.assertEqual(len(self.answerer.seen), sent // len(request(b"/api/auth?n")))
+        self.assertFalse(transport.disconnecting)
+
+    def test_pending_answer_and_unread_output(self) -> None:
+        """Reading stays paused until both the pending answer is done and the output has drained."""
+        protocol, transport = self.connect_bounded()
+        flood(protocol, transport, PIPELINED, ATTACK)
+        self.answerer.pending = Deferred()
+        transport.drain()  # resumes: serves until the request whose answer waits
+        self.assertEqual(transport.producerState, "producing")
+        flood(protocol, transport, PIPELINED, 10 * 65536)
+        self.assertEqual(transport.producerState, "paused")
+        pending, self.answerer.pending = self.answerer.pending, None
+        pending.callback((200, dict(OK)))
+        self.assertEqual(transport.producerState, "paused")  # answers over the bound again
+        transport.drain()
+        self.assertEqual(transport.producerState, "producing")
+
+    def test_refused_and_unread_is_aborted(self) -> None:
+        """A closing connection whose last answer is not taken within the timeout is aborted."""
+        protocol, transport = self.connect_bounded()
+        protocol.dataReceived(request(b"/nowhere"))
+        self.assertIsNone(transport.producer)  # unregistered: the transport may close
+        self.assertTrue(transport.disconnecting)
+        self.clock.advance(TIMEOUT)
+        self.assertTrue(transport.aborted)
+
+
+class UnreadAnswersLoopbackTests(TestCase):
+    """The same attack on a real loopback listener: the server's transport buffer stays bounded."""
+
+    timeout = 30
+
+    async def test_unread_answers_on_a_real_listener(self) -> None:
+        """
+        A client pipelines 20 MB of logins and never reads: the server stops
+        reading with its write buffer under the bound and one answer, and
+        aborts the connection once the timeout passes.
+        """
+        clock = Clock()
+        factory = AuthHTTPFactory(StubAnswerer(), "/api/auth", PeerAccess(), clock, 2048, TIMEOUT)
+        channels: list = []
+        build = factory.buildProtocol
+        factory.buildProtocol = lambda addr: channels.append(build(addr)) or channels[-1]
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        small_buffers(port.socket)  # inherited by the accepted socket: the kernel takes little of the answers
+        client = Sink(PIPELINED * (20_000_000 // len(PIPELINED)))
+        connector = reactor.connectTCP("127.0.0.1", port.getHost().port, ClientFactory.forProtocol(lambda: client))
+        self.addCleanup(connector.disconnect)
+        for _ in range(100_000):
+            if channels and channels[0]._flow.paused:
+                break
+            await turn()
+        channel = channels[0]
+        self.assertTrue(channel._flow.paused)
+        for _ in range(5):
+            await turn()
+        transport = channel.transport
+        self.assertLessEqual(buffered(transport), transport.bufferSize + 1024)
+        for _ in range(50):  # the kernel may take a little more: the timeout runs from the last pause
+            clock.advance(TIMEOUT)
+            if client.lost.called:
+                break
+            await turn()
+        await client.lost

@@ -2,7 +2,9 @@
 Test helpers for the HTTP listeners: treq's L{StubTreq} over the real resource
 trees, answered synchronously, with a way to pretend the peer is not loopback;
 and L{WireBrowser}, raw HTTP through a listener's protocol factory (the
-auth_http listener is not a twisted.web Site).
+auth_http listener is not a twisted.web Site); L{BoundedTransport}, a
+StringTransport whose write buffer pauses its producer as a TCP transport's
+does, and L{flood}, a client that pipelines and never reads.
 """
 
 from __future__ import annotations
@@ -176,3 +178,60 @@ class WireBrowser:
 
     def get(self, url: str, headers: Any = None) -> Answer:
         return self.request("GET", url, headers=headers)
+
+
+class BoundedTransport(StringTransport):
+    """
+    A StringTransport whose write buffer behaves as a TCP transport's
+    (C{twisted.internet.abstract.FileDescriptor}): on every write while more
+    than C{bufferSize} bytes are unsent, its streaming producer is paused;
+    L{drain} (the client reading) empties it and resumes the producer.
+    C{most} is the largest the buffer has been.
+    """
+
+    bufferSize = 65536
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.most = 0
+        self.producer_paused = False
+        self.aborted = False
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        size = self.io.tell()
+        self.most = max(self.most, size)
+        if self.producer is not None and self.streaming and size > self.bufferSize:
+            self.producer_paused = True
+            self.producer.pauseProducing()
+
+    def writeSequence(self, data: Any) -> None:
+        self.write(b"".join(data))
+
+    def abortConnection(self) -> None:
+        self.aborted = True
+        super().abortConnection()
+
+    def drain(self) -> bytes:
+        """What the client reads: everything written so far; the producer is resumed."""
+        data = self.value()
+        self.clear()
+        if self.producer is not None and self.producer_paused:
+            self.producer_paused = False
+            self.producer.resumeProducing()
+        return data
+
+
+def flood(protocol: Any, transport: StringTransport, request: bytes, total: int, read_size: int = 65536) -> int:
+    """
+    A client pipelining C{request} up to C{total} bytes and never reading:
+    delivered to C{protocol} in reads of C{read_size}, as a reactor does, for
+    as long as the transport reads (until C{pauseProducing}). Returns the bytes
+    delivered.
+    """
+    chunk = request * max(1, read_size // len(request))
+    sent = 0
+    while sent < total and transport.producerState == "producing" and not transport.disconnecting:
+        protocol.dataReceived(chunk)
+        sent += len(chunk)
+    return sent

@@ -23,20 +23,30 @@ What is served:
   - a request timeout: a connection must complete a request within
     C{timeout} seconds of opening or of its last answer, or it is closed
     (however slowly it trickles bytes; an answer being worked out does not
-    count against it).
+    count against it);
+  - bounded memory for a client that pipelines and does not read its answers
+    (issue 14 item 1): once the answers it has not read are over the
+    transport's buffer size (64 KiB), the connection is not read and the
+    requests already buffered wait (L{gomail.flow.OutputBound}); one still
+    over the bound after C{timeout} seconds is aborted. Input waiting to be
+    served is bounded as well: more than a head's worth of it (C{max_head_bytes})
+    stops reading until it can be served. A closing connection that does not
+    take its last answer within C{timeout} is aborted too.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Coroutine
 from email.utils import formatdate
-from typing import Any, Coroutine
+from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from gomail.flow import OutputBound, ReadPauses
 from gomail.web.authhttp import REFUSAL_TEXT, Answer, AuthHTTPAnswerer, RequestHeaders
 from gomail.web.http import PeerAccess
 
@@ -103,8 +113,8 @@ class AuthHTTPChannel(Protocol):
     def __init__(self) -> None:
         self._buffer = b""
         self._busy = False  # an answer is being worked out: later requests wait in the buffer
-        self._paused = False
         self._closing = False
+        self._lost = False
         self._allowed = False
         self._idle_since = 0.0
         self._timer: Any = None
@@ -115,28 +125,48 @@ class AuthHTTPChannel(Protocol):
         self._idle_since = clock.seconds()
         # One timer per connection, looking at _idle_since when it fires: no timer work per request.
         self._timer = clock.callLater(self.factory.timeout, self._check_timeout)
+        # Reading stops for either of two reasons: "output" (answers not read, over the bound) and
+        # "backlog" (requests piled up behind one that cannot be served yet).
+        self._pauses = ReadPauses(self.transport)
+        self._flow = OutputBound(clock, self.factory.timeout, self._output_full, self._output_drained,
+                                 name="nginx auth_http")
+        self._flow.attach(self.transport)
 
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
             return
         self._buffer += data
-        if self._busy:
-            if len(self._buffer) > self.factory.max_head_bytes and not self._paused:
-                # Pipelined requests pile up while one is answered: stop reading until it is.
-                self._paused = True
-                self.transport.pauseProducing()
+        if self._busy or self._flow.paused:
+            if len(self._buffer) > self.factory.max_head_bytes and "backlog" not in self._pauses:
+                # Pipelined requests pile up while one is answered, or while answers are not read.
+                self._pauses.pause("backlog")
             return
         self._serve()
 
     def connectionLost(self, reason: Any = None) -> None:
-        self._closing = True
+        self._closing = self._lost = True
+        self._flow.detach()
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
 
+    def _output_full(self) -> None:
+        """The answers not read are over the bound: read nothing, serve nothing buffered."""
+        self._pauses.pause("output")
+
+    def _output_drained(self) -> None:
+        self._pauses.resume("output")
+        self._resume()
+
     def _check_timeout(self) -> None:
         self._timer = None
+        if self._lost:
+            return
         if self._closing:
+            # The last answer was not taken within the timeout (a client that does not read).
+            self.log.debug("auth_http connection not closed {timeout} s after its last answer: aborted",
+                           timeout=self.factory.timeout)
+            self.transport.abortConnection()
             return
         clock, timeout = self.factory.clock, self.factory.timeout
         waited = clock.seconds() - self._idle_since
@@ -152,7 +182,7 @@ class AuthHTTPChannel(Protocol):
     def _serve(self) -> None:
         """Answer every complete request in the buffer, until one has to wait."""
         limit = self.factory.max_head_bytes
-        while not self._busy and not self._closing:
+        while not self._busy and not self._closing and not self._flow.paused:
             if self._buffer[:1] in (b"\r", b"\n"):
                 self._buffer = self._buffer.lstrip(b"\r\n")  # RFC 9112 2.2: empty lines before a request
             head = self._take_head()
@@ -254,12 +284,10 @@ class AuthHTTPChannel(Protocol):
         self._respond((500, {b"Auth-Status": b"Temporary authentication failure"}), version, False)
 
     def _resume(self) -> None:
-        """After an answer that had to wait: read again, answer what was pipelined meanwhile."""
-        if self._closing:
+        """After an answer that had to wait, or drained output: read again, answer what was pipelined meanwhile."""
+        if self._closing or self._busy:
             return
-        if self._paused:
-            self._paused = False
-            self.transport.resumeProducing()
+        self._pauses.resume("backlog")
         self._serve()
 
     # -- responses ----------------------------------------------------------------
@@ -286,8 +314,17 @@ class AuthHTTPChannel(Protocol):
         if keep_alive:
             self._idle_since = now
         else:
-            self._closing = True
-            self.transport.loseConnection()
+            self._close()
+
+    def _close(self) -> None:
+        """Close once the last answer is sent; abort if it is not taken within the timeout."""
+        self._closing = True
+        # A transport does not close while a producer is registered (flow.py's contract).
+        self._flow.detach()
+        self.transport.loseConnection()
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = self.factory.clock.callLater(self.factory.timeout, self._check_timeout)
 
     def _refuse(self, version: bytes, error: HTTPError, head_only: bool = False) -> None:
         headers = {b"Auth-Status": REFUSAL} if error.auth_refusal else {}
