@@ -69,6 +69,11 @@ class Metrics:
             "avg_processing_time_ms": round(stats.average_attempt_ms, 1) if stats else 0.0,
         }
 
+    def corrupt_total(self) -> int:
+        """Queue entries the spool moved to corrupt/ since start (damaged, incomplete, unreadable)."""
+        spool = getattr(self.delivery, "spool", None)
+        return getattr(spool, "corrupt_total", 0)
+
     def success_rate(self) -> float:
         """Percentage of finished messages that were delivered (100 when none finished yet)."""
         stats = self.delivery.stats if self.delivery is not None else None
@@ -96,6 +101,9 @@ class _Collector:
             yield from self._smtp(m.smtp)
         if m.delivery is not None:
             yield from self._delivery(m.delivery)
+        yield CounterMetricFamily("gomail_spool_corrupt",
+                                  "Queue entries moved to corrupt/ (damaged content, incomplete or unreadable)",
+                                  value=m.corrupt_total())
         failed = GaugeMetricFamily("gomail_failed_store_messages", "Messages in the failed store")
         failed.add_metric([], m.failed_count)
         yield failed
@@ -142,6 +150,7 @@ class _Collector:
             messages.add_metric([outcome], m_count)
             recipients.add_metric([outcome], r_count)
         messages.add_metric(["bounced"], stats.bounces)
+        messages.add_metric(["delay_warned"], stats.delay_warnings)
         yield messages
         yield recipients
         summary = delivery.summary()

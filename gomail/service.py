@@ -168,7 +168,7 @@ def _delivery(config: Config, reactor: Any, spool: Spool, mailbox_writer: Any) -
                          maximum=settings.retryMaxDelay, jitter=settings.retryJitter, max_age=settings.maxQueueAge)
     return DeliveryQueue(spool, router, reactor, workers, processing_timeout=config.processingTimeout,
                          policy=policy, failed=FailedStore(spool, reactor), hostname=config.smtp.hostname,
-                         failed_retry_interval=settings.failedRetryInterval)
+                         failed_retry_interval=settings.failedRetryInterval, delay_warning=settings.delayWarning)
 
 
 def _recipients(config: Config, reactor: Any, policy: RelayPolicy, auth: AuthParts) -> LocalRecipients:

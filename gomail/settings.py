@@ -195,6 +195,9 @@ class DeliverySettings:
     retryMaxDelay: int = setting(3600, check=between(1))
     retryJitter: float = setting(0.2, check=between(0.0, 1.0))
     maxQueueAge: int = setting(432000, check=between(60))
+    # Seconds after which the sender of a message still being retried gets one
+    # "delayed" DSN (Postfix's delay_warning_time); 0: never.
+    delayWarning: int = setting(14400, check=between(0))
     failedRetryInterval: int = setting(3600, check=between(0))
     tlsVerify: bool = setting(True)
     tlsCAFile: str = setting("")

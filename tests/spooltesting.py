@@ -13,6 +13,7 @@ from twisted.internet.task import Clock
 
 from gomail.spool.envelope import Envelope, Recipient
 from gomail.spool.fs import FileSystem
+from gomail.spool.integrity import digest_text, new_digest
 from gomail.spool.store import Spool
 
 
@@ -146,10 +147,21 @@ def make_spool(directory: str, clock: Clock | None = None, fs: FileSystem | None
 
 
 def new_envelope(queue_id: str, *recipients: str, sender: str = "sender@example.com",
-                 received: float = 0.0) -> Envelope:
-    """An envelope as the SMTP side makes one."""
-    return Envelope(id=queue_id, sender=sender, recipients=[Recipient(a) for a in recipients or ("rcpt@example.com",)],
-                    received=received, client_address="192.0.2.1", client_helo="client.example")
+                 received: float = 0.0, content: bytes | None = None) -> Envelope:
+    """An envelope as the SMTP side makes one; with C{content}, recording its size and digest as a commit does."""
+    envelope = Envelope(id=queue_id, sender=sender,
+                        recipients=[Recipient(a) for a in recipients or ("rcpt@example.com",)],
+                        received=received, client_address="192.0.2.1", client_helo="client.example")
+    if content is not None:
+        envelope.size, envelope.digest = len(content), content_digest(content)
+    return envelope
+
+
+def content_digest(content: bytes) -> str:
+    """The digest an envelope records for C{content}."""
+    digest = new_digest()
+    digest.update(content)
+    return digest_text(digest)
 
 
 def start_commit(spool: Spool, content: bytes, *recipients: str, chunk: int = 8192,

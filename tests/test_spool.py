@@ -88,7 +88,7 @@ class PrepareTests(SpoolTestCase):
         for name in ("0001.eml", "0001.json", "0002.json.new"):
             with open(os.path.join(self.directory, "tmp", name), "wb") as f:
                 f.write(b"partial")
-        self.queue_entry("0003", new_envelope("0003").to_json())
+        self.queue_entry("0003", new_envelope("0003", content=SMALL).to_json())
         spool = self.spool()
         self.assertEqual(listing(spool, "tmp"), [])
         self.assertEqual(listing(spool, "queue"), ["0003.eml", "0003.json"])
@@ -96,7 +96,7 @@ class PrepareTests(SpoolTestCase):
     def test_counts_the_queue(self) -> None:
         """queued starts as the number of envelopes in queue/."""
         for queue_id in ("a1", "a2"):
-            self.queue_entry(queue_id, new_envelope(queue_id).to_json())
+            self.queue_entry(queue_id, new_envelope(queue_id, content=SMALL).to_json())
         self.assertEqual(self.spool().queued, 2)
 
     def test_stale_write_probe(self) -> None:
@@ -242,8 +242,14 @@ class CrashTests(SpoolTestCase):
             spool, report = self.recovered()
             where = f"crash at step {index} ({step})"
             self.assertEqual(listing(spool, "tmp"), [], where)
-            self.assertEqual(listing(spool, "corrupt"), [], where)
-            if report.envelopes:
+            if listing(spool, "corrupt"):
+                # Between the two renames: the content is in queue/, its envelope never got
+                # there. Never deleted (recovery cannot tell it from an envelope lost later).
+                self.assertEqual(listing(spool, "corrupt"), [envelope.id + ".eml"], where)
+                self.assertEqual(read(spool.path("corrupt", envelope.id + ".eml")), content, where)
+                self.assertEqual((report.envelopes, listing(spool, "queue")), ([], []), where)
+                outcomes.append("set aside")
+            elif report.envelopes:
                 self.assertEqual(report.envelopes, [envelope], where)
                 self.assertEqual(read(spool.message_path(envelope.id)), content, where)
                 self.assertEqual(listing(spool, "queue"), [envelope.id + ".eml", envelope.id + ".json"], where)
@@ -253,9 +259,10 @@ class CrashTests(SpoolTestCase):
                 self.assertEqual(listing(spool, "queue"), [], where)
                 self.assertEqual(spool.queued, 0, where)
                 outcomes.append("nothing")
-        # Nothing survives until the envelope is renamed into queue/, everything after.
+        # Nothing survives until the content is renamed into queue/, everything once the envelope is.
         complete_from = next(i for i, s in enumerate(steps) if s.startswith("rename tmp/") and ".json" in s) + 1
-        self.assertEqual(outcomes, ["nothing"] * complete_from + ["complete"] * (len(steps) - complete_from))
+        self.assertEqual(outcomes, ["nothing"] * (complete_from - 1) + ["set aside"]
+                         + ["complete"] * (len(steps) - complete_from))
         self.assertTrue(steps[-1].startswith("fsync_directory queue"), steps)
 
     def test_crash_at_every_step_of_a_small_commit(self) -> None:
@@ -280,7 +287,7 @@ class CrashTests(SpoolTestCase):
         self.assertTrue(steps[10].endswith(".eml") and steps[11].endswith(".json"), steps)
 
     def test_crash_in_finish_files(self) -> None:
-        """Spool.finish_files interrupted after the content rename leaves an .eml that recovery removes."""
+        """Spool.finish_files interrupted after the content rename leaves an .eml that recovery moves to corrupt/."""
         fs = ScriptedFileSystem(fail_at=11, error=Crash())
         spool = self.spool(fs)
         job = spool.finish_files("0123abcd", None, [SMALL], new_envelope("0123abcd").to_json())
@@ -289,8 +296,10 @@ class CrashTests(SpoolTestCase):
         self.assertRaises(Crash, job.send, None)
         self.assertEqual(listing(spool, "queue"), ["0123abcd.eml"])
         spool, report = self.recovered()
-        self.assertEqual((report.envelopes, report.incomplete), ([], ["0123abcd"]))
+        self.assertEqual((report.envelopes, list(report.problems)), ([], ["0123abcd"]))
+        self.assertEqual(report.problems["0123abcd"][0], "incomplete")
         self.assertEqual(listing(spool, "queue"), [])
+        self.assertEqual(listing(spool, "corrupt"), ["0123abcd.eml"])
 
 
 class CommitFailureTests(SpoolTestCase):
@@ -356,17 +365,17 @@ class RecoverTests(SpoolTestCase):
     def test_finds_queued_messages_in_order(self) -> None:
         """Complete entries are reported, ordered by next attempt then id, and counted."""
         for queue_id, next_attempt in (("b2", 5.0), ("a1", 5.0), ("c3", 1.0)):
-            envelope = new_envelope(queue_id)
+            envelope = new_envelope(queue_id, content=SMALL)
             envelope.next_attempt = next_attempt
             self.queue_entry(queue_id, envelope.to_json())
         spool, report = self.recovered()
         self.assertEqual([e.id for e in report.envelopes], ["c3", "a1", "b2"])
-        self.assertEqual((report.corrupt, report.incomplete), ([], []))
+        self.assertEqual((report.corrupt, report.problems), ([], {}))
         self.assertEqual(spool.queued, 3)
 
     def test_unreadable_envelopes_go_to_corrupt(self) -> None:
         """Garbage, a wrong version, a mismatched id or missing fields: both files move to corrupt/."""
-        good = new_envelope("ok01").to_json()
+        good = new_envelope("ok01", content=SMALL).to_json()
         wrong_version = json.loads(good)
         wrong_version["version"] = FORMAT_VERSION + 1
         no_recipients = json.loads(good)
@@ -396,17 +405,24 @@ class RecoverTests(SpoolTestCase):
         self.assertEqual(read(spool.path("corrupt", "garbage.eml")), SMALL)
         self.assertEqual(spool.queued, 1)
 
-    def test_content_without_envelope_is_removed(self) -> None:
-        """An .eml without its .json was never acknowledged: it is deleted and reported incomplete."""
+    def test_content_without_envelope_goes_to_corrupt(self) -> None:
+        """
+        An .eml without its .json is never deleted (its client may have been
+        told 250, the envelope lost later): it moves to corrupt/ as incomplete,
+        with what is missing.
+        """
         self.queue_entry("lonely", None)
         spool, report = self.recovered()
-        self.assertEqual(report.incomplete, ["lonely"])
+        self.assertEqual(report.problems["lonely"][0], "incomplete")
+        self.assertIn("its envelope lonely.json is missing", report.problems["lonely"][1])
         self.assertEqual(listing(spool, "queue"), [])
-        self.assertEqual(listing(spool, "corrupt"), [])
+        self.assertEqual(listing(spool, "corrupt"), ["lonely.eml"])
+        self.assertEqual(read(spool.path("corrupt", "lonely.eml")), SMALL)
+        self.assertEqual(spool.corrupt_total, 1)
 
     def test_envelope_without_content_goes_to_corrupt(self) -> None:
         """A .json without its .eml cannot be delivered: it moves to corrupt/ for a human."""
-        self.queue_entry("nobody", new_envelope("nobody").to_json(), content=None)
+        self.queue_entry("nobody", new_envelope("nobody", content=SMALL).to_json(), content=None)
         spool, report = self.recovered()
         self.assertEqual((report.envelopes, report.corrupt), ([], ["nobody.json"]))
         self.assertEqual(listing(spool, "corrupt"), ["nobody.json"])
@@ -422,8 +438,8 @@ class RecoverTests(SpoolTestCase):
         self.assertEqual(listing(spool, "corrupt"), ["notes.txt"])
 
     def test_changes_are_made_durable(self) -> None:
-        """Removing or moving entries ends with an fsync of queue/; a clean queue needs none."""
-        self.queue_entry("good", new_envelope("good").to_json())
+        """Moving entries to corrupt/ ends with an fsync of corrupt/ and queue/; a clean queue needs none."""
+        self.queue_entry("good", new_envelope("good", content=SMALL).to_json())
         fs = ScriptedFileSystem()
         self.successResultOf(self.spool(fs).recover())
         self.assertEqual(fs.steps, [])
@@ -431,7 +447,9 @@ class RecoverTests(SpoolTestCase):
         self.queue_entry("bad", b"garbage")
         fs = ScriptedFileSystem()
         self.successResultOf(self.spool(fs).recover())
-        self.assertEqual(fs.steps, ["unlink queue/lonely.eml", "fsync_directory queue"])
+        self.assertEqual(fs.steps, ["rename queue/bad.json corrupt/bad.json", "rename queue/bad.eml corrupt/bad.eml",
+                                    "rename queue/lonely.eml corrupt/lonely.eml",
+                                    "fsync_directory corrupt", "fsync_directory queue"])
 
     def test_recovered_message_is_the_committed_one(self) -> None:
         """A message committed before a restart comes back with the same envelope and content."""
@@ -516,14 +534,18 @@ class UpdateRemoveTests(SpoolTestCase):
         self.assertEqual(spool.queued, 1)
 
     def test_remove_deletes_the_envelope_first(self) -> None:
-        """A crash between the two unlinks leaves only content, which recovery discards (no corrupt entry)."""
+        """
+        A crash between the two unlinks leaves only content: recovery cannot
+        tell it from content whose envelope was lost, so it goes to corrupt/
+        (never deleted), and nothing is queued again.
+        """
         spool = self.spool()
         envelope = self.committed(spool)
         spool.fs = ScriptedFileSystem(self.directory, fail_at=1, error=Crash())
         self.failureResultOf(Deferred.fromCoroutine(spool.remove(envelope.id)), Crash)
         self.assertEqual(listing(spool, "queue"), [envelope.id + ".eml"])
         spool, report = self.recovered()
-        self.assertEqual((report.envelopes, report.corrupt), ([], []))
+        self.assertEqual((report.envelopes, report.corrupt), ([], [envelope.id + ".eml"]))
         self.assertEqual(listing(spool, "queue"), [])
 
 
@@ -654,7 +676,7 @@ class SpoolServiceTests(SpoolTestCase):
 
     def test_start_hands_over_queued_then_new_messages(self) -> None:
         """Messages found at start go to the consumer, then each newly committed one."""
-        self.queue_entry("old1", new_envelope("old1").to_json())
+        self.queue_entry("old1", new_envelope("old1", content=SMALL).to_json())
         self.queue_entry("bad1", b"garbage")
         os.makedirs(os.path.join(self.directory, "tmp"))
         with open(os.path.join(self.directory, "tmp", "unfinished.eml"), "wb") as f:
@@ -673,7 +695,7 @@ class SpoolServiceTests(SpoolTestCase):
 
     def test_start_without_consumer(self) -> None:
         """With no consumer (relay not available) the spool is still prepared and recovered."""
-        self.queue_entry("old1", new_envelope("old1").to_json())
+        self.queue_entry("old1", new_envelope("old1", content=SMALL).to_json())
         spool = Spool(self.directory, self.clock, synchronous_run)
         self.successResultOf(SpoolService(spool, None).startService())
         self.assertEqual(spool.queued, 1)

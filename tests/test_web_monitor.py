@@ -125,7 +125,7 @@ class HealthTests(MonitorTestCase):
         self.assertEqual({k: v for k, v in details.items() if k != "disk_space_available_mb"},
                          {"queued_emails": 0, "failed_emails": 0, "total_emails_processed": 0,
                           "success_rate": 100.0})
-        self.assertEqual(set(body["checks"]), {"disk", "spool", "state_store", "queue"})
+        self.assertEqual(set(body["checks"]), {"disk", "spool", "corrupt", "state_store", "queue"})
         self.assertEqual({c["status"] for c in body["checks"].values()}, {"ok"})
 
     def test_no_probe_file_left(self) -> None:
@@ -159,7 +159,7 @@ class HealthTests(MonitorTestCase):
         self.spool.run = lambda f, *a: (runs.append(f.__name__), real_run(f, *a))[1]
         self.json(browser.get(URL + "/health"))
         self.json(browser.get(URL + "/health"))
-        self.assertEqual(sorted(r for r in runs if r.startswith("_")), ["_free_bytes", "_probe_write"])
+        self.assertEqual(sorted(r for r in runs if r.startswith("_")), ["_count_entries", "_free_bytes", "_probe_write"])
         os.rmdir(self.spool.path("tmp"))
         with open(self.spool.path("tmp"), "wb") as f:
             f.write(b"not a directory")

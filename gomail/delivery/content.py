@@ -18,6 +18,14 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
+from gomail.spool.integrity import (
+    CorruptContent,
+    digest_problem,
+    digest_text,
+    new_digest,
+    size_problem,
+)
+
 #: Bytes read per hand-off to the I/O pool.
 CHUNK_SIZE = 256 * 1024
 
@@ -65,16 +73,48 @@ class FileContent:
         return data
 
 
-def content_opener(recent: Any, run: Callable[..., Deferred]) -> Callable[[str, str], ContentSource]:
+class CheckedFileContent(FileContent):
     """
-    C{open(queue_id, path)}: a queued message's content from C{recent} (the
-    spool's L{gomail.spool.recent.RecentContent}) when it holds it, else the
-    file at C{path} read in C{run}.
+    A queued message file whose bytes are hashed as they are read: when they
+    are not what the envelope records (the file changed after the attempt's
+    check, L{gomail.spool.store.Spool.check_content}), the last read fails
+    with L{CorruptContent} instead of ending, so the DATA never gets its final
+    dot: the connection is dropped and the smarthost delivers nothing.
     """
-    def open_content(queue_id: str, path: str) -> ContentSource:
+
+    def __init__(self, path: str, run: Callable[..., Deferred], queue_id: str, size: int,
+                 digest: str | None) -> None:
+        super().__init__(path, run)
+        self.queue_id, self.size, self.digest = queue_id, size, digest
+        self._hasher = new_digest()
+        self._seen = 0
+
+    def _read(self, size: int) -> bytes:
+        data = super()._read(size)
+        self._hasher.update(data)
+        self._seen += len(data)
+        if self._at_end:
+            problem = size_problem(self._seen, self.size)
+            if problem is None and self.digest is not None:
+                problem = digest_problem(digest_text(self._hasher), self.digest, self.size)
+            if problem is not None:
+                raise CorruptContent(self.queue_id, problem)
+        return data
+
+
+def content_opener(recent: Any, run: Callable[..., Deferred]) -> Callable[..., ContentSource]:
+    """
+    C{open(queue_id, path, envelope=None)}: a queued message's content from
+    C{recent} (the spool's L{gomail.spool.recent.RecentContent}) when it holds
+    it, else the file at C{path} read in C{run}, checked as it is read against
+    C{envelope}'s size and digest when it is given (L{CheckedFileContent}).
+    """
+    def open_content(queue_id: str, path: str, envelope: Any = None) -> ContentSource:
         content = recent.get(queue_id)
         if content is not None:
             return BytesContent(content)
+        if envelope is not None:
+            return CheckedFileContent(path, run, queue_id, envelope.size, envelope.digest)
         return FileContent(path, run)
     return open_content
 

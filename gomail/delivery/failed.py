@@ -20,6 +20,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from gomail.spool.envelope import FAILED, PENDING, Envelope, EnvelopeError
+from gomail.spool.integrity import CorruptContent, check_bytes, digest_text, new_digest
 from gomail.spool.store import Spool
 
 
@@ -103,7 +104,7 @@ class FailedStore:
             now = self.clock.seconds()
             try:
                 envelope = await self.spool.writer.call(self, "_requeue", one, now)
-            except (OSError, ValueError, EnvelopeError) as e:
+            except (OSError, ValueError, EnvelopeError, CorruptContent) as e:
                 self.log.error("could not requeue failed message {queue_id}: {error}", queue_id=one, error=e)
                 continue
             await self.spool.writer.call(self, "_forget", one)
@@ -119,6 +120,14 @@ class FailedStore:
         for key in ("reason", "failed_at"):
             record.pop(key, None)
         envelope = Envelope.from_json(json.dumps(record).encode())
+        if envelope.digest is not None:
+            # Damaged in failed/: left there (the caller logs why), never queued.
+            check_bytes(queue_id, content, envelope.size, envelope.digest)
+        else:
+            # A record from before digests: its content is what was read from the queue file.
+            digest = new_digest()
+            digest.update(content)
+            envelope.size, envelope.digest = len(content), digest_text(digest)
         for recipient in envelope.recipients:
             if recipient.status == FAILED:
                 recipient.status, recipient.reply = PENDING, None

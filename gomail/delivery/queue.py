@@ -8,9 +8,15 @@ the queue for the earliest message (no polling). Up to C{workers} attempts run
 at once. Each attempt hands the pending recipients to the agents the router
 picks, bounded by C{processing_timeout}; per-recipient outcomes are written to
 the envelope before anything is removed: 2xx delivered, 4xx pending (retried
-with backoff), 5xx failed. A message with nothing pending left is removed, or,
-if any recipient failed, moved to the failed store with a bounce to its sender;
-so is a message older than the policy's maximum age.
+with backoff), 5xx failed. The sender hears of failed recipients after the
+attempt that failed them, and once of a long delay (L{gomail.delivery.bounce}).
+A message with nothing pending left is removed, or, if any recipient failed,
+moved to the failed store; so is a message older than the policy's maximum age.
+
+Before an agent is given a message its content is checked against the
+envelope's size and digest (by the Maildir agent in its own job, for the
+others by L{Spool.check_content}); content that fails moves with its envelope
+to ``corrupt/`` and nothing of it is delivered.
 """
 
 from __future__ import annotations
@@ -29,11 +35,18 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from gomail.delivery.backoff import RetryPolicy, retry_delay
-from gomail.delivery.bounce import build_bounce, original_headers
+from gomail.delivery.bounce import (
+    DELAY_WARNED,
+    delay_warning_time,
+    mark_reported,
+    queue_dsn,
+    unreported_failures,
+)
 from gomail.delivery.failed import FailedStore
 from gomail.interfaces import IDeliveryAgent, IQueueConsumer
 from gomail.smtp.address import canonical_domain
 from gomail.spool.envelope import DELIVERED, FAILED, PENDING, Envelope, Recipient
+from gomail.spool.integrity import CorruptContent
 from gomail.spool.store import Spool
 
 
@@ -48,6 +61,7 @@ class DeliveryStats:
     deferred_recipients: int = 0
     failed_recipients: int = 0
     bounces: int = 0
+    delay_warnings: int = 0
     attempt_seconds_total: float = 0.0
     attempts: int = 0
     #: callables(seconds) told the wall time of each attempt (a latency histogram)
@@ -93,8 +107,11 @@ class DeliveryQueue(Service):
 
     def __init__(self, spool: Spool, router: Router, clock: IReactorTime, workers: int,
                  processing_timeout: float, policy: RetryPolicy, failed: FailedStore, hostname: str,
-                 failed_retry_interval: float = 0, random: Callable[[], float] = _random.random) -> None:
+                 failed_retry_interval: float = 0, random: Callable[[], float] = _random.random,
+                 delay_warning: float = 0) -> None:
         self.spool, self.router, self.clock = spool, router, clock
+        #: Seconds after which a sender is told its message is still being retried (0: never).
+        self.delay_warning = delay_warning
         self.workers, self.processing_timeout, self.policy = workers, processing_timeout, policy
         self.failed, self.hostname = failed, hostname
         self.failed_retry_interval = failed_retry_interval
@@ -245,9 +262,13 @@ class DeliveryQueue(Service):
     async def _attempt(self, envelope: Envelope) -> None:
         started = self.clock.seconds()
         path = self.spool.message_path(envelope.id)
-        for agent, recipients in self.router.route(envelope.pending()):
-            results = await self._deliver(agent, envelope, path, recipients)
-            self._record(envelope, agent, recipients, results)
+        try:
+            for agent, recipients in self.router.route(envelope.pending()):
+                results = await self._deliver(agent, envelope, path, recipients)
+                self._record(envelope, agent, recipients, results)
+        except CorruptContent as e:
+            await self._set_aside(envelope, e.problem)
+            return
         elapsed = self.clock.seconds() - started
         self.stats.attempts += 1
         self.stats.attempt_seconds_total += elapsed
@@ -257,10 +278,14 @@ class DeliveryQueue(Service):
 
     async def _deliver(self, agent: IDeliveryAgent, envelope: Envelope, path: str,
                        recipients: list[Recipient]) -> dict[str, tuple[int, str]]:
-        d = agent.deliver(envelope, path, recipients)
-        d.addTimeout(self.processing_timeout, self.clock)
         try:
+            if not getattr(agent, "checks_content", False):
+                await self.spool.check_content(envelope)
+            d = agent.deliver(envelope, path, recipients)
+            d.addTimeout(self.processing_timeout, self.clock)
             return await d
+        except CorruptContent:
+            raise
         except TimeoutError:
             reply = (451, f"4.4.7 Delivery attempt timed out after {self.processing_timeout:g} s")
         except Exception as e:
@@ -292,9 +317,14 @@ class DeliveryQueue(Service):
                 recipient.status = FAILED
                 recipient.reply = f"{recipient.reply or '451 4.4.7'} (gave up after {self.policy.max_age:g} s in the queue)"
             pending = []
+        await self._notify(envelope, pending, now)
         if pending:
             envelope.attempts += 1
             envelope.next_attempt = now + retry_delay(self.policy, envelope.attempts, self.random)
+            warn_at = delay_warning_time(envelope, self.delay_warning)
+            if warn_at is not None and now < warn_at < envelope.next_attempt:
+                # One more attempt when the warning is due: it goes out on time, with fresh replies.
+                envelope.next_attempt = warn_at
             envelope.last_error = pending[0].reply
             await self.spool.update(envelope)
             self.stats.deferred_messages += 1
@@ -316,27 +346,47 @@ class DeliveryQueue(Service):
         return all(getattr(agent, "idempotent", False) for agent in agents)
 
     async def _give_up(self, envelope: Envelope) -> None:
-        if envelope.sender and not envelope.extra.get("bounced"):
-            await self._bounce(envelope)
-            envelope.extra["bounced"] = True
         self.stats.failed_messages += 1
         await self.failed.give_up(envelope, "; ".join(
             f"<{r.address}>: {r.reply}" for r in envelope.recipients if r.status == FAILED))
 
-    async def _bounce(self, envelope: Envelope) -> None:
-        """Queue a delivery status notification to the sender (null sender: never bounced itself)."""
-        headers = await self.spool.run(original_headers, self.spool.message_path(envelope.id))
-        content = build_bounce(envelope, headers, self.hostname, self.clock.seconds())
-        message = self.spool.new_message()
-        message.write(content)
-        now = self.clock.seconds()
-        bounce = Envelope(id=message.id, sender="", recipients=[Recipient(envelope.sender)], received=now,
-                          next_attempt=now, client_address="", client_helo=self.hostname,
-                          extra={"bounce_for": envelope.id})
-        await message.commit(bounce)
-        self.stats.bounces += 1
-        self.log.info("{queue_id}: bounce {bounce_id} queued for <{sender}>", queue_id=envelope.id,
-                      bounce_id=bounce.id, sender=envelope.sender)
+    async def _set_aside(self, envelope: Envelope, problem: str) -> None:
+        """Content that failed its check: the entry leaves the queue for corrupt/ (one log line there)."""
+        self._envelopes.pop(envelope.id, None)
+        if self._settled_during_rescan is not None:
+            self._settled_during_rescan.add(envelope.id)
+        envelope.last_error = f"content damaged: {problem}"
+        try:
+            # What the entry in corrupt/ says: who was delivered before, and why it stopped.
+            await self.spool.update(envelope)
+        except Exception:  # noqa: BLE001 - any writer failure: the move to corrupt/ matters more
+            self.log.failure("could not record why {queue_id} is set aside", queue_id=envelope.id)
+        await self.spool.set_aside(envelope.id, problem)
+
+    async def _notify(self, envelope: Envelope, pending: list[Recipient], now: float) -> None:
+        """
+        Queue the DSNs this attempt calls for: one for the recipients that
+        failed and were not reported yet, and the delay warning once it is due
+        (see L{gomail.delivery.bounce}). Recorded in the envelope, which the
+        caller writes next: a crash in between may repeat a DSN, never lose one.
+        """
+        failures = unreported_failures(envelope)
+        if failures:
+            await self._send_dsn(envelope, failures, "failed", now)
+            mark_reported(envelope, failures)
+            self.stats.bounces += 1
+        warn_at = delay_warning_time(envelope, self.delay_warning)
+        if pending and warn_at is not None and now >= warn_at:
+            await self._send_dsn(envelope, pending, "delayed", now)
+            envelope.extra[DELAY_WARNED] = now
+            self.stats.delay_warnings += 1
+
+    async def _send_dsn(self, envelope: Envelope, recipients: list[Recipient], action: str, now: float) -> None:
+        dsn = await queue_dsn(self.spool, envelope, recipients, action, self.hostname, now,
+                              retry_until=envelope.received + self.policy.max_age)
+        self.log.info("{queue_id}: {action} DSN {dsn_id} queued for <{sender}> about {count} recipients",
+                      queue_id=envelope.id, action=action, dsn_id=dsn.id, sender=envelope.sender,
+                      count=len(recipients))
 
 
 __all__ = ["DeliveryQueue", "DeliveryStats", "Router", "PENDING"]

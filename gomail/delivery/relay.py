@@ -62,7 +62,7 @@ class RelayAgent:
                  clock: IReactorTime, batch_size: int, batch_delay_ms: int, continue_on_error: bool,
                  idle_timeout: float = 10.0, failure_threshold: int = 3, skip_seconds: float = 300.0,
                  run: Callable[..., Deferred] = maybeDeferred,
-                 open_content: Callable[[str, str], ContentSource] | None = None) -> None:
+                 open_content: Callable[..., ContentSource] | None = None) -> None:
         self.smarthosts = sorted(smarthosts, key=lambda s: s.priority)
         self.connect = connect
         self.clock = clock
@@ -74,8 +74,9 @@ class RelayAgent:
         self.skip_seconds = skip_seconds
         #: Where the content is read: the spool's I/O pool (C{Spool.run}) in the server.
         self.run = run
-        #: open_content(queue_id, path): the message's bytes (the server's also looks in memory).
-        self.open_content = open_content or (lambda queue_id, path: FileContent(path, self.run))
+        #: open_content(queue_id, path, envelope): the message's bytes (the server's also looks in
+        #: memory, and checks what it reads from disk against the envelope's size and digest).
+        self.open_content = open_content or (lambda queue_id, path, envelope=None: FileContent(path, self.run))
         self._health = {s: _Health() for s in self.smarthosts}
         self._idle: dict[Smarthost, list[tuple[RelayProtocol, Any]]] = {s: [] for s in self.smarthosts}
 
@@ -112,7 +113,7 @@ class RelayAgent:
                 continue
             try:
                 replies = await connection.send(
-                    Transaction(envelope.sender, batch, lambda: self.open_content(envelope.id, path)))
+                    Transaction(envelope.sender, batch, lambda: self.open_content(envelope.id, path, envelope)))
             except ConnectionFailure as e:
                 self._failed(smarthost, e)
                 last = e

@@ -45,7 +45,11 @@ class Envelope:
     tls: bool = False
     auth_user: str | None = None
     body_type: str | None = None
+    #: The content's length in bytes (recorded since the first version).
     size: int = 0
+    #: The content's digest, C{blake2b:<hex>} (L{gomail.spool.integrity}); None in
+    #: envelopes written before digests were recorded (those are checked on size alone).
+    digest: str | None = None
     attempts: int = 0
     next_attempt: float = 0.0
     last_error: str | None = None

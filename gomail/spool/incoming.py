@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Callable
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
+from gomail.spool.integrity import digest_text, new_digest
+
 if TYPE_CHECKING:
     from gomail.spool.envelope import Envelope
     from gomail.spool.store import Spool
@@ -20,6 +22,11 @@ class IncomingMessage:
     ``tmp/<id>.eml`` in the spool's I/O pool, one write at a time and in order.
     Small messages therefore cost no thread hand-off until L{commit}, which
     writes the rest, fsyncs, and renames into ``queue/``.
+
+    The content's digest (recorded in the envelope with its size, see
+    L{gomail.spool.integrity}) is fed the same bytes in the same order: the
+    blocks written to ``tmp/`` in the I/O pool next to their write (off the
+    reactor, where large messages cost the most), the rest at the commit.
     """
 
     FLUSH_AT = 64 * 1024
@@ -34,6 +41,9 @@ class IncomingMessage:
         self._spool = spool
         self._chunks: list[bytes] = []
         self._buffered = 0
+        # Fed by one thread at a time: the writes to tmp/ are serialised (_writing), and the
+        # commit adds the rest only once they are done.
+        self._digest = new_digest()
         self._fd: int | None = None
         self._writing: Deferred | None = None
         self._failure = None
@@ -61,7 +71,7 @@ class IncomingMessage:
 
     def _flush(self) -> None:
         chunks, self._chunks, self._buffered = self._chunks, [], 0
-        d = self._spool.run(self._spool.append_tmp, self.id, self._fd, chunks)
+        d = self._spool.run(self._spool.append_tmp, self.id, self._fd, chunks, self._digest)
         self._writing = d
         d.addCallbacks(self._written, self._write_failed)
 
@@ -91,8 +101,11 @@ class IncomingMessage:
         """
         self._finished = True
         await self._idle()
-        envelope.size = self.size
         chunks, self._chunks, self._buffered = self._chunks, [], 0
+        for chunk in chunks:
+            self._digest.update(chunk)
+        envelope.size = self.size
+        envelope.digest = digest_text(self._digest)
         fd, self._fd = self._fd, None
         # No descriptor yet: nothing went to tmp/ before, every byte is in chunks.
         whole = fd is None

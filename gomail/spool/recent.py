@@ -7,8 +7,10 @@ moment before. Most mail is small and is relayed within milliseconds of its
 250, so the content of a message received whole in memory is kept here, up
 to a byte budget, oldest first out, and its delivery reads it from memory.
 The file stays the truth: an entry is exactly the bytes written and fsynced
-to it, is never changed, and is dropped when the message leaves the queue;
-whatever is not here (evicted, too big, recovered at start) is read from disk.
+to it (or read back from it and checked against the envelope's digest before
+an attempt, see L{gomail.spool.store.Spool.check_content}), is never changed,
+and is dropped when the message leaves the queue; whatever is not here
+(evicted, too big, recovered at start) is read from disk.
 """
 
 from __future__ import annotations
@@ -27,10 +29,14 @@ class RecentContent:
     def __len__(self) -> int:
         return len(self._entries)
 
+    @property
+    def largest(self) -> int:
+        """The largest content kept: an eighth of the budget, so that a few big messages never flush the rest."""
+        return self.budget // 8
+
     def keep(self, queue_id: str, content: bytes) -> None:
         """Remember C{content} (the whole message file) for C{queue_id}, evicting the oldest as needed."""
-        # One message may take at most an eighth of the budget: a few big ones never flush the rest.
-        if not self.budget or len(content) > self.budget // 8:
+        if not self.budget or len(content) > self.largest:
             return
         self.forget(queue_id)
         self._entries[queue_id] = content

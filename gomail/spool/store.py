@@ -12,14 +12,15 @@ Layout under the spool directory::
 A message is committed when ``queue/<id>.json`` exists and the ``queue/``
 directory has been fsynced: the content is written and fsynced first, then the
 envelope, then both are renamed into ``queue/`` (content first), then the
-directory is fsynced. Recovery deletes a ``.eml`` whose ``.json`` never
-arrived (its sender got no 250) and moves unreadable entries to ``corrupt/``.
+directory is fsynced. Recovery (L{gomail.spool.recovery}) never deletes
+anything in ``queue/``: entries it cannot deliver as they are (incomplete,
+unreadable, damaged) move to ``corrupt/``; so does an entry whose content
+fails its check before a delivery attempt (L{Spool.check_content}).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred
@@ -29,7 +30,9 @@ from twisted.logger import Logger
 from gomail.spool.envelope import Envelope, EnvelopeError, new_queue_id
 from gomail.spool.fs import FileSystem, read_queued
 from gomail.spool.incoming import IncomingMessage
+from gomail.spool.integrity import check_file
 from gomail.spool.recent import RecentContent
+from gomail.spool.recovery import RecoveryReport, scan_queue
 from gomail.spool.spares import SpareFiles
 from gomail.spool.writer import ImmediateWriter
 
@@ -39,15 +42,6 @@ SUBDIRECTORIES = ("tmp", "queue", "failed", "corrupt", "mailbox")
 
 class SpoolError(Exception):
     """The spool cannot be used (not writable, not creatable)."""
-
-
-@dataclass
-class RecoveryReport:
-    """What a start-up scan of ``queue/`` found."""
-
-    envelopes: list[Envelope] = field(default_factory=list)
-    corrupt: list[str] = field(default_factory=list)
-    incomplete: list[str] = field(default_factory=list)
 
 
 class Spool:
@@ -84,6 +78,8 @@ class Spool:
         #: Content of just-committed messages for their delivery (see L{gomail.spool.recent}).
         self.recent = RecentContent(recent_content_bytes)
         self.queued = 0
+        #: Queue entries this process moved to corrupt/ (at recovery or before a delivery attempt).
+        self.corrupt_total = 0
         self._listeners: list[Callable[[Envelope], Any]] = []
         self._space_checked_at: float | None = None
         self._space_ok = True
@@ -135,8 +131,8 @@ class Spool:
                           count=len(leftovers), directory=self.directory)
 
     def recover(self) -> Deferred:
-        """Scan ``queue/`` in the I/O pool; fires with a L{RecoveryReport}."""
-        return self.run(self._scan).addCallback(self._report)
+        """Scan ``queue/`` in the I/O pool (L{scan_queue}); fires with a L{RecoveryReport}."""
+        return self.run(scan_queue, self).addCallback(self._report)
 
     def read_queue(self) -> list[Envelope]:
         """(blocking) The envelopes of every committed message in ``queue/``, changing nothing."""
@@ -158,49 +154,12 @@ class Spool:
         return self.path("gomail.pid")
 
     def _report(self, report: RecoveryReport) -> RecoveryReport:
-        for name in report.corrupt:
-            self.log.error("moved unreadable queue entry {name} to {directory}/corrupt",
-                           name=name, directory=self.directory)
-        for queue_id in report.incomplete:
-            self.log.warn("removed uncommitted message {queue_id} (its client was never told 250)",
-                          queue_id=queue_id)
+        for key, (kind, problem) in report.problems.items():
+            self.log.error("moved {kind} queue entry {queue_id} to {directory}/corrupt: {problem}",
+                           kind=kind, queue_id=key, directory=self.directory, problem=problem)
+        self.corrupt_total += len(report.problems)
         self.queued = len(report.envelopes)
         self.log.info("spool recovered: {count} queued messages", count=self.queued)
-        return report
-
-    def _scan(self) -> RecoveryReport:
-        report = RecoveryReport()
-        queue = self.path("queue")
-        by_id: dict[str, set[str]] = {}
-        for name in os.listdir(queue):
-            stem, ext = os.path.splitext(name)
-            by_id.setdefault(stem, set()).add(ext)
-        changed = False
-        for queue_id, exts in sorted(by_id.items()):
-            if exts == {".eml"}:
-                self.fs.unlink(os.path.join(queue, queue_id + ".eml"))
-                report.incomplete.append(queue_id)
-                changed = True
-                continue
-            envelope = None
-            if exts == {".eml", ".json"}:
-                try:
-                    with open(os.path.join(queue, queue_id + ".json"), "rb") as f:
-                        envelope = Envelope.from_json(f.read())
-                    if envelope.id != queue_id:
-                        raise EnvelopeError("envelope id does not match its file name")
-                except (OSError, EnvelopeError):
-                    envelope = None
-            if envelope is None:
-                for ext in sorted(exts, key=lambda e: e != ".json"):
-                    os.replace(os.path.join(queue, queue_id + ext), self.path("corrupt", queue_id + ext))
-                    report.corrupt.append(queue_id + ext)
-                changed = True
-            else:
-                report.envelopes.append(envelope)
-        if changed:
-            self.fs.fsync_directory(queue)
-        report.envelopes.sort(key=lambda e: (e.next_attempt, e.id))
         return report
 
     # -- intake -----------------------------------------------------------
@@ -226,8 +185,15 @@ class Spool:
         """Start receiving a message under a fresh queue id."""
         return IncomingMessage(self, new_queue_id(self.clock.seconds()))
 
-    def append_tmp(self, queue_id: str, fd: int | None, chunks: list[bytes]) -> int:
-        """(I/O pool) Append to ``tmp/<id>.eml``, creating it first if C{fd} is None; returns the descriptor."""
+    def append_tmp(self, queue_id: str, fd: int | None, chunks: list[bytes], digest: Any = None) -> int:
+        """
+        (I/O pool) Append to ``tmp/<id>.eml``, creating it first if C{fd} is
+        None; returns the descriptor. C{digest}, the message's hash object, is
+        fed the chunks here, off the reactor.
+        """
+        if digest is not None:
+            for chunk in chunks:
+                digest.update(chunk)
         if fd is None:
             fd = self.spares.create(self.fs, self.path("tmp", queue_id + ".eml"))
             try:
@@ -315,6 +281,52 @@ class Spool:
     def message_path(self, queue_id: str) -> str:
         """Where a queued message's content is."""
         return self.path("queue", queue_id + ".eml")
+
+    async def check_content(self, envelope: Envelope) -> None:
+        """
+        Make sure what a delivery attempt is about to send is the content the
+        envelope records (L{gomail.spool.integrity}). Content kept in memory
+        (L{recent}) is the very bytes that were hashed and fsynced (or checked
+        here before): nothing to read. Otherwise the file is checked in the I/O
+        pool, and when it is small enough its checked bytes are kept in memory
+        so that the attempt sends exactly them and reads the file only once.
+
+        @raise gomail.spool.integrity.CorruptContent: when it is not (then
+            call L{set_aside}).
+        @raise OSError: the file cannot be read (a temporary failure).
+        """
+        if self.recent.get(envelope.id) is not None:
+            return
+        data = await self.run(check_file, envelope.id, self.message_path(envelope.id), envelope.size,
+                              envelope.digest, self.recent.largest)
+        if data is not None:
+            self.recent.keep(envelope.id, data)
+
+    async def set_aside(self, queue_id: str, problem: str) -> None:
+        """
+        Move a queued message whose content failed its check to ``corrupt/``
+        (both files, durably), count it and log one line naming it and what
+        is wrong. It leaves the queue: nothing of it is delivered.
+        """
+        self.recent.forget(queue_id)
+        writer = self.removal_writer or self.writer
+        moved = await writer.call(self, "_move_to_corrupt", queue_id)
+        self.queued = max(0, self.queued - 1)
+        self.corrupt_total += 1
+        self.log.error("moved damaged queue entry {queue_id} ({files}) to {directory}/corrupt instead of "
+                       "delivering it: {problem}", queue_id=queue_id, files=", ".join(moved) or "no files",
+                       directory=self.directory, problem=problem)
+
+    def _move_to_corrupt(self, queue_id: str) -> tuple[list[str], list[str]]:
+        """(writer) Rename C{queue_id}'s files from ``queue/`` into ``corrupt/``; returns their names."""
+        moved = []
+        for ext in (".json", ".eml"):
+            try:
+                self.fs.rename(self.path("queue", queue_id + ext), self.path("corrupt", queue_id + ext))
+            except FileNotFoundError:
+                continue
+            moved.append(queue_id + ext)
+        return moved, [self.path("corrupt"), self.path("queue")]
 
     def _write_envelope(self, envelope: Envelope) -> Any:
         tmp = self.path("tmp", envelope.id + ".json.new")

@@ -5,7 +5,7 @@ C{POST /admin/retry-failed} and C{GET /admin/queue}.
 C{/health} keeps the Go relay's JSON shape and makes C{status} honest:
 C{fail} (HTTP 503) when the spool cannot take mail, C{degraded} when something
 mail depends on is impaired (state store down, smarthosts failing, low disk,
-queue near full), C{ok} otherwise; C{checks} says which check said what.
+queue near full, entries in the spool's corrupt/), C{ok} otherwise; C{checks} says which check said what.
 """
 
 from __future__ import annotations
@@ -68,6 +68,7 @@ class MonitorApp:
         checks: dict[str, dict[str, Any]] = {}
         free_mb = await self._check_disk(checks)
         await self._check_spool(checks)
+        await self._check_corrupt(checks)
         self._check_writer(checks)
         await self._check_state(checks)
         self._check_queue(checks)
@@ -132,6 +133,20 @@ class MonitorApp:
             checks["spool"] = {"status": "ok"}
         except Exception as e:
             checks["spool"] = {"status": "fail", "error": f"spool not writable: {_describe(e)}"}
+
+    async def _check_corrupt(self, checks: dict) -> None:
+        """Degraded while corrupt/ holds entries: mail set aside that a human must look at."""
+        try:
+            count = await self._fresh("corrupt", _count_entries, self.spool.path("corrupt"))
+        except Exception as e:  # noqa: BLE001 - whatever it is, the check reports it
+            checks["corrupt"] = {"status": "degraded", "error": f"corrupt/ not readable: {_describe(e)}"}
+            return
+        check: dict[str, Any] = {"status": "degraded" if count else "ok", "entries": count,
+                                 "moved_since_start": getattr(self.spool, "corrupt_total", 0)}
+        if count:
+            check["error"] = (f"{count} queue entries in {self.spool.path('corrupt')} (damaged, incomplete or "
+                              "unreadable; not delivered): see the log")
+        checks["corrupt"] = check
 
     def _check_writer(self, checks: dict) -> None:
         process = self.writer_process
@@ -246,6 +261,11 @@ class MonitorApp:
 def _free_bytes(path: str) -> int:
     stats = os.statvfs(path)
     return stats.f_bavail * stats.f_frsize
+
+
+def _count_entries(directory: str) -> int:
+    """Queue entries in C{directory} (an id's .eml and .json count once)."""
+    return len({os.path.splitext(name)[0] for name in os.listdir(directory)})
 
 
 def _probe_write(directory: str) -> None:

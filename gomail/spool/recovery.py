@@ -1,0 +1,100 @@
+# -*- test-case-name: tests.test_spool_integrity -*-
+"""
+The start-up scan of ``queue/``: which entries are deliverable, and which go
+to ``corrupt/``.
+
+Nothing in ``queue/`` is ever deleted here: every entry there may have been
+answered 250. Whatever cannot be delivered as it is moves to ``corrupt/``,
+kept for a human, with one log line naming what is wrong (see
+L{gomail.spool.store.Spool.recover}):
+
+- an ``.eml`` without its ``.json`` (a commit or a removal cut short by a
+  crash of the machine, or an envelope deleted by hand): "incomplete";
+- a ``.json`` without its ``.eml``: "incomplete";
+- an envelope that cannot be read or does not belong to its file: "unreadable";
+- content whose size differs from the envelope's: "damaged";
+- a file that is not a queue file at all: "stray".
+
+The content's digest is not read here: every queued message is checked in
+full before each of its delivery attempts (and every one is attempted within
+C{delivery.retryMaxDelay} of the start), so the scan costs a directory
+listing, one small read and one C{stat} per message, whatever the sizes of
+the messages, and mail is accepted again that much sooner after a restart.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from gomail.spool.envelope import Envelope, EnvelopeError
+from gomail.spool.integrity import size_problem
+
+if TYPE_CHECKING:
+    from gomail.spool.store import Spool
+
+QUEUE_EXTENSIONS = (".eml", ".json")
+
+
+@dataclass
+class RecoveryReport:
+    """What a start-up scan of ``queue/`` found."""
+
+    envelopes: list[Envelope] = field(default_factory=list)
+    #: The file names moved to corrupt/.
+    corrupt: list[str] = field(default_factory=list)
+    #: Per entry set aside (queue id, or the file name of a stray file): (kind, what is wrong).
+    problems: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+
+def scan_queue(spool: Spool) -> RecoveryReport:
+    """(I/O pool) Sort ``queue/`` into deliverable envelopes and entries moved to ``corrupt/``."""
+    report = RecoveryReport()
+    queue = spool.path("queue")
+    by_id: dict[str, set[str]] = {}
+    for name in os.listdir(queue):
+        stem, ext = os.path.splitext(name)
+        if ext in QUEUE_EXTENSIONS and stem:
+            by_id.setdefault(stem, set()).add(ext)
+        else:
+            _set_aside(spool, report, name, [name], "stray", "not a queue file (neither <id>.eml nor <id>.json)")
+    for queue_id, exts in sorted(by_id.items()):
+        names = [queue_id + ext for ext in sorted(exts, key=lambda e: e != ".json")]
+        if exts == {".eml"}:
+            _set_aside(spool, report, queue_id, names, "incomplete",
+                       f"its envelope {queue_id}.json is missing (a commit or removal cut short by a "
+                       "crash, or the file was deleted); the content is kept")
+            continue
+        if exts == {".json"}:
+            _set_aside(spool, report, queue_id, names, "incomplete",
+                       f"its content {queue_id}.eml is missing; the envelope is kept")
+            continue
+        try:
+            with open(os.path.join(queue, queue_id + ".json"), "rb") as f:
+                envelope = Envelope.from_json(f.read())
+            if envelope.id != queue_id:
+                raise EnvelopeError(f"envelope id {envelope.id!r} does not match its file name")
+            size = os.stat(os.path.join(queue, queue_id + ".eml")).st_size
+        except (OSError, EnvelopeError) as e:
+            _set_aside(spool, report, queue_id, names, "unreadable", f"unreadable envelope: {e}")
+            continue
+        problem = size_problem(size, envelope.size)
+        if problem is not None:
+            _set_aside(spool, report, queue_id, names, "damaged", problem)
+            continue
+        report.envelopes.append(envelope)
+    if report.corrupt:
+        spool.fs.fsync_directory(spool.path("corrupt"))
+        spool.fs.fsync_directory(queue)
+    report.envelopes.sort(key=lambda e: (e.next_attempt, e.id))
+    return report
+
+
+def _set_aside(spool: Spool, report: RecoveryReport, key: str, names: list[str], kind: str,
+               problem: str) -> None:
+    for name in names:
+        # One rename: after a crash the file has one name or the other (both directories are fsynced after).
+        spool.fs.rename(spool.path("queue", name), spool.path("corrupt", name))
+        report.corrupt.append(name)
+    report.problems[key] = (kind, problem)
