@@ -39,9 +39,10 @@ Contract for a protocol using it::
     registered producer waits for it: the TLS layer does not start its
     shutdown, and a TCP transport whose producer is paused resumes it instead
     of closing once drained.
-  - A transport takes one producer: L{OutputBound} cannot share a transport
-    with another registered producer (twisted.web's C{HTTPChannel} is one:
-    L{gomail.web.http} watches that channel instead).
+  - A transport takes one producer. A protocol that is already its
+    transport's producer (twisted.web's C{HTTPChannel}) attaches with
+    C{register=False} and passes its own C{pauseProducing}/C{resumeProducing}
+    calls on to L{OutputBound} (L{gomail.web.http.BoundedHTTPChannel}).
 
 TLS. Both of Twisted's TLS transports take a producer: the
 C{TLSMemoryBIOFactory} wrapper (implicit TLS listeners) and a TCP transport
@@ -152,13 +153,21 @@ class OutputBound:
         #: Whether the timeout has aborted the connection.
         self.timed_out = False
         self._timer: Any = None  # an IDelayedCall while paused
+        self._registered = False
 
     # -- the owner's side ---------------------------------------------------------
 
-    def attach(self, transport: Any) -> None:
-        """Register on C{transport} as its streaming producer (from the protocol's C{connectionMade})."""
+    def attach(self, transport: Any, register: bool = True) -> None:
+        """
+        Register on C{transport} as its streaming producer (from the protocol's
+        C{connectionMade}); with C{register=False}, only watch C{transport}:
+        the protocol, itself the registered producer, passes the transport's
+        calls on.
+        """
         self.transport = transport
-        transport.registerProducer(self, True)
+        self._registered = register
+        if register:
+            transport.registerProducer(self, True)
 
     def detach(self) -> None:
         """
@@ -167,7 +176,7 @@ class OutputBound:
         """
         self._cancel_timer()
         transport, self.transport = self.transport, None
-        if transport is not None:
+        if transport is not None and self._registered:
             transport.unregisterProducer()
 
     def tls_started(self) -> None:

@@ -10,14 +10,19 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from twisted.internet import reactor
 from twisted.internet.address import IPv4Address, UNIXAddress
+from twisted.internet.protocol import ClientFactory
+from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 from twisted.web.test.requesthelper import DummyRequest
 
 from gomail.web.http import Guarded, LimitedSite, PeerAccess, json_body
-from tests.webtesting import Browser
+from tests.test_flow import Sink, buffered, small_buffers, turn
+from tests.webtesting import BoundedTransport, Browser, flood, parse_response
 
 URL = "http://gomail.test"
 TIMEOUT = 30
@@ -218,6 +223,129 @@ class TimeoutTests(LimitedSiteTestCase):
         self.assertFalse(transport.disconnecting)
         self.reactor.advance(0.1)
         self.assertTrue(transport.disconnecting)
+
+
+class UnreadAnswersTests(LimitedSiteTestCase):
+    """
+    Issue 14 item 1 on twisted.web: a client pipelining requests and never
+    reading the answers. twisted.web's HTTPChannel alone let the transport's
+    buffer grow without bound (20 MB of GETs: 87 MB buffered).
+    """
+
+    def connect_bounded(self) -> tuple[Any, BoundedTransport]:
+        protocol = self.site.buildProtocol(PEER)
+        transport = BoundedTransport(peerAddress=PEER)
+        protocol.makeConnection(transport)
+        return protocol, transport
+
+    def answer_size(self, data: bytes) -> int:
+        first = parse_response(data)
+        return data.index(b"\r\n\r\n") + 4 + len(first.body)
+
+    def test_unread_answers_stay_bounded(self) -> None:
+        """Reading stops once the unread answers are over the buffer size; the buffer holds at most one more."""
+        protocol, transport = self.connect_bounded()
+        sent = flood(protocol, transport, get(), 20_000_000)
+        self.assertEqual(transport.producerState, "paused")
+        self.assertLessEqual(sent, 65536 * 2)
+        self.assertLessEqual(transport.most, transport.bufferSize + self.answer_size(transport.value()))
+        self.assertLessEqual(len(self.recorder.seen), transport.bufferSize // self.answer_size(transport.value()) + 1)
+
+    def test_client_over_the_bound_is_aborted(self) -> None:
+        """A client still over the bound requestTimeout seconds later is aborted, not before."""
+        protocol, transport = self.connect_bounded()
+        flood(protocol, transport, get(), 20_000_000)
+        self.reactor.advance(TIMEOUT - 0.1)
+        self.assertFalse(transport.disconnecting)
+        self.reactor.advance(0.1)
+        self.assertTrue(transport.aborted)
+
+    def test_client_reading_late_gets_every_answer(self) -> None:
+        """A client that reads late gets an answer to every request, in order, and is not cut off."""
+        protocol, transport = self.connect_bounded()
+        requests = [b"GET /x?%d HTTP/1.1\r\nHost: gomail.test\r\n\r\n" % n for n in range(3000)]
+        protocol.dataReceived(b"".join(requests))
+        self.assertEqual(transport.producerState, "paused")
+        received = b""
+        for _ in range(100):
+            received += transport.drain()
+            if len(self.recorder.seen) == len(requests):
+                break
+        received += transport.drain()
+        self.assertEqual(received.count(b"HTTP/1.1 200 OK"), len(requests))
+        self.assertEqual(len(self.recorder.seen), len(requests))
+        self.assertFalse(transport.disconnecting)
+
+    def test_slow_answer_then_unread_output(self) -> None:
+        """
+        An answer written later, asynchronously, that fills the buffer stops
+        reading too (HTTPChannel alone does not while a request is handled):
+        the requests pipelined behind it wait until the client reads.
+        """
+        slow = Slow()
+        self.site.resource = slow
+        protocol, transport = self.connect_bounded()
+        protocol.dataReceived(get() * 100)
+        slow.pending[0].write(b"x" * 100_000)
+        slow.pending[0].finish()
+        self.assertEqual(transport.producerState, "paused")
+        self.assertEqual(len(slow.pending), 1)  # nothing pipelined was parsed
+        transport.drain()
+        self.assertEqual(len(slow.pending), 2)
+        self.assertEqual(transport.producerState, "producing")  # HTTPChannel reads ahead up to 16 KiB
+
+
+class Slow(Resource):
+    """A leaf whose answers wait in C{pending} until the test writes them."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pending: list[Any] = []
+
+    def render(self, request: Any) -> Any:
+        self.pending.append(request)
+        return NOT_DONE_YET
+
+
+class UnreadAnswersLoopbackTests(TestCase):
+    """The same attack on a real loopback listener."""
+
+    timeout = 30
+
+    async def test_unread_answers_on_a_real_listener(self) -> None:
+        """
+        A client pipelines 10 MB of GETs and never reads: the server stops
+        reading with its write buffer under the bound and one answer, and
+        aborts the connection once requestTimeout passes.
+        """
+        clock = Clock()
+        site = LimitedSite(Recorder(), clock, 4096, TIMEOUT)
+        channels: list[Any] = []
+        build = site.buildProtocol
+        site.buildProtocol = lambda addr: channels.append(build(addr)) or channels[-1]  # type: ignore[method-assign]
+        port = reactor.listenTCP(0, site, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        small_buffers(port.socket)
+        client = Sink(get() * (10_000_000 // len(get())))
+        connector = reactor.connectTCP("127.0.0.1", port.getHost().port, ClientFactory.forProtocol(lambda: client))
+        self.addCleanup(connector.disconnect)
+        for _ in range(100_000):
+            if channels and channels[0]._channel._flow.paused:
+                break
+            await turn()
+        channel = channels[0]._channel
+        self.assertTrue(channel._flow.paused)
+        for _ in range(5):
+            await turn()
+        self.assertLessEqual(buffered(channel.transport), channel.transport.bufferSize + 1024)
+        for _ in range(50):  # the kernel may take a little more: the timeout runs from the last pause
+            clock.advance(TIMEOUT)
+            if client.lost.called:
+                break
+            await turn()
+        await client.lost
 
 
 class Tree(Resource):

@@ -1,6 +1,7 @@
+# -*- test-case-name: tests.test_web_http -*-
 """
-What every gomail HTTP listener shares: request size and time limits, the
-peer-based access guard, and JSON responses.
+What every gomail HTTP listener shares: request size and time limits, bounded
+unread output, the peer-based access guard, and JSON responses.
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ from typing import Any, Iterable
 
 from twisted.internet.address import UNIXAddress
 from twisted.logger import Logger
+from twisted.web.http import HTTPChannel, _GenericHTTPChannelProtocol
 from twisted.web.server import Request
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
 from zope.interface import implementer
 
+from gomail.flow import OutputBound
 from gomail.netaddr import parse_ip
 
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
@@ -88,10 +91,63 @@ class _Discard:
         return lambda *args, **kwargs: None
 
 
+class BoundedHTTPChannel(HTTPChannel):
+    """
+    An HTTPChannel whose unsent answers are bounded (issue 14 item 1).
+
+    HTTPChannel is its transport's producer and, when the transport's buffer
+    is full, stops reading, but only between requests: a full buffer while a
+    request is handled (a synchronous answer is written while it is) only sets
+    C{_waitingForTransport}, and C{requestDone} then replays the pipelined
+    requests it buffered, whose answers pile up in turn. A client pipelining
+    GETs and never reading grew the buffer without bound (20 MB of requests:
+    87 MB buffered), and its idle timeout never fired while it kept sending.
+
+    Here a full buffer always stops reading and stops the parsing of what was
+    already read (LineReceiver's own C{paused} flag, which HTTPChannel leaves
+    unused): requests pipelined behind the answer that filled it wait, in
+    order, until the buffer drains; a connection over the bound for
+    C{output_timeout} seconds is aborted (L{OutputBound}).
+    """
+
+    output_clock: Any = None
+    output_timeout: float | None = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self._flow = OutputBound(self.output_clock, self.output_timeout, self._output_full, self._output_drained,
+                                 name="HTTP")
+        # HTTPChannel registered itself as the transport's producer: the flow only watches.
+        self._flow.attach(self.transport, register=False)
+
+    def pauseProducing(self) -> None:
+        super().pauseProducing()
+        self._flow.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        super().resumeProducing()
+        self._flow.resumeProducing()
+
+    def _output_full(self) -> None:
+        self.paused = True  # LineReceiver parses nothing more of its buffer
+        self.transport.pauseProducing()  # HTTPChannel does not while a request is handled
+
+    def _output_drained(self) -> None:
+        self.paused = False
+        # HTTPChannel.resumeProducing resumed reading unless a request is handled (then requestDone will).
+        self.dataReceived(b"")  # what was read meanwhile, in order
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self._flow.detach()
+        super().connectionLost(reason)
+
+
 class LimitedSite(Site):
     """
-    A Site with bounded requests: header size and count, body size, and an idle
-    timeout (a client that stops sending is cut after C{timeout} seconds).
+    A Site with bounded requests: header size and count, body size, an idle
+    timeout (a client that stops sending is cut after C{timeout} seconds), and
+    bounded unread answers (L{BoundedHTTPChannel}: a client over the bound for
+    C{timeout} seconds is aborted).
     """
 
     def __init__(self, resource: Any, reactor: Any, max_request_bytes: int, timeout: float) -> None:
@@ -103,6 +159,9 @@ class LimitedSite(Site):
     def log(self, request: Any) -> None:
         pass  # no access log line per request: nginx asks once per login; gomail logs what matters
 
+    def protocol(self) -> Any:  # what HTTPFactory.buildProtocol calls, as twisted.web's own factory
+        return _GenericHTTPChannelProtocol(BoundedHTTPChannel())
+
     def buildProtocol(self, addr: Any) -> Any:
         protocol = super().buildProtocol(addr)
         # Site.buildProtocol returns a _GenericHTTPChannelProtocol, which proxies
@@ -110,6 +169,8 @@ class LimitedSite(Site):
         channel = getattr(protocol, "_channel", protocol)
         channel.totalHeadersSize = self.max_header_bytes
         channel.maxHeaders = 100
+        channel.output_clock = self.reactor
+        channel.output_timeout = self.timeOut
         return protocol
 
 
