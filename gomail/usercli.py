@@ -39,7 +39,9 @@ User names are case-insensitive and normalised (NFKC): Alice, alice and
 as one line from stdin with --password-stdin; never give them as arguments.
 Users with TOTP log in with their password followed by the current 6-digit
 code; app passwords work without a code. Run these commands as the user the
-server runs as (the database is created readable by its owner only).
+server runs as (the database is created readable by its owner only). unlock
+works on the locks in the configured [redis]; without it they live in the
+server's memory, out of this command's reach.
 
 exit status: 0 ok, 1 error (unknown user, bad name or password), 2 usage
 """

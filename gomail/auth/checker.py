@@ -51,14 +51,7 @@ from gomail.auth.names import canonical_username
 from gomail.auth.passwords import app_password_digest, check_password, dummy_hash
 from gomail.auth.records import UserRecord
 from gomail.auth.stats import AuthStats
-from gomail.auth.totp import (
-    TOTP_DIGITS,
-    TOTP_MARK_TTL,
-    TOTP_STEP,
-    accept_step,
-    matching_step,
-    split_code,
-)
+from gomail.auth.totp import TOTP_DIGITS, TOTP_STEP, accept_step, matching_step, split_code
 from gomail.settings import AuthSettings
 from gomail.state.interface import IStateStore, StateStoreError
 
@@ -384,16 +377,5 @@ def login(portal: Portal, attempt: LoginAttempt) -> Deferred:
     return portal.login(attempt, None, IAccount).addCallback(lambda result: result[1])
 
 
-__all__ = [
-    "TOTP_DIGITS",
-    "TOTP_MARK_TTL",
-    "TOTP_STEP",
-    "AuthFailure",
-    "AuthSuccess",
-    "Authenticator",
-    "LoginAttempt",
-    "TemporaryAuthError",
-    "ThreadPoolVerifier",
-    "login",
-    "make_portal",
-]
+__all__ = ["TOTP_DIGITS", "TOTP_STEP", "AuthFailure", "AuthSuccess", "Authenticator",
+           "LoginAttempt", "TemporaryAuthError", "ThreadPoolVerifier", "login", "make_portal"]
