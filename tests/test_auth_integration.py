@@ -32,7 +32,15 @@ from twisted.trial.unittest import TestCase
 
 from gomail.auth import passwords, userdb
 from gomail.settings import Config
-from tests.processes import TWISTD, ServerProcess, client_tls, free_port, maildir_messages, poll, spawn
+from tests.processes import (
+    TWISTD,
+    ServerProcess,
+    client_tls,
+    free_port,
+    maildir_messages,
+    poll,
+    spawn,
+)
 from tests.redisserver import RedisServer, start_redis
 
 CONFIG = """

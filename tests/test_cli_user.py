@@ -459,11 +459,14 @@ class UnlockTests(UserCommandTestCase, TestCase):
     timeout = 60
     GUESSER, OTHER = "198.51.100.66", "198.51.100.67"
 
+    def append_config(self, text: str) -> None:
+        with open(self.config, "a", encoding="utf-8") as f:
+            f.write(text)
+
     def use_redis(self, prefix: str = "gomail:") -> Deferred:
         async def start() -> None:
             server = await start_redis(self, reactor)
-            with open(self.config, "a", encoding="utf-8") as f:
-                f.write(f"[redis]\nurl = {json.dumps(server.url)}\nkeyPrefix = {json.dumps(prefix)}\n")
+            self.append_config(f"[redis]\nurl = {json.dumps(server.url)}\nkeyPrefix = {json.dumps(prefix)}\n")
             self.store = RedisStateStore(reactor, "127.0.0.1", server.port, None, 0, prefix=prefix, reactor=reactor)
             self.addCleanup(self.store.disconnect)
             self.users = MemoryUsers()
@@ -548,14 +551,12 @@ class UnlockTests(UserCommandTestCase, TestCase):
 
     def test_redis_unreachable(self) -> None:
         """A configured Redis that does not answer: one error line naming it, status 1."""
-        with open(self.config, "a", encoding="utf-8") as f:
-            f.write(f"[redis]\nhost = \"127.0.0.1\"\nport = {free_port()}\ntimeout = 1.0\n")
+        self.append_config(f"[redis]\nhost = \"127.0.0.1\"\nport = {free_port()}\ntimeout = 1.0\n")
         self.assertOneErrorLine(self.gomail("user", "unlock", "alice"), "cannot use Redis: cannot connect")
 
     async def _wrong_password(self) -> None:
         server = await start_redis(self, reactor, "right horse")
-        with open(self.config, "a", encoding="utf-8") as f:
-            f.write(f"[redis]\nurl = \"redis://:wrong@127.0.0.1:{server.port}/0\"\n")
+        self.append_config(f"[redis]\nurl = \"redis://:wrong@127.0.0.1:{server.port}/0\"\n")
         status, out, err = self.gomail("user", "unlock", "alice")
         self.assertEqual((status, out), (1, ""))
         self.assertIn("cannot use Redis: Redis: WRONGPASS", err)

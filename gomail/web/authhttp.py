@@ -15,14 +15,15 @@ from __future__ import annotations
 import hmac
 import math
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from twisted.logger import Logger
 
 from gomail.auth.authlog import CONTROL_CHARACTERS, AuthLog, AuthLogEntry, printable
 from gomail.auth.backends import BackendRouter, NoBackend
-from gomail.auth.checker import AuthFailure, Authenticator, LoginAttempt, TemporaryAuthError
+from gomail.auth.checker import Authenticator, AuthFailure, LoginAttempt, TemporaryAuthError
 from gomail.netaddr import ip_text
 from gomail.settings import NginxAuthSettings
 
