@@ -159,7 +159,8 @@ class HealthTests(MonitorTestCase):
         self.spool.run = lambda f, *a: (runs.append(f.__name__), real_run(f, *a))[1]
         self.json(browser.get(URL + "/health"))
         self.json(browser.get(URL + "/health"))
-        self.assertEqual(sorted(r for r in runs if r.startswith("_")), ["_count_entries", "_free_bytes", "_probe_write"])
+        self.assertEqual(sorted(r for r in runs if r.startswith("_")),
+                         ["_count_entries", "_free_bytes", "_probe_write"])
         os.rmdir(self.spool.path("tmp"))
         with open(self.spool.path("tmp"), "wb") as f:
             f.write(b"not a directory")
@@ -258,6 +259,36 @@ class HealthTests(MonitorTestCase):
         body = self.json(self.browser(self.monitor(queue_size=1)).get(URL + "/health"))
         self.assertEqual((body["status"], body["failed_checks"]), ("degraded", ["queue"]))
         self.assertEqual((body["checks"]["queue"]["queued"], body["checks"]["queue"]["active"]), (1, 1))
+
+    def test_damaged_queue_entry_is_degraded(self) -> None:
+        """
+        A deferred message whose file was overwritten with random bytes of the
+        same size is moved to corrupt/ at its next attempt instead of being
+        delivered: /health turns degraded (check "corrupt", with the count)
+        and gomail_spool_corrupt_total counts it; once a human has cleared
+        corrupt/, health is ok again.
+        """
+        self.agent.script.extend([451])
+        queue_id = self.receive(sender=b"alice@example.org")
+        path = self.spool.message_path(queue_id)
+        size = os.path.getsize(path)
+        with open(path, "r+b") as f:
+            f.write(os.urandom(size))
+        self.clock.advance(300)
+        self.assertEqual(len(self.agent.calls), 1)  # not given to the agent again
+        self.assertEqual(self.files("corrupt"), [queue_id + ".eml", queue_id + ".json"])
+        browser = self.browser()
+        body = self.json(browser.get(URL + "/health"))
+        self.assertEqual((body["status"], body["failed_checks"]), ("degraded", ["corrupt"]))
+        check = body["checks"]["corrupt"]
+        self.assertEqual((check["entries"], check["moved_since_start"]), (1, 1))
+        self.assertIn("1 queue entries in", check["error"])
+        metrics = browser.get(URL + "/metrics?format=prometheus").body.decode()
+        self.assertIn("gomail_spool_corrupt_total 1.0", metrics)
+        for name in self.files("corrupt"):
+            os.unlink(self.spool.path("corrupt", name))
+        self.clock.advance(PROBE_SECONDS)
+        self.assertEqual(self.json(browser.get(URL + "/health"))["status"], "ok")
 
     def test_fail_outranks_degraded(self) -> None:
         """An unwritable spool and a down state store together are a fail naming both."""
