@@ -19,33 +19,30 @@ What this class changes from twisted.mail.smtp.ESMTP, and why:
 
 from __future__ import annotations
 
-import errno
 import re
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import ITLSTransport
 from twisted.internet.task import deferLater
-from twisted.mail.smtp import COMMAND, DATA
+from twisted.mail.smtp import DATA
 
 from gomail.flow import OutputBound
-from gomail.smtp.address import AddressError, Path, parse_path
+from gomail.smtp.address import Path
 from gomail.smtp.framing import SMTPFraming
 from gomail.smtp.policy import parse_ip
 from gomail.smtp.reader import DataReader
-from gomail.smtp.received import received_header
 from gomail.smtp.sasl import SASLMixin
-from gomail.spool.envelope import Envelope, Recipient
+from gomail.smtp.transaction import MailTransactionMixin
 from gomail.tcp import no_delay
 
 if TYPE_CHECKING:
     from gomail.smtp.server import SMTPServer
 
 _HELO_NAME = re.compile(rb"^[\x21-\x7e]{1,255}$")
-_HEADER_START = re.compile(rb"^[\x21-\x39\x3b-\x7e]+:|^\r\n")
 
 
-class GomailESMTP(SASLMixin, SMTPFraming):
+class GomailESMTP(SASLMixin, MailTransactionMixin, SMTPFraming):
     """One SMTP session. Shared state and settings come from the L{SMTPServer}."""
 
     def __init__(self, server: "SMTPServer", implicit_tls: bool = False) -> None:
@@ -187,18 +184,6 @@ class GomailESMTP(SASLMixin, SMTPFraming):
         else:
             self.hang_up(*self.closing_reply)
 
-    def _data_too_slow(self) -> None:
-        self.log.info("DATA from {client} slower than smtp.minDataRate", client=self.client_host)
-        self.server.rejections["data_rate"] += 1
-        self.hang_up(421, "4.4.2", f"{self.settings.hostname} Error: data rate too low")
-
-    def _data_deadline(self) -> None:
-        """DATA must arrive at smtp.minDataRate, after an allowance of one idle timeout."""
-        rate = self.settings.minDataRate
-        if rate and self._reader is not None:
-            allowed = self._data_started + self.timeout + self._reader.size / rate
-            self._deadline("data", max(0.0, allowed - self.server.clock.seconds()), self._data_too_slow)
-
     @property
     def in_transaction(self) -> bool:
         """Whether a mail transaction is under way (MAIL given, DATA open, or a reply pending)."""
@@ -305,153 +290,3 @@ class GomailESMTP(SASLMixin, SMTPFraming):
         self.sender = None
         self.recipients = []
         self.body_type = None
-
-    # -- the mail transaction ------------------------------------------------
-
-    def do_MAIL(self, rest: bytes) -> None:
-        if self.helo_name is None:
-            return self.reply(503, "5.5.1", "Error: send HELO/EHLO first")
-        if self.sender is not None:
-            return self.reply(503, "5.5.1", "Error: nested MAIL command")
-        try:
-            path = parse_path(rest, b"FROM", allow_null=True)
-            body_type = self._check_mail_params(path)
-        except AddressError as e:
-            return self.reply(e.code, e.status, e.text)
-        return Deferred.fromCoroutine(self._accept_sender(path, body_type))
-
-    async def _accept_sender(self, path: Path, body_type: str | None) -> None:
-        refusal = await self.server.mail_refusal(self, path)
-        if refusal is not None:
-            return self.reply(*refusal)
-        self.sender, self.recipients, self.body_type = path, [], body_type
-        self.reply(250, "2.1.0", "Sender ok")
-
-    def _check_mail_params(self, path: Path) -> str | None:
-        body_type = None
-        for key, value in path.params.items():
-            if key == "SIZE":
-                if value is None or not value.isdigit():
-                    raise AddressError(501, "5.5.4", "Syntax: SIZE=<octets>")
-                if int(value) > self.settings.maxMessageSize:
-                    raise AddressError(552, "5.3.4", "Message size exceeds fixed maximum message size")
-            elif key == "BODY":
-                if value is None or value.upper() not in ("7BIT", "8BITMIME"):
-                    raise AddressError(501, "5.5.4", "Syntax: BODY=7BIT or BODY=8BITMIME")
-                body_type = value.upper()
-            elif key != "AUTH":  # RFC 4954 AUTH=<mailbox> is informational: ignored
-                raise AddressError(555, "5.5.4", f"Unsupported MAIL parameter {key}")
-        return body_type
-
-    def do_RCPT(self, rest: bytes) -> Any:
-        if self.sender is None:
-            return self.reply(503, "5.5.1", "Error: need MAIL command")
-        try:
-            path = parse_path(rest, b"TO", allow_null=False)  # canonical from here on
-        except AddressError as e:
-            return self.reply(e.code, e.status, e.text)
-        if path.params:
-            return self.reply(555, "5.5.4", f"Unsupported RCPT parameter {next(iter(path.params))}")
-        if len(self.recipients) >= self.settings.maxRecipients:
-            return self.reply(452, "4.5.3", "Error: too many recipients")
-        refusal = self.server.rcpt_refusal(self, path)
-        if refusal is not None:
-            return self.reply(*refusal)
-
-        def decided(outcome: Any) -> None:
-            # gomail.smtp.recipients: users, aliases (expanded here), postmaster, catch-alls.
-            if self.transport.disconnecting:
-                return
-            if hasattr(outcome, "reason"):
-                self.server.rejections[outcome.reason] += 1
-                return self.reply(*outcome.reply)
-            for address in outcome.addresses:
-                if address not in self.recipients:
-                    self.recipients.append(address)
-            self.reply(250, "2.1.5", "Recipient ok")
-
-        # Pipelined input waits while a lookup is pending (see _wait_for).
-        return self.server.recipients.check(path, self.recipients, self.settings.maxRecipients,
-                                            self.client_host).addCallback(decided)
-
-    def do_DATA(self, rest: bytes) -> None:
-        if rest:
-            return self.reply(501, "5.5.4", "Syntax: DATA")
-        if self.sender is None:
-            return self.reply(503, "5.5.1", "Error: need MAIL command")
-        if not self.recipients:
-            return self.reply(554, "5.5.1", "Error: no valid recipients")
-        self._message = message = self.server.spool.new_message()
-        message.on_drain = self._message_drained
-        message.write(received_header(self, message.id, self.server.clock.seconds()))
-        self._first_chunk = True
-        self._reader = DataReader(
-            self._content, self.settings.maxMessageSize, self.settings.maxLineLength,
-            normalize=self.settings.bareLineEndings == "normalize")
-        self.mode = DATA
-        self._data_started = self.server.clock.seconds()
-        self._data_deadline()
-        self.sendCode(354, b"End data with <CR><LF>.<CR><LF>")
-
-    def _content(self, block: bytes) -> None:
-        if self._first_chunk:
-            self._first_chunk = False
-            if not _HEADER_START.match(block):
-                self._message.write(b"\r\n")  # no header section: keep the body out of ours
-        self._message.write(block)
-        if self._message.backlog > self._message.HIGH_WATER:
-            self._pause("disk")
-
-    def _message_drained(self) -> None:
-        message = self._message
-        if message is None or message.backlog <= message.HIGH_WATER // 2:
-            self._resume("disk")
-
-    def _data_received(self) -> None:
-        data, self._input = self._input, b""
-        self.resetTimeout()
-        rest = self._reader.feed(data)
-        self._data_deadline()
-        if rest is not None:
-            self._input = rest
-            self.mode = COMMAND
-            self._wait_for(Deferred.fromCoroutine(self._end_of_data()))
-
-    async def _end_of_data(self) -> None:
-        message, reader = self._message, self._reader
-        self._message = self._reader = None
-        self._deadline("data", 0, None)
-        self._resume("disk")
-        sender, recipients, body_type = self.sender, self.recipients, self.body_type
-        self.reset_transaction()
-        if reader.error is not None:
-            await message.abort()
-            self.reply(reader.error.code, reader.error.status, reader.error.text)
-            return
-        now = self.server.clock.seconds()
-        envelope = Envelope(
-            id=message.id, sender=sender.address, recipients=[Recipient(a) for a in recipients],
-            received=now, next_attempt=now, client_address=self.client_host,
-            client_helo=self.helo_name or "", tls=self.secure, body_type=body_type,
-            auth_user=self.account.name if self.account is not None else None,
-        )
-        try:
-            await message.commit(envelope)
-        except Exception as e:
-            if isinstance(e, OSError) and e.errno == errno.EFBIG:
-                # A file-size limit (RLIMIT_FSIZE, a quota's): this message can never be stored.
-                self.log.error("could not queue a message from {client}: {error}", client=self.client_host,
-                               error=e.strerror)
-                self.reply(552, "5.3.4", "Message too big for system")
-                return
-            self.log.failure("could not queue a message from {client}", client=self.client_host)
-            self.reply(451, "4.3.0", "Local error in processing; message not accepted, try again later")
-            return
-        self.reply(250, "2.0.0", f"Ok: queued as {envelope.id}")
-        self.server.accepted(self, envelope)
-        self.junk_commands = 0  # as Postfix: junk is counted between accepted messages
-        self.transactions += 1
-        if self.transactions >= self.settings.maxTransactions:
-            self.log.info("closing the session with {client} after {count} messages (smtp.maxTransactions)",
-                          client=self.client_host, count=self.transactions)
-            self.hang_up(421, "4.4.2", f"{self.settings.hostname} Error: too many messages in one session")
