@@ -74,6 +74,17 @@ def domains(values: tuple[str, ...]) -> str | None:
     return None
 
 
+def host_names(values: tuple[str, ...]) -> str | None:
+    """Accept a list of names a Host header may carry (a name or an IP literal, IPv6 in brackets, no port)."""
+    from gomail.web.guard import split_host
+
+    for value in values:
+        parsed = split_host(value)
+        if parsed is None or parsed[1] is not None:
+            return f"{value!r} is not a host name (a name or an address such as [::1], without a port)"
+    return None
+
+
 def mailbox_or_empty(value: str) -> str | None:
     """Accept an address (local-part@domain) or nothing."""
     from gomail.smtp.address import canonical_address
@@ -323,6 +334,8 @@ class MonitorSettings:
     listen: tuple[str, ...] = setting((), check=endpoints)
     allowFrom: tuple[str, ...] = setting((), check=networks)
     bearerToken: str = setting("", secret=True)
+    hostnames: tuple[str, ...] = setting((), check=host_names)
+    trustedProxies: tuple[str, ...] = setting((), check=networks)
     lowDiskSpaceMB: int = setting(1024, check=between(0))
     maxRequestBytes: int = setting(65536, check=between(1024, 1048576))
     requestTimeout: int = setting(30, check=between(1, 3600))

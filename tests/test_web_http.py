@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.address import IPv4Address, UNIXAddress
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.protocol import ClientFactory
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -20,11 +20,12 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from twisted.web.test.requesthelper import DummyRequest
 
+from gomail.web.guard import HostNames, origin_matches, split_host
 from gomail.web.http import Guarded, LimitedSite, PeerAccess, json_body
 from tests.test_flow import Sink, buffered, small_buffers, turn
 from tests.webtesting import BoundedTransport, Browser, flood, parse_response
 
-URL = "http://gomail.test"
+URL = "http://localhost:8025"
 TIMEOUT = 30
 PEER = IPv4Address("TCP", "127.0.0.1", 40000)
 
@@ -442,16 +443,79 @@ class GuardedTests(SynchronousTestCase):
         self.assertEqual(tree.rendered, [])
         self.assertEqual({p.host for p in browser.peers_seen()}, {"203.0.113.9"})
 
-    def test_forwarded_for_does_not_refuse_a_local_peer(self) -> None:
-        """Nor does X-Forwarded-For naming a remote address shut out a loopback peer."""
+    def test_forwarded_by_an_untrusted_local_proxy(self) -> None:
+        """A loopback peer forwarding for someone (a local proxy nobody trusts) is not local: 403."""
+        for headers in ({"X-Forwarded-For": "203.0.113.9"}, {"Forwarded": "for=203.0.113.9"},
+                        {"X-Real-IP": "127.0.0.1"}):
+            browser, tree = self.browse(None)
+            self.assertForbidden(browser.get(URL + "/child", headers=headers))
+            self.assertEqual(tree.rendered, [])
+
+    def test_forwarded_by_a_trusted_proxy(self) -> None:
+        """From a trusted proxy, the nearest untrusted address its headers name is the client."""
+        access = PeerAccess(["10.0.0.0/8"], trusted_proxies=["127.0.0.1/32", "192.0.2.0/24"])
+        for headers, code in (({"X-Forwarded-For": "10.1.2.3"}, 200),
+                              ({"X-Forwarded-For": "10.9.9.9, 203.0.113.9"}, 403),  # the client lied first
+                              ({"X-Forwarded-For": "203.0.113.9, 10.1.2.3, 192.0.2.5"}, 200),
+                              ({"Forwarded": 'for="[2001:db8::1]:4711", for=10.1.2.3;proto=http'}, 200),
+                              ({"Forwarded": "for=unknown"}, 403),
+                              ({"X-Forwarded-For": "10.1.2.3", "X-Real-IP": "203.0.113.9"}, 403),  # disagree
+                              ({"X-Forwarded-For": "10.1.2.3", "X-Real-IP": "10.1.2.3"}, 200),
+                              ({}, 403)):  # the proxy itself is not in allowFrom
+            browser, _ = self.browse(None, access)
+            self.assertEqual((headers, browser.get(URL + "/child", headers=headers).code), (headers, code))
+
+    def test_wrong_host_is_misdirected(self) -> None:
+        """A Host naming neither a configured name nor the listener's address gets 421 JSON."""
+        browser, tree = self.browse(None)
+        answer = browser.get(URL + "/child", headers={"Host": "evil.example"})
+        self.assertEqual(answer.code, 421)
+        self.assertIn("Host", json.loads(answer.body)["error"])
+        self.assertEqual(tree.rendered, [])
+
+    def test_state_changing_needs_the_header(self) -> None:
+        """POST, PUT, PATCH and DELETE need X-Gomail-Request; GET does not."""
+        for method in ("POST", "PUT", "PATCH", "DELETE"):
+            browser, _ = self.browse(None)
+            self.assertEqual(browser.request(method, URL + "/child").code, 403)
+            self.assertEqual(browser.request(method, URL + "/child", headers={"X-Gomail-Request": "1"}).code, 200)
         browser, _ = self.browse(None)
-        self.assertEqual(browser.get(URL + "/child", headers={"X-Forwarded-For": "203.0.113.9"}).code, 200)
+        self.assertEqual(browser.get(URL + "/child").code, 200)
 
     def test_unix_socket_peer_is_allowed(self) -> None:
         """A peer on a UNIX socket (only local users can connect) is allowed, even with allowFrom set."""
         request = DummyRequest([b""])
         request.getClientAddress = lambda: UNIXAddress(b"/run/gomail/monitor.sock")
         self.assertTrue(PeerAccess(["10.0.0.0/8"]).allows(request))
+
+
+class HostNamesTests(SynchronousTestCase):
+    """L{HostNames} and L{split_host}: what a Host header may say."""
+
+    def test_split(self) -> None:
+        """Names and IP literals with or without a port; malformed values are None."""
+        self.assertEqual(split_host("LocalHost.:8025"), ("localhost", 8025))
+        self.assertEqual(split_host("[::1]:80"), ("[::1]", 80))
+        self.assertEqual(split_host("::1"), ("[::1]", None))
+        for bad in ("", "a:b", "[::1", "[::1]x", "a b", "evil.example@localhost", "a:123456"):
+            self.assertIsNone(split_host(bad), bad)
+
+    def test_own_address(self) -> None:
+        """The listener's own address passes (IPv4 or IPv6), another address does not."""
+        hosts = HostNames()
+        self.assertTrue(hosts.allows("192.0.2.5:8025", IPv4Address("TCP", "192.0.2.5", 8025)))
+        self.assertTrue(hosts.allows("[2001:db8::5]", IPv6Address("TCP", "2001:db8::5", 8025)))
+        self.assertFalse(hosts.allows("192.0.2.6", IPv4Address("TCP", "192.0.2.5", 8025)))
+        self.assertFalse(hosts.allows("192.0.2.5", UNIXAddress(b"/run/monitor.sock")))
+
+    def test_origin(self) -> None:
+        """An Origin matches only the request's own scheme, name and port (default ports filled in)."""
+        self.assertTrue(origin_matches("http://localhost:8025", "localhost:8025", False))
+        self.assertTrue(origin_matches("http://localhost", "localhost:80", False))
+        self.assertTrue(origin_matches("https://localhost", "localhost", True))
+        for origin in ("http://localhost:3000", "https://localhost:8025", "null", "http://evil.example:8025",
+                       "http://localhost:8025/x"):
+            self.assertFalse(origin_matches(origin, "localhost:8025", False), origin)
 
 
 class JsonBodyTests(SynchronousTestCase):

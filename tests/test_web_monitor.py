@@ -29,6 +29,7 @@ from gomail.service import build_service
 from gomail.services import ListeningService
 from gomail.spool.envelope import Envelope, Recipient
 from gomail.state.memory import MemoryStateStore
+from gomail.web.guard import HostNames
 from gomail.web.http import Guarded, LimitedSite, PeerAccess
 from gomail.web.monitor import CHECK_TIMEOUT, PROBE_SECONDS, MonitorApp
 from tests.authtesting import MemoryUsers, authenticator
@@ -40,7 +41,9 @@ from tests.webtesting import Answer, Browser, settle
 
 START = 1_700_000_000.0
 STAMP = "2023-11-14T22:13:20Z"  # START in the seed's timestamp format
-URL = "http://gomail.test"
+URL = "http://localhost:8025"
+#: What gomail's own clients (curl in the README, scripts) send on a state-changing route.
+PROGRAM = {"X-Gomail-Request": "1"}
 SEED_HEALTH_DETAILS = {"disk_space_available_mb", "queued_emails", "failed_emails",
                        "total_emails_processed", "success_rate"}
 SEED_METRICS = {"total_emails", "successful_emails", "failed_emails", "total_recipients",
@@ -89,10 +92,10 @@ class MonitorTestCase(SynchronousTestCase):
         return MonitorApp(self.metrics, self.spool, self.queue.failed, self.queue, self.clock, **kwargs)
 
     def browser(self, app: MonitorApp | None = None, peer: str | None = None,
-                access: PeerAccess | None = None) -> Browser:
+                access: PeerAccess | None = None, hosts: HostNames | None = None) -> Browser:
         """A client of the tree build_http serves: the Klein app behind Guarded."""
         app = app or self.monitor()
-        return Browser(Guarded(app.resource(), access or PeerAccess()), peer)
+        return Browser(Guarded(app.resource(), access or PeerAccess(), hosts), peer)
 
     def receive(self, *recipients: bytes, sender: bytes = b"") -> str:
         """Have the SMTP server accept one message (null sender: no bounces); returns its queue id."""
@@ -431,7 +434,7 @@ class RetryFailedTests(MonitorTestCase):
     def test_retry_all(self) -> None:
         """Without an id every failed message goes back to queue/ and the count is answered."""
         ids = self.fail_two()
-        body = self.json(self.browser().post(URL + "/admin/retry-failed"))
+        body = self.json(self.browser().post(URL + "/admin/retry-failed", headers=PROGRAM))
         self.assertEqual(body, {"requeued": 2})
         self.assertEqual(self.files("failed"), [])
         self.assertEqual(self.files("queue"), sorted(f"{i}.{ext}" for i in ids for ext in ("eml", "json")))
@@ -441,19 +444,19 @@ class RetryFailedTests(MonitorTestCase):
     def test_retry_one(self) -> None:
         """?id= requeues that message only and echoes the id."""
         first, second = self.fail_two()
-        body = self.json(self.browser().post(URL + "/admin/retry-failed?id=" + second))
+        body = self.json(self.browser().post(URL + "/admin/retry-failed?id=" + second, headers=PROGRAM))
         self.assertEqual(body, {"requeued": 1, "id": second})
         self.assertEqual(self.files("failed"), [first + ".json"])
         self.assertEqual(self.files("queue"), [second + ".eml", second + ".json"])
 
     def test_nothing_to_retry(self) -> None:
         """With failed/ empty the answer is a count of zero."""
-        self.assertEqual(self.json(self.browser().post(URL + "/admin/retry-failed")), {"requeued": 0})
+        self.assertEqual(self.json(self.browser().post(URL + "/admin/retry-failed", headers=PROGRAM)), {"requeued": 0})
 
     def test_unknown_id(self) -> None:
         """An id that is not in failed/ is a 404 JSON naming it, and nothing moves."""
         ids = self.fail_two()
-        body = self.json(self.browser().post(URL + "/admin/retry-failed?id=0123abcd"), 404)
+        body = self.json(self.browser().post(URL + "/admin/retry-failed?id=0123abcd", headers=PROGRAM), 404)
         self.assertEqual(body, {"error": "no such failed message", "id": "0123abcd"})
         self.assertEqual(self.files("failed"), sorted(i + ".json" for i in ids))
 
@@ -462,7 +465,7 @@ class RetryFailedTests(MonitorTestCase):
         self.fail_two()
         browser = self.browser()
         for query in ("id=..", "id=../queue/x", "id=a%2Fb", "id=", "id=" + "a" * 65, "id=a&id=b"):
-            self.json(browser.post(URL + "/admin/retry-failed?" + query), 400)
+            self.json(browser.post(URL + "/admin/retry-failed?" + query, headers=PROGRAM), 400)
         self.assertEqual(len(self.files("failed")), 2)
 
     def test_get_is_refused(self) -> None:
@@ -477,7 +480,7 @@ class RetryFailedTests(MonitorTestCase):
     def test_remote_peer_cannot_retry(self) -> None:
         """A non-loopback peer gets 403 and failed/ is left alone."""
         self.fail_two()
-        self.json(self.browser(peer="203.0.113.9").post(URL + "/admin/retry-failed"), 403)
+        self.json(self.browser(peer="203.0.113.9").post(URL + "/admin/retry-failed", headers=PROGRAM), 403)
         self.assertEqual(len(self.files("failed")), 2)
 
 
@@ -534,6 +537,91 @@ class AccessTests(MonitorTestCase):
         self.json(browser.get(URL + "/health", headers={"X-Forwarded-For": "127.0.0.1"}), 403)
 
 
+class AdminRequestForgeryTests(MonitorTestCase):
+    """
+    Issue 14 item 14: what the tester sent to POST /admin/retry-failed, each
+    answered 200 before, and what a legitimate client sends.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.agent.script.extend([550, 451])
+        self.receive()
+        self.assertEqual(len(self.files("failed")), 1)
+
+    def assertUntouched(self, answer: Answer, code: int, error: str) -> None:
+        self.assertEqual(self.json(answer, code), {"error": error})
+        self.assertEqual(len(self.files("failed")), 1)
+
+    def test_dns_rebinding_host(self) -> None:
+        """Host: evil.example (a browser after DNS rebinding) gets 421, on POST and on GET."""
+        browser = self.browser()
+        for method in ("POST", "GET"):
+            answer = browser.request(method, URL + "/admin/retry-failed",
+                                     headers={"Host": "evil.example", **PROGRAM})
+            self.assertUntouched(answer, 421, "misdirected request: this listener does not answer to that Host")
+        self.assertEqual(self.browser().get(URL + "/health", headers={"Host": "evil.example:8025"}).code, 421)
+
+    def test_accepted_host_names(self) -> None:
+        """localhost, 127.0.0.1 and [::1], with or without the port, and no Host at all are served."""
+        for host in ("localhost", "localhost:8025", "127.0.0.1:8025", "[::1]:8025", "[::1]", "LOCALHOST."):
+            self.assertEqual((host, self.browser().get(URL + "/health", headers={"Host": host}).code),
+                             (host, 200))
+
+    def test_configured_host_names(self) -> None:
+        """monitor.hostnames replaces the default names; the listener's own address still passes."""
+        browser = self.browser(hosts=HostNames(["monitor.example.org"]))
+        self.assertEqual(browser.get(URL + "/health", headers={"Host": "monitor.example.org:8025"}).code, 200)
+        self.assertEqual(browser.get(URL + "/health", headers={"Host": "localhost"}).code, 421)
+        self.assertEqual(browser.get(URL + "/health", headers={"Host": "127.0.0.1"}).code, 200)  # its own
+
+    def test_cross_origin_post(self) -> None:
+        """A form posted from another site's page (Origin, Sec-Fetch-Site: cross-site) is refused 403."""
+        form = {"Origin": "http://evil.example", "Content-Type": "application/x-www-form-urlencoded",
+                "Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate"}
+        self.assertUntouched(self.browser().post(URL + "/admin/retry-failed", headers=form, data=b""),
+                             403, "cross-origin request refused")
+        for headers in ({"Origin": "http://evil.example", **PROGRAM}, {"Sec-Fetch-Site": "cross-site", **PROGRAM},
+                        {"Sec-Fetch-Site": "same-site", **PROGRAM}, {"Origin": "null", **PROGRAM},
+                        {"Origin": "http://localhost:3000", **PROGRAM}, {"Origin": "https://localhost:8025", **PROGRAM}):
+            self.assertUntouched(self.browser().post(URL + "/admin/retry-failed", headers=headers),
+                                 403, "cross-origin request refused")
+
+    def test_post_without_the_request_header(self) -> None:
+        """A POST with neither X-Gomail-Request nor the bearer token is refused 403, even from loopback."""
+        self.assertUntouched(self.browser().post(URL + "/admin/retry-failed"), 403,
+                             "a state-changing request needs the X-Gomail-Request header or the bearer token")
+
+    def test_same_origin_post_with_the_header(self) -> None:
+        """A same-origin POST with X-Gomail-Request is served."""
+        headers = {"Origin": "http://localhost:8025", "Sec-Fetch-Site": "same-origin", **PROGRAM}
+        self.assertEqual(self.json(self.browser().post(URL + "/admin/retry-failed", headers=headers)),
+                         {"requeued": 1})
+
+    def test_bearer_token_replaces_the_header(self) -> None:
+        """The bearer token is enough on a state-changing route, from anywhere."""
+        browser = self.browser(peer="203.0.113.9", access=PeerAccess(bearer_token="s3cret"))
+        answer = browser.post(URL + "/admin/retry-failed", headers={"Authorization": "Bearer s3cret"})
+        self.assertEqual(self.json(answer), {"requeued": 1})
+
+    def test_forwarded_by_a_local_proxy(self) -> None:
+        """X-Forwarded-For: 203.0.113.9 through a local proxy that is not trusted: 403, the client is unknown."""
+        answer = self.browser().post(URL + "/admin/retry-failed",
+                                     headers={"X-Forwarded-For": "203.0.113.9", **PROGRAM})
+        self.assertUntouched(answer, 403, "forbidden")
+        self.json(self.browser().get(URL + "/health", headers={"X-Forwarded-For": "203.0.113.9"}), 403)
+
+    def test_forwarded_by_a_trusted_proxy(self) -> None:
+        """A trusted proxy's X-Forwarded-For names the client, judged by allowFrom."""
+        trusted = PeerAccess(["10.0.0.0/8"], trusted_proxies=["127.0.0.1/32"])
+        browser = self.browser(access=trusted)
+        answer = browser.post(URL + "/admin/retry-failed", headers={"X-Forwarded-For": "203.0.113.9", **PROGRAM})
+        self.assertUntouched(answer, 403, "forbidden")
+        answer = browser.post(URL + "/admin/retry-failed",
+                              headers={"X-Forwarded-For": "127.0.0.1, 10.1.2.3", **PROGRAM})
+        self.assertEqual(self.json(answer), {"requeued": 1})
+
+
 class WiringTests(SynchronousTestCase):
     """build_http gives the monitor listener the configured access rules and limits."""
 
@@ -543,7 +631,8 @@ class WiringTests(SynchronousTestCase):
         config = config_in(directory)
         config = dataclasses.replace(config, queueSize=50, monitor=dataclasses.replace(
             config.monitor, listen=("tcp:8025:interface=127.0.0.1",), allowFrom=("10.0.0.0/8",),
-            bearerToken="s3cret", maxRequestBytes=4096, requestTimeout=7, lowDiskSpaceMB=123))
+            bearerToken="s3cret", hostnames=("Monitor.Example.Org", "::1"), trustedProxies=("192.0.2.7",),
+            maxRequestBytes=4096, requestTimeout=7, lowDiskSpaceMB=123))
         service = build_service(config, MemoryReactorClock())
         [listener] = [s for s in service if isinstance(s, ListeningService) and s.kind == "monitor"]
         site = listener.factory
@@ -553,6 +642,8 @@ class WiringTests(SynchronousTestCase):
         self.assertIsInstance(site.resource, Guarded)
         access = site.resource.access
         self.assertEqual([str(n) for n in access.networks], ["10.0.0.0/8"])
+        self.assertEqual([str(n) for n in access.forwarded.trusted], ["192.0.2.7/32"])
+        self.assertEqual(site.resource.hosts.names, {"monitor.example.org", "[::1]"})
         self.assertEqual(access.token, b"s3cret")
         app = service.monitor
         self.assertIsInstance(app, MonitorApp)

@@ -10,18 +10,19 @@ import functools
 import hmac
 import ipaddress
 import json
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from twisted.internet.address import UNIXAddress
 from twisted.logger import Logger
 from twisted.web.http import HTTPChannel, _GenericHTTPChannelProtocol
-from twisted.web.server import Request
 from twisted.web.resource import IResource, Resource
-from twisted.web.server import Site
+from twisted.web.server import Request, Site
 from zope.interface import implementer
 
 from gomail.flow import OutputBound
 from gomail.netaddr import parse_ip
+from gomail.web.guard import REQUEST_HEADER, STATE_CHANGING, ForwardedFor, HostNames, origin_matches
 
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
 
@@ -176,14 +177,18 @@ class LimitedSite(Site):
 
 class PeerAccess:
     """
-    Who may use a listener: the real socket peer (never X-Forwarded-For or any
-    header) in C{allow_from}, loopback when that is empty, a UNIX socket peer;
-    or anyone presenting C{bearer_token} (when one is configured).
+    Who may use a listener: a client in C{allow_from} (loopback when that is
+    empty) or on a UNIX socket; or anyone presenting C{bearer_token} (when one
+    is configured). The client is the socket peer; a forwarded header names
+    it only when the socket peer is in C{trusted_proxies}, and a request
+    forwarded by any other peer has no known client (L{ForwardedFor}).
     """
 
-    def __init__(self, allow_from: Iterable[str] = (), bearer_token: str = "") -> None:
+    def __init__(self, allow_from: Iterable[str] = (), bearer_token: str = "",
+                 trusted_proxies: Iterable[str] = ()) -> None:
         self.networks = tuple(ipaddress.ip_network(n, strict=False) for n in allow_from) or LOOPBACK
         self.token = bearer_token.encode()
+        self.forwarded = ForwardedFor(trusted_proxies)
         # The same few peers ask again and again (nginx: once per login): their answer is kept.
         self._host_allowed = functools.lru_cache(maxsize=1024)(self._in_networks)
 
@@ -195,55 +200,95 @@ class PeerAccess:
         """Whether the socket peer C{peer} (an address object) is allowed as it is, without a token."""
         return isinstance(peer, UNIXAddress) or self._host_allowed(str(getattr(peer, "host", "")))
 
+    def client_address(self, request: Any) -> Any:
+        """The address C{request} is judged by (None: unknown, see L{ForwardedFor.client})."""
+        return self.forwarded.client(request)
+
+    def has_token(self, request: Any) -> bool:
+        """Whether C{request} carries the configured bearer token (never, when none is configured)."""
+        if not self.token:
+            return False
+        raw = request.getHeader(b"authorization") or b""  # a bytes name gives a bytes value
+        header = raw.decode("latin-1") if isinstance(raw, bytes) else raw
+        scheme, _, value = header.partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode("latin-1"), self.token)
+
     def allows(self, request: Any) -> bool:
-        """Whether C{request} is served: its socket peer is allowed, or it carries the bearer token."""
-        if self.allows_address(request.getClientAddress()):
-            return True
-        if self.token:
-            raw = request.getHeader(b"authorization") or b""  # a bytes name gives a bytes value
-            header = raw.decode("latin-1") if isinstance(raw, bytes) else raw
-            scheme, _, value = header.partition(" ")
-            return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode("latin-1"), self.token)
-        return False
+        """Whether C{request} is served: its client is allowed, or it carries the bearer token."""
+        client = self.client_address(request)
+        return (client is not None and self.allows_address(client)) or self.has_token(request)
 
 
 @implementer(IResource)
 class Guarded:
-    """A resource tree answered only to peers L{PeerAccess} allows (403 JSON otherwise)."""
+    """
+    A resource tree answered only to requests that name this listener in
+    C{Host} (421 otherwise), come from a client L{PeerAccess} allows (403),
+    and, when they change state, come from no other site's page (403); see
+    L{gomail.web.guard}. Refusals are JSON.
+    """
 
     isLeaf = False
     log = Logger()
 
-    def __init__(self, wrapped: Any, access: PeerAccess) -> None:
+    def __init__(self, wrapped: Any, access: PeerAccess, hosts: HostNames | None = None) -> None:
         self.wrapped = wrapped
         self.access = access
+        self.hosts = hosts or HostNames()
 
     def render(self, request: Any) -> bytes:
-        if not self.access.allows(request):
-            return self._forbidden(request)
+        refusal = self._refusal(request)
+        if refusal is not None:
+            return self._refuse(request, *refusal)
         return self.wrapped.render(request)
 
     def getChildWithDefault(self, path: bytes, request: Any) -> Any:
-        if not self.access.allows(request):
-            return _Forbidden(self)
+        refusal = self._refusal(request)
+        if refusal is not None:
+            return _Forbidden(self, *refusal)
         request.postpath.insert(0, request.prepath.pop())
         return self.wrapped
 
     def putChild(self, path: bytes, child: Any) -> None:
         raise NotImplementedError("wrap a complete resource tree")
 
-    def _forbidden(self, request: Any) -> bytes:
+    def _refusal(self, request: Any) -> tuple[int, str] | None:
+        """Why C{request} is refused, as (code, error), or None."""
+        host = _header(request, b"host")
+        if not self.hosts.allows(host, request.getHost()):
+            return 421, "misdirected request: this listener does not answer to that Host"
+        if not self.access.allows(request):
+            return 403, "forbidden"
+        if request.method not in STATE_CHANGING:
+            return None
+        origin = _header(request, b"origin")
+        site = (_header(request, b"sec-fetch-site") or "").strip().lower()
+        if site in ("cross-site", "same-site") or (origin is not None and
+                                                  not origin_matches(origin, host, request.isSecure())):
+            return 403, "cross-origin request refused"
+        if not (_header(request, REQUEST_HEADER) or "").strip() and not self.access.has_token(request):
+            return 403, "a state-changing request needs the X-Gomail-Request header or the bearer token"
+        return None
+
+    def _refuse(self, request: Any, code: int, error: str) -> bytes:
         peer = request.getClientAddress()
-        self.log.warn("HTTP request refused for {peer}: not an allowed peer", peer=getattr(peer, "host", peer))
-        return json_body(request, {"error": "forbidden"}, 403)
+        self.log.warn("HTTP {method} {path} refused for {peer}: {error} (Host {host})",
+                      method=request.method.decode("latin-1"), path=request.path[:200].decode("latin-1"),
+                      peer=getattr(peer, "host", peer), error=error, host=(_header(request, b"host") or "")[:100])
+        return json_body(request, {"error": error}, code)
+
+
+def _header(request: Any, name: bytes) -> str | None:
+    value = request.getHeader(name)
+    return value.decode("latin-1") if value is not None else None
 
 
 class _Forbidden(Resource):
     isLeaf = True
 
-    def __init__(self, guard: Guarded) -> None:
+    def __init__(self, guard: Guarded, code: int, error: str) -> None:
         super().__init__()
-        self.guard = guard
+        self.guard, self.code, self.error = guard, code, error
 
     def render(self, request: Any) -> bytes:
-        return self.guard._forbidden(request)
+        return self.guard._refuse(request, self.code, self.error)

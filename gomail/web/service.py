@@ -14,6 +14,7 @@ from gomail.services import ListeningService
 from gomail.settings import Backend, Config
 from gomail.web.authhttp import AuthHTTPAnswerer
 from gomail.web.authwire import AuthHTTPFactory
+from gomail.web.guard import HostNames
 from gomail.web.http import Guarded, LimitedSite, PeerAccess
 from gomail.web.monitor import MonitorApp
 
@@ -63,7 +64,8 @@ def build_http(config: Config, reactor: Any, root: Any, parent: MultiService) ->
                          relay=relay, backends=router, queue_size=config.queueSize,
                          low_disk_mb=monitor.lowDiskSpaceMB, writer_process=root.writer_process)
         root.monitor = app
-        site = LimitedSite(Guarded(app.resource(), PeerAccess(monitor.allowFrom, monitor.bearerToken)),
+        access = PeerAccess(monitor.allowFrom, monitor.bearerToken, monitor.trustedProxies)
+        site = LimitedSite(Guarded(app.resource(), access, HostNames(monitor.hostnames)),
                            reactor, monitor.maxRequestBytes, monitor.requestTimeout)
         for description in monitor.listen:
             ListeningService(reactor, description, site, "monitor").setServiceParent(parent)
