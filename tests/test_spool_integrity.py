@@ -21,6 +21,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import Logger, LogLevel, formatEvent
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
@@ -37,6 +38,7 @@ from gomail.spool.incoming import IncomingMessage
 from gomail.spool.integrity import CorruptContent, check_file
 from gomail.spool.store import Spool
 from gomail.spool.writer import ImmediateWriter, own_failure
+from tests.processes import maildir_messages
 from tests.spooltesting import content_digest, listing, make_spool, new_envelope, read, start_commit
 
 START = 1700000000.0
@@ -279,14 +281,29 @@ class RecordingRelay:
     def __init__(self, spool: Spool) -> None:
         self.open = content_opener(spool.recent, spool.run)
         self.sent: list[tuple[str, bytes]] = []
+        self.failed: list[Exception] = []
 
     def deliver(self, envelope: Envelope, path: str, recipients: list) -> Deferred:
         source = self.open(envelope.id, path, envelope)
         data = b""
-        while chunk := source.read(1 << 20).result:
-            data += chunk
+        try:
+            while chunk := at_once(source.read(1 << 20)):
+                data += chunk
+        except CorruptContent as e:
+            # What the relay client does: no final dot, the connection dropped, a deferral.
+            self.failed.append(e)
+            return succeed({r.address: (451, "4.4.2 Connection to smarthost lost") for r in recipients})
         self.sent.append((envelope.id, data))
         return succeed({r.address: (250, "2.0.0 ok") for r in recipients})
+
+
+def at_once(d: Deferred) -> Any:
+    """The result of a Deferred that has fired (synchronous I/O), or its exception raised."""
+    outcome: list = []
+    d.addBoth(outcome.append)
+    if isinstance(outcome[0], Failure):
+        outcome[0].raiseException()
+    return outcome[0]
 
 
 def prometheus(queue: DeliveryQueue) -> bytes:
@@ -322,6 +339,63 @@ class MemoryCopyTests(SynchronousTestCase):
         self.assertEqual(agent.calls, 1)
         self.assertEqual(listing(spool, "corrupt"), [envelope.id + ".eml", envelope.id + ".json"])
         self.assertEqual(spool.corrupt_total, 1)
+
+
+class FreshMessageTests(SynchronousTestCase):
+    """
+    The first attempt of a message this process has just committed checks
+    its size without reading it (Maildir) or checks it as it sends it (relay);
+    every later attempt reads and checks it whole.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(START)
+        self.spool = make_spool(os.path.abspath(self.mktemp()), self.clock)
+        self.log = Events(self.spool)
+
+    def queue(self, agent: Any) -> DeliveryQueue:
+        queue = DeliveryQueue(self.spool, Router(agent), self.clock, 4, processing_timeout=300,
+                              policy=RetryPolicy(jitter=0), failed=FailedStore(self.spool, self.clock),
+                              hostname="mx.test")
+        self.spool.add_listener(queue.enqueue)
+        self.addCleanup(queue.stopService)
+        return queue
+
+    def test_truncated_before_the_first_local_attempt(self) -> None:
+        """A just-committed message cut short before its first attempt is caught by its size: never linked."""
+        mailbox = MaildirDelivery(self.spool.path("mailbox"), "mx.example", ImmediateWriter())
+        queue = self.queue(mailbox)
+        envelope, d = start_commit(self.spool, message(6), "bob@example.com", received=START)
+        self.successResultOf(d)
+        self.assertTrue(envelope.fresh)
+        damage(self.spool.message_path(envelope.id), "truncate")
+        queue.startService()
+        self.assertEqual(maildir_messages(self.spool.path("mailbox", "bob@example.com", "new")), [])
+        self.assertEqual(listing(self.spool, "corrupt"), [envelope.id + ".eml", envelope.id + ".json"])
+        self.assertFalse(envelope.fresh)
+        self.assertFalse(Envelope.from_json(envelope.to_json()).fresh)  # never stored
+
+    def test_changed_before_the_first_relay_attempt(self) -> None:
+        """
+        A just-committed message not kept in memory is read once, as it is
+        sent, and checked as it goes: changed bytes end that transaction
+        without its dot (the attempt is deferred), and the next attempt's full
+        check sets it aside; the agent never completes a send of it.
+        """
+        agent = RecordingRelay(self.spool)
+        queue = self.queue(agent)
+        envelope, d = start_commit(self.spool, message(7), "carol@example.net", received=START)
+        self.successResultOf(d)
+        damage(self.spool.message_path(envelope.id), "random")
+        queue.startService()
+        self.assertEqual(agent.sent, [])
+        self.assertEqual(len(agent.failed), 1)
+        self.assertIsInstance(agent.failed[0], CorruptContent)
+        self.assertEqual(listing(self.spool, "corrupt"), [])
+        self.clock.advance(300)
+        self.assertEqual((agent.sent, len(agent.failed)), ([], 1))
+        self.assertEqual(listing(self.spool, "corrupt"), [envelope.id + ".eml", envelope.id + ".json"])
 
 
 @implementer(IDeliveryAgent)

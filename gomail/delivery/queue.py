@@ -269,6 +269,8 @@ class DeliveryQueue(Service):
         except CorruptContent as e:
             await self._set_aside(envelope, e.problem)
             return
+        finally:
+            envelope.fresh = False  # every later attempt checks the digest too
         elapsed = self.clock.seconds() - started
         self.stats.attempts += 1
         self.stats.attempt_seconds_total += elapsed
@@ -282,7 +284,9 @@ class DeliveryQueue(Service):
             if not getattr(agent, "checks_content", False):
                 await self.spool.check_content(envelope)
             d = agent.deliver(envelope, path, recipients)
-            d.addTimeout(self.processing_timeout, self.clock)
+            # The relay bounds its own attempts by processingTimeout, except the wait for a final
+            # dot's reply (cutting it risks a duplicate): this cut is only a backstop past that.
+            d.addTimeout(self.processing_timeout + getattr(agent, "attempt_grace", 0), self.clock)
             return await d
         except CorruptContent:
             raise

@@ -54,6 +54,11 @@ class Envelope:
     next_attempt: float = 0.0
     last_error: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: Not stored: committed by this process and not yet attempted. Its bytes
+    #: were hashed as they were written a moment ago, so its first attempt
+    #: checks the file's size only (L{gomail.spool.integrity}); every later
+    #: one (and every attempt after a restart) checks size and digest.
+    fresh: bool = field(default=False, compare=False, repr=False)
 
     def pending(self) -> list[Recipient]:
         """The recipients still to be delivered."""
@@ -63,6 +68,7 @@ class Envelope:
         """Serialise for the spool (UTF-8 JSON, one object)."""
         # Built by hand: dataclasses.asdict deep-copies, and this runs for every message.
         data = dict(self.__dict__)
+        del data["fresh"]
         data["recipients"] = [r.__dict__ for r in self.recipients]
         data["version"] = FORMAT_VERSION
         return json.dumps(data, separators=(",", ":"), sort_keys=True).encode("utf-8")

@@ -123,6 +123,7 @@ class IncomingMessage:
         if whole:
             # Exactly the bytes now on disk; kept before delivery hears of the message.
             self._spool.recent.keep(self.id, b"".join(chunks))
+        envelope.fresh = True
         self._spool.committed(envelope)
 
     def abort(self) -> Deferred:

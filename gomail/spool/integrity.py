@@ -64,21 +64,25 @@ def check_file(queue_id: str, path: str, size: int, digest: str | None, keep: in
     (blocking) Compare the file at C{path} with the envelope's C{size} and
     C{digest}: the size from the open descriptor first (no read for a file
     cut short or emptied), then the digest over one read of the whole file.
-    With C{digest} None (an envelope from before digests) only the size is
-    checked and nothing read.
+    With C{digest} None (an envelope from before digests, or the first
+    attempt of a message this process has just written) only the size is
+    checked, by one C{stat}, and nothing read.
 
     @param keep: the file's bytes are returned when it is at most this long
         (so that a caller can send exactly the bytes it checked), else None.
     @raise CorruptContent: naming what is wrong.
     @raise OSError: when the file cannot be read (missing, I/O error).
     """
+    if digest is None:
+        problem = size_problem(os.stat(path).st_size, size)
+        if problem is not None:
+            raise CorruptContent(queue_id, problem)
+        return None
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         problem = size_problem(os.fstat(fd).st_size, size)
         if problem is not None:
             raise CorruptContent(queue_id, problem)
-        if digest is None:
-            return None
         hasher = new_digest()
         parts: list[bytes] = []
         total = 0

@@ -287,15 +287,19 @@ class Spool:
         Make sure what a delivery attempt is about to send is the content the
         envelope records (L{gomail.spool.integrity}). Content kept in memory
         (L{recent}) is the very bytes that were hashed and fsynced (or checked
-        here before): nothing to read. Otherwise the file is checked in the I/O
-        pool, and when it is small enough its checked bytes are kept in memory
-        so that the attempt sends exactly them and reads the file only once.
+        here before): nothing to read. The first attempt of a message this
+        process has just committed (C{envelope.fresh}) reads it once, as it
+        sends it, checked as it goes (L{gomail.delivery.content.CheckedFileContent}:
+        a mismatch drops the connection before the final dot). Otherwise the
+        file is checked in the I/O pool, and when it is small enough its
+        checked bytes are kept in memory so that the attempt sends exactly
+        them and reads the file only once.
 
         @raise gomail.spool.integrity.CorruptContent: when it is not (then
             call L{set_aside}).
         @raise OSError: the file cannot be read (a temporary failure).
         """
-        if self.recent.get(envelope.id) is not None:
+        if envelope.fresh or self.recent.get(envelope.id) is not None:
             return
         data = await self.run(check_file, envelope.id, self.message_path(envelope.id), envelope.size,
                               envelope.digest, self.recent.largest)
