@@ -17,7 +17,7 @@ L{gomail.spool.store.Spool.recover}):
 
 The content's digest is not read here: every queued message is checked in
 full before each of its delivery attempts (and every one is attempted within
-C{delivery.retryMaxDelay} of the start), so the scan costs a directory
+C{delivery.retryMaxDelay} or so of the start), so the scan costs a directory
 listing, one small read and one C{stat} per message, whatever the sizes of
 the messages, and mail is accepted again that much sooner after a restart.
 """
