@@ -5,14 +5,14 @@ domains, kept in the user database (L{gomail.auth.aliases}).
 
 Like C{gomail user}, it changes the database directly, so it works whether
 or not a server runs; a running server uses a change within
-C{auth.userRefresh} seconds (see L{gomail.auth.aliases.AliasStore}).
+C{auth.userRefresh} seconds (see L{gomail.auth.aliases.AliasStore}). Only
+C{alias add} creates a database that does not exist yet.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sqlite3
 import sys
 from collections.abc import Callable
@@ -20,12 +20,11 @@ from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
 
-from gomail import queuetool
 from gomail.auth import aliases, userdb
-from gomail.config import Config, ConfigError, load_config
+from gomail.clicommon import common_options, iso_time, plural, run_with_database
+from gomail.config import Config
 from gomail.smtp.policy import local_domains
 from gomail.smtp.recipients import ROLE_ACCOUNTS
-from gomail.usercli import config_db_path
 
 #: The top-level commands this module adds to C{gomail}.
 COMMANDS = ("alias",)
@@ -47,16 +46,13 @@ examples:
   gomail alias remove info@example.com carol@example.com
   gomail alias remove info@example.com
 
-exit status: 0 ok, 1 error (bad address, no such alias), 2 usage
+exit status: 0 ok, 1 error (bad address, no such alias, no database), 2 usage
 """
 
 
 def add_commands(commands: Any) -> None:
     """Add C{alias add|list|remove} to the subcommands of the C{gomail} parser."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", metavar="FILE",
-                        help="configuration whose user database to use (default: conf/gomail.toml "
-                             "if it exists, else the built-in defaults)")
+    common = common_options("user database")
     raw = argparse.RawDescriptionHelpFormatter
     group = commands.add_parser("alias", help="manage aliases and catch-alls of the local domains",
                                 description="Manage aliases and catch-alls of the local domains.",
@@ -87,31 +83,11 @@ def run(args: argparse.Namespace, clock: IReactorTime) -> int:
     if handler is None:
         args.help_parser.print_help()
         return 2
-    path = args.config
-    if path is None and os.path.exists(os.path.join("conf", "gomail.toml")):
-        path = os.path.join("conf", "gomail.toml")
-    try:
-        config = load_config(path)
-    except ConfigError as e:
-        print(f"gomail: configuration error: {e}", file=sys.stderr)
-        return 1
-    database = config_db_path(config)
-    conn = None
-    try:
-        conn = userdb.open_connection(database)
-        userdb.transact(conn, userdb.migrate)
+
+    def work(config: Config, conn: sqlite3.Connection) -> int:
         return _HANDLERS[handler](args, conn, config, clock.seconds())
-    except (ValueError, userdb.UserDBError) as e:
-        print(f"gomail: {e}", file=sys.stderr)
-    except (OSError, sqlite3.Error) as e:
-        if isinstance(e, BrokenPipeError):
-            raise  # stdout, not the database: main handles it
-        print(f"gomail: cannot use the user database {database}: {getattr(e, 'strerror', None) or e}",
-              file=sys.stderr)
-    finally:
-        if conn is not None:
-            conn.close()
-    return 1
+
+    return run_with_database(args, handler == "add", work)
 
 
 def _show(alias: aliases.Alias) -> str:
@@ -152,13 +128,13 @@ def _list(args: argparse.Namespace, conn: sqlite3.Connection, config: Config, no
     entries = userdb.transact(conn, aliases.list_aliases)
     if args.json:
         json.dump([{"alias": a.address, "catch_all": a.catch_all, "targets": list(a.targets),
-                    "created": queuetool.iso_time(a.created), "updated": queuetool.iso_time(a.updated)}
+                    "created": iso_time(a.created), "updated": iso_time(a.updated)}
                    for a in entries], sys.stdout, indent=2)
         print()
         return 0
     for alias in entries:
         print(_show(alias))
-    print(f"{len(entries)} alias{'' if len(entries) == 1 else 'es'}")
+    print(plural(len(entries), "alias", "aliases"))
     return 0
 
 

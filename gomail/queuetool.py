@@ -1,14 +1,12 @@
+# -*- test-case-name: tests.test_cli_queue -*-
 """
-The operator's view of the spool: what ``gomail queue list|show|retry|flush|delete`` do.
+The operator's view of the spool: what ``gomail queue list|show`` print.
 
-Everything here works on the spool directory of a stopped or a running server.
-Reading (listing, showing) is always safe: a message that disappears while it
-is read (delivered meanwhile) is simply left out. Changes go through the same
-durable writer jobs as the server's own (L{Spool.update}, L{Spool.remove},
-L{FailedStore.retry}, L{FailedStore.delete}), run at once by an
-L{ImmediateWriter}, so they never leave a partial file. A running server keeps
-its own index of the queue in memory, though: it sees what C{retry} and
-C{flush} did only at its next start.
+Reading works on the spool directory of a stopped or a running server and is
+always safe: a message that disappears while it is read (delivered
+meanwhile) is simply left out. Changes are elsewhere: through a running
+server's control channel (L{gomail.control}), or, when none runs, on the
+files under the spool's writer lock (L{gomail.queuefiles}).
 
 The spool is never prepared here (L{Spool.prepare} empties ``tmp/``, where a
 running server keeps the messages it is receiving).
@@ -16,10 +14,8 @@ running server keeps the messages it is receiving).
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
-import signal
 import re
 from dataclasses import dataclass
 from typing import Any, Callable, Coroutine, TextIO
@@ -29,6 +25,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger, LogLevel, formatEvent
 from twisted.python.failure import Failure
 
+from gomail.clicommon import iso_time
+from gomail.control.commands import valid_id
 from gomail.delivery.failed import FailedStore, decode_content
 from gomail.spool.envelope import DELIVERED, Envelope, EnvelopeError
 from gomail.spool.fs import read_queued
@@ -36,7 +34,6 @@ from gomail.spool.store import Spool
 from gomail.spool.writer import ImmediateWriter
 
 QUEUE, FAILED = "queue", "failed"
-_ID = re.compile(r"[0-9A-Za-z][0-9A-Za-z_-]{0,127}")
 # What a terminal would act on: everything below space but newline and tab, and DEL.
 _UNSAFE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 _MAX_HEADER_BYTES = 64 * 1024
@@ -79,8 +76,7 @@ def open_spool(directory: str, clock: IReactorTime, errors: TextIO | None = None
     """
     for name in ("tmp", QUEUE, FAILED):
         if not os.path.isdir(os.path.join(directory, name)):
-            raise QueueToolError(f"no spool in {directory} ({name}/ is missing): "
-                                 f"check --config, or start the server once to create it")
+            raise QueueToolError(f"no spool in {directory} ({name}/ is missing)")
     spool = Spool(directory, clock, _synchronous_run, writer=ImmediateWriter())
     failed = FailedStore(spool, clock)
     if errors is not None:
@@ -99,7 +95,7 @@ class _ErrorLines:
     def __call__(self, event: dict) -> None:
         if event.get("log_level", LogLevel.info) >= LogLevel.warn:
             text = " ".join((formatEvent(event) or "").split())
-            print(f"gomail: {_clean(text)}", file=self.stream)
+            print(f"gomail: {clean(text)}", file=self.stream)
 
 
 def wait(work: Coroutine | Deferred) -> Any:
@@ -120,11 +116,6 @@ def wait(work: Coroutine | Deferred) -> Any:
 
 
 # -- reading -------------------------------------------------------------------
-
-
-def valid_id(queue_id: str) -> bool:
-    """Whether C{queue_id} can name a spool file (never a path elsewhere)."""
-    return _ID.fullmatch(queue_id) is not None
 
 
 def _ids(directory: str) -> list[str]:
@@ -204,14 +195,6 @@ def failed_entries(failed: FailedStore) -> list[Entry]:
     return entries
 
 
-def iso_time(seconds: float | None) -> str | None:
-    """A timestamp as UTC ISO 8601 to the second (C{2024-05-01T12:00:00Z})."""
-    if seconds is None:
-        return None
-    moment = datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def entry_json(entry: Entry) -> dict[str, Any]:
     """One listed message as the JSON object C{queue list --json} prints."""
     data: dict[str, Any] = {"id": entry.id, "location": entry.location}
@@ -233,7 +216,8 @@ def entry_json(entry: Entry) -> dict[str, Any]:
     return data
 
 
-def _clean(text: str) -> str:
+def clean(text: str) -> str:
+    """C{text} with the control characters a terminal would act on written as escapes."""
     return _UNSAFE.sub(lambda m: repr(m.group())[1:-1], text)
 
 
@@ -249,16 +233,16 @@ def print_listing(entries: list[Entry], queued_count: int, failed_count: int, ou
     for entry in entries:
         envelope = entry.envelope
         if envelope is None:
-            print(f"{entry.id:<{_ID_WIDTH}} (unreadable: {_clean(entry.error or '')})", file=out)
+            print(f"{entry.id:<{_ID_WIDTH}} (unreadable: {clean(entry.error or '')})", file=out)
             print(file=out)
             continue
         arrival = iso_time(envelope.received)
         print(f"{entry.id:<{_ID_WIDTH}} {envelope.size:>{_SIZE_WIDTH}} {arrival:<{_TIME_WIDTH}} "
-              f"{_clean(envelope.sender) or '<>'}", file=out)
+              f"{clean(envelope.sender) or '<>'}", file=out)
         for recipient in envelope.recipients:
-            line = f"{_INDENT}{_clean(recipient.address)} {recipient.status}"
+            line = f"{_INDENT}{clean(recipient.address)} {recipient.status}"
             if recipient.status != DELIVERED and recipient.reply:
-                line += f" ({_clean(recipient.reply)})"
+                line += f" ({clean(recipient.reply)})"
             print(line, file=out)
         print(file=out)
     print(f"{queued_count} {'message' if queued_count == 1 else 'messages'} in the queue, "
@@ -281,7 +265,7 @@ def _headers(content: bytes) -> bytes:
 
 def _as_text(content: bytes) -> str:
     text = content.decode("utf-8", "replace").replace("\r\n", "\n")
-    return _clean(text)
+    return clean(text)
 
 
 def show(spool: Spool, failed: FailedStore, queue_id: str, out: TextIO, content: bool = False) -> None:
@@ -305,9 +289,9 @@ def show(spool: Spool, failed: FailedStore, queue_id: str, out: TextIO, content:
             record = _failed_record(failed, queue_id)
             message = decode_content(record.pop("content", ""), record.pop("content_encoding", "utf-8"))
         else:
-            raise UnknownMessage(f"no message {_clean(queue_id)} in queue/ or failed/")
+            raise UnknownMessage(f"no message {clean(queue_id)} in queue/ or failed/")
     except FileNotFoundError:
-        raise UnknownMessage(f"message {_clean(queue_id)} left the spool while it was read") from None
+        raise UnknownMessage(f"message {clean(queue_id)} left the spool while it was read") from None
     except (ValueError, TypeError) as e:
         raise QueueToolError(f"{location}/{queue_id}: unreadable: {e}") from None
     print(f"*** ENVELOPE {location}/{queue_id} ***", file=out)
@@ -315,119 +299,3 @@ def show(spool: Spool, failed: FailedStore, queue_id: str, out: TextIO, content:
     print(f"*** {'MESSAGE' if content else 'HEADERS'} ***", file=out)
     text = _as_text(message if content else _headers(message))
     out.write(text if text.endswith("\n") or not text else text + "\n")
-
-
-# -- changing ----------------------------------------------------------------------
-
-
-def _require(ids: list[str], present: Callable[[str], bool], where: str) -> None:
-    missing = [i for i in ids if not present(i)]
-    if missing:
-        raise UnknownMessage(f"not in {where}: {', '.join(_clean(i) for i in missing)}")
-
-
-def retry(failed: FailedStore, ids: list[str] | None = None) -> tuple[int, list[str]]:
-    """
-    Move failed messages (C{ids}, or all when None) back to ``queue/`` with
-    fresh counters. Returns how many were requeued and the ids that could not
-    be (the failed store logs why; they stay in ``failed/``). A message that
-    left ``failed/`` meanwhile (a server retried it) is neither.
-
-    @raise UnknownMessage: when an id is not in ``failed/``; then nothing is changed.
-    """
-    if ids is None:
-        ids = failed.ids()
-    else:
-        _require(ids, lambda i: in_failed(failed, i), "failed/")
-    requeued, problems = 0, []
-    for queue_id in dict.fromkeys(ids):
-        try:
-            done = wait(failed.retry(queue_id))
-        except KeyError:
-            continue
-        if done:
-            requeued += done
-        else:
-            problems.append(queue_id)
-    return requeued, problems
-
-
-def flush(spool: Spool) -> tuple[int, list[str]]:
-    """
-    Make every queued message due now: its C{next_attempt} is set to the
-    clock's time and the envelope rewritten atomically (L{Spool.update}).
-    Returns how many were rewritten and one line per message that could not be.
-    """
-    now = spool.clock.seconds()
-    flushed, problems = 0, []
-    for entry in queued(spool):
-        if entry.envelope is None:
-            problems.append(f"{entry.id}: unreadable envelope: {entry.error}")
-            continue
-        if not os.path.exists(spool.message_path(entry.id)):
-            continue  # delivered while we looked: writing its envelope back would resurrect it
-        entry.envelope.next_attempt = now
-        try:
-            wait(spool.update(entry.envelope))
-        except OSError as e:
-            problems.append(f"{entry.id}: could not rewrite the envelope: {e.strerror}")
-            continue
-        flushed += 1
-    return flushed, problems
-
-
-def delete(spool: Spool, failed: FailedStore, ids: list[str]) -> int:
-    """
-    Delete messages for good, each from ``queue/`` or ``failed/`` (both, if a
-    crash left a copy in each). Returns how many ids were deleted.
-
-    @raise UnknownMessage: when an id is in neither; then nothing is deleted.
-    """
-    _require(ids, lambda i: in_queue(spool, i) or in_failed(failed, i), "queue/ or failed/")
-    deleted = 0
-    for queue_id in dict.fromkeys(ids):
-        found = False
-        if in_queue(spool, queue_id):
-            wait(spool.remove(queue_id))
-            found = True
-        if in_failed(failed, queue_id):
-            try:
-                wait(failed.delete(queue_id))
-                found = True
-            except KeyError:
-                pass
-        deleted += found
-    return deleted
-
-
-def delete_all_failed(failed: FailedStore) -> int:
-    """Delete everything in ``failed/``; returns how many messages that was."""
-    deleted = 0
-    for queue_id in failed.ids():
-        try:
-            wait(failed.delete(queue_id))
-        except KeyError:
-            continue
-        deleted += 1
-    return deleted
-
-
-def notify_server(spool: Spool, kill: Callable[[int, int], None] = os.kill) -> int | None:
-    """
-    Ask a running server to rescan its queue (SIGUSR1 to the pid in the spool's
-    pid file). Returns the pid, or None when no server runs.
-
-    @raise QueueToolError: when the server runs as another user.
-    """
-    try:
-        with open(spool.pidfile) as f:
-            pid = int(f.read().strip())
-    except (OSError, ValueError):
-        return None
-    try:
-        kill(pid, signal.SIGUSR1)
-    except ProcessLookupError:
-        return None  # a pid file left by a server that died
-    except PermissionError:
-        raise QueueToolError(f"cannot signal the running server (pid {pid}): run this as the server's user") from None
-    return pid

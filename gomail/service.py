@@ -11,7 +11,10 @@ from twisted.logger import ILogObserver, Logger
 
 import gomail
 from gomail.auth.aliases import AliasStore
+from gomail.auth.authlog import AuthLog
 from gomail.auth.service import AuthParts, build_auth
+from gomail.control.lock import SpoolLock
+from gomail.control.server import ControlService, QueueControl
 from gomail.delivery.backoff import RetryPolicy
 from gomail.delivery.connect import make_connector, smarthosts_from
 from gomail.delivery.content import content_opener
@@ -88,24 +91,7 @@ class GomailService(SequentialMultiService):
         return d
 
     def _started(self, _: Any) -> None:
-        if self.spool is not None:
-            # Lets `gomail queue retry|flush|delete` ask this server to rescan.
-            with open(self.spool.pidfile, "w") as f:
-                f.write(f"{os.getpid()}\n")
         self.log.info("gomail ready")
-
-    def stopService(self) -> Deferred:  # type: ignore[override]
-        if self.spool is not None:
-            try:
-                os.unlink(self.spool.pidfile)
-            except OSError:
-                pass
-        return super().stopService()
-
-    def rescan_queue(self) -> None:
-        """Re-read the queue from disk (on SIGUSR1, sent by C{gomail queue})."""
-        if self.delivery is not None and self.delivery.running:
-            self.delivery.rescan().addErrback(lambda f: self.log.failure("queue rescan failed", f))
 
     def _start_failed(self, failure: Any) -> None:
         self.log.critical("gomail could not start: {error}", error=failure.getErrorMessage())
@@ -140,6 +126,8 @@ def _writers(config: Config, reactor: Any, root: GomailService) -> tuple[Any, An
         process = root.writer_process = WriterProcess(reactor, spec)
         process.setServiceParent(root)
         return process.lane("commit"), process.lane("mailbox")
+    # No writer process holds the spool's lock: this process does, before its writers start.
+    SpoolLock(reactor, config.spool.directory).setServiceParent(root)
     writer = BatchWriter(reactor, fsync_threads=config.spool.ioThreads)
     writer.setServiceParent(root)
     mailbox_writer = BatchWriter(reactor, fsync_threads=config.spool.ioThreads, name="gomail-mailbox-writer")
@@ -156,7 +144,8 @@ def _delivery(config: Config, reactor: Any, spool: Spool, mailbox_writer: Any) -
         relay = RelayAgent(smarthosts_from(config), make_connector(reactor, config.smtp.hostname, settings),
                            reactor, config.batchSize, config.batchDelay, config.continueOnError,
                            idle_timeout=settings.connectionIdleTimeout, run=spool.run,
-                           open_content=content_opener(spool.recent, spool.run))
+                           open_content=content_opener(spool.recent, spool.run),
+                           processing_timeout=config.processingTimeout, data_timeout=settings.dataTimeout)
         router = Router(mailbox, relay, local_domains(config.smtp.localDomains, config.smtp.hostname))
         workers = config.workerCount
     else:
@@ -204,6 +193,8 @@ def build_service(config: Config, reactor: Any) -> GomailService:
     root.delivery = _delivery(config, reactor, spool, mailbox_writer)
     SpoolService(spool, root.delivery).setServiceParent(root)
     root.delivery.setServiceParent(root)
+    # After recovery and delivery (stopped before them): `gomail queue` changes go through this server.
+    ControlService(reactor, QueueControl(spool, root.delivery, root.delivery.failed)).setServiceParent(root)
     root.auth = build_auth(config, reactor, root)
 
     tls = server_context(config.smtp.tlsCertificate, config.smtp.tlsPrivateKey, config.dataDir,
@@ -219,7 +210,12 @@ def build_service(config: Config, reactor: Any) -> GomailService:
                            default_user=_default_user(config),
                            recipients=_recipients(config, reactor, policy, root.auth))
     SMTPService(root.smtp, reactor, config.smtp.listen, config.smtp.implicitTlsListen).setServiceParent(root)
-    SignalService(reactor, root.rescan_queue).setServiceParent(root)
+    SignalService(reactor).setServiceParent(root)
     # HTTP last: it reports on everything above, and stops first.
     root.metrics = build_http(config, reactor, root, root)
+    # SMTP AUTH attempts go to auth_http's audit table (nginxAuth.auditLog); without auth_http, to its own writer.
+    if root.auth_log is None and config.nginxAuth.auditLog:
+        root.auth_log = AuthLog(root.auth.users.pool, reactor, config.nginxAuth.auditRetentionDays)
+        root.auth_log.setServiceParent(root)
+    root.smtp.audit = root.auth_log
     return root

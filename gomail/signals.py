@@ -2,13 +2,12 @@
 """
 Unix signals the server answers, installed by a service and removed with it.
 
-twistd handles SIGINT and SIGTERM (a clean stop). Everything else is ours:
-
-- SIGHUP: by default it ends a process (exit 129), which cut off every client
-  mid-transaction when an operator or a terminal sent it. gomail has nothing
-  to reload live yet, so it is logged and ignored: it never stops the server.
-- SIGUSR1: sent by C{gomail queue retry|flush|delete} after they changed the
-  spool: the queue is read again.
+twistd handles SIGINT and SIGTERM (a clean stop). SIGHUP is ours: by default
+it ends a process (exit 129), which cut off every client mid-transaction when
+an operator or a terminal sent it. gomail has nothing to reload live yet, so
+it is logged and ignored: it never stops the server. (Queue changes by the
+C{gomail queue} command reach the server through its control channel,
+L{gomail.control}, not through a signal.)
 
 A signal handler runs between two bytecodes of whatever the main thread was
 doing, so it only hands its work to the reactor (C{callFromThread}).
@@ -17,7 +16,7 @@ doing, so it only hands its work to the reactor (C{callFromThread}).
 from __future__ import annotations
 
 import signal
-from typing import Any, Callable
+from typing import Any
 
 from twisted.application.service import Service
 from twisted.logger import Logger
@@ -25,36 +24,30 @@ from twisted.logger import Logger
 
 class SignalService(Service):
     """
-    Installs the handlers in C{startService} and puts the previous ones back
-    in C{stopService}.
+    Installs the SIGHUP handler in C{startService} and puts the previous one
+    back in C{stopService}.
 
-    @param reactor: where the handlers' work runs (C{callFromThread}).
-    @param rescan_queue: called on SIGUSR1.
+    @param reactor: where the handler's work runs (C{callFromThread}).
     """
 
     log = Logger()
 
-    def __init__(self, reactor: Any, rescan_queue: Callable[[], None]) -> None:
+    def __init__(self, reactor: Any) -> None:
         self.reactor = reactor
-        self.rescan_queue = rescan_queue
-        self._previous: dict[int, Any] = {}
+        self._previous: Any = None
 
     def startService(self) -> None:
         super().startService()
-        self._install(signal.SIGHUP, self._hangup)
-        self._install(signal.SIGUSR1, self.rescan_queue)
+        self._previous = signal.signal(signal.SIGHUP, self._handler)
 
     def stopService(self) -> None:
-        for number, previous in self._previous.items():
-            signal.signal(number, previous)
-        self._previous.clear()
+        if self._previous is not None:
+            signal.signal(signal.SIGHUP, self._previous)
+            self._previous = None
         super().stopService()
 
-    def _install(self, number: int, work: Callable[[], None]) -> None:
-        def handler(signum: int, frame: Any) -> None:
-            self.reactor.callFromThread(work)
-
-        self._previous[number] = signal.signal(number, handler)
+    def _handler(self, signum: int, frame: Any) -> None:
+        self.reactor.callFromThread(self._hangup)
 
     def _hangup(self) -> None:
         self.log.warn("SIGHUP received: gomail has no live reload yet, so it is ignored "

@@ -1,11 +1,13 @@
+# -*- test-case-name: tests.test_cli_user -*-
 """
-The C{gomail user} and C{gomail blacklist} operator commands.
+The C{gomail user} operator command.
 
-They change the user database directly, through the same functions
-(L{gomail.auth.userdb}) the server uses, so they work whether or not a server
-is running; a running server sees every change at the next login (blacklist
-changes within C{auth.blacklistRefresh} seconds). Passwords are read from a
-prompt or from stdin, never from the command line, and never printed.
+It changes the user database directly, through the same functions
+(L{gomail.auth.userdb}) the server uses, so it works whether or not a server
+is running; a running server sees every change at the next login. Passwords
+are read from a prompt or from stdin, never from the command line, and never
+printed. Only C{user add} creates a database that does not exist yet (see
+L{gomail.clicommon}).
 """
 
 from __future__ import annotations
@@ -13,24 +15,30 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
-import re
 import sqlite3
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from getpass import getpass
 from typing import Any, TextIO
 
 import pyotp
 from twisted.internet.interfaces import IReactorTime
 
-from gomail import queuetool
 from gomail.auth import passwords, userdb
 from gomail.auth.names import canonical_sender, canonical_username
-from gomail.config import Config, ConfigError, load_config
+from gomail.clicommon import (
+    UsageError,
+    common_options,
+    iso_time,
+    load,
+    run_with_database,
+    table,
+    verbose,
+)
+from gomail.config import Config, ConfigError
 
 #: The top-level commands this module adds to C{gomail}.
-COMMANDS = ("user", "blacklist")
+COMMANDS = ("user",)
 TOTP_ISSUER = "gomail"
 
 _USER_HELP = """\
@@ -39,58 +47,29 @@ User names are case-insensitive and normalised (NFKC): Alice, alice and
 as one line from stdin with --password-stdin; never give them as arguments.
 Users with TOTP log in with their password followed by the current 6-digit
 code; app passwords work without a code. Run these commands as the user the
-server runs as (the database is created readable by its owner only). unlock
-works on the locks in the configured [redis]; without it they live in the
-server's memory, out of this command's reach.
+server runs as (the database is created readable by its owner only). Only
+"user add" creates the database; the others refuse a database that does not
+exist (-v says which one is used). unlock works on the locks in the
+configured [redis]; without it they live in the server's memory, out of this
+command's reach.
 
-exit status: 0 ok, 1 error (unknown user, bad name or password), 2 usage
+exit status: 0 ok, 1 error (unknown user, bad name or password, no database), 2 usage
 """
-
-_BLACKLIST_HELP = """\
-Logins from a blacklisted client network are refused before any credential is
-checked. A running server applies changes within auth.blacklistRefresh seconds.
-
-exit status: 0 ok, 1 error (bad network, no such entry), 2 usage
-"""
-
-_DURATION = re.compile(r"(\d+)([smhdw]?)")
-_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-class UsageError(Exception):
-    """Bad use of the command (exit status 2)."""
-
-
-def config_db_path(config: Config) -> str:
-    """Where the user database of C{config} is (the server's: C{auth.database}, default C{<dataDir>/gomail.db})."""
-    return config.auth.database or os.path.join(config.dataDir, "gomail.db")
 
 
 # -- the command line -----------------------------------------------------------------
 
 
-def duration(text: str) -> int:
-    """C{3600}, C{90m}, C{12h}, C{7d} or C{2w} as seconds (argparse type)."""
-    match = _DURATION.fullmatch(text.strip())
-    if not match or int(match.group(1)) == 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 3600, 90m, 12h or 7d")
-    return int(match.group(1)) * _UNITS[match.group(2)]
-
-
 def add_commands(commands: Any) -> None:
-    """Add C{user} and C{blacklist} to the subcommands of the C{gomail} parser."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", metavar="FILE",
-                        help="configuration whose user database to use (default: conf/gomail.toml "
-                             "if it exists, else the built-in defaults)")
+    """Add C{user} to the subcommands of the C{gomail} parser."""
+    common = common_options("user database")
     password = argparse.ArgumentParser(add_help=False)
     password.add_argument("--password-stdin", action="store_true",
                           help="read the password as one line from stdin instead of prompting")
 
     def parser(parent: Any, command: str, help: str, parents: list[Any]) -> Any:
-        epilog = _BLACKLIST_HELP if command.startswith("blacklist") else _USER_HELP
         return parent.add_parser(command.rsplit(" ", 1)[-1], parents=parents, help=help,
-                                 description=help[0].upper() + help[1:] + ".", epilog=epilog,
+                                 description=help[0].upper() + help[1:] + ".", epilog=_USER_HELP,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
 
     def group(parent: Any, command: str, help: str) -> Any:
@@ -140,60 +119,21 @@ def add_commands(commands: Any) -> None:
     action(apps, "user app-password list", "list a user's app passwords", "name")
     action(apps, "user app-password revoke", "revoke an app password", "name", "label")
 
-    blacklist = group(commands, "blacklist", "refuse logins from client networks")
-    add = action(blacklist, "blacklist add", "blacklist an address or network (replaces its entry)")
-    add.add_argument("network", help="192.0.2.7, 192.0.2.0/24 or 2001:db8::/32")
-    add.add_argument("--expires", type=duration, metavar="SECONDS",
-                     help="remove the entry after this long (3600, 90m, 12h, 7d; default: never)")
-    add.add_argument("--reason", default="", help="a note for the list")
-    action(blacklist, "blacklist remove", "remove an entry", "network")
-    action(blacklist, "blacklist list", "list the entries in force")
-
 
 def run(args: argparse.Namespace, clock: IReactorTime, bcrypt_rounds: int | None = None) -> int:
-    """Run one C{user} or C{blacklist} command; errors become one line on stderr and status 1 (usage: 2)."""
+    """Run one C{user} command; errors become one line on stderr and status 1 (usage: 2)."""
     handler = getattr(args, "handler", None)
     if handler is None:
         args.help_parser.print_help()
         return 2
-    path = _config_path(args.config)
-    try:
-        config = load_config(path)
-    except ConfigError as e:
-        print(f"gomail: configuration error: {e}", file=sys.stderr)
-        return 1
-    database = config_db_path(config)
-    command = Command(clock, config.auth.bcryptRounds if bcrypt_rounds is None else bcrypt_rounds, config)
-    conn = None
-    try:
-        if handler == "user unlock":  # the state store, not the user database
-            return _user_unlock(command, args)
-        conn = userdb.open_connection(database)
-        userdb.transact(conn, userdb.migrate)
-        return _HANDLERS[handler](command, args, conn)
-    except UsageError as e:
-        print(f"gomail: {e}", file=sys.stderr)
-        return 2
-    except (ValueError, userdb.UserDBError) as e:
-        print(f"gomail: {e}", file=sys.stderr)
-    except (EOFError, KeyboardInterrupt):  # ^D or ^C at a password prompt
-        print("\ngomail: cancelled", file=sys.stderr)
-    except (OSError, sqlite3.Error) as e:
-        if isinstance(e, BrokenPipeError):
-            raise  # stdout, not the database: main handles it
-        print(f"gomail: cannot use the user database {database}: {getattr(e, 'strerror', None) or e}",
-              file=sys.stderr)
-    finally:
-        if conn is not None:
-            conn.close()
-    return 1
+    if handler == "user unlock":  # the state store, not the user database
+        return _user_unlock(args)
 
+    def work(config: Config, conn: sqlite3.Connection) -> int:
+        rounds = config.auth.bcryptRounds if bcrypt_rounds is None else bcrypt_rounds
+        return _HANDLERS[handler](Command(clock, rounds, config), args, conn)
 
-def _config_path(path: str | None) -> str | None:
-    default = os.path.join("conf", "gomail.toml")
-    if path is None and os.path.exists(default):
-        return default
-    return path
+    return run_with_database(args, handler == "user add", work)
 
 
 # -- the commands -----------------------------------------------------------------------
@@ -265,25 +205,44 @@ def _user_list(command: Command, args: argparse.Namespace, conn: sqlite3.Connect
     if args.json:
         json.dump([{"name": u.name, "enabled": u.enabled, "totp": u.totp_enabled,
                     "app_passwords": [a.label for a in u.app_passwords], "senders": list(u.allowed_senders),
-                    "backend": u.backend, "created": queuetool.iso_time(u.created),
-                    "updated": queuetool.iso_time(u.updated)} for u in users], sys.stdout, indent=2)
+                    "backend": u.backend, "created": iso_time(u.created),
+                    "updated": iso_time(u.updated)} for u in users], sys.stdout, indent=2)
         print()
         return 0
     rows = [(u.name, "yes" if u.enabled else "no", "yes" if u.totp_enabled else "no", str(len(u.app_passwords)),
              ",".join(u.allowed_senders) or "-", u.backend or "-") for u in users]
-    _table(("NAME", "ENABLED", "TOTP", "APP-PASSWORDS", "SENDERS", "BACKEND"), rows, sys.stdout)
+    table(("NAME", "ENABLED", "TOTP", "APP-PASSWORDS", "SENDERS", "BACKEND"), rows, sys.stdout)
     print(f"{len(users)} user{'' if len(users) == 1 else 's'}")
     return 0
 
 
-def _user_unlock(command: Command, args: argparse.Namespace) -> int:
+def _user_unlock(args: argparse.Namespace) -> int:
     from gomail.auth.unlock import UnlockError, unlock
 
-    assert command.config is not None
     try:
-        return unlock(command.config, args.name, args.ip, sys.stdout)
-    except UnlockError as e:
-        raise userdb.UserDBError(str(e)) from None
+        config = load(args)
+    except ConfigError as e:
+        print(f"gomail: configuration error: {e}", file=sys.stderr)
+        return 1
+    if config.redis.enabled:
+        verbose(args, f"state store: {_redis_place(config)}")
+    try:
+        return unlock(config, args.name, args.ip, sys.stdout)
+    except (UnlockError, ValueError) as e:
+        print(f"gomail: {e}", file=sys.stderr)
+        return 1
+
+
+def _redis_place(config: Config) -> str:
+    """Where the configured Redis is, without its password."""
+    settings = config.redis
+    if settings.url:
+        from gomail.state.redis import parse_url
+
+        host, port, _, db = parse_url(settings.url)
+    else:
+        host, port, db = settings.host, settings.port, settings.db
+    return f"Redis at {host}:{port}/{db}"
 
 
 def _sender_set(command: Command, args: argparse.Namespace, conn: sqlite3.Connection) -> int:
@@ -361,9 +320,9 @@ def _app_add(command: Command, args: argparse.Namespace, conn: sqlite3.Connectio
 
 def _app_list(command: Command, args: argparse.Namespace, conn: sqlite3.Connection) -> int:
     user = _existing(conn, args.name)
-    rows = [(a.label, queuetool.iso_time(a.created) or "-", queuetool.iso_time(a.last_used) or "never")
+    rows = [(a.label, iso_time(a.created) or "-", iso_time(a.last_used) or "never")
             for a in user.app_passwords]
-    _table(("LABEL", "CREATED", "LAST-USED"), rows, sys.stdout)
+    table(("LABEL", "CREATED", "LAST-USED"), rows, sys.stdout)
     print(f"{len(rows)} app password{'' if len(rows) == 1 else 's'} for {user.name}")
     return 0
 
@@ -375,32 +334,6 @@ def _app_revoke(command: Command, args: argparse.Namespace, conn: sqlite3.Connec
     return 0
 
 
-def _blacklist_add(command: Command, args: argparse.Namespace, conn: sqlite3.Connection) -> int:
-    now = command.now()
-    expires = None if args.expires is None else now + args.expires
-    userdb.transact(conn, userdb.purge_blacklist, now)
-    network = userdb.transact(conn, userdb.add_blacklist, args.network, expires, args.reason, now)
-    until = "for good" if expires is None else f"until {queuetool.iso_time(expires)}"
-    print(f"blacklisted {network} {until}")
-    return 0
-
-
-def _blacklist_remove(command: Command, args: argparse.Namespace, conn: sqlite3.Connection) -> int:
-    network = userdb.canonical_network(args.network)
-    if not userdb.transact(conn, userdb.remove_blacklist, network):
-        raise userdb.UserDBError(f"{network} is not blacklisted")
-    print(f"removed {network} from the blacklist")
-    return 0
-
-
-def _blacklist_list(command: Command, args: argparse.Namespace, conn: sqlite3.Connection) -> int:
-    entries = userdb.transact(conn, userdb.list_blacklist, command.now())
-    rows = [(e.network, queuetool.iso_time(e.expires) or "never", e.reason or "-") for e in entries]
-    _table(("NETWORK", "EXPIRES", "REASON"), rows, sys.stdout)
-    print(f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'}")
-    return 0
-
-
 _HANDLERS: dict[str, Callable[[Command, argparse.Namespace, sqlite3.Connection], int]] = {
     "user add": _user_add, "user passwd": _user_passwd, "user disable": _set_enabled(False),
     "user enable": _set_enabled(True), "user delete": _user_delete, "user list": _user_list,
@@ -409,7 +342,6 @@ _HANDLERS: dict[str, Callable[[Command, argparse.Namespace, sqlite3.Connection],
     "user totp enable": _totp_enable, "user totp disable": _totp_disable,
     "user app-password add": _app_add, "user app-password list": _app_list,
     "user app-password revoke": _app_revoke,
-    "blacklist add": _blacklist_add, "blacklist remove": _blacklist_remove, "blacklist list": _blacklist_list,
 }
 
 
@@ -421,14 +353,6 @@ def _existing(conn: sqlite3.Connection, name: str) -> Any:
     if user is None:
         raise userdb.NoSuchUser(f"no user {canonical_username(name)}")
     return user
-
-
-def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]], out: TextIO) -> None:
-    if not rows:
-        return
-    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
-    out.writelines("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() + "\n"
-                   for row in (header, *rows))
 
 
 def render_qr(data: str, out: TextIO) -> str:

@@ -1,11 +1,13 @@
 """
-Tests for C{gomail queue list|show|retry|flush|delete} (L{gomail.cli} and
-L{gomail.queuetool}): what an operator sees, the exit status, and the spool
-files after each change.
+Tests for C{gomail queue list|show|retry|flush|delete} when no server runs
+(L{gomail.queuecli}, L{gomail.queuetool}, L{gomail.queuefiles}): what an
+operator sees, the exit status, and the spool files after each change, made
+under the spool's writer lock; and what happens while someone else holds it.
 
 The commands run in-process through L{gomail.cli.main} with a L{Clock} and
 captured output, on a spool built with the test helpers; one test runs the
-real entry point as a process.
+real entry point as a process. The same commands against a running server
+are in L{tests.test_control_cli}.
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 import gomail
-from gomail import queuetool
+from gomail import queuefiles
 from gomail.cli import main
+from gomail.control import SocketPath
+from gomail.control.lock import try_lock
 from gomail.delivery.failed import FailedStore
 from gomail.spool.envelope import DELIVERED, FAILED, PENDING, Envelope
 from tests.spooltesting import listing, make_spool, read, start_commit
@@ -338,10 +342,11 @@ class FlushTests(QueueCommandTestCase):
         self.assertEqual(self.gomail("flush"), (0, "flushed 0 messages\n", ""))
 
     def test_content_gone(self) -> None:
-        """A message whose content left (delivered meanwhile) is not written back."""
+        """An envelope without its content is reported (status 1) and not rewritten; the others are flushed."""
         os.unlink(self.spool.message_path(self.second.id))
-        status, out, _ = self.gomail("flush")
-        self.assertEqual((status, out), (0, "flushed 1 message\n"))
+        status, out, err = self.gomail("flush")
+        self.assertEqual((status, out), (1, "flushed 1 message\n"))
+        self.assertIn(f"gomail: {self.second.id}: its content is missing", err)
         self.assertEqual(self.envelope(self.second.id).next_attempt, 0.0)
 
 
@@ -370,10 +375,10 @@ class DeleteTests(QueueCommandTestCase):
         self.assertEqual(len(listing(self.spool, "queue")), 4)
 
     def test_nothing_named(self) -> None:
-        """Without ids or --all-failed nothing is deleted: a usage error (2)."""
+        """Without ids, --all-failed or --all nothing is deleted: a usage error (2)."""
         status, _, err = self.gomail("delete")
         self.assertEqual(status, 2)
-        self.assertIn("one of the arguments ID --all-failed is required", err)
+        self.assertIn("one of the arguments ID --all-failed --all is required", err)
         self.assertEqual(len(listing(self.spool, "queue")), 4)
         self.assertEqual(len(listing(self.spool, "failed")), 1)
 
@@ -382,6 +387,82 @@ class DeleteTests(QueueCommandTestCase):
         status, out, err = self.gomail("delete", self.first.id, "0123456789abcdef01234")
         self.assertOneErrorLine(status, out, err, "not in queue/ or failed/: 0123456789abcdef01234")
         self.assertEqual(len(listing(self.spool, "queue")), 4)
+
+
+    def test_all(self) -> None:
+        """--all empties queue/ and failed/."""
+        status, out, _ = self.gomail("delete", "--all")
+        self.assertEqual((status, out), (0, "deleted 3 messages\n"))
+        self.assertEqual((listing(self.spool, "queue"), listing(self.spool, "failed")), ([], []))
+
+
+class SpoolLockTests(QueueCommandTestCase):
+    """Without a server, changes are made holding <spool>/writer.lock; never while someone else holds it."""
+
+    def hold_lock(self) -> None:
+        """Hold the writer lock as a server's writer does (another open file description: flock conflicts)."""
+        fd = try_lock(self.spool.directory)
+        self.assertIsNotNone(fd)
+        self.addCleanup(os.close, fd)
+
+    def test_changes_hold_the_lock(self) -> None:
+        """While a change runs the command holds the writer lock; afterwards it is free again."""
+        seen: list[int | None] = []
+        original = queuefiles.flush
+
+        def flush(spool):
+            seen.append(try_lock(self.spool.directory))
+            return original(spool)
+
+        self.patch(queuefiles, "flush", flush)
+        status, out, err = self.gomail("flush", "-v")
+        self.assertEqual((status, out), (0, "flushed 2 messages\n"))
+        self.assertEqual(seen, [None])
+        self.assertIn(f"gomail: no server runs on this spool: changing its files, holding "
+                      f"{self.spool.directory}/writer.lock", err)
+        fd = try_lock(self.spool.directory)
+        self.assertIsNotNone(fd)
+        os.close(fd)
+
+    def test_lock_held_and_no_server(self) -> None:
+        """
+        A held lock and nothing answering on control.sock (a server starting
+        or stopping): every changing action says so in one line, exits 1 and
+        changes nothing.
+        """
+        self.hold_lock()
+        before = {where: listing(self.spool, where) for where in ("queue", "failed")}
+        envelope_before = read(self.spool.path("queue", self.first.id + ".json"))
+        for argv in (("flush",), ("retry", "--all"), ("delete", self.first.id), ("delete", "--all")):
+            status, out, err = self.gomail(*argv)
+            self.assertOneErrorLine(status, out, err, f"a server holds {self.spool.directory}/writer.lock but "
+                                                      f"does not answer on {self.spool.directory}/control.sock")
+            self.assertIn("nothing was changed", err)
+        self.assertEqual({where: listing(self.spool, where) for where in ("queue", "failed")}, before)
+        self.assertEqual(read(self.spool.path("queue", self.first.id + ".json")), envelope_before)
+
+    def test_reading_needs_no_lock(self) -> None:
+        """list and show work while the lock is held (a running server)."""
+        self.hold_lock()
+        self.assertEqual(self.gomail("list")[0], 0)
+        self.assertEqual(self.gomail("show", self.first.id)[0], 0)
+
+    def test_stale_socket_file(self) -> None:
+        """A control.sock nothing listens on (a server that died) is no server: the change is made on the files."""
+        import socket
+
+        with SocketPath(self.spool.directory) as path:  # the test's spool path is too long for AF_UNIX
+            stale = socket.socket(socket.AF_UNIX)
+            stale.bind(path.address)
+            stale.close()
+        self.assertTrue(os.path.exists(os.path.join(self.spool.directory, "control.sock")))
+        status, out, _ = self.gomail("flush")
+        self.assertEqual((status, out), (0, "flushed 2 messages\n"))
+
+    def test_status_without_server(self) -> None:
+        """queue status with no server: one line saying nothing answers, exit status 3."""
+        status, out, err = self.gomail("status")
+        self.assertEqual((status, out, err), (3, f"no server answers on {self.spool.directory}/control.sock\n", ""))
 
 
 class UsageTests(QueueCommandTestCase):
@@ -395,12 +476,12 @@ class UsageTests(QueueCommandTestCase):
         self.assertIn("list", out.getvalue())
 
     def test_running_server_documented(self) -> None:
-        """The help of retry and flush says a running server sees their effect at its next start."""
-        for action in ("retry", "flush"):
+        """The help of retry, flush and delete says a running server makes the change, through its control socket."""
+        for action in ("retry", "flush", "delete"):
             out = io.StringIO()
             with contextlib.redirect_stdout(out):
                 self.assertEqual(main(["queue", action, "--help"]), 0)
-            self.assertIn("next start", " ".join(out.getvalue().split()))
+            self.assertIn("ask the running server (through <spool>/control.sock)", " ".join(out.getvalue().split()))
 
     def test_unknown_option(self) -> None:
         """An unknown option is a usage error (2)."""
@@ -420,37 +501,3 @@ class EntryPointTests(QueueCommandTestCase):
         self.assertEqual((result.returncode, result.stderr), (0, ""))
         self.assertIn(self.first.id, result.stdout)
         self.assertEqual(result.stdout.splitlines()[-1], "2 messages in the queue, 1 in failed/")
-
-
-class NotifyServerTests(SynchronousTestCase):
-    """queuetool.notify_server: SIGUSR1 to the pid in <spool>/gomail.pid."""
-
-    def setUp(self) -> None:
-        self.spool = make_spool(os.path.abspath(self.mktemp()))
-        self.kills: list[tuple[int, int]] = []
-
-    def kill(self, pid: int, signum: int) -> None:
-        self.kills.append((pid, signum))
-
-    def test_no_server(self) -> None:
-        """Without a pid file nothing is signalled."""
-        self.assertIsNone(queuetool.notify_server(self.spool, self.kill))
-        self.assertEqual(self.kills, [])
-
-    def test_running_server(self) -> None:
-        """With a pid file the server gets SIGUSR1 and its pid is returned."""
-        import signal
-
-        with open(self.spool.pidfile, "w") as f:
-            f.write("4242\n")
-        self.assertEqual(queuetool.notify_server(self.spool, self.kill), 4242)
-        self.assertEqual(self.kills, [(4242, signal.SIGUSR1)])
-
-    def test_stale_pid_file(self) -> None:
-        """A pid file left by a dead server is ignored."""
-        with open(self.spool.pidfile, "w") as f:
-            f.write("4242\n")
-
-        def gone(pid: int, signum: int) -> None:
-            raise ProcessLookupError(pid)
-        self.assertIsNone(queuetool.notify_server(self.spool, gone))

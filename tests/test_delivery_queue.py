@@ -13,7 +13,7 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from gomail.delivery.backoff import RetryPolicy
-from gomail.delivery.failed import FailedStore
+from gomail.delivery.failed import FailedStore, MessageBusy
 from gomail.delivery.queue import DeliveryQueue, Router
 from gomail.interfaces import IDeliveryAgent, IQueueConsumer
 from gomail.spool.envelope import DELIVERED, FAILED, PENDING, Envelope
@@ -269,37 +269,53 @@ def read_content_tail(record: dict) -> bytes:
     return record["content"].encode()
 
 
-class RescanTests(QueueTestCase):
-    """rescan(): the index follows changes made on disk by `gomail queue`."""
+class OperatorChangeTests(QueueTestCase):
+    """flush() and delete(): what `gomail queue` asks of a running server (through gomail.control)."""
 
-    def test_message_added_on_disk_is_picked_up(self) -> None:
-        """A message that appears in queue/ behind the queue's back is delivered after a rescan."""
-        agent = ScriptedAgent()
-        queue = self.queue(agent)
-        self.spool._listeners.clear()  # as if another process had written it
-        envelope = self.commit("bob@example.com")
-        self.assertEqual(agent.calls, [])
-        self.assertEqual(self.successResultOf(queue.rescan()), 1)
-        self.assertEqual(agent.calls, [(envelope.id, ["bob@example.com"])])
-
-    def test_flush_on_disk_makes_it_due(self) -> None:
-        """An earlier next_attempt written to disk (gomail queue flush) is honoured at once."""
+    def test_flush_makes_deferred_mail_due_without_writing(self) -> None:
+        """A deferred message is tried at once after flush(); its envelope file is not rewritten by the flush."""
         agent = ScriptedAgent(451)
         queue = self.queue(agent)
         envelope = self.commit("bob@example.com")
-        stored = self.on_disk(envelope.id)
-        stored.next_attempt = self.clock.seconds()
-        self.successResultOf(Deferred.fromCoroutine(self.spool.update(stored)))
-        self.successResultOf(queue.rescan())
+        before = read(self.spool.path("queue", envelope.id + ".json"))
+        agent.script = ["hold"]
+        self.assertEqual(queue.flush(), (1, 0))
         self.assertEqual(len(agent.calls), 2)
+        self.assertEqual(read(self.spool.path("queue", envelope.id + ".json")), before)
+        agent.hold[0].callback({"bob@example.com": (250, "2.0.0 Ok")})
+        self.assertEqual(listing(self.spool, "queue"), [])
 
-    def test_deleted_on_disk_is_forgotten(self) -> None:
-        """A deferred message whose files were deleted is dropped from the index and never tried again."""
+    def test_flush_leaves_attempts_under_way_alone(self) -> None:
+        """A message being delivered is counted as active and not tried a second time."""
+        agent = ScriptedAgent("hold")
+        queue = self.queue(agent)
+        self.commit("bob@example.com")
+        self.assertEqual(queue.flush(), (0, 1))
+        self.assertEqual(len(agent.calls), 1)
+        agent.hold[0].callback({"bob@example.com": (250, "2.0.0 Ok")})
+        self.assertEqual(listing(self.spool, "queue"), [])
+
+    def test_delete_deferred_message(self) -> None:
+        """A deferred message is deleted: files gone, never tried again, the queue's depth down."""
         agent = ScriptedAgent(451)
         queue = self.queue(agent)
         envelope = self.commit("bob@example.com")
-        for ext in (".json", ".eml"):
-            os.unlink(self.spool.path("queue", envelope.id + ext))
-        self.assertEqual(self.successResultOf(queue.rescan()), 0)
-        self.clock.advance(3000)
+        self.successResultOf(Deferred.fromCoroutine(queue.delete(envelope.id)))
+        self.assertEqual((listing(self.spool, "queue"), queue.depth), ([], 0))
+        self.clock.advance(86400)
         self.assertEqual(len(agent.calls), 1)
+
+    def test_delete_during_attempt_is_refused(self) -> None:
+        """A message being delivered is not deleted (MessageBusy): its attempt settles it, its files stay until then."""
+        agent = ScriptedAgent("hold")
+        queue = self.queue(agent)
+        envelope = self.commit("bob@example.com")
+        self.failureResultOf(Deferred.fromCoroutine(queue.delete(envelope.id)), MessageBusy)
+        self.assertEqual(len(listing(self.spool, "queue")), 2)
+        agent.hold[0].callback({"bob@example.com": (250, "2.0.0 Ok")})
+        self.assertEqual(listing(self.spool, "queue"), [])
+
+    def test_delete_unknown(self) -> None:
+        """An id the queue does not hold: KeyError."""
+        queue = self.queue(ScriptedAgent())
+        self.failureResultOf(Deferred.fromCoroutine(queue.delete("0123456789abcdef01234")), KeyError)

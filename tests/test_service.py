@@ -36,22 +36,30 @@ class BuildServiceTests(SynchronousTestCase):
         self.reactor = MemoryReactorClock()
 
     def test_children_in_start_order(self) -> None:
-        """I/O pool, spool writer process, spool, local delivery, then SMTP: listeners come last, so they open after recovery."""
+        """
+        I/O pool, spool writer process, spool, delivery, the control channel
+        (after recovery and delivery, stopped before them), then SMTP:
+        listeners come last, so they open after recovery.
+        """
         service = build_service(config_in(self.directory), self.reactor)
         names = [type(child).__name__ for child in service]
         self.assertEqual(names, ["ThreadPoolService", "WriterProcess", "SpoolService", "DeliveryQueue",
-                                 "ThreadPoolService", "AuthService", "SMTPService", "SignalService", "BackendRouter",
+                                 "ControlService", "ThreadPoolService", "AuthService", "SMTPService", "SignalService", "BackendRouter",
                                  "AuthLog",
                                  "ListeningService", "ListeningService"])
         self.assertEqual(self.reactor.tcpServers, [])
 
     def test_writer_threads_without_a_process(self) -> None:
-        """spool.writerProcess = false: two writer threads in this process (commits; Maildir copies and removals)."""
+        """
+        spool.writerProcess = false: this process holds the spool's writer
+        lock (before its writers start, until they stopped) and runs two
+        writer threads (commits; Maildir copies and removals).
+        """
         config = config_in(self.directory)
         config = dataclasses.replace(config, spool=dataclasses.replace(config.spool, writerProcess=False))
         service = build_service(config, self.reactor)
-        names = [type(child).__name__ for child in service][:4]
-        self.assertEqual(names, ["ThreadPoolService", "BatchWriter", "BatchWriter", "SpoolService"])
+        names = [type(child).__name__ for child in service][:5]
+        self.assertEqual(names, ["ThreadPoolService", "SpoolLock", "BatchWriter", "BatchWriter", "SpoolService"])
         self.assertIs(service.spool.removal_writer, service.delivery.router.local.writer)
         self.assertIsNot(service.spool.writer, service.spool.removal_writer)
 

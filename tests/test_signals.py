@@ -1,4 +1,4 @@
-"""The signals the server answers (gomail.signals): SIGHUP logged and ignored, SIGUSR1 a queue rescan."""
+"""The signals the server answers (gomail.signals): SIGHUP logged and ignored, SIGUSR1 left alone."""
 
 from __future__ import annotations
 
@@ -27,12 +27,11 @@ class CallsFromThread:
 
 
 class SignalServiceTests(SynchronousTestCase):
-    """Handlers installed with the service, removed with it, doing their work in the reactor."""
+    """The handler installed with the service, removed with it, doing its work in the reactor."""
 
     def setUp(self) -> None:
         self.reactor = CallsFromThread()
-        self.rescans: list[None] = []
-        self.service = SignalService(self.reactor, lambda: self.rescans.append(None))
+        self.service = SignalService(self.reactor)
         self.before = {n: signal.getsignal(n) for n in (signal.SIGHUP, signal.SIGUSR1)}
         self.addCleanup(lambda: [signal.signal(n, h) for n, h in self.before.items()])
 
@@ -46,17 +45,14 @@ class SignalServiceTests(SynchronousTestCase):
         self.assertEqual(len(self.reactor.calls), 1)
         self.reactor.run()
         self.assertTrue(any("SIGHUP received" in e.get("log_format", "") for e in events))
-        self.assertEqual(self.rescans, [])
 
-    def test_sigusr1_rescans(self) -> None:
-        """SIGUSR1 asks for a queue rescan, in the reactor."""
+    def test_sigusr1_not_taken(self) -> None:
+        """SIGUSR1 (the old queue rescan) is no longer handled: queue changes use the control channel."""
         self.service.startService()
-        os.kill(os.getpid(), signal.SIGUSR1)
-        self.reactor.run()
-        self.assertEqual(self.rescans, [None])
+        self.assertEqual(signal.getsignal(signal.SIGUSR1), self.before[signal.SIGUSR1])
 
     def test_stop_restores_previous_handlers(self) -> None:
-        """After stopService the handlers that were there before are back."""
+        """After stopService the handler that was there before is back."""
         self.service.startService()
         self.service.stopService()
         for number, handler in self.before.items():

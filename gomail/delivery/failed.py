@@ -37,8 +37,18 @@ def decode_content(text: str, encoding: str) -> bytes:
     return base64.b64decode(text) if encoding == "base64" else text.encode("utf-8")
 
 
+class MessageBusy(Exception):
+    """The message is being delivered or moved right now: an operator's change must wait."""
+
+
 class FailedStore:
-    """Messages given up on, kept as JSON until retried or deleted by an operator."""
+    """
+    Messages given up on, kept as JSON until retried or deleted by an operator.
+    One move at a time per message: while a message is moved in or out, a
+    retry or delete of it fails with L{MessageBusy} (two requeues of one
+    message would write its queue files twice, the second time under a
+    delivery already under way).
+    """
 
     log = Logger()
     #: The name a writer process knows this store by (see L{gomail.spool.process}).
@@ -47,6 +57,12 @@ class FailedStore:
     def __init__(self, spool: Spool, clock: IReactorTime) -> None:
         self.spool = spool
         self.clock = clock
+        self._moving: set[str] = set()
+
+    def _claim(self, queue_id: str) -> None:
+        if queue_id in self._moving:
+            raise MessageBusy(queue_id)
+        self._moving.add(queue_id)
 
     def path(self, queue_id: str) -> str:
         return self.spool.path("failed", queue_id + ".json")
@@ -65,8 +81,12 @@ class FailedStore:
     async def give_up(self, envelope: Envelope, reason: str) -> None:
         """Move a queued message to the failed store (durably), then out of the queue."""
         now = self.clock.seconds()
-        await self.spool.writer.call(self, "_write_record", envelope, reason, now)
-        await self.spool.remove(envelope.id)
+        self._moving.add(envelope.id)
+        try:
+            await self.spool.writer.call(self, "_write_record", envelope, reason, now)
+            await self.spool.remove(envelope.id)
+        finally:
+            self._moving.discard(envelope.id)
         self.log.warn("{queue_id} moved to failed/: {reason}", queue_id=envelope.id, reason=reason)
 
     def _write_record(self, envelope: Envelope, reason: str, now: float) -> Any:
@@ -91,8 +111,9 @@ class FailedStore:
     async def retry(self, queue_id: str | None = None) -> int:
         """
         Put failed mail (one id, or all) back in the queue with fresh attempt
-        counters: its failed recipients pending again, its age starting now.
-        Returns how many messages were requeued.
+        counters (L{requeue}); messages that cannot be requeued are logged and
+        stay, as do those being moved right now. Returns how many messages
+        were requeued.
 
         @raise KeyError: for an id that is not in the failed store.
         """
@@ -101,18 +122,38 @@ class FailedStore:
             raise KeyError(queue_id)
         count = 0
         for one in ids:
-            now = self.clock.seconds()
             try:
-                envelope = await self.spool.writer.call(self, "_requeue", one, now)
+                await self.requeue(one)
             except (OSError, ValueError, EnvelopeError, CorruptContent) as e:
                 self.log.error("could not requeue failed message {queue_id}: {error}", queue_id=one, error=e)
                 continue
-            await self.spool.writer.call(self, "_forget", one)
-            self.spool.committed(envelope)
+            except MessageBusy:
+                continue
             count += 1
         if count:
             self.log.info("requeued {count} failed messages", count=count)
         return count
+
+    async def requeue(self, queue_id: str) -> None:
+        """
+        Put one failed message back in the queue with fresh attempt counters:
+        its failed recipients pending again, its age starting now. Its content
+        is checked against the record's digest first.
+
+        @raise MessageBusy: while the message is moved by someone else.
+        @raise FileNotFoundError: when it is not in the failed store.
+        @raise CorruptContent: (and L{EnvelopeError}, C{ValueError}, C{OSError})
+            when it cannot be requeued; it stays in the failed store.
+        """
+        self._claim(queue_id)
+        try:
+            envelope = await self.spool.writer.call(self, "_requeue", queue_id, self.clock.seconds())
+            try:
+                await self.spool.writer.call(self, "_forget", queue_id)
+            finally:
+                self.spool.committed(envelope)  # in queue/ now, whatever became of the record
+        finally:
+            self._moving.discard(queue_id)
 
     def _requeue(self, queue_id: str, now: float) -> Any:
         record = self.load(queue_id)
@@ -152,7 +193,16 @@ class FailedStore:
         return None, [self.spool.path("failed")]
 
     async def delete(self, queue_id: str) -> None:
-        """Remove a failed message for good."""
+        """
+        Remove a failed message for good.
+
+        @raise KeyError: when it is not in the failed store.
+        @raise MessageBusy: while it is moved in or out.
+        """
         if not os.path.exists(self.path(queue_id)):
             raise KeyError(queue_id)
-        await self.spool.writer.call(self, "_forget", queue_id)
+        self._claim(queue_id)
+        try:
+            await self.spool.writer.call(self, "_forget", queue_id)
+        finally:
+            self._moving.discard(queue_id)

@@ -42,7 +42,7 @@ from gomail.delivery.bounce import (
     queue_dsn,
     unreported_failures,
 )
-from gomail.delivery.failed import FailedStore
+from gomail.delivery.failed import FailedStore, MessageBusy
 from gomail.interfaces import IDeliveryAgent, IQueueConsumer
 from gomail.smtp.address import canonical_domain
 from gomail.spool.envelope import DELIVERED, FAILED, PENDING, Envelope, Recipient
@@ -123,7 +123,6 @@ class DeliveryQueue(Service):
         self._active: dict[str, Deferred] = {}
         self._timer: Any = None
         self._failed_loop: LoopingCall | None = None
-        self._settled_during_rescan: set[str] | None = None
 
     # -- IQueueConsumer ---------------------------------------------------------
 
@@ -153,38 +152,43 @@ class DeliveryQueue(Service):
         return {"active": active, "deferred": deferred, "new": len(self._envelopes) - active - deferred,
                 "oldest_age_seconds": max(0.0, now - oldest) if oldest is not None else 0.0}
 
-    def rescan(self) -> Deferred:
+    def flush(self) -> tuple[int, int]:
         """
-        Re-read ``queue/`` and bring the index in line with it: messages put there
-        by someone else (C{gomail queue retry}) are added, an earlier next-attempt
-        time (C{gomail queue flush}) is taken, and messages deleted from disk are
-        dropped. Fires with the number of queued messages.
+        Make every queued message due now (C{gomail queue flush}), except
+        those being delivered at this moment. Only the index changes: an
+        envelope is written at its attempt's end, by that attempt. Returns
+        how many messages were made due and how many are being delivered.
         """
-        self._settled_during_rescan = set()
-        d = self.spool.run(self.spool.read_queue)
-        d.addCallback(self._rescanned)
-        return d
-
-    def _rescanned(self, envelopes: list[Envelope]) -> int:
-        settled, self._settled_during_rescan = self._settled_during_rescan or set(), None
-        present = {e.id for e in envelopes}
-        for queue_id in list(self._envelopes):
-            if queue_id not in present and queue_id not in self._active:
-                del self._envelopes[queue_id]
-        for envelope in envelopes:
-            known = self._envelopes.get(envelope.id)
-            if envelope.id in settled or envelope.id in self._active:
+        now = self.clock.seconds()
+        flushed = 0
+        for queue_id, envelope in self._envelopes.items():
+            if queue_id in self._active:
                 continue
-            if known is None:
-                self._envelopes[envelope.id] = envelope
+            if envelope.next_attempt > now:
+                envelope.next_attempt = now
                 self._push(envelope)
-            elif envelope.next_attempt < known.next_attempt:
-                known.next_attempt = envelope.next_attempt
-                self._push(known)
-        count = self.spool.queued = len(self._envelopes)
-        self.log.info("queue rescanned: {count} messages", count=count)
+            flushed += 1
+        active = len(self._active)
         self._wake()
-        return count
+        return flushed, active
+
+    def queued_ids(self) -> list[str]:
+        """The ids of every message in the queue, oldest first."""
+        return sorted(self._envelopes)
+
+    async def delete(self, queue_id: str) -> None:
+        """
+        Delete a queued message for good (C{gomail queue delete}): out of the
+        index first, so no attempt starts on it, then its files.
+
+        @raise KeyError: when the message is not in the queue.
+        @raise MessageBusy: while it is being delivered (its attempt decides its fate).
+        """
+        if queue_id in self._active:
+            raise MessageBusy(queue_id)
+        del self._envelopes[queue_id]
+        await self.spool.remove(queue_id)
+        self.log.info("{queue_id} deleted by an operator", queue_id=queue_id)
 
     def _push(self, envelope: Envelope) -> None:
         self._sequence += 1
@@ -337,8 +341,6 @@ class DeliveryQueue(Service):
             self._push(envelope)
             return
         del self._envelopes[envelope.id]
-        if self._settled_during_rescan is not None:
-            self._settled_during_rescan.add(envelope.id)
         if any(r.status == FAILED for r in envelope.recipients):
             await self._give_up(envelope)
         else:
@@ -357,8 +359,6 @@ class DeliveryQueue(Service):
     async def _set_aside(self, envelope: Envelope, problem: str) -> None:
         """Content that failed its check: the entry leaves the queue for corrupt/ (one log line there)."""
         self._envelopes.pop(envelope.id, None)
-        if self._settled_during_rescan is not None:
-            self._settled_during_rescan.add(envelope.id)
         envelope.last_error = f"content damaged: {problem}"
         try:
             # What the entry in corrupt/ says: who was delivered before, and why it stopped.

@@ -216,9 +216,8 @@ class MonitorApp:
                 return json_body(request, {"error": "not a queue id"}, 400)
             if not await self.spool.run(os.path.exists, self.failed.path(queue_id)):
                 return json_body(request, {"error": "no such failed message", "id": queue_id}, 404)
+        # The failed store hands each requeued message to the delivery queue itself.
         count = await self.failed.retry(queue_id)
-        if count:
-            self.delivery.rescan()
         self.log.info("admin retry-failed: {count} messages requeued", count=count)
         return json_body(request, {"requeued": count, **({"id": queue_id} if queue_id else {})})
 
