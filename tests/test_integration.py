@@ -237,14 +237,19 @@ class TwistdGomailTests(TestCase):
                                                       "--config", self.config],
                                      capture_output=True, text=True, timeout=60, cwd=self.workdir)
         self.assertEqual(result.returncode, 0, result.stderr)
-        self.assertIn("requeued 1 message", result.stdout)
-        self.assertIn("asked the running server (pid", result.stdout)
+        self.assertEqual(result.stdout, "requeued 1 message (by the running server)\n")
+        self.assertIn(b"control: retry: 1 failed messages requeued", self.process.output)
         await poll(reactor, lambda: len(self.delivered()) == 1)
         self.assertTrue(self.delivered()[0].endswith(MESSAGE))
         self.assertEqual(os.listdir(os.path.join(self.data, "spool", "failed")), [])
+        self.assertFalse(os.path.exists(os.path.join(self.data, "spool", "gomail.pid")))
 
     def test_queue_retry_reaches_the_running_server(self) -> Deferred:
-        """`gomail queue retry --all` requeues failed mail and the running server delivers it at once (SIGUSR1)."""
+        """
+        `gomail queue retry --all` asks the running server over its control
+        socket: the server requeues the failed mail itself and delivers it at
+        once (no pid file, no signal).
+        """
         return Deferred.fromCoroutine(self._cli_retry())
 
     def test_start_cleans_tmp_and_sets_corrupt_entries_aside(self) -> Deferred:
