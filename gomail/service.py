@@ -208,7 +208,7 @@ def build_service(config: Config, reactor: Any) -> GomailService:
                            rate_limiter=root.auth.rate_limiter, auth_settings=config.auth,
                            blacklist=root.auth.authenticator.blacklist,
                            default_user=_default_user(config),
-                           recipients=_recipients(config, reactor, policy, root.auth))
+                           recipients=_recipients(config, reactor, policy, root.auth), users=root.auth.users)
     SMTPService(root.smtp, reactor, config.smtp.listen, config.smtp.implicitTlsListen).setServiceParent(root)
     SignalService(reactor).setServiceParent(root)
     # HTTP last: it reports on everything above, and stops first.

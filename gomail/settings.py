@@ -185,6 +185,8 @@ class SMTPSettings:
     maxTransactions: int = setting(1000, check=between(1))
     minDataRate: int = setting(500, check=between(0))
     junkCommandLimit: int = setting(100, check=between(1))
+    # Proxies (nginx's mail module) that may name their client with XCLIENT.
+    xclientHosts: tuple[str, ...] = setting(("127.0.0.0/8", "::1/128"), check=networks)
 
 
 @dataclass(frozen=True)
@@ -214,6 +216,9 @@ class DeliverySettings:
     tlsCAFile: str = setting("")
     connectTimeout: int = setting(30, check=between(1))
     commandTimeout: int = setting(300, check=between(1))
+    # The wait for the reply to the final dot (RFC 5321 4.5.3.2.6: 10 minutes): the
+    # smarthost may be delivering meanwhile, so giving up early risks a duplicate.
+    dataTimeout: int = setting(600, check=between(1))
     connectionIdleTimeout: int = setting(10, check=between(0))
 
 

@@ -122,8 +122,8 @@ def tls_context(directory: str) -> Any:
 
 
 def settings(**overrides: Any) -> SMTPSettings:
-    """Default SMTP settings for C{mx.test}, with C{overrides}."""
-    return dataclasses.replace(SMTPSettings(hostname=HOSTNAME), **overrides)
+    """Default SMTP settings for C{mx.test} (no XCLIENT peers: tests.test_smtp_xclient sets them), with C{overrides}."""
+    return dataclasses.replace(SMTPSettings(hostname=HOSTNAME, xclientHosts=()), **overrides)
 
 
 def replies(data: bytes) -> list[bytes]:

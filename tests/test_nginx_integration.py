@@ -38,7 +38,7 @@ smtpPort = {smtp}
 dataDir = "{data}"
 enableHealthCheck = false
 [security]
-requireAuth = false
+requireAuth = true
 [smtp]
 hostname = "mx.test"
 [spool]
@@ -75,7 +75,7 @@ mail {{
     proxy_pass_error_message on;
     server {{ listen 127.0.0.1:{imap}; protocol imap; }}
     server {{ listen 127.0.0.1:{pop}; protocol pop3; }}
-    server {{ listen 127.0.0.1:{smtp}; protocol smtp; smtp_auth login plain; xclient off; }}
+    server {{ listen 127.0.0.1:{smtp}; protocol smtp; smtp_auth login plain; xclient on; }}
 }}
 """
 
@@ -206,13 +206,17 @@ def pop3_login(port: int, user: str, password: str) -> str:
         return str(e)
 
 
-def smtp_send(port: int, user: str, password: str) -> str:
-    """AUTH through nginx, then send one message; returns "OK" or the error."""
+#: The SMTP client's own address: nginx itself connects to gomail from 127.0.0.1.
+CLIENT_ADDRESS = "127.0.0.2"
+
+
+def smtp_send(port: int, user: str, password: str, sender: str | None = None) -> str:
+    """AUTH through nginx from CLIENT_ADDRESS, then send one message; returns "OK" or the error."""
     try:
-        with smtplib.SMTP("127.0.0.1", port, timeout=20) as client:
+        with smtplib.SMTP("127.0.0.1", port, timeout=20, source_address=(CLIENT_ADDRESS, 0)) as client:
             client.ehlo("client.test")
             client.login(user, password)
-            client.sendmail(user, ["bob@example.com"], b"Subject: via nginx\r\n\r\nhello\r\n")
+            client.sendmail(sender or user, ["bob@example.com"], b"Subject: via nginx\r\n\r\nhello\r\n")
         return "OK"
     except smtplib.SMTPException as e:
         return f"{getattr(e, 'smtp_code', '')} {getattr(e, 'smtp_error', e)!r}"
@@ -327,11 +331,26 @@ class NginxMailProxyTests(TestCase):
         self.assertEqual(self.imap_backend.logins, [])
 
     async def test_smtp_through_nginx(self) -> None:
-        """SMTP AUTH at nginx, then the message goes through gomail's own SMTP listener into the mailbox."""
+        """
+        With requireAuth = true (the default) and the shipped "xclient on", SMTP
+        AUTH at nginx is enough: nginx's XCLIENT carries the user and the
+        client's own address to gomail, and the message lands in the mailbox
+        with a Received: header naming the client (not nginx) and ESMTPA.
+        """
         result = await deferToThread(smtp_send, self.ports["nginx_smtp"], "alice@example.org", "alice pw")
         self.assertEqual(result, "OK", self._diagnostics())
         mailbox = os.path.join(self.data, "spool", "mailbox", "bob@example.com", "new")
         await poll(reactor, lambda: os.path.isdir(mailbox) and len(os.listdir(mailbox)) == 1)
+        with open(os.path.join(mailbox, os.listdir(mailbox)[0]), "rb") as f:
+            received = f.read().split(b"\r\n\t", 2)
+        self.assertIn(f"[{CLIENT_ADDRESS}]".encode(), received[0])
+        self.assertIn(b"with ESMTPA", received[1])
+
+    async def test_smtp_sender_not_owned_through_nginx(self) -> None:
+        """Through nginx the logged-in user is held to its own sender addresses: 553 5.7.1."""
+        result = await deferToThread(smtp_send, self.ports["nginx_smtp"], "alice@example.org", "alice pw",
+                                     "ceo@example.org")
+        self.assertIn("553", result, self._diagnostics())
 
     async def test_smtp_wrong_password(self) -> None:
         """A wrong SMTP password gets 535 5.7.8 from nginx (gomail's Auth-Error-Code)."""

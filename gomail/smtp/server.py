@@ -5,6 +5,7 @@ intake checks (storage, queue size, relay rules), and the graceful drain.
 
 from __future__ import annotations
 
+import ipaddress
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +15,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
+from gomail.auth.checker import AuthSuccess
 from gomail.limits.rate import RateLimitUnavailable
 from gomail.services import ListeningService
 from gomail.settings import AuthSettings, SMTPSettings
@@ -79,7 +81,7 @@ class SMTPServer:
                  clock: IReactorTime, tls_context: Any, queue_size: int, log_envelopes: bool,
                  portal: Any = None, rate_limiter: "RateLimiter | None" = None,
                  auth_settings: AuthSettings | None = None, blacklist: Any = None,
-                 recipients: LocalRecipients | None = None, default_user: str = "") -> None:
+                 recipients: LocalRecipients | None = None, default_user: str = "", users: Any = None) -> None:
         self.settings = settings
         self.policy = policy
         # Who exists in the local domains (users, aliases, postmaster); by
@@ -97,6 +99,8 @@ class SMTPServer:
         self.blacklist = blacklist  # None: no IP blacklist
         # The Go relay's defaultUsername (canonical): it sends as anyone until given senders.
         self.default_user = default_user
+        self.users = users  # the user store XCLIENT LOGIN names are looked up in (None: no XCLIENT LOGIN)
+        self._xclient_networks = [ipaddress.ip_network(n, strict=False) for n in settings.xclientHosts]
         self._blacklist_log = LogThrottle(clock, BLACKLIST_LOG_PER_SECOND)
         self.rejections: Counter[str] = Counter()  # refusals by reason, for the metrics endpoint
         self.sessions_total = 0
@@ -141,12 +145,12 @@ class SMTPServer:
         if len(self.sessions) >= self.settings.maxConnections:
             self.rejections["too_many_connections"] += 1
             return (421, "4.7.0", f"{self.settings.hostname} Too many connections, try again later")
-        if self._per_ip[session.client_host] >= self.settings.maxConnectionsPerIP:
+        if self._per_ip[session.peer_host] >= self.settings.maxConnectionsPerIP:
             self.rejections["too_many_connections_per_ip"] += 1
             self.log.info("refused {client}: too many connections from one address", client=session.client_host)
             return (421, "4.7.0", f"{self.settings.hostname} Too many connections from your address, try again later")
         self.sessions.add(session)
-        self._per_ip[session.client_host] += 1
+        self._per_ip[session.peer_host] += 1
         return None
 
     async def client_refusal(self, session: GomailESMTP) -> Refusal | None:
@@ -172,15 +176,34 @@ class SMTPServer:
                           more=f" ({suppressed} more refused meanwhile)" if suppressed else "")
         return (554, "5.7.1", f"{self.settings.hostname} Access denied: your address is blacklisted")
 
+    def xclient_allowed(self, peer: Any) -> bool:
+        """Whether a connection's own peer may send XCLIENT (C{smtp.xclientHosts}; a UNIX socket may not)."""
+        return peer is not None and any(peer in network for network in self._xclient_networks)
+
+    async def xclient_account(self, login: str) -> Any:
+        """
+        The session account for an XCLIENT LOGIN: the proxy checked the
+        password, we check the user exists and is enabled. None otherwise.
+        """
+        if self.users is None:
+            return None
+        try:
+            user = await self.users.get_user(login)
+        except ValueError:
+            return None
+        if user is None or not user.enabled:
+            return None
+        return AuthSuccess(user, "xclient", "")
+
     def release(self, session: GomailESMTP) -> None:
         """Forget a closed session."""
         if not session.spoke:
             self.probes_total += 1
         if session in self.sessions:
             self.sessions.discard(session)
-            self._per_ip[session.client_host] -= 1
-            if self._per_ip[session.client_host] <= 0:
-                del self._per_ip[session.client_host]
+            self._per_ip[session.peer_host] -= 1
+            if self._per_ip[session.peer_host] <= 0:
+                del self._per_ip[session.peer_host]
         if self._drained is not None and not self.sessions:
             drained, self._drained = self._drained, None
             drained.callback(None)
