@@ -7,7 +7,7 @@ under the spool's writer lock; and what happens while someone else holds it.
 The commands run in-process through L{gomail.cli.main} with a L{Clock} and
 captured output, on a spool built with the test helpers; one test runs the
 real entry point as a process. The same commands against a running server
-are in L{tests.test_control_cli}.
+are in L{tests.test_control_service}.
 """
 
 from __future__ import annotations

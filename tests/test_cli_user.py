@@ -1,6 +1,6 @@
 """
 Tests for C{gomail user ...} and C{gomail blacklist ...} (L{gomail.cli} and
-L{gomail.usercli}): what an operator sees, the exit status, and the user
+L{gomail.usercli}, L{gomail.blacklistcli}): what an operator sees, the exit status, and the user
 database after each command.
 
 The commands run in-process through L{gomail.cli.main} with a L{Clock},

@@ -14,7 +14,7 @@ from __future__ import annotations
 import errno
 import socket
 import struct
-from typing import Any
+from typing import Any, Self
 
 from twisted.protocols import amp
 
@@ -75,7 +75,7 @@ class ControlClient:
         """Close the connection."""
         self.sock.close()
 
-    def __enter__(self) -> ControlClient:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -105,7 +105,7 @@ class ControlClient:
             return command.parseResponse(answer, None)
         if answer.get(amp.ERROR) == tag:
             description = answer.get(amp.ERROR_DESCRIPTION, b"").decode("utf-8", "replace")
-            if answer.get(amp.ERROR_CODE) in command.reverseErrors:
+            if answer.get(amp.ERROR_CODE) in command.reverseErrors:  # type: ignore[attr-defined]
                 raise ServerRefused(description)
             raise ControlError(f"the server could not do it ({description}): see its log")
         raise ControlError(f"unexpected answer on {self.path}")

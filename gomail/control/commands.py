@@ -76,7 +76,8 @@ class Delete(amp.Command):
     C{busy}: ids being delivered or moved at this moment, not deleted.
     """
 
-    arguments: ClassVar[list] = [(b"ids", amp.ListOf(amp.Unicode())), (b"all_failed", amp.Boolean()), (b"all", amp.Boolean())]
+    arguments: ClassVar[list] = [(b"ids", amp.ListOf(amp.Unicode())), (b"all_failed", amp.Boolean()),
+                                 (b"all", amp.Boolean())]
     response: ClassVar[list] = [(b"deleted", amp.Integer()), (b"busy", amp.ListOf(amp.Unicode()))]
     errors = _ERRORS
 
@@ -88,4 +89,5 @@ def cut(lines: list[str]) -> list[str]:
     return lines[:MAX_LISTED - 1] + [f"... and {len(lines) - MAX_LISTED + 1} more"]
 
 
-__all__ = ["MAX_IDS", "MAX_LISTED", "BadRequest", "Delete", "Flush", "Retry", "Status", "UnknownMessages", "cut", "valid_id"]
+__all__ = ["MAX_IDS", "MAX_LISTED", "BadRequest", "Delete", "Flush", "Retry", "Status", "UnknownMessages", "cut",
+           "valid_id"]

@@ -16,10 +16,11 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import UNIXClientEndpoint
 from twisted.internet.error import ConnectError, ConnectionRefusedError, TimeoutError
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.protocols.policies import TimeoutMixin
+from twisted.python.failure import Failure
 
 import gomail
 from gomail.control import SocketPath
@@ -156,7 +157,7 @@ class ControlProtocol(amp.AMP, TimeoutMixin):
     def __init__(self, control: QueueControl, clock: Any, idle_timeout: float = IDLE_TIMEOUT) -> None:
         super().__init__()
         self.control = control
-        self.callLater = clock.callLater  # TimeoutMixin's timer, on the injected clock
+        self.callLater = clock.callLater  # type: ignore[method-assign] # TimeoutMixin's timer, on the injected clock
         self.idle_timeout = idle_timeout
 
     def connectionMade(self) -> None:
@@ -169,9 +170,9 @@ class ControlProtocol(amp.AMP, TimeoutMixin):
         super().dataReceived(data)
 
     def timeoutConnection(self) -> None:
-        self.transport.abortConnection()
+        self.transport.abortConnection()  # type: ignore[union-attr]
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.setTimeout(None)
         self.factory.connections.discard(self)
         super().connectionLost(reason)
@@ -202,7 +203,7 @@ class ControlFactory(Factory):
         self.control, self.clock = control, clock
         self.connections: set[ControlProtocol] = set()
 
-    def buildProtocol(self, addr: Any) -> ControlProtocol:
+    def buildProtocol(self, addr: Any) -> ControlProtocol:  # type: ignore[override]
         protocol = ControlProtocol(self.control, self.clock)
         protocol.factory = self
         return protocol
@@ -272,7 +273,7 @@ class ControlService(Service):
         self.control.stopping = True
         port, self._port = self._port, None
         for connection in list(self.factory.connections):
-            connection.transport.abortConnection()
+            connection.transport.abortConnection()  # type: ignore[union-attr]
         return Deferred.fromCoroutine(self._stop(port))
 
     async def _stop(self, port: Any) -> None:
