@@ -26,7 +26,7 @@ def read_queued(path: str) -> bytes:
     meanwhile. A removed file's inode may be reused for another message (see
     L{gomail.spool.spares}), so a read counts only if the name still leads to
     the inode that was read once the read is done. For readers running beside
-    the server (a rescan, the C{gomail queue} command).
+    the server (the C{gomail queue} command's reads).
     """
     with open(path, "rb") as f:
         data = f.read()

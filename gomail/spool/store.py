@@ -148,11 +148,6 @@ class Spool:
                 continue  # being replaced or removed right now, or for recovery to set aside
         return envelopes
 
-    @property
-    def pidfile(self) -> str:
-        """Where a running server records its process id (for ``gomail queue`` to signal it)."""
-        return self.path("gomail.pid")
-
     def _report(self, report: RecoveryReport) -> RecoveryReport:
         for key, (kind, problem) in report.problems.items():
             self.log.error("moved {kind} queue entry {queue_id} to {directory}/corrupt: {problem}",
