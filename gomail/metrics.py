@@ -161,6 +161,11 @@ class _Collector:
         oldest = GaugeMetricFamily("gomail_queue_oldest_message_age_seconds", "Age of the oldest queued message")
         oldest.add_metric([], summary["oldest_age_seconds"])
         yield oldest
+        relay = getattr(getattr(delivery, "router", None), "relay", None)
+        if relay is not None:
+            yield CounterMetricFamily("gomail_relay_possible_duplicates",
+                                      "Final dots sent to a smarthost whose reply never came (the message may have "
+                                      "been delivered, and was retried)", value=relay.possible_duplicates)
 
     def _auth(self, stats: Any) -> Any:
         attempts = CounterMetricFamily("gomail_auth_attempts", "Authentication attempts",

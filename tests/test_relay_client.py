@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
@@ -40,6 +40,20 @@ class Server:
 
 def transaction(*recipients: str, content: bytes = CONTENT, sender: str = "alice@example.org") -> Transaction:
     return Transaction(sender, list(recipients), lambda: BytesContent(content))
+
+
+class HeldContent:
+    """Content whose first read never completes: the DATA is under way, its final dot not sent."""
+
+    def read(self, size: int) -> Deferred:
+        return Deferred()
+
+    def close(self) -> Deferred:
+        return succeed(None)
+
+
+def held_transaction(*recipients: str) -> Transaction:
+    return Transaction("alice@example.org", list(recipients), HeldContent)
 
 
 def assert_failure_after_the_dot(test: SynchronousTestCase, server: Server) -> None:
@@ -121,15 +135,31 @@ class TransactionTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(d), {"a@example.com": (550, "5.1.1 unknown")})
 
     def test_connection_dropped_mid_data(self) -> None:
-        """A connection lost during DATA fails the transaction as a connection-level 451."""
+        """A connection lost while the content is sent fails the transaction as a 451 saying so, no duplicate."""
+        server = Server(self)
+        server.greet()
+        d = server.client.send(held_transaction("a@example.com"))
+        server.say(b"250 ok", b"250 ok")
+        server.client.dataReceived(b"354 go\r\n")  # (say() would pump the held content for ever)
+        server.client.connectionLost(None)
+        failure = self.failureResultOf(d, ConnectionFailure)
+        self.assertEqual(failure.value.reply,
+                         (451, "4.4.2 Connection to smarthost lost while waiting for the message content to be sent"))
+        self.assertFalse(failure.value.possible_duplicate)
+        self.assertTrue(server.client.closed)
+
+    def test_connection_dropped_after_the_dot(self) -> None:
+        """A connection lost after the final dot, before its reply: a 451 marked as a possible duplicate."""
         server = Server(self)
         server.greet()
         d = server.client.send(transaction("a@example.com"))
-        server.say(b"250 ok", b"250 ok", b"354 go")
+        server.say(b"250 ok", b"250 ok")
+        self.assertTrue(server.say(b"354 go").endswith(b"\r\n.\r\n"))
+        self.assertTrue(server.client.awaiting_dot)
         server.client.connectionLost(None)
         failure = self.failureResultOf(d, ConnectionFailure)
-        self.assertEqual(failure.value.reply, (451, "4.4.2 Connection to smarthost lost"))
-        self.assertTrue(server.client.closed)
+        self.assertEqual(failure.value.reply, (451, "4.4.2 Connection to smarthost lost while waiting for the final dot"))
+        self.assertTrue(failure.value.possible_duplicate)
 
     def test_service_closing(self) -> None:
         """A 421 at any point is a connection-level failure with that reply."""
@@ -152,7 +182,8 @@ class TransactionTests(SynchronousTestCase):
         server = Server(self)
         server.say(b"554 5.7.1 no service for you")
         failure = self.failureResultOf(server.client.ready, ConnectionFailure)
-        self.assertEqual(failure.value.reply, (451, "4.7.0 Smarthost refused the session: 554 5.7.1 no service for you"))
+        self.assertEqual(failure.value.reply,
+                         (451, "4.7.0 Smarthost refused the session at greeting: 554 5.7.1 no service for you"))
 
     def test_starttls_required_but_not_offered(self) -> None:
         """With credentials (so TLS required) and no STARTTLS offered: no AUTH, no MAIL, ready fails."""
@@ -282,11 +313,14 @@ class PipeliningTests(SynchronousTestCase):
     def test_dropped_mid_data(self) -> None:
         """A connection lost while the content is on its way fails the transaction as a connection-level 451."""
         server = self.pipelined()
-        d = server.client.send(transaction("a@example.com"))
-        server.say(b"250 ok", b"250 ok", b"354 go")
+        d = server.client.send(held_transaction("a@example.com"))
+        server.say(b"250 ok", b"250 ok")
+        server.client.dataReceived(b"354 go\r\n")  # (say() would pump the held content for ever)
         server.client.connectionLost(None)
-        self.assertEqual(self.failureResultOf(d, ConnectionFailure).value.reply,
-                         (451, "4.4.2 Connection to smarthost lost"))
+        failure = self.failureResultOf(d, ConnectionFailure)
+        self.assertEqual(failure.value.reply,
+                         (451, "4.4.2 Connection to smarthost lost while waiting for the message content to be sent"))
+        self.assertFalse(failure.value.possible_duplicate)
 
     def test_reply_to_nothing_drops_the_connection(self) -> None:
         """A reply nobody asked for (here while idle after a transaction) ends the session; nothing is misread."""

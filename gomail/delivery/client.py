@@ -10,8 +10,12 @@ can reuse it; to a server offering PIPELINING (RFC 2920) a transaction is one
 write of MAIL, every RCPT and DATA (behind an RSET when the one before ended
 early), then the content: two round trips instead of the three-plus-one-per-
 recipient of Twisted's machine, which also sends an RSET after every message;
-every wait for the server is bounded by
-C{command_timeout} on the injected clock; and the message is sent with
+every wait for the server is bounded by C{command_timeout} on the injected
+clock, except the wait for the reply to the final dot, bounded by the longer
+C{data_timeout} (RFC 5321 4.5.3.2.6: 10 minutes; the server may be delivering
+the message while we wait, so giving up early risks a duplicate); a failure
+says which step it waited for (L{RelayProtocol.step}), and one that leaves the
+fate of a sent message unknown is marked C{possible_duplicate}; and the message is sent with
 dot-stuffing that holds across chunk boundaries and turns any bare CR or LF
 into CRLF, so no stored byte sequence can end the DATA early; the content is
 read in the I/O pool (L{gomail.delivery.content}), never on the reactor.
@@ -19,102 +23,50 @@ read in the I/O pool (L{gomail.delivery.content}), never on the reactor.
 
 from __future__ import annotations
 
-import re
 from collections import deque
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IReactorTime
-from twisted.mail.smtp import (SUCCESS, ESMTPClient, LOGINAuthenticator, PLAINAuthenticator, SMTPClientError,
-                               quoteaddr)
+from twisted.mail.smtp import (
+    SUCCESS,
+    ESMTPClient,
+    LOGINAuthenticator,
+    PLAINAuthenticator,
+    SMTPClientError,
+)
 from twisted.python.failure import Failure
 
-from gomail.delivery.content import ContentSource, send_content
+from gomail.delivery.content import send_content
+from gomail.delivery.dotstuff import DotStuffer
+from gomail.delivery.pipelining import PipeliningMixin
+from gomail.delivery.transaction import ConnectionFailure, Reply, Transaction
+from gomail.delivery.transaction import reply_text as _text
 from gomail.tcp import no_delay
 
-Reply = tuple[int, str]
-_LINE_ENDING = re.compile(rb"\r\n|\r|\n")
+#: What we wait for after sending a command, by its verb (see L{RelayProtocol.step}).
+_STEPS = {b"EHLO": "EHLO", b"HELO": "HELO", b"STARTTLS": "STARTTLS", b"AUTH": "AUTH", b"MAIL": "MAIL",
+          b"RCPT": "RCPT", b"DATA": "DATA", b"RSET": "RSET", b"QUIT": "QUIT"}
+#: The step while the content is being written (the server not reading stalls it).
+SENDING_CONTENT = "the message content to be sent"
+FINAL_DOT = "the final dot"
 
 
-class ConnectionFailure(Exception):
-    """The connection (not one recipient) failed: every recipient of the transaction is deferred or failed."""
-
-    def __init__(self, code: int, text: str) -> None:
-        super().__init__(code, text)
-        self.code, self.text = code, text
-
-    @property
-    def reply(self) -> Reply:
-        """The reply to record for each recipient (4xx unless the server said 5xx)."""
-        if 400 <= self.code < 600:
-            return self.code, self.text
-        return 451, f"4.4.0 {self.text}"
-
-
-@dataclass
-class Transaction:
-    """One MAIL/RCPT/DATA exchange; C{done} fires with {recipient: (code, text)}."""
-
-    sender: str
-    recipients: list[str]
-    open_content: Callable[[], ContentSource]
-    done: Deferred = field(default_factory=Deferred)
-
-
-class DotStuffer:
-    """
-    Turns stored content into DATA bytes: CRLF line endings only, a dot
-    doubled at the start of every line, whatever the chunk boundaries.
-    """
-
-    def __init__(self) -> None:
-        self._carry = b""
-        self._line_start = True
-
-    #: An incomplete line longer than this is sent on rather than held.
-    MAX_CARRY = 64 * 1024
-
-    def feed(self, chunk: bytes) -> bytes:
-        """Bytes to send for C{chunk}; an incomplete last line is held back."""
-        data = self._carry + chunk
-        cut = data.rfind(b"\n") + 1
-        if len(data) - cut > self.MAX_CARRY:
-            # No line end for a long while: send, keeping a final CR (half a CRLF?).
-            cut = len(data) - 1 if data.endswith(b"\r") else len(data)
-        self._carry, data = data[cut:], data[:cut]
-        return self._stuff(data)
-
-    def finish(self) -> bytes:
-        """The held-back rest, the final CRLF if missing, and the end-of-data line."""
-        rest = self._stuff(self._carry)
-        self._carry = b""
-        if rest and not rest.endswith(b"\r\n"):
-            rest += b"\r\n"
-        elif not rest and not self._line_start:
-            rest = b"\r\n"
-        return rest + b".\r\n"
-
-    def _stuff(self, data: bytes) -> bytes:
-        if not data:
-            return b""
-        data = _LINE_ENDING.sub(b"\r\n", data)
-        if self._line_start and data.startswith(b"."):
-            data = b"." + data
-        data = data.replace(b"\r\n.", b"\r\n..")
-        # replace() cannot see a dot that starts the next chunk's first line.
-        self._line_start = data.endswith(b"\r\n")
-        return data
-
-
-class RelayProtocol(ESMTPClient):
+class RelayProtocol(PipeliningMixin, ESMTPClient):
     """
     One connection to a smarthost.
 
     C{ready} fires once the server greeted us, TLS and AUTH (as configured) are
     done and transactions can be sent; it fails with L{ConnectionFailure}
     otherwise. L{send} queues a transaction. When nothing is queued the
-    connection is idle; L{close} sends QUIT.
+    connection is idle; L{close} sends QUIT, L{abort} drops it at once.
+
+    @ivar step: what the connection waits for now, for failure texts and logs:
+        C{connect}, C{greeting}, C{EHLO}, C{STARTTLS}, C{AUTH}, C{MAIL},
+        C{RCPT}, C{DATA}, the content to be sent, C{the final dot}, C{RSET}...
+    @ivar awaiting_dot: the final dot of a transaction with accepted
+        recipients is sent and its reply has not come yet.
     """
 
     debug = False
@@ -122,7 +74,8 @@ class RelayProtocol(ESMTPClient):
 
     def __init__(self, identity: str, clock: IReactorTime, command_timeout: float,
                  username: str = "", password: str = "", tls_context: Any = None,
-                 require_tls: bool = False, implicit_tls: bool = False) -> None:
+                 require_tls: bool = False, implicit_tls: bool = False,
+                 data_timeout: float | None = None) -> None:
         secret = password.encode() if username else None
         super().__init__(secret, tls_context, identity=identity.encode("ascii"))
         if username:
@@ -134,7 +87,11 @@ class RelayProtocol(ESMTPClient):
         self.requireTransportSecurity = require_tls
         self.implicit_tls = implicit_tls
         self.timeout = command_timeout
+        # The wait for the final dot's reply: never shorter than for any other reply.
+        self.data_timeout = max(command_timeout, data_timeout if data_timeout is not None else 600.0)
         self.callLater = clock.callLater
+        self.step = "connect"
+        self.awaiting_dot = False
         self.ready: Deferred = Deferred()
         self.idle = False
         self.closed = False
@@ -172,18 +129,39 @@ class RelayProtocol(ESMTPClient):
             self._disconnectFromServer()
         else:
             self.closed = True
-            self._fail_all(ConnectionFailure(451, "4.4.2 Connection to smarthost closed"))
+            self._fail_all(ConnectionFailure(451, "4.4.2 Connection to smarthost closed",
+                                             possible_duplicate=self.awaiting_dot))
             self.transport.loseConnection()
+
+    def abort(self, failure: ConnectionFailure) -> None:
+        """Fail what is under way (and C{ready}) with C{failure} and drop the connection at once."""
+        self.closed = True
+        self.idle = False
+        self.setTimeout(None)
+        self._fail_all(failure)
+        if self.transport is not None:
+            self.transport.abortConnection()
 
     # -- ESMTPClient hooks ------------------------------------------------------
 
     def connectionMade(self) -> None:
         no_delay(self.transport)
+        self.step = "greeting"
         super().connectionMade()
         if self.implicit_tls:
             self._tlsMode = True  # wrapped in TLS from the first byte (port 465 style)
 
+    def sendLine(self, line: bytes) -> None:
+        verb = line.split(b" ", 1)[0].upper()
+        # An AUTH exchange's later lines (base64) leave the step at AUTH.
+        self.step = _STEPS.get(verb, self.step)
+        super().sendLine(line)
+
     def lineReceived(self, line: bytes) -> Any:
+        if self.awaiting_dot and line[3:4] != b"-":
+            # The final dot is answered (whatever the answer): other replies get the shorter wait again.
+            self.awaiting_dot = False
+            self.setTimeout(self.timeout)
         if line[:4] == b"421 ":
             # The server is closing the connection: a connection-level failure
             # whatever the command, never something to RSET and carry on from.
@@ -205,7 +183,7 @@ class RelayProtocol(ESMTPClient):
             self.idle = True
             self.setTimeout(None)
             # Idle: any reply now answers nothing we sent.
-            self._expected = range(0, 1000)
+            self._expected = range(1000)
             self._okresponse = self._failresponse = self._unexpected_reply
             return
         self._current = self._pending.popleft()
@@ -213,86 +191,6 @@ class RelayProtocol(ESMTPClient):
             self._pipeline(self._current)
         else:
             super().smtpState_from(code, resp)
-
-    # -- PIPELINING (RFC 2920) ----------------------------------------------------
-
-    def _pipeline(self, transaction: Transaction) -> None:
-        """Send MAIL, every RCPT and DATA at once; the replies come back in that order."""
-        commands, due = ([b"RSET"], [("rset", "")]) if self._reset_due else ([], [])
-        commands.append(b"MAIL FROM:" + quoteaddr(transaction.sender))
-        due.append(("mail", ""))
-        for address in transaction.recipients:
-            commands.append(b"RCPT TO:" + quoteaddr(address))
-            due.append(("rcpt", address))
-        commands.append(b"DATA")
-        due.append(("data", ""))
-        self._due = deque(due)
-        self._reset_due = False
-        self._mail_reply, self._rcpt_replies = (0, b""), []
-        self._expected = range(0, 1000)  # every reply goes to _pipelined_reply, in order
-        self._okresponse = self._failresponse = self._pipelined_reply
-        self.transport.write(b"".join(command + b"\r\n" for command in commands))
-
-    def _unexpected_reply(self, code: int, resp: bytes) -> None:
-        # A reply to nothing we sent (while idle, or one too many): the session is out of step.
-        self.sendError(SMTPClientError(code, b"Unexpected reply: " + resp, isFatal=True))
-
-    def _pipelined_reply(self, code: int, resp: bytes) -> None:
-        if not self._due:
-            self._unexpected_reply(code, resp)
-            return
-        step, address = self._due.popleft()
-        if step == "mail":
-            self._mail_reply = (code, resp)
-        elif step == "rcpt":
-            self._rcpt_replies.append((address, code, resp))
-        elif step == "data":
-            self._data_reply(code, resp)
-        elif step == "discard":
-            self._finish_pipelined(None, reset=False)
-        # "rset": its 250 needs nothing (a 421 is handled in lineReceived)
-
-    def _data_reply(self, code: int, resp: bytes) -> None:
-        accepted = self._mail_reply[0] == 250 and any(c in SUCCESS for _, c, _ in self._rcpt_replies)
-        if code == 354 and accepted:
-            self.smtpState_data(code, resp)
-            self._expected = range(0, 1000)
-            self._okresponse = self._failresponse = self._final_reply
-        elif code == 354:
-            # DATA accepted with no recipient accepted (RFC 2920 3.1): end the empty message at once.
-            self._due.append(("discard", ""))
-            self.transport.write(b".\r\n")
-        elif 400 <= code < 600:
-            self._finish_pipelined((code, resp), reset=True)
-        else:
-            self.sendError(SMTPClientError(code, b"Unexpected reply to DATA: " + resp, isFatal=True))
-
-    def _final_reply(self, code: int, resp: bytes) -> None:
-        self._finish_pipelined((code, resp), reset=False)
-
-    def _finish_pipelined(self, final: tuple[int, bytes] | None, reset: bool) -> None:
-        """
-        Answer the transaction: a failed MAIL is every recipient's reply; otherwise a
-        refused recipient keeps its RCPT reply and an accepted one gets C{final} (the
-        reply to DATA or to the end of data). Then the next transaction, or idle.
-        """
-        transaction, self._current = self._current, None
-        if transaction is None:  # already failed with the connection
-            return
-        # A transaction ended before its end of data may still be open on the server.
-        self._reset_due = reset
-        mail_code, mail_resp = self._mail_reply
-        replies: dict[str, Reply] = {}
-        if mail_code != 250:
-            replies = {address: (mail_code, _text(mail_resp)) for address in transaction.recipients}
-        for address, rcpt_code, rcpt_resp in self._rcpt_replies:
-            if rcpt_code in (250, 251) and final is not None:
-                replies.setdefault(address, (final[0], _text(final[1])))
-            else:
-                replies.setdefault(address, (rcpt_code, _text(rcpt_resp)))
-        if not transaction.done.called:
-            transaction.done.callback(replies)
-        self.smtpState_from(250, b"")
 
     def getMailFrom(self) -> str | None:
         return self._current.sender if self._current is not None else None
@@ -304,13 +202,19 @@ class RelayProtocol(ESMTPClient):
         # Twisted's version hands getMailData()'s file to a FileSender, which reads it on
         # the reactor thread; this one reads in the I/O pool (same states afterwards).
         self._stuffer = DotStuffer()
+        self.step = SENDING_CONTENT
         sending = send_content(self._current.open_content(), self.transport, self.transformChunk)
         sending.addCallbacks(self._content_sent, lambda failure: self.sendError(failure.value))
         self._expected = SUCCESS
         self._okresponse = self.smtpState_msgSent
 
     def _content_sent(self, complete: bool) -> None:
-        if complete:  # else the connection went away: connectionLost answers for the transaction
+        if complete and not self.closed:  # else the connection went away: connectionLost answers for it
+            # From here on the smarthost may deliver the message while we wait:
+            # its reply gets the long wait, and losing it is a possible duplicate.
+            self.step = FINAL_DOT
+            self.awaiting_dot = True
+            self.setTimeout(self.data_timeout)
             self.transport.write(self._stuffer.finish())
 
     def transformChunk(self, chunk: bytes) -> bytes:
@@ -333,6 +237,11 @@ class RelayProtocol(ESMTPClient):
             replies.setdefault(address, final or (451, "4.4.0 No reply from smarthost"))
         transaction.done.callback(replies)
 
+    def timeoutConnection(self) -> None:
+        # Twisted's says "Timeout waiting for SMTP server response": this says how long, and for what.
+        self.abort(ConnectionFailure(451, f"4.4.2 timeout after {self.timeOut:g} s waiting for {self.step}",
+                                     possible_duplicate=self.awaiting_dot))
+
     def sendError(self, exc: Exception) -> None:
         code = getattr(exc, "code", -1)
         code = code if isinstance(code, int) else -1
@@ -341,18 +250,64 @@ class RelayProtocol(ESMTPClient):
             # Refused before any transaction (greeting, EHLO, STARTTLS, AUTH): a problem of our
             # session, such as wrong credentials, not of the recipients. Mail waits for the
             # operator instead of bouncing (as Postfix's smtp_sasl_auth_soft_bounce does).
-            code, text = 451, f"4.7.0 Smarthost refused the session: {code} {text}"
-        self._fail_all(ConnectionFailure(code, text))
+            code, text = 451, f"4.7.0 Smarthost refused the session at {self.step}: {code} {text}"
+        elif not self.ready.called and 400 <= code < 500:
+            text = f"{text} (at {self.step})"
+        self._fail_all(ConnectionFailure(code, text, possible_duplicate=self.awaiting_dot))
         # The connection is on its way out (QUIT, or dropped): nothing more goes on it.
         self.idle = False
         self.closed = True
         super().sendError(exc)
 
+    # -- our own refusals (Twisted's would read as the smarthost's) ------------------
+
+    def esmtpTLSRequired(self, code: int = -1, resp: bytes | None = None) -> None:
+        if self.requireAuthentication:
+            text = ("4.7.0 gomail refused to send AUTH in clear: the smarthost offers no STARTTLS "
+                    "and credentials are configured (they are only ever sent over TLS)")
+        else:
+            text = "4.7.0 gomail requires TLS but the smarthost offers no STARTTLS"
+        self._refuse(text)
+
+    def esmtpAUTHRequired(self, code: int = -1, resp: bytes | None = None) -> None:
+        text = ("4.7.0 gomail cannot log in: credentials are configured but the smarthost offers "
+                "no AUTH mechanism gomail supports (PLAIN, LOGIN)")
+        self._refuse(text)
+
+    def esmtpEHLORequired(self, code: int = -1, resp: bytes | None = None) -> None:
+        self._refuse(f"4.7.0 gomail cannot log in: the smarthost refused EHLO ({code} {_text(resp or b'')}) "
+                     "and AUTH needs it")
+
+    def esmtpTLSFailed(self, code: int = -1, resp: bytes | None = None) -> None:
+        self._refuse(f"4.7.0 Smarthost refused STARTTLS: {code} {_text(resp or b'')}")
+
+    def esmtpState_starttls(self, code: int, resp: bytes) -> None:
+        # Twisted's goes on with EHLO even when TLS could not be started.
+        try:
+            self.transport.startTLS(self.context)
+        except Exception as e:  # noqa: BLE001 - whatever the TLS layer raises ends this session
+            self._refuse(f"4.7.0 TLS could not be started after STARTTLS: {e}")
+            return
+        self._tlsMode = True
+        self.esmtpState_ehlo(code, resp)
+
+    def _refuse(self, text: str) -> None:
+        """Give up on this session for a reason of ours: fail with C{text}, then QUIT."""
+        self._fail_all(ConnectionFailure(451, text))
+        self.idle = False
+        self.closed = True
+        self._disconnectFromServer()
+
     def connectionLost(self, reason: Failure = None) -> None:
         super().connectionLost(reason)
+        possible_duplicate, self.awaiting_dot = self.awaiting_dot, False
         self.closed = True
         self.idle = False
-        self._fail_all(ConnectionFailure(451, "4.4.2 Connection to smarthost lost"))
+        why = f" while waiting for {self.step}" if self._current is not None or not self.ready.called else ""
+        if reason is not None and not reason.check(ConnectionDone):
+            why += f": {reason.getErrorMessage()}"
+        self._fail_all(ConnectionFailure(451, f"4.4.2 Connection to smarthost lost{why}",
+                                         possible_duplicate=possible_duplicate))
 
     def _fail_all(self, failure: ConnectionFailure) -> None:
         if not self.ready.called:
@@ -365,10 +320,4 @@ class RelayProtocol(ESMTPClient):
                 transaction.done.errback(failure)
 
 
-def _text(resp: Any) -> str:
-    if isinstance(resp, bytes):
-        resp = resp.decode("utf-8", "replace")
-    return " ".join(str(resp).split())
-
-
-__all__ = ["RelayProtocol", "Transaction", "ConnectionFailure", "DotStuffer", "SMTPClientError"]
+__all__ = ["ConnectionFailure", "DotStuffer", "RelayProtocol", "Reply", "SMTPClientError", "Transaction"]

@@ -1,0 +1,53 @@
+# -*- test-case-name: tests.test_relay_client -*-
+"""Dot-stuffing outgoing DATA so that nothing stored can end it early."""
+
+from __future__ import annotations
+
+import re
+
+_LINE_ENDING = re.compile(rb"\r\n|\r|\n")
+
+
+class DotStuffer:
+    """
+    Turns stored content into DATA bytes: CRLF line endings only, a dot
+    doubled at the start of every line, whatever the chunk boundaries.
+    """
+
+    def __init__(self) -> None:
+        self._carry = b""
+        self._line_start = True
+
+    #: An incomplete line longer than this is sent on rather than held.
+    MAX_CARRY = 64 * 1024
+
+    def feed(self, chunk: bytes) -> bytes:
+        """Bytes to send for C{chunk}; an incomplete last line is held back."""
+        data = self._carry + chunk
+        cut = data.rfind(b"\n") + 1
+        if len(data) - cut > self.MAX_CARRY:
+            # No line end for a long while: send, keeping a final CR (half a CRLF?).
+            cut = len(data) - 1 if data.endswith(b"\r") else len(data)
+        self._carry, data = data[cut:], data[:cut]
+        return self._stuff(data)
+
+    def finish(self) -> bytes:
+        """The held-back rest, the final CRLF if missing, and the end-of-data line."""
+        rest = self._stuff(self._carry)
+        self._carry = b""
+        if rest and not rest.endswith(b"\r\n"):
+            rest += b"\r\n"
+        elif not rest and not self._line_start:
+            rest = b"\r\n"
+        return rest + b".\r\n"
+
+    def _stuff(self, data: bytes) -> bytes:
+        if not data:
+            return b""
+        data = _LINE_ENDING.sub(b"\r\n", data)
+        if self._line_start and data.startswith(b"."):
+            data = b"." + data
+        data = data.replace(b"\r\n.", b"\r\n..")
+        # replace() cannot see a dot that starts the next chunk's first line.
+        self._line_start = data.endswith(b"\r\n")
+        return data
