@@ -3,7 +3,10 @@ A real nginx mail proxy asking a real gomail (auth_http), with Python's
 imaplib, poplib and smtplib as the clients: what an operator's users see.
 
 The IMAP and POP3 backends are tiny fakes in this process that record the
-credentials nginx logs in with; SMTP logins go to gomail's own SMTP listener.
+credentials nginx logs in with; SMTP logins go to gomail's own SMTP listener
+(nginx names the client and the user with XCLIENT), and gomail relays to a
+fake smarthost that always answers 421, so that accepted mail stays in the
+queue where the test reads its envelope.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from twisted.trial.unittest import SkipTest, TestCase
 
 from gomail.auth import userdb
 from gomail.auth.passwords import hash_password
+from gomail.spool.envelope import Envelope
 from tests.processes import TWISTD, free_port, poll, spawn
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -37,10 +41,16 @@ smtpHost = "127.0.0.1"
 smtpPort = {smtp}
 dataDir = "{data}"
 enableHealthCheck = false
+forwardSMTP = true
+forwardHost = "127.0.0.1"
+forwardPort = {smarthost}
 [security]
 requireAuth = true
 [smtp]
 hostname = "mx.test"
+# nginx connects from 127.0.0.1; the SMTP client from another loopback address
+# (CLIENT_ADDRESS) must not be allowed XCLIENT itself.
+xclientHosts = ["127.0.0.1/32"]
 [spool]
 minFreeSpaceMB = 0
 [auth]
@@ -104,7 +114,7 @@ class FakeIMAPBackend(Protocol):
             line = self._line()
             if line is None:
                 return False
-            match = re.match(rb"(\S+) LOGIN \{(\d+)\}$", line, re.I)
+            match = re.match(rb"(\S+) LOGIN \{(\d+)\}$", line, re.IGNORECASE)
             tag = line.split(b" ", 1)[0]
             if match:
                 self.tag, self.need, self.state = match.group(1), int(match.group(2)), "user"
@@ -162,10 +172,23 @@ class FakePOP3Backend(Protocol):
                 self.transport.write(b"+OK\r\n")
 
 
+class BusySmarthost(Protocol):
+    """A smarthost that never takes mail: relayed messages stay queued (deferred)."""
+
+    def connectionMade(self) -> None:
+        self.transport.write(b"421 4.3.2 smarthost.test busy, try later\r\n")
+        self.transport.loseConnection()
+
+
 def backend(protocol: type) -> Factory:
     factory = Factory.forProtocol(protocol)
     factory.logins = []
     return factory
+
+
+def write_file(path: str, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
 
 
 def accepts(port: int) -> bool:
@@ -210,16 +233,36 @@ def pop3_login(port: int, user: str, password: str) -> str:
 CLIENT_ADDRESS = "127.0.0.2"
 
 
-def smtp_send(port: int, user: str, password: str, sender: str | None = None) -> str:
-    """AUTH through nginx from CLIENT_ADDRESS, then send one message; returns "OK" or the error."""
+def smtp_send(port: int, user: str, password: str, sender: str | None = None,
+              commands: tuple[tuple[str, str], ...] = ()) -> tuple[str, list]:
+    """
+    AUTH through nginx from CLIENT_ADDRESS, send C{commands} (verb, argument)
+    and then one message; returns "OK" or the error, and the commands' replies.
+    """
+    answers: list = []
     try:
         with smtplib.SMTP("127.0.0.1", port, timeout=20, source_address=(CLIENT_ADDRESS, 0)) as client:
             client.ehlo("client.test")
             client.login(user, password)
+            for verb, argument in commands:
+                answers.append(client.docmd(verb, argument))
             client.sendmail(sender or user, ["bob@example.com"], b"Subject: via nginx\r\n\r\nhello\r\n")
-        return "OK"
+        return "OK", answers
     except smtplib.SMTPException as e:
-        return f"{getattr(e, 'smtp_code', '')} {getattr(e, 'smtp_error', e)!r}"
+        return f"{getattr(e, 'smtp_code', '')} {getattr(e, 'smtp_error', e)!r}", answers
+
+
+def queued(data: str) -> list[tuple[Envelope, bytes]]:
+    """The envelopes and contents in gomail's queue."""
+    queue = os.path.join(data, "spool", "queue")
+    found = []
+    for name in sorted(os.listdir(queue)) if os.path.isdir(queue) else ():
+        if name.endswith(".json"):
+            with open(os.path.join(queue, name), "rb") as f:
+                envelope = Envelope.from_json(f.read())
+            with open(os.path.join(queue, name[:-5] + ".eml"), "rb") as f:
+                found.append((envelope, f.read()))
+    return found
 
 
 class NginxMailProxyTests(TestCase):
@@ -237,7 +280,8 @@ class NginxMailProxyTests(TestCase):
         self.imap_backend = backend(FakeIMAPBackend)
         self.pop_backend = backend(FakePOP3Backend)
         ports = {}
-        for name, factory in (("imap_backend", self.imap_backend), ("pop_backend", self.pop_backend)):
+        for name, factory in (("imap_backend", self.imap_backend), ("pop_backend", self.pop_backend),
+                              ("smarthost", Factory.forProtocol(BusySmarthost))):
             listening = reactor.listenTCP(0, factory, interface="127.0.0.1")
             self.addCleanup(listening.stopListening)
             ports[name] = listening.getHost().port
@@ -268,16 +312,15 @@ class NginxMailProxyTests(TestCase):
     async def _start(self) -> None:
         p = self.ports
         config = os.path.join(self.workdir, "gomail.toml")
-        with open(config, "w") as f:
-            f.write(GOMAIL_CONFIG.format(data=self.data, shared=SHARED, **p))
+        write_file(config, GOMAIL_CONFIG.format(data=self.data, shared=SHARED, **p))
         self.gomail = spawn(reactor, TWISTD + ["-n", "--pidfile=", "gomail", "--config", config], cwd=self.workdir)
         self.addCleanup(self.gomail.stop, reactor)
         await self.gomail.wait_for(b"gomail ready", reactor)
         prefix = os.path.join(self.workdir, "nginx")
         os.makedirs(prefix)
-        with open(os.path.join(prefix, "nginx.conf"), "w") as f:
-            f.write(NGINX_CONFIG.format(module=MAIL_MODULE, prefix=prefix, auth=p["auth"], shared=SHARED,
-                                        imap=p["imap"], pop=p["pop"], smtp=p["nginx_smtp"]))
+        write_file(os.path.join(prefix, "nginx.conf"),
+                   NGINX_CONFIG.format(module=MAIL_MODULE, prefix=prefix, auth=p["auth"], shared=SHARED,
+                                       imap=p["imap"], pop=p["pop"], smtp=p["nginx_smtp"]))
         self.nginx = spawn(reactor, [NGINX, "-p", prefix, "-e", os.path.join(prefix, "error.log"),
                                      "-c", os.path.join(prefix, "nginx.conf")], cwd=prefix)
         self.addCleanup(self.nginx.stop, reactor)
@@ -285,7 +328,10 @@ class NginxMailProxyTests(TestCase):
 
     def _diagnostics(self) -> str:
         log = os.path.join(self.workdir, "nginx", "error.log")
-        text = open(log, errors="replace").read()[-3000:] if os.path.exists(log) else ""
+        text = ""
+        if os.path.exists(log):
+            with open(log, errors="replace") as f:
+                text = f.read()[-3000:]
         return f"nginx: {text}\ngomail: {self.gomail.output.decode(errors='replace')[-3000:]}"
 
     async def test_imap_good_password_reaches_backend(self) -> None:
@@ -324,7 +370,7 @@ class NginxMailProxyTests(TestCase):
     async def test_blacklisted_client_refused(self) -> None:
         """A blacklisted client IP (nginx's Client-IP) is refused even with the right password."""
         self.blacklist("127.0.0.0/8")
-        await poll(reactor, lambda: False if False else True)  # the entry is read at the next refresh
+        await poll(reactor, lambda: True)  # the entry is read at the next refresh
         self.gomail.output = b""
         result = await deferToThread(imap_login, self.ports["imap"], "alice@example.org", "alice pw")
         self.assertIn("Invalid login or password", result, self._diagnostics())
@@ -334,26 +380,43 @@ class NginxMailProxyTests(TestCase):
         """
         With requireAuth = true (the default) and the shipped "xclient on", SMTP
         AUTH at nginx is enough: nginx's XCLIENT carries the user and the
-        client's own address to gomail, and the message lands in the mailbox
-        with a Received: header naming the client (not nginx) and ESMTPA.
+        client's own address to gomail. The message is queued for the
+        smarthost with the user as auth_user, the client (not nginx) as its
+        address, and a Received: header naming the client and ESMTPA.
         """
-        result = await deferToThread(smtp_send, self.ports["nginx_smtp"], "alice@example.org", "alice pw")
+        result, _ = await deferToThread(smtp_send, self.ports["nginx_smtp"], "alice@example.org", "alice pw")
         self.assertEqual(result, "OK", self._diagnostics())
-        mailbox = os.path.join(self.data, "spool", "mailbox", "bob@example.com", "new")
-        await poll(reactor, lambda: os.path.isdir(mailbox) and len(os.listdir(mailbox)) == 1)
-        with open(os.path.join(mailbox, os.listdir(mailbox)[0]), "rb") as f:
-            received = f.read().split(b"\r\n\t", 2)
-        self.assertIn(f"[{CLIENT_ADDRESS}]".encode(), received[0])
-        self.assertIn(b"with ESMTPA", received[1])
+        [(envelope, content)] = queued(self.data)
+        self.assertEqual((envelope.auth_user, envelope.client_address, envelope.sender),
+                         ("alice@example.org", CLIENT_ADDRESS, "alice@example.org"))
+        self.assertTrue(content.startswith(f"Received: from client.test ([{CLIENT_ADDRESS}])\r\n"
+                                           f"\tby mx.test (gomail) with ESMTPA id {envelope.id}".encode()), content)
+        # nginx's connection is the peer, the client is who the log names.
+        await poll(reactor, lambda: b"XCLIENT from 127.0.0.1: client 127.0.0.2" in self.gomail.output)
 
     async def test_smtp_sender_not_owned_through_nginx(self) -> None:
         """Through nginx the logged-in user is held to its own sender addresses: 553 5.7.1."""
-        result = await deferToThread(smtp_send, self.ports["nginx_smtp"], "alice@example.org", "alice pw",
-                                     "ceo@example.org")
+        result, _ = await deferToThread(smtp_send, self.ports["nginx_smtp"], "alice@example.org", "alice pw",
+                                        "ceo@example.org")
         self.assertIn("553", result, self._diagnostics())
+        self.assertIn("5.7.1", result)
+        self.assertEqual(queued(self.data), [])
+
+    async def test_smtp_client_xclient_through_nginx_refused(self) -> None:
+        """
+        Once logged in, nginx relays everything its client sends: the client's
+        own XCLIENT (to become tom, or to look like nginx) gets 550 5.7.0, and
+        it is still alice, who may not send as tom.
+        """
+        result, answers = await deferToThread(
+            smtp_send, self.ports["nginx_smtp"], "alice@example.org", "alice pw", "tom@example.org",
+            (("XCLIENT", "LOGIN=tom@example.org"), ("XCLIENT", "ADDR=127.0.0.1 LOGIN=tom@example.org")))
+        self.assertEqual(answers, [(550, b"5.7.0 Error: insufficient authorization")] * 2, self._diagnostics())
+        self.assertIn("553", result)
+        self.assertEqual(queued(self.data), [])
 
     async def test_smtp_wrong_password(self) -> None:
         """A wrong SMTP password gets 535 5.7.8 from nginx (gomail's Auth-Error-Code)."""
-        result = await deferToThread(smtp_send, self.ports["nginx_smtp"], "alice@example.org", "nope")
+        result, _ = await deferToThread(smtp_send, self.ports["nginx_smtp"], "alice@example.org", "nope")
         self.assertIn("535", result, self._diagnostics())
         self.assertIn("5.7.8", result)

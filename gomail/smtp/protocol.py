@@ -28,12 +28,12 @@ from twisted.internet.task import deferLater
 from twisted.mail.smtp import DATA
 
 from gomail.flow import OutputBound
+from gomail.smtp import xclient
 from gomail.smtp.address import Path
 from gomail.smtp.framing import SMTPFraming
 from gomail.smtp.policy import parse_ip
 from gomail.smtp.reader import DataReader
 from gomail.smtp.sasl import SASLMixin
-from gomail.smtp import xclient
 from gomail.smtp.transaction import MailTransactionMixin
 from gomail.tcp import no_delay
 
@@ -242,45 +242,13 @@ class GomailESMTP(SASLMixin, MailTransactionMixin, SMTPFraming):
         if self.server.portal is not None and (self.secure or self._plaintext_auth_allowed()):
             # RFC 4954 4: passwords travel only inside TLS, so AUTH is not offered before it.
             lines.append("AUTH PLAIN LOGIN")
-        if self.server.xclient_allowed(self.peer_ip):
-            lines.append("XCLIENT " + " ".join(xclient.ATTRIBUTES))
+        if xclient.offered(self):
+            lines.append(xclient.EHLO_KEYWORD)
         return lines
 
-    # -- XCLIENT: a trusted proxy names its client (see gomail.smtp.xclient) ---------
-
     def ext_XCLIENT(self, rest: bytes) -> Any:
-        if not self.server.xclient_allowed(self.peer_ip):
-            self.log.info("XCLIENT refused from {client}: not in smtp.xclientHosts", client=self.peer_host)
-            return self.reply(550, "5.7.0", "Error: insufficient authorization")
-        if self.sender is not None:
-            return self.reply(503, "5.5.1", "Error: MAIL transaction in progress")
-        try:
-            attributes = xclient.parse(rest)
-        except xclient.XClientError as e:
-            return self.reply(501, "5.5.4", str(e))
-        return Deferred.fromCoroutine(self._xclient(attributes))
-
-    async def _xclient(self, attributes: xclient.XClient) -> None:
-        account = None
-        if attributes.login is not None:
-            account = await self.server.xclient_account(attributes.login)
-            if account is None:
-                self.log.warn("XCLIENT LOGIN {user} from {proxy}: no such enabled user",
-                              user=attributes.login, proxy=self.peer_host)
-                return self.reply(550, "5.7.1", "Error: XCLIENT LOGIN user unknown or disabled")
-        # A new session, the client's (Postfix: the reply is a new greeting, and EHLO comes again).
-        if attributes.addr is not None:
-            self.client_host, self.client_ip = attributes.addr, parse_ip(attributes.addr)
-        self.helo_name = None
-        self.extended = False
-        self.reset_transaction()
-        self.account, self.authenticated = account, account is not None
-        self.log.info("XCLIENT from {proxy}: client {client} user {user}", proxy=self.peer_host,
-                      client=self.client_host, user=account.name if account is not None else "-")
-        refusal = await self.server.client_refusal(self)
-        if refusal is not None:
-            return self.hang_up(*refusal)
-        self.sendCode(220, self.host + b" ESMTP gomail")
+        """XCLIENT: a proxy in smtp.xclientHosts names its client (L{gomail.smtp.xclient})."""
+        return xclient.command(self, rest)
 
     def ext_STARTTLS(self, rest: bytes) -> None:
         if rest:

@@ -5,7 +5,6 @@ intake checks (storage, queue size, relay rules), and the graceful drain.
 
 from __future__ import annotations
 
-import ipaddress
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +14,6 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
-from gomail.auth.checker import AuthSuccess
 from gomail.limits.rate import RateLimitUnavailable
 from gomail.services import ListeningService
 from gomail.settings import AuthSettings, SMTPSettings
@@ -23,6 +21,7 @@ from gomail.smtp.address import Path
 from gomail.smtp.policy import RelayPolicy, own_domain
 from gomail.smtp.protocol import GomailESMTP
 from gomail.smtp.recipients import LocalRecipients
+from gomail.smtp.xclient import XClientAccess
 
 if TYPE_CHECKING:
     from gomail.limits.rate import RateLimiter
@@ -73,6 +72,8 @@ class SMTPServer:
     @param blacklist: the IP L{Blacklist} checked before the banner (None: none).
     @param recipients: the L{LocalRecipients} deciding on RCPT addresses of
         local domains (None: every such address is accepted).
+    @param users: the user store an XCLIENT LOGIN is looked up in (None: none
+        is accepted; see L{gomail.smtp.xclient}).
     """
 
     log = Logger()
@@ -99,8 +100,9 @@ class SMTPServer:
         self.blacklist = blacklist  # None: no IP blacklist
         # The Go relay's defaultUsername (canonical): it sends as anyone until given senders.
         self.default_user = default_user
-        self.users = users  # the user store XCLIENT LOGIN names are looked up in (None: no XCLIENT LOGIN)
-        self._xclient_networks = [ipaddress.ip_network(n, strict=False) for n in settings.xclientHosts]
+        # Proxies that may name their client (smtp.xclientHosts), and the user
+        # store their LOGIN is looked up in (None: no XCLIENT LOGIN).
+        self.xclient = XClientAccess(settings.xclientHosts, users)
         self._blacklist_log = LogThrottle(clock, BLACKLIST_LOG_PER_SECOND)
         self.rejections: Counter[str] = Counter()  # refusals by reason, for the metrics endpoint
         self.sessions_total = 0
@@ -176,27 +178,8 @@ class SMTPServer:
                           more=f" ({suppressed} more refused meanwhile)" if suppressed else "")
         return (554, "5.7.1", f"{self.settings.hostname} Access denied: your address is blacklisted")
 
-    def xclient_allowed(self, peer: Any) -> bool:
-        """Whether a connection's own peer may send XCLIENT (C{smtp.xclientHosts}; a UNIX socket may not)."""
-        return peer is not None and any(peer in network for network in self._xclient_networks)
-
-    async def xclient_account(self, login: str) -> Any:
-        """
-        The session account for an XCLIENT LOGIN: the proxy checked the
-        password, we check the user exists and is enabled. None otherwise.
-        """
-        if self.users is None:
-            return None
-        try:
-            user = await self.users.get_user(login)
-        except ValueError:
-            return None
-        if user is None or not user.enabled:
-            return None
-        return AuthSuccess(user, "xclient", "")
-
     def release(self, session: GomailESMTP) -> None:
-        """Forget a closed session."""
+        """Forget a closed session (counted against its connection's own peer, whatever XCLIENT said)."""
         if not session.spoke:
             self.probes_total += 1
         if session in self.sessions:
