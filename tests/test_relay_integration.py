@@ -10,6 +10,7 @@ import json
 import os
 import smtplib
 import sys
+import urllib.request
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
@@ -66,6 +67,12 @@ def send(port: int, recipient: str) -> tuple[int, str]:
         return code, text.decode()
 
 
+def fetch(url: str) -> str:
+    """GET C{url} (blocking: run it in a thread)."""
+    with urllib.request.urlopen(url, timeout=20) as response:
+        return response.read().decode()
+
+
 class RelayToSmarthostTests(TestCase):
     """gomail relaying to a smarthost, both run as an operator would run them."""
 
@@ -81,6 +88,11 @@ class RelayToSmarthostTests(TestCase):
         with open(self.config, "w") as f:
             f.write(CONFIG.format(port=self.port, forward_port=self.forward_port, data=self.data))
         self.smarthost: ServerProcess | None = None
+
+    def write_config(self, template: str) -> None:
+        """Replace the configuration with C{template} (CONFIG's placeholders filled in)."""
+        with open(self.config, "w") as f:
+            f.write(template.format(port=self.port, forward_port=self.forward_port, data=self.data))
 
     # -- processes ------------------------------------------------------------
 
@@ -225,3 +237,40 @@ class RelayToSmarthostTests(TestCase):
         rejected address) through the same smarthost; nothing stays queued.
         """
         return Deferred.fromCoroutine(self._rejected())
+
+    async def _dot_answered_late(self) -> None:
+        monitor_port = free_port()
+        # A short command and dot wait (seconds, as the real ones are) and a known monitor port.
+        config = CONFIG.replace('listen = ["tcp:0:interface=127.0.0.1"]\n[nginxAuth]',
+                                f'listen = ["tcp:{monitor_port}:interface=127.0.0.1"]\n[nginxAuth]')
+        self.write_config(config + "commandTimeout = 1\ndataTimeout = 2\n")
+        await self.start_smarthost("--dot-delay", "4")
+        await self.start_gomail()
+        code, text = await deferToThread(send, self.port, "bob@example.net")
+        self.assertEqual(code, 250, text)
+        queue_id = text.rsplit(" ", 1)[1]
+        await self.smarthost.wait_for(b"dot delayed 1", reactor)
+        await self.gomail.wait_for(b"possible duplicate", reactor)
+        lines = [line for line in self.gomail.output.decode(errors="replace").splitlines()
+                 if "possible duplicate" in line]
+        self.assertEqual(len(lines), 1, lines)
+        self.assertIn(queue_id, lines[0])
+        self.assertIn(f"127.0.0.1:{self.forward_port}", lines[0])
+        self.assertIn("timeout after 2 s waiting for the final dot", lines[0])
+        self.assertIn("may already be delivered", lines[0])
+        metrics = await deferToThread(fetch, f"http://127.0.0.1:{monitor_port}/metrics?format=prometheus")
+        self.assertIn("gomail_relay_possible_duplicates_total 1.0", metrics)
+        # Still queued for the retry (at least once) while the smarthost has its copy (a second
+        # one once the retry, a second later, got through).
+        self.assertIn(len(self.relayed()), (1, 2))
+        self.assertEqual(len(self.spool_dir("queue")), 2)
+        await self.stop_both()
+
+    def test_dot_answered_after_timeout_is_logged_and_counted(self) -> Deferred:
+        """
+        A smarthost that stores the message at the final dot and answers it
+        after delivery.dataTimeout: gomail logs one possible-duplicate line with
+        the queue id, the smarthost and what happened, counts it in
+        gomail_relay_possible_duplicates_total and keeps the message queued.
+        """
+        return Deferred.fromCoroutine(self._dot_answered_late())

@@ -140,7 +140,7 @@ class RelayOverTLSTests(TestCase):
         code, text = await deferToThread(send, self.relay_port)
         self.assertEqual(code, 250, text)
         await self.relay.wait_for(b" deferred: 1 recipients pending", reactor)
-        self.assertIn(b"Smarthost refused the session: 535 5.7.8", self.relay.output)
+        self.assertIn(b"Smarthost refused the session at AUTH: 535 5.7.8", self.relay.output)
         self.assertNotIn(b"moved to failed/", self.relay.output)  # waits for the operator, never bounces
         self.assertEqual(self.mailbox(), [])
         self.assertNotIn(b"not-the-password", self.relay.output)
