@@ -199,7 +199,7 @@ class SharedRedisTests(AuthIntegrationCase):
         self.assertEqual(code, 535)
         code, _ = await deferToThread(try_login, b.port, ALICE, ALICE_APP_PASSWORD, source=GUESSER)
         self.assertEqual(code, 535)
-        await b.process.wait_for(b"SMTP AUTH failed from 127.0.0.2 (locked)", reactor)
+        await b.process.wait_for(b'SMTP AUTH failed for user "alice@example.org" from 127.0.0.2 (locked)', reactor)
         # From her own IP Alice logs in on both servers, with her password and her app password.
         code, text = await deferToThread(try_login, b.port, ALICE, ALICE_PASSWORD, source=HOME)
         self.assertEqual((code, text), (235, "2.7.0 Authentication successful"), self.output(b))
@@ -234,19 +234,19 @@ class SharedRedisTests(AuthIntegrationCase):
         # The same code, within its validity, on the other server: a replay.
         code, text = await deferToThread(try_login, b.tls_port, TINA, TINA_PASSWORD + code_now, True)
         self.assertEqual((code, text), (535, "5.7.8 Authentication credentials invalid"), self.output(b))
-        await b.process.wait_for(b"SMTP AUTH failed from 127.0.0.1 (totp-replay)", reactor)
+        await b.process.wait_for(b'SMTP AUTH failed for user "tina@example.org" from 127.0.0.1 (totp-replay)', reactor)
         # B itself is fine with Tina: an unused code (the next step's, within the
         # +-1 step window) is accepted, her password found in the auth cache A
         # filled (the shared Redis and auth secret), not checked again.
         code, text = await deferToThread(try_login, b.port, TINA, TINA_PASSWORD + code_next)
         self.assertEqual((code, text), (235, "2.7.0 Authentication successful"), self.output(b))
-        await b.process.wait_for(b"SMTP AUTH succeeded from 127.0.0.1 (cache)", reactor)
+        await b.process.wait_for(b'SMTP AUTH succeeded for user "tina@example.org" from 127.0.0.1 (cache)', reactor)
         # And A refuses that one now, and the older code (still in its validity window) too.
         code, _ = await deferToThread(try_login, a.port, TINA, TINA_PASSWORD + code_next)
         self.assertEqual(code, 535)
         code, _ = await deferToThread(try_login, a.port, TINA, TINA_PASSWORD + code_prev)
         self.assertEqual(code, 535)
-        await a.process.wait_for(b"SMTP AUTH failed from 127.0.0.1 (totp-replay)", reactor)
+        await a.process.wait_for(b'SMTP AUTH failed for user "tina@example.org" from 127.0.0.1 (totp-replay)', reactor)
 
     def test_totp_code_used_on_one_server_is_refused_by_the_other(self) -> Deferred:
         """

@@ -129,7 +129,7 @@ class RelayOverTLSTests(TestCase):
             stored = f.read()
         self.assertTrue(stored.endswith(MESSAGE), stored)
         self.assertIn(b"with ESMTPSA", stored)  # the smarthost saw TLS and AUTH (RFC 3848)
-        self.assertIn(b"SMTP AUTH succeeded from 127.0.0.1", self.smarthost.output)
+        self.assertIn(b'SMTP AUTH succeeded for user "relay@example.org" from 127.0.0.1', self.smarthost.output)
 
     def test_relayed_over_starttls_with_auth(self) -> Deferred:
         """The relay upgrades to TLS, verifies the smarthost against tlsCAFile, logs in, and the mail arrives."""

@@ -18,6 +18,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.mail.smtp import COMMAND
 
+from gomail.auth.authlog import printable
 from gomail.auth.checker import AuthFailure, LoginAttempt, TemporaryAuthError, login
 
 
@@ -104,20 +105,33 @@ class SASLMixin:
         return Deferred.fromCoroutine(self._finish_login(attempt))
 
     async def _finish_login(self, attempt: LoginAttempt) -> None:
+        # Logged and audited: the user name as given (made printable), never the password.
+        user = printable(attempt.username, 100)
+        started = self.server.clock.seconds()
         try:
             account = await login(self.server.portal, attempt)
         except AuthFailure as failure:
             self._auth_failures += 1
-            self.log.info("SMTP AUTH failed from {client} ({reason})", client=self.client_host, reason=failure.reason)
+            self.log.info('SMTP AUTH failed for user "{user}" from {client} ({reason})', user=user,
+                          client=self.client_host, reason=failure.reason)
+            self.server.audit_login(self, attempt.username, "failure", failure.reason, started)
             self.reply(535, "5.7.8", "Authentication credentials invalid")
             if self._auth_failures >= self.server.auth_settings.maxFailuresPerSession:
                 self.reply(421, "4.7.0", f"{self.settings.hostname} Too many failed authentications, closing")
                 self.close_connection()
             return
         except TemporaryAuthError:
+            self.log.warn('SMTP AUTH for user "{user}" from {client} could not be checked now (temporary failure)',  # noqa: G010
+                          user=user, client=self.client_host)
+            self.server.audit_login(self, attempt.username, "tempfail", "unavailable", started)
+            self.reply(454, "4.7.0", "Temporary authentication failure, try again later")
+            return
+        if not self.server.audit_login(self, account.name, "success", account.via, started):
+            # As auth_http: a login that cannot be audited is not let in.
             self.reply(454, "4.7.0", "Temporary authentication failure, try again later")
             return
         self.account = account
         self.authenticated = True
-        self.log.info("SMTP AUTH succeeded from {client} ({via})", client=self.client_host, via=account.via)
+        self.log.info('SMTP AUTH succeeded for user "{user}" from {client} ({via})', user=account.name,
+                      client=self.client_host, via=account.via)
         self.reply(235, "2.7.0", "Authentication successful")

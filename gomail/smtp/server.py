@@ -14,6 +14,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
+from gomail.auth.authlog import AuthLogEntry, printable
 from gomail.limits.rate import RateLimitUnavailable
 from gomail.services import ListeningService
 from gomail.settings import AuthSettings, SMTPSettings
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
 Refusal = tuple[int, str, str]
 #: Lines logged a second about refused blacklisted clients (the rest are counted).
 BLACKLIST_LOG_PER_SECOND = 5
+#: Lines logged a second about rate-limit hits (the rest are counted).
+RATE_LIMIT_LOG_PER_SECOND = 10
 
 
 class LogThrottle:
@@ -104,6 +107,9 @@ class SMTPServer:
         # store their LOGIN is looked up in (None: no XCLIENT LOGIN).
         self.xclient = XClientAccess(settings.xclientHosts, users)
         self._blacklist_log = LogThrottle(clock, BLACKLIST_LOG_PER_SECOND)
+        self._rate_limit_log = LogThrottle(clock, RATE_LIMIT_LOG_PER_SECOND)
+        #: The audit log of logins (L{gomail.auth.authlog.AuthLog}, shared with auth_http); None: not kept.
+        self.audit: Any = None
         self.rejections: Counter[str] = Counter()  # refusals by reason, for the metrics endpoint
         self.sessions_total = 0
         self.probes_total = 0  # connections closed without a byte from the client
@@ -228,8 +234,8 @@ class SMTPServer:
         if self.policy.require_auth and session.account is None:
             return (530, "5.7.0", "Authentication required")
         if session.account is not None and not self.may_send_as(session.account.user, sender):
-            self.log.info("refused sender of authenticated user from {client}: not an allowed address",
-                          client=session.client_host)
+            self.log.info("refused sender <{sender}> of authenticated user {user} from {client}: not an allowed "
+                          "address", sender=sender.address, user=session.account.name, client=session.client_host)
             return (553, "5.7.1", f"<{sender.address}>: Sender address rejected: not owned by user")
         if self.spool.queued >= self.queue_size or not self.spool.has_free_space():
             self.log.warn("refusing mail: queue full or spool disk low ({queued} queued)", queued=self.spool.queued)
@@ -240,8 +246,32 @@ class SMTPServer:
             except RateLimitUnavailable:
                 return (451, "4.3.0", "Rate limits cannot be checked now, try again later")
             if not allowed:
+                suppressed = self._rate_limit_log.allow()
+                if suppressed is not None:
+                    who = (f"user {session.account.name}" if session.account is not None
+                           else f"sender <{sender.address}>")
+                    self.log.info("rate limit hit by {who} from {client}: 451 4.7.1{more}", who=who,
+                                  client=session.client_host,
+                                  more=f" ({suppressed} more hits meanwhile)" if suppressed else "")
                 return (451, "4.7.1", "Rate limit exceeded, try again later")
         return None
+
+    def audit_login(self, session: GomailESMTP, user: str, result: str, reason: str, started: float) -> bool:
+        """
+        Record an SMTP AUTH attempt in the audit log (protocol C{smtp}, the user
+        name as given, never a password); whether it was recorded (True when no
+        audit log is kept). A success that cannot be recorded is refused, as auth_http does.
+        """
+        if self.audit is None:
+            return True
+        now = self.clock.seconds()
+        try:
+            self.audit.record(AuthLogEntry(now, printable(user), "smtp", session.client_host, result, reason,
+                                           round((now - started) * 1000, 3)))
+        except Exception:  # noqa: BLE001 - whatever the audit log raises: said here, answered by the caller
+            self.log.failure("could not record an SMTP AUTH attempt of {user}", user=printable(user, 100))
+            return False
+        return True
 
     def may_send_as(self, user: Any, sender: Path) -> bool:
         """
