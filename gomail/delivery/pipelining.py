@@ -8,7 +8,7 @@ one before ended early), then the content after the 354.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.mail.smtp import SUCCESS, SMTPClientError, quoteaddr
 
@@ -29,6 +29,11 @@ class PipeliningMixin:
     _reset_due: bool
     step: str
     transport: Any
+
+    if TYPE_CHECKING:  # provided by RelayProtocol and Twisted's SMTPClient (not defined here: MRO)
+        def sendError(self, exc: Exception) -> None: ...
+        def smtpState_data(self, code: int, resp: bytes) -> None: ...
+        def smtpState_from(self, code: int, resp: bytes) -> None: ...
 
     def _pipeline(self, transaction: Transaction) -> None:
         """Send MAIL, every RCPT and DATA at once; the replies come back in that order."""
