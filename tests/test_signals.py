@@ -20,7 +20,7 @@ class CallsFromThread:
     def callFromThread(self, f, *args):
         self.calls.append((f, args))
 
-    def run(self) -> None:
+    def run_calls(self) -> None:
         calls, self.calls = self.calls, []
         for f, args in calls:
             f(*args)
@@ -43,7 +43,7 @@ class SignalServiceTests(SynchronousTestCase):
         self.service.startService()
         os.kill(os.getpid(), signal.SIGHUP)
         self.assertEqual(len(self.reactor.calls), 1)
-        self.reactor.run()
+        self.reactor.run_calls()
         self.assertTrue(any("SIGHUP received" in e.get("log_format", "") for e in events))
 
     def test_sigusr1_not_taken(self) -> None:
