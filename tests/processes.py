@@ -8,6 +8,7 @@ only polling can tell (a file appearing), polls are short and bounded.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import ssl
@@ -38,11 +39,42 @@ def maildir_messages(directory: str) -> list[bytes]:
     return messages
 
 
+_handed_out: set[int] = set()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    """The kernel's range for outgoing connections' local ports."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low, high = (int(x) for x in f.read().split())
+            return low, high
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port on 127.0.0.1 that nothing listens on right now.
+
+    Chosen below the kernel's ephemeral range: a port the kernel picked with
+    C{bind(0)} can be taken, before the test's server binds it, by any
+    outgoing connection of a parallel test worker (which is how a CI run once
+    failed with "Address already in use"). Ports are random, so parallel
+    workers rarely pick the same one, and never handed out twice by a process.
+    """
+    low, _ = _ephemeral_range()
+    floor = 10000 if low > 12000 else 1024
+    for _ in range(1000):
+        port = random.randrange(floor, low)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError("no free TCP port below the ephemeral range")
 
 
 class ServerProcess(protocol.ProcessProtocol):
