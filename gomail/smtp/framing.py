@@ -57,6 +57,8 @@ class SMTPFraming(ESMTP):
         self.greeted = False
         self.spoke = False  # whether the client sent anything (else: a TCP probe)
         self.junk_commands = 0
+        self.closed = False  # a last reply went out (or the connection was lost): nothing more is said
+        self.lost = False  # the connection is gone: held input is dropped, nothing more runs
 
     # -- reading ------------------------------------------------------------
 
@@ -64,7 +66,7 @@ class SMTPFraming(ESMTP):
         if not self.spoke:
             self.spoke = True
             self.server.spoke(self)
-        if self.transport.disconnecting:
+        if self.closed or self.transport.disconnecting:
             return  # a last reply is on its way: nothing more is read
         if not self.greeted:
             if not self.exempt_from_sync():
@@ -81,7 +83,7 @@ class SMTPFraming(ESMTP):
         self._processing = True
         try:
             while (self._input and not self._blocked and not self._paused_for - {"pipeline"}
-                   and not self.transport.disconnecting):
+                   and not self.closed and not self.transport.disconnecting):
                 if self.mode == DATA:
                     self._data_received()
                 elif not self._next_line():
@@ -90,6 +92,9 @@ class SMTPFraming(ESMTP):
             self._processing = False
         if self._blocked and len(self._input) > MAX_PIPELINE_BUFFER:
             self._pause("pipeline")
+        elif not self._blocked:
+            # Input held while a reply was pending (or before the greeting) is read: read on.
+            self._resume("pipeline")
 
     def _next_line(self) -> bool:
         end = self._input.find(b"\r\n")
@@ -142,11 +147,8 @@ class SMTPFraming(ESMTP):
         verb = verb.upper()
         if self._pipelined and not self.exempt_from_sync() and guard.breaks_sync(verb, self.pipelining_offered):
             return self.protocol_violation("after " + verb.decode("ascii", "replace"), self._input)
-        if verb in guard.JUNK:
-            self.junk_commands += 1
-            if self.junk_commands > self.settings.junkCommandLimit:
-                self.log.info("too many junk commands from {client}", client=self.client_host)
-                return self.hang_up(421, "4.7.0", "Error: too many junk commands, closing connection")
+        if verb in guard.JUNK and self.count_junk():
+            return None
         method = self.lookupMethod(verb) if verb.isascii() else None
         if method is None:
             return self.reply(500, "5.5.2", "Error: command not recognized")
@@ -155,6 +157,25 @@ class SMTPFraming(ESMTP):
             # DATA was refused but its content was already sent: never read it as commands.
             return self.protocol_violation("after a refused DATA", self._input)
         return result
+
+    def count_junk(self) -> bool:
+        """
+        Count a command that moves nothing forward (NOOP, RSET, a repeated or
+        over-limit RCPT...); past C{smtp.junkCommandLimit} the session ends
+        (421 4.7.0): whether it did.
+        """
+        self.junk_commands += 1
+        if self.junk_commands <= self.settings.junkCommandLimit:
+            return False
+        self.log.info("too many junk commands from {client}", client=self.client_host)
+        self.hang_up(421, "4.7.0", "Error: too many junk commands, closing connection")
+        return True
+
+    def sendCode(self, code: int, message: bytes = b"") -> None:
+        # After the last reply (hang_up, QUIT) the client is told nothing more:
+        # a reply that was pending then (a recipient lookup) is dropped.
+        if not self.closed:
+            super().sendCode(code, message)
 
     def protocol_violation(self, where: str, data: bytes) -> None:
         """Pipelining the client was not offered: 554 5.5.0 and close (unless exempt, see L{guard})."""
@@ -166,7 +187,7 @@ class SMTPFraming(ESMTP):
     def hang_up(self, code: int, status: str, text: str) -> None:
         """Send a last reply and close: nothing more the client sent is read."""
         self._input = b""
-        if self.transport.disconnecting:
+        if self.closed or self.transport.disconnecting:
             return
         self.sendCode(code, f"{status} {text}".encode("ascii", "replace"))
         self.close_connection()
@@ -187,8 +208,13 @@ class SMTPFraming(ESMTP):
 
     def _unblock(self, _: Any) -> None:
         self._blocked = False
+        if self.lost or self.closed:
+            return  # nothing the client sent is run once it is gone or told goodbye
         self._resume("pipeline")
-        if self.close_when_idle and not self.in_transaction:
+        if self.hang_up_when_answered:
+            # The session's deadline passed while this reply was pending: it is sent, now close.
+            self.hang_up(*self.closing_reply)
+        elif self.close_when_idle and not self.in_transaction:
             self.close_gracefully()
         elif not self._processing:
             self._process()

@@ -41,6 +41,8 @@ if TYPE_CHECKING:
     from gomail.smtp.server import SMTPServer
 
 _HELO_NAME = re.compile(rb"^[\x21-\x7e]{1,255}$")
+#: Seconds a closing connection may take to send its last replies before it is aborted.
+CLOSE_TIMEOUT = 30.0
 
 
 class GomailESMTP(SASLMixin, MailTransactionMixin, SMTPFraming):
@@ -66,6 +68,7 @@ class GomailESMTP(SASLMixin, MailTransactionMixin, SMTPFraming):
         self.recipients: list[str] = []
         self.body_type: str | None = None
         self.close_when_idle = False
+        self.hang_up_when_answered = False  # the session expired while a reply was pending
         #: The last reply of a session closed when idle (shutdown, or a deadline).
         self.closing_reply = (421, "4.3.2", f"{server.settings.hostname} Service shutting down, try again later")
         self.transactions = 0
@@ -111,26 +114,30 @@ class GomailESMTP(SASLMixin, MailTransactionMixin, SMTPFraming):
     async def _open(self) -> None:
         """Greet the client once it passed the blacklist and, if untrusted, the greeting delay."""
         refusal = await self.server.client_refusal(self)
-        if self.transport.disconnecting:
+        if self.lost or self.closed or self.transport.disconnecting:
             return
         if refusal is not None:
             return self.hang_up(*refusal)
         if not self.exempt_from_sync() and self.settings.greetingDelay:
             await deferLater(self.server.clock, self.settings.greetingDelay, lambda: None)
-            if self.transport.disconnecting:
+            if self.lost or self.closed or self.transport.disconnecting:
                 return
         self.greeted = True
         self.sendCode(220, self.host + b" ESMTP gomail")
         self._process()  # what a trusted client sent early
 
     def connectionLost(self, reason: Any = None) -> None:
+        # Pipelined input still held (behind a pending reply) is dropped: its
+        # client is gone and would never see a 250 for what it would queue.
+        self.lost = self.closed = True
+        self._input = b""
         self.setTimeout(None)
         if self.flow is not None:
             self.flow.detach()
         for timer in self._timers.values():
             if timer.active():
                 timer.cancel()
-        if self.mode == DATA and self._message is not None:
+        if self._message is not None:  # DATA under way (a committing message is no longer here)
             self._message.abort()
             self._message = None
         if self.admitted:
@@ -142,8 +149,13 @@ class GomailESMTP(SASLMixin, MailTransactionMixin, SMTPFraming):
     def close_connection(self) -> None:
         """
         Close once the replies written are sent; a client that is not reading
-        them would keep the connection forever, so it is aborted instead.
+        them would keep the connection forever, so it is aborted instead, at
+        once if its replies are already over the bound, else after
+        L{CLOSE_TIMEOUT} (or the idle timeout, if shorter).
         """
+        self.closed = True
+        self.setTimeout(None)
+        self._deadline("close", min(CLOSE_TIMEOUT, self.settings.idleTimeout), self._close_stuck)
         if self.flow is not None:
             unread = self.flow.paused
             self.flow.detach()  # a registered producer would hold the close back
@@ -153,7 +165,17 @@ class GomailESMTP(SASLMixin, MailTransactionMixin, SMTPFraming):
                 return
         self.transport.loseConnection()
 
+    def _close_stuck(self) -> None:
+        if not self.lost:
+            self.server.rejections["output_unread"] += 1
+            self.transport.abortConnection()
+
     def timeoutConnection(self) -> None:
+        if self._blocked:
+            # Our reply is pending (a commit, a lookup: each bounded by its own
+            # timeout), not the client: a 421 now could follow a 250 it never saw.
+            self.setTimeout(self.settings.idleTimeout)
+            return
         self.hang_up(421, "4.4.2", f"{self.settings.hostname} Error: timeout exceeded")
 
     def exempt_from_sync(self) -> bool:
@@ -169,6 +191,8 @@ class GomailESMTP(SASLMixin, MailTransactionMixin, SMTPFraming):
 
     def _deadline(self, name: str, seconds: float, expired: Any) -> None:
         """Call C{expired} in C{seconds} (0: never), replacing an earlier deadline of that name."""
+        if self.lost:
+            return
         old = self._timers.get(name)
         if old is not None and old.active():
             if seconds > 0:
@@ -183,9 +207,9 @@ class GomailESMTP(SASLMixin, MailTransactionMixin, SMTPFraming):
         self.server.rejections["session_time"] += 1
         self.closing_reply = (421, "4.4.2", f"{self.settings.hostname} Error: session time limit exceeded")
         if self._blocked:
-            # A message is being committed: its client gets the 250 first (or
-            # would send it again), then the 421.
-            self.close_when_idle = True
+            # A reply is pending (a message being committed): its client gets
+            # the 250 first (or would send the message again), then the 421.
+            self.hang_up_when_answered = True
         else:
             self.hang_up(*self.closing_reply)
 

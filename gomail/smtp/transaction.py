@@ -73,6 +73,9 @@ class MailTransactionMixin:
         if path.params:
             return self.reply(555, "5.5.4", f"Unsupported RCPT parameter {next(iter(path.params))}")
         if len(self.recipients) >= self.settings.maxRecipients:
+            # Counted as junk: RCPTs past the limit would otherwise keep a session busy forever.
+            if self.count_junk():
+                return None
             return self.reply(452, "4.5.3", "Error: too many recipients")
         refusal = self.server.rcpt_refusal(self, path)
         if refusal is not None:
@@ -80,14 +83,15 @@ class MailTransactionMixin:
 
         def decided(outcome: Any) -> None:
             # gomail.smtp.recipients: users, aliases (expanded here), postmaster, catch-alls.
-            if self.transport.disconnecting:
+            if self.closed or self.transport.disconnecting:
                 return
             if hasattr(outcome, "reason"):
                 self.server.rejections[outcome.reason] += 1
                 return self.reply(*outcome.reply)
-            for address in outcome.addresses:
-                if address not in self.recipients:
-                    self.recipients.append(address)
+            new = [a for a in dict.fromkeys(outcome.addresses) if a not in self.recipients]
+            if not new and self.count_junk():  # a repeated RCPT moves nothing forward
+                return
+            self.recipients.extend(new)
             self.reply(250, "2.1.5", "Recipient ok")
 
         # Pipelined input waits while a lookup is pending (see _wait_for).
@@ -185,5 +189,5 @@ class MailTransactionMixin:
         """DATA must arrive at smtp.minDataRate, after an allowance of one idle timeout."""
         rate = self.settings.minDataRate
         if rate and self._reader is not None:
-            allowed = self._data_started + self.timeout + self._reader.size / rate
+            allowed = self._data_started + self.settings.idleTimeout + self._reader.size / rate
             self._deadline("data", max(0.0, allowed - self.server.clock.seconds()), self._data_too_slow)
