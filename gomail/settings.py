@@ -186,7 +186,9 @@ class SMTPSettings:
     minDataRate: int = setting(500, check=between(0))
     junkCommandLimit: int = setting(100, check=between(1))
     # Proxies (nginx's mail module) that may name their client with XCLIENT.
-    xclientHosts: tuple[str, ...] = setting(("127.0.0.0/8", "::1/128"), check=networks)
+    # Empty by default (Postfix's smtpd_authorized_xclient_hosts): whoever may
+    # send XCLIENT may name any user without a password.
+    xclientHosts: tuple[str, ...] = setting((), check=networks)
 
 
 @dataclass(frozen=True)

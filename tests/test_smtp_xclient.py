@@ -203,6 +203,11 @@ class XClientSessionTests(AuthHarnessMixin, TestCase):
         self.assertNotIn(b"XCLIENT", client.send(b"EHLO mail.example.com\r\n"))
         self.assertEqual(client.send(NGINX_XCLIENT), b"550 5.7.0 Error: insufficient authorization\r\n")
 
+    def test_nobody_by_default(self):
+        """Out of the box smtp.xclientHosts is empty (Postfix's default): loopback may not send XCLIENT."""
+        from gomail.settings import SMTPSettings
+        self.assertEqual(SMTPSettings().xclientHosts, ())
+
     def test_bad_syntax(self):
         """Postfix's 501 5.5.4 replies for malformed commands; nothing changes."""
         client = self.nginx(self.auth_harness(maxErrors=100))
@@ -230,15 +235,32 @@ class XClientSessionTests(AuthHarnessMixin, TestCase):
         self.assertEqual(client.send(b"XCLIENT ADDR=203.0.113.7\r\n"),
                          b"503 5.5.1 Error: MAIL transaction in progress\r\n")
 
-    def test_connections_counted_against_the_proxy(self):
-        """Per-IP connection limits count nginx's own connections, and a closed one frees nginx's slot."""
+    def test_connections_counted_against_the_named_client(self):
+        """
+        maxConnectionsPerIP limits nginx's clients, not nginx: sessions naming
+        different clients all go through; one client over the limit gets
+        421 4.7.0 for its XCLIENT and is closed; a closed session frees its slot.
+        """
         harness = self.auth_harness(maxConnectionsPerIP=2)
         first = self.proxied(harness)
-        self.proxied(harness, b"XCLIENT ADDR=198.51.100.4 LOGIN=bob\r\n")
-        refused = harness.connect(NGINX, greet=False)
-        self.assertEqual(refused.take(), b"421 4.7.0 mx.test Too many connections from your address, try again later\r\n")
+        self.proxied(harness)
+        for n in range(3):
+            self.proxied(harness, b"XCLIENT ADDR=198.51.100.%d LOGIN=bob\r\n" % n)
+        refused = self.nginx(harness)
+        self.assertEqual(refused.send(NGINX_XCLIENT),
+                         b"421 4.7.0 mx.test Too many connections from your address, try again later\r\n")
+        self.assertTrue(refused.closed)
+        refused.lose()
         first.lose()
         self.proxied(harness)
+        self.assertEqual(harness.server.rejections["too_many_connections_per_ip"], 1)
+
+    def test_other_peers_still_counted_at_connect(self):
+        """A peer not in xclientHosts is counted at connect as before: its third connection gets 421 4.7.0."""
+        harness = self.auth_harness(maxConnectionsPerIP=2)
+        harness.connect(CLIENT)
+        harness.connect(CLIENT)
+        self.assertTrue(harness.connect(CLIENT, greet=False).take().startswith(b"421 4.7.0 "))
 
     def test_ipv6_client(self):
         """ADDR=IPV6:... names an IPv6 client (nginx's form), from an IPv6 proxy too."""

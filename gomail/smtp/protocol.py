@@ -62,6 +62,7 @@ class GomailESMTP(SASLMixin, MailTransactionMixin, SMTPFraming):
         self.peer_host = ""
         self.peer_ip = None
         self.admitted = False
+        self.counted_as: str | None = None  # the address this session counts against (smtp.maxConnectionsPerIP)
         self.helo_name: str | None = None
         self.extended = False  # EHLO (True) or HELO (False)
         self.sender: Path | None = None

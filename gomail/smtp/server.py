@@ -153,13 +153,46 @@ class SMTPServer:
         if len(self.sessions) >= self.settings.maxConnections:
             self.rejections["too_many_connections"] += 1
             return (421, "4.7.0", f"{self.settings.hostname} Too many connections, try again later")
-        if self._per_ip[session.peer_host] >= self.settings.maxConnectionsPerIP:
+        refusal = self._count(session, self._per_ip_key(session.peer_host, session.peer_ip))
+        if refusal is None:
+            self.sessions.add(session)
+        return refusal
+
+    def _per_ip_key(self, host: str, ip: Any) -> str | None:
+        """
+        The address a session counts against for smtp.maxConnectionsPerIP; None
+        (not counted) for a proxy in smtp.xclientHosts, whose sessions count
+        against the clients it names (L{count_client}).
+        """
+        return None if self.xclient.allows(ip) else host
+
+    def _count(self, session: GomailESMTP, key: str | None) -> Refusal | None:
+        if key is not None and self._per_ip[key] >= self.settings.maxConnectionsPerIP:
             self.rejections["too_many_connections_per_ip"] += 1
-            self.log.info("refused {client}: too many connections from one address", client=session.client_host)
+            self.log.info("refused {client}: too many connections from one address", client=key)
             return (421, "4.7.0", f"{self.settings.hostname} Too many connections from your address, try again later")
-        self.sessions.add(session)
-        self._per_ip[session.peer_host] += 1
+        self._uncount(session)
+        session.counted_as = key
+        if key is not None:
+            self._per_ip[key] += 1
         return None
+
+    def _uncount(self, session: GomailESMTP) -> None:
+        key, session.counted_as = session.counted_as, None
+        if key is not None:
+            self._per_ip[key] -= 1
+            if self._per_ip[key] <= 0:
+                del self._per_ip[key]
+
+    def count_client(self, session: GomailESMTP) -> Refusal | None:
+        """
+        XCLIENT named the session's client: count the session against that
+        client's address from now on, or say why not (it has too many already).
+        """
+        key = self._per_ip_key(session.client_host, session.client_ip)
+        if key == session.counted_as:
+            return None
+        return self._count(session, key)
 
     async def client_refusal(self, session: GomailESMTP) -> Refusal | None:
         """
@@ -185,14 +218,12 @@ class SMTPServer:
         return (554, "5.7.1", f"{self.settings.hostname} Access denied: your address is blacklisted")
 
     def release(self, session: GomailESMTP) -> None:
-        """Forget a closed session (counted against its connection's own peer, whatever XCLIENT said)."""
+        """Forget a closed session."""
         if not session.spoke:
             self.probes_total += 1
         if session in self.sessions:
             self.sessions.discard(session)
-            self._per_ip[session.peer_host] -= 1
-            if self._per_ip[session.peer_host] <= 0:
-                del self._per_ip[session.peer_host]
+            self._uncount(session)
         if self._drained is not None and not self.sessions:
             drained, self._drained = self._drained, None
             drained.callback(None)

@@ -16,8 +16,9 @@ matters here: nginx relays whatever its client sends once it is logged in, so a
 client that sent its own C{XCLIENT LOGIN=someone-else} would otherwise be
 taken for the proxy (its connection comes from nginx's address).
 
-Per-IP connection counts stay on the connection's own peer (C{peer_host}, see
-L{gomail.smtp.server.SMTPServer.admit}): that is the socket they account for.
+Per-IP connection counts: a proxy's own sessions are not counted; each counts
+against the client its XCLIENT names (L{gomail.smtp.server.SMTPServer.count_client}),
+so C{smtp.maxConnectionsPerIP} limits nginx's clients, not nginx.
 
 L{parse} reads the command and is pure (fuzzed in the tests); L{command} runs it
 in a session: L{gomail.smtp.protocol.GomailESMTP.ext_XCLIENT} delegates here.
@@ -232,6 +233,9 @@ async def _apply(session: GomailESMTP, request: XClient) -> None:
                      user=request.login, peer=session.peer_host)
             return session.reply(550, "5.7.0", "Error: XCLIENT LOGIN names no enabled user")
     _reset(session, request, account)
+    refusal = session.server.count_client(session)
+    if refusal is not None:
+        return session.hang_up(*refusal)
     log.info("XCLIENT from {peer}: client {client} port {port} name {name} helo {helo} user {user}",
              peer=session.peer_host, client=session.client_host, port=request.port or "-",
              name=request.name or "-", helo=request.helo or "-", user=account.name if account else "-")
