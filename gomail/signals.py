@@ -5,9 +5,11 @@ Unix signals the server answers, installed by a service and removed with it.
 twistd handles SIGINT and SIGTERM (a clean stop). SIGHUP is ours: by default
 it ends a process (exit 129), which cut off every client mid-transaction when
 an operator or a terminal sent it. gomail has nothing to reload live yet, so
-it is logged and ignored: it never stops the server. (Queue changes by the
-C{gomail queue} command reach the server through its control channel,
-L{gomail.control}, not through a signal.)
+it is logged and ignored: it never stops the server. SIGUSR1 used to make the
+server rescan its queue; queue changes by the C{gomail queue} command now
+reach the server through its control channel (L{gomail.control}), but an old
+script or cron job may still send it, and its default action would end the
+process: it is logged (with what to use instead) and ignored too.
 
 A signal handler runs between two bytecodes of whatever the main thread was
 doing, so it only hands its work to the reactor (C{callFromThread}).
@@ -24,8 +26,8 @@ from twisted.logger import Logger
 
 class SignalService(Service):
     """
-    Installs the SIGHUP handler in C{startService} and puts the previous one
-    back in C{stopService}.
+    Installs the SIGHUP and SIGUSR1 handlers in C{startService} and puts the
+    previous ones back in C{stopService}.
 
     @param reactor: where the handler's work runs (C{callFromThread}).
     """
@@ -34,21 +36,26 @@ class SignalService(Service):
 
     def __init__(self, reactor: Any) -> None:
         self.reactor = reactor
-        self._previous: Any = None
+        self._previous: dict[int, Any] = {}
 
     def startService(self) -> None:
         super().startService()
-        self._previous = signal.signal(signal.SIGHUP, self._handler)
+        for number in (signal.SIGHUP, signal.SIGUSR1):
+            self._previous[number] = signal.signal(number, self._handler)
 
     def stopService(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGHUP, self._previous)
-            self._previous = None
+        for number, previous in self._previous.items():
+            signal.signal(number, previous)
+        self._previous = {}
         super().stopService()
 
     def _handler(self, signum: int, frame: Any) -> None:
-        self.reactor.callFromThread(self._hangup)
+        self.reactor.callFromThread(self._ignored, signum)
 
-    def _hangup(self) -> None:
-        self.log.warn("SIGHUP received: gomail has no live reload yet, so it is ignored "
-                      "(restart to apply a changed configuration)")
+    def _ignored(self, signum: int) -> None:
+        if signum == signal.SIGHUP:
+            self.log.warn("SIGHUP received: gomail has no live reload yet, so it is ignored "
+                          "(restart to apply a changed configuration)")
+        else:
+            self.log.warn("SIGUSR1 received and ignored: the queue is no longer rescanned on a signal; "
+                          "`gomail queue flush` asks the running server to deliver now")

@@ -1,4 +1,4 @@
-"""The signals the server answers (gomail.signals): SIGHUP logged and ignored, SIGUSR1 left alone."""
+"""The signals the server answers (gomail.signals): SIGHUP and SIGUSR1 logged and ignored."""
 
 from __future__ import annotations
 
@@ -46,10 +46,18 @@ class SignalServiceTests(SynchronousTestCase):
         self.reactor.run_calls()
         self.assertTrue(any("SIGHUP received" in e.get("log_format", "") for e in events))
 
-    def test_sigusr1_not_taken(self) -> None:
-        """SIGUSR1 (the old queue rescan) is no longer handled: queue changes use the control channel."""
+    def test_sigusr1_logged_and_ignored(self) -> None:
+        """
+        SIGUSR1 (the old queue rescan, which an old script may still send) is
+        logged with what to use instead and ignored: it no longer ends the process.
+        """
+        events: list[dict] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
         self.service.startService()
-        self.assertEqual(signal.getsignal(signal.SIGUSR1), self.before[signal.SIGUSR1])
+        os.kill(os.getpid(), signal.SIGUSR1)
+        self.reactor.run_calls()
+        self.assertTrue(any("gomail queue flush" in e.get("log_format", "") for e in events))
 
     def test_stop_restores_previous_handlers(self) -> None:
         """After stopService the handler that was there before is back."""
