@@ -28,6 +28,7 @@ from twisted.logger import Logger
 from twisted.mail.smtp import DATA, ESMTP
 
 from gomail.smtp import guard
+from gomail.smtp.session import SessionAPI
 
 #: The longest command line (RFC 5321 4.5.3.1.4 asks for 512; AUTH needs more).
 MAX_COMMAND_LINE = 2048
@@ -37,7 +38,7 @@ MAX_LONG_LINE = 64 * 1024
 MAX_PIPELINE_BUFFER = 64 * 1024
 
 
-class SMTPFraming(ESMTP):
+class SMTPFraming(SessionAPI, ESMTP):
     """
     The input side of an SMTP session. Subclasses provide the verbs
     (C{do_*}/C{ext_*}), C{state_AUTH}, C{_data_received}, C{reply},

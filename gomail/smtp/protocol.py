@@ -48,14 +48,13 @@ CLOSE_TIMEOUT = 30.0
 class GomailESMTP(SASLMixin, MailTransactionMixin, SMTPFraming):
     """One SMTP session. Shared state and settings come from the L{SMTPServer}."""
 
-    def __init__(self, server: "SMTPServer", implicit_tls: bool = False) -> None:
+    def __init__(self, server: SMTPServer, implicit_tls: bool = False) -> None:
         super().__init__(chal={}, contextFactory=server.tls_context)
         self.init_framing()
         self.server = server
         self.settings = server.settings
         self.host = server.settings.hostname
         self.timeout = server.settings.idleTimeout
-        self.callLater = server.clock.callLater  # TimeoutMixin's timer, on our clock
         self.secure = implicit_tls
         self.client_host = ""
         self.client_ip = None
@@ -83,6 +82,10 @@ class GomailESMTP(SASLMixin, MailTransactionMixin, SMTPFraming):
         self.account: Any = None  # the AuthSuccess of a successful AUTH
         self._auth_failures = 0
         self._auth_step: Any = None  # while an AUTH exchange waits for the client's next line
+
+    def callLater(self, period: Any, func: Any) -> Any:
+        """TimeoutMixin's timer, on the server's clock (never the global reactor's)."""
+        return self.server.clock.callLater(period, func)
 
     # -- connection ---------------------------------------------------------
 
@@ -124,7 +127,7 @@ class GomailESMTP(SASLMixin, MailTransactionMixin, SMTPFraming):
             if self.lost or self.closed or self.transport.disconnecting:
                 return
         self.greeted = True
-        self.sendCode(220, self.host + b" ESMTP gomail")
+        self.banner()
         self._process()  # what a trusted client sent early
 
     def connectionLost(self, reason: Any = None) -> None:
@@ -178,6 +181,10 @@ class GomailESMTP(SASLMixin, MailTransactionMixin, SMTPFraming):
             self.setTimeout(self.settings.idleTimeout)
             return
         self.hang_up(421, "4.4.2", f"{self.settings.hostname} Error: timeout exceeded")
+
+    def banner(self) -> None:
+        """The 220 greeting (at the start, and again after XCLIENT)."""
+        self.sendCode(220, self.host + b" ESMTP gomail")
 
     def exempt_from_sync(self) -> bool:
         """Whether the pipelining and greeting rules are waived: trusted or authenticated clients."""

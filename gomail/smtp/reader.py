@@ -12,8 +12,8 @@ mode: its rest is read and dropped up to the real end of data.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 _BARE_ENDING = re.compile(rb"\r\n|\r|\n")
 

@@ -7,7 +7,7 @@ import email.utils
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from gomail.smtp.protocol import GomailESMTP
+    from gomail.smtp.session import SessionAPI
 
 
 def protocol_name(esmtp: bool, tls: bool, authenticated: bool) -> str:
@@ -17,7 +17,7 @@ def protocol_name(esmtp: bool, tls: bool, authenticated: bool) -> str:
     return "ESMTP" + ("S" if tls else "") + ("A" if authenticated else "")
 
 
-def received_header(session: "GomailESMTP", queue_id: str, now: float) -> bytes:
+def received_header(session: SessionAPI, queue_id: str, now: float) -> bytes:
     """
     The Received: header for a message arriving in C{session}.
 
@@ -32,7 +32,7 @@ def received_header(session: "GomailESMTP", queue_id: str, now: float) -> bytes:
     else:
         source = f"([{ip}])"
     proto = protocol_name(session.extended, session.secure, session.authenticated)
-    date = email.utils.format_datetime(datetime.datetime.fromtimestamp(now, datetime.timezone.utc))
+    date = email.utils.format_datetime(datetime.datetime.fromtimestamp(now, datetime.UTC))
     lines = [
         f"Received: from {session.helo_name or 'unknown'} {source}",
         f"\tby {session.settings.hostname} (gomail) with {proto} id {queue_id}",

@@ -147,14 +147,14 @@ class LocalRecipients:
             await self._resolve(address, (), expansion)
         except _TooLarge as e:
             if e.deep:
-                self.log.warn("alias expansion of <{recipient}> too deep: check its aliases",  # noqa: G010
+                self.log.warn("alias expansion of <{recipient}> too deep: check its aliases",
                               recipient=address)
                 return Refused(550, "5.4.6", f"<{given}>: Recipient address rejected: alias expansion "
                                              f"too deep", "alias_loop")
             return Refused(550, "5.5.3", f"<{given}>: Recipient address rejected: expands to more than "
                                          f"{limit} recipients", "too_many_recipients")
         except Exception as e:  # noqa: BLE001 (whatever the store raises, the answer is 451)
-            self.log.warn("recipient <{recipient}> not checked, the user database cannot answer: "  # noqa: G010
+            self.log.warn("recipient <{recipient}> not checked, the user database cannot answer: "
                           "{error}", recipient=address, error=str(e) or type(e).__name__)
             return Refused(451, "4.3.0", f"<{given}>: Temporary lookup failure, try again later",
                            "recipient_lookup_failed")
@@ -162,7 +162,7 @@ class LocalRecipients:
         skipped = [f"<{t}> (unknown)" for t in expansion.unknown if t != address]
         skipped += [f"<{t}> (loop)" for t in expansion.loops]
         if skipped:
-            self.log.warn("alias targets of <{recipient}> skipped: {targets}",  # noqa: G010
+            self.log.warn("alias targets of <{recipient}> skipped: {targets}",
                           recipient=address, targets=", ".join(skipped))
         if not found and expansion.loops:
             return Refused(550, "5.4.6", f"<{given}>: Recipient address rejected: alias loop", "alias_loop")

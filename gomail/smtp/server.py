@@ -22,6 +22,7 @@ from gomail.smtp.address import Path
 from gomail.smtp.policy import RelayPolicy, own_domain
 from gomail.smtp.protocol import GomailESMTP
 from gomail.smtp.recipients import LocalRecipients
+from gomail.smtp.session import SessionAPI
 from gomail.smtp.xclient import XClientAccess
 
 if TYPE_CHECKING:
@@ -81,9 +82,9 @@ class SMTPServer:
 
     log = Logger()
 
-    def __init__(self, settings: SMTPSettings, policy: RelayPolicy, spool: "Spool",
+    def __init__(self, settings: SMTPSettings, policy: RelayPolicy, spool: Spool,
                  clock: IReactorTime, tls_context: Any, queue_size: int, log_envelopes: bool,
-                 portal: Any = None, rate_limiter: "RateLimiter | None" = None,
+                 portal: Any = None, rate_limiter: RateLimiter | None = None,
                  auth_settings: AuthSettings | None = None, blacklist: Any = None,
                  recipients: LocalRecipients | None = None, default_user: str = "", users: Any = None) -> None:
         self.settings = settings
@@ -115,7 +116,7 @@ class SMTPServer:
         self.probes_total = 0  # connections closed without a byte from the client
         self.received_messages = 0
         self.received_recipients = 0
-        self.sessions: set[GomailESMTP] = set()
+        self.sessions: set[SessionAPI] = set()
         self._per_ip: Counter[str] = Counter()
         self.shutting_down = False
         self._drained: Deferred | None = None
@@ -126,7 +127,7 @@ class SMTPServer:
 
     # -- sessions -----------------------------------------------------------
 
-    def admit(self, session: GomailESMTP) -> Refusal | None:
+    def admit(self, session: SessionAPI) -> Refusal | None:
         """
         Register a new session, or say why it is refused (then it is not
         registered). A session counts in C{sessions_total} once refused or once
@@ -139,11 +140,11 @@ class SMTPServer:
             self.sessions_total += 1
         return refusal
 
-    def spoke(self, session: GomailESMTP) -> None:
+    def spoke(self, session: SessionAPI) -> None:
         """The client of an admitted session sent its first bytes: a session, not a probe."""
         self.sessions_total += 1
 
-    def _admission(self, session: GomailESMTP) -> Refusal | None:
+    def _admission(self, session: SessionAPI) -> Refusal | None:
         if self.shutting_down:
             return (421, "4.3.2", f"{self.settings.hostname} Service shutting down, try again later")
         if not self.policy.may_connect(session.client_ip):
@@ -166,7 +167,7 @@ class SMTPServer:
         """
         return None if self.xclient.allows(ip) else host
 
-    def _count(self, session: GomailESMTP, key: str | None) -> Refusal | None:
+    def _count(self, session: SessionAPI, key: str | None) -> Refusal | None:
         if key is not None and self._per_ip[key] >= self.settings.maxConnectionsPerIP:
             self.rejections["too_many_connections_per_ip"] += 1
             self.log.info("refused {client}: too many connections from one address", client=key)
@@ -177,14 +178,14 @@ class SMTPServer:
             self._per_ip[key] += 1
         return None
 
-    def _uncount(self, session: GomailESMTP) -> None:
+    def _uncount(self, session: SessionAPI) -> None:
         key, session.counted_as = session.counted_as, None
         if key is not None:
             self._per_ip[key] -= 1
             if self._per_ip[key] <= 0:
                 del self._per_ip[key]
 
-    def count_client(self, session: GomailESMTP) -> Refusal | None:
+    def count_client(self, session: SessionAPI) -> Refusal | None:
         """
         XCLIENT named the session's client: count the session against that
         client's address from now on, or say why not (it has too many already).
@@ -194,7 +195,7 @@ class SMTPServer:
             return None
         return self._count(session, key)
 
-    async def client_refusal(self, session: GomailESMTP) -> Refusal | None:
+    async def client_refusal(self, session: SessionAPI) -> Refusal | None:
         """
         Why a client is refused before its banner (the IP blacklist), or None.
         A blacklist that cannot be read lets the client in: it guards logins
@@ -204,7 +205,7 @@ class SMTPServer:
             return None
         try:
             listed = await self.blacklist.check(session.client_host)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 -- any store failure: intake goes on unchecked
             self.log.warn("IP blacklist unavailable, not checked for {client}: {error}",
                           client=session.client_host, error=str(e) or type(e).__name__)
             return None
@@ -217,7 +218,7 @@ class SMTPServer:
                           more=f" ({suppressed} more refused meanwhile)" if suppressed else "")
         return (554, "5.7.1", f"{self.settings.hostname} Access denied: your address is blacklisted")
 
-    def release(self, session: GomailESMTP) -> None:
+    def release(self, session: SessionAPI) -> None:
         """Forget a closed session."""
         if not session.spoke:
             self.probes_total += 1
@@ -238,9 +239,16 @@ class SMTPServer:
             session.close_gracefully()
         if not self.sessions:
             return succeed(None)
-        self._drained = drained = Deferred()
+        drained: Deferred[None] = Deferred()
+        self._drained = drained
         timer = self.clock.callLater(timeout, self._cut, timeout)
-        drained.addBoth(lambda result: (timer.active() and timer.cancel(), result)[1])
+
+        def stop_timer(result: Any) -> Any:
+            if timer.active():
+                timer.cancel()
+            return result
+
+        drained.addBoth(stop_timer)
         return drained
 
     def _cut(self, timeout: float) -> None:
@@ -254,14 +262,14 @@ class SMTPServer:
 
     # -- intake rules -------------------------------------------------------
 
-    async def mail_refusal(self, session: GomailESMTP, sender: Path) -> Refusal | None:
+    async def mail_refusal(self, session: SessionAPI, sender: Path) -> Refusal | None:
         """Why MAIL FROM C{sender} is refused in this session, or None."""
         refusal = await self._mail_refusal(session, sender)
         if refusal is not None:
             self.rejections[_REASONS.get(refusal[1], refusal[1])] += 1
         return refusal
 
-    async def _mail_refusal(self, session: GomailESMTP, sender: Path) -> Refusal | None:
+    async def _mail_refusal(self, session: SessionAPI, sender: Path) -> Refusal | None:
         if self.policy.require_auth and session.account is None:
             return (530, "5.7.0", "Authentication required")
         if session.account is not None and not self.may_send_as(session.account.user, sender):
@@ -287,7 +295,7 @@ class SMTPServer:
                 return (451, "4.7.1", "Rate limit exceeded, try again later")
         return None
 
-    def audit_login(self, session: GomailESMTP, user: str, result: str, reason: str, started: float) -> bool:
+    def audit_login(self, session: SessionAPI, user: str, result: str, reason: str, started: float) -> bool:
         """
         Record an SMTP AUTH attempt in the audit log (protocol C{smtp}, the user
         name as given, never a password); whether it was recorded (True when no
@@ -323,20 +331,20 @@ class SMTPServer:
         return any(entry.lower() in (address, domain) for entry in allowed)
 
     @staticmethod
-    def rate_key(session: GomailESMTP, sender: Path) -> str:
+    def rate_key(session: SessionAPI, sender: Path) -> str:
         """Whom a message counts against: the authenticated user, else the envelope sender."""
         if session.account is not None:
             return "user:" + session.account.name
         return "sender:" + sender.address.lower()
 
-    def rcpt_refusal(self, session: GomailESMTP, path: Path) -> Refusal | None:
+    def rcpt_refusal(self, session: SessionAPI, path: Path) -> Refusal | None:
         """Why a recipient is refused in this session, or None."""
         if path.domain and not self.policy.may_relay(session.client_ip, session.authenticated, path.domain):
             self.rejections["relay_denied"] += 1
             return (554, "5.7.1", f"<{path.address}>: Relay access denied")
         return None
 
-    def accepted(self, session: GomailESMTP, envelope: "Envelope") -> None:
+    def accepted(self, session: SessionAPI, envelope: Envelope) -> None:
         """Log (and count against the rate limits) a message that has just been queued."""
         self.received_messages += 1
         self.received_recipients += len(envelope.recipients)

@@ -20,25 +20,30 @@ from twisted.mail.smtp import COMMAND, DATA
 from gomail.smtp.address import AddressError, Path, parse_path
 from gomail.smtp.reader import DataReader
 from gomail.smtp.received import received_header
+from gomail.smtp.session import SessionAPI
 from gomail.spool.envelope import Envelope, Recipient
 
 _HEADER_START = re.compile(rb"^[\x21-\x39\x3b-\x7e]+:|^\r\n")
 
 
-class MailTransactionMixin:
+class MailTransactionMixin(SessionAPI):
     """MAIL, RCPT and DATA for an SMTP session (uses its C{server}, C{settings}, C{reply}...)."""
 
-    def do_MAIL(self, rest: bytes) -> None:
+    def do_MAIL(self, rest: bytes) -> Deferred | None:
+        """MAIL FROM: a Deferred while the sender is checked (ownership, rate limits), else None."""
         if self.helo_name is None:
-            return self.reply(503, "5.5.1", "Error: send HELO/EHLO first")
-        if self.sender is not None:
-            return self.reply(503, "5.5.1", "Error: nested MAIL command")
-        try:
-            path = parse_path(rest, b"FROM", allow_null=True)
-            body_type = self._check_mail_params(path)
-        except AddressError as e:
-            return self.reply(e.code, e.status, e.text)
-        return Deferred.fromCoroutine(self._accept_sender(path, body_type))
+            self.reply(503, "5.5.1", "Error: send HELO/EHLO first")
+        elif self.sender is not None:
+            self.reply(503, "5.5.1", "Error: nested MAIL command")
+        else:
+            try:
+                path = parse_path(rest, b"FROM", allow_null=True)
+                body_type = self._check_mail_params(path)
+            except AddressError as e:
+                self.reply(e.code, e.status, e.text)
+            else:
+                return Deferred.fromCoroutine(self._accept_sender(path, body_type))
+        return None
 
     async def _accept_sender(self, path: Path, body_type: str | None) -> None:
         refusal = await self.server.mail_refusal(self, path)
@@ -134,6 +139,7 @@ class MailTransactionMixin:
     def _data_received(self) -> None:
         data, self._input = self._input, b""
         self.resetTimeout()
+        assert self._reader is not None  # DATA mode: do_DATA made it
         rest = self._reader.feed(data)
         self._data_deadline()
         if rest is not None:
@@ -147,6 +153,7 @@ class MailTransactionMixin:
         self._deadline("data", 0, None)
         self._resume("disk")
         sender, recipients, body_type = self.sender, self.recipients, self.body_type
+        assert message is not None and reader is not None and sender is not None  # set by MAIL and DATA
         self.reset_transaction()
         if reader.error is not None:
             await message.abort()
@@ -161,7 +168,7 @@ class MailTransactionMixin:
         )
         try:
             await message.commit(envelope)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 -- any commit failure: 451, the client retries
             if isinstance(e, OSError) and e.errno == errno.EFBIG:
                 # A file-size limit (RLIMIT_FSIZE, a quota's): this message can never be stored.
                 self.log.error("could not queue a message from {client}: {error}", client=self.client_host,

@@ -39,7 +39,7 @@ from gomail.auth.checker import AuthSuccess
 from gomail.netaddr import IPAddress, parse_ip
 
 if TYPE_CHECKING:
-    from gomail.smtp.protocol import GomailESMTP
+    from gomail.smtp.session import SessionAPI
 
 #: The attributes we accept, as Postfix names them; the EHLO keyword lists them.
 ATTRIBUTES = ("NAME", "ADDR", "PORT", "PROTO", "HELO", "LOGIN", "DESTADDR", "DESTPORT")
@@ -192,13 +192,13 @@ class XClientAccess:
         return AuthSuccess(user, "xclient", "")
 
 
-def offered(session: GomailESMTP) -> bool:
+def offered(session: SessionAPI) -> bool:
     """Whether C{session} may send XCLIENT: its connection's peer and its current client are allowed."""
     access = session.server.xclient
     return access.allows(session.peer_ip) and access.allows(session.client_ip)
 
 
-def command(session: GomailESMTP, rest: bytes) -> Deferred | None:
+def command(session: SessionAPI, rest: bytes) -> Deferred | None:
     """Run C{XCLIENT rest} in C{session}: the refusals, or the new session's 220 (Deferred)."""
     if not offered(session):
         session.server.rejections["xclient_denied"] += 1
@@ -217,7 +217,7 @@ def command(session: GomailESMTP, rest: bytes) -> Deferred | None:
     return Deferred.fromCoroutine(_apply(session, request))
 
 
-async def _apply(session: GomailESMTP, request: XClient) -> None:
+async def _apply(session: SessionAPI, request: XClient) -> None:
     account = None
     if request.login is not None:
         try:
@@ -229,7 +229,7 @@ async def _apply(session: GomailESMTP, request: XClient) -> None:
                                    "try again later")
         if account is None:
             session.server.rejections["xclient_unknown_login"] += 1
-            log.warn("XCLIENT LOGIN {user} from {peer} refused: no such enabled user",  # noqa: G010
+            log.warn("XCLIENT LOGIN {user} from {peer} refused: no such enabled user",
                      user=request.login, peer=session.peer_host)
             return session.reply(550, "5.7.0", "Error: XCLIENT LOGIN names no enabled user")
     _reset(session, request, account)
@@ -244,11 +244,11 @@ async def _apply(session: GomailESMTP, request: XClient) -> None:
         return None
     if refusal is not None:
         return session.hang_up(*refusal)
-    session.sendCode(220, session.host + b" ESMTP gomail")
+    session.banner()
     return None
 
 
-def _reset(session: GomailESMTP, request: XClient, account: AuthSuccess | None) -> None:
+def _reset(session: SessionAPI, request: XClient, account: AuthSuccess | None) -> None:
     """
     Back to the greeting stage, as the named client (XCLIENT_README, "XCLIENT
     Server response"): HELO and PROTO are what the command said (else none,
