@@ -41,10 +41,12 @@ def main(argv: list[str] | None = None, clock: IReactorTime | None = None,
     runners = {**dict.fromkeys(queuecli.COMMANDS, queuecli.run), **dict.fromkeys(aliascli.COMMANDS, aliascli.run),
                **dict.fromkeys(blacklistcli.COMMANDS, blacklistcli.run)}
     if args.command in (*runners, *usercli.COMMANDS):
+        # The commands only ask the clock for seconds(): outside a reactor, the system's.
+        now: Any = clock or WallClock()
         try:
             if args.command in usercli.COMMANDS:
-                return usercli.run(args, clock or WallClock(), bcrypt_rounds)
-            return runners[args.command](args, clock or WallClock())
+                return usercli.run(args, now, bcrypt_rounds)
+            return runners[args.command](args, now)
         except BrokenPipeError:
             # The reader went away (`gomail queue list | head`): stop quietly.
             try:

@@ -18,7 +18,8 @@ import re
 import socket
 import tomllib
 import typing
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from gomail.settings import Config
 
@@ -108,12 +109,12 @@ def _environment_overrides(environ: Mapping[str, str]) -> dict[str, _Override]:
     for variable, value in environ.items():
         if not variable.startswith(ENV_PREFIX):
             continue
-        dotted = by_generic.get(variable.upper())
-        if dotted is None:
+        known = by_generic.get(variable.upper())
+        if known is None:
             overrides["?" + variable] = _Override(variable, value)
         else:
             # The generic name is the more specific request: it wins over a legacy one.
-            overrides[dotted] = _Override(variable, value)
+            overrides[known] = _Override(variable, value)
     return overrides
 
 
@@ -124,7 +125,7 @@ def _check_unused(overrides: dict[str, _Override]) -> None:
                               "no such configuration key (see conf/gomail.toml for the keys)")
 
 
-def _build(cls: type, data: Any, prefix: str, source: str, overrides: dict[str, _Override]) -> Any:
+def _build(cls: Any, data: Any, prefix: str, source: str, overrides: dict[str, _Override]) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(source, prefix.rstrip(".") or "(top level)", "must be a table/object of keys")
     hints = typing.get_type_hints(cls)
@@ -149,7 +150,7 @@ def _build(cls: type, data: Any, prefix: str, source: str, overrides: dict[str, 
         else:
             # An absent key takes its default, which must pass the check too (a provider needs a host).
             where = source
-            value = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            value = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
         check = f.metadata.get("check")
         problem = check(value) if check else None
         if problem:
@@ -274,8 +275,8 @@ def describe(config: Config) -> str:
         f"delivery: {'smarthost ' + (config.forwardHost or 'providers') if config.forwardSMTP else 'local mailbox'}",
         f"monitor: {', '.join(config.monitor.listen) if config.enableHealthCheck else 'off'}",
         f"nginx auth_http: {', '.join(config.nginxAuth.listen) + config.nginxAuth.path if config.nginxAuth.enabled else 'off'}",
-        f"requireAuth: {str(config.security.requireAuth).lower()}, "
-        f"allowLocalOnly: {str(config.security.allowLocalOnly).lower()}",
+        (f"requireAuth: {str(config.security.requireAuth).lower()}, "
+         f"allowLocalOnly: {str(config.security.allowLocalOnly).lower()}"),
     ]
     return "\n".join(lines)
 

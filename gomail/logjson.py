@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import IO, Any, Mapping
+from typing import IO, Any
 
 from twisted.logger import FileLogObserver, formatEvent
 
@@ -32,7 +32,7 @@ _INTERNAL = frozenset({"message", "system", "isError", "format", "why", "failure
 _PLAIN = (str, int, float, bool, type(None))
 
 
-def json_line(event: Mapping[str, Any]) -> str:
+def json_line(event: dict[str, Any]) -> str:
     """One event as one line of JSON (with its newline)."""
     when = event.get("log_time") or time.time()
     level = event.get("log_level")
@@ -52,7 +52,7 @@ def json_line(event: Mapping[str, Any]) -> str:
     return json.dumps(record, ensure_ascii=False) + "\n"
 
 
-def _message(event: Mapping[str, Any]) -> str:
+def _message(event: dict[str, Any]) -> str:
     text = formatEvent(event)
     if not text and isinstance(event.get("message"), tuple):  # a legacy log.msg("a", "b") event
         text = " ".join(str(part) for part in event["message"])

@@ -15,7 +15,8 @@ does not format cleanly.
 from __future__ import annotations
 
 import sys
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from twisted.logger import FileLogObserver, formatEventAsClassicLogText, formatTime
 from twisted.python.logfile import LogFile
@@ -28,7 +29,7 @@ class ClassicText:
         self._second: int | None = None
         self._time_text = ""
 
-    def __call__(self, event: Mapping[str, Any]) -> str | None:
+    def __call__(self, event: dict[str, Any]) -> str | None:
         fmt = event.get("log_format")
         when = event.get("log_time")
         if (type(fmt) is not str or not fmt or when is None or "log_failure" in event
@@ -36,7 +37,7 @@ class ClassicText:
             return formatEventAsClassicLogText(event)
         try:
             text = fmt.format_map(event)
-        except Exception:
+        except Exception:  # noqa: BLE001 -- any field's __format__ may raise: twisted's own line then
             return formatEventAsClassicLogText(event)  # its "Unable to format event" line
         if not text:
             return None

@@ -17,13 +17,15 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, Callable, Coroutine, TextIO
+from typing import Any, TextIO
 
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger, LogLevel, formatEvent
+from twisted.logger import ILogObserver, Logger, LogLevel, formatEvent
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from gomail.clicommon import iso_time
 from gomail.control.commands import valid_id
@@ -86,6 +88,7 @@ def open_spool(directory: str, clock: IReactorTime, errors: TextIO | None = None
     return spool, failed
 
 
+@implementer(ILogObserver)
 class _ErrorLines:
     """A log observer writing warnings and errors as one C{gomail: ...} line each."""
 

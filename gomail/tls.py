@@ -7,13 +7,16 @@ import os
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from cryptography.x509.oid import NameOID
 from OpenSSL import crypto
 from twisted.internet import ssl
 from twisted.logger import Logger
 
 log = Logger()
+#: The private keys pyOpenSSL can serve (load_pem_private_key may return others, such as X25519).
+_TLS_KEY_TYPES = (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, dsa.DSAPrivateKey,
+                  ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)
 
 
 class TLSConfigError(Exception):
@@ -38,6 +41,9 @@ def server_context(certificate: str, private_key: str, data_dir: str, hostname: 
             key = serialization.load_pem_private_key(f.read(), password=None)
     except (OSError, ValueError, TypeError) as e:
         raise TLSConfigError(f"smtp.tlsPrivateKey: cannot load {private_key}: {e}") from None
+    if not isinstance(key, _TLS_KEY_TYPES):
+        raise TLSConfigError(f"smtp.tlsPrivateKey: {private_key} holds a {type(key).__name__}, "
+                             "not an RSA, EC, DSA, Ed25519 or Ed448 key")
     return ssl.CertificateOptions(
         privateKey=crypto.PKey.from_cryptography_key(key),
         certificate=crypto.X509.from_cryptography(chain[0]),
@@ -56,7 +62,7 @@ def ensure_self_signed(directory: str, hostname: str) -> tuple[str, str]:
     os.makedirs(directory, mode=0o700, exist_ok=True)
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname[:64] or "localhost")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     names = {hostname, "localhost"} - {""}
     cert = (
         x509.CertificateBuilder()

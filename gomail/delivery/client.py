@@ -71,6 +71,8 @@ class RelayProtocol(PipeliningMixin, ESMTPClient):
 
     debug = False
     heloFallback = True
+    #: Twisted's SMTPClient: the reply codes the current step expects (a range or a list of codes).
+    _expected: Any
 
     def __init__(self, identity: str, clock: IReactorTime, command_timeout: float,
                  username: str = "", password: str = "", tls_context: Any = None,
@@ -86,10 +88,11 @@ class RelayProtocol(PipeliningMixin, ESMTPClient):
             require_tls = True
         self.requireTransportSecurity = require_tls
         self.implicit_tls = implicit_tls
-        self.timeout = command_timeout
+        # TimeoutMixin's idle timeout (twisted declares the attribute as None only).
+        self.timeout = command_timeout  # type: ignore[assignment]
         # The wait for the final dot's reply: never shorter than for any other reply.
         self.data_timeout = max(command_timeout, data_timeout if data_timeout is not None else 600.0)
-        self.callLater = clock.callLater
+        self.clock = clock
         self.step = "connect"
         self.awaiting_dot = False
         self.ready: Deferred = Deferred()
@@ -195,12 +198,17 @@ class RelayProtocol(PipeliningMixin, ESMTPClient):
     def getMailFrom(self) -> str | None:
         return self._current.sender if self._current is not None else None
 
+    def callLater(self, period: Any, func: Any) -> Any:
+        """TimeoutMixin's timer, on the injected clock."""
+        return self.clock.callLater(period, func)
+
     def getMailTo(self) -> list[str]:
-        return self._current.recipients
+        return self._current.recipients if self._current is not None else []
 
     def smtpState_data(self, code: int, resp: bytes) -> None:
         # Twisted's version hands getMailData()'s file to a FileSender, which reads it on
         # the reactor thread; this one reads in the I/O pool (same states afterwards).
+        assert self._current is not None  # DATA is only sent for a transaction
         self._stuffer = DotStuffer()
         self.step = SENDING_CONTENT
         sending = send_content(self._current.open_content(), self.transport, self.transformChunk)
@@ -215,11 +223,15 @@ class RelayProtocol(PipeliningMixin, ESMTPClient):
             self.step = FINAL_DOT
             self.awaiting_dot = True
             self.setTimeout(self.data_timeout)
-            self.transport.write(self._stuffer.finish())
+            self.transport.write(self._stuffing().finish())
+
+    def _stuffing(self) -> DotStuffer:
+        assert self._stuffer is not None  # made in smtpState_data, before any content
+        return self._stuffer
 
     def transformChunk(self, chunk: bytes) -> bytes:
         self.resetTimeout()
-        return self._stuffer.feed(chunk)
+        return self._stuffing().feed(chunk)
 
     def sentMail(self, code: int, resp: bytes, numOk: int, addresses: list, log: Any) -> None:
         transaction, self._current = self._current, None
@@ -298,7 +310,7 @@ class RelayProtocol(PipeliningMixin, ESMTPClient):
         self.closed = True
         self._disconnectFromServer()
 
-    def connectionLost(self, reason: Failure = None) -> None:
+    def connectionLost(self, reason: Failure | None = None) -> None:
         super().connectionLost(reason)
         possible_duplicate, self.awaiting_dot = self.awaiting_dot, False
         self.closed = True

@@ -132,9 +132,11 @@ class ForwardedFor:
             return None
         # Several kinds of header that disagree: one was set by the client, not by the proxy.
         clients = {self._nearest_untrusted(chain) for chain in chains}
-        if len(clients) != 1 or None in clients:
+        if len(clients) != 1:
             return None
         client = clients.pop()
+        if client is None:
+            return None
         return (IPv6Address if client.version == 6 else IPv4Address)("TCP", str(client), 0)
 
     def _nearest_untrusted(self, chain: list[IPAddress | None] | None) -> IPAddress | None:

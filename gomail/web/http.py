@@ -76,11 +76,12 @@ class LimitedRequest(Request):
             return
         self._refused = True
         body = b'{"error": "request body too large"}\n'
-        transport = self.channel.transport
+        channel: Any = self.channel  # its transport is replaced below
+        transport = channel.transport
         transport.write(b"HTTP/1.1 413 Payload Too Large\r\nContent-Type: application/json\r\n"
                         b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
         transport.loseConnection()
-        self.channel.transport = _Discard()  # whatever the parser does next goes nowhere
+        channel.transport = _Discard()  # whatever the parser does next goes nowhere
 
 
 class _Discard:
@@ -131,7 +132,8 @@ class BoundedHTTPChannel(HTTPChannel):
 
     def _output_full(self) -> None:
         self.paused = True  # LineReceiver parses nothing more of its buffer
-        self.transport.pauseProducing()  # HTTPChannel does not while a request is handled
+        transport: Any = self.transport  # a TCP or TLS transport: IPushProducer too
+        transport.pauseProducing()  # HTTPChannel does not while a request is handled
 
     def _output_drained(self) -> None:
         self.paused = False
@@ -153,7 +155,10 @@ class LimitedSite(Site):
 
     def __init__(self, resource: Any, reactor: Any, max_request_bytes: int, timeout: float) -> None:
         super().__init__(resource, reactor=reactor, timeout=timeout)
-        self.requestFactory = type("Limited", (LimitedRequest,), {"max_bytes": max_request_bytes})
+        class Limited(LimitedRequest):
+            max_bytes = max_request_bytes
+
+        self.requestFactory = Limited
         self.max_header_bytes = min(16384, max_request_bytes)
         self.noisy = False
 
