@@ -17,10 +17,11 @@ files or the environment.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any
 
-Check = Callable[[Any], Optional[str]]
+Check = Callable[[Any], str | None]
 
 
 def setting(default: Any, *, check: Check | None = None, env: str | None = None,
@@ -106,7 +107,7 @@ def endpoints(values: tuple[str, ...]) -> str | None:
             # Parsing only stores the reactor, so no reactor is needed to check the
             # syntax (an ssl: description also reads its certificate files).
             serverFromString(None, value)
-        except Exception as e:  # endpoint parsers raise ValueError, KeyError, TypeError...
+        except Exception as e:  # noqa: BLE001 -- endpoint parsers raise ValueError, KeyError, TypeError...
             return f"{value!r} is not a valid endpoint description ({e})"
     return None
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any
+from typing import Any, ClassVar
 
 from twisted.python import usage
 
@@ -23,7 +23,7 @@ class Options(usage.Options):
     longdesc = ("Run the gomail mail server. Without --config only the built-in defaults and "
                 "environment variables apply. Endpoints are Twisted endpoint strings, "
                 "e.g. tcp:2525:interface=127.0.0.1.")
-    optParameters = [
+    optParameters: ClassVar[list[list[Any]]] = [
         ["config", "c", None, "Configuration file: TOML, or the Go relay's config.json (name ends in .json)."],
     ]
 

@@ -74,7 +74,7 @@ def _status_of(reply: str | None, action: str = "failed") -> str:
 
 
 def _date(moment: float) -> str:
-    return email.utils.format_datetime(datetime.datetime.fromtimestamp(moment, datetime.timezone.utc))
+    return email.utils.format_datetime(datetime.datetime.fromtimestamp(moment, datetime.UTC))
 
 
 def build_bounce(envelope: Envelope, headers: bytes, hostname: str, now: float) -> bytes:

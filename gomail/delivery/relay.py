@@ -121,7 +121,7 @@ class RelayAgent:
                 await deferLater(self.clock, self.batch_delay, lambda: None)
             if deadline is not None and self.clock.seconds() >= deadline:
                 rest = [address for later in batches[index:] for address in later]
-                self.log.warn("{queue_id}: processingTimeout ({timeout:g} s) reached, {count} recipients left "  # noqa: G010 - twisted.logger
+                self.log.warn("{queue_id}: processingTimeout ({timeout:g} s) reached, {count} recipients left "
                               "for the next attempt", queue_id=envelope.id, timeout=self.processing_timeout,
                               count=len(rest))
                 results.update({address: self._expired().reply for address in rest})
@@ -205,7 +205,7 @@ class RelayAgent:
 
     def _possible_duplicate(self, envelope: Envelope, smarthost: Smarthost, what: str) -> None:
         self.possible_duplicates += 1
-        self.log.warn("{queue_id} possible duplicate: {smarthost} got the final dot but no reply to it ({what}); "  # noqa: G010 - twisted.logger
+        self.log.warn("{queue_id} possible duplicate: {smarthost} got the final dot but no reply to it ({what}); "
                       "the message may already be delivered, and is retried all the same (at least once)",
                       queue_id=envelope.id, smarthost=str(smarthost), what=what)
 
@@ -224,7 +224,7 @@ class RelayAgent:
     def _failed(self, smarthost: Smarthost, failure: ConnectionFailure) -> None:
         health = self._health[smarthost]
         health.failures += 1
-        self.log.warn("smarthost {smarthost} failed ({count} in a row): {code} {text}", smarthost=str(smarthost),  # noqa: G010 - twisted.logger
+        self.log.warn("smarthost {smarthost} failed ({count} in a row): {code} {text}", smarthost=str(smarthost),
                       count=health.failures, code=failure.code, text=failure.text)
         if health.failures >= self.failure_threshold:
             health.skip_until = self.clock.seconds() + self.skip_seconds

@@ -17,7 +17,8 @@ expiry follows the server's.
 from __future__ import annotations
 
 import os
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 # txredisapi imports the global reactor: import this module only once the
@@ -309,4 +310,4 @@ def _score(seconds: float) -> str:
     return f"{seconds:.6f}"
 
 
-__all__ = ["RedisStateStore", "parse_url", "POOL_SIZE"]
+__all__ = ["POOL_SIZE", "RedisStateStore", "parse_url"]
