@@ -53,6 +53,13 @@ class MemoryUsers:
             return fail(OSError("database is locked"))
         return succeed(self.users.get(canonical_username(name)))
 
+    def upgrade_password_hash(self, name: str, old_hash: bytes, new_hash: bytes) -> Deferred:
+        user = self.users.get(name)
+        if user is None or user.password_hash != old_hash:
+            return succeed(False)
+        self.users[name] = dataclasses.replace(user, password_hash=new_hash)  # same password: version kept
+        return succeed(True)
+
     def touch_app_password(self, app_id: int, now: float) -> Deferred:
         self.touched.append(app_id)
         return succeed(None)
@@ -73,6 +80,9 @@ class SyncVerifier:
     def verify(self, password: str, hashed_password: bytes) -> Deferred:
         self.hashes.append(hashed_password)
         return succeed(bcrypt.checkpw(password.encode("utf-8", "surrogatepass"), hashed_password))
+
+    def hash(self, password: str, rounds: int) -> Deferred:
+        return succeed(bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds)))
 
 
 def auth_settings(**overrides: Any) -> AuthSettings:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import bcrypt
 import pyotp
+from twisted.internet.defer import fail
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
@@ -305,6 +307,44 @@ class RefusalCostTests(CheckerMixin, TestCase):
         self.check("alice", "s3cret")
         self.check("tom", "abcd-efgh-ijkl-mnop")
         self.assertEqual(len(self.verifier.hashes), 1)
+
+
+class HashCostTests(CheckerMixin, TestCase):
+    """
+    A user whose hash has another bcrypt cost than auth.bcryptRounds (the
+    dummy hash's) is rehashed at the first right password, so a refusal's time
+    does not tell that user from an unknown one for long.
+    """
+
+    def test_rehashed_at_the_configured_cost(self):
+        """A cost-5 hash verifies, then is replaced by a cost-4 hash of the same password; the version is kept."""
+        self.users.change("alice", password_hash=bcrypt.hashpw(b"s3cret", bcrypt.gensalt(5)))
+        version = self.users.users["alice"].credential_version
+        self.assertEqual(self.check("alice", "s3cret").via, "password")
+        upgraded = self.users.users["alice"]
+        self.assertTrue(upgraded.password_hash.startswith(b"$2b$04$"))
+        self.assertTrue(bcrypt.checkpw(b"s3cret", upgraded.password_hash))
+        self.assertEqual(upgraded.credential_version, version)
+        self.assertEqual(self.check("alice", "s3cret").via, "cache")  # the cached login stays valid
+
+    def test_not_on_a_wrong_password(self):
+        """A wrong password changes nothing."""
+        old = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(5))
+        self.users.change("alice", password_hash=old)
+        self.assertEqual(self.check("alice", "wrong"), "bad-password")
+        self.assertEqual(self.users.users["alice"].password_hash, old)
+
+    def test_same_cost_left_alone(self):
+        """A hash at the configured cost is not rewritten."""
+        old = self.users.users["alice"].password_hash
+        self.check("alice", "s3cret")
+        self.assertEqual(self.users.users["alice"].password_hash, old)
+
+    def test_failed_upgrade_does_not_fail_the_login(self):
+        """A store that cannot save the new hash: the login still succeeds, the failure is logged."""
+        self.users.change("alice", password_hash=bcrypt.hashpw(b"s3cret", bcrypt.gensalt(5)))
+        self.users.upgrade_password_hash = lambda *args: fail(OSError("database is locked"))
+        self.assertEqual(self.check("alice", "s3cret").name, "alice")
 
 
 class CacheTests(CheckerMixin, TestCase):

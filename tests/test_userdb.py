@@ -16,7 +16,7 @@ import stat
 import bcrypt
 from twisted.trial.unittest import SynchronousTestCase
 
-from gomail.auth import passwords, userdb
+from gomail.auth import dbfile, passwords, userdb
 from gomail.auth.names import canonical_sender, canonical_username
 from gomail.auth.records import AppPassword, BlacklistEntry
 
@@ -63,10 +63,10 @@ class SchemaTests(DatabaseTestCase):
 
     def test_steps_in_order(self) -> None:
         """A database at an older version gets only the missing steps, in order."""
-        self.patch(userdb, "MIGRATIONS", [*userdb.MIGRATIONS, ("CREATE TABLE extra (x)",)])
-        self.patch(userdb, "SCHEMA_VERSION", len(userdb.MIGRATIONS))
-        self.assertEqual(self.db(userdb.migrate), userdb.SCHEMA_VERSION)
-        self.assertEqual(self.conn.execute("PRAGMA user_version").fetchone()[0], userdb.SCHEMA_VERSION)
+        self.patch(dbfile, "MIGRATIONS", [*userdb.MIGRATIONS, ("CREATE TABLE extra (x)",)])
+        self.patch(dbfile, "SCHEMA_VERSION", len(dbfile.MIGRATIONS))
+        self.assertEqual(self.db(userdb.migrate), dbfile.SCHEMA_VERSION)
+        self.assertEqual(self.conn.execute("PRAGMA user_version").fetchone()[0], dbfile.SCHEMA_VERSION)
         self.conn.execute("SELECT x FROM extra")
 
     def test_newer_schema_refused(self) -> None:
@@ -151,6 +151,13 @@ class PasswordTests(SynchronousTestCase):
         self.assertFalse(passwords.verify_password("a" * 100, hashed))
         self.assertFalse(passwords.verify_password("", hashed))
 
+    def test_bcrypt_cost(self) -> None:
+        """The cost is read from a bcrypt hash; anything else has none."""
+        self.assertEqual(passwords.bcrypt_cost(passwords.hash_password("pw", rounds=ROUNDS)), ROUNDS)
+        self.assertEqual(passwords.bcrypt_cost(b"$2b$12$" + b"y" * 53), 12)
+        for other in (b"", b"garbage", b"$2b$xx$abc", b"$$$"):
+            self.assertIsNone(passwords.bcrypt_cost(other), other)
+
     def test_dummy_hash(self) -> None:
         """The dummy hash is a valid bcrypt hash with the rounds asked for, made once."""
         dummy = passwords.dummy_hash(ROUNDS)
@@ -214,6 +221,16 @@ class UserTests(DatabaseTestCase):
         users = self.db(userdb.list_users)
         self.assertEqual([u.name for u in users], ["alice", "bob", "carol"])
         self.assertEqual([len(u.app_passwords) for u in users], [0, 1, 0])
+
+    def test_upgrade_password_hash(self) -> None:
+        """The hash is replaced only while it is still the one the login verified; the version is kept."""
+        self.db(userdb.add_user, "alice", HASH, NOW)
+        newer = b"$2b$04$" + b"z" * 53
+        self.assertTrue(self.db(userdb.upgrade_password_hash, "Alice", HASH, newer))
+        self.assertEqual((self.db(userdb.get_user, "alice").password_hash, self.version()), (newer, 1))
+        # an operator changed the password meanwhile: the late upgrade must not undo it
+        self.assertFalse(self.db(userdb.upgrade_password_hash, "alice", HASH, b"$2b$04$" + b"w" * 53))
+        self.assertEqual(self.db(userdb.get_user, "alice").password_hash, newer)
 
     def test_credential_changes_bump_version(self) -> None:
         """Password, enabled flag, TOTP and app password revocation each bump the credential version."""

@@ -84,6 +84,16 @@ class SQLiteUserStoreTests(TestCase):
         await store.delete_user("alice")
         self.assertIsNone(await store.get_user("alice"))
 
+    async def test_upgrade_password_hash(self) -> None:
+        """An upgraded hash is what the next lookup returns (the cached user forgotten); a stale one is not applied."""
+        store = await self.start()
+        await store.add_user("alice", HASH, NOW)
+        await store.get_user("alice")
+        newer = b"$2b$04$" + b"z" * 53
+        self.assertTrue(await store.upgrade_password_hash("alice", HASH, newer))
+        self.assertEqual((await store.get_user("alice")).password_hash, newer)
+        self.assertFalse(await store.upgrade_password_hash("alice", HASH, b"$2b$04$" + b"w" * 53))
+
     async def test_errors(self) -> None:
         """The database's errors fail the Deferreds: UserExists, NoSuchUser, ValueError for a bad name."""
         store = await self.start()

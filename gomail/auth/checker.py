@@ -48,7 +48,7 @@ from zope.interface import Interface, implementer
 from gomail.auth.blacklist import Blacklist
 from gomail.auth.lockout import Lockout, client_ip
 from gomail.auth.names import canonical_username
-from gomail.auth.passwords import app_password_digest, check_password, dummy_hash
+from gomail.auth.passwords import app_password_digest, bcrypt_cost, check_password, dummy_hash
 from gomail.auth.records import UserRecord
 from gomail.auth.stats import AuthStats
 from gomail.auth.totp import TOTP_DIGITS, TOTP_STEP, accept_step, matching_step, split_code
@@ -121,6 +121,9 @@ class PasswordVerifier(Interface):
     def verify(password, hashed):
         """@return: Deferred[bool]"""
 
+    def hash(password, rounds):
+        """@return: Deferred[bytes], a new bcrypt hash of C{password} at cost C{rounds}."""
+
 
 @implementer(PasswordVerifier)
 class ThreadPoolVerifier:
@@ -136,6 +139,13 @@ class ThreadPoolVerifier:
         from gomail.auth.passwords import verify_password
 
         return deferToThreadPool(self.reactor, self.pool, verify_password, password, hashed)
+
+    def hash(self, password: str, rounds: int) -> Deferred:
+        from twisted.internet.threads import deferToThreadPool
+
+        from gomail.auth.passwords import hash_password
+
+        return deferToThreadPool(self.reactor, self.pool, hash_password, password, rounds)
 
 
 class _Spent:
@@ -283,7 +293,28 @@ class Authenticator:
         spent.verified = True
         if not await self.verifier.verify(password, user.password_hash):
             raise AuthFailure("bad-password")
+        if bcrypt_cost(user.password_hash) != self.settings.bcryptRounds:
+            self._upgrade_hash(user, password)
         return "password"
+
+    def _upgrade_hash(self, user: UserRecord, password: str) -> None:
+        """
+        Rehash the password at the configured cost, in the background: every
+        refusal costs one verification against the dummy hash at that cost, so
+        a user whose hash has another cost (made with C{--bcrypt-rounds}, or
+        before C{auth.bcryptRounds} changed) would be told apart by timing.
+        """
+        rounds = self.settings.bcryptRounds
+
+        async def upgrade() -> None:
+            new_hash = await self.verifier.hash(password, rounds)
+            if await self.users.upgrade_password_hash(user.name, user.password_hash, new_hash):
+                self.log.info("password hash of {user} upgraded to bcrypt cost {rounds}", user=user.name,
+                              rounds=rounds)
+
+        Deferred.fromCoroutine(upgrade()).addErrback(
+            lambda f: self.log.warn("could not upgrade the password hash of {user}: {error}", user=user.name,
+                                    error=f.getErrorMessage()))
 
     async def _check_totp(self, user: UserRecord, code: str) -> None:
         step = matching_step(user.totp_secret or "", code, self.clock.seconds())

@@ -65,6 +65,15 @@ def verify_password(password: str, hashed: bytes) -> bool:
         return False
 
 
+def bcrypt_cost(hashed: bytes) -> int | None:
+    """The cost (log2 of the rounds) a bcrypt hash was made with, or None if it is not one."""
+    parts = bytes(hashed).split(b"$")
+    # b"$2b$12$<salt and digest>" splits into ["", "2b", "12", ...]
+    if len(parts) == 4 and parts[0] == b"" and parts[2].isdigit():
+        return int(parts[2])
+    return None
+
+
 @functools.cache
 def dummy_hash(rounds: int = DEFAULT_ROUNDS) -> bytes:
     """

@@ -1,6 +1,6 @@
 """
-The user database: SQLite schema, migrations and the functions that read and
-change it.
+The user database: the functions that read and change its rows (its schema,
+migrations and connections are in L{gomail.auth.dbfile}, re-exported here).
 
 Every function takes a DB-API cursor first and runs synchronously, so the
 server and the C{gomail user} command share one code path: the server runs
@@ -16,94 +16,34 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 import re
 import sqlite3
 import unicodedata
-from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from collections.abc import Iterable
+from typing import Any
 
+from gomail.auth.dbfile import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    UserDBError,
+    connection_setup,
+    ensure_database_file,
+    migrate,
+    open_connection,
+    transact,
+)
 from gomail.auth.names import canonical_sender, canonical_username
 from gomail.auth.records import AppPassword, BlacklistEntry, UserRecord
-
-T = TypeVar("T")
 
 #: The longest app password label accepted.
 MAX_LABEL_LENGTH = 64
 
-# Each step brings the schema from version N to N + 1 (PRAGMA user_version).
-# Never edit a released step: append a new one.
-MIGRATIONS: list[tuple[str, ...]] = [
-    (
-        """CREATE TABLE users (
-            name TEXT PRIMARY KEY NOT NULL,
-            password_hash BLOB NOT NULL,
-            enabled INTEGER NOT NULL DEFAULT 1,
-            totp_secret TEXT,
-            totp_enabled INTEGER NOT NULL DEFAULT 0,
-            allowed_senders TEXT NOT NULL DEFAULT '[]',
-            backend TEXT,
-            credential_version INTEGER NOT NULL DEFAULT 1,
-            created REAL NOT NULL,
-            updated REAL NOT NULL
-        )""",
-        # AUTOINCREMENT: the id of a revoked app password is never reused, so a
-        # late touch_app_password for it cannot stamp a newer one.
-        """CREATE TABLE app_passwords (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            user TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
-            label TEXT NOT NULL,
-            digest TEXT NOT NULL,
-            created REAL NOT NULL,
-            last_used REAL,
-            UNIQUE (user, label)
-        )""",
-        """CREATE TABLE blacklist (
-            network TEXT PRIMARY KEY NOT NULL,
-            expires REAL,
-            reason TEXT NOT NULL DEFAULT '',
-            created REAL NOT NULL
-        )""",
-        "CREATE TABLE meta (key TEXT PRIMARY KEY NOT NULL, value)",
-    ),
-    (
-        # Every login attempt through nginx auth_http (gomail.auth.authlog).
-        """CREATE TABLE auth_log (
-            id INTEGER PRIMARY KEY,
-            time REAL NOT NULL,
-            user TEXT NOT NULL,
-            protocol TEXT NOT NULL,
-            client_ip TEXT NOT NULL,
-            result TEXT NOT NULL,
-            reason TEXT NOT NULL,
-            latency_ms REAL NOT NULL,
-            backend TEXT
-        )""",
-        "CREATE INDEX auth_log_time ON auth_log (time)",
-        "CREATE INDEX auth_log_user_time ON auth_log (user, time)",
-    ),
-    (
-        # Aliases and per-domain catch-alls ("@example.com"): gomail.auth.aliases.
-        """CREATE TABLE aliases (
-            address TEXT PRIMARY KEY NOT NULL,
-            targets TEXT NOT NULL,
-            created REAL NOT NULL,
-            updated REAL NOT NULL
-        )""",
-    ),
-]
-
-SCHEMA_VERSION = len(MIGRATIONS)
 
 _USER_COLUMNS = ("u.name, u.password_hash, u.enabled, u.totp_secret, u.totp_enabled, u.allowed_senders, "
                  "u.backend, u.credential_version, u.created, u.updated, "
                  "a.id, a.label, a.digest, a.created, a.last_used")
 _USERS_WITH_APPS = (f"SELECT {_USER_COLUMNS} FROM users u LEFT JOIN app_passwords a ON a.user = u.name")
 _DIGEST = re.compile(r"[0-9a-f]{64}")
-
-
-class UserDBError(Exception):
-    """A change the user database refuses; the text is for the operator."""
 
 
 class UserExists(UserDBError):
@@ -120,83 +60,6 @@ class NoSuchAppPassword(UserDBError):
 
 class AppPasswordExists(UserDBError):
     """The user has an app password with that label already."""
-
-
-# -- connections --------------------------------------------------------------------
-
-
-def ensure_database_file(path: str) -> None:
-    """
-    Create the database's directory (mode 0700) and an empty database file
-    (mode 0600) unless they exist, so SQLite never creates the file with the
-    process umask: it holds password hashes and TOTP secrets. SQLite gives its
-    -wal and -shm files the database file's mode.
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
-
-
-def connection_setup(conn: sqlite3.Connection) -> None:
-    """
-    Per-connection settings, for the CLI's connection and as the server pool's
-    C{cp_openfun}: wait up to 5 s for another process's write lock, WAL (readers
-    never block the writer), and enforce foreign keys (off by default in SQLite).
-    """
-    conn.execute("PRAGMA busy_timeout = 5000")
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("PRAGMA foreign_keys = ON")
-
-
-def open_connection(path: str) -> sqlite3.Connection:
-    """A connection for the C{gomail} command (file created 0600 if new); see L{transact}."""
-    ensure_database_file(path)
-    conn = sqlite3.connect(path)
-    try:
-        connection_setup(conn)
-    except BaseException:
-        conn.close()
-        raise
-    return conn
-
-
-def transact(conn: sqlite3.Connection, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """
-    Run C{fn(cursor, *args, **kwargs)} in one transaction, as
-    C{ConnectionPool.runInteraction} does: commit if it returns, roll back if it raises.
-    """
-    cursor = conn.cursor()
-    try:
-        result = fn(cursor, *args, **kwargs)
-        conn.commit()
-        return result
-    except BaseException:
-        conn.rollback()
-        raise
-    finally:
-        cursor.close()
-
-
-def migrate(cursor: Any) -> int:
-    """
-    Bring the schema up to L{SCHEMA_VERSION} (creating it in an empty database)
-    in one write transaction, so a server and a C{gomail} command starting at
-    the same time do not both apply a step. Returns the schema version.
-
-    @raise UserDBError: the database was made by a newer gomail.
-    """
-    if not cursor.connection.in_transaction:
-        cursor.execute("BEGIN IMMEDIATE")  # take the write lock before reading the version
-    cursor.execute("PRAGMA user_version")
-    version = cursor.fetchone()[0]
-    if version > SCHEMA_VERSION:
-        raise UserDBError(f"the user database has schema version {version}, newer than this gomail "
-                          f"understands ({SCHEMA_VERSION})")
-    for number, statements in enumerate(MIGRATIONS[version:], start=version + 1):
-        for statement in statements:
-            cursor.execute(statement)
-        cursor.execute(f"PRAGMA user_version = {number:d}")
-    return SCHEMA_VERSION
 
 
 # -- users --------------------------------------------------------------------------
@@ -279,6 +142,18 @@ def _update(cursor: Any, name: str, assignments: list[str], values: tuple, now: 
 def set_password(cursor: Any, name: str, password_hash: bytes, now: float) -> None:
     """Replace the user's password hash (ends cached logins). @raise NoSuchUser:"""
     _update(cursor, name, ["password_hash = ?"], (bytes(password_hash),), now, bump=True)
+
+
+def upgrade_password_hash(cursor: Any, name: str, old_hash: bytes, new_hash: bytes) -> bool:
+    """
+    Replace the user's password hash C{old_hash} by C{new_hash}, a hash of the
+    same password at another bcrypt cost, unless it has changed meanwhile
+    (an operator's C{gomail user passwd} always wins). Cached logins stay
+    valid: the password is the same. Returns whether the hash was replaced.
+    """
+    cursor.execute("UPDATE users SET password_hash = ? WHERE name = ? AND password_hash = ?",
+                   (bytes(new_hash), canonical_username(name), bytes(old_hash)))
+    return cursor.rowcount > 0
 
 
 def set_enabled(cursor: Any, name: str, enabled: bool, now: float) -> None:
@@ -379,7 +254,7 @@ def touch_app_password(cursor: Any, app_id: int, now: float) -> None:
 def canonical_network(network: str) -> str:
     """C{192.0.2.7/24} -> C{192.0.2.0/24}, C{2001:DB8::1} -> C{2001:db8::1/128}. @raise ValueError:"""
     if not isinstance(network, str):
-        raise ValueError("a network must be text such as 192.0.2.0/24")
+        raise ValueError("a network must be text such as 192.0.2.0/24")  # noqa: TRY004 - callers catch ValueError
     try:
         return str(ipaddress.ip_network(network.strip(), strict=False))
     except ValueError:
@@ -435,10 +310,36 @@ def set_meta(cursor: Any, key: str, value: str | bytes) -> None:
 
 
 __all__ = [
-    "SCHEMA_VERSION", "MIGRATIONS", "UserDBError", "UserExists", "NoSuchUser", "NoSuchAppPassword",
-    "AppPasswordExists", "ensure_database_file", "connection_setup", "open_connection", "transact", "migrate",
-    "get_user", "list_users", "add_user", "set_password", "set_enabled", "delete_user", "set_totp",
-    "set_allowed_senders", "set_backend", "add_app_password", "revoke_app_password", "touch_app_password",
-    "canonical_network", "add_blacklist", "remove_blacklist", "list_blacklist", "purge_blacklist",
-    "get_meta", "set_meta",
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "AppPasswordExists",
+    "NoSuchAppPassword",
+    "NoSuchUser",
+    "UserDBError",
+    "UserExists",
+    "add_app_password",
+    "add_blacklist",
+    "add_user",
+    "canonical_network",
+    "connection_setup",
+    "delete_user",
+    "ensure_database_file",
+    "get_meta",
+    "get_user",
+    "list_blacklist",
+    "list_users",
+    "migrate",
+    "open_connection",
+    "purge_blacklist",
+    "remove_blacklist",
+    "revoke_app_password",
+    "set_allowed_senders",
+    "set_backend",
+    "set_enabled",
+    "set_meta",
+    "set_password",
+    "set_totp",
+    "touch_app_password",
+    "transact",
+    "upgrade_password_hash",
 ]

@@ -47,6 +47,13 @@ class IUserStore(Interface):
             ValueError for a name that has no canonical form.
         """
 
+    def upgrade_password_hash(name, old_hash, new_hash):
+        """
+        Replace the user's hash C{old_hash} by C{new_hash} (the same password at
+        the configured bcrypt cost) unless it changed meanwhile.
+        @return: Deferred[bool], whether it was replaced.
+        """
+
     def touch_app_password(app_id, now):
         """Record the use of app password C{app_id} at C{now}. @return: Deferred[None]"""
 
@@ -191,6 +198,10 @@ class SQLiteUserStore:
     def set_password(self, name: str, password_hash: bytes, now: float) -> Deferred:
         """@return: Deferred[None]; fails with L{userdb.NoSuchUser}."""
         return self._write(userdb.set_password, name, password_hash, now)
+
+    def upgrade_password_hash(self, name: str, old_hash: bytes, new_hash: bytes) -> Deferred:
+        """@return: Deferred[bool], whether the hash was still C{old_hash} and was replaced."""
+        return self._write(userdb.upgrade_password_hash, name, old_hash, new_hash)
 
     def set_enabled(self, name: str, enabled: bool, now: float) -> Deferred:
         """@return: Deferred[None]; fails with L{userdb.NoSuchUser}."""
