@@ -41,7 +41,6 @@ from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
@@ -363,9 +362,9 @@ class IAccount(Interface):
 class AuthenticatorChecker:
     """
     twisted.cred's view of the L{Authenticator}: the avatar id is the
-    L{AuthSuccess}. A failure with a C{delay} (the user's slowdown) fails that
-    many seconds later, so the protocols logging in through the portal need
-    not know about slowdowns.
+    L{AuthSuccess}. A failure carries the user's slowdown in C{delay}; each
+    protocol applies it its own way (SMTP answers that much later, auth_http
+    tells nginx with C{Auth-Wait}).
     """
 
     credentialInterfaces = (IUsernamePassword,)
@@ -379,13 +378,7 @@ class AuthenticatorChecker:
         return Deferred.fromCoroutine(self._avatar_id(credentials))
 
     async def _avatar_id(self, attempt: LoginAttempt) -> AuthSuccess:
-        try:
-            return await self.authenticator.check(attempt)
-        except AuthFailure as failure:
-            if failure.delay > 0:
-                # The user's slowdown: a session protocol (SMTP AUTH) answers the failure this much later.
-                await deferLater(self.authenticator.clock, failure.delay)
-            raise
+        return await self.authenticator.check(attempt)
 
 
 @implementer(IRealm)

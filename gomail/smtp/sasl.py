@@ -16,6 +16,7 @@ import binascii
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
 from twisted.mail.smtp import COMMAND
 
 from gomail.auth.authlog import printable
@@ -111,6 +112,9 @@ class SASLMixin:
         try:
             account = await login(self.server.portal, attempt)
         except AuthFailure as failure:
+            if failure.delay > 0:
+                # The user's slowdown (gomail.auth.lockout): the refusal is answered this much later.
+                await deferLater(self.server.clock, failure.delay)
             self._auth_failures += 1
             self.log.info('SMTP AUTH failed for user "{user}" from {client} ({reason})', user=user,
                           client=self.client_host, reason=failure.reason)
