@@ -1,5 +1,5 @@
 """
-Tests for C{gomail alias ...} (L{gomail.aliascli}): what an operator sees,
+Tests for C{gomail alias ...} (L{gomail.cli.alias}): what an operator sees,
 the exit status, the alias table after each command, and that a running
 server's recipient check follows the command's changes without a restart.
 """

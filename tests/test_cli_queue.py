@@ -1,6 +1,6 @@
 """
 Tests for C{gomail queue list|show|retry|flush|delete} when no server runs
-(L{gomail.queuecli}, L{gomail.queuetool}, L{gomail.queuefiles}): what an
+(L{gomail.cli.queue}, L{gomail.cli.queueview}, L{gomail.cli.queuefiles}): what an
 operator sees, the exit status, and the spool files after each change, made
 under the spool's writer lock; and what happens while someone else holds it.
 
@@ -24,7 +24,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 import gomail
-from gomail import queuefiles
+from gomail.cli import queuefiles
 from gomail.cli import main
 from gomail.control import SocketPath
 from gomail.control.lock import try_lock

@@ -1,6 +1,6 @@
 """
 Tests for C{gomail user ...} and C{gomail blacklist ...} (L{gomail.cli} and
-L{gomail.usercli}, L{gomail.blacklistcli}): what an operator sees, the exit status, and the user
+L{gomail.cli.user}, L{gomail.cli.blacklist}): what an operator sees, the exit status, and the user
 database after each command.
 
 The commands run in-process through L{gomail.cli.main} with a L{Clock},
@@ -27,11 +27,11 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 import gomail
-from gomail import usercli
 from gomail.auth import passwords, userdb
 from gomail.auth.checker import AuthFailure, LoginAttempt
 from gomail.auth.records import UserRecord
 from gomail.cli import main
+from gomail.cli import user as usercli
 from gomail.state.redis import RedisStateStore
 from tests.authtesting import MemoryUsers, authenticator
 from tests.processes import free_port

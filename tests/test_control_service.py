@@ -42,7 +42,8 @@ class ControlServiceTestCase(TestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.clock.advance(START)
-        self.directory = os.path.abspath(self.mktemp())
+        # A path longer than a Unix socket address can hold (108 bytes), wherever the tests run.
+        self.directory = os.path.join(os.path.abspath(self.mktemp()), "a-spool-directory-deep-down-" * 4)
         self.spool = make_spool(os.path.join(self.directory, "spool"), self.clock)
         self.failed = FailedStore(self.spool, self.clock)
         self.agent = ScriptedAgent()

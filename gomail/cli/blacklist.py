@@ -21,7 +21,7 @@ from typing import Any
 from twisted.internet.interfaces import IReactorTime
 
 from gomail.auth import userdb
-from gomail.clicommon import common_options, iso_time, plural, run_with_database, table
+from gomail.cli.common import common_options, iso_time, plural, run_with_database, table
 from gomail.config import Config
 
 #: The top-level commands this module adds to C{gomail}.

@@ -1,8 +1,8 @@
 # -*- test-case-name: tests.test_cli -*-
 """
 The C{gomail} operator command: C{check-config}, and the commands of
-L{gomail.queuecli} (C{queue}), L{gomail.usercli} (C{user}),
-L{gomail.blacklistcli} (C{blacklist}) and L{gomail.aliascli} (C{alias}).
+L{gomail.cli.queue} (C{queue}), L{gomail.cli.user} (C{user}),
+L{gomail.cli.blacklist} (C{blacklist}) and L{gomail.cli.alias} (C{alias}).
 """
 
 from __future__ import annotations
@@ -15,8 +15,11 @@ from typing import Any
 from twisted.internet.interfaces import IReactorTime
 
 import gomail
-from gomail import aliascli, blacklistcli, queuecli, usercli
-from gomail.clicommon import WallClock
+from gomail.cli import alias as aliascli
+from gomail.cli import blacklist as blacklistcli
+from gomail.cli import queue as queuecli
+from gomail.cli import user as usercli
+from gomail.cli.common import WallClock
 from gomail.config import ConfigError, describe, load_config
 from gomail.config import warnings as config_warnings
 
@@ -112,6 +115,3 @@ def check_config(path: str) -> int:
         print(f"gomail: warning: {warning}", file=sys.stderr)
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

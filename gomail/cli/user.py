@@ -7,7 +7,7 @@ It changes the user database directly, through the same functions
 is running; a running server sees every change at the next login. Passwords
 are read from a prompt or from stdin, never from the command line, and never
 printed. Only C{user add} creates a database that does not exist yet (see
-L{gomail.clicommon}).
+L{gomail.cli.common}).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from gomail.auth import passwords, userdb
 from gomail.auth.names import canonical_sender, canonical_username
-from gomail.clicommon import (
+from gomail.cli.common import (
     UsageError,
     common_options,
     iso_time,

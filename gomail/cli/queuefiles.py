@@ -16,8 +16,8 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
+from gomail.cli.queueview import UnknownMessage, clean, in_failed, in_queue, queued, wait
 from gomail.delivery.failed import FailedStore
-from gomail.queuetool import UnknownMessage, clean, in_failed, in_queue, queued, wait
 from gomail.spool.store import Spool
 
 

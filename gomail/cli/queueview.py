@@ -6,7 +6,7 @@ Reading works on the spool directory of a stopped or a running server and is
 always safe: a message that disappears while it is read (delivered
 meanwhile) is simply left out. Changes are elsewhere: through a running
 server's control channel (L{gomail.control}), or, when none runs, on the
-files under the spool's writer lock (L{gomail.queuefiles}).
+files under the spool's writer lock (L{gomail.cli.queuefiles}).
 
 The spool is never prepared here (L{Spool.prepare} empties ``tmp/``, where a
 running server keeps the messages it is receiving).
@@ -27,7 +27,7 @@ from twisted.logger import ILogObserver, Logger, LogLevel, formatEvent
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from gomail.clicommon import iso_time
+from gomail.cli.common import iso_time
 from gomail.control.commands import valid_id
 from gomail.delivery.failed import FailedStore, decode_content
 from gomail.spool.envelope import DELIVERED, Envelope, EnvelopeError

@@ -21,7 +21,7 @@ from typing import Any
 from twisted.internet.interfaces import IReactorTime
 
 from gomail.auth import aliases, userdb
-from gomail.clicommon import common_options, iso_time, plural, run_with_database
+from gomail.cli.common import common_options, iso_time, plural, run_with_database
 from gomail.config import Config
 from gomail.smtp.policy import local_domains
 from gomail.smtp.recipients import ROLE_ACCOUNTS

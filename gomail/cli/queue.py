@@ -7,7 +7,7 @@ actions go through a running server's control channel (L{gomail.control}):
 the server applies them in its own queue, so nothing else ever writes
 ``queue/`` while it runs. Only when no server answers on the spool's control
 socket, and the command gets the spool's writer lock, does it change the
-files itself (L{gomail.queuefiles}). If the lock is held but nothing answers
+files itself (L{gomail.cli.queuefiles}). If the lock is held but nothing answers
 (a server starting or stopping), it says so and changes nothing.
 """
 
@@ -21,8 +21,8 @@ from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
 
-from gomail import queuefiles, queuetool
-from gomail.clicommon import DEFAULT_CONFIG, common_options, load, plural, verbose
+from gomail.cli import queuefiles, queueview
+from gomail.cli.common import DEFAULT_CONFIG, common_options, load, plural, verbose
 from gomail.config import ConfigError
 from gomail.control import SocketPath
 from gomail.control.client import DEFAULT_TIMEOUT, ControlClient, ControlError, ServerRefused
@@ -126,17 +126,17 @@ def run(args: argparse.Namespace, clock: IReactorTime) -> int:
     verbose(args, f"spool: {directory}")
     try:
         try:
-            spool, failed = queuetool.open_spool(directory, clock, errors=sys.stderr)
-        except queuetool.QueueToolError as e:
-            raise queuetool.QueueToolError(f"{e} (configuration: {args.config_source}); give --config, or run "
+            spool, failed = queueview.open_spool(directory, clock, errors=sys.stderr)
+        except queueview.QueueToolError as e:
+            raise queueview.QueueToolError(f"{e} (configuration: {args.config_source}); give --config, or run "
                                            f"this where the server's {DEFAULT_CONFIG} is") from None
         if args.action in _READERS:
             return _READERS[args.action](args, spool, failed)
         if args.action == "status":
             return _status(args, directory)
         return _change(args, spool, failed)
-    except (queuetool.QueueToolError, ControlError) as e:
-        print(f"gomail: {queuetool.clean(str(e))}", file=sys.stderr)
+    except (queueview.QueueToolError, ControlError) as e:
+        print(f"gomail: {queueview.clean(str(e))}", file=sys.stderr)
     except BrokenPipeError:
         raise  # stdout, not the spool: main handles it
     except OSError as e:
@@ -149,18 +149,18 @@ def run(args: argparse.Namespace, clock: IReactorTime) -> int:
 
 
 def _list(args: argparse.Namespace, spool: Spool, failed: FailedStore) -> int:
-    entries = queuetool.failed_entries(failed) if args.failed else queuetool.queued(spool)
+    entries = queueview.failed_entries(failed) if args.failed else queueview.queued(spool)
     if args.json:
-        queuetool.print_json(entries, sys.stdout)
+        queueview.print_json(entries, sys.stdout)
     else:
-        queued = len(entries) if not args.failed else queuetool.count(spool, queuetool.QUEUE)
-        in_failed = len(entries) if args.failed else queuetool.count(spool, queuetool.FAILED)
-        queuetool.print_listing(entries, queued, in_failed, sys.stdout)
+        queued = len(entries) if not args.failed else queueview.count(spool, queueview.QUEUE)
+        in_failed = len(entries) if args.failed else queueview.count(spool, queueview.FAILED)
+        queueview.print_listing(entries, queued, in_failed, sys.stdout)
     return 0
 
 
 def _show(args: argparse.Namespace, spool: Spool, failed: FailedStore) -> int:
-    queuetool.show(spool, failed, args.id, sys.stdout, content=args.content)
+    queueview.show(spool, failed, args.id, sys.stdout, content=args.content)
     return 0
 
 
@@ -188,7 +188,7 @@ def _status(args: argparse.Namespace, directory: str) -> int:
 def _change(args: argparse.Namespace, spool: Spool, failed: FailedStore) -> int:
     """Through the running server if one answers, else on the files under the writer lock."""
     if len(getattr(args, "ids", [])) > MAX_IDS:
-        raise queuetool.QueueToolError(f"name at most {MAX_IDS} ids at once (or use --all)")
+        raise queueview.QueueToolError(f"name at most {MAX_IDS} ids at once (or use --all)")
     directory = spool.directory
     client = ControlClient.connect(directory, args.timeout)
     if client is None:
@@ -210,12 +210,12 @@ def _change(args: argparse.Namespace, spool: Spool, failed: FailedStore) -> int:
         try:
             return _SERVER_CHANGES[args.action](args, client)
         except ServerRefused as e:
-            raise queuetool.UnknownMessage(str(e)) from None
+            raise queueview.UnknownMessage(str(e)) from None
 
 
 def _problems(lines: list[str]) -> int:
     for line in lines:
-        print(f"gomail: {queuetool.clean(line)}", file=sys.stderr)
+        print(f"gomail: {queueview.clean(line)}", file=sys.stderr)
     return 1 if lines else 0
 
 
