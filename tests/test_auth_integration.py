@@ -32,14 +32,12 @@ from twisted.trial.unittest import TestCase
 
 from gomail.auth import passwords, userdb
 from gomail.settings import Config
+from tests.gomailprocess import GomailNode
 from tests.processes import (
-    TWISTD,
-    ServerProcess,
     client_tls,
     free_port,
     maildir_messages,
     poll,
-    spawn,
 )
 from tests.redisserver import RedisServer, start_redis
 
@@ -133,18 +131,13 @@ def create_users(database: str, *, totp: bool = False) -> None:
         conn.close()
 
 
-class Node:
-    """One gomail server of the test: its ports, data directory and process."""
+class Node(GomailNode):
+    """One gomail server of the test: its ports and data directory (<workdir>/<name>), in a shared work directory."""
 
-    def __init__(self, workdir: str, name: str) -> None:
-        self.name = name
+    def __init__(self, test: TestCase, workdir: str, name: str, redis_url: str) -> None:
+        super().__init__(test, name=name, workdir=workdir, data=os.path.join(workdir, name))
         self.port, self.tls_port = free_port(), free_port()
-        self.data = os.path.join(workdir, name)
-        self.config = os.path.join(workdir, f"{name}.toml")
         self.mailbox = os.path.join(self.data, "spool", "mailbox", "bob@example.com", "new")
-        self.process: ServerProcess | None = None
-
-    def write_config(self, workdir: str, redis_url: str) -> None:
         with open(self.config, "w") as f:
             f.write(CONFIG.format(
                 port=self.port, tls_port=self.tls_port, hostname=f"{self.name}.test", redis=redis_url,
@@ -168,12 +161,8 @@ class AuthIntegrationCase(TestCase):
         nodes = []
         # One after the other: the first creates the shared auth secret file.
         for name in names:
-            node = Node(self.workdir, name)
-            node.write_config(self.workdir, self.redis.url)
-            node.process = spawn(reactor, TWISTD + ["-n", "--pidfile=", "gomail", "--config", node.config],
-                                 cwd=self.workdir)
-            self.addCleanup(node.process.stop, reactor)
-            await node.process.wait_for(b"gomail ready", reactor)
+            node = Node(self, self.workdir, name, self.redis.url)
+            await node.start()
             nodes.append(node)
         return nodes
 

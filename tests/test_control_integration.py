@@ -22,7 +22,8 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 import gomail
-from tests.processes import TWISTD, free_port, spawn
+from tests.gomailprocess import GomailNode
+from tests.processes import free_port
 from tests.smarthost import SmarthostFactory, SmarthostProtocol
 from tests.test_relay_integration import send
 
@@ -94,17 +95,13 @@ class FlushRaceTests(TestCase):
     timeout = 120
 
     def setUp(self) -> None:
-        self.workdir = os.path.abspath(self.mktemp())
-        os.makedirs(self.workdir)
         self.port = free_port()
         self.smarthost = SlowSmarthost()
         listener = reactor.listenTCP(0, self.smarthost, interface="127.0.0.1")
         self.addCleanup(listener.stopListening)
-        self.data = os.path.join(self.workdir, "data")
+        self.node = GomailNode(self, CONFIG, port=self.port, forward_port=listener.getHost().port)
+        self.workdir, self.config, self.data = self.node.workdir, self.node.config, self.node.data
         self.spool = os.path.join(self.data, "spool")
-        self.config = os.path.join(self.workdir, "gomail.toml")
-        with open(self.config, "w") as f:
-            f.write(CONFIG.format(port=self.port, forward_port=listener.getHost().port, data=self.data))
 
     def files(self, where: str) -> dict[str, bytes]:
         directory = os.path.join(self.spool, where)
@@ -120,9 +117,7 @@ class FlushRaceTests(TestCase):
                              cwd=self.workdir, env=env, capture_output=True, text=True, timeout=60)
 
     async def _race(self) -> None:
-        process = spawn(reactor, TWISTD + ["-n", "--pidfile=", "gomail", "--config", self.config], cwd=self.workdir)
-        self.addCleanup(process.stop, reactor)
-        await process.wait_for(b"gomail ready", reactor)
+        process = await self.node.start()
         # A: relayed, its final dot unanswered (an attempt in flight).
         self.assertEqual((await deferToThread(send, self.port, "bob@example.net"))[0], 250)
         await self.smarthost.holding

@@ -19,7 +19,8 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from gomail.spool.envelope import FAILED, Envelope, Recipient
-from tests.processes import TWISTD, client_tls, free_port, maildir_messages, poll, spawn
+from tests.gomailprocess import GomailNode
+from tests.processes import TWISTD, client_tls, free_port, maildir_messages, poll
 
 CONFIG = """
 smtpHost = "127.0.0.1"
@@ -81,20 +82,13 @@ class TwistdGomailTests(TestCase):
     timeout = 120
 
     def setUp(self) -> None:
-        self.workdir = os.path.abspath(self.mktemp())
-        os.makedirs(self.workdir)
         self.port, self.tls_port = free_port(), free_port()
-        self.data = os.path.join(self.workdir, "data")
-        self.config = os.path.join(self.workdir, "gomail.toml")
-        with open(self.config, "w") as f:
-            f.write(CONFIG.format(port=self.port, tls_port=self.tls_port, data=self.data))
+        self.node = GomailNode(self, CONFIG, port=self.port, tls_port=self.tls_port)
+        self.workdir, self.config, self.data = self.node.workdir, self.node.config, self.node.data
         self.mailbox = os.path.join(self.data, "spool", "mailbox", "bob@example.com", "new")
 
-    def start(self) -> Deferred:
-        self.process = spawn(reactor, TWISTD + ["-n", "--pidfile=", "gomail", "--config", self.config],
-                             cwd=self.workdir)
-        self.addCleanup(self.process.stop, reactor)
-        return self.process.wait_for(b"gomail ready", reactor)
+    async def start(self) -> None:
+        self.process = await self.node.start()
 
     def delivered(self) -> list[bytes]:
         return maildir_messages(self.mailbox)
@@ -297,19 +291,16 @@ class GoRelaySeedConfigTests(TestCase):
     timeout = 120
 
     async def _seed(self) -> None:
-        workdir = os.path.abspath(self.mktemp())
-        os.makedirs(workdir)
         port = free_port()
-        with open(os.path.join(workdir, "config.json"), "w") as f:
+        node = GomailNode(self, config_file="config.json")
+        workdir = node.workdir
+        with open(node.config, "w") as f:
             json.dump({"smtpHost": "127.0.0.1", "smtpPort": port, "defaultUsername": "alice",
                        "defaultPassword": "wonderland-4711", "enableHealthCheck": False,
                        "security": {"requireAuth": True, "allowLocalOnly": True}}, f)
         env = {"GOMAIL_DATADIR": os.path.join(workdir, "data"), "GOMAIL_AUTH_BCRYPTROUNDS": "4",
                "GOMAIL_NGINXAUTH_ENABLED": "false", "GOMAIL_SPOOL_MINFREESPACEMB": "0"}
-        process = spawn(reactor, TWISTD + ["-n", "--pidfile=", "gomail", "--config", "config.json"],
-                        cwd=workdir, env=env)
-        self.addCleanup(process.stop, reactor)
-        await process.wait_for(b"gomail ready", reactor)
+        process = await node.start(env)
         self.assertIn(b"the default user alice (defaultUsername) may send as any address", process.output)
 
         def send() -> dict:

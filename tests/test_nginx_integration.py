@@ -29,7 +29,8 @@ from twisted.trial.unittest import SkipTest, TestCase
 from gomail.auth import userdb
 from gomail.auth.passwords import hash_password
 from gomail.spool.envelope import Envelope
-from tests.processes import TWISTD, free_port, poll, spawn
+from tests.gomailprocess import GomailNode
+from tests.processes import free_port, poll, spawn
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 MAIL_MODULE = "/usr/lib/nginx/modules/ngx_mail_module.so"
@@ -311,11 +312,8 @@ class NginxMailProxyTests(TestCase):
 
     async def _start(self) -> None:
         p = self.ports
-        config = os.path.join(self.workdir, "gomail.toml")
-        write_file(config, GOMAIL_CONFIG.format(data=self.data, shared=SHARED, **p))
-        self.gomail = spawn(reactor, TWISTD + ["-n", "--pidfile=", "gomail", "--config", config], cwd=self.workdir)
-        self.addCleanup(self.gomail.stop, reactor)
-        await self.gomail.wait_for(b"gomail ready", reactor)
+        node = GomailNode(self, GOMAIL_CONFIG, workdir=self.workdir, data=self.data, shared=SHARED, **p)
+        self.gomail = await node.start()
         prefix = os.path.join(self.workdir, "nginx")
         os.makedirs(prefix)
         write_file(os.path.join(prefix, "nginx.conf"),

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import smtplib
-import sys
 import urllib.request
 
 from twisted.internet import reactor
@@ -17,9 +16,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
-from tests.processes import TWISTD, ServerProcess, free_port, poll, spawn
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.gomailprocess import GomailNode, Smarthost
+from tests.processes import ServerProcess, free_port, poll
 
 CONFIG = """
 smtpHost = "127.0.0.1"
@@ -79,46 +77,30 @@ class RelayToSmarthostTests(TestCase):
     timeout = 120
 
     def setUp(self) -> None:
-        self.workdir = os.path.abspath(self.mktemp())
-        os.makedirs(self.workdir)
         self.port, self.forward_port = free_port(), free_port()
-        self.data = os.path.join(self.workdir, "data")
+        self.node = GomailNode(self, CONFIG, port=self.port, forward_port=self.forward_port)
+        self.workdir, self.config, self.data = self.node.workdir, self.node.config, self.node.data
         self.received_dir = os.path.join(self.workdir, "smarthost")
-        self.config = os.path.join(self.workdir, "gomail.toml")
-        with open(self.config, "w") as f:
-            f.write(CONFIG.format(port=self.port, forward_port=self.forward_port, data=self.data))
+        self.sink = Smarthost(self, self.forward_port, self.received_dir)
         self.smarthost: ServerProcess | None = None
 
     def write_config(self, template: str) -> None:
         """Replace the configuration with C{template} (CONFIG's placeholders filled in)."""
-        with open(self.config, "w") as f:
-            f.write(template.format(port=self.port, forward_port=self.forward_port, data=self.data))
+        self.node.write_config(template)
 
     # -- processes ------------------------------------------------------------
 
-    def start_gomail(self) -> Deferred:
-        self.gomail = spawn(reactor, TWISTD + ["-n", "--pidfile=", "gomail", "--config", self.config],
-                            cwd=self.workdir)
-        self.addCleanup(self.gomail.stop, reactor)
-        return self.gomail.wait_for(b"gomail ready", reactor)
+    async def start_gomail(self) -> None:
+        self.gomail = await self.node.start()
 
-    def start_smarthost(self, *options: str) -> Deferred:
-        self.smarthost = spawn(reactor, [sys.executable, "-m", "tests.smarthost", "--port", str(self.forward_port),
-                                         "--spool", self.received_dir, *options], cwd=ROOT)
-        self.addCleanup(self.smarthost.stop, reactor)
-        return self.smarthost.wait_for(b"smarthost ready", reactor)
+    async def start_smarthost(self, *options: str) -> None:
+        self.smarthost = await self.sink.start(*options)
 
     async def stop_both(self) -> None:
-        """SIGTERM gomail, then the smarthost; gomail must shut down cleanly."""
-        code = await self.gomail.stop(reactor)
-        output = self.gomail.output.decode(errors="replace")
-        # twistd re-raises SIGTERM after a clean shutdown: "killed by TERM" is a clean exit.
-        self.assertIn(code, (0, -15), output)
-        self.assertIn("Server Shut Down", output)
-        self.assertNotIn("Traceback", output)
+        """SIGTERM gomail, then the smarthost; both must shut down cleanly."""
+        await self.node.stop_cleanly()
         if self.smarthost is not None:
-            self.assertIn(await self.smarthost.stop(reactor), (0, -15), self.smarthost.output)
-            self.assertNotIn(b"Traceback", self.smarthost.output)
+            await self.sink.stop_cleanly()
 
     # -- what is where -----------------------------------------------------------
 

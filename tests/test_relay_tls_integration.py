@@ -17,7 +17,8 @@ from twisted.trial.unittest import TestCase
 
 from gomail.auth import userdb
 from gomail.auth.passwords import hash_password
-from tests.processes import TWISTD, free_port, poll, spawn
+from tests.gomailprocess import GomailNode
+from tests.processes import free_port, poll
 
 SMARTHOST_CONFIG = """
 smtpHost = "127.0.0.1"
@@ -97,23 +98,13 @@ class RelayOverTLSTests(TestCase):
         finally:
             conn.close()
         self.relay_port, smarthost_port = free_port(), free_port()
-        configs = {}
-        for name, text in (("smarthost", SMARTHOST_CONFIG.format(port=smarthost_port, data=self.smarthost_data)),
-                           ("relay", RELAY_CONFIG.format(
-                               port=self.relay_port, data=relay_data, forward_port=smarthost_port,
-                               password=password,
-                               ca=os.path.join(self.smarthost_data, "tls", "selfsigned-cert.pem")))):
-            configs[name] = os.path.join(workdir, name + ".toml")
-            with open(configs[name], "w") as f:
-                f.write(text)
-        self.smarthost = spawn(reactor, TWISTD + ["-n", "--pidfile=", "gomail", "--config", configs["smarthost"]],
-                               cwd=workdir)
-        self.addCleanup(self.smarthost.stop, reactor)
-        await self.smarthost.wait_for(b"gomail ready", reactor)  # its certificate exists from here on
-        self.relay = spawn(reactor, TWISTD + ["-n", "--pidfile=", "gomail", "--config", configs["relay"]],
-                           cwd=workdir)
-        self.addCleanup(self.relay.stop, reactor)
-        await self.relay.wait_for(b"gomail ready", reactor)
+        smarthost = GomailNode(self, SMARTHOST_CONFIG, name="smarthost", workdir=workdir, data=self.smarthost_data,
+                               port=smarthost_port)
+        relay = GomailNode(self, RELAY_CONFIG, name="relay", workdir=workdir, data=relay_data, port=self.relay_port,
+                           forward_port=smarthost_port, password=password,
+                           ca=os.path.join(self.smarthost_data, "tls", "selfsigned-cert.pem"))
+        self.smarthost = await smarthost.start()  # its certificate exists from here on
+        self.relay = await relay.start()
 
     def mailbox(self) -> list[str]:
         path = os.path.join(self.smarthost_data, "spool", "mailbox", "bob@example.net", "new")
