@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.logger import ILogObserver, Logger
@@ -13,30 +14,30 @@ import gomail
 from gomail.auth.aliases import AliasStore
 from gomail.auth.authlog import AuthLog
 from gomail.auth.service import AuthParts, build_auth
+from gomail.config import warnings as config_warnings
 from gomail.control.lock import SpoolLock
 from gomail.control.server import ControlService, QueueControl
 from gomail.delivery.backoff import RetryPolicy
 from gomail.delivery.connect import make_connector, smarthosts_from
 from gomail.delivery.content import content_opener
 from gomail.delivery.failed import FailedStore
+from gomail.delivery.maildir import MaildirDelivery
 from gomail.delivery.queue import DeliveryQueue, Router
 from gomail.delivery.relay import RelayAgent
-from gomail.delivery.maildir import MaildirDelivery
-from gomail.config import warnings as config_warnings
 from gomail.logjson import json_lines_observer
 from gomail.logtext import classic_observer
 from gomail.services import SequentialMultiService, ThreadPoolService
-from gomail.signals import SignalService
-from gomail.web.service import build_http
 from gomail.settings import Config
+from gomail.signals import SignalService
 from gomail.smtp.policy import RelayPolicy, local_domains, own_domain
 from gomail.smtp.recipients import LocalRecipients
 from gomail.smtp.server import SMTPServer, SMTPService
+from gomail.spool.process import WriterProcess, WriterSpec
 from gomail.spool.service import SpoolService
 from gomail.spool.store import Spool
-from gomail.spool.process import WriterProcess, WriterSpec
 from gomail.spool.writer import BatchWriter
 from gomail.tls import server_context
+from gomail.web.service import build_http
 
 #: Local Maildir deliveries in flight at once.
 LOCAL_CONCURRENCY = 64

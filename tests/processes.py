@@ -7,15 +7,18 @@ only polling can tell (a file appearing), polls are short and bounded.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
 import socket
 import ssl
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from twisted.internet import defer, protocol, task
+from twisted.internet.error import ProcessExitedAlready
 
 TWISTD = [sys.executable, "-c", "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"]
 
@@ -126,10 +129,8 @@ class ServerProcess(protocol.ProcessProtocol):
         return self.ended.addBoth(done)
 
     def _kill(self) -> None:
-        try:
+        with contextlib.suppress(ProcessExitedAlready):  # it ended meanwhile: nothing to kill
             self.transport.signalProcess("KILL")
-        except Exception:
-            pass
 
 
 def spawn(reactor: Any, argv: list[str], cwd: str, env: dict[str, str] | None = None) -> ServerProcess:
@@ -152,4 +153,4 @@ async def poll(reactor: Any, condition: Callable[[], bool], timeout: float = 20,
         waited += interval
 
 
-__all__ = ["free_port", "spawn", "poll", "ServerProcess", "TWISTD", "signal"]
+__all__ = ["TWISTD", "ServerProcess", "free_port", "poll", "signal", "spawn"]

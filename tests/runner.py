@@ -20,7 +20,7 @@ def summarize(line: str) -> tuple[int, int, int] | None:
     match = _SUMMARY.match(line.strip())
     if not match:
         return None
-    counts = dict((k.strip(), int(v)) for k, v in (p.split("=") for p in match.group("counts").split(",") if "=" in p))
+    counts = {k.strip(): int(v) for k, v in (p.split("=") for p in match.group("counts").split(",") if "=" in p)}
     passed = counts.get("successes", 0) + counts.get("expectedFailures", 0)
     failed = counts.get("failures", 0) + counts.get("errors", 0) + counts.get("unexpectedSuccesses", 0)
     return passed, failed, counts.get("skips", 0)

@@ -11,7 +11,8 @@ import dataclasses
 import errno
 import os
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -33,7 +34,7 @@ from gomail.spool.writer import method_job, run_batch
 
 HOSTNAME = "mx.test"
 LOCAL_DOMAIN = "example.com"
-QUEUED = re.compile(rb"^250 2\.0\.0 Ok: queued as ([0-9a-f]+)\r\n", re.M)
+QUEUED = re.compile(rb"^250 2\.0\.0 Ok: queued as ([0-9a-f]+)\r\n", re.MULTILINE)
 
 
 def run(f: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred:

@@ -24,8 +24,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 import gomail
-from gomail.cli import queuefiles
-from gomail.cli import main
+from gomail.cli import main, queuefiles
 from gomail.control import SocketPath
 from gomail.control.lock import try_lock
 from gomail.delivery.failed import FailedStore
@@ -301,7 +300,7 @@ class RetryTests(QueueCommandTestCase):
 
     def test_nothing_named(self) -> None:
         """Neither ids nor --all is a usage error (2) and changes nothing."""
-        status, out, err = self.gomail("retry")
+        status, _out, err = self.gomail("retry")
         self.assertEqual(status, 2)
         self.assertIn("one of the arguments ID --all is required", err)
         self.assertEqual(listing(self.spool, "failed"), [self.failed_id + ".json"])

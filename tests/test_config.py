@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
@@ -215,8 +216,8 @@ class GoKeysTests(ConfigTestMixin, SynchronousTestCase):
     def test_the_test_documents_cover_every_key(self) -> None:
         """GO_VALUES and SEED_DEFAULTS name the same keys, so no key goes untested."""
         self.assertEqual(set(GO_VALUES), set(SEED_DEFAULTS))
-        for dotted in GO_VALUES:
-            self.assertNotEqual(GO_VALUES[dotted], SEED_DEFAULTS[dotted], f"{dotted} is set to its default")
+        for dotted, value in GO_VALUES.items():
+            self.assertNotEqual(value, SEED_DEFAULTS[dotted], f"{dotted} is set to its default")
 
     def test_defaults_without_a_file(self) -> None:
         """With no file and no environment every Go key has the seed's default."""

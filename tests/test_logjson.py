@@ -51,7 +51,7 @@ class JSONLinesTests(SynchronousTestCase):
     def test_failure_has_a_traceback(self):
         """An event with a failure carries its traceback as a field, still on one line."""
         try:
-            1 / 0
+            1 / 0  # noqa: B018 - raises, for a real traceback
         except ZeroDivisionError:
             failure = Failure()
         out, log = self.events()

@@ -12,7 +12,13 @@ import sys
 
 from twisted.application.service import Application
 from twisted.internet.testing import MemoryReactorClock
-from twisted.logger import FileLogObserver, ILogObserver, Logger, LogLevel, formatEventAsClassicLogText
+from twisted.logger import (
+    FileLogObserver,
+    ILogObserver,
+    Logger,
+    LogLevel,
+    formatEventAsClassicLogText,
+)
 from twisted.python.logfile import LogFile
 from twisted.scripts._twistd_unix import ServerOptions
 from twisted.trial.unittest import SynchronousTestCase
@@ -64,7 +70,7 @@ class ClassicTextTests(SynchronousTestCase):
         """An event with a failure (and its traceback) is formatted by Twisted itself."""
         def emit(log):
             try:
-                1 / 0
+                1 / 0  # noqa: B018 - raises, for a real traceback
             except ZeroDivisionError:
                 log.failure("it failed for {who}", who="me")
         self.assertSameAsTwisted(emit)

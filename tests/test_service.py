@@ -13,9 +13,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from gomail.config import load_config
 from gomail.service import build_service
-from gomail.spool.envelope import Recipient
 from gomail.services import ListenError, SequentialMultiService
 from gomail.smtp.server import SMTPService
+from gomail.spool.envelope import Recipient
 
 
 def config_in(directory: str, **top):
@@ -101,8 +101,8 @@ class BuildServiceTests(SynchronousTestCase):
     def test_listen_failure_is_named(self) -> None:
         """A listener that cannot open fails start-up with a ListenError naming the endpoint."""
         service = build_service(config_in(self.directory), self.reactor)
-        smtp = [child for child in service if isinstance(child, SMTPService)][0]
-        listener = list(smtp)[0]
+        smtp = next(child for child in service if isinstance(child, SMTPService))
+        listener = next(iter(smtp))
         listener.endpoint.listen = lambda factory: fail(OSError("Address already in use"))
         failure = self.failureResultOf(listener.startService(), ListenError)
         self.assertIn("tcp:2525:interface=127.0.0.1", str(failure.value))

@@ -11,7 +11,7 @@ from gomail.limits.rate import RateLimiter
 from gomail.settings import RateLimits
 from gomail.state.interface import StateStoreError
 from gomail.state.memory import MemoryStateStore
-from tests.authtesting import MemoryUsers, authenticator, auth_settings, portal_for
+from tests.authtesting import MemoryUsers, auth_settings, authenticator, portal_for
 from tests.smtphelpers import HarnessMixin, replies
 
 

@@ -12,8 +12,8 @@ import errno
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.smtphelpers import (
-    HarnessMixin,
     FailingFsync,
+    HarnessMixin,
     ManualRun,
     queued_id,
     replies,
@@ -649,7 +649,7 @@ class SmugglingTests(HarnessMixin, SynchronousTestCase):
         the would-be commands as text.
         """
         for ending in FAKE_ENDINGS:
-            h, client, reply = self.smuggle(ending, bareLineEndings="normalize")
+            h, _client, reply = self.smuggle(ending, bareLineEndings="normalize")
             queue_id = queued_id(reply)
             self.assertEqual(replies(reply), [b"250 2.0.0 Ok: queued as " + queue_id.encode()], ending)
             content = h.content(queue_id)

@@ -5,7 +5,10 @@ line-length and line-ending rules, whatever the chunking of its input.
 
 from __future__ import annotations
 
-from hypothesis import assume, given, settings, strategies as st
+import itertools
+
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from gomail.smtp.reader import BARE_LINE_ENDING, LINE_TOO_LONG, TOO_BIG, DataReader
@@ -34,7 +37,7 @@ def read(chunks, max_size=BIG, max_line=998, normalize=False):
 def split(data: bytes, cuts) -> list[bytes]:
     """C{data} cut at the given offsets."""
     points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
-    return [data[a:b] for a, b in zip(points, points[1:])] or [b""]
+    return [data[a:b] for a, b in itertools.pairwise(points)] or [b""]
 
 
 def stuff(lines) -> bytes:
@@ -84,7 +87,7 @@ class EndOfDataTests(SynchronousTestCase):
 
     def test_rest_returned(self):
         """The bytes after the end of data are returned (they are pipelined commands)."""
-        content, error, rest, _, done = read([b"a\r\n.\r\nQUIT\r\nNOOP"])
+        content, _error, rest, _, done = read([b"a\r\n.\r\nQUIT\r\nNOOP"])
         self.assertEqual((content, rest, done), (b"a\r\n", b"QUIT\r\nNOOP", True))
 
     def test_end_split_everywhere(self):
@@ -127,7 +130,7 @@ class EndOfDataTests(SynchronousTestCase):
 
     def test_fake_ending_then_real_end(self):
         """After a fake ending the message goes on until the real end, and fails for its bare line ending."""
-        content, error, rest, _, done = read([b"hello\n.\nRSET\r\n.\r\nNOOP\r\n"])
+        _content, error, rest, _, done = read([b"hello\n.\nRSET\r\n.\r\nNOOP\r\n"])
         self.assertEqual((error, rest, done), (BARE_LINE_ENDING, b"NOOP\r\n", True))
 
 
@@ -154,7 +157,7 @@ class LineEndingTests(SynchronousTestCase):
 
     def test_bare_lf_rejected(self):
         """A bare LF fails the message with 550 5.5.2; reading goes on to the end."""
-        content, error, rest, _, done = read([b"a\nb\r\n.\r\n"])
+        _content, error, rest, _, done = read([b"a\nb\r\n.\r\n"])
         self.assertEqual((error, rest, done), (BARE_LINE_ENDING, b"", True))
         self.assertEqual((error.code, error.status), (550, "5.5.2"))
 
@@ -165,12 +168,12 @@ class LineEndingTests(SynchronousTestCase):
 
     def test_normalize(self):
         """With normalize, bare CR and LF become CRLF and the message succeeds."""
-        content, error, rest, _, done = read([b"a\nb\rc\r\r\nd\r\n.\r\n"], normalize=True)
+        content, error, _rest, _, done = read([b"a\nb\rc\r\r\nd\r\n.\r\n"], normalize=True)
         self.assertEqual((content, error, done), (b"a\r\nb\r\nc\r\n\r\nd\r\n", None, True))
 
     def test_normalize_fake_ending(self):
         """With normalize, a fake ending becomes an ordinary dot line of content, and the message goes on."""
-        content, error, rest, _, done = read([b"a\n.\nb\r\n.\r\n"], normalize=True)
+        content, error, rest, _, _done = read([b"a\n.\nb\r\n.\r\n"], normalize=True)
         self.assertEqual((content, error, rest), (b"a\r\n.\r\nb\r\n", None, b""))
 
     def test_sink_not_called_after_failure(self):

@@ -383,7 +383,7 @@ class GuardedTests(SynchronousTestCase):
     def test_loopback_is_allowed(self) -> None:
         """With no allowFrom, 127.0.0.1, another 127/8 address, ::1 and IPv4-mapped loopback are served."""
         for peer in (None, "127.0.0.2", "::1", "::ffff:127.0.0.1"):
-            browser, tree = self.browse(peer)
+            browser, _tree = self.browse(peer)
             answer = browser.get(URL + "/child")
             self.assertEqual((peer, answer.code, json.loads(answer.body)), (peer, 200, {"at": "child"}))
 

@@ -87,7 +87,7 @@ class MonitorTestCase(SynchronousTestCase):
 
     def monitor(self, **overrides: Any) -> MonitorApp:
         """The app; low_disk_mb defaults to 0 so that the test machine's free space does not matter."""
-        kwargs: dict[str, Any] = dict(state=self.state, queue_size=1000, low_disk_mb=0)
+        kwargs: dict[str, Any] = {"state": self.state, "queue_size": 1000, "low_disk_mb": 0}
         kwargs.update(overrides)
         return MonitorApp(self.metrics, self.spool, self.queue.failed, self.queue, self.clock, **kwargs)
 

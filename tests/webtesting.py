@@ -129,7 +129,7 @@ def parse_response(data: bytes) -> Answer:
     if not sep:
         raise AssertionError(f"the request did not finish: {data!r}")
     status, *lines = head.split(b"\r\n")
-    version, code, _ = status.split(b" ", 2)
+    _version, code, _ = status.split(b" ", 2)
     headers = Headers()
     for line in lines:
         name, _, value = line.partition(b": ")

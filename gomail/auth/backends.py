@@ -21,8 +21,9 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, gatherResults
@@ -172,8 +173,8 @@ class BackendRouter(Service):
         name = backend.config.address
         if ip_literal(name) is None:
             try:
-                backend.address = await self.reactor.resolve(name, timeout=(int(math.ceil(self.timeout)),))
-            except Exception as e:
+                backend.address = await self.reactor.resolve(name, timeout=(math.ceil(self.timeout),))
+            except Exception as e:  # noqa: BLE001 - any resolver failure marks the backend down, named
                 self._mark(backend, False, f"{name} does not resolve: {type(e).__name__}")
                 return
         if self.interval <= 0:
@@ -183,7 +184,7 @@ class BackendRouter(Service):
         endpoint = endpoint_type(self.reactor, address, backend.config.port, timeout=self.timeout)
         try:
             protocol = await endpoint.connect(_PROBE)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - any connect failure marks the backend down, named
             self._mark(backend, False, f"connection failed: {type(e).__name__}")
             return
         protocol.transport.loseConnection()

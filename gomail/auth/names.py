@@ -26,7 +26,7 @@ def canonical_username(raw: str) -> str:
         contains whitespace or control/format characters.
     """
     if not isinstance(raw, str):
-        raise ValueError("a user name must be text")
+        raise ValueError("a user name must be text")  # noqa: TRY004 - callers catch ValueError for every bad name
     # NFKC first so that exotic spaces (U+3000, U+00A0) become plain spaces and are trimmed.
     name = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", raw).strip().casefold())
     if not name:
@@ -49,7 +49,7 @@ def canonical_sender(raw: str) -> str:
     @raise ValueError: with a one-line explanation of what is wrong.
     """
     if not isinstance(raw, str):
-        raise ValueError("a sender address must be text")
+        raise ValueError("a sender address must be text")  # noqa: TRY004 - callers catch ValueError
     text = raw.strip()
     if not text:
         raise ValueError("the sender address is empty")
@@ -73,4 +73,4 @@ def canonical_sender(raw: str) -> str:
     return f"{local}@{domain}"
 
 
-__all__ = ["MAX_NAME_LENGTH", "canonical_username", "canonical_sender"]
+__all__ = ["MAX_NAME_LENGTH", "canonical_sender", "canonical_username"]

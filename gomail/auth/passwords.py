@@ -116,5 +116,14 @@ def new_totp_secret() -> str:
     return pyotp.random_base32()
 
 
-__all__ = ["DEFAULT_ROUNDS", "MAX_PASSWORD_BYTES", "check_password", "hash_password", "verify_password",
-           "dummy_hash", "new_app_password", "app_password_digest", "new_totp_secret"]
+__all__ = [
+    "DEFAULT_ROUNDS",
+    "MAX_PASSWORD_BYTES",
+    "app_password_digest",
+    "check_password",
+    "dummy_hash",
+    "hash_password",
+    "new_app_password",
+    "new_totp_secret",
+    "verify_password",
+]

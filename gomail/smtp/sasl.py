@@ -125,7 +125,7 @@ class SASLMixin:
                 self.close_connection()
             return
         except TemporaryAuthError:
-            self.log.warn('SMTP AUTH for user "{user}" from {client} could not be checked now (temporary failure)',  # noqa: G010
+            self.log.warn('SMTP AUTH for user "{user}" from {client} could not be checked now (temporary failure)',
                           user=user, client=self.client_host)
             self.server.audit_login(self, attempt.username, "tempfail", "unavailable", started)
             self.reply(454, "4.7.0", "Temporary authentication failure, try again later")
