@@ -12,6 +12,8 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
+from gomail.deferreds import deferred_coroutine
+
 
 class SequentialMultiService(MultiService):
     """
@@ -25,23 +27,19 @@ class SequentialMultiService(MultiService):
     still committing.
     """
 
-    def startService(self) -> Deferred:  # type: ignore[override]
+    @deferred_coroutine
+    async def startService(self) -> None:  # type: ignore[override]
         # Only IService.startService's bookkeeping: the children are started below.
         self.running = 1
-        return Deferred.fromCoroutine(self._start_children())
-
-    async def _start_children(self) -> None:
         for child in list(self):
             await maybeDeferred(child.startService)
             if not self.running:
                 # Stopped while that child was starting: the rest never start.
                 return
 
-    def stopService(self) -> Deferred:  # type: ignore[override]
+    @deferred_coroutine
+    async def stopService(self) -> None:  # type: ignore[override]
         self.running = 0
-        return Deferred.fromCoroutine(self._stop_children())
-
-    async def _stop_children(self) -> None:
         for child in reversed(list(self)):
             if child.running:
                 await maybeDeferred(child.stopService)

@@ -18,10 +18,10 @@ import os
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
+from gomail.deferreds import deferred_coroutine
 from gomail.spool.process import LOCK_NAME
 
 #: How often a starting server looks again at a lock someone else holds.
@@ -81,11 +81,9 @@ class SpoolLock(Service):
         self.timeout = timeout
         self._fd: int | None = None
 
-    def startService(self) -> Deferred:  # type: ignore[override]
+    @deferred_coroutine
+    async def startService(self) -> None:  # type: ignore[override]
         super().startService()
-        return Deferred.fromCoroutine(self._take())
-
-    async def _take(self) -> None:
         os.makedirs(self.directory, mode=0o700, exist_ok=True)
         deadline = self.clock.seconds() + self.timeout
         waited = False

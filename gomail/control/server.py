@@ -35,6 +35,7 @@ from gomail.control.commands import (
     cut,
     valid_id,
 )
+from gomail.deferreds import deferred_coroutine
 from gomail.delivery.failed import FailedStore, MessageBusy
 from gomail.delivery.queue import DeliveryQueue
 from gomail.spool.envelope import EnvelopeError
@@ -230,12 +231,10 @@ class ControlService(Service):
         self._path: SocketPath | None = None
         self._port: Any = None
 
-    def startService(self) -> Deferred:  # type: ignore[override]
+    @deferred_coroutine
+    async def startService(self) -> None:  # type: ignore[override]
         super().startService()
         self.control.stopping = False
-        return Deferred.fromCoroutine(self._listen())
-
-    async def _listen(self) -> None:
         path = self._path = SocketPath(self.control.spool.directory)
         try:
             mode = os.lstat(path.real).st_mode
@@ -268,15 +267,13 @@ class ControlService(Service):
     def _real(self) -> str:
         return self._path.real if self._path is not None else self.control.spool.directory
 
-    def stopService(self) -> Deferred:  # type: ignore[override]
+    @deferred_coroutine
+    async def stopService(self) -> None:  # type: ignore[override]
         super().stopService()
         self.control.stopping = True
         port, self._port = self._port, None
         for connection in list(self.factory.connections):
             connection.transport.abortConnection()  # type: ignore[union-attr]
-        return Deferred.fromCoroutine(self._stop(port))
-
-    async def _stop(self, port: Any) -> None:
         if port is not None:
             await port.stopListening()  # removes the socket file
         if self._path is not None:

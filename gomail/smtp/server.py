@@ -15,6 +15,7 @@ from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
 from gomail.auth.authlog import AuthLogEntry, printable
+from gomail.deferreds import deferred_coroutine
 from gomail.limits.rate import RateLimitUnavailable
 from gomail.services import ListeningService
 from gomail.settings import AuthSettings, SMTPSettings
@@ -388,11 +389,9 @@ class SMTPService(MultiService):
             factory = TLSMemoryBIOFactory(server.tls_context, False, server.factory(implicit_tls=True))
             ListeningService(reactor, description, factory, "smtps").setServiceParent(self)
 
-    def startService(self) -> Deferred:  # type: ignore[override]
+    @deferred_coroutine
+    async def startService(self) -> None:  # type: ignore[override]
         self.running = 1
-        return Deferred.fromCoroutine(self._listen())
-
-    async def _listen(self) -> None:
         for listener in self:
             await listener.startService()
 
