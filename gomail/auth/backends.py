@@ -23,7 +23,7 @@ import ipaddress
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, gatherResults
@@ -183,11 +183,13 @@ class BackendRouter(Service):
         endpoint_type = TCP6ClientEndpoint if ":" in address else TCP4ClientEndpoint
         endpoint = endpoint_type(self.reactor, address, backend.config.port, timeout=self.timeout)
         try:
-            protocol = await endpoint.connect(_PROBE)
+            # the _PROBE factory's protocol: a plain Protocol
+            protocol = cast(Protocol, await endpoint.connect(_PROBE))
         except Exception as e:  # noqa: BLE001 - any connect failure marks the backend down, named
             self._mark(backend, False, f"connection failed: {type(e).__name__}")
             return
-        protocol.transport.loseConnection()
+        if protocol.transport is not None:
+            protocol.transport.loseConnection()
         self._mark(backend, True, "reachable")
 
     def _mark(self, backend: BackendState, up: bool, why: str) -> None:

@@ -21,9 +21,10 @@ from twisted.mail.smtp import COMMAND
 
 from gomail.auth.authlog import printable
 from gomail.auth.checker import AuthFailure, LoginAttempt, TemporaryAuthError, login
+from gomail.smtp.session import SessionAPI
 
 
-class SASLMixin:
+class SASLMixin(SessionAPI):
     """AUTH PLAIN and LOGIN for an SMTP session (uses its C{server}, C{settings}, C{reply}...)."""
 
     def ext_AUTH(self, rest: bytes) -> Any:
