@@ -21,7 +21,7 @@ from typing import Any
 from twisted.internet.interfaces import IReactorTime
 
 from gomail.auth import aliases, userdb
-from gomail.cli.common import common_options, iso_time, plural, run_with_database
+from gomail.cli.common import action_group, iso_time, plural, run_with_database
 from gomail.config import Config
 from gomail.smtp.policy import local_domains
 from gomail.smtp.recipients import ROLE_ACCOUNTS
@@ -52,20 +52,7 @@ exit status: 0 ok, 1 error (bad address, no such alias, no database), 2 usage
 
 def add_commands(commands: Any) -> None:
     """Add C{alias add|list|remove} to the subcommands of the C{gomail} parser."""
-    common = common_options("user database")
-    raw = argparse.RawDescriptionHelpFormatter
-    group = commands.add_parser("alias", help="manage aliases and catch-alls of the local domains",
-                                description="Manage aliases and catch-alls of the local domains.",
-                                epilog=_HELP, formatter_class=raw)
-    group.set_defaults(help_parser=group)  # printed when no action is given
-    actions = group.add_subparsers(metavar="ACTION")
-
-    def action(name: str, help: str) -> Any:
-        parser = actions.add_parser(name, parents=[common], help=help, description=help[0].upper() + help[1:] + ".",
-                                    epilog=_HELP, formatter_class=raw)
-        parser.set_defaults(handler=name)  # a key of _HANDLERS
-        return parser
-
+    action = action_group(commands, "alias", "manage aliases and catch-alls of the local domains", _HELP)
     add = action("add", "create an alias or catch-all, or add targets to it")
     add.add_argument("alias", help="info@example.com, or @example.com for the domain's catch-all")
     add.add_argument("targets", nargs="+", metavar="TARGET[,TARGET...]", help="addresses to deliver to")

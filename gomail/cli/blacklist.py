@@ -21,7 +21,7 @@ from typing import Any
 from twisted.internet.interfaces import IReactorTime
 
 from gomail.auth import userdb
-from gomail.cli.common import common_options, iso_time, plural, run_with_database, table
+from gomail.cli.common import action_group, iso_time, plural, run_with_database, table
 from gomail.config import Config
 
 #: The top-level commands this module adds to C{gomail}.
@@ -48,20 +48,7 @@ def duration(text: str) -> int:
 
 def add_commands(commands: Any) -> None:
     """Add C{blacklist add|remove|list} to the subcommands of the C{gomail} parser."""
-    common = common_options("user database")
-    raw = argparse.RawDescriptionHelpFormatter
-    group = commands.add_parser("blacklist", help="refuse logins from client networks",
-                                description="Refuse logins from client networks.", epilog=_HELP,
-                                formatter_class=raw)
-    group.set_defaults(help_parser=group)  # printed when no action is given
-    actions = group.add_subparsers(metavar="ACTION")
-
-    def action(name: str, help: str) -> Any:
-        parser = actions.add_parser(name, parents=[common], help=help, description=help[0].upper() + help[1:] + ".",
-                                    epilog=_HELP, formatter_class=raw)
-        parser.set_defaults(handler=name)  # a key of _HANDLERS
-        return parser
-
+    action = action_group(commands, "blacklist", "refuse logins from client networks", _HELP)
     add = action("add", "blacklist an address or network (replaces its entry)")
     add.add_argument("network", help="192.0.2.7, 192.0.2.0/24 or 2001:db8::/32")
     add.add_argument("--expires", type=duration, metavar="SECONDS",

@@ -22,7 +22,7 @@ import sqlite3
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import TextIO
+from typing import Any, TextIO
 
 from gomail.auth import userdb
 from gomail.config import Config, ConfigError, load_config
@@ -55,6 +55,30 @@ def common_options(what: str) -> argparse.ArgumentParser:
     parent.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                         help="say on stderr which configuration, spool or database is used")
     return parent
+
+
+def action_group(commands: Any, name: str, help: str, epilog: str) -> Callable[[str, str], argparse.ArgumentParser]:
+    """
+    Add C{gomail NAME ACTION ...} to the C{gomail} parser's subcommands (the
+    group's help is printed when no action is given); returns
+    C{action(action_name, help)}, which adds one action taking the common
+    options and dispatching to C{handler=action_name}.
+    """
+    common = common_options("user database")
+    raw = argparse.RawDescriptionHelpFormatter
+    group = commands.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".", epilog=epilog,
+                                formatter_class=raw)
+    group.set_defaults(help_parser=group)
+    actions = group.add_subparsers(metavar="ACTION")
+
+    def action(action_name: str, action_help: str) -> argparse.ArgumentParser:
+        parser = actions.add_parser(action_name, parents=[common], help=action_help,
+                                    description=action_help[0].upper() + action_help[1:] + ".", epilog=epilog,
+                                    formatter_class=raw)
+        parser.set_defaults(handler=action_name)  # a key of the command's handlers
+        return parser
+
+    return action
 
 
 def verbose(args: argparse.Namespace, text: str) -> None:
