@@ -44,7 +44,11 @@ class DotStuffer:
     def _stuff(self, data: bytes) -> bytes:
         if not data:
             return b""
-        data = _LINE_ENDING.sub(b"\r\n", data)
+        crlf = data.count(b"\r\n")
+        if data.count(b"\n") != crlf or data.count(b"\r") != crlf:
+            # Stored content has CRLF endings only (the DATA reader saw to it): counting
+            # them costs a third of rewriting every ending, which is then rarely needed.
+            data = _LINE_ENDING.sub(b"\r\n", data)
         if self._line_start and data.startswith(b"."):
             data = b"." + data
         data = data.replace(b"\r\n.", b"\r\n..")
