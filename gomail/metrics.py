@@ -158,6 +158,11 @@ class _Collector:
         for state in ("new", "active", "deferred"):
             depth.add_metric([state], summary[state])
         yield depth
+        unrecorded = GaugeMetricFamily("gomail_queue_unrecorded_messages",
+                                       "Finished messages whose outcome the spool writer failed to write, kept "
+                                       "in the queue until it does (nothing is sent again)")
+        unrecorded.add_metric([], getattr(delivery, "unrecorded", 0))
+        yield unrecorded
         oldest = GaugeMetricFamily("gomail_queue_oldest_message_age_seconds", "Age of the oldest queued message")
         oldest.add_metric([], summary["oldest_age_seconds"])
         yield oldest

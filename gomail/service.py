@@ -22,8 +22,9 @@ from gomail.delivery.connect import make_connector, smarthosts_from
 from gomail.delivery.content import content_opener
 from gomail.delivery.failed import FailedStore
 from gomail.delivery.maildir import MaildirDelivery
-from gomail.delivery.queue import DeliveryQueue, Router
+from gomail.delivery.queue import DeliveryQueue
 from gomail.delivery.relay import RelayAgent
+from gomail.delivery.router import Router
 from gomail.logjson import json_lines_observer
 from gomail.logtext import classic_observer
 from gomail.services import SequentialMultiService, ThreadPoolService

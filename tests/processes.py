@@ -133,6 +133,21 @@ class ServerProcess(protocol.ProcessProtocol):
             self.transport.signalProcess("KILL")
 
 
+def child_processes(pid: int) -> list[int]:
+    """The live child processes of C{pid}."""
+    children = []
+    for thread in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{thread}/children") as f:
+            children += [int(child) for child in f.read().split()]
+    return children
+
+
+def read_cmdline(pid: int) -> bytes:
+    """The command line of process C{pid}, NUL-separated."""
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return f.read()
+
+
 def spawn(reactor: Any, argv: list[str], cwd: str, env: dict[str, str] | None = None) -> ServerProcess:
     """Start C{argv} in C{cwd} with the current environment plus C{env}."""
     process = ServerProcess()

@@ -21,7 +21,8 @@ from gomail.control.commands import BadRequest, Delete, Flush, Retry, Status, Un
 from gomail.control.server import IDLE_TIMEOUT, ControlFactory, QueueControl
 from gomail.delivery.backoff import RetryPolicy
 from gomail.delivery.failed import FailedStore
-from gomail.delivery.queue import DeliveryQueue, Router
+from gomail.delivery.queue import DeliveryQueue
+from gomail.delivery.router import Router
 from gomail.spool.writer import ImmediateWriter
 from tests.spooltesting import listing, make_spool, new_envelope, read
 from tests.test_delivery_queue import CONTENT, START, ScriptedAgent

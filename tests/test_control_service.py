@@ -29,7 +29,8 @@ from gomail.control.commands import Status
 from gomail.control.server import ControlService, ControlSocketError, QueueControl
 from gomail.delivery.backoff import RetryPolicy
 from gomail.delivery.failed import FailedStore
-from gomail.delivery.queue import DeliveryQueue, Router
+from gomail.delivery.queue import DeliveryQueue
+from gomail.delivery.router import Router
 from tests.spooltesting import listing, make_spool, new_envelope
 from tests.test_delivery_queue import CONTENT, START, ScriptedAgent
 

@@ -17,7 +17,8 @@ from zope.interface import implementer
 
 from gomail.delivery.backoff import RetryPolicy
 from gomail.delivery.failed import FailedStore
-from gomail.delivery.queue import DeliveryQueue, Router
+from gomail.delivery.queue import DeliveryQueue
+from gomail.delivery.router import Router
 from gomail.interfaces import IDeliveryAgent
 from gomail.spool.envelope import FAILED, PENDING, Envelope
 from gomail.spool.store import Spool

@@ -16,7 +16,8 @@ from zope.interface.verify import verifyObject
 from gomail.delivery.backoff import RetryPolicy
 from gomail.delivery.failed import FailedStore
 from gomail.delivery.maildir import MaildirDelivery, mailbox_name
-from gomail.delivery.queue import DeliveryQueue, Router
+from gomail.delivery.queue import DeliveryQueue
+from gomail.delivery.router import Router
 from gomail.interfaces import IDeliveryAgent
 from gomail.spool.envelope import Envelope
 from gomail.spool.fs import FileSystem

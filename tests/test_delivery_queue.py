@@ -14,7 +14,8 @@ from zope.interface.verify import verifyObject
 
 from gomail.delivery.backoff import RetryPolicy
 from gomail.delivery.failed import FailedStore, MessageBusy
-from gomail.delivery.queue import DeliveryQueue, Router
+from gomail.delivery.queue import DeliveryQueue
+from gomail.delivery.router import Router
 from gomail.interfaces import IDeliveryAgent, IQueueConsumer
 from gomail.spool.envelope import DELIVERED, FAILED, PENDING, Envelope
 from tests.spooltesting import listing, make_spool, new_envelope, read

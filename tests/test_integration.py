@@ -20,7 +20,15 @@ from twisted.trial.unittest import TestCase
 
 from gomail.spool.envelope import FAILED, Envelope, Recipient
 from tests.gomailprocess import GomailNode
-from tests.processes import TWISTD, client_tls, free_port, maildir_messages, poll
+from tests.processes import (
+    TWISTD,
+    child_processes,
+    client_tls,
+    free_port,
+    maildir_messages,
+    poll,
+    read_cmdline,
+)
 
 CONFIG = """
 smtpHost = "127.0.0.1"
@@ -60,20 +68,6 @@ def send_implicit_tls(port: int) -> dict:
     with smtplib.SMTP_SSL("127.0.0.1", port, timeout=20, context=client_tls()) as client:
         client.ehlo("client.test")
         return client.sendmail("alice@example.org", ["bob@example.com"], MESSAGE)
-
-
-def child_processes(pid: int) -> list[int]:
-    """The live child processes of C{pid}."""
-    children = []
-    for task in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{task}/children") as f:
-            children += [int(child) for child in f.read().split()]
-    return children
-
-
-def read_cmdline(pid: int) -> bytes:
-    with open(f"/proc/{pid}/cmdline", "rb") as f:
-        return f.read()
 
 
 class TwistdGomailTests(TestCase):

@@ -25,8 +25,9 @@ from gomail.delivery.backoff import RetryPolicy
 from gomail.delivery.client import ConnectionFailure, RelayProtocol
 from gomail.delivery.connect import make_connector
 from gomail.delivery.failed import FailedStore
-from gomail.delivery.queue import DeliveryQueue, Router
+from gomail.delivery.queue import DeliveryQueue
 from gomail.delivery.relay import RelayAgent, Smarthost
+from gomail.delivery.router import Router
 from gomail.metrics import Metrics
 from gomail.settings import DeliverySettings
 from gomail.spool.envelope import DELIVERED, PENDING, Envelope, Recipient

@@ -25,7 +25,7 @@ from gomail.auth.names import canonical_username
 from gomail.auth.records import UserRecord
 from gomail.auth.users import SQLiteUserStore
 from gomail.delivery.maildir import MaildirDelivery
-from gomail.delivery.queue import Router
+from gomail.delivery.router import Router
 from gomail.service import build_service
 from gomail.smtp.address import Path
 from gomail.smtp.policy import RelayPolicy

@@ -30,7 +30,8 @@ from gomail.delivery.client import RelayProtocol, Transaction
 from gomail.delivery.content import CheckedFileContent, content_opener, send_content
 from gomail.delivery.failed import FailedStore
 from gomail.delivery.maildir import MaildirDelivery, mailbox_name
-from gomail.delivery.queue import DeliveryQueue, Router
+from gomail.delivery.queue import DeliveryQueue
+from gomail.delivery.router import Router
 from gomail.interfaces import IDeliveryAgent
 from gomail.metrics import Metrics
 from gomail.spool.envelope import DELIVERED, Envelope

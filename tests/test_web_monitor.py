@@ -22,8 +22,9 @@ from gomail.auth.checker import LoginAttempt
 from gomail.delivery.backoff import RetryPolicy
 from gomail.delivery.client import ConnectionFailure
 from gomail.delivery.failed import FailedStore
-from gomail.delivery.queue import DeliveryQueue, Router
+from gomail.delivery.queue import DeliveryQueue
 from gomail.delivery.relay import RelayAgent, Smarthost
+from gomail.delivery.router import Router
 from gomail.metrics import Metrics
 from gomail.service import build_service
 from gomail.services import ListeningService

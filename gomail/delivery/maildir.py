@@ -21,7 +21,7 @@ _UNSAFE = re.compile(r"[^a-z0-9@._+=-]|^\.")
 
 def mailbox_name(address: str) -> str:
     """The directory name for an address: lower-cased, anything unsafe %-escaped."""
-    return _UNSAFE.sub(lambda m: "%{:02X}".format(ord(m.group())), address.lower())
+    return _UNSAFE.sub(lambda m: f"%{ord(m.group()):02X}", address.lower())
 
 
 @implementer(IDeliveryAgent)

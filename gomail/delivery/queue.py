@@ -23,15 +23,15 @@ from __future__ import annotations
 
 import heapq
 import random as _random
-from collections.abc import Iterable
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, TimeoutError, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gomail.delivery.backoff import RetryPolicy, retry_delay
@@ -43,60 +43,17 @@ from gomail.delivery.bounce import (
     unreported_failures,
 )
 from gomail.delivery.failed import FailedStore, MessageBusy
+from gomail.delivery.router import Router
+from gomail.delivery.stats import DeliveryStats
 from gomail.interfaces import IDeliveryAgent, IQueueConsumer
-from gomail.smtp.address import canonical_domain
 from gomail.spool.envelope import DELIVERED, FAILED, PENDING, Envelope, Recipient
 from gomail.spool.integrity import CorruptContent
 from gomail.spool.store import Spool
 
-
-@dataclass
-class DeliveryStats:
-    """Counters for the monitoring endpoints."""
-
-    delivered_messages: int = 0
-    deferred_messages: int = 0
-    failed_messages: int = 0
-    delivered_recipients: int = 0
-    deferred_recipients: int = 0
-    failed_recipients: int = 0
-    bounces: int = 0
-    delay_warnings: int = 0
-    attempt_seconds_total: float = 0.0
-    attempts: int = 0
-    #: callables(seconds) told the wall time of each attempt (a latency histogram)
-    attempt_observers: list = field(default_factory=list)
-
-    @property
-    def average_attempt_ms(self) -> float:
-        """Mean wall time of one delivery attempt, in milliseconds (the seed's avg_processing_time_ms)."""
-        return 1000.0 * self.attempt_seconds_total / self.attempts if self.attempts else 0.0
-
-
-class Router:
-    """
-    Picks the agent for each recipient: local domains to the mailbox, the rest
-    to the relay (if any). Envelope addresses are canonical (see
-    L{gomail.smtp.address}), so their domains are compared as they are; only
-    the configured C{local_domains} are canonicalised here.
-    """
-
-    def __init__(self, local: IDeliveryAgent, relay: IDeliveryAgent | None = None,
-                 local_domains: Iterable[str] = frozenset()) -> None:
-        self.local, self.relay = local, relay
-        self.local_domains = frozenset(canonical_domain(d) for d in local_domains)
-
-    def route(self, recipients: list[Recipient]) -> list[tuple[IDeliveryAgent, list[Recipient]]]:
-        if self.relay is None:
-            return [(self.local, recipients)] if recipients else []
-        local = [r for r in recipients if self._is_local(r.address.rpartition("@")[2])]
-        remote = [r for r in recipients if r not in local]
-        return [(agent, group) for agent, group in ((self.local, local), (self.relay, remote)) if group]
-
-    def _is_local(self, domain: str) -> bool:
-        # Envelopes queued before addresses were canonical at parse time may
-        # still hold "Example.COM.": they must not be relayed for that.
-        return domain in self.local_domains or domain.lower().rstrip(".") in self.local_domains
+#: Seconds before a finished message's outcome is written again after the writer failed it,
+#: doubling with each failure up to BOOKKEEPING_RETRY_MAX (the writer process restarts in 1 s).
+BOOKKEEPING_RETRY = 2.0
+BOOKKEEPING_RETRY_MAX = 60.0
 
 
 @implementer(IQueueConsumer)
@@ -123,6 +80,8 @@ class DeliveryQueue(Service):
         self._active: dict[str, Deferred] = {}
         self._timer: Any = None
         self._failed_loop: LoopingCall | None = None
+        #: queue id -> failed tries to write a finished message's outcome (see _keep_unrecorded)
+        self._unrecorded: dict[str, int] = {}
 
     # -- IQueueConsumer ---------------------------------------------------------
 
@@ -187,6 +146,7 @@ class DeliveryQueue(Service):
         if queue_id in self._active:
             raise MessageBusy(queue_id)
         del self._envelopes[queue_id]
+        self._unrecorded.pop(queue_id, None)
         await self.spool.remove(queue_id)
         self.log.info("{queue_id} deleted by an operator", queue_id=queue_id)
 
@@ -240,8 +200,8 @@ class DeliveryQueue(Service):
                 continue  # stale heap entry
             d = Deferred.fromCoroutine(self._attempt(envelope))
             self._active[queue_id] = d
-            d.addErrback(lambda f, e=envelope: self._attempt_crashed(e, f))
-            d.addBoth(lambda _, e=envelope: self._attempt_done(e))
+            d.addErrback(self._attempt_crashed, envelope)
+            d.addBoth(self._attempt_done, envelope)
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
@@ -249,11 +209,11 @@ class DeliveryQueue(Service):
             delay = max(0.0, self._heap[0][0] - now)
             self._timer = self.clock.callLater(delay, self._wake)
 
-    def _attempt_done(self, envelope: Envelope) -> None:
+    def _attempt_done(self, _: object, envelope: Envelope) -> None:
         self._active.pop(envelope.id, None)
         self._wake()
 
-    def _attempt_crashed(self, envelope: Envelope, failure: Any) -> None:
+    def _attempt_crashed(self, failure: Failure, envelope: Envelope) -> None:
         # Our own bug or a spool failure: keep the message and try again later.
         self.log.failure("delivery attempt of {queue_id} failed", failure, queue_id=envelope.id)
         if envelope.id in self._envelopes:
@@ -296,7 +256,7 @@ class DeliveryQueue(Service):
             raise
         except TimeoutError:
             reply = (451, f"4.4.7 Delivery attempt timed out after {self.processing_timeout:g} s")
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - an agent's own fault defers its recipients (logged), never loses them
             self.log.failure("{agent} failed delivering {queue_id}", agent=agent.name, queue_id=envelope.id)
             reply = (451, f"4.3.0 Local delivery fault: {type(e).__name__}")
         return {r.address: reply for r in recipients}
@@ -340,12 +300,43 @@ class DeliveryQueue(Service):
                           queue_id=envelope.id, count=len(pending), delay=envelope.next_attempt - now)
             self._push(envelope)
             return
+        try:
+            if any(r.status == FAILED for r in envelope.recipients):
+                await self._give_up(envelope)
+            else:
+                await self.spool.remove(envelope.id, durable=not self._idempotent(envelope))
+                self.stats.delivered_messages += 1
+        except Exception as e:  # noqa: BLE001 - whatever the writer says, the outcome must not be lost
+            self._keep_unrecorded(envelope, e, now)
+            return
+        # Only now, the outcome being on disk: forgotten earlier, a message whose removal the
+        # writer failed (its process killed) was sent again by the next flush or restart.
         del self._envelopes[envelope.id]
-        if any(r.status == FAILED for r in envelope.recipients):
-            await self._give_up(envelope)
-        else:
-            await self.spool.remove(envelope.id, durable=not self._idempotent(envelope))
-            self.stats.delivered_messages += 1
+        self._unrecorded.pop(envelope.id, None)
+
+    def _keep_unrecorded(self, envelope: Envelope, error: Exception, now: float) -> None:
+        """
+        The outcome of a finished message could not be written (the spool
+        writer failed the job). Keep the envelope, with its recipients' states,
+        in the queue: its next turn delivers nothing (nothing is pending) and
+        only writes the outcome again, after a few seconds, doubling up to a
+        minute, until the writer takes it.
+        """
+        tries = self._unrecorded.get(envelope.id, 0) + 1
+        self._unrecorded[envelope.id] = tries
+        delay = min(BOOKKEEPING_RETRY_MAX, BOOKKEEPING_RETRY * 2 ** (tries - 1))
+        if tries == 1:
+            self.log.warn("{queue_id} is finished but its outcome could not be written ({error}): "
+                          "kept in the queue, nothing is sent again; writing it again in {delay:.0f} s",
+                          queue_id=envelope.id, error=str(error) or type(error).__name__, delay=delay)
+        self.stats.unrecorded_retries += 1
+        envelope.next_attempt = now + delay
+        self._push(envelope)
+
+    @property
+    def unrecorded(self) -> int:
+        """Finished messages whose outcome waits to be written (the spool writer failed it)."""
+        return len(self._unrecorded)
 
     def _idempotent(self, envelope: Envelope) -> bool:
         agents = {agent for agent, _ in self.router.route(envelope.recipients)}
@@ -393,4 +384,4 @@ class DeliveryQueue(Service):
                       count=len(recipients))
 
 
-__all__ = ["DeliveryQueue", "DeliveryStats", "Router", "PENDING"]
+__all__ = ["PENDING", "DeliveryQueue", "DeliveryStats", "Router"]
