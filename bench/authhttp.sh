@@ -23,6 +23,8 @@ usage: $0 [-r ROUNDS] [-d SECONDS] [-c CONNS] [-b COST] [-p] [-k]
                py-spy (not in the table; needs .venv/bin/py-spy)  (env PROFILE=1)
   -n           a new connection per request (Connection: close), as nginx
                makes one per login                          (env NEW_CONN=1)
+  -K           the peer is a bare Klein route (same headers) instead of a
+               bare twisted.web resource                    (env KLEIN_PEER=1)
   -k           keep the temporary directory                 (env KEEP_TMP=1)
 EOF
 }
@@ -34,7 +36,8 @@ BCRYPT_ROUNDS=${BCRYPT_ROUNDS:-10}
 PROFILE=${PROFILE:-0}
 KEEP_TMP=${KEEP_TMP:-0}
 NEW_CONN=${NEW_CONN:-0}
-while getopts "r:d:c:b:pnkh" opt; do
+KLEIN_PEER=${KLEIN_PEER:-0}
+while getopts "r:d:c:b:pnKkh" opt; do
     case $opt in
     r) ROUNDS=$OPTARG ;;
     d) DURATION=$OPTARG ;;
@@ -42,6 +45,7 @@ while getopts "r:d:c:b:pnkh" opt; do
     b) BCRYPT_ROUNDS=$OPTARG ;;
     p) PROFILE=1 ;;
     n) NEW_CONN=1 ;;
+    K) KLEIN_PEER=1 ;;
     k) KEEP_TMP=1 ;;
     h) usage; exit 0 ;;
     *) usage >&2; exit 2 ;;
@@ -157,8 +161,9 @@ $HELPER wait-text "$WORK/gomail.log" "gomail ready" --pid "$GOMAIL_PID" --timeou
     { tail -30 "$WORK/gomail.log" >&2; die "gomail did not start"; }
 
 # -- the peer -------------------------------------------------------------------------
-log "starting the peer (bare twisted.web resource) on 127.0.0.1:$PEER_PORT"
-$PY "$BENCH/authhttp_helper.py" peer --port "$PEER_PORT" >"$WORK/peer.log" 2>&1 &
+if [[ $KLEIN_PEER == 1 ]]; then PEER_KIND="bare Klein route"; PEER_ARGS=(--klein); else PEER_KIND="bare twisted.web resource"; PEER_ARGS=(); fi
+log "starting the peer ($PEER_KIND) on 127.0.0.1:$PEER_PORT"
+$PY "$BENCH/authhttp_helper.py" peer --port "$PEER_PORT" "${PEER_ARGS[@]}" >"$WORK/peer.log" 2>&1 &
 PEER_PID=$!
 $HELPER wait-text "$WORK/peer.log" "peer ready" --pid "$PEER_PID" --timeout 30 ||
     { cat "$WORK/peer.log" >&2; die "the peer did not start"; }

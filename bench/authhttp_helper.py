@@ -118,11 +118,30 @@ def peer_site():
     return site
 
 
-def run_peer(port: int) -> None:
-    """The peer (L{peer_site}) listening on C{port}; one reactor."""
+def klein_peer_site():
+    """The second peer: a bare Klein route answering nginx's success headers, in a Site."""
+    from klein import Klein
+    from twisted.web.server import Site
+
+    app = Klein()
+
+    @app.route("/api/auth", methods=["GET", "HEAD"])
+    def auth(request):
+        request.setHeader(b"Auth-Status", b"OK")
+        request.setHeader(b"Auth-Server", b"127.0.0.1")
+        request.setHeader(b"Auth-Port", b"143")
+        return b""
+
+    site = Site(app.resource())
+    site.log = lambda request: None
+    return site
+
+
+def run_peer(port: int, klein: bool = False) -> None:
+    """The peer (L{peer_site}, or L{klein_peer_site}) listening on C{port}; one reactor."""
     from twisted.internet import reactor
 
-    site = peer_site()
+    site = klein_peer_site() if klein else peer_site()
     reactor.listenTCP(port, site, interface="127.0.0.1")
     reactor.callWhenRunning(lambda: print(f"peer ready on 127.0.0.1:{port}", flush=True))
     reactor.run()
@@ -464,6 +483,7 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=10)
     p = sub.add_parser("peer")
     p.add_argument("--port", type=int, required=True)
+    p.add_argument("--klein", action="store_true", help="a bare Klein route instead of a twisted.web resource")
     p = sub.add_parser("wait-text")
     p.add_argument("file")
     p.add_argument("text")
@@ -492,7 +512,7 @@ def main() -> int:
     elif args.cmd == "users":
         make_users(args.db, args.user, args.password, args.rounds)
     elif args.cmd == "peer":
-        run_peer(args.port)
+        run_peer(args.port, klein=args.klein)
     elif args.cmd == "wait-text":
         return wait_text(args.file, args.text, args.pid, args.timeout)
     elif args.cmd == "run":

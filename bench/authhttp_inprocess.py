@@ -36,8 +36,7 @@ from twisted.python.failure import Failure  # noqa: E402
 from twisted.internet.testing import StringTransport  # noqa: E402
 from twisted.internet.protocol import Factory  # noqa: E402
 
-from gomail.web.authwire import AuthHTTPFactory  # noqa: E402
-from authhttp_helper import freeports, make_users, peer_site  # noqa: E402  (bench/ is on sys.path as the script's directory)
+from authhttp_helper import freeports, klein_peer_site, make_users, peer_site  # noqa: E402  (bench/ is on sys.path as the script's directory)
 
 USER, PASSWORD, SECRET = "alice@example.org", "bench-pass-1", "bench-shared-secret"
 PEER = IPv4Address("TCP", "127.0.0.1", 40000)
@@ -131,9 +130,8 @@ def auth_factory(service) -> Factory:
             yield from walk(child)
 
     for child in walk(service):
-        for value in vars(child).values():
-            if isinstance(value, AuthHTTPFactory):
-                return value
+        if getattr(child, "kind", None) == "nginx auth_http":
+            return child.factory
     raise RuntimeError("no auth_http listener found")
 
 
@@ -161,12 +159,14 @@ def main() -> int:
     def run() -> None:
         try:
             site = auth_factory(service)
-            peer = peer_site()
+            peer, klein_peer = peer_site(), klein_peer_site()
             for round_number in range(1, args.r + 1):
                 gomail_us = drive(site, args.n, new_connections=args.new_connections)
                 peer_us = drive(peer, args.n, new_connections=args.new_connections)
-                print(f"round {round_number}: gomail {gomail_us:.1f} us/request, peer {peer_us:.1f},"
-                      f" ratio {peer_us / gomail_us:.2f}", flush=True)
+                klein_us = drive(klein_peer, args.n, new_connections=args.new_connections)
+                print(f"round {round_number}: gomail {gomail_us:.1f} us/request, bare twisted.web {peer_us:.1f},"
+                      f" bare Klein {klein_us:.1f}; ratio to twisted.web {peer_us / gomail_us:.2f},"
+                      f" to Klein {klein_us / gomail_us:.2f}", flush=True)
             if args.profile:
                 drive(site, args.n, profile=True, new_connections=args.new_connections)
             status[0] = 0

@@ -2,7 +2,7 @@
 The nginx auth_http endpoint (PROTOCOLS.md): every request header case, what
 the answer's headers say, and that nothing but a complete success ever carries
 C{Auth-Status: OK}. Requests go as raw HTTP through the listener's real
-protocol (L{AuthHTTPFactory}: the peer check, the path, the answerer) on a
+site (L{gomail.web.authapp}: the peer check, the path, the answerer) on a
 StringTransport and a Clock.
 """
 
@@ -28,11 +28,11 @@ from gomail.config import load_config
 from gomail.services import ListeningService
 from gomail.settings import Backend, NginxAuthSettings
 from gomail.state.memory import MemoryStateStore
+from gomail.web.authapp import auth_http_site
 from gomail.web.authhttp import AuthHTTPAnswerer
-from gomail.web.authwire import AuthHTTPFactory
 from gomail.web.http import PeerAccess
 from gomail.web.service import build_http
-from tests.authtesting import MemoryUsers, SyncVerifier, authenticator
+from tests.authtesting import MemoryUsers, SyncVerifier, authenticator, portal_for
 from tests.test_smtp_auth import BrokenStore
 from tests.webtesting import WireBrowser
 
@@ -101,10 +101,10 @@ class AuthHTTPMixin:
         """(Re)build the tree; C{overrides} are NginxAuthSettings fields."""
         self.settings = settings or NginxAuthSettings(sharedSecret=SHARED.decode(), **overrides)
         self.auth = authenticator(self.clock, state or self.state, self.users, self.verifier)
-        self.resource = AuthHTTPAnswerer(self.settings, self.auth, router or self.router,
+        self.resource = AuthHTTPAnswerer(self.settings, portal_for(self.auth), router or self.router, self.clock,
                                          audit or self.audit, timer=self.clock.seconds)
-        self.factory = AuthHTTPFactory(self.resource, self.settings.path, PeerAccess(self.settings.allowFrom),
-                                       self.clock, self.settings.maxRequestBytes, self.settings.requestTimeout)
+        self.factory = auth_http_site(self.resource, self.settings.path, PeerAccess(self.settings.allowFrom),
+                                      self.clock, self.settings.maxRequestBytes, self.settings.requestTimeout)
         self.browser = WireBrowser(self.factory, peer)
 
     def ask(self, user: str | bytes = "alice", password: str | bytes = "s3cret", protocol: bytes = b"imap",
@@ -324,8 +324,8 @@ class ReflectionTests(AuthHTTPMixin, SynchronousTestCase):
     def test_nothing_echoed(self) -> None:
         """Failures, refusals and temporary answers never contain the user name or password."""
         self.users.add(self.USER, "right")
-        cases = [dict(), dict(password=self.PASSWORD + "x"), dict(method=b"apop"), dict(protocol=b"sieve"),
-                 dict(secret=b"wrong"), dict(client_ip=b"nope"), dict(omit=(b"Auth-Pass",))]
+        cases = [{}, {"password": self.PASSWORD + "x"}, {"method": b"apop"}, {"protocol": b"sieve"},
+                 {"secret": b"wrong"}, {"client_ip": b"nope"}, {"omit": (b"Auth-Pass",)}]
         for case in cases:
             answer = self.ask(**{"user": self.USER, "password": self.PASSWORD, **case})
             self.assertNotOK(answer)
@@ -662,7 +662,8 @@ class WiringTests(SynchronousTestCase):
         config = dataclasses.replace(config, enableHealthCheck=False, nginxAuth=dataclasses.replace(
             config.nginxAuth, sharedSecret=SHARED.decode(), path="/nginx/auth", backends=BACKENDS,
             healthCheckInterval=0, listen=("tcp:0:interface=127.0.0.1",)))
-        root = SimpleNamespace(auth=SimpleNamespace(authenticator=auth, rate_limiter=None, state=None,
+        root = SimpleNamespace(auth=SimpleNamespace(authenticator=auth, portal=portal_for(auth), rate_limiter=None,
+                                                    state=None,
                                                     users=SimpleNamespace(pool=None)),
                                smtp=None, spool=None, writer_process=None,
                                delivery=SimpleNamespace(router=None, stats=SimpleNamespace(attempt_observers=[])))

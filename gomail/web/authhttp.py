@@ -1,8 +1,8 @@
 """
 What the nginx mail proxy's C{auth_http} request is answered (contract:
 PROTOCOLS.md), apart from HTTP itself: L{AuthHTTPAnswerer} turns a request's
-headers into the status code and C{Auth-*} headers of the answer;
-L{gomail.web.authwire} carries them over the wire.
+headers into the status code and C{Auth-*} headers of the answer, logging in
+through the portal every protocol shares; L{gomail.web.authapp} serves it.
 
 nginx reads only the response headers and ignores the status line, so the one
 rule above all: C{Auth-Status: OK} is written in a single place, after every
@@ -19,11 +19,12 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
+from twisted.cred.portal import Portal
 from twisted.logger import Logger
 
 from gomail.auth.authlog import CONTROL_CHARACTERS, AuthLog, AuthLogEntry, printable
 from gomail.auth.backends import BackendRouter, NoBackend
-from gomail.auth.checker import Authenticator, AuthFailure, LoginAttempt, TemporaryAuthError
+from gomail.auth.checker import AuthFailure, LoginAttempt, TemporaryAuthError, login
 from gomail.netaddr import ip_text
 from gomail.settings import NginxAuthSettings
 
@@ -58,14 +59,14 @@ class AuthHTTPAnswerer:
     #: Refused requests logged and audited per second (the rest only counted).
     MAX_REFUSALS_LOGGED = 10
 
-    def __init__(self, settings: NginxAuthSettings, authenticator: Authenticator, router: BackendRouter,
-                 audit: AuthLog | None = None, timer: Any = time.perf_counter, clock: Any = None) -> None:
+    def __init__(self, settings: NginxAuthSettings, portal: Portal, router: BackendRouter, clock: Any,
+                 audit: AuthLog | None = None, timer: Any = time.perf_counter) -> None:
         self.settings = settings
-        self.authenticator = authenticator
+        self.portal = portal
         self.router = router
         self.audit = audit
         self.timer = timer
-        self.clock = clock if clock is not None else authenticator.clock
+        self.clock = clock
         self.secret = settings.sharedSecret.encode()
         self.secret_header = settings.secretHeader.encode().lower()
         self.refusals_not_logged = 0
@@ -82,7 +83,7 @@ class AuthHTTPAnswerer:
         started = self.timer()
         try:
             return await self._answer(headers, started)
-        except Exception:
+        except Exception:  # noqa: BLE001 - never an OK, whatever broke: the temporary failure, logged
             self.log.failure("auth_http request failed")
             return 500, self._temporary(_safe_protocol(headers))
 
@@ -106,7 +107,7 @@ class AuthHTTPAnswerer:
             return 400, {b"Auth-Status": self._status_text(e.client_text)}
         attempt = LoginAttempt(user, password, client_ip, protocol)
         try:
-            success = await self.authenticator.check(attempt)
+            success = await login(self.portal, attempt)
         except AuthFailure as failure:
             self._record(started, user, protocol, client_ip, "failure", failure.reason)
             return 200, self._failure(protocol, attempt_number, failure.delay)

@@ -12,8 +12,8 @@ from gomail.auth.backends import BackendRouter
 from gomail.metrics import Metrics
 from gomail.services import ListeningService
 from gomail.settings import Backend, Config
+from gomail.web.authapp import auth_http_site
 from gomail.web.authhttp import AuthHTTPAnswerer
-from gomail.web.authwire import AuthHTTPFactory
 from gomail.web.guard import HostNames
 from gomail.web.http import Guarded, LimitedSite, PeerAccess
 from gomail.web.monitor import MonitorApp
@@ -50,9 +50,9 @@ def build_http(config: Config, reactor: Any, root: Any, parent: MultiService) ->
             audit = AuthLog(auth.users.pool, reactor, settings.auditRetentionDays)
             audit.setServiceParent(parent)
         root.auth_log = audit
-        answerer = AuthHTTPAnswerer(settings, auth.authenticator, router, audit)
-        factory = AuthHTTPFactory(answerer, settings.path, PeerAccess(settings.allowFrom), reactor,
-                                  settings.maxRequestBytes, settings.requestTimeout)
+        answerer = AuthHTTPAnswerer(settings, auth.portal, router, reactor, audit)
+        factory = auth_http_site(answerer, settings.path, PeerAccess(settings.allowFrom), reactor,
+                                 settings.maxRequestBytes, settings.requestTimeout)
         if not settings.sharedSecret:
             log.warn("nginxAuth.sharedSecret is empty: any allowed peer may ask auth_http (set it, and "
                      "auth_http_header in nginx)")
