@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import glob
 import json
-import math
 import os
 import re
 import signal
@@ -203,17 +202,17 @@ def parse_wrk(text: str) -> dict:
     """The figures of one `wrk --latency` output; latencies in ms whatever unit wrk chose."""
     out: dict = {"requests": None, "seconds": None, "rps": None, "latency_ms": {}, "non2xx": 0,
                  "socket_errors": {"connect": 0, "read": 0, "write": 0, "timeout": 0}}
-    m = re.search(r"^\s*Latency\s+" + _TIME + r"\s+" + _TIME + r"\s+" + _TIME, text, re.M)
+    m = re.search(r"^\s*Latency\s+" + _TIME + r"\s+" + _TIME + r"\s+" + _TIME, text, re.MULTILINE)
     if m:
         out["latency_ms"]["avg"] = _ms(m.group(1), m.group(2))
         out["latency_ms"]["max"] = _ms(m.group(5), m.group(6))
-    for pct, value, unit in re.findall(r"^\s*(\d+(?:\.\d+)?)%\s+" + _TIME, text, re.M):
+    for pct, value, unit in re.findall(r"^\s*(\d+(?:\.\d+)?)%\s+" + _TIME, text, re.MULTILINE):
         out["latency_ms"][f"p{float(pct):g}"] = _ms(value, unit)
-    m = re.search(r"^\s*(\d+) requests in " + _TIME, text, re.M)
+    m = re.search(r"^\s*(\d+) requests in " + _TIME, text, re.MULTILINE)
     if m:
         out["requests"] = int(m.group(1))
         out["seconds"] = _ms(m.group(2), m.group(3)) / 1e3
-    m = re.search(r"^Requests/sec:\s+([0-9.]+)", text, re.M)
+    m = re.search(r"^Requests/sec:\s+([0-9.]+)", text, re.MULTILINE)
     if m:
         out["rps"] = float(m.group(1))
     m = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
@@ -261,7 +260,7 @@ def run(args) -> int:
         pause = wall0 + delay - time.monotonic()
         if pause > 0:
             time.sleep(pause)
-        f = open(f"{base}.{name}.wrk.txt", "w")
+        f = open(f"{base}.{name}.wrk.txt", "w")  # noqa: SIM115 - wrk writes to it until it ends, closed below
         p = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
         _children.append(p)
         started.append((name, cmd, p, f))
@@ -275,7 +274,8 @@ def run(args) -> int:
             p.kill()
             p.wait()
         f.close()
-        text = open(f.name).read()
+        with open(f.name) as result_file:
+            text = result_file.read()
         results[name] = {"cmd": " ".join(cmd), "rc": p.returncode, **parse_wrk(text)}
         if p.returncode != 0 or results[name]["rps"] is None:
             print(f"{name}: wrk failed (rc {p.returncode}):\n{text[-2000:]}", file=sys.stderr)
@@ -298,7 +298,9 @@ def run(args) -> int:
 def profile(path: str, top: int) -> None:
     """Summarise py-spy's raw (collapsed) stacks: which threads are busy, and where the busiest one spends it."""
     stacks, threads, total = [], {}, 0
-    for line in open(path):
+    with open(path) as stacks_file:
+        lines = stacks_file.read().splitlines()
+    for line in lines:
         stack, _, count = line.rstrip("\n").rpartition(" ")
         if not stack or not count.isdigit():
             continue
@@ -362,7 +364,10 @@ def mmm(values, digits=None):
 
 def summarize(args) -> int:
     params = json.loads(args.params)
-    runs = [json.load(open(p)) for p in sorted(glob.glob(os.path.join(args.runs, "*.json")))]
+    runs = []
+    for run_path in sorted(glob.glob(os.path.join(args.runs, "*.json"))):
+        with open(run_path) as run_file:
+            runs.append(json.load(run_file))
     problems = []
 
     def throughput(side, conns):
@@ -520,7 +525,8 @@ def main() -> int:
             args.commands = args.commands[1:]
         return run(args)
     elif args.cmd == "parse-wrk":
-        print(json.dumps(parse_wrk(open(args.file).read()), indent=1))
+        with open(args.file) as wrk_file:
+            print(json.dumps(parse_wrk(wrk_file.read()), indent=1))
     elif args.cmd == "profile":
         profile(args.file, args.top)
     elif args.cmd == "summarize":

@@ -28,15 +28,14 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from twisted.internet import reactor  # noqa: E402
-from twisted.internet.address import IPv4Address  # noqa: E402
-from twisted.internet.defer import maybeDeferred  # noqa: E402
-from twisted.internet.error import ConnectionDone  # noqa: E402
-from twisted.python.failure import Failure  # noqa: E402
-from twisted.internet.testing import StringTransport  # noqa: E402
-from twisted.internet.protocol import Factory  # noqa: E402
-
-from authhttp_helper import freeports, klein_peer_site, make_users, peer_site  # noqa: E402  (bench/ is on sys.path as the script's directory)
+from authhttp_helper import freeports, klein_peer_site, make_users, peer_site
+from twisted.internet import reactor
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import maybeDeferred
+from twisted.internet.error import ConnectionDone
+from twisted.internet.protocol import Factory
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 
 USER, PASSWORD, SECRET = "alice@example.org", "bench-pass-1", "bench-shared-secret"
 PEER = IPv4Address("TCP", "127.0.0.1", 40000)

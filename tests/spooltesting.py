@@ -6,7 +6,8 @@ or "crashes" at a chosen step, and shortcuts to build and fill a spool.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import Clock

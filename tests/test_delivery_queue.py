@@ -61,7 +61,7 @@ class QueueTestCase(SynchronousTestCase):
         self.spool = make_spool(os.path.abspath(self.mktemp()), self.clock)
 
     def queue(self, agent: ScriptedAgent, workers: int = 5, **policy: Any) -> DeliveryQueue:
-        values = dict(initial=300, factor=2, maximum=3600, jitter=0.2, max_age=5 * 86400)
+        values = {"initial": 300, "factor": 2, "maximum": 3600, "jitter": 0.2, "max_age": 5 * 86400}
         values.update(policy)
         queue = DeliveryQueue(self.spool, Router(agent), self.clock, workers, processing_timeout=300,
                               policy=RetryPolicy(**values), failed=FailedStore(self.spool, self.clock),
@@ -190,7 +190,7 @@ class GivingUpTests(QueueTestCase):
         self.assertEqual(record["recipients"][0]["reply"], "550 5.1.1 No such user")
         self.assertIn("550 5.1.1 No such user", record["reason"])
         # The bounce was queued and delivered (second call) to the original sender, from <>.
-        bounce_id, bounce_to = agent.calls[1]
+        _bounce_id, bounce_to = agent.calls[1]
         self.assertEqual(bounce_to, ["sender@example.com"])
         self.assertEqual((queue.stats.failed_messages, queue.stats.bounces), (1, 1))
         self.assertEqual(listing(self.spool, "queue"), [])

@@ -14,16 +14,31 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from gomail.spool.envelope import (DELIVERED, FORMAT_VERSION, PENDING, Envelope, EnvelopeError,
-                                   Recipient, new_queue_id)
 from gomail.spool import fs as fs_module
+from gomail.spool.envelope import (
+    DELIVERED,
+    FORMAT_VERSION,
+    PENDING,
+    Envelope,
+    EnvelopeError,
+    Recipient,
+    new_queue_id,
+)
 from gomail.spool.fs import FileSystem, read_queued
 from gomail.spool.incoming import IncomingMessage
-from gomail.spool.service import SpoolService
 from gomail.spool.recent import RecentContent
+from gomail.spool.service import SpoolService
 from gomail.spool.store import SUBDIRECTORIES, Spool, SpoolError
-from tests.spooltesting import (Crash, ScriptedFileSystem, listing, make_spool, new_envelope, read,
-                                start_commit, synchronous_run)
+from tests.spooltesting import (
+    Crash,
+    ScriptedFileSystem,
+    listing,
+    make_spool,
+    new_envelope,
+    read,
+    start_commit,
+    synchronous_run,
+)
 
 SMALL = b"Subject: hello\r\n\r\nHello, world.\r\n"
 MEDIUM = b"Subject: medium\r\n\r\n" + b"x" * 3000 + b"\r\n"
@@ -573,7 +588,7 @@ class RecentContentTests(SpoolTestCase):
         """A commit that fails (fsync error) leaves nothing in memory either."""
         spool = self.spool(ScriptedFileSystem(fail_at=3, error=OSError(errno.EIO, "I/O error")),
                            recent_content_bytes=1024 * 1024)
-        envelope, d = start_commit(spool, SMALL)
+        _envelope, d = start_commit(spool, SMALL)
         self.failureResultOf(d, OSError)
         self.assertEqual(len(spool.recent), 0)
 

@@ -87,7 +87,7 @@ class RunBatchTests(SynchronousTestCase):
         leaves each with a short traceback, not one that grows per job.
         """
         fs = CountingFileSystem(fail=True)
-        outcomes = run_batch([lambda: (i, [self.a]) for i in range(50)], fs)
+        outcomes = run_batch([lambda i=i: (i, [self.a]) for i in range(50)], fs)
         errors = [failure.value for _, failure in outcomes]
         self.assertEqual(len({id(e) for e in errors}), 50)
         sizes: list[int] = []

@@ -20,12 +20,19 @@ from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from gomail.delivery.maildir import MaildirDelivery
+from gomail.spool import writerchild
 from gomail.spool.envelope import Recipient
 from gomail.spool.incoming import IncomingMessage
-from gomail.spool.process import (FrameReader, WriterGone, WriterProcess, WriterSpec, WriterStartError,
-                                  _ChildProtocol, frame)
-from gomail.spool import writerchild
-from gomail.spool.process import HEADER
+from gomail.spool.process import (
+    HEADER,
+    FrameReader,
+    WriterGone,
+    WriterProcess,
+    WriterSpec,
+    WriterStartError,
+    _ChildProtocol,
+    frame,
+)
 from gomail.spool.writer import STOP
 from gomail.spool.writerchild import _reply_frame
 from tests.processes import spawn
@@ -162,7 +169,7 @@ class WriterProcessTests(TestCase):
     async def _death(self) -> None:
         first = self.process.pid
         self.process._protocol.transport.signalProcess("KILL")
-        envelope, commit = start_commit(self.spool, b"Subject: lost\r\n\r\nnever answered\r\n", "bob@example.com")
+        _envelope, commit = start_commit(self.spool, b"Subject: lost\r\n\r\nnever answered\r\n", "bob@example.com")
         with self.assertRaises(WriterGone):
             await commit
         # The commit failed as a whole: nothing of it is left (its client was told 451).
@@ -259,7 +266,7 @@ class WriterProcessTests(TestCase):
 
     async def _garbage(self) -> None:
         first = self.process.pid
-        envelope, commit = start_commit(self.spool, b"Subject: x\r\n\r\nwaiting\r\n", "bob@example.com")
+        _envelope, commit = start_commit(self.spool, b"Subject: x\r\n\r\nwaiting\r\n", "bob@example.com")
         # A frame that cannot be read: the stream is no longer trusted.
         self.process._protocol.childDataReceived(1, HEADER.pack(3) + b"bad")
         with self.assertRaises(WriterGone):

@@ -5,6 +5,7 @@ store, CPU pool for bcrypt, blacklist, checker, portal and rate limiter.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import secrets
@@ -95,7 +96,7 @@ class AuthService(Service):
                           "let it; restrict it with: gomail user sender set {user} ADDRESS...", user=user.name)
         try:
             await self.parts.state.ping()
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - any store failure: logged, not fatal
             # Not fatal: intake and delivery work without it; logins answer
             # temporary failures until the store is back.
             self.log.warn("state store not reachable at start: {error}", error=str(e))
@@ -108,10 +109,8 @@ class AuthService(Service):
         self.parts.users.close()
         close = getattr(self.parts.state, "disconnect", None)
         if close is not None:
-            try:
+            with contextlib.suppress(Exception):  # stopping: a store that fails to close is gone anyway
                 await close()
-            except Exception:
-                pass
 
 
 def bcrypt_threads(configured: int, cores: int | None) -> int:

@@ -74,7 +74,7 @@ class Envelope:
         return json.dumps(data, separators=(",", ":"), sort_keys=True).encode("utf-8")
 
     @classmethod
-    def from_json(cls, raw: bytes) -> "Envelope":
+    def from_json(cls, raw: bytes) -> Envelope:
         """
         Parse a spool envelope.
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+import contextlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
@@ -35,7 +37,7 @@ class IncomingMessage:
 
     log = Logger()
 
-    def __init__(self, spool: "Spool", queue_id: str) -> None:
+    def __init__(self, spool: Spool, queue_id: str) -> None:
         self.id = queue_id
         self.size = 0
         self._spool = spool
@@ -92,7 +94,7 @@ class IncomingMessage:
         if self.on_drain is not None:
             self.on_drain()
 
-    async def commit(self, envelope: "Envelope") -> None:
+    async def commit(self, envelope: Envelope) -> None:
         """
         Make the message durable in ``queue/``: returns only once the content,
         the envelope and the directory entry are on stable storage.
@@ -141,7 +143,5 @@ class IncomingMessage:
 
     async def _idle(self) -> None:
         while self._writing is not None:
-            try:
+            with contextlib.suppress(Exception):  # its failure is the commit's, reported there
                 await self._writing
-            except Exception:
-                pass

@@ -32,6 +32,7 @@ closing its input: it completes the jobs already sent, then exits.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import struct
@@ -41,7 +42,7 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.error import ProcessDone
+from twisted.internet.error import ProcessDone, ProcessExitedAlready
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -115,7 +116,7 @@ class RemoteLane:
     #: Jobs run in another process: descriptors cannot be passed (only paths), nor objects changed here.
     in_process = False
 
-    def __init__(self, process: "WriterProcess", name: str) -> None:
+    def __init__(self, process: WriterProcess, name: str) -> None:
         self.process = process
         self.name = name
 
@@ -137,7 +138,7 @@ class WriterProcess(Service):
                  restart_delay: float = RESTART_DELAY) -> None:
         self.reactor = reactor
         self.spec = spec
-        self.name = name
+        self.setName(name)
         self.restart_delay = restart_delay
         self.restarts = 0
         self._protocol: _ChildProtocol | None = None
@@ -191,7 +192,7 @@ class WriterProcess(Service):
         request_id = self._next_id
         try:
             data = frame((request_id, lane, target, method, args))
-        except Exception as e:  # arguments that cannot be pickled: a programming error, told to the caller
+        except Exception as e:  # noqa: BLE001 - arguments that cannot be pickled: a programming error, told to the caller
             return fail(e)
         self._next_id += 1
         d: Deferred = Deferred()
@@ -215,7 +216,7 @@ class WriterProcess(Service):
                 # One reply frame may carry one exception object for several jobs.
                 d.errback(own_failure(value))
 
-    def _child_ended(self, protocol: "_ChildProtocol", reason: Failure) -> None:
+    def _child_ended(self, protocol: _ChildProtocol, reason: Failure) -> None:
         if protocol is not self._protocol:
             return
         self._protocol = None
@@ -246,7 +247,7 @@ class WriterProcess(Service):
     def _respawn(self) -> None:
         try:
             self._spawn()
-        except Exception as e:  # out of processes or descriptors, say: keep trying
+        except Exception as e:  # noqa: BLE001 - out of processes or descriptors, say: keep trying
             self.log.critical("could not restart the spool writer process ({error}); trying again in {delay:.0f} s",
                               error=e, delay=self.restart_delay)
             self._restart = self.reactor.callLater(self.restart_delay, self._respawn)
@@ -267,13 +268,11 @@ class WriterProcess(Service):
         ended.addBoth(lambda result: (timeout.cancel() if timeout.active() else None, result)[1])
         return ended
 
-    def _kill(self, protocol: "_ChildProtocol") -> None:
+    def _kill(self, protocol: _ChildProtocol) -> None:
         self.log.error("spool writer process did not finish within {timeout:.0f} s: killing it",
                        timeout=STOP_TIMEOUT)
-        try:
+        with contextlib.suppress(ProcessExitedAlready):  # it ended meanwhile
             protocol.transport.signalProcess("KILL")
-        except Exception:
-            pass
 
 
 def _fail_all(pending: dict[int, Deferred], error: Exception) -> None:
@@ -283,6 +282,8 @@ def _fail_all(pending: dict[int, Deferred], error: Exception) -> None:
 
 class _ChildProtocol(ProcessProtocol):
     log = Logger()
+    #: The child's process transport, set by spawnProcess before anything else runs.
+    transport: Any
 
     def __init__(self, owner: WriterProcess) -> None:
         self.owner = owner
@@ -295,7 +296,7 @@ class _ChildProtocol(ProcessProtocol):
         if childFD == 1:
             try:
                 self.owner._replied(self.reader.feed(data))
-            except Exception:
+            except Exception:  # noqa: BLE001 - whatever it is, the stream is not trusted any more
                 # The reply stream can no longer be trusted: end this child, and
                 # with it every job waiting on it (then it is restarted).
                 self.log.failure("unreadable reply from the spool writer process: killing it")

@@ -21,7 +21,8 @@ fails its check before a delivery attempt (L{Spool.check_content}).
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime

@@ -24,11 +24,13 @@ GIL, so the reactor keeps serving while a batch is on disk.
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import queue
 import threading
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, succeed
@@ -62,7 +64,7 @@ def run_batch(jobs: list[Job], fs: FileSystem, fsync_all: Callable[[list[int]], 
             result, directories = stop.value
             outcomes[index] = (True, result)
             dirty.update(directories)
-        except BaseException:
+        except BaseException:  # noqa: BLE001 - a job's every failure is its caller's, not the writer's
             outcomes[index] = (False, Failure())
         else:
             outcomes[index] = (False, Failure(RuntimeError("a spool job yielded twice")))
@@ -76,7 +78,7 @@ def run_batch(jobs: list[Job], fs: FileSystem, fsync_all: Callable[[list[int]], 
                 result, directories = produced
                 outcomes[index] = (True, result)
                 dirty.update(directories)
-        except BaseException:
+        except BaseException:  # noqa: BLE001 - a job's every failure is its caller's, not the writer's
             outcomes[index] = (False, Failure())
     if waiting:
         fds = [fd for _, _, job_fds in waiting for fd in job_fds]
@@ -84,13 +86,13 @@ def run_batch(jobs: list[Job], fs: FileSystem, fsync_all: Callable[[list[int]], 
         for index, generator, job_fds in waiting:
             error = next((errors[fd] for fd in job_fds if errors[fd] is not None), None)
             if error is None:
-                finish(index, lambda: generator.send(None))
+                finish(index, functools.partial(generator.send, None))
             else:
-                finish(index, lambda: generator.throw(error))
+                finish(index, functools.partial(generator.throw, error))
     for directory in sorted(dirty):
         try:
             fs.fsync_directory(directory)
-        except BaseException as e:
+        except BaseException as e:  # noqa: BLE001 - the batch may not be durable: every job fails with it
             return [(False, own_failure(e)) if ok else (ok, value) for ok, value in outcomes]
     return outcomes
 
@@ -141,7 +143,7 @@ def fsync_in_parallel(fs: FileSystem, pool: ThreadPoolExecutor | None, fds: list
 def _try(function: Callable[[int], None], fd: int) -> BaseException | None:
     try:
         function(fd)
-    except BaseException as e:
+    except BaseException as e:  # noqa: BLE001 - reported per descriptor to its job
         return e
     return None
 
