@@ -1,7 +1,7 @@
 """
 Authentication checks per second, and whether bcrypt stalls the reactor.
 
-Runs gomail's real credential checker (L{gomail.auth.checker.Authenticator})
+Runs gomail's real credential checker (L{gomail.auth.checker.LoginChecker})
 on the real reactor: an SQLite user store in a temporary directory holding
 one user (bcrypt hash of cost C{--rounds}; its record cache on, as in the
 server, unless C{--no-user-cache}), the in-memory state store, the IP
@@ -52,7 +52,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from gomail.auth.blacklist import Blacklist
-from gomail.auth.checker import Authenticator, LoginAttempt, ThreadPoolVerifier
+from gomail.auth.checker import LoginAttempt, LoginChecker, ThreadPoolVerifier
 from gomail.auth.passwords import hash_password
 from gomail.auth.service import bcrypt_threads, usable_cpus
 from gomail.auth.users import SQLiteUserStore
@@ -206,8 +206,8 @@ async def main(reactor, args):
         verifier, hashed = ThreadPoolVerifier(reactor, pool), (await store.get_user(USER)).password_hash
         lookup = Peer(lambda a: store.get_user(a.username))
         bare = Peer(lambda a: verifier.verify(a.password, hashed))
-        cached = Authenticator(store, state, blacklist, verifier, reactor, secret, base)
-        uncached = Authenticator(store, state, blacklist, verifier, reactor, secret,
+        cached = LoginChecker(store, state, blacklist, verifier, reactor, secret, base)
+        uncached = LoginChecker(store, state, blacklist, verifier, reactor, secret,
                                  dataclasses.replace(base, cacheTTL=0))
         attempt = LoginAttempt(USER, PASSWORD, "127.0.0.1", "imap")
         site = Site(Health())

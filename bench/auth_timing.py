@@ -2,7 +2,7 @@
 How long each kind of login refusal takes (issue 14, item 11): the time to a
 refusal must not tell which kind it was, nor that the password was right.
 
-Runs gomail's real credential checker (L{gomail.auth.checker.Authenticator})
+Runs gomail's real credential checker (L{gomail.auth.checker.LoginChecker})
 on the real reactor, bcrypt at the configured cost (C{auth.bcryptRounds} of
 C{--config}, or C{--rounds}) in a real thread pool of gomail's size, and the
 in-memory state store. Users: alice (password), ida (disabled), tom and tina
@@ -42,7 +42,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.python.threadpool import ThreadPool
 
 from gomail.auth.blacklist import Blacklist
-from gomail.auth.checker import Authenticator, AuthFailure, LoginAttempt, ThreadPoolVerifier
+from gomail.auth.checker import AuthFailure, LoginAttempt, LoginChecker, ThreadPoolVerifier
 from gomail.auth.passwords import hash_password
 from gomail.auth.records import BlacklistEntry, UserRecord
 from gomail.auth.service import bcrypt_threads, usable_cpus
@@ -110,7 +110,7 @@ async def measure(reactor: Any, options: argparse.Namespace, settings: Any, user
                   clock: task.Clock, pool: ThreadPool) -> int:
     threads = pool.max
     verifier = ThreadPoolVerifier(reactor, pool)
-    auth = Authenticator(users, MemoryStateStore(clock), Blacklist(users, clock, settings.blacklistRefresh),
+    auth = LoginChecker(users, MemoryStateStore(clock), Blacklist(users, clock, settings.blacklistRefresh),
                          verifier, clock, os.urandom(32), settings)
     ip = Addresses()
     tom_code = pyotp.TOTP(TOTP_SECRET_TOM).at(clock.seconds())

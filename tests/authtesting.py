@@ -10,8 +10,9 @@ from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
 
 from gomail.auth.blacklist import Blacklist
-from gomail.auth.checker import Authenticator, PasswordVerifier, make_portal
+from gomail.auth.checker import LoginChecker, make_portal
 from gomail.auth.names import canonical_username
+from gomail.auth.passwordcheckers import PasswordVerifier
 from gomail.auth.passwords import app_password_digest
 from gomail.auth.records import AppPassword, BlacklistEntry, UserRecord
 from gomail.settings import AuthSettings
@@ -90,13 +91,13 @@ def auth_settings(**overrides: Any) -> AuthSettings:
 
 
 def authenticator(clock: Any, state: Any, users: MemoryUsers | None = None,
-                  verifier: SyncVerifier | None = None, **overrides: Any) -> Authenticator:
-    """An Authenticator over test doubles and the given state store."""
+                  verifier: SyncVerifier | None = None, **overrides: Any) -> LoginChecker:
+    """A LoginChecker over test doubles and the given state store."""
     users = users if users is not None else MemoryUsers()
     settings = auth_settings(**overrides)
-    return Authenticator(users, state, Blacklist(users, clock, settings.blacklistRefresh),
+    return LoginChecker(users, state, Blacklist(users, clock, settings.blacklistRefresh),
                          verifier or SyncVerifier(), clock, SECRET, settings)
 
 
-def portal_for(authenticator_: Authenticator) -> Any:
+def portal_for(authenticator_: LoginChecker) -> Any:
     return make_portal(authenticator_)

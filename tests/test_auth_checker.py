@@ -32,7 +32,7 @@ class CheckerMixin:
         self.auth = authenticator(self.clock, self.state, self.users, self.verifier)
 
     def check(self, user, password, ip="192.0.2.1"):
-        """The attempt's result: the AuthSuccess, or the failure's reason."""
+        """The attempt's result: the Account, or the failure's reason."""
         d = self.auth.authenticate(LoginAttempt(user, password, ip, "smtp"))
         results = []
         d.addBoth(results.append)
@@ -90,7 +90,7 @@ class PasswordTests(CheckerMixin, TestCase):
         self.assertEqual(self.verifier.hashes, [self.auth._dummy])
 
     def test_portal(self):
-        """Logging in through the twisted.cred portal yields the AuthSuccess as the avatar."""
+        """Logging in through the twisted.cred portal yields the Account as the avatar."""
         results = []
         login(portal_for(self.auth), LoginAttempt("alice", "s3cret", "192.0.2.1", "imap")).addBoth(results.append)
         self.assertEqual(results[0].name, "alice")

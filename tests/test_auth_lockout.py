@@ -32,7 +32,7 @@ class ModelTests(TestCase):
         self.auth = authenticator(self.clock, self.state, self.users, SyncVerifier())
 
     def attempt(self, user, password, ip):
-        """The AuthSuccess, or the AuthFailure (with its reason and delay)."""
+        """The Account, or the AuthFailure (with its reason and delay)."""
         d = self.auth.authenticate(LoginAttempt(user, password, ip, "smtp"))
         results = []
         d.addBoth(results.append)

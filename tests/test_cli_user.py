@@ -453,7 +453,7 @@ class UsageTests(UserCommandTestCase):
 class UnlockTests(UserCommandTestCase, TestCase):
     """
     C{gomail user unlock NAME [--ip IP]} against a real redis-server that a
-    real checker (L{Authenticator} on a L{RedisStateStore}) locked alice in.
+    real checker (L{LoginChecker} on a L{RedisStateStore}) locked alice in.
     """
 
     timeout = 60

@@ -18,7 +18,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from gomail.auth.blacklist import Blacklist
-from gomail.auth.checker import Authenticator, ThreadPoolVerifier, make_portal
+from gomail.auth.checker import LoginChecker, ThreadPoolVerifier, make_portal
 from gomail.auth.passwords import hash_password
 from gomail.auth.users import SQLiteUserStore
 from gomail.limits.rate import RateLimiter
@@ -58,7 +58,7 @@ class AuthParts:
 
     users: SQLiteUserStore
     state: Any
-    authenticator: Authenticator
+    authenticator: LoginChecker
     portal: Portal
     rate_limiter: RateLimiter
     cpu: ThreadPoolService
@@ -149,7 +149,7 @@ def build_auth(config: Config, reactor: Any, parent: Any) -> AuthParts:
     users = SQLiteUserStore(config.auth.database, reactor=reactor, refresh=config.auth.userRefresh)
     state = make_state_store(config.redis, reactor)
     blacklist = Blacklist(users, reactor, config.auth.blacklistRefresh)
-    authenticator = Authenticator(users, state, blacklist, ThreadPoolVerifier(reactor, cpu.pool), reactor,
+    authenticator = LoginChecker(users, state, blacklist, ThreadPoolVerifier(reactor, cpu.pool), reactor,
                                   load_or_create_secret(config.auth.secretFile), config.auth)
     parts = AuthParts(users, state, authenticator, make_portal(authenticator),
                       RateLimiter(state, config.rateLimits), cpu)

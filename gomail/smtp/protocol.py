@@ -79,7 +79,7 @@ class GomailESMTP(SASLMixin, MailTransactionMixin, SMTPFraming):
         self._timers: dict[str, Any] = {}  # the session's deadlines, by name
         self.flow: OutputBound | None = None  # bounds replies the client does not read
         self._data_started = 0.0
-        self.account: Any = None  # the AuthSuccess of a successful AUTH
+        self.account: Any = None  # the Account of a successful AUTH
         self._auth_failures = 0
         self._auth_step: Any = None  # while an AUTH exchange waits for the client's next line
 

@@ -42,7 +42,7 @@ class SessionAPI:
     sender: Path | None
     recipients: list[str]
     body_type: str | None
-    account: Any  # the AuthSuccess of a successful AUTH or XCLIENT LOGIN
+    account: Any  # the Account of a successful AUTH or XCLIENT LOGIN
     authenticated: bool
     transactions: int
     mode: str  # twisted.mail's: COMMAND, DATA or AUTH

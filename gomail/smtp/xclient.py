@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from gomail.auth.checker import AuthSuccess
+from gomail.auth.credentials import Account
 from gomail.netaddr import IPAddress, parse_ip
 
 if TYPE_CHECKING:
@@ -175,10 +175,10 @@ class XClientAccess:
         """Whether C{ip} is in C{smtp.xclientHosts} (a UNIX socket peer is not)."""
         return ip is not None and any(ip in network for network in self.networks)
 
-    async def account(self, login: str) -> AuthSuccess | None:
+    async def account(self, login: str) -> Account | None:
         """
         The session account for a LOGIN the proxy checked the password of: an
-        L{AuthSuccess} as SMTP AUTH makes, for a user that exists and is
+        L{Account} as SMTP AUTH makes, for a user that exists and is
         enabled; None otherwise. A store that cannot answer raises.
         """
         if self.users is None:
@@ -189,7 +189,7 @@ class XClientAccess:
             return None
         if user is None or not user.enabled:
             return None
-        return AuthSuccess(user, "xclient", "")
+        return Account(user, "xclient", "")
 
 
 def offered(session: SessionAPI) -> bool:
@@ -248,7 +248,7 @@ async def _apply(session: SessionAPI, request: XClient) -> None:
     return None
 
 
-def _reset(session: SessionAPI, request: XClient, account: AuthSuccess | None) -> None:
+def _reset(session: SessionAPI, request: XClient, account: Account | None) -> None:
     """
     Back to the greeting stage, as the named client (XCLIENT_README, "XCLIENT
     Server response"): HELO and PROTO are what the command said (else none,
