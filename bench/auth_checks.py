@@ -56,7 +56,7 @@ from gomail.auth.checker import LoginAttempt, LoginChecker, ThreadPoolVerifier
 from gomail.auth.passwords import hash_password
 from gomail.auth.service import bcrypt_threads, usable_cpus
 from gomail.auth.users import SQLiteUserStore
-from gomail.settings import AuthSettings
+from gomail.configschema import AuthSettings
 from gomail.state.memory import MemoryStateStore
 
 INFLIGHT = 50

@@ -46,7 +46,7 @@ from gomail.auth.checker import AuthFailure, LoginAttempt, LoginChecker, ThreadP
 from gomail.auth.passwords import hash_password
 from gomail.auth.records import BlacklistEntry, UserRecord
 from gomail.auth.service import bcrypt_threads, usable_cpus
-from gomail.config import load_config
+from gomail.configload import load_config
 from gomail.state.memory import MemoryStateStore
 
 PASSWORD = "s3cret-Horse"

@@ -143,8 +143,8 @@ def main() -> int:
                         help="a connection per request, HTTP/1.0 (as nginx asks), instead of keep-alive")
     args = parser.parse_args()
 
-    from gomail.config import load_config
-    from gomail.service import build_service
+    from gomail.configload import load_config
+    from gomail.root import build_service
 
     work = tempfile.mkdtemp(prefix="gomail-authhttp-inprocess.")
     data = os.path.join(work, "data")

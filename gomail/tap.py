@@ -12,8 +12,8 @@ from typing import Any, ClassVar
 
 from twisted.python import usage
 
-from gomail.config import ConfigError, load_config
-from gomail.settings import Config, endpoints
+from gomail.configload import ConfigError, load_config
+from gomail.configschema import Config, endpoints
 
 
 class Options(usage.Options):
@@ -65,7 +65,7 @@ def makeService(options: Options) -> Any:
     from twisted.internet import reactor
 
     from gomail.logtext import twistd_log_file
-    from gomail.service import build_service
+    from gomail.root import build_service
     from gomail.tls import TLSConfigError
 
     try:

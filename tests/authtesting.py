@@ -15,7 +15,7 @@ from gomail.auth.names import canonical_username
 from gomail.auth.passwordcheckers import PasswordVerifier
 from gomail.auth.passwords import app_password_digest
 from gomail.auth.records import AppPassword, BlacklistEntry, UserRecord
-from gomail.settings import AuthSettings
+from gomail.configschema import AuthSettings
 
 ROUNDS = 4  # bcrypt's minimum: the tests check behaviour, not cost
 SECRET = b"k" * 32

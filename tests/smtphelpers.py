@@ -23,7 +23,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from gomail.settings import SMTPSettings
+from gomail.configschema import SMTPSettings
 from gomail.smtp.policy import RelayPolicy
 from gomail.smtp.protocol import GomailESMTP
 from gomail.smtp.server import SMTPServer

@@ -31,7 +31,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from gomail.auth import passwords, userdb
-from gomail.settings import Config
+from gomail.configschema import Config
 from tests.gomailprocess import GomailNode
 from tests.processes import (
     client_tls,

@@ -15,7 +15,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from gomail.auth.backends import BackendRouter, NoBackend, ip_literal, parse_assignment
-from gomail.settings import Backend
+from gomail.configschema import Backend
 
 USERS = [f"user{n}@example.org" for n in range(2000)]
 

@@ -1,5 +1,5 @@
 """
-Tests for L{gomail.config} and L{gomail.settings}: every key of the Go relay
+Tests for L{gomail.configload} and L{gomail.configschema}: every key of the Go relay
 loads from TOML and from its C{config.json}, environment variables override,
 and every mistake is one line naming the source and the key.
 """
@@ -14,8 +14,8 @@ from typing import Any
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 
-from gomail.config import ConfigError, describe, env_name, load_config, tcp_endpoint
-from gomail.settings import Config, Provider
+from gomail.configload import ConfigError, describe, env_name, load_config, tcp_endpoint
+from gomail.configschema import Config, Provider
 
 SHIPPED_CONFIG = FilePath(__file__).parent().sibling("conf").child("gomail.toml").path
 

@@ -25,7 +25,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from gomail import tap
 from gomail.logtext import ClassicText, classic_observer, twistd_log_file
-from gomail.service import build_service
+from gomail.root import build_service
 from tests.test_service import config_in
 
 

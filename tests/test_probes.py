@@ -11,7 +11,7 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from gomail.auth.backends import BackendRouter
-from gomail.settings import Backend
+from gomail.configschema import Backend
 from tests.smtphelpers import HarnessMixin
 
 

@@ -21,6 +21,7 @@ from twisted.logger import Logger, formatEvent
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
+from gomail.configschema import DeliverySettings
 from gomail.delivery.backoff import RetryPolicy
 from gomail.delivery.client import ConnectionFailure, RelayProtocol
 from gomail.delivery.connect import make_connector
@@ -29,7 +30,6 @@ from gomail.delivery.queue import DeliveryQueue
 from gomail.delivery.relay import RelayAgent, Smarthost
 from gomail.delivery.router import Router
 from gomail.metrics import Metrics
-from gomail.settings import DeliverySettings
 from gomail.spool.envelope import DELIVERED, PENDING, Envelope, Recipient
 from tests.smarthost import SmarthostFactory
 from tests.spooltesting import make_spool, new_envelope

@@ -11,9 +11,9 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import ILogObserver
 from twisted.trial.unittest import SynchronousTestCase
 
-from gomail.config import load_config
-from gomail.service import build_service
-from gomail.services import ListenError, SequentialMultiService
+from gomail.configload import load_config
+from gomail.root import build_service
+from gomail.servicekit import ListenError, SequentialMultiService
 from gomail.smtp.server import SMTPService
 from gomail.spool.envelope import Recipient
 

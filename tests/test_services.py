@@ -1,4 +1,4 @@
-"""L{gomail.services.SequentialMultiService}: ordered start and stop of the composition root's parts."""
+"""L{gomail.servicekit.SequentialMultiService}: ordered start and stop of the composition root's parts."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
-from gomail.services import SequentialMultiService
+from gomail.servicekit import SequentialMultiService
 
 
 class Step(Service):

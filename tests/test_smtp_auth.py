@@ -7,8 +7,8 @@ import base64
 from twisted.internet.defer import fail
 from twisted.trial.unittest import TestCase
 
+from gomail.configschema import RateLimits
 from gomail.limits.rate import RateLimiter
-from gomail.settings import RateLimits
 from gomail.state.interface import StateStoreError
 from gomail.state.memory import MemoryStateStore
 from tests.authtesting import MemoryUsers, auth_settings, authenticator, portal_for

@@ -15,8 +15,8 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from gomail.auth.authlog import AuthLog
 from gomail.auth.users import SQLiteUserStore
-from gomail.service import build_service
-from gomail.settings import RateLimits
+from gomail.configschema import RateLimits
+from gomail.root import build_service
 from tests.smtphelpers import replies
 from tests.test_service import config_in
 from tests.test_smtp_auth import AuthHarnessMixin, plain

@@ -26,7 +26,7 @@ from gomail.auth.records import UserRecord
 from gomail.auth.users import SQLiteUserStore
 from gomail.delivery.maildir import MaildirDelivery
 from gomail.delivery.router import Router
-from gomail.service import build_service
+from gomail.root import build_service
 from gomail.smtp.address import Path
 from gomail.smtp.policy import RelayPolicy
 from gomail.smtp.recipients import MAX_DEPTH, Accepted, LocalRecipients, Refused

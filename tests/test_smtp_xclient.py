@@ -13,7 +13,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from gomail.settings import RateLimits
+from gomail.configschema import RateLimits
 from gomail.smtp import xclient
 from tests.smtphelpers import replies
 from tests.test_smtp_auth import AuthHarnessMixin, plain
@@ -205,7 +205,7 @@ class XClientSessionTests(AuthHarnessMixin, TestCase):
 
     def test_nobody_by_default(self):
         """Out of the box smtp.xclientHosts is empty (Postfix's default): loopback may not send XCLIENT."""
-        from gomail.settings import SMTPSettings
+        from gomail.configschema import SMTPSettings
         self.assertEqual(SMTPSettings().xclientHosts, ())
 
     def test_bad_syntax(self):

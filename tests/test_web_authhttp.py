@@ -24,9 +24,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from gomail.auth.authlog import AuthLog
 from gomail.auth.backends import BackendRouter
 from gomail.auth.records import BlacklistEntry
-from gomail.config import load_config
-from gomail.services import ListeningService
-from gomail.settings import Backend, NginxAuthSettings
+from gomail.configload import load_config
+from gomail.configschema import Backend, NginxAuthSettings
+from gomail.servicekit import ListeningService
 from gomail.state.memory import MemoryStateStore
 from gomail.web.authapp import auth_http_site
 from gomail.web.authhttp import AuthHTTPAnswerer

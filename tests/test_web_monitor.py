@@ -26,8 +26,8 @@ from gomail.delivery.queue import DeliveryQueue
 from gomail.delivery.relay import RelayAgent, Smarthost
 from gomail.delivery.router import Router
 from gomail.metrics import Metrics
-from gomail.service import build_service
-from gomail.services import ListeningService
+from gomail.root import build_service
+from gomail.servicekit import ListeningService
 from gomail.spool.envelope import Envelope, Recipient
 from gomail.state.memory import MemoryStateStore
 from gomail.web.guard import HostNames

@@ -32,7 +32,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from gomail.settings import Backend
+from gomail.configschema import Backend
 
 
 class _ProbeFactory(Factory):

@@ -72,7 +72,7 @@ from gomail.auth.passwords import dummy_hash
 from gomail.auth.stats import AuthStats
 from gomail.auth.totp import split_code
 from gomail.auth.totpchecker import TOTPChecker
-from gomail.settings import AuthSettings
+from gomail.configschema import AuthSettings
 from gomail.state.interface import IStateStore
 
 #: What the dummy verification checks: any valid password does, the dummy hash matches none.

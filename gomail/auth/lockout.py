@@ -34,8 +34,8 @@ from typing import Any
 from twisted.logger import Logger
 
 from gomail.auth.stats import AuthStats
+from gomail.configschema import AuthSettings
 from gomail.netaddr import ip_text
-from gomail.settings import AuthSettings
 from gomail.state.interface import IStateStore, StateStoreError
 
 #: The kinds of keys this module writes (C{auth:<kind>:...}).

@@ -21,9 +21,9 @@ from gomail.auth.blacklist import Blacklist
 from gomail.auth.checker import LoginChecker, ThreadPoolVerifier, make_portal
 from gomail.auth.passwords import hash_password
 from gomail.auth.users import SQLiteUserStore
+from gomail.configschema import Config
 from gomail.limits.rate import RateLimiter
-from gomail.services import ThreadPoolService
-from gomail.settings import Config
+from gomail.servicekit import ThreadPoolService
 from gomail.state.factory import make_state_store
 
 SECRET_BYTES = 32

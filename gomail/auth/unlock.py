@@ -15,7 +15,7 @@ from typing import TextIO
 
 from gomail.auth.lockout import LOCK_IP, state_key, unlock_keys
 from gomail.auth.names import canonical_username
-from gomail.config import Config
+from gomail.configload import Config
 from gomail.netaddr import ip_text
 from gomail.state.interface import StateStoreError
 

@@ -22,7 +22,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from gomail.auth import aliases, userdb
 from gomail.cli.common import action_group, iso_time, plural, run_with_database
-from gomail.config import Config
+from gomail.configload import Config
 from gomail.smtp.policy import local_domains
 from gomail.smtp.recipients import ROLE_ACCOUNTS
 

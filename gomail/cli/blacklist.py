@@ -22,7 +22,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from gomail.auth import userdb
 from gomail.cli.common import action_group, iso_time, plural, run_with_database, table
-from gomail.config import Config
+from gomail.configload import Config
 
 #: The top-level commands this module adds to C{gomail}.
 COMMANDS = ("blacklist",)

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 from gomail.auth import userdb
-from gomail.config import Config, ConfigError, load_config
+from gomail.configload import Config, ConfigError, load_config
 
 DEFAULT_CONFIG = os.path.join("conf", "gomail.toml")
 

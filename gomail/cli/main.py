@@ -20,8 +20,8 @@ from gomail.cli import blacklist as blacklistcli
 from gomail.cli import queue as queuecli
 from gomail.cli import user as usercli
 from gomail.cli.common import WallClock
-from gomail.config import ConfigError, describe, load_config
-from gomail.config import warnings as config_warnings
+from gomail.configload import ConfigError, describe, load_config
+from gomail.configload import warnings as config_warnings
 
 
 def main(argv: list[str] | None = None, clock: IReactorTime | None = None,

@@ -23,7 +23,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from gomail.cli import queuefiles, queueview
 from gomail.cli.common import DEFAULT_CONFIG, common_options, load, plural, verbose
-from gomail.config import ConfigError
+from gomail.configload import ConfigError
 from gomail.control import SocketPath
 from gomail.control.client import DEFAULT_TIMEOUT, ControlClient, ControlError, ServerRefused
 from gomail.control.commands import MAX_IDS, Delete, Flush, Retry, Status

@@ -35,7 +35,7 @@ from gomail.cli.common import (
     table,
     verbose,
 )
-from gomail.config import Config, ConfigError
+from gomail.configload import Config, ConfigError
 
 #: The top-level commands this module adds to C{gomail}.
 COMMANDS = ("user",)

@@ -11,9 +11,9 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
 from twisted.python.failure import Failure
 
+from gomail.configschema import Config, DeliverySettings
 from gomail.delivery.client import ConnectionFailure, RelayProtocol
 from gomail.delivery.relay import Smarthost
-from gomail.settings import Config, DeliverySettings
 
 
 def smarthosts_from(config: Config) -> list[Smarthost]:

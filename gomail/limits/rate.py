@@ -18,7 +18,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from gomail.settings import RateLimits
+from gomail.configschema import RateLimits
 from gomail.state.interface import IStateStore, StateStoreError
 
 HOUR = 3600

@@ -15,10 +15,10 @@ from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
 from gomail.auth.authlog import AuthLogEntry, printable
+from gomail.configschema import AuthSettings, SMTPSettings
 from gomail.deferreds import deferred_coroutine
 from gomail.limits.rate import RateLimitUnavailable
-from gomail.services import ListeningService
-from gomail.settings import AuthSettings, SMTPSettings
+from gomail.servicekit import ListeningService
 from gomail.smtp.address import Path
 from gomail.smtp.policy import RelayPolicy, own_domain
 from gomail.smtp.protocol import GomailESMTP

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from twisted.logger import Logger
 
+    from gomail.configschema import SMTPSettings
     from gomail.netaddr import IPAddress
-    from gomail.settings import SMTPSettings
     from gomail.smtp.address import Path
     from gomail.smtp.reader import DataReader
     from gomail.smtp.server import SMTPServer

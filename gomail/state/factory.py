@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gomail.settings import RedisSettings
+from gomail.configschema import RedisSettings
 
 
 def make_state_store(settings: RedisSettings, reactor: Any) -> Any:

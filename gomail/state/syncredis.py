@@ -13,7 +13,7 @@ import socket
 from collections.abc import Iterator
 from typing import Any, Self
 
-from gomail.settings import RedisSettings
+from gomail.configschema import RedisSettings
 from gomail.state.interface import StateStoreError
 
 #: Keys asked for per SCAN call.

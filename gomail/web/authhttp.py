@@ -25,8 +25,8 @@ from twisted.logger import Logger
 from gomail.auth.authlog import CONTROL_CHARACTERS, AuthLog, AuthLogEntry, printable
 from gomail.auth.backends import BackendRouter, NoBackend
 from gomail.auth.checker import AuthFailure, LoginAttempt, TemporaryAuthError, login
+from gomail.configschema import NginxAuthSettings
 from gomail.netaddr import ip_text
-from gomail.settings import NginxAuthSettings
 
 PROTOCOLS = frozenset({"imap", "pop3", "smtp"})
 #: What a request nginx would not send is answered.

@@ -9,9 +9,9 @@ from twisted.logger import Logger
 
 from gomail.auth.authlog import AuthLog
 from gomail.auth.backends import BackendRouter
+from gomail.configschema import Backend, Config
 from gomail.metrics import Metrics
-from gomail.services import ListeningService
-from gomail.settings import Backend, Config
+from gomail.servicekit import ListeningService
 from gomail.web.authapp import auth_http_site
 from gomail.web.authhttp import AuthHTTPAnswerer
 from gomail.web.guard import HostNames

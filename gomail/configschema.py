@@ -10,7 +10,7 @@ Each field's metadata may carry:
   generic ``GOMAIL_<SECTION>_<KEY>`` form every key has);
 - ``secret``: never print the value.
 
-The loader in :mod:`gomail.config` walks these dataclasses; nothing here reads
+The loader in :mod:`gomail.configload` walks these dataclasses; nothing here reads
 files or the environment.
 """
 

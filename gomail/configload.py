@@ -1,7 +1,7 @@
 """
 Load and validate gomail's configuration.
 
-Sources, weakest first: the defaults in :mod:`gomail.settings`, one file (TOML,
+Sources, weakest first: the defaults in :mod:`gomail.configschema`, one file (TOML,
 or the Go relay's ``config.json`` as-is when the name ends in ``.json``), then
 environment variables: the Go relay's names (``SMTP_HOST``, ``FORWARD_PORT``...)
 and ``GOMAIL_<SECTION>_<KEY>`` for every key (``GOMAIL_SMTP_MAXRECIPIENTS``,
@@ -21,7 +21,7 @@ import typing
 from collections.abc import Mapping
 from typing import Any
 
-from gomail.settings import Config
+from gomail.configschema import Config
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}

@@ -14,7 +14,8 @@ import gomail
 from gomail.auth.aliases import AliasStore
 from gomail.auth.authlog import AuthLog
 from gomail.auth.service import AuthParts, build_auth
-from gomail.config import warnings as config_warnings
+from gomail.configload import warnings as config_warnings
+from gomail.configschema import Config
 from gomail.control.lock import SpoolLock
 from gomail.control.server import ControlService, QueueControl
 from gomail.delivery.backoff import RetryPolicy
@@ -27,8 +28,7 @@ from gomail.delivery.relay import RelayAgent
 from gomail.delivery.router import Router
 from gomail.logjson import json_lines_observer
 from gomail.logtext import classic_observer
-from gomail.services import SequentialMultiService, ThreadPoolService
-from gomail.settings import Config
+from gomail.servicekit import SequentialMultiService, ThreadPoolService
 from gomail.signals import SignalService
 from gomail.smtp.policy import RelayPolicy, local_domains, own_domain
 from gomail.smtp.recipients import LocalRecipients
