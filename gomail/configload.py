@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_config -*-
 """
 Load and validate gomail's configuration.
 

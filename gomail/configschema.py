@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_config -*-
 """
 The configuration schema: every key gomail accepts, its type, default and check.
 

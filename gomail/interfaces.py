@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_delivery_queue -*-
 """The contracts between gomail's parts (and for plugins)."""
 
 from __future__ import annotations

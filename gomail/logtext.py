@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_logtext -*-
 """
 twistd's classic text log format, written faster, and where twistd would write it.
 

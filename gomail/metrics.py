@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_web_monitor -*-
 """
 One Prometheus registry for the whole server, and the Go relay's JSON views.
 

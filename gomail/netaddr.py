@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_netaddr -*-
 """Client addresses as every part of gomail reads them."""
 
 from __future__ import annotations

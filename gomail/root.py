@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_service -*-
 """The composition root: builds every part from the configuration and wires them."""
 
 from __future__ import annotations

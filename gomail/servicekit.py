@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_service -*-
 """Service building blocks: ordered start/stop with Deferreds, and an owned thread pool."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_service -*-
 """
 ``twistd gomail``: command-line options and the service maker.
 

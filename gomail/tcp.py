@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_tcp -*-
 """TCP socket options for our connections."""
 
 from __future__ import annotations

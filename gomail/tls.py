@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_cli -*-
 """TLS server contexts: load the configured certificate, or make a self-signed one."""
 
 from __future__ import annotations

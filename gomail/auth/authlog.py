@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_authlog -*-
 """
 The audit log of login attempts through nginx auth_http, kept in the user database.
 

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_backends -*-
 """
 Which backend mail server nginx hands a login to.
 

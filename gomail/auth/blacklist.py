@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_auth_checker -*-
 """The client IP blacklist, read from the user database and kept in memory for a few seconds."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_userdb -*-
 """
 The user database's file: its schema (migrations) and connections.
 

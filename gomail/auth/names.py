@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_userdb -*-
 """
 The one canonical form of user names and allowed sender entries.
 

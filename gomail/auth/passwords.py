@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_userdb -*-
 """
 Password hashing and the random secrets handed to users.
 

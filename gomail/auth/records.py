@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_userdb -*-
 """Plain records the user store hands out."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_service -*-
 """
 Builds the authentication side from the configuration: user database, state
 store, CPU pool for bcrypt, blacklist, checker, portal and rate limiter.
@@ -14,7 +15,6 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.cred.portal import Portal
-from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from gomail.auth.blacklist import Blacklist
@@ -22,6 +22,7 @@ from gomail.auth.checker import LoginChecker, ThreadPoolVerifier, make_portal
 from gomail.auth.passwords import hash_password
 from gomail.auth.users import SQLiteUserStore
 from gomail.configschema import Config
+from gomail.deferreds import deferred_coroutine
 from gomail.limits.rate import RateLimiter
 from gomail.servicekit import ThreadPoolService
 from gomail.state.factory import make_state_store
@@ -78,11 +79,9 @@ class AuthService(Service):
         self.config = config
         self.clock = clock
 
-    def startService(self) -> Deferred:  # type: ignore[override]
+    @deferred_coroutine
+    async def startService(self) -> None:  # type: ignore[override]
         super().startService()
-        return Deferred.fromCoroutine(self._start())
-
-    async def _start(self) -> None:
         users = self.parts.users
         await users.start()
         name, password = self.config.defaultUsername, self.config.defaultPassword
@@ -101,11 +100,9 @@ class AuthService(Service):
             # temporary failures until the store is back.
             self.log.warn("state store not reachable at start: {error}", error=str(e))
 
-    def stopService(self) -> Deferred:  # type: ignore[override]
+    @deferred_coroutine
+    async def stopService(self) -> None:  # type: ignore[override]
         super().stopService()
-        return Deferred.fromCoroutine(self._stop())
-
-    async def _stop(self) -> None:
         self.parts.users.close()
         close = getattr(self.parts.state, "disconnect", None)
         if close is not None:

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_auth_checker -*-
 """Authentication counters, read by the metrics endpoint (no label holds a user name)."""
 
 from __future__ import annotations

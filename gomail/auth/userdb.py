@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_userdb -*-
 """
 The user database: the functions that read and change its rows (its schema,
 migrations and connections are in L{gomail.auth.dbfile}, re-exported here).

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_users_store -*-
 """
 The user store the server reads credentials from: the contract
 (L{IUserStore}) and the embedded SQLite implementation (L{SQLiteUserStore}).

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_backoff -*-
 """When to try a deferred message again: exponential backoff with jitter."""
 
 from __future__ import annotations

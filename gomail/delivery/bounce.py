@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_delivery_dsn -*-
 """
 Delivery status notifications (RFC 3464) to a message's sender: which are
 due, and their content.

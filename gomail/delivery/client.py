@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_relay_client -*-
 """
 The SMTP client side of relaying: one connection to a smarthost carrying many
 transactions, built on twisted.mail's ESMTPClient (EHLO, STARTTLS and AUTH are

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_delivery_content -*-
 """
 Message content on its way to a smarthost, read off the reactor thread.
 

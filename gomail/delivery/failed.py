@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_delivery_queue -*-
 """
 The failed store: ``<spool>/failed/<id>.json``, one JSON document per message
 given up on, with its full metadata and content (the Go relay's promise), and

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_delivery_local -*-
 """Local delivery into one Maildir per recipient under ``<spool>/mailbox/``."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_delivery_queue -*-
 """
 The delivery queue: which queued message is tried when, by whom, and what
 happens after.

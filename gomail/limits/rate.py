@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_smtp_auth -*-
 """
 The Go relay's rate limits, done properly: sliding windows in the state store.
 

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_smtp_reader -*-
 """
 The DATA stream parser: finds the end of the message, removes dot-stuffing and
 enforces size, line-length and line-ending rules, chunk by chunk.

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_smtp_protocol -*-
 """Our Received: trace header (RFC 5321 4.4, protocol names from RFC 3848)."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_smtp_protocol -*-
 """
 State shared by all SMTP sessions: admission (connection caps, local-only),
 intake checks (storage, queue size, relay rules), and the graceful drain.

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_spool -*-
 """The JSON envelope stored beside every queued message."""
 
 from __future__ import annotations

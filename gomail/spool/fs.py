@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_spool -*-
 """
 The file operations a spool commit is made of, as one replaceable object.
 

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_spool -*-
 """A message being received: streamed to ``tmp/`` in the I/O pool, then committed."""
 
 from __future__ import annotations

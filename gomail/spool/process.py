@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_writer_process -*-
 """
 The spool writer in a child process of its own.
 

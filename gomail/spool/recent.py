@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_spool -*-
 """
 The content of recently committed messages, kept in memory for their delivery.
 

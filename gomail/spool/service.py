@@ -1,10 +1,11 @@
+# -*- test-case-name: tests.test_service -*-
 """The spool's start-up: prepare and recover before anything listens."""
 
 from __future__ import annotations
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
 
+from gomail.deferreds import deferred_coroutine
 from gomail.interfaces import IQueueConsumer
 from gomail.spool.store import Spool
 
@@ -21,11 +22,9 @@ class SpoolService(Service):
         self.spool = spool
         self.consumer = consumer
 
-    def startService(self) -> Deferred:  # type: ignore[override]
+    @deferred_coroutine
+    async def startService(self) -> None:  # type: ignore[override]
         super().startService()
-        return Deferred.fromCoroutine(self._start())
-
-    async def _start(self) -> None:
         self.spool.prepare()
         report = await self.spool.recover()
         if self.consumer is not None:

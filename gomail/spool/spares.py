@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_spool -*-
 """
 Files of removed messages, kept in ``tmp/`` to hold the next messages.
 

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_spool -*-
 """
 The durable on-disk queue.
 

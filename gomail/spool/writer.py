@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_writer -*-
 """
 Durable file jobs, run in batches by one thread.
 

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_writer_process -*-
 """
 The spool writer's child process (started by L{gomail.spool.process}; not a
 command for people).

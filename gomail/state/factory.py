@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_state -*-
 """Chooses the state store from the configuration: in memory, or Redis when ``redis.url`` or ``redis.host`` is set."""
 
 from __future__ import annotations

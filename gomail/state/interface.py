@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_state -*-
 """
 The contract of a state store: the few atomic operations that lockout, TOTP
 replay marks, the authentication cache and rate limits are built from.

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_state -*-
 """
 An in-process L{IStateStore}: for a single gomail process, and for tests.
 

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_state -*-
 """
 An L{IStateStore} in Redis, shared by every gomail process that uses the same
 server, database and prefix.

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_web_authhttp -*-
 """
 What the nginx mail proxy's C{auth_http} request is answered (contract:
 PROTOCOLS.md), apart from HTTP itself: L{AuthHTTPAnswerer} turns a request's

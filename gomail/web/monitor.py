@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_web_monitor -*-
 """
 The monitoring and admin routes (Klein): C{/health}, C{/metrics},
 C{POST /admin/retry-failed} and C{GET /admin/queue}.

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_service -*-
 """Builds the HTTP listeners from the configuration."""
 
 from __future__ import annotations
