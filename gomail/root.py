@@ -1,13 +1,18 @@
 # -*- test-case-name: tests.test_service -*-
-"""The composition root: builds every part from the configuration and wires them."""
+"""
+The composition root: builds every part from the configuration, once, with
+constructor arguments, and the root service that starts them in order.
+"""
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
+from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.logger import ILogObserver, Logger
 
@@ -39,7 +44,7 @@ from gomail.spool.service import SpoolService
 from gomail.spool.store import Spool
 from gomail.spool.writer import BatchWriter
 from gomail.tls import server_context
-from gomail.web.service import build_http
+from gomail.web.service import HTTPInputs, HTTPParts, build_http
 
 #: Local Maildir deliveries in flight at once.
 LOCAL_CONCURRENCY = 64
@@ -48,32 +53,78 @@ SPARE_FILES = 256
 #: Memory for the content of just-committed messages, read by their relay (see gomail.spool.recent).
 RECENT_CONTENT_BYTES = 16 * 1024 * 1024
 
+log = Logger()
+
+
+@dataclass(frozen=True)
+class Parts:
+    """Every part of a running server, built once by L{build_service}; what tests and the services share."""
+
+    spool: Spool
+    writer_process: WriterProcess | None  # the spool writer's child (None with spool.writerProcess = false)
+    delivery: DeliveryQueue
+    relay: RelayAgent | None  # None when nothing is forwarded (forwardSMTP = false)
+    auth: AuthParts
+    smtp: SMTPServer
+    auth_log: AuthLog | None  # the login audit log (nginxAuth.auditLog), shared by SMTP AUTH and auth_http
+    http: HTTPParts
+
 
 class GomailService(SequentialMultiService):
     """
-    The root service. Children start in order (I/O pool, spool recovery,
-    delivery, listeners) and stop in reverse (listeners and SMTP drain first,
-    the I/O pool last). A start-up failure is handed to C{on_fatal}.
+    The root service. Children start in the order given (I/O pool, spool
+    recovery, delivery, listeners) and stop in reverse (listeners and SMTP
+    drain first, the I/O pool last). A start-up failure is handed to
+    C{on_fatal}.
+
+    @param text_log_file: where twistd would write text logs (None: not run
+        by twistd, or JSON logs); they are then written there by gomail's
+        faster formatter of the same format.
     """
 
     log = Logger()
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, parts: Parts, children: Iterable[Service],
+                 on_fatal: Callable[[Any], None] | None = None, text_log_file: Any = None) -> None:
         super().__init__()
         self.config = config
-        self.on_fatal: Callable[[Any], None] = lambda failure: None
-        self.spool: Spool | None = None
-        #: The spool writer's child process (None with spool.writerProcess = false).
-        self.writer_process: WriterProcess | None = None
-        self.smtp: SMTPServer | None = None
-        self.delivery: DeliveryQueue | None = None
-        self.auth: AuthParts | None = None
-        self.metrics: Any = None
-        self.monitor: Any = None
-        self.auth_log: Any = None
-        #: Where twistd would write text logs (set by the twistd plugin): they are then
-        #: written there by gomail's faster formatter of the same format.
-        self.text_log_file: Any = None
+        self.parts = parts
+        self.on_fatal = on_fatal or (lambda failure: None)
+        self.text_log_file = text_log_file
+        for child in children:
+            child.setServiceParent(self)
+
+    @property
+    def spool(self) -> Spool:
+        return self.parts.spool
+
+    @property
+    def writer_process(self) -> WriterProcess | None:
+        return self.parts.writer_process
+
+    @property
+    def delivery(self) -> DeliveryQueue:
+        return self.parts.delivery
+
+    @property
+    def auth(self) -> AuthParts:
+        return self.parts.auth
+
+    @property
+    def smtp(self) -> SMTPServer:
+        return self.parts.smtp
+
+    @property
+    def auth_log(self) -> AuthLog | None:
+        return self.parts.auth_log
+
+    @property
+    def metrics(self) -> Any:
+        return self.parts.http.metrics
+
+    @property
+    def monitor(self) -> Any:
+        return self.parts.http.monitor
 
     def setServiceParent(self, parent: Any) -> None:
         super().setServiceParent(parent)
@@ -115,34 +166,33 @@ def _log_file(path: str) -> Any:
     return sys.stdout if not path else open(path, "a", encoding="utf-8")
 
 
-def _writers(config: Config, reactor: Any, root: GomailService) -> tuple[Any, Any]:
+def _writers(config: Config, reactor: Any) -> tuple[Any, Any, WriterProcess | None, list[Service]]:
     """
     The spool's two writers: one for commits (what SMTP clients wait on), one
     for Maildir copies and removals, so those never delay a commit. Both are
     lanes of one writer process (gomail.spool.process), or with
-    spool.writerProcess = false two threads of this process.
+    spool.writerProcess = false two threads of this process. Also: the
+    writer process (or None), and the services to start, in order.
     """
     if config.spool.writerProcess:
         spec = WriterSpec(spool_directory=config.spool.directory, spare_files=SPARE_FILES,
                           mailbox_directory=os.path.join(config.spool.directory, "mailbox"),
                           hostname=config.smtp.hostname, fsync_threads=config.spool.ioThreads)
-        process = root.writer_process = WriterProcess(reactor, spec)
-        process.setServiceParent(root)
-        return process.lane("commit"), process.lane("mailbox")
-    # No writer process holds the spool's lock: this process does, before its writers start.
-    SpoolLock(reactor, config.spool.directory).setServiceParent(root)
+        process = WriterProcess(reactor, spec)
+        return process.lane("commit"), process.lane("mailbox"), process, [process]
     writer = BatchWriter(reactor, fsync_threads=config.spool.ioThreads)
-    writer.setServiceParent(root)
     mailbox_writer = BatchWriter(reactor, fsync_threads=config.spool.ioThreads, name="gomail-mailbox-writer")
-    mailbox_writer.setServiceParent(root)
-    return writer, mailbox_writer
+    # No writer process holds the spool's lock: this process does, before its writers start.
+    return writer, mailbox_writer, None, [SpoolLock(reactor, config.spool.directory), writer, mailbox_writer]
 
 
-def _delivery(config: Config, reactor: Any, spool: Spool, mailbox_writer: Any) -> DeliveryQueue:
+def _delivery(config: Config, reactor: Any, spool: Spool,
+              mailbox_writer: Any) -> tuple[DeliveryQueue, RelayAgent | None]:
     """The delivery queue: local domains (or everything) to the Maildirs, the rest to the smarthosts."""
     spool.removal_writer = mailbox_writer
     mailbox = MaildirDelivery(spool.path("mailbox"), config.smtp.hostname, mailbox_writer)
     settings = config.delivery
+    relay = None
     if config.forwardSMTP:
         relay = RelayAgent(smarthosts_from(config), make_connector(reactor, config.smtp.hostname, settings),
                            reactor, config.batchSize, config.batchDelay, config.continueOnError,
@@ -158,67 +208,74 @@ def _delivery(config: Config, reactor: Any, spool: Spool, mailbox_writer: Any) -
         workers = max(config.workerCount, LOCAL_CONCURRENCY)
     policy = RetryPolicy(initial=settings.retryInitialDelay, factor=settings.retryBackoffFactor,
                          maximum=settings.retryMaxDelay, jitter=settings.retryJitter, max_age=settings.maxQueueAge)
-    return DeliveryQueue(spool, router, reactor, workers, processing_timeout=config.processingTimeout,
-                         policy=policy, failed=FailedStore(spool, reactor), hostname=config.smtp.hostname,
-                         failed_retry_interval=settings.failedRetryInterval, delay_warning=settings.delayWarning)
+    queue = DeliveryQueue(spool, router, reactor, workers, processing_timeout=config.processingTimeout,
+                          policy=policy, failed=FailedStore(spool, reactor), hostname=config.smtp.hostname,
+                          failed_retry_interval=settings.failedRetryInterval, delay_warning=settings.delayWarning)
+    return queue, relay
 
 
 def _recipients(config: Config, reactor: Any, policy: RelayPolicy, auth: AuthParts) -> LocalRecipients:
     """Who exists in the local domains: the user store's users, its aliases, postmaster@ and abuse@."""
     domains = ", ".join(sorted(policy.local_domains))
     if config.smtp.verifyRecipients:
-        GomailService.log.info("recipients in the local domains ({domains}) must be users or aliases "
-                               "(smtp.verifyRecipients)", domains=domains)
+        log.info("recipients in the local domains ({domains}) must be users or aliases "
+                 "(smtp.verifyRecipients)", domains=domains)
     else:
-        GomailService.log.warn("smtp.verifyRecipients = false: any address in the local domains ({domains}) "
-                               "is accepted", domains=domains)
+        log.warn("smtp.verifyRecipients = false: any address in the local domains ({domains}) "
+                 "is accepted", domains=domains)
     return LocalRecipients(policy, own_domain(config.smtp.hostname), config.smtp.postmaster, users=auth.users,
                            aliases=AliasStore(auth.users.pool, reactor, config.auth.userRefresh),
                            verify=config.smtp.verifyRecipients)
 
 
-def build_service(config: Config, reactor: Any) -> GomailService:
+def _smtp(config: Config, reactor: Any, spool: Spool, auth: AuthParts, audit: AuthLog | None) -> SMTPServer:
+    """The SMTP sessions' server: relay policy, TLS, AUTH through the portal, recipients, audit."""
+    tls = server_context(config.smtp.tlsCertificate, config.smtp.tlsPrivateKey, config.dataDir,
+                         config.smtp.hostname)
+    domains = local_domains(config.smtp.localDomains, config.smtp.hostname)
+    policy = RelayPolicy(config.smtp.trustedNetworks, domains, require_auth=config.security.requireAuth,
+                         allow_local_only=config.security.allowLocalOnly)
+    return SMTPServer(config.smtp, policy, spool, reactor, tls, queue_size=config.queueSize,
+                      log_envelopes=config.security.logAllEmails, portal=auth.portal,
+                      rate_limiter=auth.rate_limiter, auth_settings=config.auth,
+                      blacklist=auth.authenticator.blacklist, default_user=_default_user(config),
+                      recipients=_recipients(config, reactor, policy, auth), users=auth.users, audit=audit)
+
+
+def build_service(config: Config, reactor: Any, on_fatal: Callable[[Any], None] | None = None,
+                  text_log_file: Any = None) -> GomailService:
     """
     Build the whole server from a loaded configuration. Nothing listens or
     touches the spool until the returned service is started.
 
+    @param on_fatal: called with the failure when the start fails.
+    @param text_log_file: see L{GomailService}.
     @raise gomail.tls.TLSConfigError: for an unusable certificate or key.
     """
-    root = GomailService(config)
     io = ThreadPoolService(reactor, "gomail-io", config.spool.ioThreads)
-    io.setServiceParent(root)
-    writer, mailbox_writer = _writers(config, reactor, root)
+    writer, mailbox_writer, writer_process, writer_services = _writers(config, reactor)
     spool = Spool(config.spool.directory, reactor, io.run, writer=writer,
                   min_free_bytes=config.spool.minFreeSpaceMB * 1024 * 1024, spare_files=SPARE_FILES,
                   recent_content_bytes=RECENT_CONTENT_BYTES)
-    root.spool = spool
-
-    root.delivery = _delivery(config, reactor, spool, mailbox_writer)
-    SpoolService(spool, root.delivery).setServiceParent(root)
-    root.delivery.setServiceParent(root)
-    # After recovery and delivery (stopped before them): `gomail queue` changes go through this server.
-    ControlService(reactor, QueueControl(spool, root.delivery, root.delivery.failed)).setServiceParent(root)
-    root.auth = build_auth(config, reactor, root)
-
-    tls = server_context(config.smtp.tlsCertificate, config.smtp.tlsPrivateKey, config.dataDir,
-                         config.smtp.hostname)
-    domains = local_domains(config.smtp.localDomains, config.smtp.hostname)
-    policy = RelayPolicy(config.smtp.trustedNetworks, domains,
-                         require_auth=config.security.requireAuth,
-                         allow_local_only=config.security.allowLocalOnly)
-    root.smtp = SMTPServer(config.smtp, policy, spool, reactor, tls, queue_size=config.queueSize,
-                           log_envelopes=config.security.logAllEmails, portal=root.auth.portal,
-                           rate_limiter=root.auth.rate_limiter, auth_settings=config.auth,
-                           blacklist=root.auth.authenticator.blacklist,
-                           default_user=_default_user(config),
-                           recipients=_recipients(config, reactor, policy, root.auth), users=root.auth.users)
-    SMTPService(root.smtp, reactor, config.smtp.listen, config.smtp.implicitTlsListen).setServiceParent(root)
-    SignalService(reactor).setServiceParent(root)
-    # HTTP last: it reports on everything above, and stops first.
-    root.metrics = build_http(config, reactor, root, root)
-    # SMTP AUTH attempts go to auth_http's audit table (nginxAuth.auditLog); without auth_http, to its own writer.
-    if root.auth_log is None and config.nginxAuth.auditLog:
-        root.auth_log = AuthLog(root.auth.users.pool, reactor, config.nginxAuth.auditRetentionDays)
-        root.auth_log.setServiceParent(root)
-    root.smtp.audit = root.auth_log
-    return root
+    delivery, relay = _delivery(config, reactor, spool, mailbox_writer)
+    auth, auth_services = build_auth(config, reactor)
+    # SMTP AUTH and auth_http write their logins to one audit table (nginxAuth.auditLog).
+    audit = None
+    if config.nginxAuth.auditLog:
+        audit = AuthLog(auth.users.pool, reactor, config.nginxAuth.auditRetentionDays)
+    smtp = _smtp(config, reactor, spool, auth, audit)
+    http = build_http(config, reactor, HTTPInputs(spool=spool, delivery=delivery, relay=relay, smtp=smtp,
+                                                  auth=auth, writer_process=writer_process, audit=audit))
+    children: list[Service] = [
+        io, *writer_services, SpoolService(spool, delivery), delivery,
+        # After recovery and delivery (stopped before them): `gomail queue` changes go through this server.
+        ControlService(reactor, QueueControl(spool, delivery, delivery.failed)),
+        *auth_services, *([audit] if audit is not None else []),
+        SMTPService(smtp, reactor, config.smtp.listen, config.smtp.implicitTlsListen),
+        SignalService(reactor),
+        # HTTP last: it reports on everything above, and stops first.
+        *http.services,
+    ]
+    parts = Parts(spool=spool, writer_process=writer_process, delivery=delivery, relay=relay, auth=auth,
+                  smtp=smtp, auth_log=audit, http=http)
+    return GomailService(config, parts, children, on_fatal, text_log_file)

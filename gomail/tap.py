@@ -69,18 +69,17 @@ def makeService(options: Options) -> Any:
     from gomail.root import build_service
     from gomail.tls import TLSConfigError
 
-    try:
-        service = build_service(configure(options), reactor)
-    except (ConfigError, TLSConfigError) as e:
-        raise SystemExit(f"gomail: configuration error: {e}") from None
-
     def fatal(failure: Any) -> None:
         # twistd has no exit status of its own for a failed start: leave with 1 once stopped.
         reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
         reactor.stop()
 
-    service.on_fatal = fatal
-    twistd_options = getattr(options, "parent", None)  # twistd's own options, when run by twistd
-    if twistd_options is not None and service.config.logging.format == "text":
-        service.text_log_file = twistd_log_file(twistd_options)
-    return service
+    try:
+        config = configure(options)
+        twistd_options = getattr(options, "parent", None)  # twistd's own options, when run by twistd
+        text_log_file = None
+        if twistd_options is not None and config.logging.format == "text":
+            text_log_file = twistd_log_file(twistd_options)
+        return build_service(config, reactor, on_fatal=fatal, text_log_file=text_log_file)
+    except (ConfigError, TLSConfigError) as e:
+        raise SystemExit(f"gomail: configuration error: {e}") from None

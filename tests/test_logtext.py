@@ -151,8 +151,7 @@ class ObserverWiringTests(SynchronousTestCase):
 
     def test_service_installs_text_observer(self) -> None:
         """A service given a text log file gives the application a FileLogObserver for it."""
-        service = build_service(config_in(self.directory), MemoryReactorClock())
-        service.text_log_file = io.StringIO()
+        service = build_service(config_in(self.directory), MemoryReactorClock(), text_log_file=io.StringIO())
         application = Application("gomail")
         service.setServiceParent(application)
         self.assertIsInstance(application.getComponent(ILogObserver), FileLogObserver)

@@ -38,14 +38,15 @@ class BuildServiceTests(SynchronousTestCase):
     def test_children_in_start_order(self) -> None:
         """
         I/O pool, spool writer process, spool, delivery, the control channel
-        (after recovery and delivery, stopped before them), then SMTP:
-        listeners come last, so they open after recovery.
+        (after recovery and delivery, stopped before them), the auth parts and
+        the audit log SMTP AUTH writes to, then SMTP: listeners come last, so
+        they open after recovery.
         """
         service = build_service(config_in(self.directory), self.reactor)
         names = [type(child).__name__ for child in service]
         self.assertEqual(names, ["ThreadPoolService", "WriterProcess", "SpoolService", "DeliveryQueue",
-                                 "ControlService", "ThreadPoolService", "AuthService", "SMTPService", "SignalService", "BackendRouter",
-                                 "AuthLog",
+                                 "ControlService", "ThreadPoolService", "AuthService", "AuthLog",
+                                 "SMTPService", "SignalService", "BackendRouter",
                                  "ListeningService", "ListeningService"])
         self.assertEqual(self.reactor.tcpServers, [])
 

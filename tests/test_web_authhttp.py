@@ -14,7 +14,6 @@ from types import SimpleNamespace
 from urllib.parse import quote
 
 import pyotp
-from twisted.application.service import MultiService
 from twisted.internet.defer import fail, succeed
 from twisted.internet.error import DNSLookupError
 from twisted.internet.task import Clock
@@ -31,7 +30,7 @@ from gomail.state.memory import MemoryStateStore
 from gomail.web.authapp import auth_http_site
 from gomail.web.authhttp import AuthHTTPAnswerer
 from gomail.web.http import PeerAccess
-from gomail.web.service import build_http
+from gomail.web.service import HTTPInputs, build_http
 from tests.authtesting import MemoryUsers, SyncVerifier, authenticator, portal_for
 from tests.test_smtp_auth import BrokenStore
 from tests.webtesting import WireBrowser
@@ -662,14 +661,13 @@ class WiringTests(SynchronousTestCase):
         config = dataclasses.replace(config, enableHealthCheck=False, nginxAuth=dataclasses.replace(
             config.nginxAuth, sharedSecret=SHARED.decode(), path="/nginx/auth", backends=BACKENDS,
             healthCheckInterval=0, listen=("tcp:0:interface=127.0.0.1",)))
-        root = SimpleNamespace(auth=SimpleNamespace(authenticator=auth, portal=portal_for(auth), rate_limiter=None,
-                                                    state=None,
-                                                    users=SimpleNamespace(pool=None)),
-                               smtp=None, spool=None, writer_process=None,
-                               delivery=SimpleNamespace(router=None, stats=SimpleNamespace(attempt_observers=[])))
-        parent = MultiService()
-        build_http(config, MemoryReactorClock(), root, parent)
-        [listener] = [s for s in parent if isinstance(s, ListeningService)]
+        audit = AuthLog(None, clock, 30)
+        inputs = HTTPInputs(auth=SimpleNamespace(authenticator=auth, portal=portal_for(auth), rate_limiter=None,
+                                                 state=None),
+                            smtp=None, spool=None, writer_process=None, relay=None, audit=audit,
+                            delivery=SimpleNamespace(stats=SimpleNamespace(attempt_observers=[])))
+        http = build_http(config, MemoryReactorClock(), inputs)
+        [listener] = [s for s in http.services if isinstance(s, ListeningService)]
         headers = {b"Auth-User": [b"alice"], b"Auth-Pass": [b"s3cret"], b"Auth-Protocol": [b"imap"],
                    b"Client-IP": [b"192.0.2.1"], b"X-Auth-Key": [SHARED]}
         # Without Client-IP (issue 14, item 10): refused by the real listener, as by the answerer.
@@ -679,7 +677,7 @@ class WiringTests(SynchronousTestCase):
                          (400, "Invalid authentication request", None))
         answer = WireBrowser(listener.factory).get("http://gomail.test/nginx/auth", headers=headers)
         self.assertEqual((answer.header("Auth-Status"), answer.header("Auth-Server")), ("OK", "192.0.2.10"))
-        self.assertEqual(len(root.auth_log.buffer), 2)
+        self.assertEqual(len(audit.buffer), 2)
         answer = WireBrowser(listener.factory).get("http://gomail.test/nginx/auth",
                                                         headers={**headers, b"X-Auth-Key": [b"no"]})
         self.assertEqual(answer.header("Auth-Status"), "Authentication service unavailable")

@@ -139,10 +139,9 @@ def usable_cpus() -> int:
     return cpus
 
 
-def build_auth(config: Config, reactor: Any, parent: Any) -> AuthParts:
-    """Build the authentication parts and attach their services to C{parent} (in start order)."""
+def build_auth(config: Config, reactor: Any) -> tuple[AuthParts, list[Service]]:
+    """The authentication parts, and their services in start order (the CPU pool, then the user database)."""
     cpu = ThreadPoolService(reactor, "gomail-cpu", bcrypt_threads(config.auth.cpuThreads, usable_cpus()))
-    cpu.setServiceParent(parent)
     users = SQLiteUserStore(config.auth.database, reactor=reactor, refresh=config.auth.userRefresh)
     state = make_state_store(config.redis, reactor)
     blacklist = Blacklist(users, reactor, config.auth.blacklistRefresh)
@@ -150,5 +149,4 @@ def build_auth(config: Config, reactor: Any, parent: Any) -> AuthParts:
                                   load_or_create_secret(config.auth.secretFile), config.auth)
     parts = AuthParts(users, state, authenticator, make_portal(authenticator),
                       RateLimiter(state, config.rateLimits), cpu)
-    AuthService(parts, config, reactor).setServiceParent(parent)
-    return parts
+    return parts, [cpu, AuthService(parts, config, reactor)]

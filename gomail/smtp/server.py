@@ -80,6 +80,8 @@ class SMTPServer:
         local domains (None: every such address is accepted).
     @param users: the user store an XCLIENT LOGIN is looked up in (None: none
         is accepted; see L{gomail.smtp.xclient}).
+    @param audit: the audit log of logins (L{gomail.auth.authlog.AuthLog},
+        shared with auth_http) SMTP AUTH attempts are written to (None: not kept).
     """
 
     log = Logger()
@@ -88,7 +90,8 @@ class SMTPServer:
                  clock: IReactorTime, tls_context: Any, queue_size: int, log_envelopes: bool,
                  portal: Any = None, rate_limiter: RateLimiter | None = None,
                  auth_settings: AuthSettings | None = None, blacklist: Any = None,
-                 recipients: LocalRecipients | None = None, default_user: str = "", users: Any = None) -> None:
+                 recipients: LocalRecipients | None = None, default_user: str = "", users: Any = None,
+                 audit: Any = None) -> None:
         self.settings = settings
         self.policy = policy
         # Who exists in the local domains (users, aliases, postmaster); by
@@ -112,7 +115,7 @@ class SMTPServer:
         self._blacklist_log = LogThrottle(clock, BLACKLIST_LOG_PER_SECOND)
         self._rate_limit_log = LogThrottle(clock, RATE_LIMIT_LOG_PER_SECOND)
         #: The audit log of logins (L{gomail.auth.authlog.AuthLog}, shared with auth_http); None: not kept.
-        self.audit: Any = None
+        self.audit = audit
         self.rejections: Counter[str] = Counter()  # refusals by reason, for the metrics endpoint
         self.sessions_total = 0
         self.probes_total = 0  # connections closed without a byte from the client

@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-from twisted.application.service import MultiService
+from twisted.application.service import Service
 from twisted.logger import Logger
 
 from gomail.auth.authlog import AuthLog
@@ -34,40 +35,56 @@ def default_backends(config: Config) -> tuple[Backend, ...]:
     return backends
 
 
-def build_http(config: Config, reactor: Any, root: Any, parent: MultiService) -> Metrics:
-    """Attach the monitor and auth_http listeners (as configured) to C{parent}; return the metrics."""
-    auth = root.auth
-    relay = getattr(root.delivery.router, "relay", None)
-    metrics = Metrics(smtp=root.smtp, delivery=root.delivery, auth=auth.authenticator,
-                      rate_limiter=auth.rate_limiter, writer_process=root.writer_process)
+@dataclass(frozen=True)
+class HTTPInputs:
+    """What the HTTP listeners report on and use: the parts built before them."""
+
+    spool: Any
+    delivery: Any
+    relay: Any  # the RelayAgent when relaying, else None
+    smtp: Any
+    auth: Any  # gomail.auth.service.AuthParts
+    writer_process: Any  # the spool writer's child process, or None
+    audit: AuthLog | None  # the login audit log (nginxAuth.auditLog), or None
+
+
+@dataclass(frozen=True)
+class HTTPParts:
+    """The HTTP side, built: the metrics, the monitor app (None when off), and its services in start order."""
+
+    metrics: Metrics
+    monitor: MonitorApp | None
+    services: list[Service]
+
+
+def build_http(config: Config, reactor: Any, inputs: HTTPInputs) -> HTTPParts:
+    """The monitor and auth_http listeners (as configured), with the metrics they share."""
+    auth = inputs.auth
+    metrics = Metrics(smtp=inputs.smtp, delivery=inputs.delivery, auth=auth.authenticator,
+                      rate_limiter=auth.rate_limiter, writer_process=inputs.writer_process)
+    services: list[Service] = []
     router = None
     if config.nginxAuth.enabled:
         settings = config.nginxAuth
         router = BackendRouter(default_backends(config), settings.strategy, reactor,
                                interval=settings.healthCheckInterval, timeout=settings.healthCheckTimeout)
-        router.setServiceParent(parent)
-        audit = None
-        if settings.auditLog:
-            audit = AuthLog(auth.users.pool, reactor, settings.auditRetentionDays)
-            audit.setServiceParent(parent)
-        root.auth_log = audit
-        answerer = AuthHTTPAnswerer(settings, auth.portal, router, reactor, audit)
-        factory = auth_http_site(answerer, settings.path, PeerAccess(settings.allowFrom), reactor,
-                                 settings.maxRequestBytes, settings.requestTimeout)
+        services.append(router)
+        answerer = AuthHTTPAnswerer(settings, auth.portal, router, reactor, inputs.audit)
+        site = auth_http_site(answerer, settings.path, PeerAccess(settings.allowFrom), reactor,
+                              settings.maxRequestBytes, settings.requestTimeout)
         if not settings.sharedSecret:
             log.warn("nginxAuth.sharedSecret is empty: any allowed peer may ask auth_http (set it, and "
                      "auth_http_header in nginx)")
-        for description in settings.listen:
-            ListeningService(reactor, description, factory, "nginx auth_http").setServiceParent(parent)
+        services += [ListeningService(reactor, description, site, "nginx auth_http")
+                     for description in settings.listen]
+    app = None
     if config.enableHealthCheck:
         monitor = config.monitor
-        app = MonitorApp(metrics, root.spool, root.delivery.failed, root.delivery, reactor, state=auth.state,
-                         relay=relay, backends=router, queue_size=config.queueSize,
-                         low_disk_mb=monitor.lowDiskSpaceMB, writer_process=root.writer_process)
-        root.monitor = app
+        app = MonitorApp(metrics, inputs.spool, inputs.delivery.failed, inputs.delivery, reactor, state=auth.state,
+                         relay=inputs.relay, backends=router, queue_size=config.queueSize,
+                         low_disk_mb=monitor.lowDiskSpaceMB, writer_process=inputs.writer_process)
         access = PeerAccess(monitor.allowFrom, monitor.bearerToken, monitor.trustedProxies)
         site = LimitedSite(Guarded(app.resource(), access, HostNames(monitor.hostnames)),
                            reactor, monitor.maxRequestBytes, monitor.requestTimeout)
-        for description in monitor.listen:
-            ListeningService(reactor, description, site, "monitor").setServiceParent(parent)
-    return metrics
+        services += [ListeningService(reactor, description, site, "monitor") for description in monitor.listen]
+    return HTTPParts(metrics, app, services)
