@@ -34,7 +34,7 @@ from gomail.delivery.relay import RelayAgent
 from gomail.delivery.router import Router
 from gomail.logjson import json_lines_observer
 from gomail.logtext import classic_observer
-from gomail.servicekit import SequentialMultiService, ThreadPoolService
+from gomail.servicekit import PeriodicService, SequentialMultiService, ThreadPoolService
 from gomail.signals import SignalService
 from gomail.smtp.policy import RelayPolicy, local_domains, own_domain
 from gomail.smtp.recipients import LocalRecipients
@@ -210,8 +210,16 @@ def _delivery(config: Config, reactor: Any, spool: Spool,
                          maximum=settings.retryMaxDelay, jitter=settings.retryJitter, max_age=settings.maxQueueAge)
     queue = DeliveryQueue(spool, router, reactor, workers, processing_timeout=config.processingTimeout,
                           policy=policy, failed=FailedStore(spool, reactor), hostname=config.smtp.hostname,
-                          failed_retry_interval=settings.failedRetryInterval, delay_warning=settings.delayWarning)
+                          delay_warning=settings.delayWarning)
     return queue, relay
+
+
+def _failed_retry(config: Config, reactor: Any, delivery: DeliveryQueue) -> list[Service]:
+    """The periodic retry of the failed store (delivery.failedRetryInterval; none at 0)."""
+    interval = config.delivery.failedRetryInterval
+    if interval <= 0:
+        return []
+    return [PeriodicService("failed-store retry", interval, delivery.failed.retry, reactor, now=False)]
 
 
 def _recipients(config: Config, reactor: Any, policy: RelayPolicy, auth: AuthParts) -> LocalRecipients:
@@ -267,7 +275,7 @@ def build_service(config: Config, reactor: Any, on_fatal: Callable[[Any], None] 
     http = build_http(config, reactor, HTTPInputs(spool=spool, delivery=delivery, relay=relay, smtp=smtp,
                                                   auth=auth, writer_process=writer_process, audit=audit))
     children: list[Service] = [
-        io, *writer_services, SpoolService(spool, delivery), delivery,
+        io, *writer_services, SpoolService(spool, delivery), delivery, *_failed_retry(config, reactor, delivery),
         # After recovery and delivery (stopped before them): `gomail queue` changes go through this server.
         ControlService(reactor, QueueControl(spool, delivery, delivery.failed)),
         *auth_services, *([audit] if audit is not None else []),

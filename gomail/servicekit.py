@@ -1,14 +1,16 @@
 # -*- test-case-name: tests.test_service -*-
-"""Service building blocks: ordered start/stop with Deferreds, and an owned thread pool."""
+"""Service building blocks: ordered start/stop with Deferreds, periodic work, and an owned thread pool."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
+from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
@@ -44,6 +46,43 @@ class SequentialMultiService(MultiService):
         for child in reversed(list(self)):
             if child.running:
                 await maybeDeferred(child.stopService)
+
+
+class PeriodicService(TimerService):
+    """
+    Calls C{function} every C{step} seconds while the service runs: the
+    server's periodic work (failed-store retry, user database watch, backend
+    health, audit log flush and purge) as children of the service tree, each named by C{what} (its C{repr} and its log lines).
+
+    Unlike a plain L{TimerService}, the first call can wait one step
+    (C{now=False}), and a call that fails is logged and the calls go on (a
+    LoopingCall stops at the first failure). Stopping waits for a call in
+    progress.
+    """
+
+    log = Logger()
+
+    def __init__(self, what: str, step: float, function: Callable[[], Any], clock: Any, now: bool = True) -> None:
+        """@param function: returns anything, a Deferred or a coroutine (waited for before the next call)."""
+        super().__init__(step, self._call)
+        self.what = what
+        self.function = function
+        self.clock = clock
+        self.now = now
+
+    def __repr__(self) -> str:
+        return f"<PeriodicService {self.what!r} every {self.step:g} s>"
+
+    def startService(self) -> None:
+        Service.startService(self)
+        self._loop = LoopingCall(self._call)
+        self._loop.clock = self.clock
+        self._loopFinished = self._loop.start(self.step, now=self.now)
+        self._loopFinished.addErrback(self._failed)
+
+    def _call(self) -> Deferred:
+        d = maybeDeferred(self.function)
+        return d.addErrback(lambda failure: self.log.failure("{what} failed", failure, what=self.what))
 
 
 class ThreadPoolService(Service):

@@ -7,6 +7,7 @@ MemoryReactorClock (no socket is opened, no time passes).
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
 
 from twisted.internet.defer import fail, succeed
 from twisted.internet.error import ConnectionRefusedError, DNSLookupError
@@ -201,20 +202,34 @@ class HealthCheckTests(SynchronousTestCase):
                                      Backend(protocol="pop3", address="six.example", port=110)],
                                     "round-robin", self.reactor, interval=10, timeout=2.5)
 
+    def start(self, router: BackendRouter | None = None) -> Any:
+        """Start the router and then its periodic checks, as the server does (gomail.web.service)."""
+        router = router or self.router
+        started = router.startService()
+        self.periodic = router.health_checks()
+        for service in self.periodic:
+            service.startService()
+        return started
+
+    def stop(self) -> None:
+        for service in self.periodic:
+            service.stopService()
+        self.router.stopService()
+
     def test_start_waits_for_first_check(self) -> None:
         """Start-up connects to every backend (by IP, with the timeout) and fires once all have answered."""
-        started = self.router.startService()
+        started = self.start()
         self.assertNoResult(started)
         self.assertEqual(sorted((h, p, t) for h, p, _, t, _ in self.reactor.tcpClients),
                          [("10.0.0.5", 993, 2.5), ("192.0.2.1", 143, 2.5), ("2001:db8::9", 110, 2.5)])
         self.reactor.answer(up={"192.0.2.1", "10.0.0.5", "2001:db8::9"})
         self.assertIsNone(self.successResultOf(started))
         self.assertTrue(all(b["up"] for b in self.router.status()))
-        self.router.stopService()
+        self.stop()
 
     def test_down_then_up(self) -> None:
         """A refused connection marks a backend down until a later check reaches it."""
-        self.router.startService()
+        self.start()
         self.reactor.answer(up={"192.0.2.1", "2001:db8::9"})
         self.assertEqual({self.router.choose("imap", "alice") for _ in range(4)}, {("192.0.2.1", 143)})
         self.reactor.advance(9)
@@ -223,31 +238,31 @@ class HealthCheckTests(SynchronousTestCase):
         self.assertEqual(len(self.reactor.answer(up={"192.0.2.1", "10.0.0.5", "2001:db8::9"})), 3)
         self.assertEqual({self.router.choose("imap", "alice") for _ in range(4)},
                          {("192.0.2.1", 143), ("10.0.0.5", 993)})
-        self.router.stopService()
+        self.stop()
 
     def test_unresolvable_is_down_without_connecting(self) -> None:
         """A name that stops resolving marks its backend down, and no connection is tried for it."""
-        self.router.startService()
+        self.start()
         self.reactor.answer(up={"192.0.2.1", "10.0.0.5", "2001:db8::9"})
         del self.reactor.names["named.example"]
         self.reactor.advance(10)
         self.assertEqual(sorted(h for h, _ in self.reactor.answer(up={"192.0.2.1", "2001:db8::9"})),
                          ["192.0.2.1", "2001:db8::9"])
         self.assertEqual([b["up"] for b in self.router.status()], [True, False, True])
-        self.router.stopService()
+        self.stop()
 
     def test_stop(self) -> None:
         """After stopService no more checks run."""
-        self.router.startService()
+        self.start()
         self.reactor.answer()
-        self.router.stopService()
+        self.stop()
         self.reactor.advance(100)
         self.assertEqual(self.reactor.tcpClients, [])
 
     def test_no_backends(self) -> None:
         """A router without backends starts without checking anything."""
         router = BackendRouter([], "hash", self.reactor, interval=10)
-        self.assertIsNone(router.startService())
+        self.assertIsNone(self.start(router))
         self.reactor.advance(100)
         self.assertEqual(self.reactor.tcpClients, [])
 

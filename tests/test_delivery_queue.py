@@ -17,6 +17,7 @@ from gomail.delivery.failed import FailedStore, MessageBusy
 from gomail.delivery.queue import DeliveryQueue
 from gomail.delivery.router import Router
 from gomail.interfaces import IDeliveryAgent, IQueueConsumer
+from gomail.servicekit import PeriodicService
 from gomail.spool.envelope import DELIVERED, FAILED, PENDING, Envelope
 from tests.spooltesting import listing, make_spool, new_envelope, read
 
@@ -65,7 +66,7 @@ class QueueTestCase(SynchronousTestCase):
         values.update(policy)
         queue = DeliveryQueue(self.spool, Router(agent), self.clock, workers, processing_timeout=300,
                               policy=RetryPolicy(**values), failed=FailedStore(self.spool, self.clock),
-                              hostname="mx.test", failed_retry_interval=3600, random=lambda: 0.5)
+                              hostname="mx.test", random=lambda: 0.5)
         self.spool.add_listener(queue.enqueue)
         queue.startService()
         self.addCleanup(queue.stopService)
@@ -100,7 +101,7 @@ class SchedulingTests(QueueTestCase):
         self.assertEqual(agent.calls, [(envelope.id, ["bob@example.com"])])
         self.assertEqual(listing(self.spool, "queue"), [])
         self.assertEqual((queue.depth, self.spool.queued, queue.stats.delivered_messages), (0, 0, 1))
-        self.assertEqual(self.clock.getDelayedCalls()[0].getTime(), START + 3600)  # only the failed/ retry loop
+        self.assertEqual(self.clock.getDelayedCalls(), [])  # nothing left to schedule
 
     def test_backoff_schedule(self) -> None:
         """4xx answers defer: the next attempts come 300, 600, 1200 s later, recorded in the envelope."""
@@ -257,6 +258,10 @@ class FailedRetryTests(QueueTestCase):
         """failed/ is retried every failedRetryInterval; a second failure does not bounce again."""
         agent = ScriptedAgent(550, 250, 550)
         queue = self.queue(agent)
+        # The server's timer (gomail.root): a PeriodicService beside the queue.
+        retry = PeriodicService("failed-store retry", 3600, queue.failed.retry, self.clock, now=False)
+        retry.startService()
+        self.addCleanup(retry.stopService)
         envelope = self.commit("bob@example.com")
         self.assertEqual(queue.stats.bounces, 1)
         self.clock.advance(3600)

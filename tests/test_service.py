@@ -13,7 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from gomail.configload import load_config
 from gomail.root import build_service
-from gomail.servicekit import ListenError, SequentialMultiService
+from gomail.servicekit import ListenError, PeriodicService, SequentialMultiService
 from gomail.smtp.server import SMTPService
 from gomail.spool.envelope import Recipient
 
@@ -45,9 +45,13 @@ class BuildServiceTests(SynchronousTestCase):
         service = build_service(config_in(self.directory), self.reactor)
         names = [type(child).__name__ for child in service]
         self.assertEqual(names, ["ThreadPoolService", "WriterProcess", "SpoolService", "DeliveryQueue",
-                                 "ControlService", "ThreadPoolService", "AuthService", "AuthLog",
-                                 "SMTPService", "SignalService", "BackendRouter",
-                                 "ListeningService", "ListeningService"])
+                                 "PeriodicService", "ControlService", "ThreadPoolService", "AuthService",
+                                 "PeriodicService", "AuthLog", "SMTPService", "SignalService", "BackendRouter",
+                                 "PeriodicService", "ListeningService", "ListeningService"])
+        timers = [repr(child) for child in service if isinstance(child, PeriodicService)]
+        self.assertEqual(timers, ["<PeriodicService 'failed-store retry' every 3600 s>",
+                                  "<PeriodicService 'user database watch' every 1 s>",
+                                  "<PeriodicService 'backend health checks' every 10 s>"])
         self.assertEqual(self.reactor.tcpServers, [])
 
     def test_writer_threads_without_a_process(self) -> None:

@@ -1,12 +1,13 @@
-"""L{gomail.servicekit.SequentialMultiService}: ordered start and stop of the composition root's parts."""
+"""L{gomail.servicekit}: ordered start and stop of the composition root's parts, and periodic work."""
 
 from __future__ import annotations
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from gomail.servicekit import SequentialMultiService
+from gomail.servicekit import PeriodicService, SequentialMultiService
 
 
 class Step(Service):
@@ -81,3 +82,50 @@ class SequentialMultiServiceTests(SynchronousTestCase):
         self.spool.starting.errback(OSError("spool unreadable"))
         self.failureResultOf(d, OSError)
         self.assertEqual(self.log, ["start spool"])
+
+
+class PeriodicServiceTests(SynchronousTestCase):
+    """L{PeriodicService}: periodic work as a service on an injected clock."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.calls: list[float] = []
+        self.pending: Deferred | None = None
+
+    def work(self) -> Deferred | None:
+        self.calls.append(self.clock.seconds())
+        return self.pending
+
+    def test_now_false_waits_one_step(self):
+        """With now=False the first call comes one step after the start, then every step."""
+        timer = PeriodicService("work", 10, self.work, self.clock, now=False)
+        timer.startService()
+        self.assertEqual(self.calls, [])
+        self.clock.pump([10, 10])
+        self.assertEqual(self.calls, [10, 20])
+        timer.stopService()
+        self.clock.advance(100)
+        self.assertEqual(self.calls, [10, 20])
+
+    def test_failure_logged_and_calls_go_on(self):
+        """A call that fails is logged once, and the next step calls again (a LoopingCall would stop)."""
+        def broken() -> None:
+            self.calls.append(self.clock.seconds())
+            raise OSError("database is locked")
+        timer = PeriodicService("work", 5, broken, self.clock)
+        timer.startService()
+        self.clock.advance(5)
+        self.assertEqual(self.calls, [0, 5])
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 2)
+        timer.stopService()
+
+    def test_stop_waits_for_the_call_in_progress(self):
+        """stopService fires only once a call still running has finished."""
+        self.pending = Deferred()
+        timer = PeriodicService("work", 5, self.work, self.clock)
+        timer.startService()
+        stopped = timer.stopService()
+        self.assertNoResult(stopped)
+        self.pending.callback(None)
+        self.successResultOf(stopped)
+        self.assertFalse(timer.running)

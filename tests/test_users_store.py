@@ -18,6 +18,7 @@ from zope.interface.verify import verifyObject
 from gomail.auth import userdb
 from gomail.auth.records import BlacklistEntry
 from gomail.auth.users import IUserStore, SQLiteUserStore
+from gomail.servicekit import PeriodicService
 
 NOW = 1714564800.0
 HASH = b"$2b$04$" + b"x" * 53
@@ -159,6 +160,10 @@ class UserRecordCacheTests(TestCase):
         store = SQLiteUserStore(self.path, refresh=1.0, clock=self.clock)
         self.addCleanup(store.close)
         await store.start()
+        # The server's watch (gomail.auth.service.build_auth): a PeriodicService on the clock.
+        watch = PeriodicService("user database watch", store.refresh, store.look_for_changes, self.clock)
+        watch.startService()
+        self.addCleanup(watch.stopService)
         await store.add_user("alice", HASH, NOW)
         self.conn = userdb.open_connection(self.path)
         self.addCleanup(self.conn.close)
@@ -167,7 +172,7 @@ class UserRecordCacheTests(TestCase):
     async def look(self, store: SQLiteUserStore) -> None:
         """Let the watch look for changes once, and wait for its answer."""
         self.clock.advance(1.0)
-        await store._look_for_changes()  # the same look the timer just started; waits for an answer
+        await store.look_for_changes()  # the same look the timer just started; waits for an answer
 
     async def test_answers_from_memory_only_after_a_look(self) -> None:
         """Before the first look for changes has answered, lookups read the database."""
@@ -214,7 +219,10 @@ class UserRecordCacheTests(TestCase):
         store = await self.start()
         await self.look(store)
         await store.get_user("alice")
-        store._run = _hold_data_version(store._run)  # the database thread is busy for a long time
+        held: list = []
+        store._run = _hold_data_version(store._run, held)  # the database thread is busy for a long time
+        # The watch's stop waits for the look in progress: let it answer at the end.
+        self.addCleanup(lambda: [d.callback(0) for d in held if not d.called])
         userdb.transact(self.conn, userdb.set_enabled, "alice", False, NOW + 1)
         self.clock.advance(1.0)
         self.assertTrue(self.successResultOf(store.get_user("alice")).enabled)  # within the refresh: from memory
@@ -222,18 +230,20 @@ class UserRecordCacheTests(TestCase):
         self.assertFalse((await store.get_user("alice")).enabled)
 
     async def test_closed_store_does_not_cache(self) -> None:
-        """After close the watch is stopped (no timer left on the clock)."""
+        """After close nothing is answered from memory, even right after a look."""
         store = await self.start()
+        await self.look(store)
         store.close()
-        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertFalse(store._serving())
 
 
-def _hold_data_version(run):
-    """A store's _run whose looks for changes never answer (the other calls go through)."""
+def _hold_data_version(run, held_looks):
+    """A store's _run whose looks for changes do not answer (put in C{held_looks}; the other calls go through)."""
     from twisted.internet.defer import Deferred
 
     def held(fn, *args):
         if fn is userdb.data_version:
-            return Deferred()
+            held_looks.append(Deferred())
+            return held_looks[-1]
         return run(fn, *args)
     return held

@@ -75,7 +75,7 @@ class MonitorTestCase(SynchronousTestCase):
         self.queue = DeliveryQueue(
             self.spool, Router(self.agent), self.clock, 5, processing_timeout=300,
             policy=RetryPolicy(initial=300, factor=2, maximum=3600, jitter=0.2, max_age=5 * 86400),
-            failed=FailedStore(self.spool, self.clock), hostname="mx.test", failed_retry_interval=3600,
+            failed=FailedStore(self.spool, self.clock), hostname="mx.test",
             random=lambda: 0.5)
         self.spool.add_listener(self.queue.enqueue)
         self.queue.startService()

@@ -14,10 +14,11 @@ from __future__ import annotations
 import re
 from typing import Any, NamedTuple
 
-from twisted.application.service import Service
+from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+
+from gomail.servicekit import PeriodicService
 
 #: Control characters: what no stored text, and no header value, may carry.
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
@@ -68,8 +69,12 @@ def printable(text: str, limit: int = 254) -> str:
     return CONTROL_CHARACTERS.sub("?", text)[:limit]
 
 
-class AuthLog(Service):
-    """Buffers entries and writes them through the user store's pool."""
+class AuthLog(MultiService):
+    """
+    Buffers entries and writes them through the user store's pool: flushed
+    every FLUSH_SECONDS and purged of entries older than the retention every
+    PURGE_SECONDS (and at start), by its two L{PeriodicService} children.
+    """
 
     log = Logger()
     FLUSH_SECONDS = 1.0
@@ -78,13 +83,15 @@ class AuthLog(Service):
 
     def __init__(self, pool: Any, clock: Any, retention_days: int) -> None:
         """@param pool: an adbapi ConnectionPool (the user store's C{pool})."""
+        super().__init__()
         self.pool = pool
         self.clock = clock
         self.retention = retention_days * 86400
         self.buffer: list[AuthLogEntry] = []
         self.dropped = 0
         self._flushing: Deferred | None = None
-        self._loops: list[LoopingCall] = []
+        PeriodicService("audit log flush", self.FLUSH_SECONDS, self.flush, clock, now=False).setServiceParent(self)
+        PeriodicService("audit log purge", self.PURGE_SECONDS, self.purge, clock).setServiceParent(self)
 
     def record(self, entry: AuthLogEntry) -> None:
         if len(self.buffer) >= self.MAX_BUFFER:
@@ -119,20 +126,8 @@ class AuthLog(Service):
     def query(self, since: float = 0.0, user: str | None = None, limit: int = 100) -> Deferred:
         return self.pool.runInteraction(query_entries, since, user, limit)
 
-    def startService(self) -> None:
-        super().startService()
-        for function, interval in ((self.flush, self.FLUSH_SECONDS), (self.purge, self.PURGE_SECONDS)):
-            loop = LoopingCall(function)
-            loop.clock = self.clock
-            loop.start(interval, now=function == self.purge).addErrback(
-                lambda f: self.log.failure("auth log loop stopped", f))
-            self._loops.append(loop)
-
     def stopService(self) -> Deferred:  # type: ignore[override]
-        super().stopService()
-        for loop in self._loops:
-            if loop.running:
-                loop.stop()
-        self._loops = []
-        pending = self._flushing or succeed(None)
-        return pending.addCallback(lambda _: self.flush())
+        # The timers stop first (waiting for a flush or purge in progress), then what is buffered is written.
+        d = super().stopService()
+        d.addCallback(lambda _: self._flushing or succeed(None))
+        return d.addCallback(lambda _: self.flush())

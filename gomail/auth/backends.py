@@ -30,10 +30,10 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from gomail.configschema import Backend
+from gomail.servicekit import PeriodicService
 
 
 class _ProbeFactory(Factory):
@@ -100,7 +100,6 @@ class BackendRouter(Service):
         self.reactor = reactor
         self.interval = interval
         self.timeout = timeout
-        self._loop: LoopingCall | None = None
 
     # -- choosing -------------------------------------------------------------
 
@@ -149,21 +148,17 @@ class BackendRouter(Service):
     # -- health -----------------------------------------------------------------
 
     def startService(self) -> Deferred | None:  # type: ignore[override]
+        """Check every backend once; start-up waits for it, so names are resolved before nginx asks."""
         super().startService()
         if not self.pools:
             return None
-        if self.interval > 0:
-            self._loop = LoopingCall(self.check)
-            self._loop.clock = self.reactor
-            # The first check runs now; start-up waits for it, so names are resolved before nginx asks.
-            d = self._loop.start(self.interval, now=False)
-            d.addErrback(lambda f: self.log.failure("backend health check loop stopped", f))
         return self.check()
 
-    def stopService(self) -> None:
-        super().stopService()
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
+    def health_checks(self) -> list[Service]:
+        """The periodic checks, after the first one (none without backends or with interval 0): start after this."""
+        if not self.pools or self.interval <= 0:
+            return []
+        return [PeriodicService("backend health checks", self.interval, self.check, self.reactor, now=False)]
 
     def check(self) -> Deferred:
         """Resolve every backend's name and try a TCP connection to it (or only resolve, with no interval)."""

@@ -24,7 +24,7 @@ from gomail.auth.users import SQLiteUserStore
 from gomail.configschema import Config
 from gomail.deferreds import deferred_coroutine
 from gomail.limits.rate import RateLimiter
-from gomail.servicekit import ThreadPoolService
+from gomail.servicekit import PeriodicService, ThreadPoolService
 from gomail.state.factory import make_state_store
 
 SECRET_BYTES = 32
@@ -140,7 +140,13 @@ def usable_cpus() -> int:
 
 
 def build_auth(config: Config, reactor: Any) -> tuple[AuthParts, list[Service]]:
-    """The authentication parts, and their services in start order (the CPU pool, then the user database)."""
+    """
+    The authentication parts, and their services in start order: the CPU
+    pool, the user database, then the watch for other processes' changes to
+    it. (The blacklist needs no timer: a check reloads entries older than
+    C{auth.blacklistRefresh}, so an operator's change applies at the first
+    check after that, and an idle server asks nothing.)
+    """
     cpu = ThreadPoolService(reactor, "gomail-cpu", bcrypt_threads(config.auth.cpuThreads, usable_cpus()))
     users = SQLiteUserStore(config.auth.database, reactor=reactor, refresh=config.auth.userRefresh)
     state = make_state_store(config.redis, reactor)
@@ -149,4 +155,7 @@ def build_auth(config: Config, reactor: Any) -> tuple[AuthParts, list[Service]]:
                                   load_or_create_secret(config.auth.secretFile), config.auth)
     parts = AuthParts(users, state, authenticator, make_portal(authenticator),
                       RateLimiter(state, config.rateLimits), cpu)
-    return parts, [cpu, AuthService(parts, config, reactor)]
+    services: list[Service] = [cpu, AuthService(parts, config, reactor)]
+    if users.refresh > 0:
+        services.append(PeriodicService("user database watch", users.refresh, users.look_for_changes, reactor))
+    return parts, services

@@ -26,7 +26,6 @@ from typing import Any
 
 from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
@@ -72,9 +71,10 @@ class SQLiteUserStore:
 
     Call L{start} (and wait for it) before anything else, L{close} at the end.
 
-    @param refresh: seconds between looks for changes made by other processes;
-        the user record cache is only used when this is given, with a clock.
-    @param clock: the timer of those looks (default: C{reactor}).
+    @param refresh: seconds between looks for changes made by other processes
+        (L{look_for_changes}, called that often by the server); the user
+        record cache is only used when this is given, with a clock.
+    @param clock: what the looks' age is measured on (default: C{reactor}).
     """
 
     log = Logger()
@@ -92,12 +92,9 @@ class SQLiteUserStore:
         self._generation = 0  # moves at every change: a lookup started before one is not cached
         self._data_version: int | None = None
         self._confirmed_at: float | None = None  # when the last successful look for changes started
-        self._watch: LoopingCall | None = None
-        clock = self._clock = clock if clock is not None else reactor
-        if refresh and clock is not None:
-            self._watch = LoopingCall(self._look_for_changes)
-            self._watch.clock = clock
-            self._refresh = refresh
+        self._clock = clock if clock is not None else reactor
+        #: Seconds between looks for other processes' changes (L{look_for_changes}); 0: no record cache.
+        self.refresh = refresh if self._clock is not None else 0.0
 
     def start(self) -> Deferred:
         """
@@ -113,17 +110,12 @@ class SQLiteUserStore:
         except OSError:
             return fail()
         self.pool.start()  # idempotent; the pool starts itself only once the reactor runs
-        d = self.pool.runInteraction(userdb.migrate)
-        if self._watch is not None:
-            d.addCallback(self._start_watching)
-        return d
+        return self.pool.runInteraction(userdb.migrate)
 
     def close(self) -> None:
         """Close the connection and stop the database thread (again: nothing happens)."""
         if not self._closed:
             self._closed = True
-            if self._watch is not None and self._watch.running:
-                self._watch.stop()
             self.pool.close()
 
     def _run(self, fn: Any, *args: Any) -> Deferred:
@@ -141,18 +133,19 @@ class SQLiteUserStore:
         self._generation += 1
         return result
 
-    def _start_watching(self, version: int) -> int:
-        assert self._watch is not None
-        self._watch.start(self._refresh, now=True).addErrback(
-            lambda f: self.log.failure("user database watch stopped", f))
-        return version
-
     def _serving(self) -> bool:
-        """Whether the cache may answer: the watch runs and has looked for changes lately."""
-        return (self._watch is not None and self._watch.running and self._confirmed_at is not None
-                and self._clock.seconds() - self._confirmed_at <= 2 * self._refresh)
+        """Whether the cache may answer: open, and a look for changes answered lately."""
+        return (self.refresh > 0 and not self._closed and self._confirmed_at is not None
+                and self._clock.seconds() - self._confirmed_at <= 2 * self.refresh)
 
-    def _look_for_changes(self) -> Deferred:
+    def look_for_changes(self) -> Deferred:
+        """
+        Ask the database whether anything changed since the last look (by any
+        process: the C{gomail} command writes directly) and forget the cached
+        records if so. The server calls it every C{refresh} seconds (a
+        L{gomail.servicekit.PeriodicService}); while no look has answered for
+        twice that, lookups read the database.
+        """
         started = self._clock.seconds()
 
         def compare(version: int) -> None:

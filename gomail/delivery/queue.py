@@ -30,7 +30,6 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, TimeoutError, succeed
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -65,14 +64,13 @@ class DeliveryQueue(Service):
 
     def __init__(self, spool: Spool, router: Router, clock: IReactorTime, workers: int,
                  processing_timeout: float, policy: RetryPolicy, failed: FailedStore, hostname: str,
-                 failed_retry_interval: float = 0, random: Callable[[], float] = _random.random,
+                 random: Callable[[], float] = _random.random,
                  delay_warning: float = 0) -> None:
         self.spool, self.router, self.clock = spool, router, clock
         #: Seconds after which a sender is told its message is still being retried (0: never).
         self.delay_warning = delay_warning
         self.workers, self.processing_timeout, self.policy = workers, processing_timeout, policy
         self.failed, self.hostname = failed, hostname
-        self.failed_retry_interval = failed_retry_interval
         self.random = random
         self.stats = DeliveryStats()
         self._envelopes: dict[str, Envelope] = {}
@@ -80,7 +78,6 @@ class DeliveryQueue(Service):
         self._sequence = 0
         self._active: dict[str, Deferred] = {}
         self._timer: Any = None
-        self._failed_loop: LoopingCall | None = None
         #: queue id -> failed tries to write a finished message's outcome (see _keep_unrecorded)
         self._unrecorded: dict[str, int] = {}
 
@@ -159,10 +156,6 @@ class DeliveryQueue(Service):
 
     def startService(self) -> None:
         super().startService()
-        if self.failed_retry_interval > 0:
-            self._failed_loop = LoopingCall(self._retry_failed)
-            self._failed_loop.clock = self.clock
-            self._failed_loop.start(self.failed_retry_interval, now=False)
         self._wake()
 
     def stopService(self) -> Deferred:
@@ -170,8 +163,6 @@ class DeliveryQueue(Service):
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
-        if self._failed_loop is not None and self._failed_loop.running:
-            self._failed_loop.stop()
         for agent in (self.router.local, self.router.relay):
             close = getattr(agent, "close", None)
             if close is not None:
@@ -179,11 +170,6 @@ class DeliveryQueue(Service):
         if not self._active:
             return succeed(None)
         return DeferredList(list(self._active.values()))
-
-    def _retry_failed(self) -> Deferred:
-        d = Deferred.fromCoroutine(self.failed.retry())
-        d.addErrback(lambda f: self.log.failure("periodic retry of failed mail", f))
-        return d
 
     # -- scheduling ---------------------------------------------------------------
 

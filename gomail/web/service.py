@@ -68,7 +68,7 @@ def build_http(config: Config, reactor: Any, inputs: HTTPInputs) -> HTTPParts:
         settings = config.nginxAuth
         router = BackendRouter(default_backends(config), settings.strategy, reactor,
                                interval=settings.healthCheckInterval, timeout=settings.healthCheckTimeout)
-        services.append(router)
+        services += [router, *router.health_checks()]
         answerer = AuthHTTPAnswerer(settings, auth.portal, router, reactor, inputs.audit)
         site = auth_http_site(answerer, settings.path, PeerAccess(settings.allowFrom), reactor,
                               settings.maxRequestBytes, settings.requestTimeout)
