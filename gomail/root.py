@@ -6,7 +6,6 @@ constructor arguments, and the root service that starts them in order.
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from gomail.delivery.maildir import MaildirDelivery
 from gomail.delivery.queue import DeliveryQueue
 from gomail.delivery.relay import RelayAgent
 from gomail.delivery.router import Router
+from gomail.interfaces import ISpoolWriter
 from gomail.logjson import json_lines_observer
 from gomail.logtext import classic_observer
 from gomail.servicekit import PeriodicService, SequentialMultiService, ThreadPoolService
@@ -39,6 +39,7 @@ from gomail.signals import SignalService
 from gomail.smtp.policy import RelayPolicy, local_domains, own_domain
 from gomail.smtp.recipients import LocalRecipients
 from gomail.smtp.server import SMTPServer, SMTPService
+from gomail.spool.jobs import SpoolFiles
 from gomail.spool.process import WriterProcess, WriterSpec
 from gomail.spool.service import SpoolService
 from gomail.spool.store import Spool
@@ -166,28 +167,39 @@ def _log_file(path: str) -> Any:
     return sys.stdout if not path else open(path, "a", encoding="utf-8")
 
 
-def _writers(config: Config, reactor: Any) -> tuple[Any, Any, WriterProcess | None, list[Service]]:
+@dataclass(frozen=True)
+class Writers:
     """
-    The spool's two writers: one for commits (what SMTP clients wait on), one
-    for Maildir copies and removals, so those never delay a commit. Both are
-    lanes of one writer process (gomail.spool.process), or with
-    spool.writerProcess = false two threads of this process. Also: the
-    writer process (or None), and the services to start, in order.
+    The spool's two writers (L{ISpoolWriter}): one for commits (what SMTP
+    clients wait on), one for Maildir copies and removals, so those never
+    delay a commit; the files their jobs share in this process; the writer
+    process (or None); and the services to start, in order.
     """
+
+    commit: ISpoolWriter
+    mailbox: ISpoolWriter
+    files: SpoolFiles
+    process: WriterProcess | None
+    services: list[Service]
+
+
+def _writers(config: Config, reactor: Any) -> Writers:
+    """Two lanes of one writer process (gomail.spool.process), or with spool.writerProcess = false two threads."""
+    directory = config.spool.directory
     if config.spool.writerProcess:
-        spec = WriterSpec(spool_directory=config.spool.directory, spare_files=SPARE_FILES,
-                          mailbox_directory=os.path.join(config.spool.directory, "mailbox"),
-                          hostname=config.smtp.hostname, fsync_threads=config.spool.ioThreads)
+        spec = WriterSpec(spool_directory=directory, spare_files=SPARE_FILES, fsync_threads=config.spool.ioThreads)
         process = WriterProcess(reactor, spec)
-        return process.lane("commit"), process.lane("mailbox"), process, [process]
-    writer = BatchWriter(reactor, fsync_threads=config.spool.ioThreads)
-    mailbox_writer = BatchWriter(reactor, fsync_threads=config.spool.ioThreads, name="gomail-mailbox-writer")
+        # The spares are the child's: this process has none to offer.
+        return Writers(process.lane("commit"), process.lane("mailbox"), SpoolFiles(directory), process, [process])
+    files = SpoolFiles(directory, spare_files=SPARE_FILES)
+    writer = BatchWriter(reactor, files, fsync_threads=config.spool.ioThreads)
+    mailbox_writer = BatchWriter(reactor, files, fsync_threads=config.spool.ioThreads, name="gomail-mailbox-writer")
     # No writer process holds the spool's lock: this process does, before its writers start.
-    return writer, mailbox_writer, None, [SpoolLock(reactor, config.spool.directory), writer, mailbox_writer]
+    return Writers(writer, mailbox_writer, files, None, [SpoolLock(reactor, directory), writer, mailbox_writer])
 
 
 def _delivery(config: Config, reactor: Any, spool: Spool,
-              mailbox_writer: Any) -> tuple[DeliveryQueue, RelayAgent | None]:
+              mailbox_writer: ISpoolWriter) -> tuple[DeliveryQueue, RelayAgent | None]:
     """The delivery queue: local domains (or everything) to the Maildirs, the rest to the smarthosts."""
     spool.removal_writer = mailbox_writer
     mailbox = MaildirDelivery(spool.path("mailbox"), config.smtp.hostname, mailbox_writer)
@@ -261,11 +273,12 @@ def build_service(config: Config, reactor: Any, on_fatal: Callable[[Any], None] 
     @raise gomail.tls.TLSConfigError: for an unusable certificate or key.
     """
     io = ThreadPoolService(reactor, "gomail-io", config.spool.ioThreads)
-    writer, mailbox_writer, writer_process, writer_services = _writers(config, reactor)
-    spool = Spool(config.spool.directory, reactor, io.run, writer=writer,
-                  min_free_bytes=config.spool.minFreeSpaceMB * 1024 * 1024, spare_files=SPARE_FILES,
+    writers = _writers(config, reactor)
+    writer_process = writers.process
+    spool = Spool(config.spool.directory, reactor, io.run, writer=writers.commit, files=writers.files,
+                  min_free_bytes=config.spool.minFreeSpaceMB * 1024 * 1024,
                   recent_content_bytes=RECENT_CONTENT_BYTES)
-    delivery, relay = _delivery(config, reactor, spool, mailbox_writer)
+    delivery, relay = _delivery(config, reactor, spool, writers.mailbox)
     auth, auth_services = build_auth(config, reactor)
     # SMTP AUTH and auth_http write their logins to one audit table (nginxAuth.auditLog).
     audit = None
@@ -275,7 +288,7 @@ def build_service(config: Config, reactor: Any, on_fatal: Callable[[Any], None] 
     http = build_http(config, reactor, HTTPInputs(spool=spool, delivery=delivery, relay=relay, smtp=smtp,
                                                   auth=auth, writer_process=writer_process, audit=audit))
     children: list[Service] = [
-        io, *writer_services, SpoolService(spool, delivery), delivery, *_failed_retry(config, reactor, delivery),
+        io, *writers.services, SpoolService(spool, delivery), delivery, *_failed_retry(config, reactor, delivery),
         # After recovery and delivery (stopped before them): `gomail queue` changes go through this server.
         ControlService(reactor, QueueControl(spool, delivery, delivery.failed)),
         *auth_services, *([audit] if audit is not None else []),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import functools
 import os
 import re
 from collections.abc import Callable
@@ -24,13 +25,15 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gomail.configschema import SMTPSettings
+from gomail.interfaces import ISpoolWriter
 from gomail.smtp.policy import RelayPolicy
 from gomail.smtp.protocol import GomailESMTP
 from gomail.smtp.server import SMTPServer
 from gomail.spool.envelope import Envelope
 from gomail.spool.fs import FileSystem
+from gomail.spool.jobs import SpoolFiles
 from gomail.spool.store import Spool
-from gomail.spool.writer import method_job, run_batch
+from gomail.spool.writer import run_batch
 
 HOSTNAME = "mx.test"
 LOCAL_DOMAIN = "example.com"
@@ -42,6 +45,7 @@ def run(f: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred:
     return maybeDeferred(f, *args, **kwargs)
 
 
+@implementer(ISpoolWriter)
 class ManualRun:
     """
     A spool C{run} whose calls wait until L{release}: lets a test look at a
@@ -62,13 +66,12 @@ class ManualRun:
     #: As the in-process writers: jobs may be handed descriptors.
     in_process = True
 
-    def submit(self, job: Callable[[], Any]) -> Deferred:
-        """The spool writer's interface: the durable job waits like any other call."""
-        return self(_run_job, job)
+    #: The files its jobs use (as an ISpoolWriter): set to the spool's by the harness.
+    files: SpoolFiles
 
-    def call(self, target: Any, method: str, *args: Any) -> Deferred:
-        """The spool writer's interface for a named call (see BatchWriter.call)."""
-        return self.submit(method_job(target, method, args))
+    def run(self, job: Callable[..., Any], **arguments: Any) -> Deferred:
+        """The spool writer's interface (ISpoolWriter): the durable job waits like any other call."""
+        return self(_run_job, functools.partial(job, self.files, **arguments))
 
     def release(self) -> None:
         """Run every waiting call (and any they start), in order."""
@@ -78,7 +81,7 @@ class ManualRun:
 
 
 def _run_job(job: Callable[[], Any]) -> Any:
-    [(ok, value)] = run_batch([job], FileSystem())
+    [(ok, value)] = run_batch([job], job.args[0].fs)
     if not ok:
         value.raiseException()
     return value
@@ -206,6 +209,8 @@ class SMTPHarness:
                                   require_auth=require_auth, allow_local_only=allow_local_only)
         self.spool = Spool(os.path.join(directory, "spool"), self.clock, run, fs=fs,
                            min_free_bytes=min_free_bytes, writer=run if isinstance(run, ManualRun) else None)
+        if isinstance(run, ManualRun):
+            run.files = self.spool.files
         self.spool.prepare()
         self.tls_context = tls_context(os.path.join(directory, "tls-data")) if tls else None
         self.server = SMTPServer(self.settings, self.policy, self.spool, self.clock, self.tls_context,

@@ -23,6 +23,7 @@ from gomail.delivery.backoff import RetryPolicy
 from gomail.delivery.failed import FailedStore
 from gomail.delivery.queue import DeliveryQueue
 from gomail.delivery.router import Router
+from gomail.spool.jobs import SpoolFiles
 from gomail.spool.writer import ImmediateWriter
 from tests.spooltesting import listing, make_spool, new_envelope, read
 from tests.test_delivery_queue import CONTENT, START, ScriptedAgent
@@ -31,23 +32,23 @@ from tests.test_delivery_queue import CONTENT, START, ScriptedAgent
 class GatedWriter(ImmediateWriter):
     """An ImmediateWriter whose jobs wait while C{closed}, as a busy writer's do, until L{release}."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, files: SpoolFiles) -> None:
+        super().__init__(files=files)
         self.closed = False
-        self.waiting: list[tuple[Deferred, Any, str, tuple]] = []
+        self.waiting: list[tuple[Deferred, Any, dict[str, Any]]] = []
 
-    def call(self, target: Any, method: str, *args: Any) -> Deferred:
+    def run(self, job: Any, **arguments: Any) -> Deferred:
         if not self.closed:
-            return super().call(target, method, *args)
+            return super().run(job, **arguments)
         d: Deferred = Deferred()
-        self.waiting.append((d, target, method, args))
+        self.waiting.append((d, job, arguments))
         return d
 
     def release(self) -> None:
         self.closed = False
         waiting, self.waiting = self.waiting, []
-        for d, target, method, args in waiting:
-            super().call(target, method, *args).chainDeferred(d)
+        for d, job, arguments in waiting:
+            super().run(job, **arguments).chainDeferred(d)
 
 
 class ControlTestCase(SynchronousTestCase):
@@ -57,7 +58,7 @@ class ControlTestCase(SynchronousTestCase):
         self.clock = Clock()
         self.clock.advance(START)
         self.spool = make_spool(os.path.abspath(self.mktemp()), self.clock)
-        self.writer = self.spool.writer = GatedWriter()
+        self.writer = self.spool.writer = GatedWriter(self.spool.files)
         self.failed = FailedStore(self.spool, self.clock)
         self.agent = ScriptedAgent()
         policy = RetryPolicy(initial=300, factor=2, maximum=3600, jitter=0.2, max_age=5 * 86400)

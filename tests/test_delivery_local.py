@@ -145,7 +145,7 @@ class MaildirDeliveryTests(MaildirTestCase):
                 super().fsync_directory(path)
 
         fs = Recording()
-        agent = MaildirDelivery(self.spool.path("mailbox"), "mx.example", ImmediateWriter(fs), fs=fs)
+        agent = MaildirDelivery(self.spool.path("mailbox"), "mx.example", ImmediateWriter(fs))
         envelope = self.commit("a@example.com")
         self.deliver(envelope, agent)
         self.assertEqual(fs.calls, [("link", "new"), ("fsync_directory", "new")])
@@ -167,7 +167,7 @@ class MaildirDeliveryTests(MaildirTestCase):
                 super().fsync(fd)
 
         fs = NoLinks()
-        agent = MaildirDelivery(self.spool.path("mailbox"), "mx.example", ImmediateWriter(fs), fs=fs)
+        agent = MaildirDelivery(self.spool.path("mailbox"), "mx.example", ImmediateWriter(fs))
         envelope = self.commit("a@example.com")
         self.assertEqual(self.deliver(envelope, agent), {"a@example.com": (250, "2.0.0 Delivered to mailbox")})
         [name] = os.listdir(self.box("a@example.com"))
@@ -225,7 +225,7 @@ class MaildirDeliveryTests(MaildirTestCase):
                 super().fsync(fd)
 
         fs = FailFirstFsync()
-        agent = MaildirDelivery(self.spool.path("mailbox"), "mx.example", ImmediateWriter(fs), fs=fs)
+        agent = MaildirDelivery(self.spool.path("mailbox"), "mx.example", ImmediateWriter(fs))
         envelope = self.commit("a@example.com", "b@example.com")
         failed = (451, "4.3.0 Mailbox write failed: Input/output error")
         self.assertEqual(self.deliver(envelope, agent), {"a@example.com": failed, "b@example.com": failed})

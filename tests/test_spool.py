@@ -26,6 +26,7 @@ from gomail.spool.envelope import (
 )
 from gomail.spool.fs import FileSystem, read_queued
 from gomail.spool.incoming import IncomingMessage
+from gomail.spool.jobs import queuejobs
 from gomail.spool.recent import RecentContent
 from gomail.spool.service import SpoolService
 from gomail.spool.store import SUBDIRECTORIES, Spool, SpoolError
@@ -301,11 +302,12 @@ class CrashTests(SpoolTestCase):
         ])
         self.assertTrue(steps[10].endswith(".eml") and steps[11].endswith(".json"), steps)
 
-    def test_crash_in_finish_files(self) -> None:
-        """Spool.finish_files interrupted after the content rename leaves an .eml that recovery moves to corrupt/."""
+    def test_crash_in_commit_job(self) -> None:
+        """The commit job interrupted after the content rename leaves an .eml that recovery moves to corrupt/."""
         fs = ScriptedFileSystem(fail_at=11, error=Crash())
         spool = self.spool(fs)
-        job = spool.finish_files("0123abcd", None, [SMALL], new_envelope("0123abcd").to_json())
+        job = queuejobs.commit_message(spool.files, queue_id="0123abcd", chunks=[SMALL],
+                                       envelope=new_envelope("0123abcd").to_json())
         for fd in next(job):
             fs.fsync(fd)
         self.assertRaises(Crash, job.send, None)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import smtplib
-import sys
 import urllib.request
 
 from twisted.internet import reactor
@@ -22,11 +21,11 @@ from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
-from tests.processes import TWISTD, ServerProcess, free_port, maildir_messages, poll, spawn
+from tests.gomailprocess import GomailNode, Smarthost
+from tests.processes import ServerProcess, free_port, maildir_messages, poll
 from tests.spooltesting import make_spool, start_commit
 from tests.test_spool_integrity import damage, message
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DAMAGES = ("truncate", "empty", "random", "delete-json")
 
 CONFIG = """
@@ -87,16 +86,12 @@ class SpoolDamageTests(TestCase):
         self.received_dir = os.path.join(self.workdir, "smarthost")
 
     def write_config(self, relay: bool) -> None:
-        self.config = os.path.join(self.workdir, "gomail.toml")
-        with open(self.config, "w") as f:
-            f.write(CONFIG.format(port=self.port, data=self.data, relay=str(relay).lower(),
-                                  forward_port=self.forward_port, monitor_port=self.monitor_port))
+        self.node = GomailNode(self, CONFIG, workdir=self.workdir, data=self.data, port=self.port,
+                               relay=str(relay).lower(), forward_port=self.forward_port,
+                               monitor_port=self.monitor_port)
 
     async def start_gomail(self) -> ServerProcess:
-        process = spawn(reactor, TWISTD + ["-n", "--pidfile=", "gomail", "--config", self.config], cwd=self.workdir)
-        self.addCleanup(process.stop, reactor)
-        await process.wait_for(b"gomail ready", reactor)
-        return process
+        return await self.node.start()
 
     def listing(self, name: str) -> list[str]:
         path = os.path.join(self.spool, name)
@@ -160,10 +155,7 @@ class SpoolDamageTests(TestCase):
         self.assertIn(await gomail.stop(reactor), (0, -15))
         for how in DAMAGES:
             damage(os.path.join(self.spool, "queue", ids[how] + ".eml"), how)
-        smarthost = spawn(reactor, [sys.executable, "-m", "tests.smarthost", "--port", str(self.forward_port),
-                                    "--spool", self.received_dir], cwd=ROOT)
-        self.addCleanup(smarthost.stop, reactor)
-        await smarthost.wait_for(b"smarthost ready", reactor)
+        smarthost = await Smarthost(self, self.forward_port, self.received_dir).start()
         gomail = await self.start_gomail()
         await smarthost.wait_for(b"received 1", reactor)
         await self.check_outcome(gomail, ids)

@@ -9,8 +9,11 @@ import threading
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
 
+from gomail.interfaces import ISpoolWriter
 from gomail.spool.fs import FileSystem
+from gomail.spool.jobs import SpoolFiles
 from gomail.spool.writer import BatchWriter, ImmediateWriter, run_batch
 
 
@@ -109,18 +112,38 @@ class RunBatchTests(SynchronousTestCase):
 
     def test_writer_gone_is_one_per_job(self) -> None:
         """When the writer process dies, each waiting job fails with its own WriterGone."""
-        from gomail.spool.process import WriterGone, _fail_all
+        from twisted.internet.error import ProcessTerminated
 
-        waiting = {i: Deferred() for i in range(3)}
-        _fail_all(waiting, WriterGone("the spool writer process exited"))
-        errors = [self.failureResultOf(d, WriterGone).value for d in waiting.values()]
+        from gomail.spool.process import WriterGone, _job_failure
+
+        ended = Failure(ProcessTerminated(signal=9))
+        errors = [_job_failure(ended).value for _ in range(3)]
+        self.assertTrue(all(isinstance(e, WriterGone) for e in errors))
         self.assertEqual(len({id(e) for e in errors}), 3)
 
     def test_immediate_writer(self) -> None:
         """ImmediateWriter runs the job at once and fires its Deferred with the result or the failure."""
         writer = ImmediateWriter(CountingFileSystem())
-        self.assertEqual(self.successResultOf(writer.submit(lambda: ("done", [self.a]))), "done")
-        self.failureResultOf(writer.submit(lambda: 1 / 0), ZeroDivisionError)
+        verifyObject(ISpoolWriter, writer)
+        self.assertEqual(self.successResultOf(writer.run(lambda files, what: (what, [self.a]), what="done")), "done")
+        self.failureResultOf(writer.run(lambda files: 1 / 0), ZeroDivisionError)
+
+
+class InterfaceTests(SynchronousTestCase):
+    """Every spool writer, and every test double standing in for one, provides ISpoolWriter."""
+
+    def test_writers_and_doubles(self) -> None:
+        """The thread writer, the immediate writer, a writer process's lane and the tests' doubles."""
+        from gomail.spool.process import WriterProcess, WriterSpec
+        from tests.smtphelpers import ManualRun
+        from tests.test_control import GatedWriter
+
+        files = SpoolFiles(self.mktemp())
+        lane = WriterProcess(None, WriterSpec(files.directory, 0, 1)).lane("commit")
+        manual = ManualRun()
+        manual.files = files
+        for writer in (BatchWriter(None, files), ImmediateWriter(files=files), lane, manual, GatedWriter(files)):
+            self.assertTrue(verifyObject(ISpoolWriter, writer), writer)
 
 
 class BatchWriterTests(SynchronousTestCase):
@@ -135,7 +158,8 @@ class BatchWriterTests(SynchronousTestCase):
         os.makedirs(directory)
         fs = CountingFileSystem()
         reactor = FakeReactor()
-        writer = BatchWriter(reactor, fs)
+        writer = BatchWriter(reactor, SpoolFiles(directory, fs))
+        verifyObject(ISpoolWriter, writer)
         writer.startService()
         gate = threading.Event()
         started = threading.Event()
@@ -145,10 +169,10 @@ class BatchWriterTests(SynchronousTestCase):
             gate.wait(10)
             return 0, [directory]
         results: list = []
-        writer.submit(first).addCallback(results.append)
+        writer.run(lambda files: first()).addCallback(results.append)
         self.assertTrue(started.wait(10))
         for i in range(1, 21):
-            writer.submit(lambda i=i: (i, [directory])).addCallback(results.append)
+            writer.run(lambda files, i: (i, [files.directory]), i=i).addCallback(results.append)
         gate.set()
         writer.stopService()  # joins the thread: every job submitted before has run
         reactor.run_calls()

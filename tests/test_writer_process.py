@@ -7,9 +7,11 @@ makes; what is checked is what ends up on disk and what the callers are told.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import io
 import os
 import select
+import struct
 import sys
 from typing import Any
 
@@ -17,40 +19,64 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 from twisted.logger import LogLevel, capturedLogs, formatEvent
+from twisted.protocols import amp
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from gomail.delivery.maildir import MaildirDelivery
-from gomail.spool import writerchild
+from gomail.spool import wire, writerchild
 from gomail.spool.envelope import Recipient
 from gomail.spool.incoming import IncomingMessage
+from gomail.spool.integrity import CorruptContent
+from gomail.spool.jobs import SpoolFiles, queuejobs
 from gomail.spool.process import (
-    HEADER,
-    FrameReader,
+    RemoteLane,
     WriterGone,
     WriterProcess,
     WriterSpec,
     WriterStartError,
     _ChildProtocol,
-    frame,
 )
 from gomail.spool.writer import STOP
-from gomail.spool.writerchild import _reply_frame
 from tests.processes import spawn
 from tests.spooltesting import listing, make_spool, read, start_commit
 
 
-class FrameTests(SynchronousTestCase):
-    """Frames: a length and a pickle, however the bytes arrive."""
+class WireTests(SynchronousTestCase):
+    """gomail.spool.wire: values of any size and job failures cross the AMP connection intact."""
 
-    def test_split_and_joined_frames(self) -> None:
-        """Frames cut anywhere, and several in one read, come out whole and in order."""
-        data = frame(("a", b"x" * 70000)) + frame(1) + frame({"k": [None]})
-        reader = FrameReader()
-        values = []
-        for start in range(0, len(data), 997):
-            values += reader.feed(data[start:start + 997])
-        self.assertEqual(values, [("a", b"x" * 70000), 1, {"k": [None]}])
-        self.assertEqual(reader.feed(frame(2) + frame(3)), [2, 3])
+    def round_trip(self, argument: amp.Argument, value: Any) -> Any:
+        strings: dict[bytes, bytes] = {}
+        argument.toBox(b"value", strings, {"value": value}, None)
+        self.assertTrue(all(len(v) <= amp.MAX_VALUE_LENGTH for v in strings.values()))
+        objects: dict[str, Any] = {}
+        argument.fromBox(b"value", strings, objects, None)
+        return objects["value"]
+
+    def test_big_values(self) -> None:
+        """Content, envelopes and recipient lists longer than AMP's 64 KiB value come back whole."""
+        chunks = [b"x" * 70000, b"", b"y" * 3, b"z" * (3 * 65535)]
+        self.assertEqual(self.round_trip(wire.ByteChunks(), chunks), chunks)
+        self.assertEqual(self.round_trip(wire.BigBytes(), b"e" * 200000), b"e" * 200000)
+        targets = [[i, f"user{i}@example.com"] for i in range(5000)]
+        self.assertEqual(self.round_trip(wire.BigJSON(), targets), targets)
+
+    def test_errors_rebuilt(self) -> None:
+        """A job's OSError keeps its errno and file name; CorruptContent its fields; others become RuntimeError."""
+        gone = wire.rebuild_error(wire.describe_error(FileNotFoundError(2, "gone", "/x")))
+        self.assertEqual((type(gone), gone.errno, gone.filename), (FileNotFoundError, 2, "/x"))
+        full = wire.rebuild_error(wire.describe_error(OSError(28, "No space left on device")))
+        self.assertEqual((full.errno, full.strerror), (28, "No space left on device"))
+        corrupt = wire.rebuild_error(wire.describe_error(CorruptContent("0123", "size 3, expected 4")))
+        self.assertEqual((type(corrupt), str(corrupt)), (CorruptContent, "0123: size 3, expected 4"))
+        other = wire.rebuild_error(wire.describe_error(_Stubborn("disk", 5)))
+        self.assertEqual(type(other), RuntimeError)
+        self.assertIn("disk failed", str(other))
+
+    def test_every_job_has_its_command(self) -> None:
+        """Each job's command takes the job's keyword arguments (all but the descriptor) and a lane."""
+        for job, command in wire.JOB_COMMANDS.items():
+            parameters = set(inspect.signature(job).parameters) - {"files", "fd"}
+            self.assertEqual({name.decode() for name, _ in command.arguments}, parameters | {"lane"}, job)
 
 
 class ChildOutputTests(SynchronousTestCase):
@@ -76,8 +102,7 @@ class WriterProcessTests(TestCase):
     def setUp(self) -> Deferred:
         self.directory = os.path.abspath(self.mktemp())
         self.spool = make_spool(self.directory, spare_files=8)
-        spec = WriterSpec(spool_directory=self.directory, spare_files=8,
-                          mailbox_directory=self.spool.path("mailbox"), hostname="mx.test", fsync_threads=2)
+        spec = WriterSpec(spool_directory=self.directory, spare_files=8, fsync_threads=2)
         self.spec = spec
         self.process = WriterProcess(reactor, spec, restart_delay=0)
         self.addCleanup(self.stop)
@@ -124,7 +149,7 @@ class WriterProcessTests(TestCase):
         [spare] = listing(self.spool, "tmp")
         inode = os.stat(self.spool.path("tmp", spare)).st_ino
         # ... offered to the child's next commit once its removal was on disk.
-        await self.process.lane("mailbox").call(self.spool, "publish_spares", [])
+        await self.process.lane("mailbox").run(queuejobs.publish_spares, spares=[])
         again = await self.commit(b"Subject: next\r\n\r\nreuses the spare\r\n")
         inodes = {os.stat(self.spool.path("queue", again.id + ext)).st_ino for ext in (".eml", ".json")}
         self.assertIn(inode, inodes)
@@ -136,8 +161,8 @@ class WriterProcessTests(TestCase):
 
     async def _error(self) -> None:
         with self.assertRaises(FileNotFoundError):
-            await self.process.lane("commit").call(self.spool, "finish_files", "00000000000000000dead", None,
-                                                   [b"rest"], b"{}", 4, True)
+            await self.process.lane("commit").run(queuejobs.commit_message, queue_id="00000000000000000dead",
+                                                  chunks=[b"rest"], envelope=b"{}", size=4, started=True)
         self.assertEqual(listing(self.spool, "queue"), [])
         # The child is still there for the next job.
         await self.commit(b"Subject: after\r\n\r\nstill fine\r\n")
@@ -147,24 +172,26 @@ class WriterProcessTests(TestCase):
         return Deferred.fromCoroutine(self._error())
 
     async def _unknown(self) -> None:
-        with self.assertRaises(AttributeError):
-            await self.process.lane("commit").call(self.spool, "no_such_method")
+        with self.assertRaises(TypeError):
+            await self.process.lane("commit").run(os.listdir, path="/")
         with self.assertRaises(ValueError):
-            await self.process.send("commit", "no-such-target", "finish_files", ())
+            await RemoteLane(self.process, "no-such-lane").run(queuejobs.move_to_corrupt, queue_id="0123")
         await self.commit(b"Subject: after\r\n\r\nstill fine\r\n")
 
-    def test_unknown_method_or_target(self) -> Deferred:
-        """A call of a method or target the child does not have fails that call only."""
+    def test_unknown_job_or_lane(self) -> Deferred:
+        """A function that is not a spool job is refused; a lane the child does not have fails that job only."""
         return Deferred.fromCoroutine(self._unknown())
 
-    def test_unpicklable_arguments_fail_the_call(self) -> None:
-        """Arguments that cannot be sent fail that call at once; nothing is left waiting."""
-        self.failureResultOf(self.process.lane("commit").call(self.spool, "publish_spares", [lambda: None]))
-        self.assertEqual(self.process._pending, {})
+    def test_arguments_of_the_wrong_type_fail_the_call(self) -> None:
+        """Arguments the command cannot encode fail that call at once; nothing is left waiting."""
+        self.failureResultOf(self.process.lane("commit").run(queuejobs.publish_spares, spares=[lambda: None]))
+        self.assertEqual(self.process._protocol.waiting, 0)
 
-    def test_closures_are_refused(self) -> None:
-        """A lane runs named calls only: a closure cannot cross into the child."""
-        self.failureResultOf(self.process.lane("commit").submit(lambda: None), TypeError)
+    def test_closures_and_descriptors_are_refused(self) -> None:
+        """A lane runs spool jobs only, and cannot be handed a descriptor of this process."""
+        self.failureResultOf(self.process.lane("commit").run(lambda files: None), TypeError)
+        self.failureResultOf(self.process.lane("commit").run(
+            queuejobs.commit_message, queue_id="0123", chunks=[], envelope=b"{}", fd=5), TypeError)
 
     async def _death(self) -> None:
         first = self.process.pid
@@ -214,7 +241,7 @@ class WriterProcessTests(TestCase):
             await d
         self.assertEqual(len(listing(self.spool, "queue")), 40)
         self.assertFalse(os.path.exists(f"/proc/{pid}"))
-        failure = self.failureResultOf(self.process.lane("commit").call(self.spool, "publish_spares", []))
+        failure = self.failureResultOf(self.process.lane("commit").run(queuejobs.publish_spares, spares=[]))
         self.assertIsInstance(failure.value, WriterGone)
 
     async def _second_writer(self) -> None:
@@ -267,8 +294,9 @@ class WriterProcessTests(TestCase):
     async def _garbage(self) -> None:
         first = self.process.pid
         _envelope, commit = start_commit(self.spool, b"Subject: x\r\n\r\nwaiting\r\n", "bob@example.com")
-        # A frame that cannot be read: the stream is no longer trusted.
-        self.process._protocol.childDataReceived(1, HEADER.pack(3) + b"bad")
+        # An answer to a question never asked: the stream is no longer trusted.
+        self.process._protocol.childDataReceived(1, b"".join(
+            struct.pack("!H", len(part)) + part for part in (b"_answer", b"999999", b"")))
         with self.assertRaises(WriterGone):
             await commit
         self.assertEqual(len(self.flushLoggedErrors()), 1)
@@ -284,7 +312,7 @@ class WriterProcessTests(TestCase):
     async def _after_stop(self) -> None:
         stopping = self.process.stopService()
         # Sent after the stop began: refused at once, not left to wait for the child's exit.
-        self.failureResultOf(self.process.lane("commit").call(self.spool, "publish_spares", []), WriterGone)
+        self.failureResultOf(self.process.lane("commit").run(queuejobs.publish_spares, spares=[]), WriterGone)
         await stopping
 
     def test_jobs_after_the_stop_fail_at_once(self) -> Deferred:
@@ -308,7 +336,7 @@ class OrphanTests(TestCase):
         script = (
             "from twisted.internet import defer, task\n"
             "from gomail.spool.process import WriterProcess, WriterSpec\n"
-            f"spec = WriterSpec({directory!r}, 0, {directory!r} + '/mailbox', 'mx.test', 1)\n"
+            f"spec = WriterSpec({directory!r}, 0, 1)\n"
             "def serve(reactor):\n"
             "    process = WriterProcess(reactor, spec)\n"
             "    process.startService()\n"
@@ -357,20 +385,18 @@ class ChildPartsTests(SynchronousTestCase):
     """Pieces of the child process, run in this one."""
 
     def test_lane_that_breaks_ends_the_process(self) -> None:
-        """An error outside the jobs (here: replies cannot be written) ends the child with status 70, traceback on stderr."""
+        """An error outside the jobs (here: answers cannot be handed on) ends the child with status 70, traceback on stderr."""
         exits: list[int] = []
         self.patch(writerchild.os, "_exit", exits.append)
         errors = io.StringIO()
         self.patch(sys, "stderr", errors)
 
-        class BrokenReplies:
-            def send(self, replies: Any) -> None:
+        class BrokenAnswers:
+            def send(self, boxes: Any) -> None:
                 raise RuntimeError("no way out")
 
-        directory = os.path.abspath(self.mktemp())
-        spool = make_spool(directory)
-        lane = writerchild.Lane("commit", {"spool": spool}, None, BrokenReplies())
-        lane.queue.put((1, "spool", "publish_spares", ([],)))
+        lane = writerchild.Lane("commit", SpoolFiles(os.path.abspath(self.mktemp())), None, BrokenAnswers())
+        lane.run(wire.PublishSpares, b"1", {"spares": []})
         lane.queue.put(STOP)
         lane._loop()
         self.assertEqual(exits, [70])
@@ -386,18 +412,6 @@ class ChildPartsTests(SynchronousTestCase):
         writerchild.remove_spares(tmp)
         self.assertEqual(os.listdir(tmp), ["0123.eml"])
         writerchild.remove_spares(os.path.join(tmp, "missing"))
-
-
-class ReplyFrameTests(SynchronousTestCase):
-    """What the child sends back can always be read by the server."""
-
-    def test_exception_that_cannot_be_rebuilt(self) -> None:
-        """An error whose class pickles but cannot be unpickled is sent as a RuntimeError naming it."""
-        [(request_id, ok, value)] = FrameReader().feed(_reply_frame((7, False, _Stubborn("disk", 5))))
-        self.assertEqual((request_id, ok, type(value)), (7, False, RuntimeError))
-        self.assertIn("disk", str(value))
-        [reply] = FrameReader().feed(_reply_frame((8, False, FileNotFoundError(2, "gone", "/x"))))
-        self.assertEqual((reply[0], type(reply[2]), reply[2].filename), (8, FileNotFoundError, "/x"))
 
 
 class _Stubborn(Exception):

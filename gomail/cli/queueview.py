@@ -33,7 +33,6 @@ from gomail.delivery.failed import FailedStore, decode_content
 from gomail.spool.envelope import DELIVERED, Envelope, EnvelopeError
 from gomail.spool.fs import read_queued
 from gomail.spool.store import Spool
-from gomail.spool.writer import ImmediateWriter
 
 QUEUE, FAILED = "queue", "failed"
 # What a terminal would act on: everything below space but newline and tab, and DEL.
@@ -79,7 +78,7 @@ def open_spool(directory: str, clock: IReactorTime, errors: TextIO | None = None
     for name in ("tmp", QUEUE, FAILED):
         if not os.path.isdir(os.path.join(directory, name)):
             raise QueueToolError(f"no spool in {directory} ({name}/ is missing)")
-    spool = Spool(directory, clock, _synchronous_run, writer=ImmediateWriter())
+    spool = Spool(directory, clock, _synchronous_run)  # its writer: an ImmediateWriter over its files
     failed = FailedStore(spool, clock)
     if errors is not None:
         observer = _ErrorLines(errors)
@@ -104,7 +103,7 @@ class _ErrorLines:
 def wait(work: Coroutine | Deferred) -> Any:
     """
     The result of spool work that completes synchronously (with an
-    L{ImmediateWriter} and a synchronous C{run}, it all does).
+    L{gomail.spool.writer.ImmediateWriter} and a synchronous C{run}, it all does).
 
     @raise Exception: what the work raised.
     """

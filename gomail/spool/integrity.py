@@ -29,7 +29,7 @@ class CorruptContent(Exception):
     """A queued message whose content is not what its envelope records."""
 
     def __init__(self, queue_id: str, problem: str) -> None:
-        # Both in args: the exception crosses the writer process's pipe (pickle) and is copied.
+        # Both in args: the exception is copied (one failure per job, see gomail.spool.writer.own_failure).
         super().__init__(queue_id, problem)
         self.queue_id = queue_id
         self.problem = problem

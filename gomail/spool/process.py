@@ -10,93 +10,74 @@ clients waiting for their 250 waited that long (bench/README.md). In a
 process of its own the writer has its own interpreter and the server's only
 cost per job is one write to a pipe and one read from it.
 
-The jobs are the same as in-process (L{gomail.spool.writer}): a call of a
-method of one of the spool objects the child builds from a specification
-(L{WriterSpec}: the spool, the Maildirs, the failed store), named as
-C{(target.job_target, method, args)}. Each I{lane} is one writer thread in the
-child with its own batches, as the two in-process writers are: "commit" for
-commits and envelope rewrites (what SMTP clients wait on), "mailbox" for
-local delivery and removals. A reply comes once the job's batch is durable.
-
-Frames in both directions are a 4-byte big-endian length and a pickle. Only
-this process and its own child ever read them (the pipes are private), so
-pickle's trust in its input is not a concern.
+The jobs are the same as in-process: the functions of L{gomail.spool.jobs},
+each sent as its AMP command (L{gomail.spool.wire}) over the child's
+standard input and answered on its standard output once durable. Each
+I{lane} is one writer thread in the child with its own batches, as the two
+in-process writers are: "commit" for commits and envelope rewrites (what
+SMTP clients wait on), "mailbox" for local delivery and removals. A lane of
+L{WriterProcess} is an L{ISpoolWriter}, as a L{gomail.spool.writer.BatchWriter} is.
 
 The child holds an exclusive lock on C{<spool>/writer.lock} while it works,
-and the service's start fires only once it does: so a server restarted right
-after being killed waits for its old writer to finish, and two servers never
-write one spool. If the child dies, every job waiting on it fails (a commit
-answers 451 and leaves nothing behind, see L{gomail.spool.incoming}) and a
-new child is started a second later. On stop, the child is told to finish by
-closing its input: it completes the jobs already sent, then exits.
+and the service's start fires only once it answers L{wire.Ready}, which it
+does once it holds that lock: so a server restarted right after being killed
+waits for its old writer to finish, and two servers never write one spool.
+If the child dies, every job waiting on it fails with L{WriterGone} (a
+commit answers 451 and leaves nothing behind, see L{gomail.spool.incoming};
+a finished delivery's removal is retried, see L{gomail.delivery.queue}) and
+a new child is started a second later. On stop, the child is told to finish
+by closing its input: it completes the jobs already sent, then exits.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
-import pickle
-import struct
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.error import ProcessDone, ProcessExitedAlready
+from twisted.internet.error import (
+    ConnectionClosed,
+    ProcessDone,
+    ProcessExitedAlready,
+    ProcessTerminated,
+)
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
+from twisted.protocols import amp
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
-from gomail.spool.writer import own_failure
+from gomail.interfaces import ISpoolWriter
+from gomail.spool import wire
 
-HEADER = struct.Struct("!I")
 #: How long a stopping server waits for the child to finish its jobs before killing it.
 STOP_TIMEOUT = 60.0
 #: The wait before a child that died is replaced.
 RESTART_DELAY = 1.0
 
 
-def frame(value: Any) -> bytes:
-    """One frame: length, then the pickle of C{value}."""
-    data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-    return HEADER.pack(len(data)) + data
-
-
-class FrameReader:
-    """Splits a byte stream into the values of its frames."""
-
-    def __init__(self) -> None:
-        self._buffer = bytearray()
-
-    def feed(self, data: bytes) -> list[Any]:
-        """Add received bytes; returns the values of the frames now complete."""
-        self._buffer += data
-        values = []
-        start = 0
-        while len(self._buffer) - start >= HEADER.size:
-            (length,) = HEADER.unpack_from(self._buffer, start)
-            end = start + HEADER.size + length
-            if len(self._buffer) < end:
-                break
-            values.append(pickle.loads(memoryview(self._buffer)[start + HEADER.size:end]))
-            start = end
-        del self._buffer[:start]
-        return values
-
-
 @dataclass(frozen=True)
 class WriterSpec:
-    """What the child needs to build its spool objects: plain values only."""
+    """What the child is started with (its command line): plain values only."""
 
     spool_directory: str
     spare_files: int
-    mailbox_directory: str
-    hostname: str
     fsync_threads: int
     lanes: tuple[str, ...] = ("commit", "mailbox")
     #: How long a new child waits for the spool's writer lock (held by an earlier writer still finishing).
     lock_timeout: float = 30.0
+
+    def command_line(self) -> list[str]:
+        """The child's arguments after C{python -m gomail.spool.writerchild}."""
+        return ["--spool", self.spool_directory, "--spare-files", str(self.spare_files),
+                "--fsync-threads", str(self.fsync_threads), "--lanes", ",".join(self.lanes),
+                "--lock-timeout", repr(self.lock_timeout)]
 
 
 #: In the spool directory: held (flock) by the writer process working on it.
@@ -111,8 +92,9 @@ class WriterStartError(Exception):
     """The writer process could not start (the message says why)."""
 
 
+@implementer(ISpoolWriter)
 class RemoteLane:
-    """One lane of a L{WriterProcess}: the writer interface the spool objects use."""
+    """One lane of a L{WriterProcess}: the writer the spool objects use."""
 
     #: Jobs run in another process: descriptors cannot be passed (only paths), nor objects changed here.
     in_process = False
@@ -121,13 +103,36 @@ class RemoteLane:
         self.process = process
         self.name = name
 
-    def call(self, target: Any, method: str, *args: Any) -> Deferred:
-        """Run C{target.<method>(*args)} in the child's copy of C{target}; fires once durable."""
-        return self.process.send(self.name, target.job_target, method, args)
+    def run(self, job: Callable[..., Any], **arguments: Any) -> Deferred:
+        """Run C{job} in the child (as its AMP command); fires with its result once durable."""
+        command = wire.JOB_COMMANDS.get(job)
+        if command is None:
+            return fail(TypeError(f"{getattr(job, '__name__', job)!r} is not a spool job"))
+        if arguments.get("fd") is not None:
+            return fail(TypeError("a descriptor cannot be handed to the writer process (see Spool.commit_files)"))
+        try:
+            sent = _command_arguments(command, job, arguments)
+        except TypeError as e:
+            return fail(e)
+        return self.process.call(command, lane=self.name, **sent).addCallbacks(command.result, _job_failure)
 
-    def submit(self, job: Any) -> Deferred:
-        """Closures cannot cross into the child: every job is a L{call}."""
-        return fail(TypeError("a writer process runs named calls only (use call())"))
+
+def _command_arguments(command: type[wire.JobCommand], job: Callable[..., Any],
+                       arguments: dict[str, Any]) -> dict[str, Any]:
+    """C{arguments} with the job's defaults filled in, as the command takes them (no C{fd})."""
+    bound = inspect.signature(job).bind(None, **arguments)
+    bound.apply_defaults()
+    names = {name.decode("ascii") for name, _ in command.arguments} - {"lane"}
+    return {name: value for name, value in bound.arguments.items() if name in names}
+
+
+def _job_failure(failure: Failure) -> Failure:
+    """A command's failure as the caller sees it: the job's own exception, or L{WriterGone}."""
+    if failure.check(wire.JobFailed):
+        return Failure(wire.rebuild_error(failure.value))
+    if failure.check(ProcessDone, ProcessTerminated, ConnectionClosed):
+        return Failure(WriterGone(f"the spool writer process exited: {failure.getErrorMessage()}"))
+    return failure
 
 
 class WriterProcess(Service):
@@ -143,14 +148,12 @@ class WriterProcess(Service):
         self.restart_delay = restart_delay
         self.restarts = 0
         self._protocol: _ChildProtocol | None = None
-        self._pending: dict[int, Deferred] = {}
-        self._next_id = 0
         self._ended: Deferred | None = None
         self._ready: Deferred | None = None
         self._restart: Any = None
 
     def lane(self, name: str) -> RemoteLane:
-        """The writer interface for jobs of lane C{name} (one of C{spec.lanes})."""
+        """The writer (L{ISpoolWriter}) for jobs of lane C{name} (one of C{spec.lanes})."""
         if name not in self.spec.lanes:
             raise ValueError(f"no lane {name!r}")
         return RemoteLane(self, name)
@@ -181,69 +184,54 @@ class WriterProcess(Service):
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
         self.reactor.spawnProcess(protocol, sys.executable,
-                                  [sys.executable, "-m", "gomail.spool.writerchild"],
+                                  [sys.executable, "-m", "gomail.spool.writerchild", *self.spec.command_line()],
                                   env=env, childFDs={0: "w", 1: "r", 2: "r"})
-        protocol.transport.write(frame(self.spec))
         self._protocol = protocol
+        protocol.amp.callRemote(wire.Ready).addCallbacks(self._child_ready, lambda failure: None)
 
-    def send(self, lane: str, target: str, method: str, args: tuple) -> Deferred:
-        """Send one job; fires with its result once the child reports it durable."""
-        if self._protocol is None or self._ended is not None:
+    def _child_ready(self, answer: dict[str, Any]) -> None:
+        ready, self._ready = self._ready, None
+        if ready is not None:
+            ready.callback(None)
+
+    def call(self, command: type[amp.Command], **arguments: Any) -> Deferred:
+        """Send one command to the child; fires with its answer (the job is durable then)."""
+        protocol = self._protocol
+        if protocol is None or self._ended is not None:
             return fail(WriterGone("the spool writer process is not running"))
-        request_id = self._next_id
         try:
-            data = frame((request_id, lane, target, method, args))
-        except Exception as e:  # noqa: BLE001 - arguments that cannot be pickled: a programming error, told to the caller
+            d = protocol.amp.callRemote(command, **arguments)
+        except Exception as e:  # noqa: BLE001 - arguments AMP cannot encode: that call fails, nothing waits
             return fail(e)
-        self._next_id += 1
-        d: Deferred = Deferred()
-        self._pending[request_id] = d
-        self._protocol.transport.write(data)
-        return d
+        protocol.waiting += 1
 
-    def _replied(self, replies: list[tuple[int | None, bool, Any]]) -> None:
-        for request_id, ok, value in replies:
-            if request_id is None:  # the child holds the lock and takes jobs
-                ready, self._ready = self._ready, None
-                if ready is not None:
-                    ready.callback(None)
-                continue
-            d = self._pending.pop(request_id, None)
-            if d is None:
-                continue
-            if ok:
-                d.callback(value)
-            else:
-                # One reply frame may carry one exception object for several jobs.
-                d.errback(own_failure(value))
+        def answered(result: Any) -> Any:
+            protocol.waiting -= 1
+            return result
+        return d.addBoth(answered)
 
-    def _child_ended(self, protocol: _ChildProtocol, reason: Failure) -> None:
+    def _child_ended(self, protocol: _ChildProtocol, reason: Failure, pending: int) -> None:
         if protocol is not self._protocol:
             return
         self._protocol = None
-        pending, self._pending = self._pending, {}
-        error = WriterGone(f"the spool writer process exited: {reason.getErrorMessage()}")
         if self._ready is not None:
             # It never got going: no restart, the server's start fails with the child's reason.
             ready, self._ready = self._ready, None
             why = protocol.last_error or reason.getErrorMessage()
             ready.errback(Failure(WriterStartError(f"the spool writer process could not start: {why}")))
             if self._ended is None:
-                _fail_all(pending, error)
                 return
         if self._ended is not None:
             ended, self._ended = self._ended, None
             if not reason.check(ProcessDone):
                 self.log.error("spool writer process: {error}", error=reason.getErrorMessage())
-            _fail_all(pending, error)
             ended.callback(None)
             return
         self.log.critical("spool writer process exited unexpectedly ({error}); {count} jobs failed; "
                           "restarting it in {delay:.0f} s", error=reason.getErrorMessage(),
-                          count=len(pending), delay=self.restart_delay)
+                          count=pending, delay=self.restart_delay)
         self.restarts += 1
         self._restart = self.reactor.callLater(self.restart_delay, self._respawn)
-        _fail_all(pending, error)
 
     def _respawn(self) -> None:
         try:
@@ -276,32 +264,76 @@ class WriterProcess(Service):
             protocol.transport.signalProcess("KILL")
 
 
-def _fail_all(pending: dict[int, Deferred], error: Exception) -> None:
-    for d in pending.values():
-        d.errback(own_failure(error))
+class _ChildInput:
+    """
+    The transport the server's AMP protocol writes through: the child's
+    standard input. AMP drops a connection whose input it cannot read; here
+    that means the reply stream can no longer be trusted, so the child is
+    killed (and with it every job waiting on it fails; then it is restarted).
+    """
+
+    log = Logger()
+
+    def __init__(self, process: Any) -> None:
+        self.process = process
+
+    def write(self, data: bytes) -> None:
+        self.process.write(data)
+
+    def writeSequence(self, data: list[bytes]) -> None:
+        self.process.writeSequence(data)
+
+    def loseConnection(self) -> None:
+        self.log.error("unreadable reply from the spool writer process: killing it")
+        with contextlib.suppress(ProcessExitedAlready):
+            self.process.signalProcess("KILL")
+
+    def getPeer(self) -> Any:
+        return _CHILD
+
+    def getHost(self) -> Any:
+        return _CHILD
+
+
+class _ChildAddress:
+    """The address AMP logs for the child's pipes (a process transport has none)."""
+
+    def __repr__(self) -> str:
+        return "<spool writer process pipes>"
+
+
+_CHILD = _ChildAddress()
 
 
 class _ChildProtocol(ProcessProtocol):
+    """The child's pipes: AMP over its standard input and output, its standard error logged."""
+
     log = Logger()
     #: The child's process transport, set by spawnProcess before anything else runs.
     transport: Any
 
     def __init__(self, owner: WriterProcess) -> None:
         self.owner = owner
-        self.reader = FrameReader()
+        self.amp = amp.AMP()
+        #: Commands sent and not answered yet.
+        self.waiting = 0
         self._errors = b""
         #: The last line the child wrote to stderr (why it exited, if it did).
         self.last_error = ""
 
+    def connectionMade(self) -> None:
+        self.amp.makeConnection(_ChildInput(self.transport))
+
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         if childFD == 1:
             try:
-                self.owner._replied(self.reader.feed(data))
+                self.amp.dataReceived(data)
             except Exception:  # noqa: BLE001 - whatever it is, the stream is not trusted any more
-                # The reply stream can no longer be trusted: end this child, and
-                # with it every job waiting on it (then it is restarted).
+                # An answer to no question, say: end this child, and with it
+                # every job waiting on it (then it is restarted).
                 self.log.failure("unreadable reply from the spool writer process: killing it")
-                self.transport.signalProcess("KILL")
+                with contextlib.suppress(ProcessExitedAlready):
+                    self.transport.signalProcess("KILL")
             return
         # The child's stderr: tracebacks and warnings, logged line by line.
         self._errors += data
@@ -312,4 +344,7 @@ class _ChildProtocol(ProcessProtocol):
                 self.log.error("spool writer process: {line}", line=self.last_error)
 
     def processEnded(self, reason: Failure) -> None:
-        self.owner._child_ended(self, reason)
+        pending = self.waiting
+        self.owner._child_ended(self, reason, pending)
+        # Then every command still waiting fails with the reason (WriterGone for the callers, see _job_failure).
+        self.amp.connectionLost(reason)

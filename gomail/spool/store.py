@@ -29,10 +29,12 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from gomail.interfaces import ISpoolWriter
 from gomail.spool.envelope import Envelope, EnvelopeError, new_queue_id
 from gomail.spool.fs import FileSystem, read_queued
 from gomail.spool.incoming import IncomingMessage
 from gomail.spool.integrity import check_file
+from gomail.spool.jobs import SpoolFiles, queuejobs
 from gomail.spool.recent import RecentContent
 from gomail.spool.recovery import RecoveryReport, scan_queue
 from gomail.spool.spares import SpareFiles
@@ -58,25 +60,28 @@ class Spool:
     """
 
     log = Logger()
-    #: The name a writer process knows this spool by (see L{gomail.spool.process}).
-    job_target = "spool"
 
     def __init__(self, directory: str, clock: IReactorTime, run: RunInThread,
-                 fs: FileSystem | None = None, min_free_bytes: int = 0, writer: Any = None,
-                 spare_files: int = 0, recent_content_bytes: int = 0) -> None:
+                 fs: FileSystem | None = None, min_free_bytes: int = 0, writer: ISpoolWriter | None = None,
+                 spare_files: int = 0, recent_content_bytes: int = 0, files: SpoolFiles | None = None) -> None:
+        """
+        @param files: the L{SpoolFiles} this process's writers share (the
+            spares reused by commits); by default new ones, with
+            C{spare_files} spares and C{fs}.
+        @param writer: the L{ISpoolWriter} of commits and envelope rewrites
+            (default: an L{ImmediateWriter} over C{files}).
+        """
         self.directory = directory
         self.clock = clock
         self.run = run
-        self.writer = writer if writer is not None else ImmediateWriter()
-        self.fs = fs or FileSystem()
+        self.files = files or SpoolFiles(directory, fs or FileSystem(), spare_files)
+        self.writer: ISpoolWriter = writer if writer is not None else ImmediateWriter(files=self.files)
         self.min_free_bytes = min_free_bytes
         #: Where removals go (default: the writer): a second writer keeps them
         #: from delaying the commits that SMTP clients wait on.
-        self.removal_writer: Any = None
-        #: Up to C{spare_files} removed messages' files, reused by the next
-        #: commits (see L{gomail.spool.spares}); the server keeps some, the
-        #: one-shot C{gomail queue} command none.
-        self.spares = SpareFiles(self.path("tmp"), spare_files)
+        self.removal_writer: ISpoolWriter | None = None
+        self._unpublished: list[str] = []  # spares waiting for the publish job in flight
+        self._publishing = False
         #: Content of just-committed messages for their delivery (see L{gomail.spool.recent}).
         self.recent = RecentContent(recent_content_bytes)
         self.queued = 0
@@ -88,14 +93,21 @@ class Spool:
 
     @property
     def fs(self) -> FileSystem:
-        """The file operations in use (tests swap in failing ones)."""
-        return self._fs
+        """The file operations in use here and by in-process writers' jobs (tests swap in failing ones)."""
+        return self.files.fs
 
     @fs.setter
     def fs(self, fs: FileSystem) -> None:
-        self._fs = fs
-        if isinstance(self.writer, ImmediateWriter):
-            self.writer.fs = fs
+        self.files.fs = fs
+
+    @property
+    def spares(self) -> SpareFiles:
+        """
+        Removed messages' files reused by the next commits (see
+        L{gomail.spool.spares}): those of the writers in this process (with a
+        writer process, they are its own and these stay empty).
+        """
+        return self.files.spares
 
     def path(self, *parts: str) -> str:
         """A path inside the spool directory."""
@@ -206,48 +218,18 @@ class Spool:
     def commit_files(self, queue_id: str, fd: int | None, chunks: list[bytes], envelope: bytes,
                      size: int) -> Deferred:
         """
-        Have the writer finish the message (L{finish_files}); fires once it and
-        the C{queue/} directory are on disk. Takes C{fd}, the descriptor of what
-        was already written to C{tmp/} (None: nothing was): it is closed
-        whatever happens. A writer in another process cannot be handed a
-        descriptor, so then it is closed first and the file reopened there.
+        Have the writer commit the message (L{queuejobs.commit_message}); fires
+        once it and the C{queue/} directory are on disk. Takes C{fd}, the
+        descriptor of what was already written to C{tmp/} (None: nothing was):
+        it is closed whatever happens. A writer in another process cannot be
+        handed a descriptor, so then it is closed first and the file reopened there.
         """
         if fd is not None and not self.writer.in_process:
             return self.run(self.fs.close, fd).addCallback(
-                lambda _: self.writer.call(self, "finish_files", queue_id, None, chunks, envelope, size, True))
-        return self.writer.call(self, "finish_files", queue_id, fd, chunks, envelope, size)
-
-    def finish_files(self, queue_id: str, fd: int | None, chunks: list[bytes], envelope: bytes,
-                     size: int | None = None, started: bool = False) -> Any:
-        """
-        (writer, generator) Write the rest of the content (C{size} bytes in all,
-        by default those of C{chunks}) and the envelope, have both fsynced, then
-        rename them into ``queue/`` (content first). C{fd} is the descriptor of
-        the content's start already in C{tmp/}; None with C{started} means that
-        file is to be reopened (it was written by another process), None alone
-        that there is none yet.
-        """
-        if size is None:
-            size = sum(len(chunk) for chunk in chunks)
-        fs = self.fs
-        if fd is None:
-            path = self.path("tmp", queue_id + ".eml")
-            fd = fs.open_appending(path) if started else self.spares.create(fs, path)
-        try:
-            fs.write(fd, chunks)
-            fs.trim(fd, size)
-            envelope_fd = self.spares.create(fs, self.path("tmp", queue_id + ".json"))
-            try:
-                fs.write(envelope_fd, [envelope])
-                fs.trim(envelope_fd, len(envelope))
-                yield [fd, envelope_fd]
-            finally:
-                fs.close(envelope_fd)
-        finally:
-            fs.close(fd)
-        fs.rename(self.path("tmp", queue_id + ".eml"), self.path("queue", queue_id + ".eml"))
-        fs.rename(self.path("tmp", queue_id + ".json"), self.path("queue", queue_id + ".json"))
-        return None, [self.path("queue")]
+                lambda _: self.writer.run(queuejobs.commit_message, queue_id=queue_id, chunks=chunks,
+                                          envelope=envelope, size=size, started=True))
+        return self.writer.run(queuejobs.commit_message, queue_id=queue_id, chunks=chunks, envelope=envelope,
+                               size=size, fd=fd)
 
     def discard_files(self, queue_id: str, fd: int | None) -> None:
         """(I/O pool) Remove every trace of a message that was not committed."""
@@ -311,53 +293,16 @@ class Spool:
         """
         self.recent.forget(queue_id)
         writer = self.removal_writer or self.writer
-        moved = await writer.call(self, "_move_to_corrupt", queue_id)
+        moved = await writer.run(queuejobs.move_to_corrupt, queue_id=queue_id)
         self.queued = max(0, self.queued - 1)
         self.corrupt_total += 1
         self.log.error("moved damaged queue entry {queue_id} ({files}) to {directory}/corrupt instead of "
                        "delivering it: {problem}", queue_id=queue_id, files=", ".join(moved) or "no files",
                        directory=self.directory, problem=problem)
 
-    def _move_to_corrupt(self, queue_id: str) -> tuple[list[str], list[str]]:
-        """(writer) Rename C{queue_id}'s files from ``queue/`` into ``corrupt/``; returns their names."""
-        moved = []
-        for ext in (".json", ".eml"):
-            try:
-                self.fs.rename(self.path("queue", queue_id + ext), self.path("corrupt", queue_id + ext))
-            except FileNotFoundError:
-                continue
-            moved.append(queue_id + ext)
-        return moved, [self.path("corrupt"), self.path("queue")]
-
-    def _write_envelope(self, envelope: Envelope) -> Any:
-        tmp = self.path("tmp", envelope.id + ".json.new")
-        try:
-            fd = self.spares.create(self.fs, tmp)
-            try:
-                data = envelope.to_json()
-                self.fs.write(fd, [data])
-                self.fs.trim(fd, len(data))
-                yield [fd]
-            finally:
-                self.fs.close(fd)
-            self.fs.rename(tmp, self.path("queue", envelope.id + ".json"))
-            return None, [self.path("queue")]
-        except Exception:
-            # A leftover would make every later update of this message fail (create is O_EXCL).
-            self.fs.unlink(tmp)
-            raise
-
     async def update(self, envelope: Envelope) -> None:
         """Replace a queued message's envelope atomically and durably."""
-        await self.writer.call(self, "_write_envelope", envelope)
-
-    def _remove_files(self, queue_id: str, durable: bool) -> tuple[list[str], list[str]]:
-        """(writer) Remove both files; returns the spares made and the directories to fsync."""
-        # The envelope goes first: without it the content is an uncommitted leftover.
-        made = [self.spares.retire(self.fs, self.path("queue", queue_id + ext)) for ext in (".json", ".eml")]
-        spares = [spare for spare in made if spare is not None]
-        # A spare is reused only after its removal is on disk, so making one makes the removal durable.
-        return spares, [self.path("queue")] if durable or spares else []
+        await self.writer.run(queuejobs.rewrite_envelope, queue_id=envelope.id, envelope=envelope.to_json())
 
     async def remove(self, queue_id: str, durable: bool = True) -> None:
         """
@@ -368,17 +313,27 @@ class Spool:
         """
         self.recent.forget(queue_id)
         writer = self.removal_writer or self.writer
-        spares = await writer.call(self, "_remove_files", queue_id, durable)
+        spares = await writer.run(queuejobs.remove_message, queue_id=queue_id, durable=durable)
         if spares:
-            if writer.in_process:
-                self.spares.publish(spares)
-            else:
-                # The spares belong to the writer process's spool, where the next commits are made.
-                writer.call(self, "publish_spares", spares).addErrback(
-                    lambda f: self.log.failure("could not offer spare files", f))
+            self._publish_spares(writer, spares)
         self.queued = max(0, self.queued - 1)
 
-    def publish_spares(self, spares: list[str]) -> tuple[None, list[str]]:
-        """(writer) Offer C{spares} to the next commits (their removal is on disk already)."""
-        self.spares.publish(spares)
-        return None, []
+    def _publish_spares(self, writer: ISpoolWriter, spares: list[str]) -> None:
+        """
+        Offer removed files to the next commits where they are made (in the
+        writer's own process), once their removal is durable: one job at a
+        time, carrying every spare made meanwhile (under load many removals
+        end together: one job each cost the writer process a round trip each).
+        """
+        self._unpublished += spares
+        if self._publishing:
+            return
+        self._publishing = True
+        batch, self._unpublished = self._unpublished, []
+
+        def published(_: Any) -> None:
+            self._publishing = False
+            if self._unpublished:
+                self._publish_spares(writer, [])
+        d = writer.run(queuejobs.publish_spares, spares=batch)
+        d.addErrback(lambda f: self.log.failure("could not offer spare files", f)).addBoth(published)

@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_writer -*-
 """
-Durable file jobs, run in batches by one thread.
+Durable file jobs (L{gomail.spool.jobs}), run in batches by one thread.
 
 Every change that must survive a crash (committing a message, rewriting an
 envelope, removing a delivered message, a Maildir copy) is a *job*: a function
@@ -8,7 +8,7 @@ returning C{(result, directories)} - the directories whose entries it changed -
 or a generator that writes its files, yields the list of their descriptors,
 and, once the writer has fsynced them, renames them into place and returns
 C{(result, directories)}. The writer runs all jobs waiting at a time as one
-batch: first every job up to its yield, then the fsync of all their files in
+batch (L{run_batch}, also what the writer's child process runs): first every job up to its yield, then the fsync of all their files in
 parallel (concurrent fsyncs share journal commits: measured here, 8 threads
 fsync a small file in 0.1 ms against 0.33 ms one at a time), then the rest of
 every job, then one fsync per touched directory (group commit); finally it
@@ -36,8 +36,11 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
+from gomail.interfaces import ISpoolWriter
 from gomail.spool.fs import FileSystem
+from gomail.spool.jobs import SpoolFiles
 
 Job = Callable[[], tuple[Any, Iterable[str]]]
 #: Put on a writer's queue to end it after the jobs before it.
@@ -149,53 +152,42 @@ def _try(function: Callable[[int], None], fd: int) -> BaseException | None:
     return None
 
 
-def method_job(target: Any, method: str, args: tuple) -> Job:
-    """The job of calling C{target.<method>(*args)} (see L{_InProcessWriter.call})."""
-    return lambda: getattr(target, method)(*args)
+@implementer(ISpoolWriter)
+class ImmediateWriter:
+    """
+    Runs each job at once in the calling thread: for tests and tools, not for
+    the reactor. C{fs}, when given, is the file operations its jobs use
+    (tests pass failing ones); C{files}, the whole L{SpoolFiles}.
+    """
 
-
-class _InProcessWriter:
-    """What the writers that run jobs in this process share."""
-
-    #: Jobs run in this process: they may be handed its descriptors and change its objects.
     in_process = True
 
-    def submit(self, job: Job) -> Deferred:
-        raise NotImplementedError
+    def __init__(self, fs: FileSystem | None = None, files: SpoolFiles | None = None) -> None:
+        self.files = files or SpoolFiles("", fs or FileSystem())
+        if fs is not None:
+            self.files.fs = fs
 
-    def call(self, target: Any, method: str, *args: Any) -> Deferred:
-        """
-        Run C{target.<method>(*args)} as a job. Every durable change is made
-        this way, by naming a method of a spool object rather than passing a
-        closure, so that the same call can also be sent to a writer in another
-        process (L{gomail.spool.process}).
-        """
-        return self.submit(method_job(target, method, args))
-
-
-class ImmediateWriter(_InProcessWriter):
-    """Runs each job at once in the calling thread: for tests and tools, not for the reactor."""
-
-    def __init__(self, fs: FileSystem | None = None) -> None:
-        self.fs = fs or FileSystem()
-
-    def submit(self, job: Job) -> Deferred:
+    def run(self, job: Callable[..., Any], **arguments: Any) -> Deferred:
         """Run C{job} now; the Deferred has already fired."""
-        [(ok, value)] = run_batch([job], self.fs)
+        [(ok, value)] = run_batch([functools.partial(job, self.files, **arguments)], self.files.fs)
         return succeed(value) if ok else fail(value)
 
 
-class BatchWriter(_InProcessWriter, Service):
+@implementer(ISpoolWriter)
+class BatchWriter(Service):
     """
     The writer thread, owned by the service: started with it, and stopped after
-    the jobs already submitted have run.
+    the jobs already submitted have run. Its jobs share C{files} (with the
+    other writer of the server, which runs removals and Maildir copies).
     """
 
-    def __init__(self, reactor: Any, fs: FileSystem | None = None, max_batch: int = 512,
+    in_process = True
+
+    def __init__(self, reactor: Any, files: SpoolFiles, max_batch: int = 512,
                  fsync_threads: int = 8, name: str = "gomail-spool-writer") -> None:
         self.thread_name = name
         self.reactor = reactor
-        self.fs = fs or FileSystem()
+        self.files = files
         self.max_batch = max_batch
         self.fsync_threads = fsync_threads
         self.batches = 0
@@ -203,8 +195,16 @@ class BatchWriter(_InProcessWriter, Service):
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
 
+    @property
+    def fs(self) -> FileSystem:
+        return self.files.fs
+
+    def run(self, job: Callable[..., Any], **arguments: Any) -> Deferred:
+        """Run C{job(files, **arguments)} in the writer thread; fires (in the reactor) once its batch is durable."""
+        return self.submit(functools.partial(job, self.files, **arguments))
+
     def submit(self, job: Job) -> Deferred:
-        """Run C{job} in the writer thread; fires (in the reactor) once its batch is durable."""
+        """Run C{job()} in the writer thread; fires (in the reactor) once its batch is durable."""
         d: Deferred = Deferred()
         self._queue.put((job, d))
         return d

@@ -3,18 +3,20 @@
 The spool writer's child process (started by L{gomail.spool.process}; not a
 command for people).
 
-Reads a L{WriterSpec} and then job frames from standard input, runs each
-lane's jobs in batches in a thread of its own (L{gomail.spool.writer.run_batch},
-exactly as the in-process writer does), and writes one reply frame per job to
-standard output once its batch is durable. End of input means stop: the jobs
-already read are finished first.
+Takes the spool's writer lock, then serves the AMP commands of
+L{gomail.spool.wire} on its standard input and output: each job command is
+parsed by its L{amp.Command} and run by its lane, a writer thread with its own
+batches (L{gomail.spool.writer.run_batch}, exactly as the in-process writer
+does), which writes the answers of a batch once it is durable. End of input
+means stop: the jobs already received are finished and answered first.
 """
 
 from __future__ import annotations
 
+import argparse
 import fcntl
+import functools
 import os
-import pickle
 import queue
 import signal
 import sys
@@ -22,18 +24,27 @@ import threading
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, BinaryIO
+from typing import Any
 
-from twisted.logger import globalLogBeginner, textFileLogObserver
+from twisted.logger import (
+    FilteringLogObserver,
+    LogLevel,
+    LogLevelFilterPredicate,
+    globalLogBeginner,
+    textFileLogObserver,
+)
+from twisted.protocols import amp
+from twisted.protocols.amp import IBoxReceiver
+from zope.interface import implementer
 
+from gomail.spool import wire
 from gomail.spool.fs import FileSystem
-from gomail.spool.process import HEADER, LOCK_NAME, WriterSpec, frame
+from gomail.spool.jobs import SpoolFiles
+from gomail.spool.process import LOCK_NAME
 from gomail.spool.spares import SPARE_PREFIX
-from gomail.spool.writer import STOP, fsync_in_parallel, method_job, run_batch, take_batch
+from gomail.spool.writer import STOP, fsync_in_parallel, run_batch, take_batch
 
 MAX_BATCH = 512
-#: The first reply: the lock is held, jobs are welcome.
-READY = (None, True, "ready")
 
 
 def take_lock(path: str, timeout: float) -> int:
@@ -57,7 +68,7 @@ def take_lock(path: str, timeout: float) -> int:
                 print(f"waiting for {path}: another spool writer holds it "
                       "(one still finishing, or another gomail on this spool)", file=sys.stderr, flush=True)
                 waited = True
-            time.sleep(0.05)
+            time.sleep(0.05)  # before the event loop runs: nothing else to serve yet
 
 
 def remove_spares(tmp: str) -> None:
@@ -75,30 +86,15 @@ def remove_spares(tmp: str) -> None:
         FileSystem().fsync_directory(tmp)
 
 
-def build_targets(spec: WriterSpec) -> dict[str, Any]:
-    """This process's own spool objects, by their C{job_target} names."""
-    from gomail.delivery.failed import FailedStore
-    from gomail.delivery.maildir import MaildirDelivery
-    from gomail.spool.store import Spool
-
-    # File-only twins of the server's objects: no clock, no I/O pool (their job methods use neither).
-    # Known debt: issue 16 part 1 replaces them with plain job functions.
-    spool = Spool(spec.spool_directory, clock=None, run=None,  # type: ignore[arg-type]
-                  spare_files=spec.spare_files)
-    mailbox = MaildirDelivery(spec.mailbox_directory, spec.hostname, writer=None)
-    failed = FailedStore(spool, clock=None)  # type: ignore[arg-type]
-    return {target.job_target: target for target in (spool, mailbox, failed)}
-
-
-class Replies:
-    """Standard output, shared by the lanes: a batch's replies go out in one write."""
+class Answers:
+    """Standard output, shared by the lanes: a batch's answers go out in one write."""
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self._lock = threading.Lock()
 
-    def send(self, replies: list[tuple[int | None, bool, Any]]) -> None:
-        data = b"".join(_reply_frame(reply) for reply in replies)
+    def send(self, boxes: list[amp.AmpBox]) -> None:
+        data = b"".join(box.serialize() for box in boxes)
         with self._lock:
             view = memoryview(data)
             try:
@@ -110,37 +106,51 @@ class Replies:
                 pass
 
 
-def _reply_frame(reply: tuple[int | None, bool, Any]) -> bytes:
-    request_id, ok, value = reply
-    try:
-        data = frame(reply)
-        if not ok:
-            # Some exception classes pickle but cannot be rebuilt (an __init__
-            # with other arguments): the server must be able to read every frame.
-            pickle.loads(data[HEADER.size:])
-        return data
-    except Exception as e:  # noqa: BLE001 - an unsendable result fails its job, not the lane
-        return frame((request_id, False, RuntimeError(f"spool writer result that cannot be sent: {value!r} ({e})")))
+def answer_box(command: type[wire.JobCommand], ask: bytes, ok: bool, value: Any) -> amp.AmpBox:
+    """The AMP answer (or error) box of one job, as AMP's own responders make them."""
+    if ok:
+        box = command.makeResponse({"result": value} if command.response else {}, None)
+        box[amp.ANSWER] = ask
+        return box
+    return error_box(ask, wire.describe_error(value))
+
+
+def error_box(ask: bytes, error: wire.JobFailed) -> amp.AmpBox:
+    return amp.AmpBox({amp.ERROR: ask, amp.ERROR_CODE: wire.JobCommand.errors[wire.JobFailed],
+                       amp.ERROR_DESCRIPTION: str(error).encode("utf-8")})
 
 
 class Lane:
-    """One writer thread: takes the jobs waiting, runs them as one batch, replies."""
+    """One writer thread: takes the jobs waiting, runs them as one batch, answers them in one write."""
 
-    def __init__(self, name: str, targets: dict[str, Any], fsyncs: ThreadPoolExecutor, replies: Replies) -> None:
+    def __init__(self, name: str, files: SpoolFiles, fsyncs: ThreadPoolExecutor | None, answers: Answers) -> None:
         self.name = name
-        self.targets = targets
+        self.files = files
         self.fsyncs = fsyncs
-        self.replies = replies
+        self.answers = answers
         self.queue: queue.SimpleQueue = queue.SimpleQueue()
-        self.fs = targets["spool"].fs
         self.thread = threading.Thread(target=self._loop, name=f"gomail-writer-{name}", daemon=True)
 
+    def run(self, command: type[wire.JobCommand], ask: bytes, arguments: dict[str, Any]) -> None:
+        """Queue the job of C{command}; it is answered (C{ask} is the question's tag) once durable."""
+        self.queue.put((functools.partial(command.job, self.files, **arguments), command, ask))
+
+    def stop(self) -> None:
+        """Finish the jobs queued so far, then end the thread."""
+        self.queue.put(STOP)
+
     def _fsync_all(self, fds: list[int]) -> list:
-        return fsync_in_parallel(self.fs, self.fsyncs, fds)
+        return fsync_in_parallel(self.files.fs, self.fsyncs, fds)
 
     def _loop(self) -> None:
         try:
-            self._run()
+            stopping = False
+            while not stopping:
+                batch, stopping = take_batch(self.queue, MAX_BATCH)
+                if batch:
+                    outcomes = run_batch([job for job, _, _ in batch], self.files.fs, self._fsync_all)
+                    self.answers.send([answer_box(command, ask, ok, value if ok else value.value)
+                                       for (_, command, ask), (ok, value) in zip(batch, outcomes)])
         except BaseException:  # noqa: BLE001 - any end of a lane ends the process (see below)
             # A lane that stops answering would leave the server waiting for
             # ever: end the whole process instead, so the server sees it go,
@@ -149,63 +159,107 @@ class Lane:
             sys.stderr.flush()
             os._exit(70)
 
-    def _run(self) -> None:
-        stopping = False
-        while not stopping:
-            batch, stopping = take_batch(self.queue, MAX_BATCH)
-            if batch:
-                jobs = [method_job(self.targets[target], method, args) for _, target, method, args in batch]
-                outcomes = run_batch(jobs, self.fs, self._fsync_all)
-                self.replies.send([(request_id, ok, value if ok else value.value)
-                                   for (request_id, *_), (ok, value) in zip(batch, outcomes)])
+
+#: The job commands by their AMP names.
+_COMMANDS: dict[bytes, type[wire.JobCommand]] = {
+    command.commandName: command for command in wire.JOB_COMMANDS.values()}  # type: ignore[misc]
 
 
-def read_frame(stream: BinaryIO) -> Any:
-    """The next frame's value, or C{STOP} at the end of input."""
-    header = stream.read(HEADER.size)
-    if len(header) < HEADER.size:
-        return STOP
-    (length,) = HEADER.unpack(header)
-    data = stream.read(length)
-    if len(data) < length:
-        return STOP
-    return pickle.loads(data)
+@implementer(IBoxReceiver)
+class Dispatcher:
+    """
+    The child's end of the AMP connection: each job command's arguments are
+    parsed by its L{amp.Command} and the job handed to its lane, whose thread
+    answers it. (No event loop here: the main thread only reads and parses,
+    the lanes write their answers themselves, as AMP's own answers would
+    look; an event loop beside the lanes cost the writer a third of its
+    speed, see bench/README.md.)
+    """
+
+    def __init__(self, lanes: dict[str, Lane], answers: Answers) -> None:
+        self.lanes = lanes
+        self.answers = answers
+
+    def startReceivingBoxes(self, sender: Any) -> None:
+        pass
+
+    def stopReceivingBoxes(self, reason: Any) -> None:
+        pass
+
+    def ampBoxReceived(self, box: amp.AmpBox) -> None:
+        ask = box.get(amp.ASK, b"")
+        name = box.get(amp.COMMAND)
+        if name == wire.Ready.commandName:
+            answer = wire.Ready.makeResponse({"pid": os.getpid()}, None)
+            answer[amp.ANSWER] = ask
+            self.answers.send([answer])
+            return
+        command = _COMMANDS.get(name)  # type: ignore[arg-type]
+        if command is None:
+            self.answers.send([amp.AmpBox({amp.ERROR: ask, amp.ERROR_CODE: amp.UNHANDLED_ERROR_CODE,
+                                           amp.ERROR_DESCRIPTION: b"Unhandled Command: " + repr(name).encode()})])
+            return
+        arguments = command.parseArguments(box, None)
+        lane = self.lanes.get(arguments.pop("lane"))
+        if lane is None:
+            self.answers.send([error_box(ask, wire.describe_error(ValueError("no such lane")))])
+            return
+        lane.run(command, ask, arguments)
 
 
-def main() -> None:
+class _Unreadable:
+    """The transport AMP's parser drops when the server's input cannot be read: then this process ends."""
+
+    def loseConnection(self) -> None:
+        print("unreadable input from the server: exiting", file=sys.stderr, flush=True)
+        os._exit(65)
+
+
+def parse_arguments(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m gomail.spool.writerchild")
+    parser.add_argument("--spool", required=True)
+    parser.add_argument("--spare-files", type=int, default=0)
+    parser.add_argument("--fsync-threads", type=int, default=1)
+    parser.add_argument("--lanes", default="commit,mailbox")
+    parser.add_argument("--lock-timeout", type=float, default=30.0)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
     # The server stops this process by closing its input, after its own
     # clients are drained; a Ctrl-C, SIGTERM or terminal hangup sent to the
     # whole process group must not cut a batch short.
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, signal.SIG_IGN)
-    # Replies get a descriptor of their own; anything else that writes to
+    args = parse_arguments(sys.argv[1:] if argv is None else argv)
+    # Answers get a descriptor of their own; anything else that writes to
     # standard output (a stray print) lands on standard error instead, which
-    # the server logs, and cannot corrupt a frame. Log events go there too.
-    replies = Replies(os.dup(sys.stdout.fileno()))
+    # the server logs, and cannot corrupt the AMP stream. Log events go there too.
+    answers_fd = os.dup(sys.stdout.fileno())
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
-    stdin = sys.stdin.buffer
-    spec = read_frame(stdin)
-    if not isinstance(spec, WriterSpec):
-        sys.exit("gomail spool writer: no specification on standard input")
-    lock = take_lock(os.path.join(spec.spool_directory, LOCK_NAME), spec.lock_timeout)
-    remove_spares(os.path.join(spec.spool_directory, "tmp"))
-    targets = build_targets(spec)
-    replies.send([READY])
-    with ThreadPoolExecutor(spec.fsync_threads, thread_name_prefix="gomail-writer-fsync") as fsyncs:
-        lanes = {name: Lane(name, targets, fsyncs, replies) for name in spec.lanes}
-        for lane in lanes.values():
-            lane.thread.start()
-        while (request := read_frame(stdin)) is not STOP:
-            request_id, lane_name, target, method, args = request
-            if lane_name in lanes and target in targets:
-                lanes[lane_name].queue.put((request_id, target, method, args))
-            else:
-                replies.send([(request_id, False, ValueError(f"no lane {lane_name!r} or target {target!r}"))])
-        for lane in lanes.values():
-            lane.queue.put(STOP)
-        for lane in lanes.values():
-            lane.thread.join()
+    # Warnings and errors only: the server logs every line it reads here as an error.
+    globalLogBeginner.beginLoggingTo([FilteringLogObserver(textFileLogObserver(sys.stderr), [
+        LogLevelFilterPredicate(LogLevel.warn)])], redirectStandardIO=False)
+    lock = take_lock(os.path.join(args.spool, LOCK_NAME), args.lock_timeout)
+    remove_spares(os.path.join(args.spool, "tmp"))
+    files = SpoolFiles(args.spool, spare_files=args.spare_files)
+
+    fsyncs = ThreadPoolExecutor(max(1, args.fsync_threads), thread_name_prefix="gomail-writer-fsync")
+    answers = Answers(answers_fd)
+    lanes = {name: Lane(name, files, fsyncs if args.fsync_threads > 1 else None, answers)
+             for name in args.lanes.split(",")}
+    for lane in lanes.values():
+        lane.thread.start()
+    parser = amp.BinaryBoxProtocol(Dispatcher(lanes, answers))
+    parser.makeConnection(_Unreadable())
+    while data := os.read(0, 1 << 20):
+        parser.dataReceived(data)
+    # End of input: the server stops (or is gone). Finish and answer what was sent, then exit.
+    for lane in lanes.values():
+        lane.stop()
+    for lane in lanes.values():
+        lane.thread.join()
+    fsyncs.shutdown()
     os.close(lock)
 
 
