@@ -21,6 +21,7 @@ from gomail.deferreds import deferred_coroutine
 from gomail.limits.rate import RateLimitUnavailable
 from gomail.servicekit import ListeningService
 from gomail.smtp.address import Path
+from gomail.smtp.logthrottle import LogThrottle
 from gomail.smtp.policy import RelayPolicy, own_domain
 from gomail.smtp.protocol import GomailESMTP
 from gomail.smtp.recipients import LocalRecipients
@@ -38,28 +39,6 @@ BLACKLIST_LOG_PER_SECOND = 5
 #: Lines logged a second about rate-limit hits (the rest are counted).
 RATE_LIMIT_LOG_PER_SECOND = 10
 
-
-class LogThrottle:
-    """At most C{per_second} log lines a second; says how many were left out."""
-
-    def __init__(self, clock: IReactorTime, per_second: int) -> None:
-        self.clock = clock
-        self.per_second = per_second
-        self._second = -1
-        self._logged = 0
-        self._skipped = 0
-
-    def allow(self) -> int | None:
-        """None: do not log this one; else log it, with the number left out since the last line."""
-        second = int(self.clock.seconds())
-        if second != self._second:
-            self._second, self._logged = second, 0
-        if self._logged >= self.per_second:
-            self._skipped += 1
-            return None
-        self._logged += 1
-        skipped, self._skipped = self._skipped, 0
-        return skipped
 
 #: Metric label of a MAIL FROM refusal, by its enhanced status code.
 _REASONS = {"5.7.0": "auth_required", "5.7.1": "sender_not_owned", "4.3.1": "insufficient_storage",

@@ -32,6 +32,7 @@ by closing its input: it completes the jobs already sent, then exits.
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import os
 import sys
@@ -120,10 +121,20 @@ class RemoteLane:
 def _command_arguments(command: type[wire.JobCommand], job: Callable[..., Any],
                        arguments: dict[str, Any]) -> dict[str, Any]:
     """C{arguments} with the job's defaults filled in, as the command takes them (no C{fd})."""
-    bound = inspect.signature(job).bind(None, **arguments)
-    bound.apply_defaults()
-    names = {name.decode("ascii") for name, _ in command.arguments} - {"lane"}
-    return {name: value for name, value in bound.arguments.items() if name in names}
+    names, defaults = _command_shape(command, job)
+    unknown = arguments.keys() - names - {"fd"}
+    if unknown:
+        raise TypeError(f"{job.__name__}() got unexpected arguments: {', '.join(sorted(unknown))}")
+    return {**defaults, **{name: value for name, value in arguments.items() if name in names}}
+
+
+@functools.cache
+def _command_shape(command: type[wire.JobCommand], job: Callable[..., Any]) -> tuple[frozenset[str], dict]:
+    """The argument names a job's command takes, and the job's defaults for them (read once per job)."""
+    names = frozenset(name.decode("ascii") for name, _ in command.arguments) - {"lane"}
+    defaults = {name: parameter.default for name, parameter in inspect.signature(job).parameters.items()
+                if name in names and parameter.default is not inspect.Parameter.empty}
+    return names, defaults
 
 
 def _job_failure(failure: Failure) -> Failure:
