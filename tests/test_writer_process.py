@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import io
+import json
 import os
 import select
 import struct
@@ -60,6 +61,29 @@ class WireTests(SynchronousTestCase):
         targets = [[i, f"user{i}@example.com"] for i in range(5000)]
         self.assertEqual(self.round_trip(wire.BigJSON(), targets), targets)
 
+    def test_small_values_take_one_key(self) -> None:
+        """Chunks that fit in one AMP value travel joined under the argument's own name and arrive as one chunk."""
+        strings: dict[bytes, bytes] = {}
+        wire.ByteChunks().toBox(b"chunks", strings, {"chunks": [b"Subject: x\r\n", b"", b"body\r\n"]}, None)
+        self.assertEqual(strings, {b"chunks": b"Subject: x\r\nbody\r\n"})
+        self.assertEqual(self.round_trip(wire.ByteChunks(), [b"a", b"b"]), [b"ab"])
+        self.assertEqual(self.round_trip(wire.ByteChunks(), []), [b""])
+        self.assertEqual(self.round_trip(wire.BigBytes(), b"e" * amp.MAX_VALUE_LENGTH), b"e" * amp.MAX_VALUE_LENGTH)
+
+    def test_fields_are_typed(self) -> None:
+        """A job's fields come back as sent; a missing, unknown or wrongly typed field is refused on either side."""
+        fields = wire.Fields(queue_id=str, size=int, digest=wire.OPTIONAL_TEXT, now=wire.NUMBER, durable=bool)
+        sent = {"lane": "commit", "queue_id": "0123", "size": 5, "digest": None, "now": 1.5, "durable": True}
+        self.assertEqual(self.round_trip(fields, sent), sent)
+        for wrong in ({**sent, "size": "5"}, {**sent, "size": True}, {**sent, "durable": 1},
+                      {**sent, "digest": 3}, {k: v for k, v in sent.items() if k != "lane"},
+                      {**sent, "extra": 1}, ["not", "a", "dict"]):
+            with self.assertRaises(wire.FieldError, msg=wrong):
+                fields.toBox(b"fields", {}, {"fields": wrong}, None)
+            strings: dict[bytes, bytes] = {b"fields": json.dumps(wrong).encode()}
+            with self.assertRaises(wire.FieldError, msg=wrong):
+                fields.fromBox(b"fields", strings, {}, None)
+
     def test_errors_rebuilt(self) -> None:
         """A job's OSError keeps its errno and file name; CorruptContent its fields; others become RuntimeError."""
         gone = wire.rebuild_error(wire.describe_error(FileNotFoundError(2, "gone", "/x")))
@@ -73,10 +97,12 @@ class WireTests(SynchronousTestCase):
         self.assertIn("disk failed", str(other))
 
     def test_every_job_has_its_command(self) -> None:
-        """Each job's command takes the job's keyword arguments (all but the descriptor) and a lane."""
+        """Each job's command takes the job's keyword arguments (all but the descriptor) and a lane, each once."""
         for job, command in wire.JOB_COMMANDS.items():
             parameters = set(inspect.signature(job).parameters) - {"files", "fd"}
-            self.assertEqual({name.decode() for name, _ in command.arguments}, parameters | {"lane"}, job)
+            others = {name.decode() for name, _ in command.arguments} - {"fields"}
+            self.assertEqual(set(command.fields().types) | others, parameters | {"lane"}, job)
+            self.assertFalse(set(command.fields().types) & others, job)
 
 
 class ChildOutputTests(SynchronousTestCase):
@@ -401,6 +427,58 @@ class ChildPartsTests(SynchronousTestCase):
         lane._loop()
         self.assertEqual(exits, [70])
         self.assertIn("RuntimeError: no way out", errors.getvalue())
+
+    def dispatch(self, box: amp.AmpBox) -> list[amp.AmpBox]:
+        """The answers the child's dispatcher sends for C{box} (its one lane, "commit", records what it is given)."""
+        sent: list[amp.AmpBox] = []
+        given: list[Any] = []
+
+        class Answers:
+            def send(self, boxes: list[amp.AmpBox]) -> None:
+                sent.extend(boxes)
+
+        class RecordingLane:
+            def run(self, command: Any, ask: bytes, arguments: dict) -> None:
+                given.append((command, ask, arguments))
+
+        writerchild.Dispatcher({"commit": RecordingLane()}, Answers()).ampBoxReceived(box)  # type: ignore[dict-item]
+        self.given = given
+        return sent
+
+    def test_job_box_reaches_its_lane(self) -> None:
+        """A well-formed job command reaches its lane with the job's keyword arguments (fields flattened)."""
+        box = wire.RemoveMessage.makeArguments({"fields": {"lane": "commit", "queue_id": "0123", "durable": False}}, None)
+        box.update({amp.COMMAND: wire.RemoveMessage.commandName, amp.ASK: b"7"})
+        self.assertEqual(self.dispatch(box), [])
+        self.assertEqual(self.given, [(wire.RemoveMessage, b"7", {"queue_id": "0123", "durable": False})])
+
+    def test_malformed_job_box_is_refused(self) -> None:
+        """A job box with a field of the wrong type, no fields or an unknown lane gets a JOB_FAILED answer; no job runs."""
+        boxes = [
+            {b"fields": b'{"lane":"commit","queue_id":"0123","durable":"yes"}'},
+            {b"fields": b"not json"},
+            {},
+            {b"fields": b'{"lane":"nowhere","queue_id":"0123","durable":true}'},
+        ]
+        for strings in boxes:
+            box = amp.AmpBox({amp.COMMAND: wire.RemoveMessage.commandName, amp.ASK: b"9", **strings})
+            [answer] = self.dispatch(box)
+            self.assertEqual((answer[amp.ERROR], answer[amp.ERROR_CODE]), (b"9", b"JOB_FAILED"), strings)
+            self.assertEqual(type(wire.rebuild_error(wire.JobFailed(answer[amp.ERROR_DESCRIPTION].decode()))),
+                             ValueError)
+            self.assertEqual(self.given, [])
+
+    def test_unreadable_input_ends_the_process(self) -> None:
+        """Input AMP cannot frame (a key longer than 255 bytes) ends the child with status 65 and a line saying why."""
+        exits: list[int] = []
+        self.patch(writerchild.os, "_exit", exits.append)
+        errors = io.StringIO()
+        self.patch(sys, "stderr", errors)
+        parser = amp.BinaryBoxProtocol(writerchild.Dispatcher({}, None))  # type: ignore[arg-type]
+        parser.makeConnection(writerchild._Unreadable())  # type: ignore[arg-type]
+        parser.dataReceived(struct.pack("!H", 300) + b"k" * 300)
+        self.assertEqual(exits, [65])
+        self.assertIn("unreadable input from the server", errors.getvalue())
 
     def test_remove_spares(self) -> None:
         """A new child removes spares a dead one left in tmp/ (and nothing else); a spool without tmp/ is fine."""

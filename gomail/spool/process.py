@@ -112,29 +112,45 @@ class RemoteLane:
         if arguments.get("fd") is not None:
             return fail(TypeError("a descriptor cannot be handed to the writer process (see Spool.commit_files)"))
         try:
-            sent = _command_arguments(command, job, arguments)
+            sent = _command_arguments(command, job, self.name, arguments)
         except TypeError as e:
             return fail(e)
-        return self.process.call(command, lane=self.name, **sent).addCallbacks(command.result, _job_failure)
+        return self.process.call(command, **sent).addCallbacks(command.result, _job_failure)
 
 
-def _command_arguments(command: type[wire.JobCommand], job: Callable[..., Any],
+def _command_arguments(command: type[wire.JobCommand], job: Callable[..., Any], lane: str,
                        arguments: dict[str, Any]) -> dict[str, Any]:
-    """C{arguments} with the job's defaults filled in, as the command takes them (no C{fd})."""
-    names, defaults = _command_shape(command, job)
-    unknown = arguments.keys() - names - {"fd"}
+    """
+    C{arguments} as the command takes them: the plain ones, with the job's
+    defaults filled in and the C{lane}, as its C{fields}; the others as
+    themselves (and no C{fd}).
+    """
+    field_names, other_names, defaults = _command_shape(command, job)
+    unknown = arguments.keys() - field_names - other_names - {"fd"}
     if unknown:
         raise TypeError(f"{job.__name__}() got unexpected arguments: {', '.join(sorted(unknown))}")
-    return {**defaults, **{name: value for name, value in arguments.items() if name in names}}
+    fields = {**defaults, "lane": lane}
+    sent: dict[str, Any] = {"fields": fields}
+    for name, value in arguments.items():
+        if name in field_names:
+            fields[name] = value
+        elif name in other_names:
+            sent[name] = value
+    return sent
 
 
 @functools.cache
-def _command_shape(command: type[wire.JobCommand], job: Callable[..., Any]) -> tuple[frozenset[str], dict]:
-    """The argument names a job's command takes, and the job's defaults for them (read once per job)."""
-    names = frozenset(name.decode("ascii") for name, _ in command.arguments) - {"lane"}
+def _command_shape(command: type[wire.JobCommand],
+                   job: Callable[..., Any]) -> tuple[frozenset[str], frozenset[str], dict]:
+    """
+    The names of a job's command's fields and of its other arguments, and the
+    job's defaults for its fields (read once per job).
+    """
+    field_names = frozenset(command.fields().types) - {"lane"}
+    other_names = frozenset(name.decode("ascii") for name, _ in command.arguments) - {"fields"}
     defaults = {name: parameter.default for name, parameter in inspect.signature(job).parameters.items()
-                if name in names and parameter.default is not inspect.Parameter.empty}
-    return names, defaults
+                if name in field_names and parameter.default is not inspect.Parameter.empty}
+    return field_names, other_names, defaults
 
 
 def _job_failure(failure: Failure) -> Failure:

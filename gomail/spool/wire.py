@@ -2,8 +2,10 @@
 """
 The AMP commands between the server and its spool writer process
 (L{gomail.spool.process}, L{gomail.spool.writerchild}): one L{amp.Command}
-per job of L{gomail.spool.jobs}, its arguments typed as the job's keyword
-arguments plus the C{lane} that runs it, its answer the job's result.
+per job of L{gomail.spool.jobs}. Its arguments are the job's keyword
+arguments: the plain ones (and the C{lane} that runs it) as one typed
+L{Fields} value, the byte strings each as an argument of its own; its answer
+is the job's result.
 
 AMP limits one value to 64 KiB; content, envelopes and recipient lists can be
 larger, so those arguments (L{BigBytes}, L{ByteChunks}, L{BigJSON}) spread
@@ -31,10 +33,21 @@ PIECE = amp.MAX_VALUE_LENGTH
 
 
 class ByteChunks(amp.Argument):
-    """A list of byte strings of any length, each spread over keys C{<name>.<i>.<j>} of at most 64 KiB."""
+    """
+    A list of byte strings of any total length. When they fit in one AMP
+    value they travel joined, as the value of C{<name>}, and arrive as a list
+    of one (the same bytes in the same order: what the jobs need of content);
+    otherwise each is spread over keys C{<name>.<i>.<j>} of at most 64 KiB, with
+    their piece counts in C{<name>.counts}, and arrives as the same list.
+    (Each AMP key costs the server's reactor a few microseconds: most values
+    here are small, so the common case is one key.)
+    """
 
     def toBox(self, name: bytes, strings: Any, objects: dict, proto: Any) -> None:
         chunks = self.retrieve(objects, name.decode("ascii"), proto)
+        if sum(len(chunk) for chunk in chunks) <= PIECE:
+            strings[name] = b"".join(chunks)
+            return
         counts = []
         for i, chunk in enumerate(chunks):
             view = memoryview(chunk)
@@ -42,11 +55,15 @@ class ByteChunks(amp.Argument):
             counts.append(str(len(pieces)))
             for j, start in enumerate(pieces):
                 strings[b"%s.%d.%d" % (name, i, j)] = bytes(view[start:start + PIECE])
-        strings[name] = " ".join(counts).encode("ascii")
+        strings[name + b".counts"] = " ".join(counts).encode("ascii")
 
     def fromBox(self, name: bytes, strings: Any, objects: dict, proto: Any) -> None:
-        counts = [int(count) for count in strings[name].split()]
-        objects[name.decode("ascii")] = [
+        key = name.decode("ascii")
+        if name in strings:
+            objects[key] = [strings[name]]
+            return
+        counts = [int(count) for count in strings[name + b".counts"].split()]
+        objects[key] = [
             b"".join(strings[b"%s.%d.%d" % (name, i, j)] for j in range(count)) for i, count in enumerate(counts)]
 
 
@@ -60,7 +77,7 @@ class BigBytes(ByteChunks):
     def fromBox(self, name: bytes, strings: Any, objects: dict, proto: Any) -> None:
         super().fromBox(name, strings, objects, proto)
         key = name.decode("ascii")
-        objects[key] = objects[key][0]
+        objects[key] = b"".join(objects[key])
 
 
 class BigJSON(BigBytes):
@@ -68,13 +85,63 @@ class BigJSON(BigBytes):
 
     def toBox(self, name: bytes, strings: Any, objects: dict, proto: Any) -> None:
         key = name.decode("ascii")
-        value = json.dumps(self.retrieve(objects, key, proto)).encode("utf-8")
+        value = json.dumps(self.retrieve(objects, key, proto), separators=(",", ":")).encode("utf-8")
         super().toBox(name, strings, {key: value}, proto)
 
     def fromBox(self, name: bytes, strings: Any, objects: dict, proto: Any) -> None:
         super().fromBox(name, strings, objects, proto)
         key = name.decode("ascii")
         objects[key] = json.loads(objects[key])
+
+
+class FieldError(TypeError):
+    """A job's field is missing, unknown or of the wrong type."""
+
+
+class Fields(BigJSON):
+    """
+    A job's plain arguments (and its lane) as one typed JSON object: each
+    field's name and type are declared (C{Fields(queue_id=str, size=int)}) and
+    checked on both sides, so a wrong call fails where it is made and a wrong
+    box is refused by the child. One AMP value instead of one per argument:
+    Twisted's AMP spends most of a command's cost per key (about 10 us each on
+    the reactor, see bench/README.md), and a message takes several commands.
+    """
+
+    def __init__(self, **types: type | tuple[type, ...]) -> None:
+        super().__init__()
+        self.types: dict[str, type | tuple[type, ...]] = {"lane": str, **types}
+
+    def check(self, fields: Any) -> dict[str, Any]:
+        """C{fields} if it has exactly the declared fields, each of its type; else L{FieldError}."""
+        if not isinstance(fields, dict) or fields.keys() != self.types.keys():
+            names = sorted(fields) if isinstance(fields, dict) else type(fields).__name__
+            raise FieldError(f"expected the fields {sorted(self.types)}, got {names}")
+        for name, expected in self.types.items():
+            value = fields[name]
+            # JSON has no int/float distinction for whole numbers, and bool is an int to Python.
+            if isinstance(value, bool) != (expected is bool) or not isinstance(value, expected):
+                raise FieldError(f"field {name!r}: expected {_type_names(expected)}, got {type(value).__name__}")
+        return fields
+
+    def toBox(self, name: bytes, strings: Any, objects: dict, proto: Any) -> None:
+        self.check(objects.get(name.decode("ascii")))
+        super().toBox(name, strings, objects, proto)
+
+    def fromBox(self, name: bytes, strings: Any, objects: dict, proto: Any) -> None:
+        super().fromBox(name, strings, objects, proto)
+        self.check(objects[name.decode("ascii")])
+
+
+def _type_names(expected: type | tuple[type, ...]) -> str:
+    kinds = expected if isinstance(expected, tuple) else (expected,)
+    return " or ".join("null" if kind is type(None) else kind.__name__ for kind in kinds)
+
+
+#: A number field: JSON brings back a whole float as an int.
+NUMBER = (int, float)
+#: An optional text field.
+OPTIONAL_TEXT = (str, type(None))
 
 
 class JobFailed(Exception):
@@ -116,11 +183,29 @@ def rebuild_error(failed: JobFailed) -> Exception:
 
 
 class JobCommand(amp.Command):
-    """What every job's command shares: the lane argument and the failure."""
+    """
+    What every job's command shares: its C{fields} (a L{Fields} of the lane
+    and the job's plain arguments), its byte-valued arguments, and its failure.
+    """
 
     errors: ClassVar[dict] = {JobFailed: b"JOB_FAILED"}
     #: The job this command runs.
     job: Callable[..., Any]
+
+    @classmethod
+    def fields(cls) -> Fields:
+        """The command's L{Fields} argument."""
+        fields = dict(cls.arguments)[b"fields"]
+        assert isinstance(fields, Fields)
+        return fields
+
+    @classmethod
+    def job_arguments(cls, parsed: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """The lane and the job's keyword arguments from the command's parsed arguments."""
+        fields = parsed.pop("fields")
+        lane = fields.pop("lane")
+        parsed.update(fields)
+        return lane, parsed
 
     @classmethod
     def result(cls, answer: dict[str, Any]) -> Any:
@@ -128,46 +213,42 @@ class JobCommand(amp.Command):
         return answer.get("result")
 
 
-LANE = (b"lane", amp.Unicode())
-
-
 class CommitMessage(JobCommand):
     job = staticmethod(queuejobs.commit_message)
-    arguments: ClassVar[list] = [LANE, (b"queue_id", amp.Unicode()), (b"chunks", ByteChunks()), (b"envelope", BigBytes()),
-                 (b"size", amp.Integer()), (b"started", amp.Boolean())]
+    arguments: ClassVar[list] = [(b"fields", Fields(queue_id=str, size=int, started=bool)),
+                                 (b"chunks", ByteChunks()), (b"envelope", BigBytes())]
     response: ClassVar[list] = []
 
 
 class RewriteEnvelope(JobCommand):
     job = staticmethod(queuejobs.rewrite_envelope)
-    arguments: ClassVar[list] = [LANE, (b"queue_id", amp.Unicode()), (b"envelope", BigBytes())]
+    arguments: ClassVar[list] = [(b"fields", Fields(queue_id=str)), (b"envelope", BigBytes())]
     response: ClassVar[list] = []
 
 
 class RemoveMessage(JobCommand):
     job = staticmethod(queuejobs.remove_message)
-    arguments: ClassVar[list] = [LANE, (b"queue_id", amp.Unicode()), (b"durable", amp.Boolean())]
+    arguments: ClassVar[list] = [(b"fields", Fields(queue_id=str, durable=bool))]
     response: ClassVar[list] = [(b"result", amp.ListOf(amp.Unicode()))]
 
 
 class PublishSpares(JobCommand):
     job = staticmethod(queuejobs.publish_spares)
-    arguments: ClassVar[list] = [LANE, (b"spares", amp.ListOf(amp.Unicode()))]
+    arguments: ClassVar[list] = [(b"fields", Fields(spares=list))]
     response: ClassVar[list] = []
 
 
 class MoveToCorrupt(JobCommand):
     job = staticmethod(queuejobs.move_to_corrupt)
-    arguments: ClassVar[list] = [LANE, (b"queue_id", amp.Unicode())]
+    arguments: ClassVar[list] = [(b"fields", Fields(queue_id=str))]
     response: ClassVar[list] = [(b"result", amp.ListOf(amp.Unicode()))]
 
 
 class LinkIntoMaildirs(JobCommand):
     job = staticmethod(maildirjobs.link_into_maildirs)
-    arguments: ClassVar[list] = [LANE, (b"queue_id", amp.Unicode()), (b"message_path", amp.Unicode()),
-                 (b"mailbox_directory", amp.Unicode()), (b"hostname", amp.Unicode()),
-                 (b"received", amp.Integer()), (b"size", amp.Integer()),
-                 (b"digest", amp.Unicode(optional=True)), (b"targets", BigJSON())]
+    arguments: ClassVar[list] = [(b"fields", Fields(
+        queue_id=str, message_path=str, mailbox_directory=str, hostname=str, received=int, size=int,
+        digest=OPTIONAL_TEXT, targets=list))]
     response: ClassVar[list] = [(b"result", BigJSON())]
 
     @classmethod
@@ -177,20 +258,20 @@ class LinkIntoMaildirs(JobCommand):
 
 class WriteFailedRecord(JobCommand):
     job = staticmethod(failedjobs.write_failed_record)
-    arguments: ClassVar[list] = [LANE, (b"queue_id", amp.Unicode()), (b"envelope", BigBytes()), (b"reason", amp.Unicode()),
-                 (b"now", amp.Float())]
+    arguments: ClassVar[list] = [(b"fields", Fields(queue_id=str, reason=str, now=NUMBER)),
+                                 (b"envelope", BigBytes())]
     response: ClassVar[list] = []
 
 
 class RequeueFailed(JobCommand):
     job = staticmethod(failedjobs.requeue_failed)
-    arguments: ClassVar[list] = [LANE, (b"queue_id", amp.Unicode()), (b"now", amp.Float())]
+    arguments: ClassVar[list] = [(b"fields", Fields(queue_id=str, now=NUMBER))]
     response: ClassVar[list] = [(b"result", BigBytes())]
 
 
 class ForgetFailed(JobCommand):
     job = staticmethod(failedjobs.forget_failed)
-    arguments: ClassVar[list] = [LANE, (b"queue_id", amp.Unicode())]
+    arguments: ClassVar[list] = [(b"fields", Fields(queue_id=str))]
     response: ClassVar[list] = []
 
 

@@ -199,10 +199,14 @@ class Dispatcher:
             self.answers.send([amp.AmpBox({amp.ERROR: ask, amp.ERROR_CODE: amp.UNHANDLED_ERROR_CODE,
                                            amp.ERROR_DESCRIPTION: b"Unhandled Command: " + repr(name).encode()})])
             return
-        arguments = command.parseArguments(box, None)
-        lane = self.lanes.get(arguments.pop("lane"))
+        try:
+            lane_name, arguments = command.job_arguments(command.parseArguments(box, None))
+        except (KeyError, ValueError, TypeError) as e:  # a missing key, bad JSON, a field of the wrong type
+            self.answers.send([error_box(ask, wire.describe_error(ValueError(f"malformed {name!r}: {e}")))])
+            return
+        lane = self.lanes.get(lane_name)
         if lane is None:
-            self.answers.send([error_box(ask, wire.describe_error(ValueError("no such lane")))])
+            self.answers.send([error_box(ask, wire.describe_error(ValueError(f"no lane {lane_name!r}")))])
             return
         lane.run(command, ask, arguments)
 
