@@ -1,7 +1,9 @@
 # -*- test-case-name: tests.test_deferreds -*-
 """
 The one bridge from coroutines to Deferreds for methods that Twisted calls
-and expects a Deferred from (C{IService.startService}, C{stopService}, ...).
+and expects a Deferred from (C{IService.startService}, C{stopService}, ...),
+and L{defer_to_pool_cancellable}: work in a thread pool that is skipped when
+nobody waits for it any more.
 
     class SpoolService(Service):
         @deferred_coroutine
@@ -22,6 +24,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar
 
 from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -37,4 +40,35 @@ def deferred_coroutine(function: Callable[P, Coroutine[Any, Any, T]]) -> Callabl
     return start
 
 
-__all__ = ["deferred_coroutine"]
+def defer_to_pool_cancellable(reactor: Any, pool: Any, function: Callable[..., T], *args: Any) -> Deferred[T]:
+    """
+    C{deferToThreadPool}, except that cancelling the Deferred before the pool
+    starts the call skips the call. (Twisted's fails the Deferred but still
+    runs the call: a bcrypt verification queued behind others would spend
+    its 50-250 ms of CPU for a client that has gone.) A call already running
+    finishes, and its result is dropped.
+    """
+    cancelled = False
+
+    def cancel(_: Deferred) -> None:
+        nonlocal cancelled
+        cancelled = True  # read by the pool's thread; a call just starting may still run, harmlessly
+
+    d: Deferred[T] = Deferred(cancel)
+
+    def call() -> T | None:
+        return None if cancelled else function(*args)
+
+    def deliver(ok: bool, result: Any) -> None:
+        if d.called:  # cancelled meanwhile: nobody waits for it
+            return
+        if ok:
+            d.callback(result)
+        else:
+            d.errback(result if isinstance(result, Failure) else Failure(result))
+
+    pool.callInThreadWithCallback(lambda ok, result: reactor.callFromThread(deliver, ok, result), call)
+    return d
+
+
+__all__ = ["defer_to_pool_cancellable", "deferred_coroutine"]

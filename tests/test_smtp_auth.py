@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import base64
+from typing import Any
 
-from twisted.internet.defer import fail
+from twisted.internet.defer import Deferred, fail
 from twisted.trial.unittest import TestCase
 
 from gomail.configschema import RateLimits
@@ -151,6 +152,19 @@ class AuthExchangeTests(AuthHarnessMixin, TestCase):
         client = self.secure_client(self.auth_harness())
         client.send(b"AUTH LOGIN\r\n")
         self.assertEqual(client.send(b"*\r\n"), b"501 5.0.0 Authentication cancelled\r\n")
+
+    def test_client_gone_cancels_the_check(self):
+        """A client that disconnects while its password waits for the CPU pool: the check is cancelled, nothing answered or audited."""
+        harness = self.auth_harness()
+        client = self.secure_client(harness)
+        cancelled: list[bool] = []
+        self.auth.verifier.verify = lambda password, hashed: Deferred(lambda _: cancelled.append(True))
+        audited: list[Any] = []
+        harness.server.audit_login = lambda *args: audited.append(args) or True
+        self.assertEqual(client.send(b"AUTH PLAIN " + plain("bob", "battery staple") + b"\r\n"), b"")
+        client.lose()
+        # (An error logged on the way, say an "internal error" reply attempt, would fail the test too.)
+        self.assertEqual((cancelled, client.take(), audited), ([True], b"", []))
 
     def test_bad_base64(self):
         """A response that is not base64 answers 501 5.5.2."""

@@ -12,8 +12,10 @@ import json
 
 from twisted.internet.address import IPv4Address, UNIXAddress
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from gomail.web.authapp import auth_http_site
@@ -125,6 +127,17 @@ class RequestTests(AuthAppTestCase):
         answer, _ = self.exchange(NGINX)
         self.assertEqual((answer.code, answer.header("Auth-Status")), (500, "Temporary authentication failure"))
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
+    def test_nginx_gone_cancels_the_answer(self) -> None:
+        """nginx closing its connection while the answer is pending cancels the answerer's work; nothing is written."""
+        cancelled: list[bool] = []
+        self.answerer.pending = Deferred(lambda _: cancelled.append(True))
+        protocol, transport = self.connect()
+        protocol.dataReceived(NGINX)
+        self.assertEqual(len(self.answerer.seen), 1)
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual((cancelled, transport.value()), ([True], b""))
 
 
 class RefusalTests(AuthAppTestCase):

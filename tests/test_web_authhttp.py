@@ -14,7 +14,7 @@ from types import SimpleNamespace
 from urllib.parse import quote
 
 import pyotp
-from twisted.internet.defer import fail, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.error import DNSLookupError
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
@@ -640,6 +640,18 @@ class AuditTests(AuthHTTPMixin, SynchronousTestCase):
         self.clock.advance(1)
         self.ask(secret=b"wrong")
         self.assertEqual(len(self.audit.buffer), limit + 1)
+
+    def test_cancelled_login_is_neither_answered_nor_audited(self) -> None:
+        """nginx gone while bcrypt waits (Klein cancels the request's work): the check stops, no entry, no error logged."""
+        cancelled: list[bool] = []
+        self.verifier.verify = lambda password, hashed: Deferred(lambda _: cancelled.append(True))
+        headers = {b"auth-method": [b"plain"], b"auth-user": [b"alice"], b"auth-pass": [b"s3cret"],
+                   b"auth-protocol": [b"imap"], b"auth-login-attempt": [b"1"], b"client-ip": [b"192.0.2.1"],
+                   b"x-auth-key": [SHARED]}
+        answer = Deferred.fromCoroutine(self.resource.answer(headers))
+        answer.cancel()
+        self.failureResultOf(answer, CancelledError)
+        self.assertEqual((cancelled, list(self.audit.buffer)), ([True], []))
 
     def test_user_made_printable(self) -> None:
         """A user name with control characters is stored with them replaced."""

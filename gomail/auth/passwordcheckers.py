@@ -21,7 +21,6 @@ from typing import Any
 
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.internet.defer import Deferred
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
@@ -35,6 +34,7 @@ from gomail.auth.passwords import (
     verify_password,
 )
 from gomail.auth.stats import AuthStats
+from gomail.deferreds import defer_to_pool_cancellable
 from gomail.state.interface import IStateStore
 
 
@@ -50,17 +50,21 @@ class PasswordVerifier(Interface):
 
 @implementer(PasswordVerifier)
 class ThreadPoolVerifier:
-    """bcrypt in a dedicated thread pool (bcrypt releases the GIL while it works)."""
+    """
+    bcrypt in a dedicated thread pool (bcrypt releases the GIL while it
+    works). A verification cancelled before its turn (its client went away:
+    nginx or the SMTP client disconnected) does not run.
+    """
 
     def __init__(self, reactor: Any, pool: Any) -> None:
         self.reactor = reactor
         self.pool = pool
 
     def verify(self, password: str, hashed: bytes) -> Deferred:
-        return deferToThreadPool(self.reactor, self.pool, verify_password, password, hashed)
+        return defer_to_pool_cancellable(self.reactor, self.pool, verify_password, password, hashed)
 
     def hash(self, password: str, rounds: int) -> Deferred:
-        return deferToThreadPool(self.reactor, self.pool, hash_password, password, rounds)
+        return defer_to_pool_cancellable(self.reactor, self.pool, hash_password, password, rounds)
 
 
 @implementer(ICredentialsChecker)

@@ -141,6 +141,7 @@ class GomailESMTP(SASLMixin, MailTransactionMixin, SMTPFraming):
         for timer in self._timers.values():
             if timer.active():
                 timer.cancel()
+        self.cancel_login()
         if self._message is not None:  # DATA under way (a committing message is no longer here)
             self._message.abort()
             self._message = None

@@ -15,7 +15,7 @@ import base64
 import binascii
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import deferLater
 from twisted.mail.smtp import COMMAND
 
@@ -102,9 +102,30 @@ class SASLMixin(SessionAPI):
             return self.reply(501, "5.5.2", "Cannot decode AUTH LOGIN response")
         return self._login(username, password)
 
+    #: The login being checked, cancelled if the client goes (see L{cancel_login}).
+    _login_in_flight: Deferred | None = None
+
     def _login(self, username: str, password: str) -> Deferred:
         attempt = LoginAttempt(username, password, self.client_host or None, "smtp")
-        return Deferred.fromCoroutine(self._finish_login(attempt))
+        d = Deferred.fromCoroutine(self._finish_login(attempt))
+        if not d.called:
+            self._login_in_flight = d
+            d.addErrback(lambda failure: failure.trap(CancelledError) and None)  # the client is gone
+            d.addBoth(self._login_ended)
+        return d
+
+    def _login_ended(self, result: Any) -> Any:
+        self._login_in_flight = None
+        return result
+
+    def cancel_login(self) -> None:
+        """
+        The client has gone: stop checking its login. A bcrypt verification
+        still waiting for the CPU pool is skipped (nobody would read the
+        answer), and the attempt is neither answered nor audited.
+        """
+        if self._login_in_flight is not None:
+            self._login_in_flight.cancel()
 
     async def _finish_login(self, attempt: LoginAttempt) -> None:
         # Logged and audited: the user name as given (made printable), never the password.

@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from twisted.cred.portal import Portal
+from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 
 from gomail.auth.authlog import CONTROL_CHARACTERS, AuthLog, AuthLogEntry, printable
@@ -79,11 +80,14 @@ class AuthHTTPAnswerer:
         """
         The status code and headers that answer a request with C{headers}.
         Never raises: whatever goes wrong answers the temporary failure (and
-        is logged), never C{Auth-Status: OK}.
+        is logged), never C{Auth-Status: OK}; only a cancelled answer (its
+        request's connection closed) ends without one.
         """
         started = self.timer()
         try:
             return await self._answer(headers, started)
+        except CancelledError:
+            raise  # nginx went away (Klein cancels the request's work): nobody to answer
         except Exception:  # noqa: BLE001 - never an OK, whatever broke: the temporary failure, logged
             self.log.failure("auth_http request failed")
             return 500, self._temporary(_safe_protocol(headers))
