@@ -30,6 +30,7 @@ from gomail.spool.jobs import queuejobs
 from gomail.spool.recent import RecentContent
 from gomail.spool.service import SpoolService
 from gomail.spool.store import SUBDIRECTORIES, Spool, SpoolError
+from tests.smtphelpers import ManualRun
 from tests.spooltesting import (
     Crash,
     ScriptedFileSystem,
@@ -546,8 +547,37 @@ class UpdateRemoveTests(SpoolTestCase):
         spool = self.spool()
         keep = self.committed(spool)
         gone = self.committed(spool)
-        self.successResultOf(Deferred.fromCoroutine(spool.remove(gone.id)))
+        self.successResultOf(spool.remove(gone.id))
         self.assertEqual(listing(spool, "queue"), [keep.id + ".eml", keep.id + ".json"])
+        self.assertEqual(spool.queued, 1)
+
+    def test_removals_asked_meanwhile_go_together(self) -> None:
+        """
+        While one removal job is in the writer, the removals asked for go
+        together in the next job; each caller hears once its own is done,
+        and a failed job fails each of its removals.
+        """
+        spool = self.spool()
+        first, second, third, fourth = (self.committed(spool) for _ in range(4))
+        writer = ManualRun()
+        writer.files = spool.files
+        jobs: list[list[str]] = []
+        run = writer.run
+        writer.run = lambda job, **arguments: (jobs.append(arguments["queue_ids"]), run(job, **arguments))[1]
+        spool.removal_writer = writer
+        done = [spool.remove(envelope.id) for envelope in (first, second, third)]
+        self.assertEqual(jobs, [[first.id]])  # the first alone; the others wait for it
+        writer.release()
+        self.assertEqual(jobs, [[first.id], [second.id, third.id]])
+        self.assertEqual([self.successResultOf(d) for d in done], [None, None, None])
+        self.assertEqual(listing(spool, "queue"), [fourth.id + ".eml", fourth.id + ".json"])
+        self.assertEqual(spool.queued, 1)
+
+        spool.fs = ScriptedFileSystem(self.directory, fail_at=0, error=Crash())
+        failing = [spool.remove(fourth.id), spool.remove("00000000000000000dead")]
+        writer.release()
+        for d in failing:
+            self.failureResultOf(d, Crash)
         self.assertEqual(spool.queued, 1)
 
     def test_remove_deletes_the_envelope_first(self) -> None:
@@ -559,7 +589,7 @@ class UpdateRemoveTests(SpoolTestCase):
         spool = self.spool()
         envelope = self.committed(spool)
         spool.fs = ScriptedFileSystem(self.directory, fail_at=1, error=Crash())
-        self.failureResultOf(Deferred.fromCoroutine(spool.remove(envelope.id)), Crash)
+        self.failureResultOf(spool.remove(envelope.id), Crash)
         self.assertEqual(listing(spool, "queue"), [envelope.id + ".eml"])
         spool, report = self.recovered()
         self.assertEqual((report.envelopes, report.corrupt), ([], [envelope.id + ".eml"]))
@@ -599,7 +629,7 @@ class RecentContentTests(SpoolTestCase):
         spool = self.spool(recent_content_bytes=1024 * 1024)
         envelope, d = start_commit(spool, SMALL)
         self.successResultOf(d)
-        self.successResultOf(Deferred.fromCoroutine(spool.remove(envelope.id)))
+        self.successResultOf(spool.remove(envelope.id))
         self.assertEqual((len(spool.recent), spool.recent.size), (0, 0))
 
     def test_budget(self) -> None:
@@ -734,7 +764,7 @@ class SpareFilesTests(SpoolTestCase):
         return envelope
 
     def remove(self, spool: Spool, envelope: Envelope) -> None:
-        self.successResultOf(Deferred.fromCoroutine(spool.remove(envelope.id)))
+        self.successResultOf(spool.remove(envelope.id))
 
     def inode(self, spool: Spool, *parts: str) -> int:
         return os.stat(spool.path(*parts)).st_ino
@@ -789,7 +819,7 @@ class SpareFilesTests(SpoolTestCase):
         spool = self.spool(fs, spare_files=4)
         envelope = self.commit(spool, MEDIUM)
         start = len(fs.steps)
-        self.successResultOf(Deferred.fromCoroutine(spool.remove(envelope.id, durable=False)))
+        self.successResultOf(spool.remove(envelope.id, durable=False))
         steps = fs.steps[start:]
         self.assertEqual(steps[-1], "fsync_directory queue", steps)
         self.assertEqual(len(spool.spares), 2)
@@ -808,7 +838,7 @@ class SpareFilesTests(SpoolTestCase):
         spool = self.spool(fs, spare_files=4)
         envelope = self.commit(spool)
         fs.fail_at, fs.error = len(fs.steps) + 4, OSError(errno.EIO, "Input/output error")  # the fsync of queue/
-        self.failureResultOf(Deferred.fromCoroutine(spool.remove(envelope.id)), OSError)
+        self.failureResultOf(spool.remove(envelope.id), OSError)
         self.assertEqual(fs.steps[-1], "fsync_directory queue")
         self.assertEqual(len(spool.spares), 0)
 

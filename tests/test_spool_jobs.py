@@ -74,7 +74,7 @@ class CrashEveryStepTests(SynchronousTestCase):
                                       queue_id=QUEUE_ID, envelope=new.to_json())
         self.assertGreater(steps, 5)
 
-    def test_remove_message(self) -> None:
+    def test_remove_messages(self) -> None:
         """An envelope never outlives its content: the envelope goes first."""
         envelope = new_envelope(QUEUE_ID, "bob@example.com", content=CONTENT)
 
@@ -82,8 +82,8 @@ class CrashEveryStepTests(SynchronousTestCase):
             left = sorted(os.listdir(os.path.join(directory, "queue")))
             both = [QUEUE_ID + ".eml", QUEUE_ID + ".json"]
             self.assertIn(left, ([],) if finished else ([], [QUEUE_ID + ".eml"], both))
-        self.crash_everywhere(lambda d: self.queue_message(d, envelope), queuejobs.remove_message, check,
-                              queue_id=QUEUE_ID)
+        self.crash_everywhere(lambda d: self.queue_message(d, envelope), queuejobs.remove_messages, check,
+                              queue_ids=[QUEUE_ID])
 
     def test_failed_record_then_forget(self) -> None:
         """failed/<id>.json is absent or a whole record with the content; forgetting it removes it."""
@@ -138,7 +138,7 @@ class CrashEveryStepTests(SynchronousTestCase):
 
 
 class SparesTests(SynchronousTestCase):
-    """remove_message makes spares of small files; publish_spares offers them to the next commit."""
+    """remove_messages makes spares of small files; publish_spares offers them to the next commit."""
 
     def test_removed_files_reused(self) -> None:
         """The next commit overwrites a removed message's file instead of creating one."""
@@ -154,7 +154,7 @@ class SparesTests(SynchronousTestCase):
         envelope = new_envelope(QUEUE_ID, content=CONTENT).to_json()
         run(queuejobs.commit_message, queue_id=QUEUE_ID, chunks=[CONTENT], envelope=envelope)
         inode = os.stat(os.path.join(directory, "queue", QUEUE_ID + ".eml")).st_ino
-        spares = run(queuejobs.remove_message, queue_id=QUEUE_ID)
+        spares = run(queuejobs.remove_messages, queue_ids=[QUEUE_ID])
         self.assertEqual(len(spares), 2)
         self.assertEqual(len(files.spares), 0)  # not before their removal is durable
         run(queuejobs.publish_spares, spares=spares)

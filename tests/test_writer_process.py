@@ -447,21 +447,21 @@ class ChildPartsTests(SynchronousTestCase):
 
     def test_job_box_reaches_its_lane(self) -> None:
         """A well-formed job command reaches its lane with the job's keyword arguments (fields flattened)."""
-        box = wire.RemoveMessage.makeArguments({"fields": {"lane": "commit", "queue_id": "0123", "durable": False}}, None)
-        box.update({amp.COMMAND: wire.RemoveMessage.commandName, amp.ASK: b"7"})
+        box = wire.RemoveMessages.makeArguments({"fields": {"lane": "commit", "queue_ids": ["0123"], "durable": False}}, None)
+        box.update({amp.COMMAND: wire.RemoveMessages.commandName, amp.ASK: b"7"})
         self.assertEqual(self.dispatch(box), [])
-        self.assertEqual(self.given, [(wire.RemoveMessage, b"7", {"queue_id": "0123", "durable": False})])
+        self.assertEqual(self.given, [(wire.RemoveMessages, b"7", {"queue_ids": ["0123"], "durable": False})])
 
     def test_malformed_job_box_is_refused(self) -> None:
         """A job box with a field of the wrong type, no fields or an unknown lane gets a JOB_FAILED answer; no job runs."""
         boxes = [
-            {b"fields": b'{"lane":"commit","queue_id":"0123","durable":"yes"}'},
+            {b"fields": b'{"lane":"commit","queue_ids":["0123"],"durable":"yes"}'},
             {b"fields": b"not json"},
             {},
-            {b"fields": b'{"lane":"nowhere","queue_id":"0123","durable":true}'},
+            {b"fields": b'{"lane":"nowhere","queue_ids":["0123"],"durable":true}'},
         ]
         for strings in boxes:
-            box = amp.AmpBox({amp.COMMAND: wire.RemoveMessage.commandName, amp.ASK: b"9", **strings})
+            box = amp.AmpBox({amp.COMMAND: wire.RemoveMessages.commandName, amp.ASK: b"9", **strings})
             [answer] = self.dispatch(box)
             self.assertEqual((answer[amp.ERROR], answer[amp.ERROR_CODE]), (b"9", b"JOB_FAILED"), strings)
             self.assertEqual(type(wire.rebuild_error(wire.JobFailed(answer[amp.ERROR_DESCRIPTION].decode()))),

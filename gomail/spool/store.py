@@ -28,6 +28,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from gomail.interfaces import ISpoolWriter
 from gomail.spool.envelope import Envelope, EnvelopeError, new_queue_id
@@ -81,6 +82,8 @@ class Spool:
         #: from delaying the commits that SMTP clients wait on.
         self.removal_writer: ISpoolWriter | None = None
         self._unpublished: list[str] = []  # spares waiting for the publish job in flight
+        self._removals: list[tuple[str, bool, Deferred]] = []  # removals waiting for the one in flight
+        self._removing = False
         self._publishing = False
         #: Content of just-committed messages for their delivery (see L{gomail.spool.recent}).
         self.recent = RecentContent(recent_content_bytes)
@@ -304,19 +307,48 @@ class Spool:
         """Replace a queued message's envelope atomically and durably."""
         await self.writer.run(queuejobs.rewrite_envelope, queue_id=envelope.id, envelope=envelope.to_json())
 
-    async def remove(self, queue_id: str, durable: bool = True) -> None:
+    def remove(self, queue_id: str, durable: bool = True) -> Deferred:
         """
-        Delete a delivered message from the queue. With C{durable}, only once the
-        removal is on disk; without, a crash may bring the message back, which
-        suits deliveries that recognise a repeat (the Maildir one does) and
-        keeps a directory fsync off the intake path.
+        Delete a delivered message from the queue; fires once the removal is
+        done (with C{durable}, on disk; without, a crash may bring the
+        message back, which suits deliveries that recognise a repeat, as the
+        Maildir one does, and keeps a directory fsync off the intake path).
+
+        Removals are one job at a time: those asked for while one is in the
+        writer go together in the next (a relay batch ends twenty messages in
+        one reactor turn; one job each cost the writer process twenty round
+        trips). A failed job fails each of its removals, and the queue keeps
+        those messages and retries (L{gomail.delivery.queue}).
         """
         self.recent.forget(queue_id)
+        done: Deferred = Deferred()
+        self._removals.append((queue_id, durable, done))
+        if not self._removing:
+            self._remove_waiting()
+        return done
+
+    def _remove_waiting(self) -> None:
+        """Send every removal waiting as one job; the next waiting ones go when it is answered."""
+        batch, self._removals = self._removals, []
+        self._removing = True
         writer = self.removal_writer or self.writer
-        spares = await writer.run(queuejobs.remove_message, queue_id=queue_id, durable=durable)
-        if spares:
-            self._publish_spares(writer, spares)
-        self.queued = max(0, self.queued - 1)
+        d = writer.run(queuejobs.remove_messages, queue_ids=[queue_id for queue_id, _, _ in batch],
+                       durable=any(durable for _, durable, _ in batch))
+
+        def answered(result: Any) -> None:
+            self._removing = False
+            if isinstance(result, Failure):
+                for _, _, done in batch:
+                    done.errback(result)
+            else:
+                if result:
+                    self._publish_spares(writer, result)
+                self.queued = max(0, self.queued - len(batch))
+                for _, _, done in batch:
+                    done.callback(None)
+            if self._removals and not self._removing:
+                self._remove_waiting()
+        d.addBoth(answered)
 
     def _publish_spares(self, writer: ISpoolWriter, spares: list[str]) -> None:
         """

@@ -226,9 +226,9 @@ class RewriteEnvelope(JobCommand):
     response: ClassVar[list] = []
 
 
-class RemoveMessage(JobCommand):
-    job = staticmethod(queuejobs.remove_message)
-    arguments: ClassVar[list] = [(b"fields", Fields(queue_id=str, durable=bool))]
+class RemoveMessages(JobCommand):
+    job = staticmethod(queuejobs.remove_messages)
+    arguments: ClassVar[list] = [(b"fields", Fields(queue_ids=list, durable=bool))]
     response: ClassVar[list] = [(b"result", amp.ListOf(amp.Unicode()))]
 
 
@@ -284,6 +284,6 @@ class Ready(amp.Command):
 
 #: The command of every job, by the job function.
 JOB_COMMANDS: dict[Callable[..., Any], type[JobCommand]] = {
-    command.job: command for command in (CommitMessage, RewriteEnvelope, RemoveMessage, PublishSpares,
+    command.job: command for command in (CommitMessage, RewriteEnvelope, RemoveMessages, PublishSpares,
                                          MoveToCorrupt, LinkIntoMaildirs, WriteFailedRecord, RequeueFailed,
                                          ForgetFailed)}

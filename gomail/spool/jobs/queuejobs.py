@@ -67,22 +67,26 @@ def rewrite_envelope(files: SpoolFiles, queue_id: str, envelope: bytes) -> Gener
         raise
 
 
-def remove_message(files: SpoolFiles, queue_id: str, durable: bool = True) -> tuple[list[str], list[str]]:
+def remove_messages(files: SpoolFiles, queue_ids: list[str], durable: bool = True) -> tuple[list[str], list[str]]:
     """
-    Remove a message's two files from C{queue/} (the envelope first: without
-    it the content is an uncommitted leftover). Small files become spares
-    (L{gomail.spool.spares}); returns their names, to be published with
+    Remove each message's two files from C{queue/} (the envelope first:
+    without it the content is an uncommitted leftover). Small files become
+    spares (L{gomail.spool.spares}); returns their names, to be published with
     L{publish_spares} once this job's batch is durable. Without C{durable}
-    (and no spare made) C{queue/} is not fsynced for it.
+    (and no spare made) C{queue/} is not fsynced for them.
     """
-    made = [files.spares.retire(files.fs, files.path("queue", queue_id + ext)) for ext in (".json", ".eml")]
-    spares = [spare for spare in made if spare is not None]
+    spares = []
+    for queue_id in queue_ids:
+        for ext in (".json", ".eml"):
+            spare = files.spares.retire(files.fs, files.path("queue", queue_id + ext))
+            if spare is not None:
+                spares.append(spare)
     # A spare is reused only after its removal is on disk, so making one makes the removal durable.
     return spares, [files.path("queue")] if durable or spares else []
 
 
 def publish_spares(files: SpoolFiles, spares: list[str]) -> tuple[None, list[str]]:
-    """Offer C{spares} (made by L{remove_message}, whose removal is on disk) to the next commits."""
+    """Offer C{spares} (made by L{remove_messages}, whose removal is on disk) to the next commits."""
     files.spares.publish(spares)
     return None, []
 
