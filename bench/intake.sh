@@ -1,23 +1,29 @@
 #!/usr/bin/env bash
-# Intake and end-to-end relay benchmarks: gomail vs a private Postfix relay,
-# same machine, same run.
+# Intake and end-to-end benchmarks: gomail vs a private Postfix, same machine,
+# same run, both doing the same work.
 #
-#   bench/intake.sh                  # intake: 3 rounds x 10,000 messages (the defined benchmark)
+#   bench/intake.sh                  # intake: both relay every message to an smtp-sink of their
+#                                    # own; the rate at which they accept (3 rounds x 10,000)
 #   bench/intake.sh -r 1 -m 2000     # quick check
 #   bench/intake.sh -e               # end-to-end relay: both relay into smtp-sink, timed until
-#                                    # the sink has every message (gomail workerCount 20; -w N)
+#                                    # the sink has every message
+#   bench/intake.sh -L               # local: both deliver into Maildirs on this machine
+#                                    # (Postfix's virtual delivery agent), intake rate
+#   bench/intake.sh -l 102400 -m 2000  # another message size (bench/ladder.sh runs them all)
 #
 # Each round runs gomail, then Postfix, each freshly started on free 127.0.0.1
-# ports, loaded with `smtp-source -s 20 -m N -l 5120` (a new connection per
-# message unless -d). See bench/README.md for what is measured.
+# ports (every listener gomail opens), loaded with `smtp-source -s 20 -m N -l SIZE`
+# (a new connection per message unless -d). See bench/README.md for what is measured.
 set -euo pipefail
 
 usage() {
     cat <<EOF
-usage: $0 [-e] [-w WORKERS] [-r ROUNDS] [-m MESSAGES] [-s SESSIONS] [-l BYTES] [-d] [-t DRAIN_TIMEOUT] [-k]
-  -e                end-to-end relay mode: gomail relays to smtp-sink like Postfix,
-                    timed until the sink has every accepted message (env E2E=1)
-  -w WORKERS        gomail's workerCount    (env WORKERS, default 20 with -e, else 5)
+usage: $0 [-e | -L] [-w WORKERS] [-r ROUNDS] [-m MESSAGES] [-s SESSIONS] [-l BYTES] [-d] [-t DRAIN_TIMEOUT] [-k]
+  -e                end-to-end relay mode: timed until the sink has every accepted
+                    message (env E2E=1); without -e or -L both relay to a sink too,
+                    and the intake rate is measured
+  -L                local mode: both deliver into local Maildirs (env LOCAL=1)
+  -w WORKERS        gomail's workerCount    (env WORKERS, default 20; 5 with -L)
   -r ROUNDS         rounds; each runs gomail then Postfix      (env ROUNDS, default 3)
   -m MESSAGES       messages per run                           (env MESSAGES, default 10000)
   -s SESSIONS       parallel smtp-source sessions              (env SESSIONS, default 20)
@@ -37,11 +43,13 @@ REUSE=${REUSE:-0}
 DRAIN_TIMEOUT=${DRAIN_TIMEOUT:-600}
 KEEP_TMP=${KEEP_TMP:-0}
 E2E=${E2E:-0}
+LOCAL=${LOCAL:-0}
 WORKERS=${WORKERS:-}
 NO_SETTLE=${NO_SETTLE:-0}
-while getopts "ew:r:m:s:l:dt:knh" opt; do
+while getopts "eLw:r:m:s:l:dt:knh" opt; do
     case $opt in
     e) E2E=1 ;;
+    L) LOCAL=1 ;;
     w) WORKERS=$OPTARG ;;
     r) ROUNDS=$OPTARG ;;
     m) MESSAGES=$OPTARG ;;
@@ -55,8 +63,11 @@ while getopts "ew:r:m:s:l:dt:knh" opt; do
     *) usage >&2; exit 2 ;;
     esac
 done
-[[ $E2E == 1 ]] && MODE=e2e || MODE=intake
-[[ -n $WORKERS ]] || { [[ $MODE == e2e ]] && WORKERS=20 || WORKERS=5; }
+[[ $E2E == 1 && $LOCAL == 1 ]] && { echo "-e and -L exclude each other" >&2; exit 2; }
+MODE=intake
+[[ $E2E == 1 ]] && MODE=e2e
+[[ $LOCAL == 1 ]] && MODE=local
+[[ -n $WORKERS ]] || { [[ $MODE == local ]] && WORKERS=5 || WORKERS=20; }
 for v in ROUNDS MESSAGES SESSIONS SIZE DRAIN_TIMEOUT WORKERS; do
     [[ ${!v} =~ ^[0-9]+$ && ${!v} -gt 0 ]] || { echo "$v must be a positive integer, got '${!v}'" >&2; exit 2; }
 done
@@ -201,10 +212,12 @@ measure() {  # measure DIR PORT SERVER_PID [DRAIN ARGS...]: the load into 127.0.
 
 # -- gomail -------------------------------------------------------------------------
 run_gomail() {  # run_gomail ROUND SEQ
-    local round=$1 seq=$2 dir=$WORK/gomail-$1 port relay="" delivery="" sink_args=()
+    local round=$1 seq=$2 dir=$WORK/gomail-$1 port authport relay="" delivery="" sink_args=()
     mkdir -p "$dir"
     port=$($HELPER freeport)
-    if [[ $MODE == e2e ]]; then
+    authport=$($HELPER freeport)
+    [[ $authport != "$port" ]] || authport=$($HELPER freeport)
+    if [[ $MODE != local ]]; then
         # gomail relays everything to its own smtp-sink (no STARTTLS offered, no
         # credentials configured: plaintext), counted like the Postfix side.
         start_sink "$dir" "$port"
@@ -237,6 +250,10 @@ maxConnectionsPerIP = 100
 [spool]
 minFreeSpaceMB = 0
 
+# Not used here, but listening: on a free port, so a busy 8090 cannot stop the run.
+[nginxAuth]
+listen = ["tcp:$authport:interface=127.0.0.1"]
+
 $delivery
 EOF
     $HELPER srcstate "$REPO" gomail twisted >"$dir/source.json"   # what this server imports
@@ -250,7 +267,7 @@ EOF
     $HELPER wait-log "$dir/gomail.log" "gomail ready" --pid "$GOMAIL_PID" --timeout 60 ||
         { tail -20 "$dir/gomail.log" >&2; die "gomail did not start"; }
     local to=""
-    [[ $MODE == e2e ]] && to=" relaying to smtp-sink on 127.0.0.1:$SINK_PORT (workerCount $WORKERS)"
+    [[ $MODE != local ]] && to=" relaying to smtp-sink on 127.0.0.1:$SINK_PORT (workerCount $WORKERS)"
     log "gomail round $round: pid $GOMAIL_PID on 127.0.0.1:$port$to, sending $MESSAGES messages"
 
     measure "$dir" "$port" "$GOMAIL_PID" --kind gomail --round "$round" --out "$WORK/runs/run-$seq.json" \
@@ -271,13 +288,30 @@ EOF
 
 # -- Postfix --------------------------------------------------------------------------
 run_postfix() {  # run_postfix ROUND SEQ
-    local round=$1 seq=$2 dir=$WORK/postfix-$1 port sinkport
+    local round=$1 seq=$2 dir=$WORK/postfix-$1 port sinkport local_delivery="" delivered_args=() where
     mkdir -p "$dir/conf" "$dir/queue" "$dir/data"
     chmod 755 "$dir" "$dir/queue"
     chown postfix "$dir/data"
     port=$($HELPER freeport)
     start_sink "$dir" "$port"
     sinkport=$SINK_PORT
+    if [[ $MODE == local ]]; then
+        # The virtual delivery agent writes each message into a Maildir (as gomail's
+        # local delivery does), as the unprivileged user nobody.
+        mkdir -p "$dir/mail"
+        chown nobody "$dir/mail"
+        local_delivery="virtual_mailbox_domains = ${RCPT#*@}
+virtual_mailbox_base = $dir/mail
+virtual_mailbox_maps = static:${RCPT%@*}/
+virtual_uid_maps = static:$(id -u nobody)
+virtual_gid_maps = static:$(id -g nobody)
+virtual_minimum_uid = 100"
+        delivered_args=(--maildir "$dir/mail/${RCPT%@*}/new")
+        where="delivering into a Maildir under $dir/mail"
+    else
+        delivered_args=(--sink-out "$dir/sink.out")
+        where="relaying to smtp-sink on 127.0.0.1:$sinkport"
+    fi
 
     cat >"$dir/conf/main.cf" <<EOF
 # private benchmark instance written by bench/intake.sh; /etc/postfix is not used
@@ -297,6 +331,11 @@ alias_maps =
 alias_database =
 maillog_file = $dir/maillog
 maillog_file_prefixes = $dir
+# Room for the largest size of the ladder (10 MB of payload plus headers).
+message_size_limit = 104857600
+mailbox_size_limit = 0
+virtual_mailbox_limit = 0
+$local_delivery
 EOF
     # Debian's default services, every one with chroot off, smtpd on 127.0.0.1:port.
     cat >"$dir/conf/master.cf" <<EOF
@@ -332,10 +371,10 @@ EOF
     postfix -c "$dir/conf" start >"$dir/start.out" 2>&1 ||
         { cat "$dir/start.out" "$dir/maillog" >&2; die "postfix did not start"; }
     $HELPER wait-port "$port" --timeout 30 || { cat "$dir/maillog" >&2; die "postfix is not listening"; }
-    log "postfix round $round: 127.0.0.1:$port relaying to smtp-sink on 127.0.0.1:$sinkport, sending $MESSAGES messages"
+    log "postfix round $round: 127.0.0.1:$port $where, sending $MESSAGES messages"
 
     measure "$dir" "$port" "" --kind postfix --round "$round" --out "$WORK/runs/run-$seq.json" \
-        --log "$dir/maillog" --sink-out "$dir/sink.out" --expected-sessions "$EXPECTED_SESSIONS"
+        --log "$dir/maillog" "${delivered_args[@]}" --expected-sessions "$EXPECTED_SESSIONS"
 
     stop_postfix
     stop_pid "$SINK_PID" 5
@@ -349,11 +388,11 @@ EOF
 LOADAVG_START=$(cut -d' ' -f1-3 /proc/loadavg)
 GOMAIL_ENV=$(env | grep -E '^GOMAIL_' | grep -viE 'PASSWORD' | sort | tr '\n' ' ' | sed 's/ $//' || true)
 [[ -z $GOMAIL_ENV ]] || log "gomail configuration overridden from the environment: $GOMAIL_ENV"
-if [[ $MODE == e2e ]]; then
-    log "end-to-end relay benchmark: $ROUNDS round(s) x $MESSAGES messages of $SIZE bytes, $SESSIONS sessions, $CONNECTION_MODE, gomail workerCount $WORKERS"
-else
-    log "intake benchmark: $ROUNDS round(s) x $MESSAGES messages of $SIZE bytes, $SESSIONS sessions, $CONNECTION_MODE"
-fi
+case $MODE in
+e2e) log "end-to-end relay benchmark: $ROUNDS round(s) x $MESSAGES messages of $SIZE bytes, $SESSIONS sessions, $CONNECTION_MODE, gomail workerCount $WORKERS" ;;
+local) log "intake benchmark, local Maildir delivery on both sides: $ROUNDS round(s) x $MESSAGES messages of $SIZE bytes, $SESSIONS sessions, $CONNECTION_MODE" ;;
+*) log "intake benchmark, both relaying to smtp-sink: $ROUNDS round(s) x $MESSAGES messages of $SIZE bytes, $SESSIONS sessions, $CONNECTION_MODE, gomail workerCount $WORKERS" ;;
+esac
 log "work dir $WORK, load average $LOADAVG_START"
 seq=0
 for ((round = 1; round <= ROUNDS; round++)); do
@@ -361,10 +400,12 @@ for ((round = 1; round <= ROUNDS; round++)); do
     seq=$((seq + 1)); run_postfix "$round" "$seq"
 done
 
-if [[ $MODE == e2e ]]; then
-    GOMAIL_CONFIG="forwardSMTP=true to smtp-sink (plaintext, no credentials), workerCount=$WORKERS, delivery.tlsVerify=false, delivery.retryInitialDelay=5, queueSize=1000000, maxConnectionsPerIP=100, minFreeSpaceMB=0, other keys default (logAllEmails=true, ioThreads=8, batchSize=20, connectionIdleTimeout=10)"
+if [[ $MODE != local ]]; then
+    GOMAIL_CONFIG="forwardSMTP=true to smtp-sink (plaintext, no credentials), workerCount=$WORKERS, delivery.tlsVerify=false, delivery.retryInitialDelay=5, queueSize=1000000, maxConnectionsPerIP=100, minFreeSpaceMB=0, nginxAuth.listen on a free port, other keys default (logAllEmails=true, ioThreads=8, batchSize=20, connectionIdleTimeout=10)"
+    POSTFIX_CONFIG="relayhost=smtp-sink, default durable queue, chroot off, maillog_file, message_size_limit=100 MB"
 else
-    GOMAIL_CONFIG="workerCount=$WORKERS, queueSize=1000000, maxConnectionsPerIP=100, minFreeSpaceMB=0, other keys default (logAllEmails=true, ioThreads=8)"
+    GOMAIL_CONFIG="local Maildir delivery, workerCount=$WORKERS, queueSize=1000000, maxConnectionsPerIP=100, minFreeSpaceMB=0, nginxAuth.listen on a free port, other keys default (logAllEmails=true, ioThreads=8)"
+    POSTFIX_CONFIG="virtual(8) Maildir delivery as nobody, default durable queue, chroot off, maillog_file, message_size_limit=100 MB"
 fi
 PARAMS=$(
     cat <<EOF
@@ -377,7 +418,7 @@ PARAMS=$(
  "postfix_version": "$(postconf -dh mail_version 2>/dev/null || echo unknown)",
  "gomail_config": "$GOMAIL_CONFIG",
  "gomail_env_overrides": "$GOMAIL_ENV",
- "postfix_config": "relayhost=smtp-sink, default durable queue, chroot off, maillog_file",
+ "postfix_config": "$POSTFIX_CONFIG",
  "logs": "$LOGS"}
 EOF
 )

@@ -530,6 +530,7 @@ def cmd_summarize(args: argparse.Namespace) -> int:
             runs.append(json.load(f))
     params = json.loads(args.params)
     e2e = params.get("mode") == "e2e"
+    local = params.get("mode") == "local"
     sides: dict[str, dict] = {}
     for side in ("gomail", "postfix"):
         rs = [r for r in runs if r["side"] == side]
@@ -570,6 +571,10 @@ def cmd_summarize(args: argparse.Namespace) -> int:
             entry["cpu_ms_per_msg_total"] = spread(
                 [1000 * r["drain"]["server_cpu_total_s"] / r["drain"]["delivered"]
                  for r in rs if r["drain"]["delivered"] and "server_cpu_total_s" in r["drain"]])
+            # Per byte of message payload (smtp-source -l): how the cost grows with the size.
+            entry["cpu_ns_per_byte_total"] = spread(
+                [1e9 * r["drain"]["server_cpu_total_s"] / (r["drain"]["delivered"] * params["size"])
+                 for r in rs if r["drain"]["delivered"] and "server_cpu_total_s" in r["drain"]])
             entry["cpu_user_ms_per_msg_intake"] = spread(
                 [1000 * r["load"]["server_utime_intake_s"] / r["drain"]["accepted"]
                  for r in rs if r["drain"]["accepted"] and "server_utime_intake_s" in r["load"]])
@@ -605,8 +610,9 @@ def cmd_summarize(args: argparse.Namespace) -> int:
               f"({params['connection_mode']}) -> server -> smtp-sink, {params['rounds']} round(s), "
               f"alternating gomail/postfix; gomail workerCount={params.get('workers')}")
     else:
+        work = "both delivering into local Maildirs" if local else "both relaying to smtp-sink"
         print(f"Intake: smtp-source -s {params['sessions']} -m {params['messages']} -l {params['size']} "
-              f"({params['connection_mode']}), {params['rounds']} round(s), alternating gomail/postfix")
+              f"({params['connection_mode']}), {work}, {params['rounds']} round(s), alternating gomail/postfix")
     print(f"machine: {params['cpus']} CPUs, load average at start {params['loadavg_start']}")
     if params.get("gomail_env_overrides"):
         print(f"gomail configuration overridden from the environment: {params['gomail_env_overrides']}")
@@ -629,7 +635,7 @@ def cmd_summarize(args: argparse.Namespace) -> int:
         ("per-run intake msg/s" if e2e else "per-run msg/s", values(gs, "msgs_per_s"), values(ps, "msgs_per_s")),
         ("accepted per run", ", ".join(map(str, gs["accepted"])), ", ".join(map(str, ps["accepted"]))),
         ("delivered per run", ", ".join(map(str, gs["delivered"])), ", ".join(map(str, ps["delivered"]))),
-        ("", "(smtp-sink count)" if e2e else "(maildir files)", "(smtp-sink count)"),
+        ("", "(maildir files)" if local else "(smtp-sink count)", "(maildir files)" if local else "(smtp-sink count)"),
     ]
     if e2e:
         rows += [
@@ -646,6 +652,7 @@ def cmd_summarize(args: argparse.Namespace) -> int:
          + fmt_spread(gs["cpu_sys_ms_per_msg_intake"], 2), ""),
         ("server context switches/msg, window", fmt_spread(gs["context_switches_per_msg_intake"]), "n/a"),
         ("server CPU ms/msg, incl. delivery", fmt_spread(gs["cpu_ms_per_msg_total"], 2), "n/a"),
+        ("server CPU ns/payload byte, incl. delivery", fmt_spread(gs["cpu_ns_per_byte_total"], 1), "n/a"),
         ("server CPU busy % in window", fmt_spread(gs["cpu_busy_pct_intake"]), "n/a"),
         ("machine CPU busy % in window", fmt_spread(gs["machine_busy_pct"]), fmt_spread(ps["machine_busy_pct"])),
         ("  of which steal (hypervisor) %", fmt_spread(gs["machine_steal_pct"]), fmt_spread(ps["machine_steal_pct"])),

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 import secrets
-from dataclasses import dataclass, field
+import sys
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
@@ -24,7 +25,7 @@ def new_queue_id(now: float) -> str:
     return f"{int(now * 1_000_000):013x}{secrets.token_hex(4)}"
 
 
-@dataclass
+@dataclass(slots=True)
 class Recipient:
     """One recipient of a message and where its delivery stands."""
 
@@ -32,10 +33,18 @@ class Recipient:
     status: str = PENDING
     reply: str | None = None
 
+    def __post_init__(self) -> None:
+        self.address = _shared(self.address)
+        self.status = _shared(self.status)
 
-@dataclass
+
+@dataclass(slots=True)
 class Envelope:
-    """Everything about a queued message except its content."""
+    """
+    Everything about a queued message except its content. (Slots, not a
+    C{__dict__}: the delivery queue holds one per queued message, and a
+    hundred thousand of them must fit in well under 100 MB.)
+    """
 
     id: str
     sender: str
@@ -61,6 +70,12 @@ class Envelope:
     #: one (and every attempt after a restart) checks size and digest.
     fresh: bool = field(default=False, compare=False, repr=False)
 
+    def __post_init__(self) -> None:
+        # A queue holds many envelopes from the same clients and senders: one copy of each such string.
+        self.sender = _shared(self.sender)
+        self.client_address = _shared(self.client_address)
+        self.client_helo = _shared(self.client_helo)
+
     def pending(self) -> list[Recipient]:
         """The recipients still to be delivered."""
         return [r for r in self.recipients if r.status == PENDING]
@@ -68,9 +83,9 @@ class Envelope:
     def to_json(self) -> bytes:
         """Serialise for the spool (UTF-8 JSON, one object)."""
         # Built by hand: dataclasses.asdict deep-copies, and this runs for every message.
-        data = dict(self.__dict__)
-        del data["fresh"]
-        data["recipients"] = [r.__dict__ for r in self.recipients]
+        data = {name: getattr(self, name) for name in _STORED}
+        data["recipients"] = [{"address": r.address, "status": r.status, "reply": r.reply}
+                              for r in self.recipients]
         data["version"] = FORMAT_VERSION
         return json.dumps(data, separators=(",", ":"), sort_keys=True).encode("utf-8")
 
@@ -94,3 +109,12 @@ class Envelope:
         if not envelope.id or not envelope.recipients:
             raise EnvelopeError("envelope without id or recipients")
         return envelope
+
+
+#: The envelope's fields written to its file (all but C{fresh}).
+_STORED = tuple(f.name for f in fields(Envelope) if f.name != "fresh")
+
+
+def _shared(value: Any) -> Any:
+    """C{value}, one copy of it for all envelopes when it is a string (a queue holds many read from disk)."""
+    return sys.intern(value) if type(value) is str else value
