@@ -36,7 +36,7 @@ from gomail.interfaces import IDeliveryAgent
 from gomail.metrics import Metrics
 from gomail.spool.envelope import DELIVERED, Envelope
 from gomail.spool.incoming import IncomingMessage
-from gomail.spool.integrity import CorruptContent, check_file
+from gomail.spool.integrity import CorruptContent, check_bytes, check_file
 from gomail.spool.store import Spool
 from gomail.spool.writer import ImmediateWriter, own_failure
 from tests.processes import maildir_messages
@@ -98,7 +98,7 @@ class DigestRecordingTests(SynchronousTestCase):
         content = message(1)
         envelope = self.committed(content, chunk=1000)
         self.assertEqual(envelope.size, len(content))
-        self.assertEqual(envelope.digest, "blake2b:" + hashlib.blake2b(content, digest_size=32).hexdigest())
+        self.assertEqual(envelope.digest, "sha256:" + hashlib.sha256(content).hexdigest())
         self.assertEqual(read(self.spool.message_path(envelope.id)), content)
 
     def test_large_message_streamed_to_tmp(self) -> None:
@@ -157,6 +157,16 @@ class CheckFileTests(SynchronousTestCase):
         self.assertIsNone(check_file("m1", self.path, len(self.content), None))
         damage(self.path, "truncate")
         self.assertIn("(truncated)", self.problem(None))
+
+    def test_older_blake2b_digest_still_checked(self) -> None:
+        """An envelope written with a BLAKE2b digest (before SHA-256) is checked with BLAKE2b: intact passes, damage is found."""
+        older = "blake2b:" + hashlib.blake2b(self.content, digest_size=32).hexdigest()
+        self.assertIsNone(check_file("m1", self.path, len(self.content), older))
+        check_bytes("m1", self.content, len(self.content), older)
+        source = CheckedFileContent(self.path, lambda f, *a: succeed(f(*a)), "m1", len(self.content), older)
+        self.assertEqual(self.successResultOf(source.read(1 << 20)), self.content)
+        damage(self.path, "random")
+        self.assertIn("content digest differs", self.problem(older))
 
     def test_unknown_digest_kind(self) -> None:
         """A digest of a kind this version does not know is not trusted."""

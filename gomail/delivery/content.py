@@ -88,7 +88,7 @@ class CheckedFileContent(FileContent):
                  digest: str | None) -> None:
         super().__init__(path, run)
         self.queue_id, self.size, self.digest = queue_id, size, digest
-        self._hasher = new_digest()
+        self._hasher = new_digest(digest)
         self._seen = 0
 
     def _read(self, size: int) -> bytes:

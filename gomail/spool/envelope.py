@@ -57,7 +57,7 @@ class Envelope:
     body_type: str | None = None
     #: The content's length in bytes (recorded since the first version).
     size: int = 0
-    #: The content's digest, C{blake2b:<hex>} (L{gomail.spool.integrity}); None in
+    #: The content's digest, C{sha256:<hex>} (or C{blake2b:<hex>} when older) (L{gomail.spool.integrity}); None in
     #: envelopes written before digests were recorded (those are checked on size alone).
     digest: str | None = None
     attempts: int = 0
