@@ -10,7 +10,7 @@ import json
 import os
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
@@ -718,6 +718,12 @@ class FakeConsumer:
         self.envelopes.append(envelope)
 
 
+def release_one(run: ManualRun) -> None:
+    """Run the oldest call waiting in C{run}, only it."""
+    f, args, kwargs, d = run.pending.pop(0)
+    maybeDeferred(f, *args, **kwargs).chainDeferred(d)
+
+
 class SpoolServiceTests(SpoolTestCase):
     """L{SpoolService}: prepare and recover at start, then feed the consumer."""
 
@@ -739,6 +745,40 @@ class SpoolServiceTests(SpoolTestCase):
         self.successResultOf(d)
         self.assertEqual([e.id for e in consumer.envelopes], ["old1", envelope.id])
         self.assertEqual(spool.queued, 2)
+
+    def test_recovery_runs_while_mail_is_accepted(self) -> None:
+        """
+        The start fires once queue/ is listed; the listed messages reach the
+        consumer a step at a time afterwards, new commits at once, none twice;
+        damaged entries leave the queued count; a stop ends it between steps.
+        """
+        for name in ("m1", "m2", "m3", "m4", "m5", "m6", "m7"):
+            self.queue_entry(name, new_envelope(name, content=SMALL).to_json())
+        self.queue_entry("bad1", b"garbage")
+        run = ManualRun()
+        spool = Spool(self.directory, self.clock, run)
+        consumer = FakeConsumer()
+        service = SpoolService(spool, consumer, recovery_step=2)
+        started = service.startService()
+        self.assertNoResult(started)
+        release_one(run)  # the listing
+        self.successResultOf(started)
+        self.assertEqual((consumer.envelopes, spool.queued), ([], 8))
+        envelope, committed = start_commit(spool, SMALL)
+        run.synchronous = True
+        self.successResultOf(committed)
+        run.synchronous = False
+        self.assertEqual([e.id for e in consumer.envelopes], [envelope.id])
+        release_one(run)  # bad1, m1
+        self.assertEqual([e.id for e in consumer.envelopes], [envelope.id, "m1"])
+        self.assertEqual((spool.queued, listing(spool, "corrupt")), (8, ["bad1.eml", "bad1.json"]))
+        release_one(run)  # m2, m3; the step of m4, m5 is sent
+        stopped = service.stopService()
+        self.assertNoResult(stopped)  # it waits for the step in progress
+        release_one(run)
+        self.successResultOf(stopped)
+        self.assertEqual(run.pending, [])  # m6, m7 are not read
+        self.assertEqual([e.id for e in consumer.envelopes], [envelope.id, "m1", "m2", "m3", "m4", "m5"])
 
     def test_start_without_consumer(self) -> None:
         """With no consumer (relay not available) the spool is still prepared and recovered."""

@@ -50,16 +50,37 @@ class RecoveryReport:
 
 def scan_queue(spool: Spool) -> RecoveryReport:
     """(I/O pool) Sort ``queue/`` into deliverable envelopes and entries moved to ``corrupt/``."""
+    entries, report = list_queue(spool)
+    scan_entries(spool, sorted(entries.items()), report)
+    report.envelopes.sort(key=lambda e: (e.next_attempt, e.id))
+    return report
+
+
+def list_queue(spool: Spool) -> tuple[dict[str, set[str]], RecoveryReport]:
+    """
+    (I/O pool) The entries of ``queue/`` (queue id: the extensions present),
+    and a report of the stray files moved to ``corrupt/`` meanwhile. One
+    directory listing: the snapshot a recovery in steps works through.
+    """
     report = RecoveryReport()
-    queue = spool.path("queue")
     by_id: dict[str, set[str]] = {}
-    for name in os.listdir(queue):
+    for name in os.listdir(spool.path("queue")):
         stem, ext = os.path.splitext(name)
         if ext in QUEUE_EXTENSIONS and stem:
             by_id.setdefault(stem, set()).add(ext)
         else:
             _set_aside(spool, report, name, [name], "stray", "not a queue file (neither <id>.eml nor <id>.json)")
-    for queue_id, exts in sorted(by_id.items()):
+    _fsync_if_moved(spool, report)
+    return by_id, report
+
+
+def scan_entries(spool: Spool, entries: list[tuple[str, set[str]]],
+                 report: RecoveryReport | None = None) -> RecoveryReport:
+    """(I/O pool) Sort some entries of L{list_queue} into deliverable envelopes and entries moved to ``corrupt/``."""
+    report = report if report is not None else RecoveryReport()
+    queue = spool.path("queue")
+    moved_before = len(report.corrupt)
+    for queue_id, exts in entries:
         names = [queue_id + ext for ext in sorted(exts, key=lambda e: e != ".json")]
         if exts == {".eml"}:
             _set_aside(spool, report, queue_id, names, "incomplete",
@@ -84,17 +105,27 @@ def scan_queue(spool: Spool) -> RecoveryReport:
             _set_aside(spool, report, queue_id, names, "damaged", problem)
             continue
         report.envelopes.append(envelope)
+    if len(report.corrupt) > moved_before:
+        _fsync_if_moved(spool, report)
+    return report
+
+
+def _fsync_if_moved(spool: Spool, report: RecoveryReport) -> None:
     if report.corrupt:
         spool.fs.fsync_directory(spool.path("corrupt"))
-        spool.fs.fsync_directory(queue)
-    report.envelopes.sort(key=lambda e: (e.next_attempt, e.id))
-    return report
+        spool.fs.fsync_directory(spool.path("queue"))
 
 
 def _set_aside(spool: Spool, report: RecoveryReport, key: str, names: list[str], kind: str,
                problem: str) -> None:
+    moved = []
     for name in names:
         # One rename: after a crash the file has one name or the other (both directories are fsynced after).
-        spool.fs.rename(spool.path("queue", name), spool.path("corrupt", name))
-        report.corrupt.append(name)
-    report.problems[key] = (kind, problem)
+        try:
+            spool.fs.rename(spool.path("queue", name), spool.path("corrupt", name))
+        except FileNotFoundError:
+            continue  # gone since the listing (a recovery in the background runs beside the server)
+        moved.append(name)
+    if moved:
+        report.corrupt.extend(moved)
+        report.problems[key] = (kind, problem)

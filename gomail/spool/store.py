@@ -37,12 +37,14 @@ from gomail.spool.incoming import IncomingMessage
 from gomail.spool.integrity import check_file
 from gomail.spool.jobs import SpoolFiles, queuejobs
 from gomail.spool.recent import RecentContent
-from gomail.spool.recovery import RecoveryReport, scan_queue
+from gomail.spool.recovery import RecoveryReport, list_queue, scan_entries, scan_queue
 from gomail.spool.spares import SpareFiles
 from gomail.spool.writer import ImmediateWriter
 
 RunInThread = Callable[..., Deferred]
 SUBDIRECTORIES = ("tmp", "queue", "failed", "corrupt", "mailbox")
+#: Queue entries read per hand-off to the I/O pool when recovering while the server runs.
+RECOVERY_STEP = 2000
 
 
 class SpoolError(Exception):
@@ -151,6 +153,48 @@ class Spool:
         """Scan ``queue/`` in the I/O pool (L{scan_queue}); fires with a L{RecoveryReport}."""
         return self.run(scan_queue, self).addCallback(self._report)
 
+    def list_queue(self) -> Deferred:
+        """
+        List ``queue/`` once in the I/O pool (L{list_queue}, stray files set
+        aside and logged): fires with the snapshot L{recover_entries} works
+        through, as a sorted list of (queue id, extensions present).
+        """
+        def listed(result: tuple[dict[str, set[str]], RecoveryReport]) -> list[tuple[str, set[str]]]:
+            entries, strays = result
+            self._log_problems(strays)
+            return sorted(entries.items())
+        return self.run(list_queue, self).addCallback(listed)
+
+    async def recover_entries(self, entries: list[tuple[str, set[str]]], enqueue: Callable[[Envelope], Any],
+                              step: int = RECOVERY_STEP, stopping: Callable[[], bool] = lambda: False) -> None:
+        """
+        Recover a snapshot of ``queue/`` (L{list_queue}) C{step} entries at a
+        time in the I/O pool (L{scan_entries}), handing each deliverable
+        envelope to C{enqueue}, while the server already runs: messages
+        committed after the snapshot are not in it (they reach the queue
+        through the listeners), so none is queued twice. C{queued} counted
+        the snapshot at L{prepare}; entries set aside are taken off it.
+        Ends early, between steps, once C{stopping()} is true.
+        """
+        recovered = corrupt = 0
+        for start in range(0, len(entries), step):
+            if stopping():
+                self.log.info("spool recovery stopped with {left} entries not read yet",
+                              left=len(entries) - start)
+                return
+            chunk = entries[start:start + step]
+            report = await self.run(scan_entries, self, chunk)
+            self._log_problems(report)
+            exts = dict(chunk)
+            counted = sum(1 for key in report.problems if ".json" in exts.get(key, ()))
+            self.queued = max(0, self.queued - counted)
+            corrupt += len(report.problems)
+            recovered += len(report.envelopes)
+            for envelope in report.envelopes:
+                enqueue(envelope)
+        self.log.info("spool recovered: {count} queued messages read ({corrupt} set aside)",
+                      count=recovered, corrupt=corrupt)
+
     def read_queue(self) -> list[Envelope]:
         """(blocking) The envelopes of every committed message in ``queue/``, changing nothing."""
         queue = self.path("queue")
@@ -165,11 +209,14 @@ class Spool:
                 continue  # being replaced or removed right now, or for recovery to set aside
         return envelopes
 
-    def _report(self, report: RecoveryReport) -> RecoveryReport:
+    def _log_problems(self, report: RecoveryReport) -> None:
         for key, (kind, problem) in report.problems.items():
             self.log.error("moved {kind} queue entry {queue_id} to {directory}/corrupt: {problem}",
                            kind=kind, queue_id=key, directory=self.directory, problem=problem)
         self.corrupt_total += len(report.problems)
+
+    def _report(self, report: RecoveryReport) -> RecoveryReport:
+        self._log_problems(report)
         self.queued = len(report.envelopes)
         self.log.info("spool recovered: {count} queued messages", count=self.queued)
         return report
