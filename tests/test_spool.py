@@ -111,10 +111,13 @@ class PrepareTests(SpoolTestCase):
         self.assertEqual(listing(spool, "queue"), ["0003.eml", "0003.json"])
 
     def test_counts_the_queue(self) -> None:
-        """queued starts as the number of envelopes in queue/."""
+        """queued starts as the number of envelopes in queue/ once it is listed (before any is read)."""
         for queue_id in ("a1", "a2"):
             self.queue_entry(queue_id, new_envelope(queue_id, content=SMALL).to_json())
-        self.assertEqual(self.spool().queued, 2)
+        self.queue_entry("a3", None)  # content without an envelope: not counted
+        spool = self.spool()
+        listed = self.successResultOf(spool.list_queue())
+        self.assertEqual((spool.queued, listed.complete, listed.partial), (2, ["a1", "a2"], [("a3", {".eml"})]))
 
     def test_stale_write_probe(self) -> None:
         """A write probe left by a crash during an earlier start does not stop the next start."""
@@ -454,6 +457,14 @@ class RecoverTests(SpoolTestCase):
         spool, report = self.recovered()
         self.assertEqual(report.corrupt, ["notes.txt"])
         self.assertEqual(listing(spool, "corrupt"), ["notes.txt"])
+
+    def test_halves_parted_by_another_name_are_one_entry(self) -> None:
+        """A name sorting between an id's two files (abc.f.eml between abc.eml and abc.json) does not part them."""
+        self.queue_entry("abc", new_envelope("abc", content=SMALL).to_json())
+        self.queue_entry("abc.f", None)
+        spool, report = self.recovered()
+        self.assertEqual([e.id for e in report.envelopes], ["abc"])
+        self.assertEqual(listing(spool, "corrupt"), ["abc.f.eml"])
 
     def test_changes_are_made_durable(self) -> None:
         """Moving entries to corrupt/ ends with an fsync of corrupt/ and queue/; a clean queue needs none."""

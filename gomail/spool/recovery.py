@@ -25,6 +25,7 @@ the messages, and mail is accepted again that much sooner after a restart.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -50,31 +51,84 @@ class RecoveryReport:
 
 def scan_queue(spool: Spool) -> RecoveryReport:
     """(I/O pool) Sort ``queue/`` into deliverable envelopes and entries moved to ``corrupt/``."""
-    entries, report = list_queue(spool)
-    scan_entries(spool, sorted(entries.items()), report)
+    listing, report = list_queue(spool)
+    scan_entries(spool, sorted([*listing.partial, *((queue_id, _BOTH) for queue_id in listing.complete)]), report)
     report.envelopes.sort(key=lambda e: (e.next_attempt, e.id))
     return report
 
 
-def list_queue(spool: Spool) -> tuple[dict[str, set[str]], RecoveryReport]:
+_BOTH = frozenset(QUEUE_EXTENSIONS)
+
+
+@dataclass
+class QueueListing:
     """
-    (I/O pool) The entries of ``queue/`` (queue id: the extensions present),
-    and a report of the stray files moved to ``corrupt/`` meanwhile. One
-    directory listing: the snapshot a recovery in steps works through.
+    One listing of ``queue/``, kept compact (a recovery in the background
+    holds it for minutes with a million entries): the ids having both files,
+    sorted, and the few others with the extensions present.
+    """
+
+    complete: list[str]
+    partial: list[tuple[str, frozenset[str]]]
+
+    def __len__(self) -> int:
+        return len(self.complete) + len(self.partial)
+
+    @property
+    def envelopes(self) -> int:
+        """How many entries have an envelope file (what C{queueSize} counts)."""
+        return len(self.complete) + sum(1 for _, exts in self.partial if ".json" in exts)
+
+    def steps(self, size: int) -> Iterator[tuple[int, list[tuple[str, frozenset[str]]]]]:
+        """(offset, up to C{size} entries as (queue id, extensions)): the partial ones first."""
+        entries: list[tuple[str, frozenset[str]]] = list(self.partial)
+        done = 0
+        for start in range(0, len(self.complete), size):
+            entries.extend((queue_id, _BOTH) for queue_id in self.complete[start:start + size])
+            while len(entries) >= size:
+                yield done, entries[:size]
+                done += size
+                entries = entries[size:]
+        if entries:
+            yield done, entries
+
+
+def list_queue(spool: Spool) -> tuple[QueueListing, RecoveryReport]:
+    """
+    (I/O pool) One listing of ``queue/`` (the snapshot a recovery in steps
+    works through), and a report of the stray files moved to ``corrupt/``.
     """
     report = RecoveryReport()
-    by_id: dict[str, set[str]] = {}
-    for name in os.listdir(spool.path("queue")):
+    names = os.listdir(spool.path("queue"))
+    names.sort()
+    complete: list[str] = []
+    found: dict[str, set[str]] = {}  # ids seen without both files so far (few)
+    # Sorted, an id's two files are next to each other (unless a stray name sorts between them: see below).
+    current, exts = "", set[str]()
+    for name in names:
         stem, ext = os.path.splitext(name)
-        if ext in QUEUE_EXTENSIONS and stem:
-            by_id.setdefault(stem, set()).add(ext)
-        else:
+        if ext not in QUEUE_EXTENSIONS or not stem:
             _set_aside(spool, report, name, [name], "stray", "not a queue file (neither <id>.eml nor <id>.json)")
+            continue
+        if stem != current:
+            _add_entry(complete, found, current, exts)
+            current, exts = stem, set()
+        exts.add(ext)
+    _add_entry(complete, found, current, exts)
+    # Two halves of one id parted by another name: whole after all.
+    partial = []
+    for queue_id, parts in sorted(found.items()):
+        if parts == _BOTH:
+            complete.append(queue_id)
+        else:
+            partial.append((queue_id, frozenset(parts)))
+    if len(partial) < len(found):
+        complete.sort()
     _fsync_if_moved(spool, report)
-    return by_id, report
+    return QueueListing(complete, partial), report
 
 
-def scan_entries(spool: Spool, entries: list[tuple[str, set[str]]],
+def scan_entries(spool: Spool, entries: list[tuple[str, frozenset[str]]],
                  report: RecoveryReport | None = None) -> RecoveryReport:
     """(I/O pool) Sort some entries of L{list_queue} into deliverable envelopes and entries moved to ``corrupt/``."""
     report = report if report is not None else RecoveryReport()
@@ -108,6 +162,15 @@ def scan_entries(spool: Spool, entries: list[tuple[str, set[str]]],
     if len(report.corrupt) > moved_before:
         _fsync_if_moved(spool, report)
     return report
+
+
+def _add_entry(complete: list[str], found: dict[str, set[str]], queue_id: str, exts: set[str]) -> None:
+    if not queue_id:
+        return
+    if exts == _BOTH:
+        complete.append(queue_id)
+    else:
+        found.setdefault(queue_id, set()).update(exts)
 
 
 def _fsync_if_moved(spool: Spool, report: RecoveryReport) -> None:

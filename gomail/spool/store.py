@@ -37,7 +37,7 @@ from gomail.spool.incoming import IncomingMessage
 from gomail.spool.integrity import check_file
 from gomail.spool.jobs import SpoolFiles, queuejobs
 from gomail.spool.recent import RecentContent
-from gomail.spool.recovery import RecoveryReport, list_queue, scan_entries, scan_queue
+from gomail.spool.recovery import QueueListing, RecoveryReport, list_queue, scan_entries, scan_queue
 from gomail.spool.spares import SpareFiles
 from gomail.spool.writer import ImmediateWriter
 
@@ -122,8 +122,9 @@ class Spool:
 
     def prepare(self) -> None:
         """
-        Create the directories, check they are writable, empty ``tmp/`` and
-        count the queue. Runs once at start, before any listener serves.
+        Create the directories, check they are writable and empty ``tmp/``.
+        Runs once at start, before any listener serves; the queue is counted
+        by the listing that follows (L{list_queue}, or L{recover}).
 
         @raise SpoolError: with a one-line explanation.
         """
@@ -142,7 +143,6 @@ class Spool:
                 self.fs.unlink(self.path("tmp", name))
             if leftovers:
                 self.fs.fsync_directory(self.path("tmp"))
-            self.queued = sum(1 for name in os.listdir(self.path("queue")) if name.endswith(".json"))
         except OSError as e:
             raise SpoolError(f"spool directory {self.directory} is not usable: {e.strerror} ({e.filename})") from None
         if leftovers:
@@ -157,15 +157,16 @@ class Spool:
         """
         List ``queue/`` once in the I/O pool (L{list_queue}, stray files set
         aside and logged): fires with the snapshot L{recover_entries} works
-        through, as a sorted list of (queue id, extensions present).
+        through (a L{QueueListing}); sets C{queued} to the envelopes in it.
         """
-        def listed(result: tuple[dict[str, set[str]], RecoveryReport]) -> list[tuple[str, set[str]]]:
-            entries, strays = result
+        def listed(result: tuple[QueueListing, RecoveryReport]) -> QueueListing:
+            listing, strays = result
             self._log_problems(strays)
-            return sorted(entries.items())
+            self.queued = listing.envelopes
+            return listing
         return self.run(list_queue, self).addCallback(listed)
 
-    async def recover_entries(self, entries: list[tuple[str, set[str]]], enqueue: Callable[[Envelope], Any],
+    async def recover_entries(self, listing: QueueListing, enqueue: Callable[[Envelope], Any],
                               step: int = RECOVERY_STEP, stopping: Callable[[], bool] = lambda: False) -> None:
         """
         Recover a snapshot of ``queue/`` (L{list_queue}) C{step} entries at a
@@ -177,12 +178,11 @@ class Spool:
         Ends early, between steps, once C{stopping()} is true.
         """
         recovered = corrupt = 0
-        for start in range(0, len(entries), step):
+        for start, chunk in listing.steps(step):
             if stopping():
                 self.log.info("spool recovery stopped with {left} entries not read yet",
-                              left=len(entries) - start)
+                              left=len(listing) - start)
                 return
-            chunk = entries[start:start + step]
             report = await self.run(scan_entries, self, chunk)
             self._log_problems(report)
             exts = dict(chunk)
