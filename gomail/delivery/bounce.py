@@ -56,7 +56,7 @@ def mark_reported(envelope: Envelope, recipients: list[Recipient]) -> None:
     """Record in the envelope that C{recipients}' failures were reported."""
     reported = list(envelope.extra.get(REPORTED_FAILED, ()))
     reported += [r.address for r in recipients if r.address not in reported]
-    envelope.extra[REPORTED_FAILED] = reported
+    envelope.extra = {**envelope.extra, REPORTED_FAILED: reported}  # replaced, never changed in place
 
 
 def delay_warning_time(envelope: Envelope, delay_warning: float) -> float | None:

@@ -23,6 +23,7 @@ to ``corrupt/`` and nothing of it is delivered.
 from __future__ import annotations
 
 import heapq
+import sys
 import random as _random
 from collections.abc import Callable
 from typing import Any
@@ -252,7 +253,8 @@ class DeliveryQueue(Service):
                 results: dict[str, tuple[int, str]]) -> None:
         for recipient in recipients:
             code, text = results.get(recipient.address, (451, "4.3.0 No result from delivery agent"))
-            recipient.reply = f"{code} {text}"
+            # Interned: a smarthost that is down gives a queue of thousands the same reply.
+            recipient.reply = sys.intern(f"{code} {text}")
             if 200 <= code < 300:
                 recipient.status = DELIVERED
                 self.stats.delivered_recipients += 1
@@ -360,7 +362,7 @@ class DeliveryQueue(Service):
         warn_at = delay_warning_time(envelope, self.delay_warning)
         if pending and warn_at is not None and now >= warn_at:
             await self._send_dsn(envelope, pending, "delayed", now)
-            envelope.extra[DELAY_WARNED] = now
+            envelope.extra = {**envelope.extra, DELAY_WARNED: now}  # replaced, never changed in place
             self.stats.delay_warnings += 1
 
     async def _send_dsn(self, envelope: Envelope, recipients: list[Recipient], action: str, now: float) -> None:

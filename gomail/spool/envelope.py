@@ -63,6 +63,8 @@ class Envelope:
     attempts: int = 0
     next_attempt: float = 0.0
     last_error: str | None = None
+    #: Further facts (DSNs sent...). Replaced, never changed in place: most
+    #: envelopes share one empty mapping, which refuses changes.
     extra: dict[str, Any] = field(default_factory=dict)
     #: Not stored: committed by this process and not yet attempted. Its bytes
     #: were hashed as they were written a moment ago, so its first attempt
@@ -75,6 +77,8 @@ class Envelope:
         self.sender = _shared(self.sender)
         self.client_address = _shared(self.client_address)
         self.client_helo = _shared(self.client_helo)
+        if not self.extra:
+            self.extra = NO_EXTRA
 
     def pending(self) -> list[Recipient]:
         """The recipients still to be delivered."""
@@ -118,3 +122,15 @@ _STORED = tuple(f.name for f in fields(Envelope) if f.name != "fresh")
 def _shared(value: Any) -> Any:
     """C{value}, one copy of it for all envelopes when it is a string (a queue holds many read from disk)."""
     return sys.intern(value) if type(value) is str else value
+
+
+class _EmptyExtra(dict):
+    """The empty C{extra} most envelopes share (64 bytes each otherwise): any change in place is a bug."""
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("Envelope.extra is shared when empty: assign a new dict instead of changing it")
+
+    __setitem__ = __delitem__ = update = setdefault = pop = popitem = clear = _refuse  # type: ignore[assignment]
+
+
+NO_EXTRA: dict[str, Any] = _EmptyExtra()
