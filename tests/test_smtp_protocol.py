@@ -751,13 +751,13 @@ class SizeLimitTests(HarnessMixin, SynchronousTestCase):
 
     def test_exceeded_while_streaming(self):
         """A message over the limit answers 552 5.3.4 at its end; nothing stays in tmp/ or queue/."""
-        h = self.harness(maxMessageSize=100_000)
+        h = self.harness(maxMessageSize=400_000)
         client = h.connect()
         client.start_transaction()
         line = b"y" * 78 + b"\r\n"
-        self.assertEqual(client.send(b"Subject: big\r\n\r\n" + line * 1000), b"")
+        self.assertEqual(client.send(b"Subject: big\r\n\r\n" + line * 4000), b"")
         self.assertNotEqual(h.files("tmp"), [], "the test should have made the spool write to tmp/")
-        self.assertEqual(client.send(line * 1000), b"")
+        self.assertEqual(client.send(line * 4000), b"")
         self.assertEqual(client.send(b".\r\n"), b"552 5.3.4 Message size exceeds fixed maximum message size\r\n")
         self.assertTrue(h.spool_is_empty())
         self.assertEqual(client.send(b"NOOP\r\n"), b"250 2.0.0 Ok\r\n")
@@ -918,7 +918,7 @@ class TimeoutTests(HarnessMixin, SynchronousTestCase):
         h = self.harness(idleTimeout=60)
         client = h.connect()
         client.start_transaction()
-        client.send(b"Subject: x\r\n\r\n" + (b"y" * 78 + b"\r\n") * 1000)
+        client.send(b"Subject: x\r\n\r\n" + (b"y" * 78 + b"\r\n") * 4000)
         self.assertNotEqual(h.files("tmp"), [], "the test should have made the spool write to tmp/")
         h.clock.advance(60)
         self.assertEqual(client.take(), b"421 4.4.2 mx.test Error: timeout exceeded\r\n")
@@ -1084,7 +1084,7 @@ class StorageTests(HarnessMixin, SynchronousTestCase):
         h = self.harness(fs=fs)
         client = h.connect()
         client.start_transaction()
-        client.send(b"Subject: x\r\n\r\n" + (b"y" * 78 + b"\r\n") * 1000)
+        client.send(b"Subject: x\r\n\r\n" + (b"y" * 78 + b"\r\n") * 4000)
         self.assertNotEqual(h.files("tmp"), [])
         fs.armed = True
         self.assertTrue(client.send(b".\r\n").startswith(b"451 4.3.0 "))
@@ -1150,7 +1150,7 @@ class ConnectionLostTests(HarnessMixin, SynchronousTestCase):
         h = self.harness()
         client = h.connect()
         client.start_transaction()
-        client.send(b"Subject: x\r\n\r\n" + (b"y" * 78 + b"\r\n") * 1000)
+        client.send(b"Subject: x\r\n\r\n" + (b"y" * 78 + b"\r\n") * 4000)
         self.assertNotEqual(h.files("tmp"), [])
         client.lose()
         self.assertTrue(h.spool_is_empty())
