@@ -23,8 +23,8 @@ to ``corrupt/`` and nothing of it is delivered.
 from __future__ import annotations
 
 import heapq
-import sys
 import random as _random
+import sys
 from collections.abc import Callable
 from typing import Any
 
