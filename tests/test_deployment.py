@@ -14,15 +14,19 @@ import os
 import re
 import shlex
 import shutil
+import smtplib
+import socket
 import subprocess
 import sys
 
 import yaml
+from twisted.internet import reactor
 from twisted.internet.defer import ensureDeferred
+from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from tests.gomailprocess import GomailNode
-from tests.processes import free_port
+from tests.processes import TWISTD, ServerProcess, free_port
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -150,7 +154,7 @@ class ComposeTests(SynchronousTestCase):
 
 
 class SystemdUnitTests(SynchronousTestCase):
-    """conf/gomail.service."""
+    """conf/gomail.service and conf/gomail.socket."""
 
     def test_hardened(self) -> None:
         """The unit runs twistd in the foreground as gomail, with the hardening the README lists."""
@@ -161,15 +165,75 @@ class SystemdUnitTests(SynchronousTestCase):
         self.assertRegex(unit, r"ExecStart=\S+/twistd --nodaemon --pidfile= gomail --config \S+")
 
     def test_systemd_accepts_it(self) -> None:
-        """systemd-analyze verify finds nothing to say (an unknown key would be reported)."""
+        """systemd-analyze verify finds nothing to say about the service and socket units (an unknown key would be reported)."""
         analyze = shutil.which("systemd-analyze")
         if analyze is None:
             raise SkipTest("systemd-analyze is not installed")
         # ExecStart must name an existing program: this Python, with twistd's arguments after it.
         unit = re.sub(r"ExecStart=\S+/twistd", f"ExecStart={sys.executable} -m twisted", repo_file("conf", "gomail.service"))
-        path = os.path.join(os.path.abspath(self.mktemp()), "gomail.service")
-        os.makedirs(os.path.dirname(path))
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        path = os.path.join(directory, "gomail.service")
         with open(path, "w") as f:
             f.write(unit)
-        result = subprocess.run([analyze, "verify", path], capture_output=True, text=True, timeout=60, check=False)
+        socket_unit = os.path.join(directory, "gomail.socket")
+        shutil.copy(os.path.join(REPO, "conf", "gomail.socket"), socket_unit)
+        result = subprocess.run([analyze, "verify", path, socket_unit], capture_output=True, text=True, timeout=60,
+                                check=False)
         self.assertEqual((result.returncode, result.stdout + result.stderr), (0, ""))
+
+
+class SocketActivationTests(TestCase):
+    """systemd socket activation: the listening socket is inherited, as conf/gomail.socket passes it."""
+
+    timeout = 60
+
+    def test_inherited_socket_serves_smtp(self) -> None:
+        """
+        twistd gomail --smtp systemd:domain=INET:name=smtp, started with a
+        listening socket as descriptor 3 and LISTEN_PID, LISTEN_FDS and LISTEN_FDNAMES set as
+        systemd sets them, accepts mail on that socket, then stops cleanly.
+        """
+        listening = socket.socket()
+        self.addCleanup(listening.close)
+        listening.bind(("127.0.0.1", 0))
+        listening.listen(16)
+        port = listening.getsockname()[1]
+        node = GomailNode(self, ACTIVATED_CONFIG, auth_port=free_port())
+        process = ServerProcess()
+        # LISTEN_PID must be the server's own pid: the shell sets it to its own, then execs twistd.
+        argv = ["/bin/sh", "-c", 'LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=smtp exec "$@"', "sh", *TWISTD, "-n", "--pidfile=",
+                "gomail", "--config", node.config, "--smtp", "systemd:domain=INET:name=smtp"]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        reactor.spawnProcess(process, argv[0], argv, env=env, path=node.workdir,
+                             childFDs={0: "w", 1: "r", 2: "r", 3: listening.fileno()})
+        self.addCleanup(process.stop, reactor)
+
+        async def run() -> None:
+            await process.wait_for(b"gomail ready", reactor)
+            reply = await deferToThread(send_one, port)
+            self.assertEqual(reply[0], 250)
+            code = await process.stop(reactor)
+            self.assertIn(code, (0, -15), process.output.decode(errors="replace"))
+            self.assertNotIn(b"Traceback", process.output)
+        return ensureDeferred(run())
+
+
+ACTIVATED_CONFIG = """
+dataDir = "{data}"
+enableHealthCheck = false
+[security]
+requireAuth = false
+allowLocalOnly = true
+[nginxAuth]
+listen = ["tcp:{auth_port}:interface=127.0.0.1"]
+"""
+
+
+def send_one(port: int) -> tuple[int, bytes]:
+    """(blocking) One message over SMTP to 127.0.0.1:C{port}; the reply to its DATA."""
+    with smtplib.SMTP("127.0.0.1", port, timeout=20) as client:
+        client.ehlo("client.test")
+        client.mail("alice@example.org")
+        client.rcpt("bob@example.com")
+        return client.data(b"Subject: activated\r\n\r\nhello\r\n")
