@@ -34,6 +34,7 @@ from gomail.delivery.router import Router
 from gomail.interfaces import ISpoolWriter
 from gomail.logjson import json_lines_observer
 from gomail.logtext import classic_observer
+from gomail.reload import ConfigReloader
 from gomail.servicekit import PeriodicService, SequentialMultiService, ThreadPoolService
 from gomail.signals import SignalService
 from gomail.smtp.policy import RelayPolicy, local_domains, own_domain
@@ -263,13 +264,15 @@ def _smtp(config: Config, reactor: Any, spool: Spool, auth: AuthParts, audit: Au
 
 
 def build_service(config: Config, reactor: Any, on_fatal: Callable[[Any], None] | None = None,
-                  text_log_file: Any = None) -> GomailService:
+                  text_log_file: Any = None, reload_config: Callable[[], Config] | None = None) -> GomailService:
     """
     Build the whole server from a loaded configuration. Nothing listens or
     touches the spool until the returned service is started.
 
     @param on_fatal: called with the failure when the start fails.
     @param text_log_file: see L{GomailService}.
+    @param reload_config: loads the configuration again (on SIGHUP, see
+        L{gomail.reload}); None: SIGHUP is logged and ignored.
     @raise gomail.tls.TLSConfigError: for an unusable certificate or key.
     """
     io = ThreadPoolService(reactor, "gomail-io", config.spool.ioThreads)
@@ -293,7 +296,8 @@ def build_service(config: Config, reactor: Any, on_fatal: Callable[[Any], None] 
         ControlService(reactor, QueueControl(spool, delivery, delivery.failed)),
         *auth_services, *([audit] if audit is not None else []),
         SMTPService(smtp, reactor, config.smtp.listen, config.smtp.implicitTlsListen),
-        SignalService(reactor),
+        SignalService(reactor, None if reload_config is None else ConfigReloader(
+            config, reload_config, rate_limiter=auth.rate_limiter, lockout=auth.authenticator.lockout)),
         # HTTP last: it reports on everything above, and stops first.
         *http.services,
     ]

@@ -4,8 +4,9 @@ Unix signals the server answers, installed by a service and removed with it.
 
 twistd handles SIGINT and SIGTERM (a clean stop). SIGHUP is ours: by default
 it ends a process (exit 129), which cut off every client mid-transaction when
-an operator or a terminal sent it. gomail has nothing to reload live yet, so
-it is logged and ignored: it never stops the server. SIGUSR1 used to make the
+an operator or a terminal sent it. Here it reloads the configuration
+(L{gomail.reload}: what can change safely is applied, the rest logged as
+needing a restart); it never stops the server. SIGUSR1 used to make the
 server rescan its queue; queue changes by the C{gomail queue} command now
 reach the server through its control channel (L{gomail.control}), but an old
 script or cron job may still send it, and its default action would end the
@@ -34,8 +35,10 @@ class SignalService(Service):
 
     log = Logger()
 
-    def __init__(self, reactor: Any) -> None:
+    def __init__(self, reactor: Any, reloader: Any = None) -> None:
         self.reactor = reactor
+        #: A L{gomail.reload.ConfigReloader}, or None (SIGHUP is then logged and ignored).
+        self.reloader = reloader
         self._previous: dict[int, Any] = {}
 
     def startService(self) -> None:
@@ -53,7 +56,9 @@ class SignalService(Service):
         self.reactor.callFromThread(self._ignored, signum)
 
     def _ignored(self, signum: int) -> None:
-        if signum == signal.SIGHUP:
+        if signum == signal.SIGHUP and self.reloader is not None:
+            self.reloader.reload()
+        elif signum == signal.SIGHUP:
             self.log.warn("SIGHUP received: gomail has no live reload yet, so it is ignored "
                           "(restart to apply a changed configuration)")
         else:

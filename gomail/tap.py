@@ -80,6 +80,7 @@ def makeService(options: Options) -> Any:
         text_log_file = None
         if twistd_options is not None and config.logging.format == "text":
             text_log_file = twistd_log_file(twistd_options)
-        return build_service(config, reactor, on_fatal=fatal, text_log_file=text_log_file)
+        return build_service(config, reactor, on_fatal=fatal, text_log_file=text_log_file,
+                             reload_config=lambda: configure(options))
     except (ConfigError, TLSConfigError) as e:
         raise SystemExit(f"gomail: configuration error: {e}") from None
