@@ -9,7 +9,9 @@ What is applied at once (the objects holding it read it on every use):
   - the lockout and slowdown policy: C{auth.maxFailAttempts},
     C{auth.maxFailAttemptsPerIP}, C{auth.failTTL}, C{auth.lockTTL},
     C{auth.userSlowdownAttempts}, C{auth.userSlowdownWindow},
-    C{auth.userSlowdownDelay}.
+    C{auth.userSlowdownDelay};
+  - nginx's backends and how one is picked: C{nginxAuth.backends},
+    C{nginxAuth.strategy} (a new backend is health-checked at once).
 
 Every other changed key is logged as needing a restart and is not applied
 (listeners, the spool, the database, TLS...). A file that does not load (a
@@ -28,6 +30,7 @@ from twisted.logger import Logger
 
 from gomail.configload import ConfigError
 from gomail.configschema import Config
+from gomail.web.service import default_backends
 
 #: The auth keys the lockout reads on every check.
 LOCKOUT_KEYS = frozenset({"maxFailAttempts", "maxFailAttemptsPerIP", "failTTL", "lockTTL",
@@ -55,16 +58,28 @@ class ConfigReloader:
     @param rate_limiter: the object whose C{settings} are the C{rateLimits} section.
     @param lockout: the object whose C{settings} are the C{auth} section (only
         its L{LOCKOUT_KEYS} are taken from a new file).
+    @param router: the L{gomail.auth.backends.BackendRouter} (None: auth_http is off).
     """
 
     log = Logger()
 
     def __init__(self, current: Config, load: Callable[[], Config], rate_limiter: Any = None,
-                 lockout: Any = None) -> None:
+                 lockout: Any = None, router: Any = None) -> None:
         self.current = current
         self.load = load
         self.rate_limiter = rate_limiter
         self.lockout = lockout
+        self.router = router
+
+    def _live(self, section: str, name: str) -> bool:
+        """Whether the key C{section.name} is applied while the server runs (by a part that is there)."""
+        if section == "rateLimits":
+            return self.rate_limiter is not None
+        if section == "auth":
+            return name in LOCKOUT_KEYS and self.lockout is not None
+        if section == "nginxAuth":
+            return name in ("backends", "strategy") and self.router is not None
+        return False
 
     def reload(self) -> tuple[list[str], list[str]]:
         """Read and apply; returns (keys applied, keys that need a restart)."""
@@ -77,7 +92,7 @@ class ConfigReloader:
         current = self.current
         for key in changed_keys(current, new):
             section, _, name = key.partition(".")
-            if section == "rateLimits" and self.rate_limiter is not None or section == "auth" and name in LOCKOUT_KEYS and self.lockout is not None:
+            if self._live(section, name):
                 applied.append(key)
             else:
                 restart.append(key)
@@ -90,6 +105,11 @@ class ConfigReloader:
             self.lockout.settings = dataclasses.replace(self.lockout.settings,
                                                         **{name: getattr(new.auth, name) for name in lockout_changes})
             current = dataclasses.replace(current, auth=auth)
+        if any(key.startswith("nginxAuth.") for key in applied):
+            self.router.replace(default_backends(new), new.nginxAuth.strategy).addErrback(
+                lambda failure: self.log.failure("SIGHUP: checking the new backends failed", failure))
+            current = dataclasses.replace(current, nginxAuth=dataclasses.replace(
+                current.nginxAuth, backends=new.nginxAuth.backends, strategy=new.nginxAuth.strategy))
         self.current = current
         for key in applied:
             self.log.info("SIGHUP: applied {key}", key=key)

@@ -297,7 +297,8 @@ def build_service(config: Config, reactor: Any, on_fatal: Callable[[Any], None] 
         *auth_services, *([audit] if audit is not None else []),
         SMTPService(smtp, reactor, config.smtp.listen, config.smtp.implicitTlsListen),
         SignalService(reactor, None if reload_config is None else ConfigReloader(
-            config, reload_config, rate_limiter=auth.rate_limiter, lockout=auth.authenticator.lockout)),
+            config, reload_config, rate_limiter=auth.rate_limiter, lockout=auth.authenticator.lockout,
+            router=http.router)),
         # HTTP last: it reports on everything above, and stops first.
         *http.services,
     ]

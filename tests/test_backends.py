@@ -276,3 +276,20 @@ class SingleBackendTests(SynchronousTestCase):
             router = BackendRouter([imap("192.0.2.1", 1143)], strategy, MemoryReactorClock(), interval=0)
             self.assertEqual({router.choose("imap", user) for user in USERS[:50]}, {("192.0.2.1", 1143)},
                              strategy)
+
+
+class ReplaceTests(SynchronousTestCase):
+    """replace(): the backends of a reloaded configuration."""
+
+    def test_kept_backend_keeps_its_health_new_one_is_checked(self) -> None:
+        """A backend kept stays down until its next check passes; a new one is chosen once checked; a removed one never."""
+        reactor = ResolvingReactor({"new.example": "192.0.2.9"})
+        router = BackendRouter([imap("192.0.2.1"), imap("192.0.2.2")], "hash", reactor, interval=10)
+        router.check()
+        reactor.answer(up={"192.0.2.2"})  # 192.0.2.1 is down
+        router.replace([imap("192.0.2.1"), imap("new.example")], "round-robin")
+        self.assertEqual(reactor.lookups, ["new.example"])
+        self.assertEqual(sorted(reactor.answer(up={"192.0.2.9"})), [("192.0.2.1", 143), ("192.0.2.9", 143)])
+        self.assertEqual(router.strategy, "round-robin")
+        chosen = {router.choose("imap", user) for user in USERS[:20]}
+        self.assertEqual(chosen, {("192.0.2.9", 143)})

@@ -11,7 +11,7 @@ import smtplib
 from types import SimpleNamespace
 
 from twisted.internet import reactor
-from twisted.internet.defer import ensureDeferred
+from twisted.internet.defer import ensureDeferred, succeed
 from twisted.internet.threads import deferToThread
 from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -56,6 +56,20 @@ class ReloaderTests(SynchronousTestCase):
         # Applied keys are the new current ones; the others stay pending.
         applied, restart_again = self.reloader.reload()
         self.assertEqual((applied, sorted(restart_again)), ([], sorted(restart)))
+
+    def test_backends_replaced(self) -> None:
+        """New nginx backends and strategy go to the router (with gomail's own SMTP backend added as at start)."""
+        replaced: list = []
+        router = SimpleNamespace(replace=lambda backends, strategy: replaced.append((backends, strategy)) or succeed(None))
+        reloader = ConfigReloader(self.config, lambda: load_config(self.path, environ={}), router=router)
+        self.write('smtpPort = 2525\ndefaultPassword = "old secret"\n[rateLimits]\nenabled = true\nmaxPerHour = 10\n'
+                   '[auth]\nlockTTL = 300\n[nginxAuth]\nstrategy = "round-robin"\n'
+                   '[[nginxAuth.backends]]\nprotocol = "imap"\naddress = "192.0.2.10"\nport = 143\n')
+        self.assertEqual(reloader.reload(), (["nginxAuth.strategy", "nginxAuth.backends"], []))
+        [(backends, strategy)] = replaced
+        self.assertEqual(strategy, "round-robin")
+        self.assertEqual([(b.protocol, b.address, b.port) for b in backends],
+                         [("imap", "192.0.2.10", 143), ("smtp", "127.0.0.1", 2525)])
 
     def test_bad_file_changes_nothing(self) -> None:
         """A file that does not load leaves everything as it was and logs the error naming the key."""

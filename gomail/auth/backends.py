@@ -101,6 +101,19 @@ class BackendRouter(Service):
         self.interval = interval
         self.timeout = timeout
 
+    def replace(self, backends: Iterable[Backend], strategy: str) -> Deferred:
+        """
+        Route to C{backends} from now on (a configuration reload): a backend
+        kept keeps its health, a new one is checked at once (the returned
+        Deferred fires when every backend has been checked again).
+        """
+        known = {state.config: state for pool in self.pools.values() for state in pool}
+        pools: dict[str, list[BackendState]] = {}
+        for backend in backends:
+            pools.setdefault(backend.protocol, []).append(known.get(backend) or BackendState(backend))
+        self.pools, self.strategy = pools, strategy
+        return self.check()
+
     # -- choosing -------------------------------------------------------------
 
     def choose(self, protocol: str, user: str, assignment: str | None = None) -> tuple[str, int]:

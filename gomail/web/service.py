@@ -55,6 +55,8 @@ class HTTPParts:
     metrics: Metrics
     monitor: MonitorApp | None
     services: list[Service]
+    #: nginx's backends (None when auth_http is off): a configuration reload replaces them.
+    router: BackendRouter | None = None
 
 
 def build_http(config: Config, reactor: Any, inputs: HTTPInputs) -> HTTPParts:
@@ -87,4 +89,4 @@ def build_http(config: Config, reactor: Any, inputs: HTTPInputs) -> HTTPParts:
         site = LimitedSite(Guarded(app.resource(), access, HostNames(monitor.hostnames)),
                            reactor, monitor.maxRequestBytes, monitor.requestTimeout)
         services += [ListeningService(reactor, description, site, "monitor") for description in monitor.listen]
-    return HTTPParts(metrics, app, services)
+    return HTTPParts(metrics, app, services, router)
