@@ -28,7 +28,6 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from gomail.interfaces import ISpoolWriter
 from gomail.spool.envelope import Envelope, EnvelopeError, new_queue_id
@@ -38,6 +37,7 @@ from gomail.spool.integrity import check_file
 from gomail.spool.jobs import SpoolFiles, queuejobs
 from gomail.spool.recent import RecentContent
 from gomail.spool.recovery import QueueListing, RecoveryReport, list_queue, scan_entries, scan_queue
+from gomail.spool.removals import Removals
 from gomail.spool.spares import SpareFiles
 from gomail.spool.writer import ImmediateWriter
 
@@ -83,9 +83,7 @@ class Spool:
         #: Where removals go (default: the writer): a second writer keeps them
         #: from delaying the commits that SMTP clients wait on.
         self.removal_writer: ISpoolWriter | None = None
-        self._unpublished: list[str] = []  # spares waiting for the publish job in flight
-        self._removals: list[tuple[str, bool, Deferred]] = []  # removals waiting for the one in flight
-        self._removing = False
+        self._removals = Removals(lambda: self.removal_writer or self.writer, self._removed)
         self._publishing = False
         #: Content of just-committed messages for their delivery (see L{gomail.spool.recent}).
         self.recent = RecentContent(recent_content_bytes)
@@ -354,6 +352,9 @@ class Spool:
         """Replace a queued message's envelope atomically and durably."""
         await self.writer.run(queuejobs.rewrite_envelope, queue_id=envelope.id, envelope=envelope.to_json())
 
+    def _removed(self, count: int) -> None:
+        self.queued = max(0, self.queued - count)
+
     def remove(self, queue_id: str, durable: bool = True) -> Deferred:
         """
         Delete a delivered message from the queue; fires once the removal is
@@ -361,58 +362,10 @@ class Spool:
         message back, which suits deliveries that recognise a repeat, as the
         Maildir one does, and keeps a directory fsync off the intake path).
 
-        Removals are one job at a time: those asked for while one is in the
-        writer go together in the next (a relay batch ends twenty messages in
-        one reactor turn; one job each cost the writer process twenty round
-        trips). A failed job fails each of its removals, and the queue keeps
-        those messages and retries (L{gomail.delivery.queue}).
+        Removals asked for while one is in the writer go together in the
+        next job (L{gomail.spool.removals}). A failed job fails each of its
+        removals, and the queue keeps those messages and retries
+        (L{gomail.delivery.queue}).
         """
         self.recent.forget(queue_id)
-        done: Deferred = Deferred()
-        self._removals.append((queue_id, durable, done))
-        if not self._removing:
-            self._remove_waiting()
-        return done
-
-    def _remove_waiting(self) -> None:
-        """Send every removal waiting as one job; the next waiting ones go when it is answered."""
-        batch, self._removals = self._removals, []
-        self._removing = True
-        writer = self.removal_writer or self.writer
-        d = writer.run(queuejobs.remove_messages, queue_ids=[queue_id for queue_id, _, _ in batch],
-                       durable=any(durable for _, durable, _ in batch))
-
-        def answered(result: Any) -> None:
-            self._removing = False
-            if isinstance(result, Failure):
-                for _, _, done in batch:
-                    done.errback(result)
-            else:
-                if result:
-                    self._publish_spares(writer, result)
-                self.queued = max(0, self.queued - len(batch))
-                for _, _, done in batch:
-                    done.callback(None)
-            if self._removals and not self._removing:
-                self._remove_waiting()
-        d.addBoth(answered)
-
-    def _publish_spares(self, writer: ISpoolWriter, spares: list[str]) -> None:
-        """
-        Offer removed files to the next commits where they are made (in the
-        writer's own process), once their removal is durable: one job at a
-        time, carrying every spare made meanwhile (under load many removals
-        end together: one job each cost the writer process a round trip each).
-        """
-        self._unpublished += spares
-        if self._publishing:
-            return
-        self._publishing = True
-        batch, self._unpublished = self._unpublished, []
-
-        def published(_: Any) -> None:
-            self._publishing = False
-            if self._unpublished:
-                self._publish_spares(writer, [])
-        d = writer.run(queuejobs.publish_spares, spares=batch)
-        d.addErrback(lambda f: self.log.failure("could not offer spare files", f)).addBoth(published)
+        return self._removals.remove(queue_id, durable)
