@@ -137,6 +137,17 @@ class ComposeTests(SynchronousTestCase):
         self.assertIn("tcp:8090:interface=0.0.0.0", repo_file("conf", "docker", "gomail.toml"))
         self.assertIn('auth_http_header X-Auth-Key "${GOMAIL_SHARED_SECRET}";', nginx)
 
+    def test_gomail_accepts_the_environment(self) -> None:
+        """The variables compose gives gomail are keys gomail knows, with valid values, over the image's file."""
+        environment = {name: re.sub(r"\$\{[^}]*\}", "compose-secret", str(value))
+                       for name, value in self.compose["services"]["gomail"]["environment"].items()}
+        env = {"PATH": os.environ.get("PATH", ""), **environment}
+        result = subprocess.run([sys.executable, "-m", "gomail.cli", "check-config",
+                                 os.path.join(REPO, "conf", "docker", "gomail.toml")],
+                                capture_output=True, text=True, timeout=60, check=False, env=env)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("configuration ok", result.stdout)
+
     def test_nginx_accepts_the_configuration(self) -> None:
         """nginx -t accepts the mail proxy's configuration (the secret filled in, gomail's name as an address)."""
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
