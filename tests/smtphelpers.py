@@ -73,6 +73,11 @@ class ManualRun:
         """The spool writer's interface (ISpoolWriter): the durable job waits like any other call."""
         return self(_run_job, functools.partial(job, self.files, **arguments))
 
+    def release_one(self) -> None:
+        """Run the oldest waiting call, only it."""
+        f, args, kwargs, d = self.pending.pop(0)
+        maybeDeferred(f, *args, **kwargs).chainDeferred(d)
+
     def release(self) -> None:
         """Run every waiting call (and any they start), in order."""
         while self.pending:

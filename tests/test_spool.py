@@ -10,7 +10,7 @@ import json
 import os
 from typing import Any
 
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
@@ -729,12 +729,6 @@ class FakeConsumer:
         self.envelopes.append(envelope)
 
 
-def release_one(run: ManualRun) -> None:
-    """Run the oldest call waiting in C{run}, only it."""
-    f, args, kwargs, d = run.pending.pop(0)
-    maybeDeferred(f, *args, **kwargs).chainDeferred(d)
-
-
 class SpoolServiceTests(SpoolTestCase):
     """L{SpoolService}: prepare and recover at start, then feed the consumer."""
 
@@ -772,7 +766,7 @@ class SpoolServiceTests(SpoolTestCase):
         service = SpoolService(spool, consumer, recovery_step=2)
         started = service.startService()
         self.assertNoResult(started)
-        release_one(run)  # the listing
+        run.release_one()  # the listing
         self.successResultOf(started)
         self.assertEqual((consumer.envelopes, spool.queued), ([], 8))
         envelope, committed = start_commit(spool, SMALL)
@@ -780,13 +774,13 @@ class SpoolServiceTests(SpoolTestCase):
         self.successResultOf(committed)
         run.synchronous = False
         self.assertEqual([e.id for e in consumer.envelopes], [envelope.id])
-        release_one(run)  # bad1, m1
+        run.release_one()  # bad1, m1
         self.assertEqual([e.id for e in consumer.envelopes], [envelope.id, "m1"])
         self.assertEqual((spool.queued, listing(spool, "corrupt")), (8, ["bad1.eml", "bad1.json"]))
-        release_one(run)  # m2, m3; the step of m4, m5 is sent
+        run.release_one()  # m2, m3; the step of m4, m5 is sent
         stopped = service.stopService()
         self.assertNoResult(stopped)  # it waits for the step in progress
-        release_one(run)
+        run.release_one()
         self.successResultOf(stopped)
         self.assertEqual(run.pending, [])  # m6, m7 are not read
         self.assertEqual([e.id for e in consumer.envelopes], [envelope.id, "m1", "m2", "m3", "m4", "m5"])

@@ -24,6 +24,7 @@ the messages, and mail is accepted again that much sooner after a restart.
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -81,16 +82,11 @@ class QueueListing:
 
     def steps(self, size: int) -> Iterator[tuple[int, list[tuple[str, frozenset[str]]]]]:
         """(offset, up to C{size} entries as (queue id, extensions)): the partial ones first."""
-        entries: list[tuple[str, frozenset[str]]] = list(self.partial)
+        entries = itertools.chain(self.partial, ((queue_id, _BOTH) for queue_id in self.complete))
         done = 0
-        for start in range(0, len(self.complete), size):
-            entries.extend((queue_id, _BOTH) for queue_id in self.complete[start:start + size])
-            while len(entries) >= size:
-                yield done, entries[:size]
-                done += size
-                entries = entries[size:]
-        if entries:
-            yield done, entries
+        while chunk := list(itertools.islice(entries, size)):
+            yield done, chunk
+            done += len(chunk)
 
 
 def list_queue(spool: Spool) -> tuple[QueueListing, RecoveryReport]:
