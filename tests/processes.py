@@ -8,6 +8,7 @@ only polling can tell (a file appearing), polls are short and bounded.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import random
 import signal
@@ -43,6 +44,30 @@ def maildir_messages(directory: str) -> list[bytes]:
 
 
 _handed_out: set[int] = set()
+#: The lock files that hold this process's claim on the ports it handed out.
+_claims: list[int] = []
+_CLAIMS_DIRECTORY = os.path.join("/tmp", f"gomail-test-ports-{os.getuid()}")
+
+
+def _claim(port: int) -> bool:
+    """
+    Claim C{port} for this process's life against every other test process.
+
+    The bind probe alone cannot stop two parallel trial workers from being
+    handed the same free port before either binds it; a CI run once failed
+    that way (nginx could not bind its IMAP port, and the client reached
+    another worker's server). An flock on a file per port is released by the
+    kernel when the process ends, however it ends.
+    """
+    os.makedirs(_CLAIMS_DIRECTORY, exist_ok=True)
+    claim = os.open(os.path.join(_CLAIMS_DIRECTORY, str(port)), os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(claim, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(claim)
+        return False
+    _claims.append(claim)
+    return True
 
 
 def _ephemeral_range() -> tuple[int, int]:
@@ -62,7 +87,8 @@ def free_port() -> int:
     C{bind(0)} can be taken, before the test's server binds it, by any
     outgoing connection of a parallel test worker (which is how a CI run once
     failed with "Address already in use"). Ports are random, so parallel
-    workers rarely pick the same one, and never handed out twice by a process.
+    workers rarely pick the same one; a lock file per port (L{_claim}) makes
+    sure no two test processes are handed the same one.
     """
     low, _ = _ephemeral_range()
     floor = 10000 if low > 12000 else 1024
@@ -75,6 +101,8 @@ def free_port() -> int:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
+        if not _claim(port):
+            continue
         _handed_out.add(port)
         return port
     raise RuntimeError("no free TCP port below the ephemeral range")
