@@ -204,8 +204,11 @@ def accepts(port: int) -> bool:
 
 
 def imap_login(port: int, user: str, password: str) -> str:
-    """Log in over IMAP through nginx; returns "OK" or the error text."""
-    client = imaplib.IMAP4("127.0.0.1", port, timeout=20)
+    """Log in over IMAP through nginx; returns "OK" or the error text (the test then shows nginx's log)."""
+    try:
+        client = imaplib.IMAP4("127.0.0.1", port, timeout=20)
+    except OSError as e:
+        return f"connection failed: {e!r}"
     try:
         client.login(user, password)
         client.logout()
@@ -220,7 +223,11 @@ def imap_login(port: int, user: str, password: str) -> str:
 
 
 def pop3_login(port: int, user: str, password: str) -> str:
-    client = poplib.POP3("127.0.0.1", port, timeout=20)
+    """Log in over POP3 through nginx; returns "OK" or the error text."""
+    try:
+        client = poplib.POP3("127.0.0.1", port, timeout=20)
+    except OSError as e:
+        return f"connection failed: {e!r}"
     try:
         client.user(user)
         client.pass_(password)
