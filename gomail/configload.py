@@ -104,6 +104,8 @@ def _environment_overrides(environ: Mapping[str, str]) -> dict[str, _Override]:
     by_generic = {env_name(dotted): dotted for dotted, _ in _all_keys(Config)}
     overrides: dict[str, _Override] = {}
     for dotted, f in _all_keys(Config):
+        if f.metadata.get("tables"):
+            continue
         legacy = f.metadata.get("env")
         if legacy and legacy in environ:
             overrides[dotted] = _Override(legacy, environ[legacy])
@@ -131,13 +133,24 @@ def _build(cls: Any, data: Any, prefix: str, source: str, overrides: dict[str, _
         raise ConfigError(source, prefix.rstrip(".") or "(top level)", "must be a table/object of keys")
     hints = typing.get_type_hints(cls)
     known = {f.name: f for f in dataclasses.fields(cls)}
-    for key in data:
-        if key not in known:
+    tables = next((f.name for f in known.values() if f.metadata.get("tables")), None)
+    collected: list[tuple[str, Any]] = []
+    for key, value in data.items():
+        if key in known and not known[key].metadata.get("tables"):
+            continue
+        if tables is None:
             raise ConfigError(source, prefix + key, "unknown key")
+        if not isinstance(value, dict):
+            raise ConfigError(source, prefix + key, f"unknown key (a plugin's settings are a table: "
+                                                    f"[{prefix}{key}])")
+        collected.append((key, value))
     values: dict[str, Any] = {}
     for name, f in known.items():
         dotted = prefix + name
         kind = hints[name]
+        if f.metadata.get("tables"):
+            values[name] = tuple(collected)
+            continue
         if dataclasses.is_dataclass(kind):
             values[name] = _build(kind, data.get(name, {}), dotted + ".", source, overrides)
             continue

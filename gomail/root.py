@@ -31,9 +31,13 @@ from gomail.delivery.maildir import MaildirDelivery
 from gomail.delivery.queue import DeliveryQueue
 from gomail.delivery.relay import RelayAgent
 from gomail.delivery.router import Router
+from gomail.extension.runner import plugin_metrics
+from gomail.extension.smtphooks import SMTPHooks
+from gomail.extension.wiring import PluginParts, build_plugins, plugin_services
 from gomail.interfaces import ISpoolWriter
 from gomail.logjson import json_lines_observer
 from gomail.logtext import classic_observer
+from gomail.plugin import ServiceContext
 from gomail.reload import ConfigReloader
 from gomail.servicekit import PeriodicService, SequentialMultiService, ThreadPoolService
 from gomail.signals import SignalService
@@ -199,8 +203,8 @@ def _writers(config: Config, reactor: Any) -> Writers:
     return Writers(writer, mailbox_writer, files, None, [SpoolLock(reactor, directory), writer, mailbox_writer])
 
 
-def _delivery(config: Config, reactor: Any, spool: Spool,
-              mailbox_writer: ISpoolWriter) -> tuple[DeliveryQueue, RelayAgent | None]:
+def _delivery(config: Config, reactor: Any, spool: Spool, mailbox_writer: ISpoolWriter,
+              plugins: PluginParts) -> tuple[DeliveryQueue, RelayAgent | None]:
     """The delivery queue: local domains (or everything) to the Maildirs, the rest to the smarthosts."""
     spool.removal_writer = mailbox_writer
     mailbox = MaildirDelivery(spool.path("mailbox"), config.smtp.hostname, mailbox_writer)
@@ -212,10 +216,11 @@ def _delivery(config: Config, reactor: Any, spool: Spool,
                            idle_timeout=settings.connectionIdleTimeout, run=spool.run,
                            open_content=content_opener(spool.recent, spool.run),
                            processing_timeout=config.processingTimeout, data_timeout=settings.dataTimeout)
-        router = Router(mailbox, relay, local_domains(config.smtp.localDomains, config.smtp.hostname))
+        router = Router(mailbox, relay, local_domains(config.smtp.localDomains, config.smtp.hostname),
+                        routes=plugins.routes)
         workers = config.workerCount
     else:
-        router = Router(mailbox)
+        router = Router(mailbox, routes=plugins.routes)
         # Local copies are cheap and batch well in the writer: more at once
         # than workerCount (which is sized for remote deliveries).
         workers = max(config.workerCount, LOCAL_CONCURRENCY)
@@ -224,6 +229,9 @@ def _delivery(config: Config, reactor: Any, spool: Spool,
     queue = DeliveryQueue(spool, router, reactor, workers, processing_timeout=config.processingTimeout,
                           policy=policy, failed=FailedStore(spool, reactor), hostname=config.smtp.hostname,
                           delay_warning=settings.delayWarning)
+    if plugins.events is not None:
+        queue.events = plugins.events
+        spool.add_listener(plugins.events.queued)
     return queue, relay
 
 
@@ -249,7 +257,8 @@ def _recipients(config: Config, reactor: Any, policy: RelayPolicy, auth: AuthPar
                            verify=config.smtp.verifyRecipients)
 
 
-def _smtp(config: Config, reactor: Any, spool: Spool, auth: AuthParts, audit: AuthLog | None) -> SMTPServer:
+def _smtp(config: Config, reactor: Any, spool: Spool, auth: AuthParts, audit: AuthLog | None,
+          hooks: SMTPHooks) -> SMTPServer:
     """The SMTP sessions' server: relay policy, TLS, AUTH through the portal, recipients, audit."""
     tls = server_context(config.smtp.tlsCertificate, config.smtp.tlsPrivateKey, config.dataDir,
                          config.smtp.hostname)
@@ -260,7 +269,8 @@ def _smtp(config: Config, reactor: Any, spool: Spool, auth: AuthParts, audit: Au
                       log_envelopes=config.security.logAllEmails, portal=auth.portal,
                       rate_limiter=auth.rate_limiter, auth_settings=config.auth,
                       blacklist=auth.authenticator.blacklist, default_user=_default_user(config),
-                      recipients=_recipients(config, reactor, policy, auth), users=auth.users, audit=audit)
+                      recipients=_recipients(config, reactor, policy, auth), users=auth.users, audit=audit,
+                      hooks=hooks)
 
 
 def build_service(config: Config, reactor: Any, on_fatal: Callable[[Any], None] | None = None,
@@ -274,28 +284,35 @@ def build_service(config: Config, reactor: Any, on_fatal: Callable[[Any], None] 
     @param reload_config: loads the configuration again (on SIGHUP, see
         L{gomail.reload}); None: SIGHUP is logged and ignored.
     @raise gomail.tls.TLSConfigError: for an unusable certificate or key.
+    @raise gomail.extension.loader.PluginError: for a plugin that cannot be loaded or built.
     """
+    plugins = build_plugins(config, reactor)
     io = ThreadPoolService(reactor, "gomail-io", config.spool.ioThreads)
     writers = _writers(config, reactor)
     writer_process = writers.process
     spool = Spool(config.spool.directory, reactor, io.run, writer=writers.commit, files=writers.files,
                   min_free_bytes=config.spool.minFreeSpaceMB * 1024 * 1024,
                   recent_content_bytes=RECENT_CONTENT_BYTES)
-    delivery, relay = _delivery(config, reactor, spool, writers.mailbox)
-    auth, auth_services = build_auth(config, reactor)
+    delivery, relay = _delivery(config, reactor, spool, writers.mailbox, plugins)
+    auth, auth_services = build_auth(config, reactor, plugins.auth_sources, plugins.runner)
     # SMTP AUTH and auth_http write their logins to one audit table (nginxAuth.auditLog).
     audit = None
     if config.nginxAuth.auditLog:
         audit = AuthLog(auth.users.pool, reactor, config.nginxAuth.auditRetentionDays)
-    smtp = _smtp(config, reactor, spool, auth, audit)
+    smtp = _smtp(config, reactor, spool, auth, audit, plugins.smtp_hooks)
     http = build_http(config, reactor, HTTPInputs(spool=spool, delivery=delivery, relay=relay, smtp=smtp,
-                                                  auth=auth, writer_process=writer_process, audit=audit))
+                                                  auth=auth, writer_process=writer_process, audit=audit,
+                                                  backend_strategy=plugins.backend_strategy,
+                                                  runner=plugins.runner))
+    if len(plugins.plugins):
+        http.metrics.registry.register(plugin_metrics(plugins.runner))
     children: list[Service] = [
         io, *writers.services, SpoolService(spool, delivery), delivery, *_failed_retry(config, reactor, delivery),
         # After recovery and delivery (stopped before them): `gomail queue` changes go through this server.
         ControlService(reactor, QueueControl(spool, delivery, delivery.failed)),
         *auth_services, *([audit] if audit is not None else []),
         SMTPService(smtp, reactor, config.smtp.listen, config.smtp.implicitTlsListen),
+        *plugin_services(plugins, ServiceContext(reactor, config, auth.portal, spool, auth.users)),  # type: ignore[list-item]
         SignalService(reactor, None if reload_config is None else ConfigReloader(
             config, reload_config, rate_limiter=auth.rate_limiter, lockout=auth.authenticator.lockout,
             router=http.router)),

@@ -65,6 +65,7 @@ def makeService(options: Options) -> Any:
     """Build the gomail service for twistd; a bad configuration exits with one line."""
     from twisted.internet import reactor
 
+    from gomail.extension.loader import PluginError
     from gomail.logtext import twistd_log_file
     from gomail.root import build_service
     from gomail.tls import TLSConfigError
@@ -84,3 +85,5 @@ def makeService(options: Options) -> Any:
                              reload_config=lambda: configure(options))
     except (ConfigError, TLSConfigError) as e:
         raise SystemExit(f"gomail: configuration error: {e}") from None
+    except PluginError as e:
+        raise SystemExit(f"gomail: plugin error: {e}") from None

@@ -139,7 +139,8 @@ def usable_cpus() -> int:
     return cpus
 
 
-def build_auth(config: Config, reactor: Any) -> tuple[AuthParts, list[Service]]:
+def build_auth(config: Config, reactor: Any, sources: list[tuple[str, Any]] | None = None,
+               runner: Any = None) -> tuple[AuthParts, list[Service]]:
     """
     The authentication parts, and their services in start order: the CPU
     pool, the user database, then the watch for other processes' changes to

@@ -74,6 +74,8 @@ class DeliveryQueue(Service):
         self.failed, self.hostname = failed, hostname
         self.random = random
         self.stats = DeliveryStats()
+        #: Tells plugins (IDeliveryObserver) what happened (gomail.extension.events); None: no observers.
+        self.events: Any = None
         self._envelopes: dict[str, Envelope] = {}
         self._heap: list[tuple[float, int, str]] = []
         self._sequence = 0
@@ -263,6 +265,8 @@ class DeliveryQueue(Service):
                 self.stats.failed_recipients += 1
             else:
                 self.stats.deferred_recipients += 1
+            if self.events is not None:
+                self.events.recipient(envelope, recipient)
             self.log.info("{queue_id} to <{recipient}>: {agent} {reply}", queue_id=envelope.id,
                           recipient=recipient.address, agent=agent.name, reply=recipient.reply)
 
@@ -357,6 +361,8 @@ class DeliveryQueue(Service):
         failures = unreported_failures(envelope)
         if failures:
             await self._send_dsn(envelope, failures, "failed", now)
+            if self.events is not None:
+                self.events.bounced(envelope, failures)
             mark_reported(envelope, failures)
             self.stats.bounces += 1
         warn_at = delay_warning_time(envelope, self.delay_warning)

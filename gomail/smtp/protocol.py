@@ -75,6 +75,7 @@ class GomailESMTP(SASLMixin, MailTransactionMixin, SMTPFraming):
         self._errors = 0
         self._message = None
         self._reader: DataReader | None = None
+        self._headers = None
         self._first_chunk = True
         self._timers: dict[str, Any] = {}  # the session's deadlines, by name
         self.flow: OutputBound | None = None  # bounds replies the client does not read
@@ -120,6 +121,10 @@ class GomailESMTP(SASLMixin, MailTransactionMixin, SMTPFraming):
         refusal = await self.server.client_refusal(self)
         if self.lost or self.closed or self.transport.disconnecting:
             return
+        if refusal is None and self.server.hooks.active:
+            refusal = await self.server.hooks.refusal("connect", self)
+            if self.lost or self.closed or self.transport.disconnecting:
+                return
         if refusal is not None:
             return self.hang_up(*refusal)
         if not self.exempt_from_sync() and self.settings.greetingDelay:
@@ -248,17 +253,30 @@ class GomailESMTP(SASLMixin, MailTransactionMixin, SMTPFraming):
 
     # -- session commands ---------------------------------------------------
 
-    def do_HELO(self, rest: bytes) -> None:
-        self._greet(rest, extended=False)
+    def do_HELO(self, rest: bytes) -> Any:
+        return self._greet(rest, extended=False)
 
-    def do_EHLO(self, rest: bytes) -> None:
-        self._greet(rest, extended=True)
+    def do_EHLO(self, rest: bytes) -> Any:
+        return self._greet(rest, extended=True)
 
-    def _greet(self, rest: bytes, extended: bool) -> None:
+    def _greet(self, rest: bytes, extended: bool) -> Any:
         if not _HELO_NAME.match(rest):
             self.reply(501, "5.5.4", f"Syntax: {'EHLO' if extended else 'HELO'} hostname")
-            return
-        self.helo_name = rest.decode("ascii")
+            return None
+        if self.server.hooks.active:
+            return Deferred.fromCoroutine(self._greet_checked(rest.decode("ascii"), extended))
+        return self._greeted(rest.decode("ascii"), extended)
+
+    async def _greet_checked(self, name: str, extended: bool) -> None:
+        """HELO/EHLO once the plugins' hooks agree (L{gomail.extension.smtphooks})."""
+        refusal = await self.server.hooks.refusal("helo", self, name)
+        if refusal is not None:
+            self.reply(*refusal)
+        else:
+            self._greeted(name, extended)
+
+    def _greeted(self, name: str, extended: bool) -> None:
+        self.helo_name = name
         self.extended = extended
         self.reset_transaction()
         first = f"{self.settings.hostname} Hello {self.helo_name} [{self.client_host}]"

@@ -156,6 +156,13 @@ class SASLMixin(SessionAPI):
             # As auth_http: a login that cannot be audited is not let in.
             self.reply(454, "4.7.0", "Temporary authentication failure, try again later")
             return
+        if self.server.hooks.active:
+            refusal = await self.server.hooks.refusal("authenticated", self, account.name)
+            if refusal is not None:
+                self.log.info('SMTP AUTH of user "{user}" from {client} refused by a plugin', user=account.name,
+                              client=self.client_host)
+                self.reply(*refusal)
+                return
         self.account = account
         self.authenticated = True
         self.log.info('SMTP AUTH succeeded for user "{user}" from {client} ({via})', user=account.name,

@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from gomail.auth.authlog import AuthLogEntry, printable
 from gomail.configschema import AuthSettings, SMTPSettings
 from gomail.deferreds import deferred_coroutine
+from gomail.extension.smtphooks import SMTPHooks
 from gomail.limits.rate import RateLimitUnavailable
 from gomail.servicekit import ListeningService
 from gomail.smtp.address import Path
@@ -59,6 +60,7 @@ class SMTPServer:
         local domains (None: every such address is accepted).
     @param users: the user store an XCLIENT LOGIN is looked up in (None: none
         is accepted; see L{gomail.smtp.xclient}).
+    @param hooks: the plugins' L{SMTPHooks} (None: no plugin hooks).
     @param audit: the audit log of logins (L{gomail.auth.authlog.AuthLog},
         shared with auth_http) SMTP AUTH attempts are written to (None: not kept).
     """
@@ -70,7 +72,7 @@ class SMTPServer:
                  portal: Any = None, rate_limiter: RateLimiter | None = None,
                  auth_settings: AuthSettings | None = None, blacklist: Any = None,
                  recipients: LocalRecipients | None = None, default_user: str = "", users: Any = None,
-                 audit: Any = None) -> None:
+                 audit: Any = None, hooks: SMTPHooks | None = None) -> None:
         self.settings = settings
         self.policy = policy
         # Who exists in the local domains (users, aliases, postmaster); by
@@ -95,6 +97,8 @@ class SMTPServer:
         self._rate_limit_log = LogThrottle(clock, RATE_LIMIT_LOG_PER_SECOND)
         #: The audit log of logins (L{gomail.auth.authlog.AuthLog}, shared with auth_http); None: not kept.
         self.audit = audit
+        #: The plugins' SMTP hooks and header filters (L{gomail.extension.smtphooks}); none by default.
+        self.hooks = hooks or SMTPHooks()
         self.rejections: Counter[str] = Counter()  # refusals by reason, for the metrics endpoint
         self.sessions_total = 0
         self.probes_total = 0  # connections closed without a byte from the client

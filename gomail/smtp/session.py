@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from gomail.configschema import SMTPSettings
     from gomail.netaddr import IPAddress
     from gomail.smtp.address import Path
+    from gomail.smtp.headeredit import HeaderStripper
     from gomail.smtp.reader import DataReader
     from gomail.smtp.server import SMTPServer
 
@@ -58,6 +59,7 @@ class SessionAPI:
     _input: bytes
     _message: Any  # the spool's incoming message while DATA is open
     _reader: DataReader | None
+    _headers: HeaderStripper | None  # removes header fields for IHeaderFilter plugins, while DATA is open
     _first_chunk: bool
     _data_started: float
     _auth_failures: int

@@ -17,6 +17,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.mail.smtp import COMMAND, DATA
 
+from gomail.extension.smtpdata import plugin_verdict
 from gomail.smtp.address import AddressError, Path, parse_path
 from gomail.smtp.reader import DataReader
 from gomail.smtp.received import received_header
@@ -47,6 +48,10 @@ class MailTransactionMixin(SessionAPI):
 
     async def _accept_sender(self, path: Path, body_type: str | None) -> None:
         refusal = await self.server.mail_refusal(self, path)
+        if refusal is None and self.server.hooks.active:
+            refusal = await self.server.hooks.refusal("mail_from", self, path.address)
+            if refusal is not None:
+                self.server.rejections["plugin"] += 1
         if refusal is not None:
             return self.reply(*refusal)
         self.sender, self.recipients, self.body_type = path, [], body_type
@@ -86,22 +91,36 @@ class MailTransactionMixin(SessionAPI):
         if refusal is not None:
             return self.reply(*refusal)
 
-        def decided(outcome: Any) -> None:
+        def decided(outcome: Any) -> Any:
             # gomail.smtp.recipients: users, aliases (expanded here), postmaster, catch-alls.
             if self.closed or self.transport.disconnecting:
-                return
+                return None
             if hasattr(outcome, "reason"):
                 self.server.rejections[outcome.reason] += 1
                 return self.reply(*outcome.reply)
             new = [a for a in dict.fromkeys(outcome.addresses) if a not in self.recipients]
             if not new and self.count_junk():  # a repeated RCPT moves nothing forward
-                return
+                return None
+            if self.server.hooks.active:
+                return Deferred.fromCoroutine(self._accept_recipients(path.address, new))
             self.recipients.extend(new)
             self.reply(250, "2.1.5", "Recipient ok")
+            return None
 
         # Pipelined input waits while a lookup is pending (see _wait_for).
         return self.server.recipients.check(path, self.recipients, self.settings.maxRecipients,
                                             self.client_host).addCallback(decided)
+
+    async def _accept_recipients(self, address: str, new: list[str]) -> None:
+        """RCPT TO accepted by gomail's rules: the addresses go in once the plugins' hooks agree."""
+        refusal = await self.server.hooks.refusal("rcpt_to", self, address)
+        if self.closed or self.transport.disconnecting:
+            return
+        if refusal is not None:
+            self.server.rejections["plugin"] += 1
+            return self.reply(*refusal)
+        self.recipients.extend(new)
+        self.reply(250, "2.1.5", "Recipient ok")
 
     def do_DATA(self, rest: bytes) -> None:
         if rest:
@@ -114,6 +133,7 @@ class MailTransactionMixin(SessionAPI):
         message.on_drain = self._message_drained
         message.write(received_header(self, message.id, self.server.clock.seconds()))
         self._first_chunk = True
+        self._headers = self.server.hooks.stripper()
         self._reader = DataReader(
             self._content, self.settings.maxMessageSize, self.settings.maxLineLength,
             normalize=self.settings.bareLineEndings == "normalize")
@@ -127,6 +147,10 @@ class MailTransactionMixin(SessionAPI):
             self._first_chunk = False
             if not _HEADER_START.match(block):
                 self._message.write(b"\r\n")  # no header section: keep the body out of ours
+                if self._headers is not None:
+                    self._headers.no_header_section()
+        if self._headers is not None:
+            block = self._headers.feed(block)
         self._message.write(block)
         if self._message.backlog > self._message.HIGH_WATER:
             self._pause("disk")
@@ -154,6 +178,16 @@ class MailTransactionMixin(SessionAPI):
         self._resume("disk")
         sender, recipients, body_type = self.sender, self.recipients, self.body_type
         assert message is not None and reader is not None and sender is not None  # set by MAIL and DATA
+        if self._headers is not None:
+            message.write(self._headers.finish())
+            self._headers = None
+        if reader.error is None and self.server.hooks.active:
+            refusal = await plugin_verdict(self, message, sender.address, recipients)
+            if refusal is not None:
+                self.reset_transaction()
+                await message.abort()
+                self.server.rejections["plugin"] += 1
+                return self.reply(*refusal)
         self.reset_transaction()
         if reader.error is not None:
             await message.abort()
@@ -174,7 +208,7 @@ class MailTransactionMixin(SessionAPI):
                 self.log.error("could not queue a message from {client}: {error}", client=self.client_host,
                                error=e.strerror)
                 self.reply(552, "5.3.4", "Message too big for system")
-                return
+                return None
             self.log.failure("could not queue a message from {client}", client=self.client_host)
             self.reply(451, "4.3.0", "Local error in processing; message not accepted, try again later")
             return

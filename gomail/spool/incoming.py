@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -134,6 +135,40 @@ class IncomingMessage:
         envelope.fresh = True
         self._spool.committed(envelope)
 
+    async def settle(self) -> None:
+        """Wait until no write to C{tmp/} is under way (then L{open_content} sees every byte so far)."""
+        await self._idle()
+
+    def open_content(self) -> io.RawIOBase | io.BytesIO:
+        """
+        A binary file object over the content received so far (call after
+        L{settle}): what is in C{tmp/}, then what is still in memory. Read it
+        in a thread when it may be large: a file read blocks.
+        """
+        memory = io.BytesIO(b"".join(self._chunks))
+        if self._fd is None:
+            return memory
+        return _Joined(self._spool.path("tmp", self.id + ".eml"), self.size - self._buffered, memory)
+
+    async def prepend(self, data: bytes) -> None:
+        """
+        Put C{data} (header fields a plugin adds at end of data) before the
+        content, before the L{commit}. In memory it is one more chunk; once
+        part of the message is in C{tmp/}, that file is copied behind C{data}
+        into a new one, block by block in the I/O pool, and hashed again.
+        """
+        await self._idle()
+        if self._failure is not None or not data:
+            return  # the commit fails with the error
+        if self._fd is None:
+            self._chunks.insert(0, data)
+            self._buffered += len(data)
+        else:
+            fd, self._fd = self._fd, None
+            self._fd, self._digest = await self._spool.run(
+                self._spool.prepend_tmp, self.id, fd, data, self.size - self._buffered)
+        self.size += len(data)
+
     def abort(self) -> Deferred:
         """Forget the message and remove what was written of it."""
         if self._finished:
@@ -151,3 +186,30 @@ class IncomingMessage:
         while self._writing is not None:
             with contextlib.suppress(Exception):  # its failure is the commit's, reported there
                 await self._writing
+
+
+class _Joined(io.RawIOBase):
+    """The first C{length} bytes of the file at C{path}, then C{rest} (read-only)."""
+
+    def __init__(self, path: str, length: int, rest: io.BytesIO) -> None:
+        super().__init__()
+        self._file = open(path, "rb")  # noqa: SIM115 -- closed by close()
+        self._left = length
+        self._rest = rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        view = memoryview(buffer)
+        if self._left > 0:
+            count = self._file.readinto(view[:min(len(view), self._left)])
+            if count:
+                self._left -= count
+                return count
+            self._left = 0
+        return self._rest.readinto(view)
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()

@@ -46,6 +46,9 @@ class HTTPInputs:
     auth: Any  # gomail.auth.service.AuthParts
     writer_process: Any  # the spool writer's child process, or None
     audit: AuthLog | None  # the login audit log (nginxAuth.auditLog), or None
+    #: (name, IBackendStrategy) of the plugin that picks nginx backends, or None (gomail.extension).
+    backend_strategy: tuple[str, Any] | None = None
+    runner: Any = None  # the plugins' HookRunner (gomail.extension.runner), or None
 
 
 @dataclass(frozen=True)
