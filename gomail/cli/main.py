@@ -17,6 +17,7 @@ from twisted.internet.interfaces import IReactorTime
 import gomail
 from gomail.cli import alias as aliascli
 from gomail.cli import blacklist as blacklistcli
+from gomail.cli import plugins as pluginscli
 from gomail.cli import queue as queuecli
 from gomail.cli import user as usercli
 from gomail.cli.common import WallClock
@@ -41,6 +42,8 @@ def main(argv: list[str] | None = None, clock: IReactorTime | None = None,
         return e.code if isinstance(e.code, int) else 2
     if args.command == "check-config":
         return check_config(args.file)
+    if args.command in pluginscli.COMMANDS:
+        return pluginscli.run(args)
     runners = {**dict.fromkeys(queuecli.COMMANDS, queuecli.run), **dict.fromkeys(aliascli.COMMANDS, aliascli.run),
                **dict.fromkeys(blacklistcli.COMMANDS, blacklistcli.run)}
     if args.command in (*runners, *usercli.COMMANDS):
@@ -87,7 +90,7 @@ class QuietArgumentParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line: C{check-config}, C{queue}, C{user}, C{blacklist} and C{alias}."""
+    """The command line: C{check-config}, C{queue}, C{user}, C{blacklist}, C{alias} and C{plugins}."""
     parser = QuietArgumentParser(prog="gomail", description="gomail mail server operator tool")
     parser.add_argument("--version", action="version", version=f"gomail {gomail.__version__}")
     parser.add_argument("-v", "--verbose", action="store_true",
@@ -99,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     usercli.add_commands(commands)
     blacklistcli.add_commands(commands)
     aliascli.add_commands(commands)
+    pluginscli.add_commands(commands)
     return parser
 
 
@@ -108,6 +112,10 @@ def check_config(path: str) -> int:
         config = load_config(path)
     except ConfigError as e:
         print(f"gomail: configuration error: {e}", file=sys.stderr)
+        return 1
+    problem = pluginscli.check(config)
+    if problem is not None:
+        print(f"gomail: plugin error: {problem}", file=sys.stderr)
         return 1
     print(f"{path}: configuration ok")
     print(describe(config))
