@@ -269,6 +269,7 @@ class LoggingSettings:
 
     format: str = setting("text", check=one_of("text", "json"))
     file: str = setting("")
+    level: str = setting("info", check=one_of("debug", "info", "warn", "error", "critical"))
 
 
 @dataclass(frozen=True)

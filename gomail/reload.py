@@ -11,7 +11,12 @@ What is applied at once (the objects holding it read it on every use):
     C{auth.userSlowdownAttempts}, C{auth.userSlowdownWindow},
     C{auth.userSlowdownDelay};
   - nginx's backends and how one is picked: C{nginxAuth.backends},
-    C{nginxAuth.strategy} (a new backend is health-checked at once).
+    C{nginxAuth.strategy} (a new backend is health-checked at once);
+  - C{logging.level};
+  - plugin settings and C{plugins.timeout} (L{gomail.extension.reloading}).
+
+(The IP blacklist needs no reload: it lives in the user database, whose
+changes are read within C{auth.blacklistRefresh}.)
 
 Every other changed key is logged as needing a restart and is not applied
 (listeners, the spool, the database, TLS...). A file that does not load (a
@@ -26,10 +31,12 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel, LogLevelFilterPredicate
 
 from gomail.configload import ConfigError
 from gomail.configschema import Config
+from gomail.extension.loader import PluginError
+from gomail.extension.reloading import PluginReloader
 from gomail.web.service import default_backends
 
 #: The auth keys the lockout reads on every check.
@@ -64,12 +71,15 @@ class ConfigReloader:
     log = Logger()
 
     def __init__(self, current: Config, load: Callable[[], Config], rate_limiter: Any = None,
-                 lockout: Any = None, router: Any = None) -> None:
+                 lockout: Any = None, router: Any = None, plugins: PluginReloader | None = None,
+                 log_levels: LogLevelFilterPredicate | None = None) -> None:
         self.current = current
         self.load = load
         self.rate_limiter = rate_limiter
         self.lockout = lockout
         self.router = router
+        self.plugins = plugins
+        self.log_levels = log_levels
 
     def _live(self, section: str, name: str) -> bool:
         """Whether the key C{section.name} is applied while the server runs (by a part that is there)."""
@@ -79,6 +89,8 @@ class ConfigReloader:
             return name in LOCKOUT_KEYS and self.lockout is not None
         if section == "nginxAuth":
             return name in ("backends", "strategy") and self.router is not None
+        if section == "logging":
+            return name == "level" and self.log_levels is not None
         return False
 
     def reload(self) -> tuple[list[str], list[str]]:
@@ -88,10 +100,20 @@ class ConfigReloader:
         except ConfigError as e:
             self.log.error("SIGHUP: configuration not reloaded, nothing changed: {error}", error=str(e))
             return [], []
-        applied, restart = [], []
+        applied: list[str] = []
+        restart: list[str] = []
         current = self.current
+        apply_plugins = None
+        if self.plugins is not None and new.plugins != current.plugins:
+            try:
+                applied, restart, apply_plugins = self.plugins.prepare(new.plugins)
+            except PluginError as e:
+                self.log.error("SIGHUP: configuration not reloaded, nothing changed: {error}", error=str(e))
+                return [], []
         for key in changed_keys(current, new):
             section, _, name = key.partition(".")
+            if section == "plugins" and apply_plugins is not None:
+                continue  # the plugin reloader named these keys
             if self._live(section, name):
                 applied.append(key)
             else:
@@ -110,6 +132,16 @@ class ConfigReloader:
                 lambda failure: self.log.failure("SIGHUP: checking the new backends failed", failure))
             current = dataclasses.replace(current, nginxAuth=dataclasses.replace(
                 current.nginxAuth, backends=new.nginxAuth.backends, strategy=new.nginxAuth.strategy))
+        if apply_plugins is not None:
+            try:
+                apply_plugins()
+            except PluginError as e:
+                self.log.error("SIGHUP: plugin settings not applied: {error}", error=str(e))
+            current = dataclasses.replace(current, plugins=new.plugins)
+        if "logging.level" in applied and self.log_levels is not None:
+            self.log_levels.defaultLogLevel = LogLevel.levelWithName(new.logging.level)
+            current = dataclasses.replace(current, logging=dataclasses.replace(current.logging,
+                                                                               level=new.logging.level))
         self.current = current
         for key in applied:
             self.log.info("SIGHUP: applied {key}", key=key)

@@ -13,7 +13,13 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
-from twisted.logger import ILogObserver, Logger
+from twisted.logger import (
+    FilteringLogObserver,
+    ILogObserver,
+    Logger,
+    LogLevel,
+    LogLevelFilterPredicate,
+)
 
 import gomail
 from gomail.auth.aliases import AliasStore
@@ -31,6 +37,7 @@ from gomail.delivery.maildir import MaildirDelivery
 from gomail.delivery.queue import DeliveryQueue
 from gomail.delivery.relay import RelayAgent
 from gomail.delivery.router import Router
+from gomail.extension.reloading import PluginReloader
 from gomail.extension.runner import plugin_metrics
 from gomail.extension.smtphooks import SMTPHooks
 from gomail.extension.wiring import PluginParts, build_plugins, plugin_services
@@ -74,6 +81,7 @@ class Parts:
     smtp: SMTPServer
     auth_log: AuthLog | None  # the login audit log (nginxAuth.auditLog), shared by SMTP AUTH and auth_http
     http: HTTPParts
+    log_levels: LogLevelFilterPredicate  # logging.level (SIGHUP changes it)
 
 
 class GomailService(SequentialMultiService):
@@ -138,9 +146,13 @@ class GomailService(SequentialMultiService):
         if not hasattr(parent, "setComponent"):
             return
         if self.config.logging.format == "json":
-            parent.setComponent(ILogObserver, json_lines_observer(_log_file(self.config.logging.file)))
+            observer = json_lines_observer(_log_file(self.config.logging.file))
         elif self.text_log_file is not None:
-            parent.setComponent(ILogObserver, classic_observer(self.text_log_file))
+            observer = classic_observer(self.text_log_file)
+        else:
+            return
+        # logging.level: the predicate is shared with the SIGHUP reloader, which may change it.
+        parent.setComponent(ILogObserver, FilteringLogObserver(observer, [self.parts.log_levels]))
 
     def startService(self) -> Deferred:  # type: ignore[override]
         self.log.info("gomail {version} starting", version=gomail.__version__)
@@ -287,6 +299,7 @@ def build_service(config: Config, reactor: Any, on_fatal: Callable[[Any], None] 
     @raise gomail.extension.loader.PluginError: for a plugin that cannot be loaded or built.
     """
     plugins = build_plugins(config, reactor)
+    log_levels = LogLevelFilterPredicate(defaultLogLevel=LogLevel.levelWithName(config.logging.level))
     io = ThreadPoolService(reactor, "gomail-io", config.spool.ioThreads)
     writers = _writers(config, reactor)
     writer_process = writers.process
@@ -315,10 +328,11 @@ def build_service(config: Config, reactor: Any, on_fatal: Callable[[Any], None] 
         *plugin_services(plugins, ServiceContext(reactor, config, auth.portal, spool, auth.users)),  # type: ignore[list-item]
         SignalService(reactor, None if reload_config is None else ConfigReloader(
             config, reload_config, rate_limiter=auth.rate_limiter, lockout=auth.authenticator.lockout,
-            router=http.router)),
+            router=http.router, log_levels=log_levels,
+            plugins=PluginReloader(plugins, config.plugins, reactor, config.smtp.hostname, config.dataDir))),
         # HTTP last: it reports on everything above, and stops first.
         *http.services,
     ]
     parts = Parts(spool=spool, writer_process=writer_process, delivery=delivery, relay=relay, auth=auth,
-                  smtp=smtp, auth_log=audit, http=http)
+                  smtp=smtp, auth_log=audit, http=http, log_levels=log_levels)
     return GomailService(config, parts, children, on_fatal, text_log_file)

@@ -13,7 +13,6 @@ import sys
 from twisted.application.service import Application
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import (
-    FileLogObserver,
     ILogObserver,
     Logger,
     LogLevel,
@@ -150,11 +149,17 @@ class ObserverWiringTests(SynchronousTestCase):
         self.assertEqual(out.getvalue(), formatEventAsClassicLogText(event))
 
     def test_service_installs_text_observer(self) -> None:
-        """A service given a text log file gives the application a FileLogObserver for it."""
-        service = build_service(config_in(self.directory), MemoryReactorClock(), text_log_file=io.StringIO())
+        """A service given a text log file gives the application an observer writing twistd lines to it, at
+        logging.level (info by default: debug events are left out)."""
+        out = io.StringIO()
+        service = build_service(config_in(self.directory), MemoryReactorClock(), text_log_file=out)
         application = Application("gomail")
         service.setServiceParent(application)
-        self.assertIsInstance(application.getComponent(ILogObserver), FileLogObserver)
+        observer = application.getComponent(ILogObserver)
+        info, debug = events(lambda log: (log.info("gomail {what}", what="ready"), log.debug("noise")))
+        observer(info)
+        observer(debug)
+        self.assertEqual(out.getvalue(), formatEventAsClassicLogText(info))
 
     def test_plugin_sets_the_file_from_twistd_options(self) -> None:
         """twistd -n gomail: the plugin's service logs text to stdout through gomail's observer."""

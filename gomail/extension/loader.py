@@ -151,11 +151,16 @@ def load_plugins(settings: PluginSettings, reactor: Any, hostname: str, data_dir
             raise PluginError(f"plugins.{name}: no such plugin (found: {known})")
         if not isinstance(table.get("enabled", True), bool):
             raise PluginError(f"plugins.{name}.enabled: must be true or false")
-        loaded.append(_build(plugin, table, PluginContext(reactor, hostname, data_dir, name)))
+        loaded.append(build_found(plugin, table, PluginContext(reactor, hostname, data_dir, name)))
     return Plugins(loaded)
 
 
-def _build(plugin: FoundPlugin, table: dict[str, Any], context: PluginContext) -> LoadedPlugin:
+def build_found(plugin: FoundPlugin, table: dict[str, Any], context: PluginContext) -> LoadedPlugin:
+    """
+    Build a discovered plugin with its table, and check what it built.
+
+    @raise PluginError: one line naming the plugin and what is wrong.
+    """
     name = plugin.name
     settings = Settings(name, table)
     try:
