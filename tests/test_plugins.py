@@ -279,6 +279,17 @@ class CommandTests(PluginDirectoryMixin, SynchronousTestCase):
         self.assertEqual(rows["headers"][1:3], ["no", "-"])
         self.assertIn("Refuses senders of some domains.", result.stdout)
 
+    def test_installed_package_drop_in(self) -> None:
+        """A package on sys.path shipping gomail/plugins/<module>.py (no __init__.py) adds its plugins."""
+        site = os.path.abspath(self.mktemp())
+        os.makedirs(os.path.join(site, "gomail", "plugins"))
+        path = self.write_plugin(os.path.join(site, "gomail", "plugins"), "vendor_deny", GOOD.format(name="vendor_deny"))
+        env = {"PYTHONPATH": os.pathsep.join([_SOURCE_ROOT, site]), "LC_ALL": "C.UTF-8"}
+        result = subprocess.run([sys.executable, "-m", "gomail.cli", "plugins", "list"], env=env,
+                                capture_output=True, text=True, timeout=60)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn(path, result.stdout)
+
     def test_check_config_reports_a_plugin_error(self) -> None:
         """check-config loads the plugins too: a bad plugin setting exits 1 with one line."""
         directory = self.plugin_dir()
