@@ -4,9 +4,10 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
@@ -166,7 +167,7 @@ class IncomingMessage:
         else:
             fd, self._fd = self._fd, None
             self._fd, self._digest = await self._spool.run(
-                self._spool.prepend_tmp, self.id, fd, data, self.size - self._buffered)
+                prepend_tmp, self._spool, self.id, fd, data, self.size - self._buffered)
         self.size += len(data)
 
     def abort(self) -> Deferred:
@@ -186,6 +187,42 @@ class IncomingMessage:
         while self._writing is not None:
             with contextlib.suppress(Exception):  # its failure is the commit's, reported there
                 await self._writing
+
+
+#: Bytes copied at a time when header fields are put before a message already in tmp/.
+PREPEND_BLOCK = 1024 * 1024
+
+
+def prepend_tmp(spool: Spool, queue_id: str, fd: int, data: bytes, length: int) -> tuple[int, Any]:
+    """
+    (I/O pool) Replace ``tmp/<id>.eml``, whose first C{length} bytes are the
+    message so far (C{fd} writes it), with C{data} followed by them; returns
+    the new file's descriptor (positioned at its end) and the digest of
+    its content. C{fd} is closed. The old file is read in blocks: a large
+    message is never held in memory.
+    """
+    path = spool.path("tmp", queue_id + ".eml")
+    staging = spool.path("tmp", queue_id + ".prepend")
+    digest = new_digest()
+    digest.update(data)
+    new_fd = spool.fs.create(staging)
+    try:
+        spool.fs.write(new_fd, [data])
+        with open(path, "rb") as old:
+            while length > 0:
+                block = old.read(min(PREPEND_BLOCK, length))
+                if not block:
+                    raise OSError(errno.EIO, f"{path} is shorter than the {length} bytes written to it")
+                length -= len(block)
+                digest.update(block)
+                spool.fs.write(new_fd, [block])
+        spool.fs.rename(staging, path)
+    except BaseException:
+        spool.fs.close(new_fd)
+        spool.fs.unlink(staging)
+        raise
+    spool.fs.close(fd)
+    return new_fd, digest
 
 
 class _Joined(io.RawIOBase):

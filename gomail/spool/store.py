@@ -21,7 +21,6 @@ fails its check before a delivery attempt (L{Spool.check_content}).
 
 from __future__ import annotations
 
-import errno
 import os
 from collections.abc import Callable
 from typing import Any
@@ -34,7 +33,7 @@ from gomail.interfaces import ISpoolWriter
 from gomail.spool.envelope import Envelope, EnvelopeError, new_queue_id
 from gomail.spool.fs import FileSystem, read_queued
 from gomail.spool.incoming import IncomingMessage
-from gomail.spool.integrity import check_file, new_digest
+from gomail.spool.integrity import check_file
 from gomail.spool.jobs import SpoolFiles, queuejobs
 from gomail.spool.recent import RecentContent
 from gomail.spool.recovery import QueueListing, RecoveryReport, list_queue, scan_entries, scan_queue
@@ -46,8 +45,6 @@ RunInThread = Callable[..., Deferred]
 SUBDIRECTORIES = ("tmp", "queue", "failed", "corrupt", "mailbox")
 #: Queue entries read per hand-off to the I/O pool when recovering while the server runs.
 RECOVERY_STEP = 2000
-#: Bytes copied at a time when header fields are put before a message already in tmp/.
-PREPEND_BLOCK = 1024 * 1024
 
 
 class SpoolError(Exception):
@@ -265,37 +262,6 @@ class Spool:
             return fd
         self.fs.write(fd, chunks)
         return fd
-
-    def prepend_tmp(self, queue_id: str, fd: int, data: bytes, length: int) -> tuple[int, Any]:
-        """
-        (I/O pool) Replace ``tmp/<id>.eml``, whose first C{length} bytes are the
-        message so far (C{fd} writes it), with C{data} followed by them; returns
-        the new file's descriptor (positioned at its end) and the digest of
-        its content. C{fd} is closed. The old file is read in blocks: a large
-        message is never held in memory.
-        """
-        path = self.path("tmp", queue_id + ".eml")
-        staging = self.path("tmp", queue_id + ".prepend")
-        digest = new_digest()
-        digest.update(data)
-        new_fd = self.fs.create(staging)
-        try:
-            self.fs.write(new_fd, [data])
-            with open(path, "rb") as old:
-                while length > 0:
-                    block = old.read(min(PREPEND_BLOCK, length))
-                    if not block:
-                        raise OSError(errno.EIO, f"{path} is shorter than the {length} bytes written to it")
-                    length -= len(block)
-                    digest.update(block)
-                    self.fs.write(new_fd, [block])
-            self.fs.rename(staging, path)
-        except BaseException:
-            self.fs.close(new_fd)
-            self.fs.unlink(staging)
-            raise
-        self.fs.close(fd)
-        return new_fd, digest
 
     def commit_files(self, queue_id: str, fd: int | None, chunks: list[bytes], envelope: bytes,
                      size: int) -> Deferred:
