@@ -68,7 +68,7 @@ class ResolvingReactor(MemoryReactorClock):
 class RaisingRouter:
     """A router that breaks after the credentials were found good."""
 
-    def choose(self, protocol, user, assignment=None):
+    async def pick(self, protocol, user, client, assignment=None):
         raise RuntimeError("router bug")
 
 

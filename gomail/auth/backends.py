@@ -33,6 +33,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
 from gomail.configschema import Backend
+from gomail.extension.runner import HookFailed
 from gomail.servicekit import PeriodicService
 
 
@@ -92,7 +93,8 @@ class BackendRouter(Service):
     log = Logger()
 
     def __init__(self, backends: Iterable[Backend], strategy: str, reactor: Any,
-                 interval: float = 10.0, timeout: float = 2.0) -> None:
+                 interval: float = 10.0, timeout: float = 2.0, plugin: tuple[str, Any] | None = None,
+                 runner: Any = None) -> None:
         self.pools: dict[str, list[BackendState]] = {}
         for backend in backends:
             self.pools.setdefault(backend.protocol, []).append(BackendState(backend))
@@ -100,6 +102,8 @@ class BackendRouter(Service):
         self.reactor = reactor
         self.interval = interval
         self.timeout = timeout
+        #: (name, IBackendStrategy) of a plugin that picks backends, and the HookRunner it is called through.
+        self.plugin, self.runner = plugin, runner
 
     def replace(self, backends: Iterable[Backend], strategy: str) -> Deferred:
         """
@@ -135,6 +139,37 @@ class BackendRouter(Service):
         else:
             chosen = self._round_robin(live)
         return chosen.address, chosen.config.port  # type: ignore[return-value]
+
+    async def pick(self, protocol: str, user: str, client: str | None,
+                   assignment: str | None = None) -> tuple[str, int]:
+        """
+        L{choose}, asking the backend-strategy plugin first when there is one.
+        The order: the user's own assignment, then the plugin's pick among the
+        live backends of C{protocol}, then the configured strategy. A plugin
+        that fails, times out or names no live backend falls back to the
+        configured strategy (logged): nginx must get an answer, and any live
+        backend is a correct one, where a failed login is not.
+
+        @raise NoBackend: as L{choose}.
+        """
+        if assignment or self.plugin is None:
+            return self.choose(protocol, user, assignment)
+        live = [b for b in self.pools.get(protocol, ()) if b.address is not None and b.up]
+        if live:
+            name, strategy = self.plugin
+            try:
+                chosen = await self.runner.call(name, strategy.choose, user, protocol, client,
+                                                [b.config for b in live])
+            except HookFailed:
+                chosen = None
+            if chosen is not None:
+                for backend in live:
+                    if backend.config == chosen:
+                        return backend.address, backend.config.port  # type: ignore[return-value]
+                self.log.error("plugin {plugin} chose {chosen!r}, not one of the live {protocol} backends: "
+                               "the configured strategy picks instead", plugin=name, chosen=chosen,
+                               protocol=protocol)
+        return self.choose(protocol, user, assignment)
 
     @staticmethod
     def _by_hash(pool: list[BackendState], user: str) -> BackendState:

@@ -10,7 +10,8 @@ One login attempt (L{ILoginAttempt}) goes through, in this order:
 2. the user name's canonical form (``Alice``, `` alice`` and NFKC variants are
    one user) and the lockouts of the client IP and of the (user, client IP)
    pair (L{gomail.auth.gates.LockoutChecker});
-3. the user record;
+3. the user record; for a name it does not hold, the plugins' credential
+   sources (L{gomail.auth.sources}), whose yes ends the chain here;
 4. app passwords (L{gomail.auth.passwordcheckers.AppPasswordChecker});
 5. the password: a cached success
    (L{gomail.auth.passwordcheckers.CachedPasswordChecker}) or bcrypt in the
@@ -69,6 +70,7 @@ from gomail.auth.passwordcheckers import (
     ThreadPoolVerifier,
 )
 from gomail.auth.passwords import dummy_hash
+from gomail.auth.sources import AuthSources
 from gomail.auth.stats import AuthStats
 from gomail.auth.totp import split_code
 from gomail.auth.totpchecker import TOTPChecker
@@ -104,7 +106,8 @@ class LoginChecker:
 
     def __init__(self, users: Any, state: IStateStore, blacklist: Blacklist, verifier: PasswordVerifier,
                  clock: IReactorTime, secret: bytes, settings: AuthSettings,
-                 stats: AuthStats | None = None, timer: Callable[[], float] = time.perf_counter) -> None:
+                 stats: AuthStats | None = None, timer: Callable[[], float] = time.perf_counter,
+                 sources: AuthSources | None = None) -> None:
         self.users = users
         self.blacklist = blacklist
         self.verifier = verifier
@@ -120,6 +123,8 @@ class LoginChecker:
         self.cached = CachedPasswordChecker(state, secret, self.stats)
         self.bcrypt = BcryptChecker(verifier, users, settings.bcryptRounds)
         self.totp = TOTPChecker(state, clock)
+        #: Plugins' credential sources for names the database does not hold (None: none).
+        self.sources = sources
         self.state = state
 
     @property
@@ -177,6 +182,10 @@ class LoginChecker:
         except Exception as e:
             self.log.error("user database unavailable: {error}", error=str(e) or type(e).__name__)
             raise TemporaryAuthError("user database unavailable") from e
+        if user is None and self.sources is not None:
+            account = await self.sources.check(name, attempt)
+            if account is not None:
+                return account
         if user is None or not user.enabled:
             raise AuthFailure("unknown-user" if user is None else "disabled")
         with contextlib.suppress(AuthFailure):  # not one of its app passwords: the password then

@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from gomail.auth.blacklist import Blacklist
 from gomail.auth.checker import LoginChecker, ThreadPoolVerifier, make_portal
 from gomail.auth.passwords import hash_password
+from gomail.auth.sources import AuthSources
 from gomail.auth.users import SQLiteUserStore
 from gomail.configschema import Config
 from gomail.deferreds import deferred_coroutine
@@ -153,7 +154,8 @@ def build_auth(config: Config, reactor: Any, sources: list[tuple[str, Any]] | No
     state = make_state_store(config.redis, reactor)
     blacklist = Blacklist(users, reactor, config.auth.blacklistRefresh)
     authenticator = LoginChecker(users, state, blacklist, ThreadPoolVerifier(reactor, cpu.pool), reactor,
-                                  load_or_create_secret(config.auth.secretFile), config.auth)
+                                  load_or_create_secret(config.auth.secretFile), config.auth,
+                                  sources=AuthSources(sources, runner) if sources and runner else None)
     parts = AuthParts(users, state, authenticator, make_portal(authenticator),
                       RateLimiter(state, config.rateLimits), cpu)
     services: list[Service] = [cpu, AuthService(parts, config, reactor)]

@@ -120,7 +120,7 @@ class AuthHTTPAnswerer:
             self._record(started, user, protocol, client_ip, "tempfail", "unavailable")
             return 200, self._temporary(protocol)
         try:
-            address, port = self.router.choose(protocol, success.name, success.user.backend)
+            address, port = await self.router.pick(protocol, success.name, client_ip, success.user.backend)
         except (NoBackend, ValueError) as e:
             self.log.error("no backend for a {protocol} login: {why}", protocol=protocol, why=str(e))
             self._record(started, user, protocol, client_ip, "tempfail", "no-backend")

@@ -72,7 +72,8 @@ def build_http(config: Config, reactor: Any, inputs: HTTPInputs) -> HTTPParts:
     if config.nginxAuth.enabled:
         settings = config.nginxAuth
         router = BackendRouter(default_backends(config), settings.strategy, reactor,
-                               interval=settings.healthCheckInterval, timeout=settings.healthCheckTimeout)
+                               interval=settings.healthCheckInterval, timeout=settings.healthCheckTimeout,
+                               plugin=inputs.backend_strategy, runner=inputs.runner)
         services += [router, *router.health_checks()]
         answerer = AuthHTTPAnswerer(settings, auth.portal, router, reactor, inputs.audit)
         site = auth_http_site(answerer, settings.path, PeerAccess(settings.allowFrom), reactor,

@@ -1,0 +1,66 @@
+# -*- test-case-name: tests.test_plugins_auth -*-
+"""
+Plugins' credential sources (L{gomail.interfaces.IAuthSource}): asked, in
+order, about a name the user database does not hold, inside the login
+chain (L{gomail.auth.checker.LoginChecker}), so the blacklist, the lockouts
+and the equal-time rule apply around them exactly as around the database.
+
+A source vouches for a user with a L{gomail.plugin.SourceUser} of that same
+name; it keeps its own second factor, if any (gomail's TOTP and auth cache
+are for database users). A source that fails or does not answer within
+C{plugins.timeout} makes the login a temporary failure: never a success,
+and not a refusal that would count towards a lockout.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.logger import Logger
+
+from gomail.auth.credentials import Account, AuthFailure, LoginAttempt, TemporaryAuthError
+from gomail.auth.names import canonical_username
+from gomail.auth.records import UserRecord
+from gomail.extension.runner import HookFailed, HookRunner
+from gomail.plugin import SourceUser
+
+
+class AuthSources:
+    """The enabled sources, asked in order; the first that vouches for the user logs them in."""
+
+    log = Logger()
+
+    def __init__(self, sources: list[tuple[str, Any]], runner: HookRunner) -> None:
+        self.sources, self.runner = sources, runner
+
+    async def check(self, name: str, attempt: LoginAttempt) -> Account | None:
+        """
+        The account of the source that vouches for C{name} (canonical) with
+        the attempt's password, or None when none does.
+
+        @raise TemporaryAuthError: a source failed or timed out.
+        @raise AuthFailure: a source answered for another user.
+        """
+        for plugin, source in self.sources:
+            try:
+                answer = await self.runner.call(plugin, source.authenticate, name, attempt.password,
+                                                attempt.protocol, attempt.client_ip)
+            except HookFailed as e:
+                raise TemporaryAuthError(f"auth source {plugin} unavailable") from e
+            if answer is None:
+                continue
+            if not isinstance(answer, SourceUser) or not _same_user(answer.name, name):
+                # A source may only say yes or no about the name asked: never log someone in as another.
+                self.log.error("auth source {plugin} answered {kind} for a login as {name}: refused",
+                               plugin=plugin, kind=type(answer).__name__, name=name)
+                raise AuthFailure("source-mismatch")
+            user = UserRecord(name=name, password_hash=b"", allowed_senders=tuple(answer.allowed_senders))
+            return Account(user, f"plugin:{plugin}", attempt.password)
+        return None
+
+
+def _same_user(answered: str, asked: str) -> bool:
+    try:
+        return canonical_username(answered) == asked
+    except ValueError:
+        return False

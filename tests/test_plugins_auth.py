@@ -1,0 +1,187 @@
+"""
+Plugin credential sources (IAuthSource) and backend strategies
+(IBackendStrategy): a user the database does not hold logs in over SMTP AUTH
+and over nginx auth_http through a source, inside the same refusal, lockout
+and temporary-failure rules; a strategy plugin picks nginx's backend and
+falls back to the configured strategy when it cannot.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface import implementer
+
+from gomail.auth.backends import BackendRouter
+from gomail.auth.sources import AuthSources
+from gomail.configschema import Backend
+from gomail.extension.runner import HookRunner
+from gomail.interfaces import IAuthSource, IBackendStrategy
+from gomail.plugin import SourceUser
+from tests.authtesting import authenticator, portal_for
+from tests.test_smtp_auth import AuthHarnessMixin, plain
+from tests.test_web_authhttp import AuthHTTPMixin
+
+DIRECTORY_PASSWORD = "ldap pw"
+
+
+@implementer(IAuthSource)
+class Directory:
+    """An LDAP-like source: knows carol@example.org; C{answer} overrides what it says."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[str, str, str | None]] = []
+        self.answer: Any = None
+
+    def authenticate(self, name: str, password: str, protocol: str, client: str | None) -> Any:
+        self.asked.append((name, protocol, client))
+        if self.answer is not None:
+            return self.answer() if callable(self.answer) else self.answer
+        if name == "carol@example.org" and password == DIRECTORY_PASSWORD:
+            return SourceUser("carol@example.org", allowed_senders=("@example.org",))
+        return None
+
+
+class SMTPSourceTests(AuthHarnessMixin, TestCase):
+    """SMTP AUTH through a source."""
+
+    def setUp(self) -> None:
+        self.h = self.auth_harness()
+        self.directory = Directory()
+        self.runner = HookRunner(self.h.clock, 5.0)
+        self.auth.sources = AuthSources([("directory", self.directory)], self.runner)
+
+    def login(self, user: str, password: str) -> bytes:
+        client = self.secure_client(self.h)
+        self.client = client
+        return client.send(b"AUTH PLAIN " + plain(user, password) + b"\r\n")
+
+    def test_source_user_logs_in_and_sends(self) -> None:
+        """A user only the source knows gets 235 and may send as the addresses the source allows."""
+        self.assertEqual(self.login("carol@example.org", DIRECTORY_PASSWORD),
+                         b"235 2.7.0 Authentication successful\r\n")
+        self.assertEqual(self.client.send(b"MAIL FROM:<carol@example.org>\r\n"), b"250 2.1.0 Sender ok\r\n")
+        self.client.send(b"RSET\r\n")
+        self.assertEqual(self.client.send(b"MAIL FROM:<carol@elsewhere.example>\r\n")[:3], b"553")
+        self.assertEqual(self.directory.asked, [("carol@example.org", "smtp", "127.0.0.1")])
+
+    def test_wrong_password_is_a_refusal_that_counts(self) -> None:
+        """A source's no is 535 like any wrong password, and counts toward the lockout: after
+        auth.maxFailAttempts of them even the right password is refused."""
+        self.auth = authenticator(self.h.clock, self.state, self.users, maxFailAttempts=2)
+        self.auth.sources = AuthSources([("directory", self.directory)], self.runner)
+        self.h.server.portal = portal_for(self.auth)
+        for _ in range(2):
+            self.assertEqual(self.login("carol@example.org", "wrong")[:3], b"535")
+        self.assertEqual(self.login("carol@example.org", DIRECTORY_PASSWORD)[:3], b"535")
+
+    def test_database_user_never_reaches_the_source(self) -> None:
+        """A user the database holds is checked there only."""
+        self.assertEqual(self.login("alice@example.org", "correct horse")[:3], b"235")
+        self.assertEqual(self.directory.asked, [])
+
+    def test_raising_source_is_temporary(self) -> None:
+        """A source that raises: 454 (try again), never 235."""
+        self.directory.answer = lambda: 1 / 0
+        self.assertEqual(self.login("carol@example.org", DIRECTORY_PASSWORD)[:3], b"454")
+        self.flushLoggedErrors(ZeroDivisionError)
+
+    def test_hanging_source_times_out_to_temporary(self) -> None:
+        """A source that never answers is cut off after plugins.timeout: 454."""
+        self.directory.answer = lambda: Deferred()
+        self.assertEqual(self.login("carol@example.org", DIRECTORY_PASSWORD), b"")
+        self.h.clock.advance(5.0)
+        self.assertEqual(self.client.take()[:3], b"454")
+
+    def test_answer_for_another_user_is_refused(self) -> None:
+        """A source answering with another user's name does not log anyone in."""
+        self.directory.answer = SourceUser("alice@example.org")
+        self.assertEqual(self.login("carol@example.org", DIRECTORY_PASSWORD)[:3], b"535")
+
+
+class AuthHTTPSourceTests(AuthHTTPMixin, SynchronousTestCase):
+    """nginx auth_http through a source."""
+
+    def build(self, *args: Any, **kwargs: Any) -> None:
+        super().build(*args, **kwargs)
+        self.directory = getattr(self, "directory", None) or Directory()
+        self.auth.sources = AuthSources([("directory", self.directory)], HookRunner(self.clock, 5.0))
+
+    def test_source_user_gets_a_backend(self) -> None:
+        """Auth-Status OK with the backend headers, for a user only the source knows."""
+        answer = self.ask("carol@example.org", DIRECTORY_PASSWORD)
+        self.assertEqual(answer.header("Auth-Status"), "OK")
+        self.assertEqual((answer.header("Auth-Server"), answer.header("Auth-Port")), ("192.0.2.10", "143"))
+        self.assertEqual(self.directory.asked, [("carol@example.org", "imap", "192.0.2.1")])
+
+    def test_wrong_password_refused(self) -> None:
+        """A source's no is nginx's usual refusal."""
+        answer = self.ask("carol@example.org", "wrong")
+        self.assertNotOK(answer)
+        self.assertEqual(answer.header("Auth-Status"), "Invalid login or password")
+
+    def test_raising_source_is_temporary(self) -> None:
+        """A source that raises gives the temporary failure."""
+        self.directory.answer = lambda: 1 / 0
+        self.assertTemporary(self.ask("carol@example.org", DIRECTORY_PASSWORD))
+        self.flushLoggedErrors(ZeroDivisionError)
+
+
+@implementer(IBackendStrategy)
+class PickSecond:
+    """Picks the second backend, or what C{answer} says."""
+
+    def __init__(self) -> None:
+        self.answer: Any = "second"
+        self.asked: list[tuple[str, str, str | None, int]] = []
+
+    def choose(self, user: str, protocol: str, client: str | None, backends: list[Backend]) -> Any:
+        self.asked.append((user, protocol, client, len(backends)))
+        if self.answer == "second":
+            return backends[1]
+        return self.answer() if callable(self.answer) else self.answer
+
+
+class BackendStrategyTests(SynchronousTestCase):
+    """BackendRouter.pick with a strategy plugin."""
+
+    def setUp(self) -> None:
+        self.backends = (Backend(protocol="imap", address="192.0.2.10", port=143),
+                         Backend(protocol="imap", address="192.0.2.11", port=143))
+        self.strategy = PickSecond()
+        self.router = BackendRouter(self.backends, "hash", MemoryReactorClock(), interval=0,
+                                    plugin=("picker", self.strategy), runner=HookRunner(Clock(), 5.0))
+        self.plain = BackendRouter(self.backends, "hash", MemoryReactorClock(), interval=0)
+        for router in (self.router, self.plain):
+            for state in router.pools["imap"]:
+                state.address = state.config.address
+
+    def pick(self, router: BackendRouter, assignment: str | None = None) -> tuple[str, int]:
+        return self.successResultOf(Deferred.fromCoroutine(router.pick("imap", "dave", "192.0.2.9", assignment)))
+
+    def test_plugin_picks(self) -> None:
+        """The plugin's choice is the backend, asked with the live backends."""
+        self.assertEqual(self.pick(self.router), ("192.0.2.11", 143))
+        self.assertEqual(self.strategy.asked, [("dave", "imap", "192.0.2.9", 2)])
+
+    def test_none_falls_back(self) -> None:
+        """None: the configured strategy's pick."""
+        self.strategy.answer = None
+        self.assertEqual(self.pick(self.router), self.pick(self.plain))
+
+    def test_raising_or_foreign_falls_back(self) -> None:
+        """A raising plugin, or one naming a backend that is not configured, falls back (logged)."""
+        self.strategy.answer = lambda: 1 / 0
+        self.assertEqual(self.pick(self.router), self.pick(self.plain))
+        self.flushLoggedErrors(ZeroDivisionError)
+        self.strategy.answer = Backend(protocol="imap", address="203.0.113.1", port=143)
+        self.assertEqual(self.pick(self.router), self.pick(self.plain))
+
+    def test_assignment_wins(self) -> None:
+        """A user's own backend assignment comes before the plugin."""
+        self.assertEqual(self.pick(self.router, "198.51.100.7:1143"), ("198.51.100.7", 1143))
+        self.assertEqual(self.strategy.asked, [])
