@@ -318,7 +318,7 @@ def build_service(config: Config, reactor: Any, on_fatal: Callable[[Any], None] 
                                                   backend_strategy=plugins.backend_strategy,
                                                   runner=plugins.runner))
     if len(plugins.plugins):
-        http.metrics.registry.register(plugin_metrics(plugins.runner))
+        http.metrics.registry.register(plugin_metrics(plugins.runner, plugins.plugins))
     children: list[Service] = [
         io, *writers.services, SpoolService(spool, delivery), delivery, *_failed_retry(config, reactor, delivery),
         # After recovery and delivery (stopped before them): `gomail queue` changes go through this server.

@@ -102,9 +102,14 @@ def _answer(method: Callable[..., Any], *args: Any) -> Any:
     return result
 
 
-def plugin_metrics(runner: HookRunner) -> Any:
-    """The Prometheus families of the plugins' calls (registered on gomail's registry by the composition root)."""
-    from prometheus_client.core import CounterMetricFamily
+def plugin_metrics(runner: HookRunner, plugins: Any = ()) -> Any:
+    """
+    The Prometheus families of the plugins' calls, and the numbers plugins
+    report themselves (an extension object's optional C{counters()}, a dict
+    of name to number: C{gomail_plugin_value{plugin, name}}). Registered on
+    gomail's registry by the composition root.
+    """
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
     class Collector:
         def describe(self) -> list:
@@ -123,5 +128,13 @@ def plugin_metrics(runner: HookRunner) -> Any:
                 failures.add_metric([name, "timeout"], stats.timeouts)
                 seconds.add_metric([name], stats.seconds)
             yield from (calls, failures, seconds)
+            values = GaugeMetricFamily("gomail_plugin_value", "Numbers a plugin reports (its counters())",
+                                       labels=["plugin", "name"])
+            for plugin in plugins:
+                counters = getattr(plugin.extension, "counters", None)
+                if callable(counters):
+                    for name, value in sorted(counters().items()):
+                        values.add_metric([plugin.name, str(name)], value)
+            yield values
 
     return Collector()

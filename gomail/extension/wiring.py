@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from twisted.application.service import IService
+from twisted.application.service import IService, Service
 from twisted.logger import Logger
 
 from gomail.configschema import Config
@@ -91,7 +91,27 @@ def plugin_services(parts: PluginParts, context: Any) -> list[IService]:
             if not IService.providedBy(service):
                 raise PluginError(f"plugin {name}: services() gave {service!r}, not an IService")
         services.extend(contributed)
+    stoppable = [p.extension for p in parts.plugins if callable(getattr(p.extension, "stop", None))]
+    if stoppable:
+        services.append(_Stopper(stoppable))
     return services
+
+
+class _Stopper(Service):
+    """Calls the plugins' C{stop()} when gomail stops (before the parts they use stop)."""
+
+    name = "plugins"  # type: ignore[assignment]
+
+    def __init__(self, extensions: list[Any]) -> None:
+        self.extensions = extensions
+
+    def stopService(self) -> None:  # type: ignore[override]
+        super().stopService()
+        for extension in self.extensions:
+            try:
+                extension.stop()
+            except Exception:  # noqa: BLE001 -- one plugin's failure must not keep gomail from stopping
+                log.failure("plugin stop() failed")
 
 
 def _printable(settings: dict[str, Any]) -> str:
