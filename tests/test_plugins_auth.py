@@ -8,23 +8,44 @@ falls back to the configured strategy when it cannot.
 
 from __future__ import annotations
 
+import base64
+import dataclasses
+import json
+import os
+import smtplib
+import urllib.request
+from types import SimpleNamespace
 from typing import Any
 
+from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
+from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
+from gomail.auth import userdb
 from gomail.auth.backends import BackendRouter
+from gomail.auth.credentials import Account, AuthFailure, LoginAttempt, TemporaryAuthError
+from gomail.auth.passwords import hash_password
+from gomail.auth.records import BlacklistEntry
+from gomail.auth.service import build_auth
 from gomail.auth.sources import AuthSources
+from gomail.configload import load_config
 from gomail.configschema import Backend
 from gomail.extension.runner import HookRunner
 from gomail.interfaces import IAuthSource, IBackendStrategy
 from gomail.plugin import SourceUser
-from tests.authtesting import authenticator, portal_for
+from gomail.servicekit import ListeningService
+from gomail.state.memory import MemoryStateStore
+from gomail.web.service import HTTPInputs, build_http
+from tests.authtesting import MemoryUsers, authenticator, portal_for
+from tests.gomailprocess import GomailNode
+from tests.processes import free_port
 from tests.test_smtp_auth import AuthHarnessMixin, plain
-from tests.test_web_authhttp import AuthHTTPMixin
+from tests.test_web_authhttp import SHARED, URL, AuthHTTPMixin
+from tests.webtesting import WireBrowser, parse_response
 
 DIRECTORY_PASSWORD = "ldap pw"
 
@@ -102,6 +123,31 @@ class SMTPSourceTests(AuthHarnessMixin, TestCase):
         self.directory.answer = SourceUser("alice@example.org")
         self.assertEqual(self.login("carol@example.org", DIRECTORY_PASSWORD)[:3], b"535")
 
+    def test_temporary_failure_does_not_count(self) -> None:
+        """A failing source answers 454 but is no wrong password: with auth.maxFailAttempts = 1,
+        two source failures leave the user free to log in once the source is back."""
+        self.auth = authenticator(self.h.clock, self.state, self.users, maxFailAttempts=1)
+        self.auth.sources = AuthSources([("directory", self.directory)], self.runner)
+        self.h.server.portal = portal_for(self.auth)
+        self.directory.answer = lambda: 1 / 0
+        for _ in range(2):
+            self.assertEqual(self.login("carol@example.org", DIRECTORY_PASSWORD)[:3], b"454")
+        self.flushLoggedErrors(ZeroDivisionError)
+        self.directory.answer = None
+        self.assertEqual(self.login("carol@example.org", DIRECTORY_PASSWORD)[:3], b"235")
+
+    def test_refusals_cost_one_bcrypt(self) -> None:
+        """The equal-time rule holds around the sources: a name no source knows, a wrong password
+        and an answer for another user each cost exactly one (dummy) bcrypt verification."""
+        verifier = self.auth.verifier
+        for user, password, answer in (("nobody@example.org", "x", None),
+                                       ("carol@example.org", "wrong", None),
+                                       ("carol@example.org", DIRECTORY_PASSWORD, SourceUser("alice@example.org"))):
+            self.directory.answer = answer
+            before = len(verifier.hashes)  # type: ignore[attr-defined]
+            self.assertEqual(self.login(user, password)[:3], b"535")
+            self.assertEqual(len(verifier.hashes) - before, 1, user)  # type: ignore[attr-defined]
+
 
 class AuthHTTPSourceTests(AuthHTTPMixin, SynchronousTestCase):
     """nginx auth_http through a source."""
@@ -129,6 +175,100 @@ class AuthHTTPSourceTests(AuthHTTPMixin, SynchronousTestCase):
         self.directory.answer = lambda: 1 / 0
         self.assertTemporary(self.ask("carol@example.org", DIRECTORY_PASSWORD))
         self.flushLoggedErrors(ZeroDivisionError)
+
+    def test_hanging_source_is_temporary(self) -> None:
+        """A source that never answers: nothing until plugins.timeout, then the temporary failure."""
+        self.directory.answer = lambda: Deferred()
+        protocol, transport = self.browser.connect()
+        protocol.dataReceived(WireBrowser.encode("GET", URL, headers={
+            b"Auth-Method": [b"plain"], b"Auth-User": [b"carol@example.org"], b"Auth-Pass": [b"ldap%20pw"],
+            b"Auth-Protocol": [b"imap"], b"Auth-Login-Attempt": [b"1"], b"Client-IP": [b"192.0.2.1"],
+            b"X-Auth-Key": [SHARED]}))
+        self.assertEqual(transport.value(), b"")
+        self.clock.advance(5.0)
+        self.assertTemporary(parse_response(transport.value()))
+
+    def test_answer_for_another_user_is_refused(self) -> None:
+        """A source vouching for another name gets nginx's usual refusal, never OK."""
+        self.directory.answer = SourceUser("alice")
+        answer = self.ask("carol@example.org", DIRECTORY_PASSWORD)
+        self.assertNotOK(answer)
+        self.assertEqual(answer.header("Auth-Status"), "Invalid login or password")
+
+
+class SourceChainTests(SynchronousTestCase):
+    """The LoginChecker's chain with sources, asked directly: order, answers, and the gates before them."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1_700_000_000)
+        self.users = MemoryUsers()
+        self.users.add("alice@example.org", "correct horse")
+        self.first, self.second = Directory(), Directory()
+        self.auth = authenticator(self.clock, MemoryStateStore(self.clock), self.users, maxFailAttempts=1)
+        self.auth.sources = AuthSources([("first", self.first), ("second", self.second)],
+                                        HookRunner(self.clock, 5.0))
+
+    def check(self, name: str = "carol@example.org", password: str = DIRECTORY_PASSWORD,
+              client: str = "192.0.2.7") -> Deferred:
+        return self.auth.authenticate(LoginAttempt(name, password, client, "imap"))
+
+    def test_asked_in_order(self) -> None:
+        """The first source that says yes logs the user in (via plugin:<its name>); those before it were asked."""
+        self.first.answer = lambda: None
+        account = self.successResultOf(self.check())
+        self.assertIsInstance(account, Account)
+        self.assertEqual((account.name, account.via, account.user.allowed_senders, account.user.backend),
+                         ("carol@example.org", "plugin:second", ("@example.org",), None))
+        self.assertEqual([len(self.first.asked), len(self.second.asked)], [1, 1])
+
+    def test_first_yes_wins(self) -> None:
+        """A yes from the first source ends the chain: the second is not asked."""
+        self.assertEqual(self.successResultOf(self.check()).via, "plugin:first")
+        self.assertEqual(self.second.asked, [])
+
+    def test_failing_source_stops_the_chain(self) -> None:
+        """A failing source makes the login temporary even though a later one would vouch: its no might
+        have been meant, so a later yes cannot be trusted in its place."""
+        self.first.answer = lambda: 1 / 0
+        self.failureResultOf(self.check(), TemporaryAuthError)
+        self.flushLoggedErrors(ZeroDivisionError)
+        self.assertEqual(self.second.asked, [])
+
+    def test_canonical_name_asked_and_answered(self) -> None:
+        """Sources are asked the canonical name; an answer in another spelling of it is the same user."""
+        self.first.answer = SourceUser("Carol@Example.org", allowed_senders="carol@example.org")  # type: ignore[arg-type]
+        account = self.successResultOf(self.check(" CAROL@example.org"))
+        self.assertEqual(self.first.asked[0][0], "carol@example.org")
+        self.assertEqual(account.name, "carol@example.org")
+        # One address given as a string is one allowed sender, not one per character.
+        self.assertEqual(account.user.allowed_senders, ("carol@example.org",))
+
+    def test_odd_answers(self) -> None:
+        """An answer that is not a SourceUser is refused; a SourceUser with senders that are not
+        strings is the source's bug: temporary. Neither logs anyone in."""
+        self.first.answer = True
+        self.assertEqual(self.failureResultOf(self.check(), AuthFailure).value.reason, "source-mismatch")
+        self.clock.advance(3600)  # past the lock that refusal set (maxFailAttempts = 1)
+        self.first.answer = SourceUser("carol@example.org", allowed_senders=(1,))  # type: ignore[arg-type]
+        self.failureResultOf(self.check(client="192.0.2.8"), TemporaryAuthError)
+
+    def test_blacklisted_client_never_reaches_sources(self) -> None:
+        """The blacklist comes before the sources: a blacklisted client's login asks none of them."""
+        self.users.blacklist.append(BlacklistEntry("192.0.2.0/24", None))
+        self.failureResultOf(self.check(), AuthFailure)
+        self.assertEqual((self.first.asked, self.second.asked), ([], []))
+
+    def test_locked_out_never_reaches_sources(self) -> None:
+        """The lockouts come before the sources: once locked, even the source's right password is
+        refused without asking it."""
+        self.first.answer = lambda: None
+        self.second.answer = lambda: None
+        self.failureResultOf(self.check(password="wrong"), AuthFailure)
+        self.first.answer = self.second.answer = None
+        self.first.asked.clear()
+        self.assertEqual(self.failureResultOf(self.check(), AuthFailure).value.reason, "locked")
+        self.assertEqual(self.first.asked, [])
 
 
 @implementer(IBackendStrategy)

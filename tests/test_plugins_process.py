@@ -78,6 +78,8 @@ verifyRecipients = false
 [security]
 requireAuth = false
 allowLocalOnly = true
+[nginxAuth]
+enabled = false
 [plugins]
 path = ["{plugins}"]
 [plugins.mail_api]

@@ -96,6 +96,8 @@ listen = ["tcp:{monitor}:interface=127.0.0.1"]
 [security]
 requireAuth = false
 allowLocalOnly = true
+[nginxAuth]
+enabled = false
 [plugins]
 [plugins.sender-policy]
 rejectSenderDomains = ["{domain}"]

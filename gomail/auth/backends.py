@@ -2,8 +2,11 @@
 """
 Which backend mail server nginx hands a login to.
 
-A user's own assignment (C{gomail user backend set}) comes first; otherwise the
-configured pool for the protocol, by one of two strategies:
+A user's own assignment (C{gomail user backend set}) comes first; then, when a
+plugin provides L{gomail.interfaces.IBackendStrategy}, its pick among the live
+backends of the protocol (L{BackendRouter.pick}); otherwise (or when the plugin
+has no usable answer) the configured pool for the protocol, by one of two
+strategies:
 
 - C{hash}: weighted rendezvous hashing of the user name, so a user always
   lands on the same backend, and adding or removing one backend moves only the
@@ -144,15 +147,23 @@ class BackendRouter(Service):
                    assignment: str | None = None) -> tuple[str, int]:
         """
         L{choose}, asking the backend-strategy plugin first when there is one.
-        The order: the user's own assignment, then the plugin's pick among the
-        live backends of C{protocol}, then the configured strategy. A plugin
-        that fails, times out or names no live backend falls back to the
-        configured strategy (logged): nginx must get an answer, and any live
-        backend is a correct one, where a failed login is not.
+
+        The order: the user's own assignment (an operator's decision for that
+        user, so it wins over any plugin), then the plugin's pick among the
+        live backends of C{protocol} (asked through the plugins' runner, so
+        bounded by C{plugins.timeout}), then the configured strategy. With no
+        live backend the plugin is not asked (L{choose} then tries them all).
+
+        A plugin that fails, times out, or names something that is not one of
+        the live backends it was given falls back to the configured strategy
+        (logged) rather than failing the login: the credentials were already
+        found good, nginx must get an answer, and any live backend is a
+        correct one (the plugin only expresses a preference), where a refused
+        or "try again later" login is a real outage for the user.
 
         @raise NoBackend: as L{choose}.
         """
-        if assignment or self.plugin is None:
+        if assignment or self.plugin is None or self.runner is None:
             return self.choose(protocol, user, assignment)
         live = [b for b in self.pools.get(protocol, ()) if b.address is not None and b.up]
         if live:
@@ -160,12 +171,15 @@ class BackendRouter(Service):
             try:
                 chosen = await self.runner.call(name, strategy.choose, user, protocol, client,
                                                 [b.config for b in live])
-            except HookFailed:
+            except HookFailed as e:
+                self.log.error("plugin {plugin} could not choose a {protocol} backend ({kind}): the configured "
+                               "strategy picks instead", plugin=name, protocol=protocol, kind=e.kind)
                 chosen = None
             if chosen is not None:
-                for backend in live:
-                    if backend.config == chosen:
-                        return backend.address, backend.config.port  # type: ignore[return-value]
+                # Only a Backend compares: an odd object's own __eq__ is never run here.
+                match = [b for b in live if type(chosen) is Backend and b.config == chosen]
+                if match:
+                    return match[0].address, match[0].config.port  # type: ignore[return-value]
                 self.log.error("plugin {plugin} chose {chosen!r}, not one of the live {protocol} backends: "
                                "the configured strategy picks instead", plugin=name, chosen=chosen,
                                protocol=protocol)

@@ -70,7 +70,9 @@ class Account:
     An authenticated user, as the protocols see it.
 
     @ivar via: C{"password"}, C{"cache"} (password found in the auth cache),
-        C{"app-password"}, or C{"xclient"} (named by a trusted proxy).
+        C{"app-password"}, C{"xclient"} (named by a trusted proxy), or
+        C{"plugin:<name>"} (vouched for by that plugin's credential source,
+        see L{gomail.auth.sources}).
     @ivar password: the password without any TOTP code, for a backend that
         should see a stable password (nginx auth_http's C{Auth-Pass}).
     """

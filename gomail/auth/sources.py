@@ -51,15 +51,37 @@ class AuthSources:
                 continue
             if not isinstance(answer, SourceUser) or not _same_user(answer.name, name):
                 # A source may only say yes or no about the name asked: never log someone in as another.
-                self.log.error("auth source {plugin} answered {kind} for a login as {name}: refused",
-                               plugin=plugin, kind=type(answer).__name__, name=name)
+                said = answer.name if isinstance(answer, SourceUser) else type(answer).__name__
+                self.log.error("auth source {plugin} answered {said!r} for a login as {name}: refused",
+                               plugin=plugin, said=said, name=name)
                 raise AuthFailure("source-mismatch")
-            user = UserRecord(name=name, password_hash=b"", allowed_senders=tuple(answer.allowed_senders))
+            try:
+                user = _record(name, answer)
+            except TypeError as e:  # a source's bug, like a source that raised: try again later
+                self.log.error("auth source {plugin} answered a malformed user: {error}", plugin=plugin, error=e)
+                raise TemporaryAuthError(f"auth source {plugin} answered a malformed user") from e
             return Account(user, f"plugin:{plugin}", attempt.password)
         return None
 
 
-def _same_user(answered: str, asked: str) -> bool:
+def _record(name: str, answer: SourceUser) -> UserRecord:
+    """
+    The user record the protocols see for a source's user: its canonical
+    C{name}, the senders the source allows (C{may_send_as} reads them), no
+    password hash (nothing of gomail's checks it), no TOTP, no backend
+    assignment (nginx's backend is then the strategy's pick).
+    """
+    senders = answer.allowed_senders
+    # One address given as a string would otherwise become one "sender" per character.
+    allowed = (senders,) if isinstance(senders, str) else tuple(senders or ())
+    if not all(isinstance(sender, str) for sender in allowed):
+        raise TypeError("allowed_senders must be strings")
+    return UserRecord(name=name, password_hash=b"", allowed_senders=allowed)
+
+
+def _same_user(answered: Any, asked: str) -> bool:
+    if not isinstance(answered, str):
+        return False
     try:
         return canonical_username(answered) == asked
     except ValueError:
