@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from gomail.configload import ConfigError, load_config
+from gomail.cli.common import common_options, load
+from gomail.configload import ConfigError
 from gomail.configschema import Config
 from gomail.extension.loader import PluginError, discover, load_plugins
 
@@ -17,8 +18,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     """Add C{plugins list}."""
     plugins = commands.add_parser("plugins", help="list the plugins found and enabled")
     actions = plugins.add_subparsers(dest="action", metavar="ACTION")
-    listing = actions.add_parser("list", help="every plugin found: name, interfaces, enabled, source file")
-    listing.add_argument("-c", "--config", help="the configuration (its plugins.path and [plugins.<name>] tables)")
+    actions.add_parser("list", parents=[common_options("plugins.path and [plugins.<name>] tables")],
+                       help="every plugin found: name, interfaces, enabled, source file")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -27,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
         print("gomail: plugins: say `gomail plugins list`", file=sys.stderr)
         return 2
     try:
-        config = load_config(args.config) if args.config else Config()
+        config = load(args)
         found = discover(config.plugins.path)
         built = {plugin.name: plugin for plugin in load_plugins(config.plugins, None, config.smtp.hostname,
                                                                 config.dataDir)}
