@@ -66,10 +66,34 @@ healthCheckInterval = 0
 protocol = "imap"
 address = "127.0.0.1"
 port = {imap_backend}
+[plugins]
+path = ["{plugins}"]
+[plugins.directory_source]
+user = "dana@example.org"
+password = "directory pw"
 [[nginxAuth.backends]]
 protocol = "pop3"
 address = "localhost"
 port = {pop_backend}
+"""
+
+#: An operator's credential-source plugin (IAuthSource): one user the user database does not hold.
+DIRECTORY_PLUGIN = """
+from zope.interface import implementer
+from gomail.interfaces import IAuthSource
+from gomail.plugin import SourceUser, plugin
+
+@implementer(IAuthSource)
+class Directory:
+    def __init__(self, settings, context):
+        self.user, self.password = settings.text("user"), settings.text("password")
+
+    def authenticate(self, name, password, protocol, client):
+        if name == self.user and password == self.password:
+            return SourceUser(name)
+        return None
+
+directory_source = plugin("directory_source", Directory, "One user from a directory")
 """
 
 NGINX_CONFIG = """
@@ -319,7 +343,11 @@ class NginxMailProxyTests(TestCase):
 
     async def _start(self) -> None:
         p = self.ports
-        node = GomailNode(self, GOMAIL_CONFIG, workdir=self.workdir, data=self.data, shared=SHARED, **p)
+        plugins = os.path.join(self.workdir, "plugins")
+        os.makedirs(plugins)
+        write_file(os.path.join(plugins, "directory_source.py"), DIRECTORY_PLUGIN)
+        node = GomailNode(self, GOMAIL_CONFIG, workdir=self.workdir, data=self.data, shared=SHARED,
+                          plugins=plugins, **p)
         self.gomail = await node.start()
         prefix = os.path.join(self.workdir, "nginx")
         os.makedirs(prefix)
@@ -363,6 +391,14 @@ class NginxMailProxyTests(TestCase):
         result = await deferToThread(imap_login, self.ports["imap"], "alice@example.org", "wrong")
         self.assertIn("Invalid login or password", result, self._diagnostics())
         self.assertEqual(self.imap_backend.logins, [])
+
+    async def test_plugin_source_user_reaches_backend(self) -> None:
+        """A user only a credential-source plugin knows logs in through nginx; a wrong password does not."""
+        result = await deferToThread(imap_login, self.ports["imap"], "dana@example.org", "directory pw")
+        self.assertEqual(result, "OK", self._diagnostics())
+        self.assertEqual(self.imap_backend.logins, [("dana@example.org", "directory pw")])
+        refused = await deferToThread(imap_login, self.ports["imap"], "dana@example.org", "guess")
+        self.assertIn("Invalid login or password", refused)
 
     async def test_locked_user_refused(self) -> None:
         """After maxFailAttempts wrong passwords, even the right one is refused the same way."""

@@ -17,7 +17,6 @@ import urllib.request
 from types import SimpleNamespace
 from typing import Any
 
-from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
@@ -65,6 +64,15 @@ class Directory:
         if name == "carol@example.org" and password == DIRECTORY_PASSWORD:
             return SourceUser("carol@example.org", allowed_senders=("@example.org",))
         return None
+
+
+def pending(browser: WireBrowser, user: bytes, password: bytes) -> Any:
+    """Send an nginx request whose answer may not be ready yet: the connection's transport, to read later."""
+    protocol, transport = browser.connect()
+    protocol.dataReceived(WireBrowser.encode("GET", URL, headers={
+        b"Auth-Method": [b"plain"], b"Auth-User": [user], b"Auth-Pass": [password], b"Auth-Protocol": [b"imap"],
+        b"Auth-Login-Attempt": [b"1"], b"Client-IP": [b"192.0.2.1"], b"X-Auth-Key": [SHARED]}))
+    return transport
 
 
 class SMTPSourceTests(AuthHarnessMixin, TestCase):
@@ -179,11 +187,7 @@ class AuthHTTPSourceTests(AuthHTTPMixin, SynchronousTestCase):
     def test_hanging_source_is_temporary(self) -> None:
         """A source that never answers: nothing until plugins.timeout, then the temporary failure."""
         self.directory.answer = lambda: Deferred()
-        protocol, transport = self.browser.connect()
-        protocol.dataReceived(WireBrowser.encode("GET", URL, headers={
-            b"Auth-Method": [b"plain"], b"Auth-User": [b"carol@example.org"], b"Auth-Pass": [b"ldap%20pw"],
-            b"Auth-Protocol": [b"imap"], b"Auth-Login-Attempt": [b"1"], b"Client-IP": [b"192.0.2.1"],
-            b"X-Auth-Key": [SHARED]}))
+        transport = pending(self.browser, b"carol@example.org", b"ldap%20pw")
         self.assertEqual(transport.value(), b"")
         self.clock.advance(5.0)
         self.assertTemporary(parse_response(transport.value()))
@@ -325,3 +329,248 @@ class BackendStrategyTests(SynchronousTestCase):
         """A user's own backend assignment comes before the plugin."""
         self.assertEqual(self.pick(self.router, "198.51.100.7:1143"), ("198.51.100.7", 1143))
         self.assertEqual(self.strategy.asked, [])
+
+
+TWO_IMAP = (Backend(protocol="imap", address="192.0.2.10", port=143),
+            Backend(protocol="imap", address="192.0.2.20", port=143))
+
+
+class StrategyAuthHTTPTests(AuthHTTPMixin, SynchronousTestCase):
+    """nginx auth_http with a backend-strategy plugin (and a credential source) on the router."""
+
+    def build(self, *args: Any, **kwargs: Any) -> None:
+        self.strategy = getattr(self, "strategy", None) or PickSecond()
+        runner = HookRunner(self.clock, 5.0)
+        router = BackendRouter(TWO_IMAP, "hash", MemoryReactorClock(), interval=0,
+                               plugin=("picker", self.strategy), runner=runner)
+        super().build(*args, router=router, **kwargs)
+        self.auth.sources = AuthSources([("directory", Directory())], runner)
+
+    def test_plugin_picks_for_database_and_source_users(self) -> None:
+        """The plugin's backend is nginx's Auth-Server, for a database user and for a source's user,
+        asked with the user, protocol, client IP and the live backends."""
+        for user, password in (("alice", "s3cret"), ("carol@example.org", DIRECTORY_PASSWORD)):
+            answer = self.ask(user, password, client_ip=b"192.0.2.99")
+            self.assertEqual(answer.header("Auth-Status"), "OK")
+            self.assertEqual((answer.header("Auth-Server"), answer.header("Auth-Port")), ("192.0.2.20", "143"))
+        self.assertEqual(self.strategy.asked, [("alice", "imap", "192.0.2.99", 2),
+                                               ("carol@example.org", "imap", "192.0.2.99", 2)])
+
+    def test_assignment_wins_over_plugin(self) -> None:
+        """A user with their own backend assignment gets it; the plugin is not asked."""
+        answer = self.ask("pat", "pinned")
+        self.assertEqual((answer.header("Auth-Status"), answer.header("Auth-Server"), answer.header("Auth-Port")),
+                         ("OK", "198.51.100.7", "1143"))
+        self.assertEqual(self.strategy.asked, [])
+
+    def test_hanging_plugin_falls_back(self) -> None:
+        """A plugin that never answers is cut off after plugins.timeout and nginx still gets OK, with the
+        configured strategy's backend."""
+        self.strategy.answer = lambda: Deferred()
+        transport = pending(self.browser, b"alice", b"s3cret")
+        self.assertEqual(transport.value(), b"")
+        self.clock.advance(5.0)
+        answer = parse_response(transport.value())
+        plain_router = BackendRouter(TWO_IMAP, "hash", MemoryReactorClock(), interval=0)
+        self.assertEqual(answer.header("Auth-Status"), "OK")
+        self.assertEqual((answer.header("Auth-Server"), int(answer.header("Auth-Port") or 0)),
+                         plain_router.choose("imap", "alice"))
+
+    def test_raising_plugin_still_answers_ok(self) -> None:
+        """A raising plugin: the login succeeds all the same, on the configured strategy's backend."""
+        self.strategy.answer = lambda: 1 / 0
+        answer = self.ask()
+        self.flushLoggedErrors(ZeroDivisionError)
+        plain_router = BackendRouter(TWO_IMAP, "hash", MemoryReactorClock(), interval=0)
+        self.assertEqual(answer.header("Auth-Status"), "OK")
+        self.assertEqual((answer.header("Auth-Server"), int(answer.header("Auth-Port") or 0)),
+                         plain_router.choose("imap", "alice"))
+
+
+class WiringTests(SynchronousTestCase):
+    """build_auth and build_http hand the plugins' parts to the login chain and the router."""
+
+    def config(self) -> Any:
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        config = load_config(None, environ={})
+        return dataclasses.replace(
+            config, enableHealthCheck=False,
+            auth=dataclasses.replace(config.auth, database=os.path.join(directory, "users.db"),
+                                     secretFile=os.path.join(directory, "auth.secret")),
+            nginxAuth=dataclasses.replace(config.nginxAuth, sharedSecret=SHARED.decode(), backends=TWO_IMAP,
+                                          healthCheckInterval=0, listen=("tcp:0:interface=127.0.0.1",)))
+
+    def test_build_auth_gives_the_chain_its_sources(self) -> None:
+        """With sources and a runner, the LoginChecker asks them (through that runner); without, it has none."""
+        config, clock = self.config(), MemoryReactorClock()
+        directory, runner = Directory(), HookRunner(clock, 5.0)
+        parts, _ = build_auth(config, clock, [("directory", directory)], runner)
+        self.addCleanup(parts.users.close)
+        sources = parts.authenticator.sources
+        self.assertIsInstance(sources, AuthSources)
+        self.assertEqual((sources.sources, sources.runner), ([("directory", directory)], runner))
+        bare, _ = build_auth(config, clock)
+        self.addCleanup(bare.users.close)
+        self.assertIsNone(bare.authenticator.sources)
+
+    def test_build_http_gives_the_router_the_strategy(self) -> None:
+        """The auth_http listener's router asks the configured strategy plugin."""
+        clock = Clock()
+        clock.advance(1_700_000_000)
+        users = MemoryUsers()
+        users.add("alice", "s3cret")
+        auth = authenticator(clock, MemoryStateStore(clock), users)
+        strategy = PickSecond()
+        inputs = HTTPInputs(auth=SimpleNamespace(authenticator=auth, portal=portal_for(auth), rate_limiter=None,
+                                                 state=None),
+                            smtp=None, spool=None, writer_process=None, relay=None, audit=None,
+                            delivery=SimpleNamespace(stats=SimpleNamespace(attempt_observers=[])),
+                            backend_strategy=("picker", strategy), runner=HookRunner(clock, 5.0))
+        http = build_http(self.config(), MemoryReactorClock(), inputs)
+        [listener] = [s for s in http.services if isinstance(s, ListeningService)]
+        headers = {b"Auth-User": [b"alice"], b"Auth-Pass": [b"s3cret"], b"Auth-Protocol": [b"imap"],
+                   b"Client-IP": [b"192.0.2.1"], b"X-Auth-Key": [SHARED]}
+        answer = WireBrowser(listener.factory).get(URL, headers=headers)
+        self.assertEqual((answer.header("Auth-Status"), answer.header("Auth-Server")), ("OK", "192.0.2.20"))
+        self.assertEqual(strategy.asked, [("alice", "imap", "192.0.2.1", 2)])
+
+
+PLUGIN = '''
+import json
+from zope.interface import implementer
+from gomail.interfaces import IAuthSource, IBackendStrategy
+from gomail.plugin import SourceUser, plugin
+
+
+@implementer(IAuthSource)
+class Directory:
+    def __init__(self, settings, context):
+        self.users = {name: password for name, password in settings.tables("users")[0].items()}
+        self.asked = settings.text("asked")
+
+    def authenticate(self, name, password, protocol, client):
+        with open(self.asked, "a") as f:
+            f.write(json.dumps([name, protocol, client]) + "\\n")
+        if self.users.get(name) == password:
+            return SourceUser(name, allowed_senders=("@example.org",))
+        return None
+
+
+@implementer(IBackendStrategy)
+class Last:
+    def __init__(self, settings, context):
+        pass
+
+    def choose(self, user, protocol, client, backends):
+        return backends[-1]
+
+
+directory = plugin("directory", Directory, "Users of a directory")
+last_backend = plugin("last_backend", Last, "Always the last backend")
+'''
+
+PROCESS_CONFIG = """
+smtpHost = "127.0.0.1"
+smtpPort = {port}
+dataDir = "{data}"
+enableHealthCheck = false
+[smtp]
+hostname = "mx.test"
+allowPlaintextAuthLoopback = true
+greetingDelay = 0
+[spool]
+minFreeSpaceMB = 0
+[auth]
+database = "{database}"
+bcryptRounds = 4
+[nginxAuth]
+listen = ["tcp:{http}:interface=127.0.0.1"]
+sharedSecret = "{shared}"
+healthCheckInterval = 0
+[[nginxAuth.backends]]
+protocol = "imap"
+address = "192.0.2.10"
+port = 143
+[[nginxAuth.backends]]
+protocol = "imap"
+address = "192.0.2.20"
+port = 993
+[plugins]
+path = ["{plugins}"]
+[plugins.directory]
+asked = "{asked}"
+[[plugins.directory.users]]
+"carol@example.org" = "carol-directory-pw"
+[plugins.last_backend]
+"""
+
+
+class PluginProcessTests(TestCase):
+    """A real twistd with a credential-source and a backend-strategy plugin from a plugin directory."""
+
+    timeout = 60
+
+    def test_source_and_strategy_in_a_real_server(self) -> Deferred:
+        """
+        Through the composition root: Carol, known only to the directory
+        plugin, logs in over SMTP AUTH (235) and may send as its allowed
+        senders only (250, then 553); Alice, in the real SQLite user
+        database, logs in without the plugin being asked; nginx's auth_http
+        request for Carol answers OK with the strategy plugin's backend.
+        """
+        workdir = os.path.abspath(self.mktemp())
+        plugins, data = os.path.join(workdir, "plugins"), os.path.join(workdir, "data")
+        os.makedirs(plugins)
+        os.makedirs(data)
+        with open(os.path.join(plugins, "directory_test.py"), "w") as f:
+            f.write(PLUGIN)
+        database, asked = os.path.join(workdir, "users.db"), os.path.join(workdir, "asked.jsonl")
+        conn = userdb.open_connection(database)
+        try:
+            userdb.transact(conn, userdb.migrate)
+            userdb.transact(conn, userdb.add_user, "alice@example.org", hash_password("alice-pw", 4), 0.0)
+        finally:
+            conn.close()
+        port, http = free_port(), free_port()
+        node = GomailNode(self, PROCESS_CONFIG, workdir=workdir, data=data, port=port, http=http,
+                          database=database, plugins=plugins, asked=asked, shared=SHARED.decode())
+
+        def auth(client: smtplib.SMTP, name: str, password: str) -> tuple[int, bytes]:
+            return client.docmd("AUTH", "PLAIN " + base64.b64encode(f"\0{name}\0{password}".encode()).decode())
+
+        def smtp() -> list[tuple[int, bytes]]:
+            with smtplib.SMTP("127.0.0.1", port, "client.test", 20) as client:
+                client.ehlo("client.test")
+                replies = [auth(client, "carol@example.org", "carol-directory-pw"),
+                           client.docmd("MAIL", "FROM:<carol@example.org>")]
+                client.rset()
+                replies.append(client.docmd("MAIL", "FROM:<carol@elsewhere.example>"))
+            with smtplib.SMTP("127.0.0.1", port, "client.test", 20) as client:
+                client.ehlo("client.test")
+                replies.append(auth(client, "alice@example.org", "alice-pw"))
+            return replies
+
+        def auth_http() -> dict[str, str]:
+            request = urllib.request.Request(f"http://127.0.0.1:{http}/api/auth", headers={
+                "Auth-Method": "plain", "Auth-User": "carol@example.org", "Auth-Pass": "carol-directory-pw",
+                "Auth-Protocol": "imap", "Auth-Login-Attempt": "1", "Client-IP": "192.0.2.5",
+                "X-Auth-Key": SHARED.decode()})
+            with urllib.request.urlopen(request, timeout=20) as response:
+                return {name: value for name, value in response.headers.items() if name.startswith("Auth-")}
+
+        async def run() -> None:
+            await node.start()
+            self.assertIn(b"plugin directory loaded from " + plugins.encode(), node.output)
+            codes = [code for code, _ in await deferToThread(smtp)]
+            self.assertEqual(codes, [235, 250, 553, 235], node.output.decode(errors="replace"))
+            headers = await deferToThread(auth_http)
+            self.assertEqual((headers.get("Auth-Status"), headers.get("Auth-Server"), headers.get("Auth-Port")),
+                             ("OK", "192.0.2.20", "993"))
+            with open(asked) as f:
+                self.assertEqual([json.loads(line) for line in f],
+                                 [["carol@example.org", "smtp", "127.0.0.1"],
+                                  ["carol@example.org", "imap", "192.0.2.5"]])
+            await node.stop_cleanly()
+
+        return Deferred.fromCoroutine(run())
