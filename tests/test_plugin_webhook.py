@@ -13,15 +13,21 @@ from typing import Any
 
 from treq.testing import StubTreq
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
 from gomail.configschema import PluginSettings
-from gomail.extension.loader import PluginError, discover, load_plugins
+from gomail.extension.loader import LoadedPlugin, PluginError, Plugins, discover, load_plugins
+from gomail.extension.reloading import PluginReloader
 from gomail.extension.runner import HookRunner, plugin_metrics
+from gomail.extension.smtphooks import SMTPHooks
+from gomail.extension.wiring import PluginParts, plugin_services
+from gomail.interfaces import IDeliveryObserver
 from gomail.plugin import DeliveryEvent, PluginContext, Settings
 from gomail.plugins.webhook import Webhook
 
@@ -68,6 +74,54 @@ class Receiver(Resource):
         return d
 
 
+class Redirecting(Resource):
+    """Answers every POST with a 303 to /elsewhere, and counts the GETs that would follow it."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.posts = self.gets = 0
+
+    def render_POST(self, request: Any) -> bytes:
+        self.posts += 1
+        request.setResponseCode(303)
+        request.setHeader(b"Location", b"/elsewhere")
+        return b""
+
+    def render_GET(self, request: Any) -> bytes:
+        self.gets += 1
+        return b"ok"
+
+
+class Answered:
+    """A response that has been read already (for L{FakeHTTP})."""
+
+    def __init__(self, code: int) -> None:
+        self.code = code
+
+
+class FakeHTTP:
+    """
+    The two calls the sender makes of treq: C{post} gives, in turn, each of
+    C{outcomes} (an exception to raise at once, a Deferred, or a status code).
+    """
+
+    def __init__(self, *outcomes: Any) -> None:
+        self.outcomes = list(outcomes)
+        self.posted: list[bytes] = []
+
+    def post(self, url: str, data: bytes, **kwargs: Any) -> Deferred:
+        self.posted.append(data)
+        outcome = self.outcomes.pop(0) if self.outcomes else 200
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome if isinstance(outcome, Deferred) else succeed(Answered(outcome))
+
+    def collect(self, response: Any, collector: Any) -> Deferred:
+        return succeed(None)
+
+
 def webhook(clock: Any, http: Any, **settings: Any) -> Webhook:
     table = {"urls": ["http://127.0.0.1/hook"], "secret": SECRET, **settings}
     return Webhook(Settings("webhook", table), PluginContext(clock, "mx.test", "/data", "webhook"), http=http)
@@ -102,6 +156,7 @@ class RealReceiverTests(TestCase):
         self.assertTrue(hmac.compare_digest(headers[b"x-gomail-signature"].decode(), expected))
         self.assertEqual(headers[b"x-gomail-event"], b"delivered")
         self.assertEqual(headers[b"content-type"], b"application/json")
+        self.assertEqual(headers[b"user-agent"], b"gomail-webhook")
 
     async def test_retried_after_500(self) -> None:
         """A 500 is tried again (after retryDelay); after the 200 nothing more is sent."""
@@ -179,6 +234,119 @@ class StubTests(SynchronousTestCase):
         hook.stop()
 
 
+class FailureTests(SynchronousTestCase):
+    """Connection errors, answers that are not 2xx, and stopping, on a Clock."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+
+    def test_redirect_not_followed(self) -> None:
+        """A 303 is a failed POST like any other non-2xx: never followed (it would become a GET)."""
+        receiver = Redirecting()
+        stub = StubTreq(receiver)
+        hook = webhook(self.clock, stub, maxRetries=0)
+        hook.delivery_event(event())
+        stub.flush()
+        self.assertEqual((receiver.posts, receiver.gets), (1, 0))
+        self.assertEqual((hook.sender.sent, hook.sender.failed), (0, 1))
+
+    def test_connection_refused_retried_then_logged_without_secret(self) -> None:
+        """A refused connection is tried again after retryDelay; giving up is logged, the secret never is."""
+        http = FakeHTTP(fail(ConnectionRefusedError()), fail(ConnectionRefusedError()))
+        hook = webhook(self.clock, http, maxRetries=1, retryDelay=1)
+        with capturedLogs() as events:
+            hook.delivery_event(event())
+            self.assertEqual(len(http.posted), 1)
+            self.clock.advance(1)
+        self.assertEqual(len(http.posted), 2)
+        self.assertEqual((hook.sender.retries, hook.sender.failed, hook.sender.sent), (1, 1, 0))
+        text = "\n".join(formatEvent(e) for e in events)
+        self.assertIn("gave up on a delivered event", text)
+        self.assertIn("ConnectionRefusedError", text)
+        self.assertNotIn(SECRET, text)
+        hook.delivery_event(event(queue_id="next"))  # the sender goes on with the next event
+        self.assertEqual((len(http.posted), hook.sender.sent), (3, 1))
+
+    def test_post_raising_at_once_does_not_stall(self) -> None:
+        """An HTTP client that raises instead of failing its Deferred: given up (no retries), the next goes."""
+        http = FakeHTTP(ValueError("bad request"))
+        hook = webhook(self.clock, http, maxRetries=0)
+        hook.delivery_event(event(queue_id="first"))
+        hook.delivery_event(event(queue_id="second"))
+        self.assertEqual([json.loads(body)["queue_id"] for body in http.posted], ["first", "second"])
+        self.assertEqual((hook.sender.failed, hook.sender.sent, hook.sender.pending), (1, 1, 0))
+
+    def test_stop_cancels_pending_retry(self) -> None:
+        """stop() cancels the retry waiting on the clock; nothing is posted after it, new events are ignored."""
+        http = FakeHTTP(500)
+        hook = webhook(self.clock, http, retryDelay=5)
+        hook.delivery_event(event())
+        self.assertTrue(self.clock.getDelayedCalls())
+        hook.stop()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        hook.delivery_event(event(queue_id="late"))
+        self.clock.advance(1000)
+        self.assertEqual(len(http.posted), 1)
+
+    def test_stopped_with_gomail(self) -> None:
+        """The service gomail adds for plugins with stop() stops the webhook: its pending retry is cancelled."""
+        http = FakeHTTP(500)
+        hook = webhook(self.clock, http, retryDelay=5)
+        parts = PluginParts(Plugins([LoadedPlugin("webhook", hook, (IDeliveryObserver,), "webhook.py")]),
+                            HookRunner(self.clock, 1.0), SMTPHooks(HookRunner(self.clock, 1.0), [], []))
+        services = plugin_services(parts, None)
+        for service in services:
+            service.startService()
+        hook.delivery_event(event())
+        self.assertTrue(self.clock.getDelayedCalls())
+        for service in reversed(services):
+            service.stopService()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class ReconfigureTests(SynchronousTestCase):
+    """SIGHUP: new webhook settings, through gomail's plugin reloader."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.receiver = Receiver()
+        self.receiver.hang = True  # what is posted stays in flight: the queues keep their events
+        self.stub = StubTreq(self.receiver)
+        self.table = {"urls": ["http://a.test/hook"], "secret": SECRET}
+        self.hook = webhook(self.clock, self.stub, **self.table)
+        parts = PluginParts(Plugins([LoadedPlugin("webhook", self.hook, (IDeliveryObserver,), "webhook.py")]),
+                            HookRunner(self.clock, 1.0), SMTPHooks(HookRunner(self.clock, 1.0), [], []))
+        self.reloader = PluginReloader(parts, PluginSettings(enabled=(("webhook", self.table),)), self.clock,
+                                       "mx.test", "/data")
+
+    def test_new_urls_and_events(self) -> None:
+        """A removed URL's queue is dropped (counted); a new URL gets the next events; events changes at once."""
+        self.hook.delivery_event(event(queue_id="1"))
+        self.hook.delivery_event(event(queue_id="2"))
+        self.stub.flush()
+        new = {"urls": ["http://b.test/hook"], "secret": SECRET, "events": ["queued"]}
+        applied, restart, apply = self.reloader.prepare(PluginSettings(enabled=(("webhook", new),)))
+        self.assertEqual((applied, restart), (["plugins.webhook"], []))
+        apply()
+        self.assertEqual((self.hook.sender.dropped, self.hook.sender.pending), (2, 0))
+        self.hook.delivery_event(event("delivered", "3"))
+        self.hook.delivery_event(event("queued", "4"))
+        self.stub.flush()
+        self.assertEqual([(h[b"host"], json.loads(body)["queue_id"]) for h, body in self.receiver.requests],
+                         [(b"a.test", "1"), (b"b.test", "4")])
+
+    def test_refused_changes_nothing(self) -> None:
+        """A bad new table stops the reload (reconfigure() runs first), named; the running settings stay."""
+        before = self.hook.sender.settings
+        for table, expected in (
+                ({"urls": ["ftp://b.test/"], "secret": SECRET}, "plugins.webhook.urls[0]: "),
+                ({"urls": ["http://b.test/"], "secret": SECRET, "colour": "red"}, "plugins.webhook.colour: ")):
+            _, _, apply = self.reloader.prepare(PluginSettings(enabled=(("webhook", table),)))
+            error = self.assertRaises(PluginError, apply)
+            self.assertTrue(str(error).startswith(expected), str(error))
+        self.assertIs(self.hook.sender.settings, before)
+
+
 class ConfigurationTests(SynchronousTestCase):
     """Found and built by the loader; bad settings named."""
 
@@ -201,3 +369,22 @@ class ConfigurationTests(SynchronousTestCase):
                 ({"secret": "s"}, "plugins.webhook.urls: give at least one URL")):
             error = self.assertRaises(PluginError, self.build, table)
             self.assertTrue(str(error).startswith(expected), str(error))
+
+    def test_bad_urls(self) -> None:
+        """URLs gomail could not post to are refused when read, each named with its index; no password echoed."""
+        for url, problem in (("http://h.example /x", "has spaces or control characters"),
+                             ("http://h.example:99999/", "is not a URL"),
+                             ("http://[::1/", "is not a URL"),
+                             ("mailto:a@h.example", "is not an http:// or https:// URL"),
+                             ("https://user:pw@h.example/x", "must not hold a user name or password")):
+            error = self.assertRaises(PluginError, self.build, {"urls": ["https://ok.example/", url],
+                                                                "secret": "s"})
+            self.assertTrue(str(error).startswith("plugins.webhook.urls[1]: "), str(error))
+            self.assertIn(problem, str(error))
+            self.assertNotIn("pw", str(error))
+
+    def test_retry_delay_within_the_cap(self) -> None:
+        """retryDelay above the 300 s cap on the wait between tries is refused, not silently shortened later."""
+        error = self.assertRaises(PluginError, self.build, {"urls": ["https://h.example/x"], "secret": "s",
+                                                            "retryDelay": 301})
+        self.assertTrue(str(error).startswith("plugins.webhook.retryDelay: "), str(error))

@@ -79,7 +79,9 @@ class WebhookSender:
                 continue
             queue.append((kind, body))
             if url not in self._busy:
-                self._busy[url] = Deferred.fromCoroutine(self._drain(url))
+                draining = Deferred.fromCoroutine(self._drain(url))
+                if not draining.called:  # it may be over already (a post that failed at once, no retries)
+                    self._busy[url] = draining
 
     def replace(self, settings: WebhookSettings) -> None:
         """New settings (SIGHUP): queues of URLs kept stay; those of removed URLs are dropped and counted."""
@@ -133,11 +135,14 @@ class WebhookSender:
         headers = {b"Content-Type": [b"application/json"], b"User-Agent": [b"gomail-webhook"],
                    b"X-Gomail-Event": [kind.encode("ascii")],
                    b"X-Gomail-Signature": [signature(self.settings.secret, body).encode("ascii")]}
-        request = self.http.post(url, data=body, headers=headers)
-        request.addTimeout(self.settings.timeout, self.clock)
         try:
+            # A redirect is an answer like any other non-2xx (a 303 would turn the POST into a GET).
+            request = self.http.post(url, data=body, headers=headers, allow_redirects=False,
+                                     unbuffered=True)
+            request.addTimeout(self.settings.timeout, self.clock)
             response = await request
-            reading = self.http.content(response)  # read it all: the connection goes back to the pool
+            # Read it all (the connection goes back to the pool), keeping none of it.
+            reading = self.http.collect(response, _discard)
             reading.addTimeout(self.settings.timeout, self.clock)
             await reading
         except CancelledError:
@@ -150,3 +155,7 @@ class WebhookSender:
         if 200 <= response.code < 300:
             return None
         return f"HTTP {response.code}"
+
+
+def _discard(data: bytes) -> None:
+    """A receiver's answer body: read, not kept."""

@@ -7,7 +7,7 @@ The built-in C{webhook} plugin: delivery events POSTed as JSON to URLs.
     secret = "a long random string"      # the HMAC-SHA256 key of X-Gomail-Signature
     events = ["delivered", "deferred", "bounced", "failed"]   # also "queued"
     timeout = 10          # seconds per POST
-    maxRetries = 5        # tries after the first, 2 s apart and doubling (retryDelay)
+    maxRetries = 5        # tries after the first, 2 s apart and doubling (retryDelay), at most 300 s
     retryDelay = 2
     queueSize = 10000     # events waiting, over all URLs; past it new ones are dropped (counted)
 
@@ -27,12 +27,29 @@ from urllib.parse import urlsplit
 import treq
 from zope.interface import implementer
 
-from gomail.extension.webhooksend import WebhookSender, WebhookSettings
+from gomail.extension.webhooksend import MAX_RETRY_DELAY, WebhookSender, WebhookSettings
 from gomail.interfaces import IDeliveryObserver
 from gomail.plugin import DeliveryEvent, PluginConfigError, PluginContext, Settings, plugin
 
 KINDS = ("queued", "delivered", "deferred", "bounced", "failed")
 DEFAULT_EVENTS = ("delivered", "deferred", "bounced", "failed")
+
+
+def _url_problem(url: str) -> str | None:
+    """Why C{url} cannot be a webhook (checked here, not at the first POST), or None."""
+    if any(c.isspace() or not c.isprintable() for c in url):
+        return f"{url!r} has spaces or control characters"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 -- raises for a port out of range
+    except ValueError as e:
+        return f"{url!r} is not a URL: {e}"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"{url!r} is not an http:// or https:// URL"
+    if parts.username is not None or parts.password is not None:
+        # Not sent (the agent does not turn them into Authorization), and logged with the URL.
+        return "must not hold a user name or password: receivers check X-Gomail-Signature"
+    return None
 
 
 def read_settings(settings: Settings) -> WebhookSettings:
@@ -41,9 +58,9 @@ def read_settings(settings: Settings) -> WebhookSettings:
     if not urls:
         raise PluginConfigError("urls", "give at least one URL")
     for index, url in enumerate(urls):
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise PluginConfigError(f"urls[{index}]", f"{url!r} is not an http:// or https:// URL")
+        problem = _url_problem(url)
+        if problem:
+            raise PluginConfigError(f"urls[{index}]", problem)
     secret = settings.text("secret")
     if not secret:
         raise PluginConfigError("secret", "must be set: receivers check the signature made with it")
@@ -55,7 +72,7 @@ def read_settings(settings: Settings) -> WebhookSettings:
         urls=tuple(dict.fromkeys(urls)), secret=secret.encode("utf-8"), events=frozenset(events),
         timeout=settings.number("timeout", 10.0, low=0.1, high=600),
         max_retries=settings.integer("maxRetries", 5, low=0, high=100),
-        retry_delay=settings.number("retryDelay", 2.0, low=0.001, high=3600),
+        retry_delay=settings.number("retryDelay", 2.0, low=0.001, high=MAX_RETRY_DELAY),
         queue_size=settings.integer("queueSize", 10000, low=1, high=10_000_000))
 
 
