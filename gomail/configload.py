@@ -245,6 +245,12 @@ def _resolve(config: Config, source: str) -> Config:
     """Cross-key checks and derived values."""
     if config.forwardSMTP and not (config.forwardHost or config.forwardProviders):
         raise ConfigError(source, "forwardHost", "must be set (or forwardProviders given) when forwardSMTP is true")
+    if config.forwardSMTP and config.directDelivery.enabled:
+        raise ConfigError(source, "directDelivery.enabled", "cannot be true with forwardSMTP = true: outside mail "
+                                                            "goes either to the smarthost or to each domain's MX")
+    if config.dkim.enabled:
+        raise ConfigError(source, "dkim.enabled", "DKIM signing is not available in this version of gomail yet: "
+                                                  "set it to false (mail would otherwise leave unsigned)")
     if config.defaultUsername and not config.defaultPassword:
         raise ConfigError(source, "defaultPassword", "must be set when defaultUsername is set")
     smtp = config.smtp
@@ -286,7 +292,7 @@ def describe(config: Config) -> str:
         f"smtp implicit TLS: {', '.join(config.smtp.implicitTlsListen) or 'off'}",
         f"hostname: {config.smtp.hostname}",
         f"spool: {config.spool.directory}",
-        f"delivery: {'smarthost ' + (config.forwardHost or 'providers') if config.forwardSMTP else 'local mailbox'}",
+        f"delivery: {_delivery_summary(config)}",
         f"monitor: {', '.join(config.monitor.listen) if config.enableHealthCheck else 'off'}",
         f"nginx auth_http: {', '.join(config.nginxAuth.listen) + config.nginxAuth.path if config.nginxAuth.enabled else 'off'}",
         (f"requireAuth: {str(config.security.requireAuth).lower()}, "
@@ -295,13 +301,21 @@ def describe(config: Config) -> str:
     return "\n".join(lines)
 
 
+def _delivery_summary(config: Config) -> str:
+    if config.forwardSMTP:
+        return "smarthost " + (config.forwardHost or "providers")
+    if config.directDelivery.enabled:
+        return "each domain's MX (directDelivery)"
+    return "local mailbox"
+
+
 def warnings(config: Config) -> list[str]:
     """
     What a valid configuration probably does not mean to do, one sentence
     each (printed by C{gomail check-config}, logged at start).
     """
     found = []
-    if not config.forwardSMTP and not config.smtp.localDomains:
+    if not config.forwardSMTP and not config.directDelivery.enabled and not config.smtp.localDomains:
         found.append("forwardSMTP is false and smtp.localDomains is empty: mail for every domain is "
                      "delivered to local Maildirs; set forwardSMTP with forwardHost (or forwardProviders) "
                      "to relay outside mail, and list your own domains in smtp.localDomains")

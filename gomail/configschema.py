@@ -32,6 +32,7 @@ from gomail.configchecks import (
     one_of,
     setting,
 )
+from gomail.configdelivery import DirectDeliverySettings, DKIMSettings
 
 
 @dataclass(frozen=True)
@@ -322,3 +323,5 @@ class Config:
     monitor: MonitorSettings = field(default_factory=MonitorSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     plugins: PluginSettings = field(default_factory=PluginSettings)
+    directDelivery: DirectDeliverySettings = field(default_factory=DirectDeliverySettings)
+    dkim: DKIMSettings = field(default_factory=DKIMSettings)

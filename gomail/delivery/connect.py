@@ -25,9 +25,12 @@ def smarthosts_from(config: Config) -> list[Smarthost]:
                       config.forwardSSL, 0)]
 
 
-def tls_options(host: str, settings: DeliverySettings) -> Any:
-    """Client TLS options: verified against the system CAs (or tlsCAFile) unless tlsVerify is off."""
-    if not settings.tlsVerify:
+def tls_options(host: str, settings: DeliverySettings, verify: bool | None = None) -> Any:
+    """
+    Client TLS options: verified against the system CAs (or tlsCAFile) unless
+    tlsVerify (or C{verify}, when given) is off.
+    """
+    if not (settings.tlsVerify if verify is None else verify):
         return ssl.CertificateOptions(verify=False)
     if settings.tlsCAFile:
         with open(settings.tlsCAFile, "rb") as f:
@@ -35,7 +38,8 @@ def tls_options(host: str, settings: DeliverySettings) -> Any:
     return ssl.optionsForClientTLS(host)
 
 
-def make_connector(reactor: Any, identity: str, settings: DeliverySettings) -> Callable[[Smarthost], Deferred]:
+def make_connector(reactor: Any, identity: str, settings: DeliverySettings,
+                   verify: bool | None = None) -> Callable[[Smarthost], Deferred]:
     """
     A function opening a ready L{RelayProtocol} to a smarthost, or failing with
     L{ConnectionFailure} (whose text names the step that failed or timed out).
@@ -45,10 +49,11 @@ def make_connector(reactor: Any, identity: str, settings: DeliverySettings) -> C
     """
 
     def connect(smarthost: Smarthost) -> Deferred:
-        options = tls_options(smarthost.host, settings)
+        options = None if smarthost.plaintext else tls_options(smarthost.tls_name or smarthost.host, settings,
+                                                                 verify)
         endpoint: Any = HostnameEndpoint(reactor, smarthost.host.encode("idna"), smarthost.port,
                                          timeout=settings.connectTimeout)
-        if smarthost.implicit_tls:
+        if smarthost.implicit_tls and options is not None:
             endpoint = wrapClientTLS(options, endpoint)
         protocol = RelayProtocol(identity, reactor, settings.commandTimeout, smarthost.username,
                                  smarthost.password, tls_context=None if smarthost.implicit_tls else options,

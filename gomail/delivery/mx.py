@@ -26,7 +26,7 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.names import dns
 from twisted.names.error import DNSNameError
 
-__all__ = ["DNSUnavailable", "Destination", "MXResolver", "NoMail"]
+__all__ = ["DNSUnavailable", "Destination", "MXResolver", "NoMail", "dns_resolver"]
 
 
 class NoMail(Exception):
@@ -134,3 +134,25 @@ def _ipv6(packed: bytes) -> str:
     import socket
 
     return socket.inet_ntop(socket.AF_INET6, packed)
+
+
+def dns_resolver(reactor: Any, servers: tuple[str, ...] = ()) -> Any:
+    """
+    A caching C{twisted.names} resolver asking C{servers} (C{address} or
+    C{address:port}, IPv6 in brackets), or those of C{/etc/resolv.conf}.
+    """
+    from twisted.names import cache, client, resolve
+
+    parsed = []
+    for server in servers:
+        host, port = server, 53
+        if server.startswith("["):
+            host, _, rest = server[1:].partition("]")
+            port = int(rest[1:]) if rest.startswith(":") else 53
+        elif server.count(":") == 1:
+            host, text = server.split(":")
+            port = int(text)
+        parsed.append((host, port))
+    upstream = client.Resolver(resolv=None if parsed else "/etc/resolv.conf", servers=parsed or None,
+                               reactor=reactor)
+    return resolve.ResolverChain([cache.CacheResolver(reactor=reactor), upstream])

@@ -40,9 +40,16 @@ class Smarthost:
     password: str = ""
     implicit_tls: bool = False
     priority: int = 0
+    #: The name the server's certificate must carry (direct delivery: the MX host; default: C{host}).
+    tls_name: str = ""
+    #: Never STARTTLS (direct delivery's second try of an address whose TLS failed).
+    plaintext: bool = False
 
     def __str__(self) -> str:
-        return f"{self.host}:{self.port}"
+        where = f"{self.host}:{self.port}"
+        if self.tls_name:
+            where = f"{self.tls_name} [{self.host}]:{self.port}"
+        return where + (" (no TLS)" if self.plaintext else "")
 
 
 class _Health:

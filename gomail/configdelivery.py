@@ -1,0 +1,67 @@
+# -*- test-case-name: tests.test_config_direct -*-
+"""
+The Go relay's internet-delivery keys (L{gomail.configschema.Config}):
+C{directDelivery} (deliver to each domain's MX) and C{dkim} (sign outgoing
+mail), with the Go relay's names and defaults, plus gomail's own keys for
+what they lack.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gomail.configchecks import PORT, between, setting
+
+
+def dns_servers(values: tuple[str, ...]) -> str | None:
+    """Accept C{address} or C{address:port} entries (IPv6 in brackets with a port)."""
+    import ipaddress
+
+    for value in values:
+        host, port = value, "53"
+        if value.startswith("["):
+            host, _, rest = value[1:].partition("]")
+            port = rest[1:] if rest.startswith(":") else "53"
+        elif value.count(":") == 1:
+            host, port = value.split(":")
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            return f"{value!r} is not an IP address (optionally with :port)"
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            return f"{value!r} has no valid port"
+    return None
+
+
+@dataclass(frozen=True)
+class DirectDeliverySettings:
+    """Delivery to each recipient domain's MX (section ``directDelivery``, the Go relay's)."""
+
+    enabled: bool = setting(False)
+    # EHLO name towards the MX hosts (default: smtp.hostname).
+    ehloDomain: str = setting("")
+    # Opportunistic TLS only: do not verify the MX host's certificate.
+    insecureSkipVerify: bool = setting(False)
+    # MX hosts tried in one delivery attempt.
+    retryCount: int = setting(3, check=between(1, 50))
+    # gomail's: resolvers to ask (address or address:port); empty: /etc/resolv.conf.
+    dnsServers: tuple[str, ...] = setting((), check=dns_servers)
+    dnsTimeout: int = setting(10, check=between(1, 120))
+    # gomail's: the port MX hosts listen on (25; another value only for tests).
+    port: int = setting(25, check=PORT)
+
+
+@dataclass(frozen=True)
+class DKIMSettings:
+    """DKIM signing of outgoing mail (section ``dkim``, the Go relay's)."""
+
+    enabled: bool = setting(False)
+    # Signing domain (d=); default: the domain of defaultUsername.
+    domain: str = setting("")
+    selector: str = setting("mail")
+    # Default: keys/<domain>/<selector>.private.
+    privateKeyPath: str = setting("")
+    # Default: RFC 6376's recommended set, From oversigned.
+    headersToSign: tuple[str, ...] = setting(())
+    # Seconds a signature is valid (x= tag); 0: no expiry.
+    signatureExpiry: int = setting(0, check=between(0))

@@ -1,0 +1,134 @@
+# -*- test-case-name: tests.test_direct_delivery -*-
+"""
+Direct delivery (the Go relay's C{directDelivery}): each recipient domain's
+mail goes to that domain's mail exchangers (L{gomail.delivery.mx}) instead
+of a smarthost.
+
+Per attempt and domain: the MX hosts are looked up (answers cached for
+their TTL), the first C{retryCount} of them in preference order are the
+destinations, each of their addresses in turn; the domain's recipients go
+in batches over reused connections exactly as to a smarthost, through a
+L{RelayAgent} of that domain (its failover is the next address, then the
+next MX). A domain that takes no mail bounces its recipients (null MX
+C{556 5.1.10}, NXDOMAIN C{550 5.1.2}); a DNS failure defers them.
+
+TLS is opportunistic: STARTTLS when the MX offers it, its certificate
+checked against the MX host name unless C{insecureSkipVerify}; a handshake
+(or verification) failure is tried again on the same address without TLS,
+since nothing here requires TLS (what Postfix calls the C{may} level),
+and logged as the failure of the TLS destination.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from gomail.delivery.mx import Destination, DNSUnavailable, MXResolver, NoMail
+from gomail.delivery.relay import RelayAgent, Smarthost
+from gomail.interfaces import IDeliveryAgent
+from gomail.spool.envelope import Envelope, Recipient
+
+Reply = tuple[int, str]
+
+
+def smarthosts_for(destinations: list[Destination], port: int, limit: int) -> list[Smarthost]:
+    """
+    The connections to try, in order: each address of the first C{limit}
+    MX hosts, first with STARTTLS (checked against the MX name) and then,
+    for the same address, without.
+    """
+    found = []
+    for destination in destinations[:limit]:
+        for address in destination.addresses:
+            found.append(Smarthost(address, port, tls_name=destination.host))
+            found.append(Smarthost(address, port, tls_name=destination.host, plaintext=True))
+    return [Smarthost(s.host, s.port, tls_name=s.tls_name, plaintext=s.plaintext, priority=index)
+            for index, s in enumerate(found)]
+
+
+@implementer(IDeliveryAgent)
+class DirectAgent:
+    """
+    Delivers to each recipient domain's MX (see the module docstring).
+
+    @param relay_for: builds the L{RelayAgent} for a list of destinations
+        (the server's own connector, batch size, timeouts...).
+    """
+
+    name = "mx"
+    idempotent = False
+    log = Logger()
+
+    def __init__(self, resolver: MXResolver, relay_for: Callable[[list[Smarthost]], RelayAgent],
+                 port: int = 25, retry_count: int = 3) -> None:
+        self.resolver, self.relay_for = resolver, relay_for
+        self.port, self.retry_count = port, retry_count
+        self._relays: dict[str, tuple[tuple[Smarthost, ...], RelayAgent]] = {}
+        self._retired_duplicates = 0
+
+    @property
+    def attempt_grace(self) -> float:
+        """As L{RelayAgent.attempt_grace}: the wait for a final dot's reply is not cut."""
+        return RelayAgent.GRACE_MARGIN + max((relay.data_timeout for _, relay in self._relays.values()),
+                                             default=600.0)
+
+    @property
+    def possible_duplicates(self) -> int:
+        """Final dots whose reply never came, over every destination."""
+        return self._retired_duplicates + sum(relay.possible_duplicates for _, relay in self._relays.values())
+
+    def failing(self) -> list[str]:
+        """Nothing: an MX of someone else's domain failing says nothing about this server's health."""
+        return []
+
+    def deliver(self, envelope: Envelope, message_path: str, recipients: list[Recipient]) -> Deferred:
+        by_domain: dict[str, list[Recipient]] = {}
+        for recipient in recipients:
+            by_domain.setdefault(recipient.address.rpartition("@")[2].lower().rstrip("."), []).append(recipient)
+        attempts = [Deferred.fromCoroutine(self._domain(envelope, message_path, domain, group))
+                    for domain, group in by_domain.items()]
+
+        def merge(results: list[dict[str, Reply]]) -> dict[str, Reply]:
+            merged: dict[str, Reply] = {}
+            for result in results:
+                merged.update(result)
+            return merged
+
+        return gatherResults(attempts, consumeErrors=True).addCallback(merge)
+
+    async def _domain(self, envelope: Envelope, path: str, domain: str,
+                      recipients: list[Recipient]) -> dict[str, Reply]:
+        try:
+            destinations = await self.resolver.destinations(domain)
+        except NoMail as e:
+            code = 556 if e.status == "5.1.10" else 550
+            self.log.info("{queue_id}: {domain} takes no mail: {code} {status} {text}", queue_id=envelope.id,
+                          domain=domain, code=code, status=e.status, text=e.text)
+            return {r.address: (code, f"{e.status} {e.text}") for r in recipients}
+        except DNSUnavailable as e:
+            return {r.address: (451, f"4.4.3 {e}") for r in recipients}
+        relay = self._relay(domain, smarthosts_for(destinations, self.port, self.retry_count))
+        return await relay.deliver(envelope, path, recipients)
+
+    def _relay(self, domain: str, smarthosts: list[Smarthost]) -> RelayAgent:
+        """The domain's relay, kept (with its idle connections and health) while its destinations stay."""
+        known = self._relays.get(domain)
+        key = tuple(smarthosts)
+        if known is not None and known[0] == key:
+            return known[1]
+        if known is not None:
+            self._retired_duplicates += known[1].possible_duplicates
+            known[1].close()
+        relay = self.relay_for(smarthosts)
+        self._relays[domain] = (key, relay)
+        return relay
+
+    def close(self) -> None:
+        """Close every idle connection (at shutdown)."""
+        for _, relay in self._relays.values():
+            relay.close()
+

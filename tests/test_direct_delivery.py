@@ -1,0 +1,141 @@
+"""
+Direct delivery to each domain's MX (gomail.delivery.direct) without the
+internet: a real authoritative DNS server and real SMTP sinks on loopback
+addresses (127.0.0.2, 127.0.0.3) on a free port, gomail's real connector
+and relay client.
+"""
+
+from __future__ import annotations
+
+import os
+
+from twisted.internet import reactor
+from twisted.names import dns
+from twisted.trial.unittest import TestCase
+
+from gomail.configschema import DeliverySettings
+from gomail.delivery.connect import make_connector
+from gomail.delivery.direct import DirectAgent, smarthosts_for
+from gomail.delivery.mx import Destination, MXResolver
+from gomail.delivery.relay import RelayAgent, Smarthost
+from gomail.spool.envelope import Envelope, Recipient
+from tests.dnsserver import DNSServer, MemoryAuthority
+from tests.processes import free_port
+from tests.smarthost import SmarthostFactory
+
+
+def mx(preference: int, name: str) -> dns.Record_MX:
+    return dns.Record_MX(preference, name.encode(), ttl=300)
+
+
+def a(address: str) -> dns.Record_A:
+    return dns.Record_A(address, ttl=300)
+
+
+ZONE = {
+    # The preferred MX has no server listening: the backup takes the mail.
+    "fallback.test": [mx(10, "down.fallback.test"), mx(20, "up.fallback.test")],
+    "down.fallback.test": [a("127.0.0.2")],
+    "up.fallback.test": [a("127.0.0.3")],
+    "aonly.test": [a("127.0.0.3")],
+    "nullmx.test": [mx(0, "")],
+    "other.test": [mx(5, "up.fallback.test")],
+}
+
+
+class DirectDeliveryTests(TestCase):
+    """DirectAgent end to end on loopback."""
+
+    def setUp(self) -> None:
+        self.server = DNSServer(reactor, MemoryAuthority("test", ZONE, servfail={"servfail.test"}))
+        self.addCleanup(self.server.stop)
+        self.port = free_port()
+        self.spool = os.path.abspath(self.mktemp())
+        os.makedirs(self.spool)
+        self.announced: list[str] = []
+        factory = SmarthostFactory(self.spool, reject="nobody", tempfail=None, announce=self.announced.append)
+        listening = reactor.listenTCP(self.port, factory, interface="127.0.0.3")
+        self.addCleanup(listening.stopListening)
+        settings = DeliverySettings(connectTimeout=5, commandTimeout=10)
+        connect = make_connector(reactor, "mx.gomail.test", settings, verify=False)
+        self.relays: list[RelayAgent] = []
+
+        def relay_for(smarthosts: list[Smarthost]) -> RelayAgent:
+            relay = RelayAgent(smarthosts, connect, reactor, 20, 0, True, idle_timeout=0.5)
+            self.relays.append(relay)
+            return relay
+
+        self.agent = DirectAgent(MXResolver(self.server.resolver, timeout=2), relay_for, port=self.port)
+        self.addCleanup(self.agent.close)
+        self.message = os.path.join(self.spool, "message.eml")
+        with open(self.message, "wb") as f:
+            f.write(b"Subject: direct\r\n\r\nhello\r\n")
+
+    def stored(self) -> list[bytes]:
+        found = []
+        for name in sorted(os.listdir(self.spool)):
+            if name.endswith(".eml") and name != "message.eml":
+                with open(os.path.join(self.spool, name), "rb") as f:
+                    found.append(f.read())
+        return found
+
+    async def deliver(self, *addresses: str) -> dict:
+        envelope = Envelope("q1", "alice@example.org", [Recipient(x) for x in addresses], 0.0)
+        return await self.agent.deliver(envelope, self.message, list(envelope.recipients))
+
+    async def test_next_mx_when_the_first_is_down(self) -> None:
+        """The preferred MX refuses connections: the mail goes to the next one, 250."""
+        results = await self.deliver("bob@fallback.test")
+        self.assertEqual(results["bob@fallback.test"][0], 250)
+        [stored] = self.stored()
+        self.assertTrue(stored.startswith(b"X-Envelope: <alice@example.org> <bob@fallback.test>\r\n"))
+        self.assertIn(b"hello", stored)
+
+    async def test_address_record_without_mx(self) -> None:
+        """A domain with only an A record gets its mail there."""
+        results = await self.deliver("carol@aonly.test")
+        self.assertEqual(results["carol@aonly.test"][0], 250)
+
+    async def test_no_mail_domains_bounce_dns_failure_defers(self) -> None:
+        """Null MX: 556 5.1.10; NXDOMAIN: 550 5.1.2; SERVFAIL: 451 (tried again later); others delivered."""
+        results = await self.deliver("x@nullmx.test", "y@absent.test", "z@servfail.test", "ok@aonly.test")
+        self.assertEqual(results["x@nullmx.test"][0], 556)
+        self.assertIn("5.1.10", results["x@nullmx.test"][1])
+        self.assertEqual(results["y@absent.test"][0], 550)
+        self.assertIn("5.1.2", results["y@absent.test"][1])
+        self.assertEqual(results["z@servfail.test"][0], 451)
+        self.assertEqual(results["ok@aonly.test"][0], 250)
+
+    async def test_recipients_grouped_by_domain(self) -> None:
+        """Two recipients of one domain share a transaction; another domain gets its own; a 5xx is per recipient."""
+        results = await self.deliver("b1@fallback.test", "nobody@fallback.test", "b2@fallback.test",
+                                     "d@other.test")
+        self.assertEqual([results[x][0] for x in ("b1@fallback.test", "b2@fallback.test", "d@other.test")],
+                         [250, 250, 250])
+        self.assertEqual(results["nobody@fallback.test"][0], 550)
+        envelopes = sorted(m.split(b"\r\n", 1)[0] for m in self.stored())
+        self.assertEqual(envelopes, [b"X-Envelope: <alice@example.org> <b1@fallback.test,b2@fallback.test>",
+                                     b"X-Envelope: <alice@example.org> <d@other.test>"])
+
+    async def test_connection_reused_per_destination(self) -> None:
+        """A second message to the same domain reuses the idle connection (one session, two MAILs)."""
+        await self.deliver("b1@aonly.test")
+        await self.deliver("b2@aonly.test")
+        self.assertEqual(len(self.relays), 1)
+        self.assertEqual(len(self.stored()), 2)
+        self.assertFalse([line for line in self.announced if line.startswith("session:")])
+
+
+class PlanTests(TestCase):
+    """The order of connections for a domain's destinations."""
+
+    def test_addresses_with_tls_then_without(self) -> None:
+        """Each address first with STARTTLS (named by its MX host), then without; retryCount MX hosts."""
+        plan = smarthosts_for([Destination("mx1.test", 10, ("::1", "127.0.0.2")),
+                               Destination("mx2.test", 20, ("127.0.0.3",)),
+                               Destination("mx3.test", 30, ("127.0.0.4",))], 25, limit=2)
+        self.assertEqual([str(s) for s in plan],
+                         ["mx1.test [::1]:25", "mx1.test [::1]:25 (no TLS)", "mx1.test [127.0.0.2]:25",
+                          "mx1.test [127.0.0.2]:25 (no TLS)", "mx2.test [127.0.0.3]:25",
+                          "mx2.test [127.0.0.3]:25 (no TLS)"])
+        self.assertEqual([s.priority for s in plan], list(range(6)))
