@@ -32,8 +32,23 @@ from zope.interface import implementer
 
 from gomail.interfaces import IGomailPlugin, ISMTPHook
 
-__all__ = ["DeliveryEvent", "MessageView", "PluginConfigError", "PluginContext", "SMTPHook", "ServiceContext",
-           "SessionView", "Settings", "SourceUser", "Verdict", "accept", "defer", "plugin", "reject"]
+__all__ = [
+    "DeliveryEvent",
+    "MessageView",
+    "PluginConfigError",
+    "PluginContext",
+    "SMTPHook",
+    "ServiceContext",
+    "SessionView",
+    "Settings",
+    "SourceUser",
+    "Verdict",
+    "accept",
+    "defer",
+    "header_problem",
+    "plugin",
+    "reject",
+]
 
 _HEADER_NAME = re.compile(r"^[\x21-\x39\x3b-\x7e]{1,76}$")
 _HEADER_VALUE = re.compile(r"^[^\x00-\x08\x0a-\x1f\x7f]{0,900}$")
@@ -145,14 +160,44 @@ class ServiceContext:
     users: Any
 
 
+_STATUS = re.compile(r"^[245]\.\d{1,3}\.\d{1,3}$")
+_TEXT = re.compile(r"^[\x20-\x7e]{1,400}$")
+
+
+def header_problem(name: str, value: str) -> str | None:
+    """Why C{name: value} is no header field gomail adds (a CR or LF would inject more), or None."""
+    if not isinstance(name, str) or not _HEADER_NAME.match(name):
+        return f"{name!r} is not a header field name"
+    if not isinstance(value, str) or not _HEADER_VALUE.match(value):
+        return f"the value of {name} must be one line of at most 900 characters without control characters"
+    return None
+
+
 @dataclass(frozen=True)
 class Verdict:
-    """A hook's answer: refuse with C{code status text}, or accept (adding C{headers} at end of data)."""
+    """
+    A hook's answer: refuse with C{code status text}, or accept (adding
+    C{headers} at end of data). Checked when made, however it is made: a
+    reply is one printable line whose code and status agree, and header
+    fields cannot carry line breaks.
+    """
 
     code: int = 250
     status: str = "2.0.0"
     text: str = "Ok"
     headers: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        if (not isinstance(self.code, int) or not 200 <= self.code <= 599 or not isinstance(self.status, str)
+                or not _STATUS.match(self.status) or self.status[0] != str(self.code)[0]):
+            raise ValueError(f"reply {self.code!r} {self.status!r}: a 2xx, 4xx or 5xx code with a status of "
+                             "the same class")
+        if not isinstance(self.text, str) or not _TEXT.match(self.text):
+            raise ValueError("a reply's text is one line of printable ASCII (at most 400 characters)")
+        for field_ in self.headers:
+            problem = header_problem(*field_) if isinstance(field_, tuple) and len(field_) == 2 else "not a pair"
+            if problem:
+                raise ValueError(f"header field: {problem}")
 
     @property
     def refused(self) -> bool:
@@ -163,17 +208,15 @@ class Verdict:
 def accept(headers: Mapping[str, str] | list[tuple[str, str]] | None = None) -> Verdict:
     """Go on; at end of data, add these header fields at the top of the message."""
     pairs = list(headers.items()) if isinstance(headers, Mapping) else list(headers or ())
-    for name, value in pairs:
-        if not _HEADER_NAME.match(name) or not _HEADER_VALUE.match(value):
-            # A CR or LF here would let a hook (or what it copies from a client) inject headers or a body.
-            raise ValueError(f"not a header field gomail adds: {name!r}: {value[:40]!r}")
-    return Verdict(headers=tuple(pairs))
+    # Verdict checks them: a CR or LF would let a hook (or what it copies from a client) inject headers.
+    return Verdict(headers=tuple((name, value) for name, value in pairs))
 
 
 def _checked(code: int, status: str, text: str, first: str) -> Verdict:
     if not (str(code).startswith(first) and len(str(code)) == 3 and status.startswith(first + ".")):
         raise ValueError(f"reply {code} {status} must be {first}xx with a {first}.x.x status")
-    return Verdict(code, status, " ".join(text.split()) or "Refused")
+    printable = "".join(c if " " <= c <= "~" else "?" for c in " ".join(text.split()))
+    return Verdict(code, status, (printable or "Refused")[:400])
 
 
 def reject(text: str, code: int = 550, status: str = "5.7.1") -> Verdict:
@@ -275,21 +318,27 @@ class SMTPHook:
         pass
 
     def connect(self, session: SessionView) -> Any:
+        """At connect: None goes on."""
         return None
 
     def helo(self, session: SessionView, name: str) -> Any:
+        """At HELO/EHLO: None goes on."""
         return None
 
     def authenticated(self, session: SessionView, user: str) -> Any:
+        """After a successful AUTH: None goes on."""
         return None
 
     def mail_from(self, session: SessionView, sender: str) -> Any:
+        """At MAIL FROM: None goes on."""
         return None
 
     def rcpt_to(self, session: SessionView, recipient: str) -> Any:
+        """At RCPT TO: None goes on."""
         return None
 
     def end_of_data(self, session: SessionView, message: MessageView) -> Any:
+        """At end of data: None queues the message as it is."""
         return None
 
 

@@ -133,10 +133,7 @@ class ConfigReloader:
             current = dataclasses.replace(current, nginxAuth=dataclasses.replace(
                 current.nginxAuth, backends=new.nginxAuth.backends, strategy=new.nginxAuth.strategy))
         if apply_plugins is not None:
-            try:
-                apply_plugins()
-            except PluginError as e:
-                self.log.error("SIGHUP: plugin settings not applied: {error}", error=str(e))
+            apply_plugins()  # every plugin checked its settings in prepare(): this only sets them
             current = dataclasses.replace(current, plugins=new.plugins)
         if "logging.level" in applied and self.log_levels is not None:
             self.log_levels.defaultLogLevel = LogLevel.levelWithName(new.logging.level)

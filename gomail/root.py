@@ -335,6 +335,7 @@ def build_service(config: Config, reactor: Any, on_fatal: Callable[[Any], None] 
     if config.nginxAuth.auditLog:
         audit = AuthLog(auth.users.pool, reactor, config.nginxAuth.auditRetentionDays)
     smtp = _smtp(config, reactor, spool, auth, audit, plugins.smtp_hooks)
+    smtp.xclient.sources = auth.authenticator.sources  # nginx's SMTP proxy names plugin-source users too
     http = build_http(config, reactor, HTTPInputs(spool=spool, delivery=delivery, relay=relay, smtp=smtp,
                                                   auth=auth, writer_process=writer_process, audit=audit,
                                                   backend_strategy=plugins.backend_strategy,

@@ -393,12 +393,18 @@ class NginxMailProxyTests(TestCase):
         self.assertEqual(self.imap_backend.logins, [])
 
     async def test_plugin_source_user_reaches_backend(self) -> None:
-        """A user only a credential-source plugin knows logs in through nginx; a wrong password does not."""
+        """A user only a credential-source plugin knows logs in through nginx (IMAP, and SMTP, where gomail
+        is the backend named by XCLIENT LOGIN); a wrong password does not."""
         result = await deferToThread(imap_login, self.ports["imap"], "dana@example.org", "directory pw")
         self.assertEqual(result, "OK", self._diagnostics())
         self.assertEqual(self.imap_backend.logins, [("dana@example.org", "directory pw")])
         refused = await deferToThread(imap_login, self.ports["imap"], "dana@example.org", "guess")
         self.assertIn("Invalid login or password", refused)
+        # nginx's SMTP proxy: auth_http logs dana in through the plugin, then XCLIENT LOGIN names her.
+        result, _ = await deferToThread(smtp_send, self.ports["nginx_smtp"], "dana@example.org", "directory pw")
+        self.assertEqual(result, "OK", self._diagnostics())
+        [(envelope, _)] = queued(self.data)
+        self.assertEqual((envelope.sender, envelope.auth_user), ("dana@example.org", "dana@example.org"))
 
     async def test_locked_user_refused(self) -> None:
         """After maxFailAttempts wrong passwords, even the right one is refused the same way."""

@@ -336,13 +336,14 @@ class ReconfigureTests(SynchronousTestCase):
                          [(b"a.test", "1"), (b"b.test", "4")])
 
     def test_refused_changes_nothing(self) -> None:
-        """A bad new table stops the reload (reconfigure() runs first), named; the running settings stay."""
+        """A bad new table stops the reload when it is prepared (before anything applies), named; the
+        running settings stay."""
         before = self.hook.sender.settings
         for table, expected in (
                 ({"urls": ["ftp://b.test/"], "secret": SECRET}, "plugins.webhook.urls[0]: "),
                 ({"urls": ["http://b.test/"], "secret": SECRET, "colour": "red"}, "plugins.webhook.colour: ")):
-            _, _, apply = self.reloader.prepare(PluginSettings(enabled=(("webhook", table),)))
-            error = self.assertRaises(PluginError, apply)
+            error = self.assertRaises(PluginError, self.reloader.prepare,
+                                      PluginSettings(enabled=(("webhook", table),)))
             self.assertTrue(str(error).startswith(expected), str(error))
         self.assertIs(self.hook.sender.settings, before)
 

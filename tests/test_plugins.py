@@ -306,3 +306,19 @@ class CommandTests(PluginDirectoryMixin, SynchronousTestCase):
         self.assertIn("plugins.headers: unknown key", result.stderr)
 
 
+
+
+class LogRedactionTests(SynchronousTestCase):
+    """What the start-up log line shows of a plugin's settings."""
+
+    def test_secrets_and_urls_hidden_at_any_depth(self) -> None:
+        """Secret-looking keys and URLs are shown as (set), in nested tables too; the rest as given."""
+        from gomail.extension.wiring import _printable
+
+        text = _printable({"domains": ["a.example"], "secret": "hunter2", "urls": ["https://h/t0ken"],
+                           "servers": [{"host": "ldap.example", "password": "pw2"}]})
+        self.assertNotIn("hunter2", text)
+        self.assertNotIn("t0ken", text)
+        self.assertNotIn("pw2", text)
+        self.assertIn("domains=['a.example']", text)
+        self.assertIn("'host': 'ldap.example'", text)

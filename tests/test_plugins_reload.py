@@ -145,3 +145,48 @@ class PluginSIGHUPProcessTests(TestCase):
         return ensureDeferred(run())
 
 
+
+
+class TwoPhaseTests(SynchronousTestCase):
+    """Plugins with state: every plugin checks its new settings before any applies them."""
+
+    def test_one_refusal_applies_nothing(self) -> None:
+        """Two stateful plugins, the second refusing: the first's new settings are not applied either."""
+        from zope.interface import implementer
+
+        from gomail.configschema import PluginSettings
+        from gomail.extension.loader import LoadedPlugin, PluginError, Plugins
+        from gomail.extension.runner import HookRunner
+        from gomail.extension.smtphooks import SMTPHooks
+        from gomail.extension.wiring import PluginParts
+        from gomail.interfaces import IDeliveryObserver
+        from gomail.plugin import PluginConfigError
+
+        @implementer(IDeliveryObserver)
+        class Counter:
+            def __init__(self) -> None:
+                self.applied: list[int] = []
+
+            def delivery_event(self, event: object) -> None:
+                pass
+
+            def reconfigure(self, settings):  # type: ignore[no-untyped-def]
+                value = settings.integer("value", 0)
+                if value < 0:
+                    raise PluginConfigError("value", "must not be negative")
+                return lambda: self.applied.append(value)
+
+        first, second = Counter(), Counter()
+        plugins = Plugins([LoadedPlugin("first", first, (IDeliveryObserver,), "-"),
+                           LoadedPlugin("second", second, (IDeliveryObserver,), "-")])
+        old = PluginSettings(enabled=(("first", {"value": 1}), ("second", {"value": 1})))
+        reloader = PluginReloader(PluginParts(plugins, HookRunner(Clock(), 5), SMTPHooks()), old, Clock(), "h", "/d")
+        error = self.assertRaises(PluginError, reloader.prepare,
+                                  PluginSettings(enabled=(("first", {"value": 2}), ("second", {"value": -1}))))
+        self.assertEqual(str(error), "plugins.second.value: must not be negative")
+        self.assertEqual((first.applied, second.applied), ([], []))
+        applied, _, apply = reloader.prepare(
+            PluginSettings(enabled=(("first", {"value": 2}), ("second", {"value": 3}))))
+        apply()
+        self.assertEqual((sorted(applied), first.applied, second.applied),
+                         (["plugins.first", "plugins.second"], [2], [3]))

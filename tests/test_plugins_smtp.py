@@ -299,3 +299,72 @@ class HeaderStripperTests(SynchronousTestCase):
         stripper = HeaderStripper(lambda name: True)
         self.assertEqual(stripper.feed(b"just text\r\nX-Mailer: x\r\n") + stripper.finish(),
                          b"just text\r\nX-Mailer: x\r\n")
+
+
+class ReviewFindingTests(HookTestsMixin, SynchronousTestCase):
+    """What a review of the hooks found, each fixed."""
+
+    def test_verdict_made_by_hand_is_checked(self) -> None:
+        """A Verdict built directly (not through accept/reject) cannot carry a line break: the hook fails (451)."""
+        from gomail.plugin import Verdict
+
+        self.assertRaises(ValueError, Verdict, headers=(("X-A", "1\r\nBcc: evil@example.net"),))
+        self.assertRaises(ValueError, Verdict, 550, "5.7.1", "no\r\n250 2.1.0 Sender ok")
+        self.assertRaises(ValueError, Verdict, 550, "4.7.1", "class mismatch")
+
+        def inject() -> Any:
+            return Verdict(headers=(("X-A", "1\r\nBcc: evil@example.net"),))
+
+        self.hook.answers["end_of_data"] = inject
+        client = self.h.connect()
+        client.start_transaction()
+        self.assertEqual(client.send(MESSAGE)[:3], b"451")
+        self.assertTrue(self.h.spool_is_empty())
+        self.flushLoggedErrors(ValueError)
+
+    def test_client_gone_while_end_of_data_hook_decides(self) -> None:
+        """A client that leaves while the end-of-data hook is pending never saw a 250: nothing is queued."""
+        pending: Deferred = Deferred()
+        self.hook.answers["end_of_data"] = lambda: pending
+        client = self.h.connect()
+        client.start_transaction()
+        client.send(MESSAGE)
+        client.lose()
+        pending.callback(None)
+        self.assertTrue(self.h.spool_is_empty())
+
+    def test_failed_prepend_leaks_no_descriptor(self) -> None:
+        """Header fields that cannot be written (disk full) on a message in tmp/: 451, tmp/ emptied, no fd left."""
+        import errno
+        import os
+
+        from gomail.spool.fs import FileSystem
+
+        class FullForPrepend(FileSystem):
+            def create(self, path: str) -> int:
+                if path.endswith(".prepend"):
+                    raise OSError(errno.ENOSPC, "No space left on device")
+                return super().create(path)
+
+        h = self.with_hooks(self.harness(fs=FullForPrepend()), [("recorder", self.hook)])
+        self.hook.answers["end_of_data"] = accept({"X-Big": "1"})
+        body = (b"x" * 998 + b"\r\n") * (IncomingMessage.FLUSH_AT // 1000 + 50)
+        before = len(os.listdir("/proc/self/fd"))
+        client = h.connect()
+        client.start_transaction()
+        self.assertEqual(client.send(b"Subject: big\r\n\r\n" + body + b".\r\n")[:3], b"451")
+        client.lose()
+        self.assertTrue(h.spool_is_empty())
+        self.assertEqual(len(os.listdir("/proc/self/fd")), before)
+        self.flushLoggedErrors(OSError)
+
+    def test_xclient_named_client_meets_the_connect_hook(self) -> None:
+        """A client named by XCLIENT is judged by the connect (and HELO) hooks as a direct one would be."""
+        h = self.with_hooks(self.harness(xclientHosts=("127.0.0.0/8",)), [("recorder", self.hook)])
+        self.hook.answers["connect"] = lambda: (reject("Network refused", 554, "5.7.1")
+                                                if self.hook.calls[-1][1] == "203.0.113.7" else None)
+        client = h.connect()
+        client.send(b"EHLO proxy.test\r\n")
+        reply = client.send(b"XCLIENT ADDR=203.0.113.7 HELO=client.test\r\n")
+        self.assertEqual(reply, b"554 5.7.1 Network refused\r\n")
+        self.assertTrue(client.closed)

@@ -30,8 +30,28 @@ class AuthSources:
 
     log = Logger()
 
+    #: Seconds a source's yes is remembered for XCLIENT LOGIN (nginx's SMTP proxy logs the user in with
+    #: auth_http, then names them to gomail's SMTP without the password).
+    VOUCHED_FOR = 900.0
+    #: Users remembered at most (the oldest are forgotten first).
+    VOUCHED_MAX = 10000
+
     def __init__(self, sources: list[tuple[str, Any]], runner: HookRunner) -> None:
         self.sources, self.runner = sources, runner
+        self._vouched: dict[str, tuple[Account, float]] = {}
+
+    def vouched(self, name: str) -> Account | None:
+        """The account a source logged C{name} (canonical) in as within L{VOUCHED_FOR} seconds, or None."""
+        found = self._vouched.get(name)
+        if found is None or found[1] <= self.runner.clock.seconds():
+            return None
+        return found[0]
+
+    def _remember(self, account: Account) -> None:
+        self._vouched.pop(account.name, None)
+        self._vouched[account.name] = (account, self.runner.clock.seconds() + self.VOUCHED_FOR)
+        while len(self._vouched) > self.VOUCHED_MAX:
+            del self._vouched[next(iter(self._vouched))]
 
     async def check(self, name: str, attempt: LoginAttempt) -> Account | None:
         """
@@ -60,7 +80,9 @@ class AuthSources:
             except TypeError as e:  # a source's bug, like a source that raised: try again later
                 self.log.error("auth source {plugin} answered a malformed user: {error}", plugin=plugin, error=e)
                 raise TemporaryAuthError(f"auth source {plugin} answered a malformed user") from e
-            return Account(user, f"plugin:{plugin}", attempt.password)
+            account = Account(user, f"plugin:{plugin}", attempt.password)
+            self._remember(account)
+            return account
         return None
 
 

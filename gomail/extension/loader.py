@@ -61,6 +61,7 @@ class FoundPlugin:
 
     @property
     def name(self) -> str:
+        """The plugin's name, as tables enable it."""
         return str(self.spec.name)
 
 

@@ -9,10 +9,10 @@ section can change while the server runs.
   table and replaces the old object in the hook lists; the next command of
   every session uses it, sessions are not dropped.
 - A plugin's settings, when its object has a C{reconfigure(settings)} method
-  (a plugin with state, such as a queue): that method is called with the new
-  L{gomail.plugin.Settings}. It must check every setting before it changes
-  anything: these calls come first, and a L{PluginConfigError} from one
-  stops the reload there.
+  (a plugin with state, such as a queue): called with the new
+  L{gomail.plugin.Settings}, it checks them (raising L{PluginConfigError})
+  and returns a function of no arguments that applies them; it changes
+  nothing itself. Every plugin's check runs before anything is applied.
 - Anything else (a plugin enabled or disabled, C{plugins.path}, a plugin that
   neither is stateless nor can reconfigure) needs a restart.
 
@@ -68,8 +68,7 @@ class PluginReloader:
                 restart.append(f"plugins.{name}")
             else:
                 applied.append(f"plugins.{name}")
-                # reconfigure() may still refuse: those go first, before anything else changed.
-                steps.insert(0 if hasattr(step, "reconfigures") else len(steps), step)
+                steps.append(step)
 
         def apply() -> None:
             for step in steps:
@@ -90,12 +89,17 @@ class PluginReloader:
         if reconfigure is None:
             return None
         settings = Settings(plugin.name, table)
-
-        def step() -> None:
-            _reconfigure(plugin.name, reconfigure, settings)
-
-        step.reconfigures = True  # type: ignore[attr-defined]
-        return step
+        try:
+            apply = reconfigure(settings)
+        except PluginConfigError as e:
+            raise PluginError(f"plugins.{plugin.name}.{e.key}: {e.problem}") from e
+        unread = settings.unread()
+        if unread:
+            raise PluginError(f"plugins.{plugin.name}.{unread[0]}: unknown key")
+        if not callable(apply):
+            raise PluginError(f"plugin {plugin.name}: reconfigure() must return the function applying the "
+                              "settings it checked")
+        return apply
 
     def _replace(self, plugin: Any, replacement: Any) -> None:
         hooks = self.parts.smtp_hooks
@@ -104,13 +108,6 @@ class PluginReloader:
                 if name == plugin.name:
                     entries[index] = (name, replacement.extension)
         self.parts.plugins.loaded = [replacement if p is plugin else p for p in self.parts.plugins.loaded]
-
-
-def _reconfigure(name: str, reconfigure: Callable[[Settings], Any], settings: Settings) -> None:
-    try:
-        reconfigure(settings)
-    except PluginConfigError as e:
-        raise PluginError(f"plugins.{name}.{e.key}: {e.problem}") from e
 
 
 def _enabled(settings: PluginSettings) -> dict[str, dict[str, Any]]:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet.defer import Deferred, TimeoutError, maybeDeferred
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -71,6 +71,8 @@ class HookRunner:
             if not isinstance(result, Failure):
                 return result
             name = getattr(method, "__name__", "hook")
+            if result.check(CancelledError):
+                return result  # the caller gave up (its client left): not the plugin's failure
             if result.check(TimeoutError):
                 stats.timeouts += 1
                 self.log.error("plugin {plugin}: {hook} did not answer within plugins.timeout ({timeout} s)",

@@ -71,11 +71,12 @@ class WebhookSender:
         if self._stopped:
             return
         for url, queue in self.queues.items():
-            if self.pending >= self.settings.queue_size:
+            if len(queue) >= self.settings.queue_size:
+                # Each URL's queue is bounded on its own: a slow receiver never costs another its events.
                 self.dropped += 1
                 if self.dropped == 1 or self.dropped % 1000 == 0:
-                    self.log.warn("webhook: queue full ({size} events), {count} events dropped so far",
-                                  size=self.settings.queue_size, count=self.dropped)
+                    self.log.warn("webhook: queue for {url} full ({size} events), {count} dropped so far",
+                                  url=_where(url), size=self.settings.queue_size, count=self.dropped)
                 continue
             queue.append((kind, body))
             if url not in self._busy:
@@ -128,7 +129,7 @@ class WebhookSender:
             delay = min(delay * 2, MAX_RETRY_DELAY)
         self.failed += 1
         self.log.warn("webhook: gave up on a {kind} event to {url} after {tries} tries: {problem}", kind=kind,
-                      url=url, tries=settings.max_retries + 1, problem=problem)
+                      url=_where(url), tries=settings.max_retries + 1, problem=problem)
 
     async def _post(self, url: str, kind: str, body: bytes) -> str | None:
         """One POST: None when the receiver took it (2xx), else why not."""
@@ -159,3 +160,11 @@ class WebhookSender:
 
 def _discard(data: bytes) -> None:
     """A receiver's answer body: read, not kept."""
+
+
+def _where(url: str) -> str:
+    """A URL for the log: scheme, host and port only (its path or query may hold a token)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}/..."

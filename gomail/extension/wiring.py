@@ -29,7 +29,8 @@ from gomail.interfaces import (
 )
 
 log = Logger()
-_SECRET_KEY = re.compile(r"secret|password|token|key", re.IGNORECASE)
+#: Settings whose values are not logged: secrets, and URLs (a webhook's path often holds a token).
+_SECRET_KEY = re.compile(r"secret|password|passwd|token|key|credential|url|uri", re.IGNORECASE)
 
 
 @dataclass
@@ -115,6 +116,13 @@ class _Stopper(Service):
 
 
 def _printable(settings: dict[str, Any]) -> str:
-    """A plugin's settings for the log, values of keys that look secret left out."""
-    shown = {key: ("(set)" if _SECRET_KEY.search(key) else value) for key, value in settings.items()}
-    return ", ".join(f"{key}={value!r}" for key, value in shown.items()) or "none"
+    """A plugin's settings for the log, values of keys that look secret left out, at any depth."""
+    return ", ".join(f"{key}={value!r}" for key, value in _redacted(settings).items()) or "none"
+
+
+def _redacted(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: ("(set)" if _SECRET_KEY.search(str(key)) else _redacted(item)) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_redacted(item) for item in value]
+    return value

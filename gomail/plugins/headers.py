@@ -30,6 +30,7 @@ from gomail.plugin import (
     Settings,
     SMTPHook,
     accept,
+    header_problem,
     plugin,
 )
 
@@ -74,6 +75,10 @@ def _rule(index: int, table: Mapping[str, Any]) -> AddRule:
         raise PluginConfigError(f"{key}.name", f"{name!r} is not a header field name")
     if any(c in value for c in "\r\n\0"):
         raise PluginConfigError(f"{key}.value", "must be one line")
+    # What accept() will check at every message, checked once here (placeholders filled with a long name).
+    problem = header_problem(name, value.replace("{", "").replace("}", "") + "x" * 255)
+    if problem:
+        raise PluginConfigError(f"{key}.value", problem)
     unread = rule.unread()
     if unread:
         raise PluginConfigError(f"{key}.{unread[0]}", "unknown key")
@@ -95,9 +100,11 @@ class Headers(SMTPHook):
             raise PluginConfigError("", "nothing to do: give remove or add")
 
     def drops(self, name: str) -> bool:
+        """Whether C{name} (lower case) is one of C{remove}."""
         return name in self.removed
 
     def end_of_data(self, session: SessionView, message: MessageView) -> Any:
+        """The fields of the rules that apply to this message."""
         added = [(rule.name, rule.render(session, message)) for rule in self.rules
                  if rule.applies(session, message.sender)]
         return accept(added) if added else None

@@ -57,6 +57,7 @@ class SenderPolicy(SMTPHook):
         return any(address in network for network in networks)
 
     def connect(self, session: SessionView) -> Verdict | None:
+        """Refuse or defer clients of the listed networks."""
         if self._in(session, self.reject_networks):
             return reject(f"Access denied: {self.text}", 554, "5.7.1")
         if self._in(session, self.defer_networks):
@@ -64,6 +65,7 @@ class SenderPolicy(SMTPHook):
         return None
 
     def mail_from(self, session: SessionView, sender: str) -> Verdict | None:
+        """Refuse or defer senders of the listed domains."""
         domain = sender.rpartition("@")[2].lower().rstrip(".")
         if domain in self.reject_domains:
             return reject(f"<{sender}>: {self.text}")
@@ -72,6 +74,7 @@ class SenderPolicy(SMTPHook):
         return None
 
     def rcpt_to(self, session: SessionView, recipient: str) -> Verdict | None:
+        """Defer recipients past maxRecipients."""
         if self.max_recipients and len(session.recipients) >= self.max_recipients:
             return defer("Too many recipients for one message, send the rest separately", 452, "4.5.3")
         return None

@@ -9,7 +9,7 @@ The built-in C{webhook} plugin: delivery events POSTed as JSON to URLs.
     timeout = 10          # seconds per POST
     maxRetries = 5        # tries after the first, 2 s apart and doubling (retryDelay), at most 300 s
     retryDelay = 2
-    queueSize = 10000     # events waiting, over all URLs; past it new ones are dropped (counted)
+    queueSize = 10000     # events waiting for each URL; past it new ones are dropped (counted)
 
 Each POST carries one event (L{gomail.plugin.DeliveryEvent.to_json}) as
 compact JSON, with C{X-Gomail-Event: <kind>} and C{X-Gomail-Signature:
@@ -21,6 +21,7 @@ events still queued when gomail stops are not kept.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -84,17 +85,15 @@ class Webhook:
         self.sender = WebhookSender(read_settings(settings), context.reactor, http)
 
     def delivery_event(self, event: DeliveryEvent) -> None:
+        """Queue the event when its kind is one of C{events}."""
         if event.kind in self.sender.settings.events:
             body = json.dumps(event.to_json(), separators=(",", ":"), sort_keys=True).encode("utf-8")
             self.sender.add(event.kind, body)
 
-    def reconfigure(self, settings: Settings) -> None:
-        """SIGHUP: new settings, all checked before any is used."""
+    def reconfigure(self, settings: Settings) -> Callable[[], None]:
+        """SIGHUP: check the new settings; the function returned applies them."""
         new = read_settings(settings)
-        unread = settings.unread()
-        if unread:
-            raise PluginConfigError(unread[0], "unknown key")
-        self.sender.replace(new)
+        return lambda: self.sender.replace(new)
 
     def counters(self) -> dict[str, int]:
         """For /metrics: events sent, retried, dropped (queue full) and given up."""

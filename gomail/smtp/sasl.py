@@ -152,17 +152,22 @@ class SASLMixin(SessionAPI):
             self.server.audit_login(self, attempt.username, "tempfail", "unavailable", started)
             self.reply(454, "4.7.0", "Temporary authentication failure, try again later")
             return
+        if self.server.hooks.active:
+            refusal = await self.server.hooks.refusal("authenticated", self, account.name)
+            if self.lost:
+                return
+            if refusal is not None:
+                # Audited and counted as the failure it is for the client (the password was right).
+                self._auth_failures += 1
+                self.log.info('SMTP AUTH of user "{user}" from {client} refused by a plugin', user=account.name,
+                              client=self.client_host)
+                self.server.audit_login(self, account.name, "failure", "plugin", started)
+                self.reply(*refusal)
+                return
         if not self.server.audit_login(self, account.name, "success", account.via, started):
             # As auth_http: a login that cannot be audited is not let in.
             self.reply(454, "4.7.0", "Temporary authentication failure, try again later")
             return
-        if self.server.hooks.active:
-            refusal = await self.server.hooks.refusal("authenticated", self, account.name)
-            if refusal is not None:
-                self.log.info('SMTP AUTH of user "{user}" from {client} refused by a plugin', user=account.name,
-                              client=self.client_host)
-                self.reply(*refusal)
-                return
         self.account = account
         self.authenticated = True
         self.log.info('SMTP AUTH succeeded for user "{user}" from {client} ({via})', user=account.name,

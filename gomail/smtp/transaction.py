@@ -183,6 +183,10 @@ class MailTransactionMixin(SessionAPI):
             self._headers = None
         if reader.error is None and self.server.hooks.active:
             refusal = await plugin_verdict(self, message, sender.address, recipients)
+            if self.lost:
+                # Gone while the hooks decided: it never sees a 250, so it will send the message again.
+                await message.abort()
+                return
             if refusal is not None:
                 self.reset_transaction()
                 await message.abort()

@@ -36,6 +36,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from gomail.auth.credentials import Account
+from gomail.auth.names import canonical_username
 from gomail.netaddr import IPAddress, parse_ip
 
 if TYPE_CHECKING:
@@ -170,6 +171,9 @@ class XClientAccess:
     def __init__(self, networks: Iterable[str], users: Any = None) -> None:
         self.networks = [ipaddress.ip_network(n, strict=False) for n in networks]
         self.users = users
+        #: The plugins' credential sources (L{gomail.auth.sources.AuthSources}), or None: a LOGIN the
+        #: database does not hold may name a user a source logged in lately (through auth_http).
+        self.sources: Any = None
 
     def allows(self, ip: IPAddress | None) -> bool:
         """Whether C{ip} is in C{smtp.xclientHosts} (a UNIX socket peer is not)."""
@@ -187,6 +191,10 @@ class XClientAccess:
             user = await self.users.get_user(login)
         except ValueError:  # no canonical form: no such user
             return None
+        if user is None and self.sources is not None:
+            vouched = self.sources.vouched(canonical_username(login))
+            if vouched is not None:
+                return Account(vouched.user, "xclient", "")
         if user is None or not user.enabled:
             return None
         return Account(user, "xclient", "")
@@ -240,7 +248,13 @@ async def _apply(session: SessionAPI, request: XClient) -> None:
              peer=session.peer_host, client=session.client_host, port=request.port or "-",
              name=request.name or "-", helo=request.helo or "-", user=account.name if account else "-")
     refusal = await session.server.client_refusal(session)  # the new client: the blacklist
-    if session.transport is None or session.transport.disconnecting:
+    hooks = session.server.hooks
+    if refusal is None and hooks.active:
+        # The plugins judge the named client as they judge a direct one: at connect, and its HELO.
+        refusal = await hooks.refusal("connect", session)
+        if refusal is None and session.helo_name is not None:
+            refusal = await hooks.refusal("helo", session, session.helo_name)
+    if session.transport is None or session.transport.disconnecting or session.lost:
         return None
     if refusal is not None:
         return session.hang_up(*refusal)

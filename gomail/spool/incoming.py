@@ -165,9 +165,9 @@ class IncomingMessage:
             self._chunks.insert(0, data)
             self._buffered += len(data)
         else:
-            fd, self._fd = self._fd, None
+            # On failure the old file and its descriptor (still self._fd) stay for abort() to remove.
             self._fd, self._digest = await self._spool.run(
-                prepend_tmp, self._spool, self.id, fd, data, self.size - self._buffered)
+                prepend_tmp, self._spool, self.id, self._fd, data, self.size - self._buffered)
         self.size += len(data)
 
     def abort(self) -> Deferred:
