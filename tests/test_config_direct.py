@@ -1,0 +1,63 @@
+"""
+The Go relay's directDelivery and dkim keys (gomail.configdelivery): a seed
+config.json carrying them loads as-is; what gomail cannot do yet, or
+combinations that contradict each other, stop the start naming the key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from gomail.configload import ConfigError, describe, load_config
+
+
+class DirectDeliveryConfigTests(SynchronousTestCase):
+    """Loading the keys."""
+
+    def write(self, name: str, text: str) -> str:
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        path = os.path.join(directory, name)
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def test_go_relay_json_loads(self) -> None:
+        """A config.json with the Go relay's directDelivery and dkim objects loads, with its values."""
+        path = self.write("config.json", json.dumps({
+            "smtpPort": 2525, "directDelivery": {"enabled": True, "ehloDomain": "mail.example.com",
+                                                 "insecureSkipVerify": False, "retryCount": 2},
+            "dkim": {"enabled": False, "domain": "example.com", "selector": "mail",
+                     "privateKeyPath": "keys/example.com/mail.private", "headersToSign": ["From", "To"],
+                     "signatureExpiry": 86400}}))
+        config = load_config(path, environ={})
+        self.assertEqual((config.directDelivery.enabled, config.directDelivery.ehloDomain,
+                          config.directDelivery.retryCount), (True, "mail.example.com", 2))
+        self.assertEqual(config.dkim.headersToSign, ("From", "To"))
+        self.assertIn("delivery: each domain's MX (directDelivery)", describe(config))
+
+    def test_defaults(self) -> None:
+        """The Go relay's defaults: retryCount 3, selector mail; off."""
+        config = load_config(None, environ={})
+        self.assertEqual((config.directDelivery.enabled, config.directDelivery.retryCount, config.dkim.selector),
+                         (False, 3, "mail"))
+
+    def test_contradictions_and_gaps_are_errors(self) -> None:
+        """forwardSMTP with directDelivery, dkim.enabled (not available yet), a bad DNS server: one line each."""
+        for text, key in (
+                ('forwardSMTP = true\nforwardHost = "s.example"\n[directDelivery]\nenabled = true\n',
+                 "directDelivery.enabled"),
+                ("[dkim]\nenabled = true\n", "dkim.enabled"),
+                ('[directDelivery]\ndnsServers = ["ns.example"]\n', "directDelivery.dnsServers")):
+            error = self.assertRaises(ConfigError, load_config, self.write("gomail.toml", text), {})
+            self.assertEqual(error.key, key)
+            self.assertNotIn("\n", str(error))
+
+    def test_dns_servers_forms(self) -> None:
+        """Addresses with and without ports, IPv6 in brackets."""
+        path = self.write("gomail.toml", '[directDelivery]\ndnsServers = ["192.0.2.53", "192.0.2.54:5353", '
+                                         '"[2001:db8::53]:53", "2001:db8::54"]\n')
+        self.assertEqual(len(load_config(path, environ={}).directDelivery.dnsServers), 4)

@@ -1,0 +1,95 @@
+"""
+Direct delivery in a real twistd: gomail asks a DNS server started by the
+test for the recipient domain's MX and delivers there (an SMTP sink on
+127.0.0.3); a null-MX domain's recipient is bounced to the sender.
+"""
+
+from __future__ import annotations
+
+import os
+import smtplib
+
+from twisted.internet import reactor
+from twisted.internet.defer import ensureDeferred
+from twisted.internet.threads import deferToThread
+from twisted.names import dns
+from twisted.trial.unittest import TestCase
+
+from tests.dnsserver import DNSServer, MemoryAuthority
+from tests.gomailprocess import GomailNode
+from tests.processes import free_port, poll
+from tests.smarthost import SmarthostFactory
+
+CONFIG = """
+dataDir = "{data}"
+smtpPort = {port}
+enableHealthCheck = false
+[security]
+requireAuth = false
+allowLocalOnly = true
+[nginxAuth]
+enabled = false
+[smtp]
+hostname = "mx.gomail.test"
+localDomains = ["gomail.test"]
+verifyRecipients = false
+[directDelivery]
+enabled = true
+dnsServers = ["127.0.0.1:{dns}"]
+dnsTimeout = 5
+port = {mx_port}
+"""
+
+ZONE = {
+    "remote.test": [dns.Record_MX(10, b"mx.remote.test", ttl=300)],
+    "mx.remote.test": [dns.Record_A("127.0.0.3", ttl=300)],
+    "nullmx.test": [dns.Record_MX(0, b"", ttl=300)],
+}
+
+
+class DirectDeliveryProcessTests(TestCase):
+    """twistd gomail with directDelivery.enabled."""
+
+    timeout = 60
+
+    def test_mail_reaches_the_mx_and_null_mx_bounces(self) -> None:
+        """The remote recipient's mail is at the MX sink; the null-MX one comes back as a DSN to the sender."""
+        server = DNSServer(reactor, MemoryAuthority("test", ZONE))
+        self.addCleanup(server.stop)
+        sink = os.path.abspath(self.mktemp())
+        os.makedirs(sink)
+        mx_port, port = free_port(), free_port()
+        listening = reactor.listenTCP(mx_port, SmarthostFactory(sink, None, None, announce=lambda _: None),
+                                      interface="127.0.0.3")
+        self.addCleanup(listening.stopListening)
+        node = GomailNode(self, CONFIG, port=port, dns=server.port, mx_port=mx_port)
+
+        def send() -> None:
+            with smtplib.SMTP("127.0.0.1", port, "client.test", 20) as client:
+                client.sendmail("alice@gomail.test", ["bob@remote.test", "x@nullmx.test"],
+                                b"Subject: to the MX\r\n\r\nhello\r\n")
+
+        def stored() -> list[bytes]:
+            found = []
+            for name in sorted(os.listdir(sink)):
+                if name.endswith(".eml"):
+                    with open(os.path.join(sink, name), "rb") as f:
+                        found.append(f.read())
+            return found
+
+        maildir = os.path.join(node.data, "spool", "mailbox", "alice@gomail.test", "new")
+
+        async def run() -> None:
+            await node.start()
+            await deferToThread(send)
+            await poll(reactor, lambda: len(stored()) == 1 and os.path.isdir(maildir) and os.listdir(maildir))
+            [message] = stored()
+            self.assertTrue(message.startswith(b"X-Envelope: <alice@gomail.test> <bob@remote.test>\r\n"))
+            self.assertIn(b"Subject: to the MX", message)
+            [dsn] = os.listdir(maildir)
+            with open(os.path.join(maildir, dsn), "rb") as f:
+                report = f.read()
+            self.assertIn(b"x@nullmx.test", report)
+            self.assertIn(b"5.1.10", report)
+            await node.stop_cleanly()
+        return ensureDeferred(run())
