@@ -52,6 +52,16 @@ class DirectDeliverySettings:
 
 
 @dataclass(frozen=True)
+class DKIMKey:
+    """One more signing domain (gomail's ``[[dkim.keys]]``): the From: domain picks its key."""
+
+    domain: str = setting("")
+    selector: str = setting("mail")
+    # Default: keys/<domain>/<selector>.private.
+    privateKeyPath: str = setting("")
+
+
+@dataclass(frozen=True)
 class DKIMSettings:
     """DKIM signing of outgoing mail (section ``dkim``, the Go relay's)."""
 
@@ -65,3 +75,29 @@ class DKIMSettings:
     headersToSign: tuple[str, ...] = setting(())
     # Seconds a signature is valid (x= tag); 0: no expiry.
     signatureExpiry: int = setting(0, check=between(0))
+    # gomail's: more domains, each with its own key and selector.
+    keys: tuple[DKIMKey, ...] = setting(())
+
+
+def dkim_keys(settings: DKIMSettings, default_username: str) -> list[tuple[str, str, str, str]]:
+    """
+    (setting, domain, selector, key path) of every signing key (C{setting}
+    names where its path is configured): C{dkim.domain} (default
+    the domain of C{defaultUsername}) and each of C{dkim.keys}; paths default
+    to the Go relay's C{keys/<domain>/<selector>.private}.
+
+    @raise ValueError: (key, problem) for a key without a domain.
+    """
+    found = []
+    domain = settings.domain or default_username.rpartition("@")[2]
+    if domain:
+        found.append(("dkim.privateKeyPath", domain.lower(), settings.selector,
+                      settings.privateKeyPath or f"keys/{domain.lower()}/{settings.selector}.private"))
+    elif not settings.keys:
+        raise ValueError("dkim.domain", "must be set (or defaultUsername be an address, or dkim.keys given)")
+    for index, key in enumerate(settings.keys):
+        if not key.domain:
+            raise ValueError(f"dkim.keys[{index}].domain", "must be set")
+        found.append((f"dkim.keys[{index}].privateKeyPath", key.domain.lower(), key.selector,
+                      key.privateKeyPath or f"keys/{key.domain.lower()}/{key.selector}.private"))
+    return found

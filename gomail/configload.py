@@ -249,8 +249,7 @@ def _resolve(config: Config, source: str) -> Config:
         raise ConfigError(source, "directDelivery.enabled", "cannot be true with forwardSMTP = true: outside mail "
                                                             "goes either to the smarthost or to each domain's MX")
     if config.dkim.enabled:
-        raise ConfigError(source, "dkim.enabled", "DKIM signing is not available in this version of gomail yet: "
-                                                  "set it to false (mail would otherwise leave unsigned)")
+        _check_dkim_keys(config, source)
     if config.defaultUsername and not config.defaultPassword:
         raise ConfigError(source, "defaultPassword", "must be set when defaultUsername is set")
     smtp = config.smtp
@@ -278,6 +277,24 @@ def _resolve(config: Config, source: str) -> Config:
         spool=dataclasses.replace(config.spool, directory=spool_dir),
         smtp=dataclasses.replace(smtp, listen=listen, hostname=smtp.hostname or socket.getfqdn()),
     )
+
+
+def _check_dkim_keys(config: Config, source: str) -> None:
+    """Every signing key must be a readable, usable private key (checked at start, not at the first send)."""
+    from gomail.configdelivery import dkim_keys
+    from gomail.delivery.dkimsign import read_key
+
+    try:
+        keys = dkim_keys(config.dkim, config.defaultUsername)
+    except ValueError as e:
+        raise ConfigError(source, e.args[0], e.args[1]) from None
+    for key, domain, selector, path in keys:
+        try:
+            read_key(domain, selector, path)
+        except OSError as e:
+            raise ConfigError(source, key, f"cannot read the private key {path!r}: {e.strerror}") from None
+        except ValueError as e:
+            raise ConfigError(source, key, f"{path!r}: {e}") from None
 
 
 def tcp_endpoint(host: str, port: int) -> str:

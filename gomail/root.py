@@ -30,14 +30,10 @@ from gomail.configschema import Config
 from gomail.control.lock import SpoolLock
 from gomail.control.server import ControlService, QueueControl
 from gomail.delivery.backoff import RetryPolicy
-from gomail.delivery.connect import make_connector, smarthosts_from
-from gomail.delivery.content import content_opener
-from gomail.delivery.direct import DirectAgent
 from gomail.delivery.failed import FailedStore
 from gomail.delivery.maildir import MaildirDelivery
-from gomail.delivery.mx import MXResolver, dns_resolver
+from gomail.delivery.outbound import outbound_agent
 from gomail.delivery.queue import DeliveryQueue
-from gomail.delivery.relay import RelayAgent, Smarthost
 from gomail.delivery.router import Router
 from gomail.extension.reloading import PluginReloader
 from gomail.extension.runner import plugin_metrics
@@ -217,38 +213,13 @@ def _writers(config: Config, reactor: Any) -> Writers:
     return Writers(writer, mailbox_writer, files, None, [SpoolLock(reactor, directory), writer, mailbox_writer])
 
 
-def _remote(config: Config, reactor: Any, spool: Spool) -> Any:
-    """
-    The agent for mail leaving the local domains: the smarthosts (forwardSMTP),
-    each domain's MX (directDelivery.enabled), or None (everything stays local).
-    """
-    settings = config.delivery
-
-    def relay_for(smarthosts: list[Smarthost], connect: Any) -> RelayAgent:
-        return RelayAgent(smarthosts, connect, reactor, config.batchSize, config.batchDelay, config.continueOnError,
-                          idle_timeout=settings.connectionIdleTimeout, run=spool.run,
-                          open_content=content_opener(spool.recent, spool.run),
-                          processing_timeout=config.processingTimeout, data_timeout=settings.dataTimeout)
-
-    if config.forwardSMTP:
-        return relay_for(smarthosts_from(config), make_connector(reactor, config.smtp.hostname, settings))
-    direct = config.directDelivery
-    if not direct.enabled:
-        return None
-    connect = make_connector(reactor, direct.ehloDomain or config.smtp.hostname, settings,
-                             verify=not direct.insecureSkipVerify)
-    return DirectAgent(MXResolver(dns_resolver(reactor, direct.dnsServers), timeout=direct.dnsTimeout),
-                       lambda smarthosts: relay_for(smarthosts, connect), port=direct.port,
-                       retry_count=direct.retryCount)
-
-
 def _delivery(config: Config, reactor: Any, spool: Spool, mailbox_writer: ISpoolWriter,
               plugins: PluginParts) -> tuple[DeliveryQueue, Any]:
     """The delivery queue: local domains (or everything) to the Maildirs, the rest to the smarthosts or MX."""
     spool.removal_writer = mailbox_writer
     mailbox = MaildirDelivery(spool.path("mailbox"), config.smtp.hostname, mailbox_writer)
     settings = config.delivery
-    relay = _remote(config, reactor, spool)
+    relay = outbound_agent(config, reactor, spool)
     if relay is not None:
         router = Router(mailbox, relay, local_domains(config.smtp.localDomains, config.smtp.hostname),
                         routes=plugins.routes)

@@ -112,13 +112,36 @@ def content_opener(recent: Any, run: Callable[..., Deferred]) -> Callable[..., C
     C{envelope}'s size and digest when it is given (L{CheckedFileContent}).
     """
     def open_content(queue_id: str, path: str, envelope: Any = None) -> ContentSource:
+        source: ContentSource
         content = recent.get(queue_id)
         if content is not None:
-            return BytesContent(content)
-        if envelope is not None:
-            return CheckedFileContent(path, run, queue_id, envelope.size, envelope.digest)
-        return FileContent(path, run)
+            source = BytesContent(content)
+        elif envelope is not None:
+            source = CheckedFileContent(path, run, queue_id, envelope.size, envelope.digest)
+        else:
+            source = FileContent(path, run)
+        signature = envelope.extra.get("dkim") if envelope is not None else None
+        if signature:
+            # The DKIM-Signature field stored with the envelope (gomail.delivery.signing) goes first.
+            return PrefixedContent(signature.encode("ascii"), source)
+        return source
     return open_content
+
+
+class PrefixedContent:
+    """C{prefix}, then what C{source} holds."""
+
+    def __init__(self, prefix: bytes, source: ContentSource) -> None:
+        self.prefix, self.source = prefix, source
+
+    def read(self, size: int) -> Deferred:
+        if self.prefix:
+            chunk, self.prefix = self.prefix, b""
+            return succeed(chunk)
+        return self.source.read(size)
+
+    def close(self) -> Deferred:
+        return self.source.close()
 
 
 class BytesContent:

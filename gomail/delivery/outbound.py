@@ -1,0 +1,54 @@
+# -*- test-case-name: tests.test_direct_integration,tests.test_dkim -*-
+"""The agent for mail leaving the local domains, built from the configuration (for L{gomail.root})."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gomail.configdelivery import dkim_keys
+from gomail.configschema import Config
+from gomail.delivery.connect import make_connector, smarthosts_from
+from gomail.delivery.content import content_opener
+from gomail.delivery.direct import DirectAgent
+from gomail.delivery.dkimsign import DEFAULT_HEADERS, read_key
+from gomail.delivery.mx import MXResolver, dns_resolver
+from gomail.delivery.relay import RelayAgent, Smarthost
+from gomail.delivery.signing import SigningAgent
+from gomail.spool.store import Spool
+
+
+def outbound_agent(config: Config, reactor: Any, spool: Spool) -> Any:
+    """
+    The agent for mail leaving the local domains: the smarthosts (forwardSMTP),
+    each domain's MX (directDelivery.enabled), or None (everything stays
+    local); with dkim.enabled, wrapped to sign each message once.
+    """
+    agent = _sender(config, reactor, spool)
+    if agent is None or not config.dkim.enabled:
+        return agent
+    keys = [read_key(domain, selector, path) for _, domain, selector, path
+            in dkim_keys(config.dkim, config.defaultUsername)]
+    return SigningAgent(agent, keys, config.dkim.headersToSign or DEFAULT_HEADERS, config.dkim.signatureExpiry,
+                        run=spool.run, update=spool.update)
+
+
+def _sender(config: Config, reactor: Any, spool: Spool) -> Any:
+    """The smarthost relay, the direct delivery agent, or None."""
+    settings = config.delivery
+
+    def relay_for(smarthosts: list[Smarthost], connect: Any) -> RelayAgent:
+        return RelayAgent(smarthosts, connect, reactor, config.batchSize, config.batchDelay, config.continueOnError,
+                          idle_timeout=settings.connectionIdleTimeout, run=spool.run,
+                          open_content=content_opener(spool.recent, spool.run),
+                          processing_timeout=config.processingTimeout, data_timeout=settings.dataTimeout)
+
+    if config.forwardSMTP:
+        return relay_for(smarthosts_from(config), make_connector(reactor, config.smtp.hostname, settings))
+    direct = config.directDelivery
+    if not direct.enabled:
+        return None
+    connect = make_connector(reactor, direct.ehloDomain or config.smtp.hostname, settings,
+                             verify=not direct.insecureSkipVerify)
+    return DirectAgent(MXResolver(dns_resolver(reactor, direct.dnsServers), timeout=direct.dnsTimeout),
+                       lambda smarthosts: relay_for(smarthosts, connect), port=direct.port,
+                       retry_count=direct.retryCount)
