@@ -46,11 +46,11 @@ class DirectDeliveryConfigTests(SynchronousTestCase):
                          (False, 3, "mail"))
 
     def test_contradictions_and_gaps_are_errors(self) -> None:
-        """forwardSMTP with directDelivery, dkim.enabled (not available yet), a bad DNS server: one line each."""
+        """forwardSMTP with directDelivery, dkim.enabled without a signing domain, a bad DNS server: one line each."""
         for text, key in (
                 ('forwardSMTP = true\nforwardHost = "s.example"\n[directDelivery]\nenabled = true\n',
                  "directDelivery.enabled"),
-                ("[dkim]\nenabled = true\n", "dkim.enabled"),
+                ("[dkim]\nenabled = true\n", "dkim.domain"),
                 ('[directDelivery]\ndnsServers = ["ns.example"]\n', "directDelivery.dnsServers")):
             error = self.assertRaises(ConfigError, load_config, self.write("gomail.toml", text), {})
             self.assertEqual(error.key, key)

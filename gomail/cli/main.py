@@ -17,6 +17,7 @@ from twisted.internet.interfaces import IReactorTime
 import gomail
 from gomail.cli import alias as aliascli
 from gomail.cli import blacklist as blacklistcli
+from gomail.cli import dkim as dkimcli
 from gomail.cli import plugins as pluginscli
 from gomail.cli import queue as queuecli
 from gomail.cli import user as usercli
@@ -44,6 +45,8 @@ def main(argv: list[str] | None = None, clock: IReactorTime | None = None,
         return check_config(args.file)
     if args.command in pluginscli.COMMANDS:
         return pluginscli.run(args)
+    if args.command in dkimcli.COMMANDS:
+        return dkimcli.run(args)
     runners = {**dict.fromkeys(queuecli.COMMANDS, queuecli.run), **dict.fromkeys(aliascli.COMMANDS, aliascli.run),
                **dict.fromkeys(blacklistcli.COMMANDS, blacklistcli.run)}
     if args.command in (*runners, *usercli.COMMANDS):
@@ -103,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     blacklistcli.add_commands(commands)
     aliascli.add_commands(commands)
     pluginscli.add_commands(commands)
+    dkimcli.add_commands(commands)
     return parser
 
 
