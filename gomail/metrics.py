@@ -172,6 +172,11 @@ class _Collector:
             yield CounterMetricFamily("gomail_relay_possible_duplicates",
                                       "Final dots sent to a smarthost whose reply never came (the message may have "
                                       "been delivered, and was retried)", value=relay.possible_duplicates)
+            sessions = CounterMetricFamily("gomail_relay_sessions", "Outgoing SMTP sessions opened, by TLS state",
+                                           labels=["tls"])
+            for state in ("verified", "unverified", "none"):
+                sessions.add_metric([state], dict(getattr(relay, "tls_sessions", {})).get(state, 0))
+            yield sessions
 
     def _auth(self, stats: Any) -> Any:
         attempts = CounterMetricFamily("gomail_auth_attempts", "Authentication attempts",

@@ -10,7 +10,7 @@ import os
 import smtplib
 
 from twisted.internet import reactor
-from twisted.internet.defer import ensureDeferred
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.threads import deferToThread
 from twisted.names import dns
 from twisted.trial.unittest import TestCase
@@ -93,3 +93,66 @@ class DirectDeliveryProcessTests(TestCase):
             self.assertIn(b"5.1.10", report)
             await node.stop_cleanly()
         return ensureDeferred(run())
+
+
+MX_CONFIG = """
+dataDir = "{data}"
+enableHealthCheck = false
+[security]
+requireAuth = false
+allowLocalOnly = true
+[nginxAuth]
+enabled = false
+[smtp]
+listen = ["tcp:{mx_port}:interface=127.0.0.3"]
+hostname = "mx.remote.test"
+localDomains = ["remote.test"]
+verifyRecipients = false
+"""
+
+
+class OpportunisticTLSTests(TestCase):
+    """Another gomail as the MX: it offers STARTTLS with a self-signed certificate."""
+
+    timeout = 90
+
+    def deliver_through(self, insecure: bool) -> Deferred:
+        server = DNSServer(reactor, MemoryAuthority("test", ZONE))
+        self.addCleanup(server.stop)
+        mx_port, port = free_port(), free_port()
+        mx = GomailNode(self, MX_CONFIG, name="mx", mx_port=mx_port)
+        sender = GomailNode(self, CONFIG + f"insecureSkipVerify = {'true' if insecure else 'false'}\n",
+                            port=port, dns=server.port, mx_port=mx_port)
+
+        def send() -> None:
+            with smtplib.SMTP("127.0.0.1", port, "client.test", 20) as client:
+                client.sendmail("alice@gomail.test", ["bob@remote.test"], b"Subject: tls\r\n\r\nhello\r\n")
+
+        maildir = os.path.join(mx.data, "spool", "mailbox", "bob@remote.test", "new")
+
+        async def run() -> tuple[bytes, bytes]:
+            await mx.start()
+            await sender.start()
+            await deferToThread(send)
+            await poll(reactor, lambda: os.path.isdir(maildir) and bool(os.listdir(maildir)))
+            [name] = os.listdir(maildir)
+            with open(os.path.join(maildir, name), "rb") as f:
+                received = b"\r\n".join(f.read().split(b"\r\n")[:2])  # the MX's Received: field
+            output = sender.output
+            await sender.stop_cleanly()
+            await mx.stop_cleanly()
+            return received, output
+        return ensureDeferred(run())
+
+    async def test_failed_verification_falls_back_to_plaintext(self) -> None:
+        """The MX's certificate does not verify: the same address again without TLS, delivered, logged."""
+        received, output = await self.deliver_through(insecure=False)
+        self.assertIn(b"mx.remote.test [127.0.0.3]", output)
+        self.assertIn(b"TLS none", output)
+        self.assertIn(b"with ESMTP id", received)  # RFC 3848: ESMTPS would say TLS
+
+    async def test_insecure_skip_verify_uses_tls(self) -> None:
+        """insecureSkipVerify: TLS without the certificate check, counted as unverified."""
+        received, output = await self.deliver_through(insecure=True)
+        self.assertIn(b"TLS unverified", output)
+        self.assertIn(b"with ESMTPS id", received)

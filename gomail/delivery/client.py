@@ -94,6 +94,8 @@ class RelayProtocol(PipeliningMixin, ESMTPClient):
         # The wait for the final dot's reply: never shorter than for any other reply.
         self.data_timeout = max(command_timeout, data_timeout if data_timeout is not None else 600.0)
         self.clock = clock
+        #: Whether TLS on this connection checks the server's certificate (set by the connector).
+        self.verifies = False
         self.step = "connect"
         self.awaiting_dot = False
         self.ready: Deferred = Deferred()
@@ -111,6 +113,13 @@ class RelayProtocol(PipeliningMixin, ESMTPClient):
         self._reset_due = False
 
     # -- the pool's interface ----------------------------------------------------
+
+    @property
+    def tls(self) -> str:
+        """C{verified}, C{unverified} (TLS without a certificate check) or C{none}: for logs and metrics."""
+        if not getattr(self, "_tlsMode", False):
+            return "none"
+        return "verified" if self.verifies else "unverified"
 
     def send(self, transaction: Transaction) -> Deferred:
         """Queue a transaction; its C{done} fires with the per-recipient replies."""

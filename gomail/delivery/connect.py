@@ -58,6 +58,8 @@ def make_connector(reactor: Any, identity: str, settings: DeliverySettings,
         protocol = RelayProtocol(identity, reactor, settings.commandTimeout, smarthost.username,
                                  smarthost.password, tls_context=None if smarthost.implicit_tls else options,
                                  implicit_tls=smarthost.implicit_tls, data_timeout=settings.dataTimeout)
+        # Whether a TLS session here checks the certificate (what "verified" means in the logs and metrics).
+        protocol.verifies = options is not None and (settings.tlsVerify if verify is None else verify)
         bound = settings.connectTimeout + settings.commandTimeout
 
         def give_up(failure: ConnectionFailure) -> None:

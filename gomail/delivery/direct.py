@@ -69,6 +69,7 @@ class DirectAgent:
         self.port, self.retry_count = port, retry_count
         self._relays: dict[str, tuple[tuple[Smarthost, ...], RelayAgent]] = {}
         self._retired_duplicates = 0
+        self._retired_tls: dict[str, int] = {}
 
     @property
     def attempt_grace(self) -> float:
@@ -80,6 +81,15 @@ class DirectAgent:
     def possible_duplicates(self) -> int:
         """Final dots whose reply never came, over every destination."""
         return self._retired_duplicates + sum(relay.possible_duplicates for _, relay in self._relays.values())
+
+    @property
+    def tls_sessions(self) -> dict[str, int]:
+        """Sessions opened, by TLS state, over every destination."""
+        total: dict[str, int] = dict(self._retired_tls)
+        for _, relay in self._relays.values():
+            for state, count in relay.tls_sessions.items():
+                total[state] = total.get(state, 0) + count
+        return total
 
     def failing(self) -> list[str]:
         """Nothing: an MX of someone else's domain failing says nothing about this server's health."""
@@ -122,6 +132,8 @@ class DirectAgent:
             return known[1]
         if known is not None:
             self._retired_duplicates += known[1].possible_duplicates
+            for state, count in known[1].tls_sessions.items():
+                self._retired_tls[state] = self._retired_tls.get(state, 0) + count
             known[1].close()
         relay = self.relay_for(smarthosts)
         self._relays[domain] = (key, relay)

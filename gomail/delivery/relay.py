@@ -14,6 +14,7 @@ over to another smarthost in the same attempt.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -105,6 +106,8 @@ class RelayAgent:
         #: Final dots sent whose reply never came (the message may have been delivered twice).
         self.possible_duplicates = 0
         self._health = {s: _Health() for s in self.smarthosts}
+        #: Sessions opened, by TLS state (verified, unverified, none): for /metrics.
+        self.tls_sessions: Counter[str] = Counter()
         self._idle: dict[Smarthost, list[tuple[RelayProtocol, Any]]] = {s: [] for s in self.smarthosts}
 
     @property
@@ -246,7 +249,7 @@ class RelayAgent:
                 timer.cancel()
             if not connection.closed:
                 return connection
-        connecting = self.connect(smarthost)
+        connecting = self.connect(smarthost).addCallback(self._opened, smarthost)
         if deadline is None:
             return await connecting
         expired: list[bool] = []
@@ -265,6 +268,12 @@ class RelayAgent:
         finally:
             if timer.active():
                 timer.cancel()
+
+    def _opened(self, connection: RelayProtocol, smarthost: Smarthost) -> RelayProtocol:
+        tls = getattr(connection, "tls", "none")
+        self.tls_sessions[tls] += 1
+        self.log.info("session with {smarthost}: TLS {tls}", smarthost=str(smarthost), tls=tls)
+        return connection
 
     def _release(self, smarthost: Smarthost, connection: RelayProtocol) -> None:
         if connection.closed:
