@@ -12,6 +12,8 @@ from twisted.internet.defer import Deferred, fail
 from twisted.names import authority, common, dns, server
 from twisted.names.client import Resolver
 
+from tests.processes import free_port
+
 
 class ServFail(Exception):
     """What a name in C{servfail} raises: the server answers SERVFAIL."""
@@ -54,9 +56,15 @@ class DNSServer:
 
     def __init__(self, reactor: Any, authority_: MemoryAuthority) -> None:
         factory = _Factory(authorities=[authority_])
-        self.udp = reactor.listenUDP(0, dns.DNSDatagramProtocol(factory), interface="127.0.0.1")
-        self.port = self.udp.getHost().port
-        self.tcp = reactor.listenTCP(self.port, factory, interface="127.0.0.1")
+        # One number for UDP and TCP, claimed below the ephemeral range (free_port): a UDP port the kernel
+        # picked could be some other connection's TCP port.
+        self.port = free_port()
+        self.udp = reactor.listenUDP(self.port, dns.DNSDatagramProtocol(factory), interface="127.0.0.1")
+        try:
+            self.tcp = reactor.listenTCP(self.port, factory, interface="127.0.0.1")
+        except Exception:
+            self.udp.stopListening()
+            raise
         self.resolver = Resolver(servers=[("127.0.0.1", self.port)], reactor=reactor)
 
     def stop(self) -> Deferred:
