@@ -49,6 +49,8 @@ class DirectDeliverySettings:
     dnsTimeout: int = setting(10, check=between(1, 120))
     # gomail's: the port MX hosts listen on (25; another value only for tests).
     port: int = setting(25, check=PORT)
+    # gomail's: delivery attempts to one domain at a time (workerCount bounds them all).
+    maxPerDomain: int = setting(5, check=between(1, 1000))
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
 from twisted.names import dns
 from twisted.trial.unittest import TestCase
 
@@ -139,3 +140,44 @@ class PlanTests(TestCase):
                           "mx1.test [127.0.0.2]:25 (no TLS)", "mx2.test [127.0.0.3]:25",
                           "mx2.test [127.0.0.3]:25 (no TLS)"])
         self.assertEqual([s.priority for s in plan], list(range(6)))
+
+
+class PerDomainLimitTests(TestCase):
+    """directDelivery.maxPerDomain: attempts to one domain at a time."""
+
+    def test_second_attempt_waits_for_the_first(self) -> None:
+        """With a limit of 1, a second message to the same domain waits; another domain does not."""
+        from twisted.internet.defer import succeed
+
+        class Resolver:
+            def destinations(self, domain: str) -> Deferred:
+                return succeed([Destination("mx." + domain, 10, ("127.0.0.9",))])
+
+        started: list[tuple[str, Deferred]] = []
+
+        class Relay:
+            possible_duplicates = 0
+
+            def deliver(self, envelope: Envelope, path: str, recipients: list) -> Deferred:
+                d: Deferred = Deferred()
+                started.append((recipients[0].address, d))
+                return d
+
+            def close(self) -> None:
+                pass
+
+        agent = DirectAgent(Resolver(), lambda smarthosts: Relay(), per_domain=1)  # type: ignore[arg-type]
+
+        def deliver(address: str) -> Deferred:
+            envelope = Envelope("q", "a@example.org", [Recipient(address)], 0.0)
+            return agent.deliver(envelope, "/nowhere", list(envelope.recipients))
+
+        first, second, other = deliver("a@one.test"), deliver("b@one.test"), deliver("c@two.test")
+        self.assertEqual([address for address, _ in started], ["a@one.test", "c@two.test"])
+        started[0][1].callback({"a@one.test": (250, "ok")})
+        self.assertEqual([address for address, _ in started], ["a@one.test", "c@two.test", "b@one.test"])
+        self.assertEqual(self.successResultOf(first), {"a@one.test": (250, "ok")})
+        for _, d in started[1:]:
+            d.callback({})
+        self.successResultOf(second)
+        self.successResultOf(other)

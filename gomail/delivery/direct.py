@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -64,9 +64,12 @@ class DirectAgent:
     log = Logger()
 
     def __init__(self, resolver: MXResolver, relay_for: Callable[[list[Smarthost]], RelayAgent],
-                 port: int = 25, retry_count: int = 3) -> None:
+                 port: int = 25, retry_count: int = 3, per_domain: int = 5) -> None:
         self.resolver, self.relay_for = resolver, relay_for
         self.port, self.retry_count = port, retry_count
+        #: Attempts to one domain at a time (a semaphore per domain, dropped when unused).
+        self.per_domain = per_domain
+        self._gates: dict[str, DeferredSemaphore] = {}
         self._relays: dict[str, tuple[tuple[Smarthost, ...], RelayAgent]] = {}
         self._retired_duplicates = 0
         self._retired_tls: dict[str, int] = {}
@@ -122,7 +125,16 @@ class DirectAgent:
         except DNSUnavailable as e:
             return {r.address: (451, f"4.4.3 {e}") for r in recipients}
         relay = self._relay(domain, smarthosts_for(destinations, self.port, self.retry_count))
-        return await relay.deliver(envelope, path, recipients)
+        gate = self._gates.get(domain)
+        if gate is None:
+            gate = self._gates[domain] = DeferredSemaphore(self.per_domain)
+        await gate.acquire()
+        try:
+            return await relay.deliver(envelope, path, recipients)
+        finally:
+            gate.release()
+            if gate.tokens == gate.limit and not gate.waiting:
+                self._gates.pop(domain, None)
 
     def _relay(self, domain: str, smarthosts: list[Smarthost]) -> RelayAgent:
         """The domain's relay, kept (with its idle connections and health) while its destinations stay."""
