@@ -54,6 +54,22 @@ class DirectDeliverySettings:
 
 
 @dataclass(frozen=True)
+class Route:
+    """
+    Mail for one domain through its own smarthost (gomail's ``[[routes]]``),
+    whatever forwardSMTP and directDelivery say for the rest.
+    """
+
+    domain: str = setting("")
+    host: str = setting("")
+    port: int = setting(25, check=between(1, 65535))
+    username: str = setting("")
+    password: str = setting("", secret=True)
+    # Implicit TLS (port 465 style); otherwise STARTTLS when offered (required with credentials).
+    ssl: bool = setting(False)
+
+
+@dataclass(frozen=True)
 class DKIMKey:
     """One more signing domain (gomail's ``[[dkim.keys]]``): the From: domain picks its key."""
 

@@ -250,6 +250,7 @@ def _resolve(config: Config, source: str) -> Config:
                                                             "goes either to the smarthost or to each domain's MX")
     if config.dkim.enabled:
         _check_dkim_keys(config, source)
+    _check_routes(config, source)
     if config.defaultUsername and not config.defaultPassword:
         raise ConfigError(source, "defaultPassword", "must be set when defaultUsername is set")
     smtp = config.smtp
@@ -277,6 +278,26 @@ def _resolve(config: Config, source: str) -> Config:
         spool=dataclasses.replace(config.spool, directory=spool_dir),
         smtp=dataclasses.replace(smtp, listen=listen, hostname=smtp.hostname or socket.getfqdn()),
     )
+
+
+def _check_routes(config: Config, source: str) -> None:
+    """Each route names a domain that is not local, once, and a host."""
+    from gomail.smtp.address import canonical_domain
+
+    local = {canonical_domain(d) for d in config.smtp.localDomains}
+    seen: set[str] = set()
+    for index, route in enumerate(config.routes):
+        try:
+            domain = canonical_domain(route.domain)
+        except ValueError:
+            raise ConfigError(source, f"routes[{index}].domain", f"{route.domain!r} is not a domain") from None
+        if domain in local:
+            raise ConfigError(source, f"routes[{index}].domain", f"{domain} is a local domain (smtp.localDomains)")
+        if domain in seen:
+            raise ConfigError(source, f"routes[{index}].domain", f"{domain} has a route already")
+        seen.add(domain)
+        if not route.host:
+            raise ConfigError(source, f"routes[{index}].host", "must be set")
 
 
 def _check_dkim_keys(config: Config, source: str) -> None:

@@ -32,7 +32,7 @@ from gomail.configchecks import (
     one_of,
     setting,
 )
-from gomail.configdelivery import DirectDeliverySettings, DKIMSettings
+from gomail.configdelivery import DirectDeliverySettings, DKIMSettings, Route
 
 
 @dataclass(frozen=True)
@@ -325,3 +325,4 @@ class Config:
     plugins: PluginSettings = field(default_factory=PluginSettings)
     directDelivery: DirectDeliverySettings = field(default_factory=DirectDeliverySettings)
     dkim: DKIMSettings = field(default_factory=DKIMSettings)
+    routes: tuple[Route, ...] = setting(())

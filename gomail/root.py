@@ -32,7 +32,7 @@ from gomail.control.server import ControlService, QueueControl
 from gomail.delivery.backoff import RetryPolicy
 from gomail.delivery.failed import FailedStore
 from gomail.delivery.maildir import MaildirDelivery
-from gomail.delivery.outbound import outbound_agent
+from gomail.delivery.outbound import outbound_agent, route_agents
 from gomail.delivery.queue import DeliveryQueue
 from gomail.delivery.router import Router
 from gomail.extension.reloading import PluginReloader
@@ -222,10 +222,10 @@ def _delivery(config: Config, reactor: Any, spool: Spool, mailbox_writer: ISpool
     relay = outbound_agent(config, reactor, spool)
     if relay is not None:
         router = Router(mailbox, relay, local_domains(config.smtp.localDomains, config.smtp.hostname),
-                        routes=plugins.routes)
+                        routes=[*route_agents(config, reactor, spool), *plugins.routes])
         workers = config.workerCount
     else:
-        router = Router(mailbox, routes=plugins.routes)
+        router = Router(mailbox, routes=[*route_agents(config, reactor, spool), *plugins.routes])
         # Local copies are cheap and batch well in the writer: more at once
         # than workerCount (which is sized for remote deliveries).
         workers = max(config.workerCount, LOCAL_CONCURRENCY)

@@ -61,3 +61,32 @@ class DirectDeliveryConfigTests(SynchronousTestCase):
         path = self.write("gomail.toml", '[directDelivery]\ndnsServers = ["192.0.2.53", "192.0.2.54:5353", '
                                          '"[2001:db8::53]:53", "2001:db8::54"]\n')
         self.assertEqual(len(load_config(path, environ={}).directDelivery.dnsServers), 4)
+
+
+class RouteConfigTests(SynchronousTestCase):
+    """[[routes]]: one domain through its own smarthost."""
+
+    def write(self, text: str) -> str:
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        path = os.path.join(directory, "gomail.toml")
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def test_routes_load(self) -> None:
+        """A route's domain, host, port and credentials load; the password is a secret."""
+        config = load_config(self.write('[[routes]]\ndomain = "partner.example"\nhost = "smtp.partner.example"\n'
+                                        'port = 587\nusername = "u"\npassword = "route-secret"\n'), {})
+        [route] = config.routes
+        self.assertEqual((route.domain, route.host, route.port), ("partner.example", "smtp.partner.example", 587))
+
+    def test_route_errors(self) -> None:
+        """A local domain, a duplicate, a missing host: one line naming routes[N].<key>."""
+        for text, key in (('[smtp]\nlocalDomains = ["example.com"]\n[[routes]]\ndomain = "example.com"\nhost = "h"\n',
+                           "routes[0].domain"),
+                          (('[[routes]]\ndomain = "a.example"\nhost = "h"\n[[routes]]\ndomain = "A.example."\n'
+                            'host = "h"\n'), "routes[1].domain"),
+                          ('[[routes]]\ndomain = "a.example"\n', "routes[0].host")):
+            error = self.assertRaises(ConfigError, load_config, self.write(text), {})
+            self.assertEqual(error.key, key)

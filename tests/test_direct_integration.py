@@ -52,6 +52,46 @@ class DirectDeliveryProcessTests(TestCase):
 
     timeout = 60
 
+    def test_route_takes_its_domain(self) -> None:
+        """[[routes]]: partner.test's mail goes to its own smarthost; remote.test's still to its MX."""
+        server = DNSServer(reactor, MemoryAuthority("test", ZONE))
+        self.addCleanup(server.stop)
+        workdir = os.path.abspath(self.mktemp())
+        sinks = {name: os.path.join(workdir, name) for name in ("mx", "route")}
+        ports = {name: free_port() for name in sinks}
+        for name, directory in sinks.items():
+            os.makedirs(directory)
+            listening = reactor.listenTCP(ports[name], SmarthostFactory(directory, None, None,
+                                                                        announce=lambda _: None),
+                                          interface="127.0.0.3")
+            self.addCleanup(listening.stopListening)
+        port = free_port()
+        node = GomailNode(self, CONFIG + '[[routes]]\ndomain = "partner.test"\nhost = "127.0.0.3"\n'
+                          f'port = {ports["route"]}\n', workdir=workdir, port=port, dns=server.port,
+                          mx_port=ports["mx"])
+
+        def send() -> None:
+            with smtplib.SMTP("127.0.0.1", port, "client.test", 20) as client:
+                client.sendmail("alice@gomail.test", ["bob@remote.test", "pat@partner.test"],
+                                b"Subject: routed\r\n\r\nhello\r\n")
+
+        def envelopes(name: str) -> list[bytes]:
+            found = []
+            for entry in sorted(os.listdir(sinks[name])):
+                if entry.endswith(".eml"):
+                    with open(os.path.join(sinks[name], entry), "rb") as f:
+                        found.append(f.read().split(b"\r\n", 1)[0])
+            return found
+
+        async def run() -> None:
+            await node.start()
+            await deferToThread(send)
+            await poll(reactor, lambda: envelopes("mx") and envelopes("route"))
+            self.assertEqual(envelopes("mx"), [b"X-Envelope: <alice@gomail.test> <bob@remote.test>"])
+            self.assertEqual(envelopes("route"), [b"X-Envelope: <alice@gomail.test> <pat@partner.test>"])
+            await node.stop_cleanly()
+        return ensureDeferred(run())
+
     def test_mail_reaches_the_mx_and_null_mx_bounces(self) -> None:
         """The remote recipient's mail is at the MX sink; the null-MX one comes back as a DSN to the sender."""
         server = DNSServer(reactor, MemoryAuthority("test", ZONE))

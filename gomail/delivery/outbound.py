@@ -17,6 +17,16 @@ from gomail.delivery.signing import SigningAgent
 from gomail.spool.store import Spool
 
 
+def route_agents(config: Config, reactor: Any, spool: Spool) -> list[tuple[str, Any]]:
+    """(domain, agent) of each C{[[routes]]} entry: its own smarthost (signed as the rest, with dkim.enabled)."""
+    connect = make_connector(reactor, config.smtp.hostname, config.delivery)
+    routes = []
+    for route in config.routes:
+        smarthost = Smarthost(route.host, route.port, route.username, route.password, route.ssl, 0)
+        routes.append((route.domain, _signed(config, spool, _relay_for(config, reactor, spool)([smarthost], connect))))
+    return routes
+
+
 def outbound_agent(config: Config, reactor: Any, spool: Spool) -> Any:
     """
     The agent for mail leaving the local domains: the smarthosts (forwardSMTP),
@@ -24,7 +34,12 @@ def outbound_agent(config: Config, reactor: Any, spool: Spool) -> Any:
     local); with dkim.enabled, wrapped to sign each message once.
     """
     agent = _sender(config, reactor, spool)
-    if agent is None or not config.dkim.enabled:
+    return None if agent is None else _signed(config, spool, agent)
+
+
+def _signed(config: Config, spool: Spool, agent: Any) -> Any:
+    """C{agent}, signing each message first when dkim.enabled."""
+    if not config.dkim.enabled:
         return agent
     keys = [read_key(domain, selector, path) for _, domain, selector, path
             in dkim_keys(config.dkim, config.defaultUsername)]
@@ -32,8 +47,8 @@ def outbound_agent(config: Config, reactor: Any, spool: Spool) -> Any:
                         run=spool.run, update=spool.update)
 
 
-def _sender(config: Config, reactor: Any, spool: Spool) -> Any:
-    """The smarthost relay, the direct delivery agent, or None."""
+def _relay_for(config: Config, reactor: Any, spool: Spool) -> Any:
+    """C{relay_for(smarthosts, connect)}: a RelayAgent with the configured batching and timeouts."""
     settings = config.delivery
 
     def relay_for(smarthosts: list[Smarthost], connect: Any) -> RelayAgent:
@@ -42,6 +57,13 @@ def _sender(config: Config, reactor: Any, spool: Spool) -> Any:
                           open_content=content_opener(spool.recent, spool.run),
                           processing_timeout=config.processingTimeout, data_timeout=settings.dataTimeout)
 
+    return relay_for
+
+
+def _sender(config: Config, reactor: Any, spool: Spool) -> Any:
+    """The smarthost relay, the direct delivery agent, or None."""
+    settings = config.delivery
+    relay_for = _relay_for(config, reactor, spool)
     if config.forwardSMTP:
         return relay_for(smarthosts_from(config), make_connector(reactor, config.smtp.hostname, settings))
     direct = config.directDelivery

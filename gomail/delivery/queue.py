@@ -166,7 +166,7 @@ class DeliveryQueue(Service):
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
-        for agent in (self.router.local, self.router.relay):
+        for agent in (self.router.local, self.router.relay, *set(self.router.routes.values())):
             close = getattr(agent, "close", None)
             if close is not None:
                 close()
