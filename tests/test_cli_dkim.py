@@ -9,7 +9,8 @@ import subprocess
 import sys
 
 import dkim
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from gomail.delivery.dkimsign import DEFAULT_HEADERS, read_key, sign_file
 from tests.dkimtesting import dns_for
@@ -53,3 +54,46 @@ class KeygenTests(SynchronousTestCase):
         self.assertEqual(result.stderr.count("\n"), 1)
         with open(path, "rb") as f:
             self.assertEqual(f.read(), before)
+
+
+class CheckTests(TestCase):
+    """`gomail dkim check DOMAIN` against a real DNS server started by the test."""
+
+    def run_check(self, published: bytes) -> subprocess.CompletedProcess:
+        from twisted.internet import reactor
+        from twisted.names import dns as names_dns
+
+        from tests.dkimtesting import RSA_PRIVATE, write_key
+        from tests.dnsserver import DNSServer, MemoryAuthority
+
+        record = names_dns.Record_TXT(*[published[i:i + 200] for i in range(0, len(published), 200)], ttl=60)
+        server = DNSServer(reactor, MemoryAuthority("com", {"mail._domainkey.example.com": [record]}))
+        self.addCleanup(server.stop)
+        directory = os.path.abspath(self.mktemp())
+        key = write_key(directory, "example.com", "mail", RSA_PRIVATE)
+        config = os.path.join(directory, "gomail.toml")
+        with open(config, "w") as f:
+            f.write(f'[dkim]\ndomain = "example.com"\nprivateKeyPath = "{key}"\n'
+                    f'[directDelivery]\ndnsServers = ["127.0.0.1:{server.port}"]\ndnsTimeout = 5\n')
+        return deferToThread(subprocess.run, [sys.executable, "-m", "gomail.cli", "dkim", "check", "example.com",
+                                              "--config", config],
+                             env={"PYTHONPATH": ROOT, "LC_ALL": "C.UTF-8"}, capture_output=True, text=True,
+                             timeout=60)
+
+    async def test_matching_record(self) -> None:
+        """The published record of the configured key: exit 0, says it matches."""
+        from tests.dkimtesting import RSA_RECORD
+
+        result = await self.run_check(RSA_RECORD)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("mail._domainkey.example.com: the published rsa key matches", result.stdout)
+
+    async def test_other_key_published(self) -> None:
+        """Another key published: exit 1, one line with the record to publish instead."""
+        from tests.dkimtesting import ED25519_RECORD
+
+        result = await self.run_check(ED25519_RECORD)
+        self.assertEqual(result.returncode, 1)
+        self.assertEqual(result.stderr.count("\n"), 1)
+        self.assertIn("does not publish the key", result.stderr)
+        self.assertIn("v=DKIM1; k=rsa; p=", result.stderr)

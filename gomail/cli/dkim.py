@@ -4,6 +4,10 @@ C{gomail dkim keygen DOMAIN [--selector S] [--type rsa|ed25519] [--directory D]}
 a new signing key where the Go relay keeps its keys,
 C{<directory>/keys/<domain>/<selector>.private} (mode 0600), and the DNS TXT
 record to publish at C{<selector>._domainkey.<domain>}.
+
+C{gomail dkim check DOMAIN [--config FILE]}: looks up the published record of
+the configured key of DOMAIN (through C{directDelivery.dnsServers}, or the
+system's resolvers) and says whether it matches (exit 0) or not (exit 1).
 """
 
 from __future__ import annotations
@@ -26,12 +30,21 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     keygen.add_argument("--type", choices=("rsa", "ed25519"), default="rsa",
                         help="rsa (2048 bits, what every receiver checks; the default) or ed25519")
     keygen.add_argument("--directory", default=".", help="where keys/<domain>/<selector>.private goes (default: .)")
+    from gomail.cli.common import common_options
+
+    check = actions.add_parser("check", parents=[common_options("dkim keys and DNS servers")],
+                               help="does the published DNS record match the configured key?")
+    check.add_argument("domain", help="a signing domain of the configuration")
 
 
 def run(args: argparse.Namespace) -> int:
     """Write the key (never over an existing one) and print the TXT record; 1 with one line on an error."""
+    if getattr(args, "action", None) == "check":
+        from gomail.cli.dkimcheck import check
+
+        return check(args)
     if getattr(args, "action", None) != "keygen":
-        print("gomail: dkim: say `gomail dkim keygen DOMAIN`", file=sys.stderr)
+        print("gomail: dkim: say `gomail dkim keygen DOMAIN` or `gomail dkim check DOMAIN`", file=sys.stderr)
         return 2
     domain = args.domain.lower().rstrip(".")
     if not domain or "/" in domain or domain.startswith(".") or "/" in args.selector or not args.selector:
