@@ -51,6 +51,8 @@ class DirectDeliverySettings:
     port: int = setting(25, check=PORT)
     # gomail's: delivery attempts to one domain at a time (workerCount bounds them all).
     maxPerDomain: int = setting(5, check=between(1, 1000))
+    # gomail's: per-domain TLS levels (the rest: may).
+    tlsPolicies: tuple[TLSPolicy, ...] = setting(())
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,24 @@ class Route:
     password: str = setting("", secret=True)
     # Implicit TLS (port 465 style); otherwise STARTTLS when offered (required with credentials).
     ssl: bool = setting(False)
+
+
+TLS_LEVELS = ("none", "may", "encrypt", "verify")
+
+
+@dataclass(frozen=True)
+class TLSPolicy:
+    """
+    How to reach one domain's MX (gomail's ``[[directDelivery.tlsPolicies]]``,
+    as Postfix's ``smtp_tls_policy_maps``): C{none} never STARTTLS; C{may}
+    (the default) TLS when offered, plaintext when it fails; C{encrypt} TLS
+    required, certificate not checked; C{verify} TLS required and the
+    certificate checked against the MX name.
+    """
+
+    domain: str = setting("")
+    level: str = setting("may", check=lambda v: None if v in TLS_LEVELS else
+                         f"must be one of {', '.join(TLS_LEVELS)}, got {v!r}")
 
 
 @dataclass(frozen=True)

@@ -156,12 +156,13 @@ class OpportunisticTLSTests(TestCase):
 
     timeout = 90
 
-    def deliver_through(self, insecure: bool) -> Deferred:
+    def deliver_through(self, insecure: bool, level: str | None = None) -> Deferred:
         server = DNSServer(reactor, MemoryAuthority("test", ZONE))
         self.addCleanup(server.stop)
         mx_port, port = free_port(), free_port()
         mx = GomailNode(self, MX_CONFIG, name="mx", mx_port=mx_port)
-        sender = GomailNode(self, CONFIG + f"insecureSkipVerify = {'true' if insecure else 'false'}\n",
+        policy = f'[[directDelivery.tlsPolicies]]\ndomain = "remote.test"\nlevel = "{level}"\n' if level else ""
+        sender = GomailNode(self, CONFIG + f"insecureSkipVerify = {'true' if insecure else 'false'}\n" + policy,
                             port=port, dns=server.port, mx_port=mx_port)
 
         def send() -> None:
@@ -174,6 +175,13 @@ class OpportunisticTLSTests(TestCase):
             await mx.start()
             await sender.start()
             await deferToThread(send)
+            if level == "verify":  # the self-signed certificate never verifies: deferred, not delivered
+                await poll(reactor, lambda: b"deferred" in sender.output)
+                self.assertFalse(os.path.isdir(maildir) and os.listdir(maildir))
+                output = sender.output
+                await sender.stop_cleanly()
+                await mx.stop_cleanly()
+                return b"", output
             await poll(reactor, lambda: os.path.isdir(maildir) and bool(os.listdir(maildir)))
             [name] = os.listdir(maildir)
             with open(os.path.join(maildir, name), "rb") as f:
@@ -196,3 +204,20 @@ class OpportunisticTLSTests(TestCase):
         received, output = await self.deliver_through(insecure=True)
         self.assertIn(b"TLS unverified", output)
         self.assertIn(b"with ESMTPS id", received)
+
+    async def test_policy_none_never_starttls(self) -> None:
+        """tlsPolicies level none: plaintext although the MX offers STARTTLS."""
+        received, output = await self.deliver_through(insecure=True, level="none")
+        self.assertIn(b"TLS none", output)
+        self.assertIn(b"with ESMTP id", received)
+
+    async def test_policy_encrypt_requires_tls_unchecked(self) -> None:
+        """level encrypt: TLS, the self-signed certificate accepted (not checked)."""
+        received, output = await self.deliver_through(insecure=False, level="encrypt")
+        self.assertIn(b"TLS unverified", output)
+        self.assertIn(b"with ESMTPS id", received)
+
+    async def test_policy_verify_defers_on_a_bad_certificate(self) -> None:
+        """level verify: a certificate that does not verify means no delivery (deferred), never plaintext."""
+        _, output = await self.deliver_through(insecure=True, level="verify")
+        self.assertNotIn(b"(no TLS)", output)

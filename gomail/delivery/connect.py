@@ -49,17 +49,19 @@ def make_connector(reactor: Any, identity: str, settings: DeliverySettings,
     """
 
     def connect(smarthost: Smarthost) -> Deferred:
+        checks = verify if smarthost.verify is None else smarthost.verify
         options = None if smarthost.plaintext else tls_options(smarthost.tls_name or smarthost.host, settings,
-                                                                 verify)
+                                                                 checks)
         endpoint: Any = HostnameEndpoint(reactor, smarthost.host.encode("idna"), smarthost.port,
                                          timeout=settings.connectTimeout)
         if smarthost.implicit_tls and options is not None:
             endpoint = wrapClientTLS(options, endpoint)
         protocol = RelayProtocol(identity, reactor, settings.commandTimeout, smarthost.username,
                                  smarthost.password, tls_context=None if smarthost.implicit_tls else options,
-                                 implicit_tls=smarthost.implicit_tls, data_timeout=settings.dataTimeout)
+                                 require_tls=smarthost.require_tls, implicit_tls=smarthost.implicit_tls,
+                                 data_timeout=settings.dataTimeout)
         # Whether a TLS session here checks the certificate (what "verified" means in the logs and metrics).
-        protocol.verifies = options is not None and (settings.tlsVerify if verify is None else verify)
+        protocol.verifies = options is not None and (settings.tlsVerify if checks is None else checks)
         bound = settings.connectTimeout + settings.commandTimeout
 
         def give_up(failure: ConnectionFailure) -> None:

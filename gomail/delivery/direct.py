@@ -21,6 +21,7 @@ and logged as the failure of the TLS destination.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
@@ -35,19 +36,27 @@ from gomail.spool.envelope import Envelope, Recipient
 Reply = tuple[int, str]
 
 
-def smarthosts_for(destinations: list[Destination], port: int, limit: int) -> list[Smarthost]:
+def smarthosts_for(destinations: list[Destination], port: int, limit: int, level: str = "may") -> list[Smarthost]:
     """
     The connections to try, in order: each address of the first C{limit}
-    MX hosts, first with STARTTLS (checked against the MX name) and then,
-    for the same address, without.
+    MX hosts, as the TLS C{level} says (L{gomail.configdelivery.TLSPolicy}):
+    C{may}: with STARTTLS (checked against the MX name unless
+    insecureSkipVerify) and then, for the same address, without; C{none}:
+    without; C{encrypt}: TLS required, not checked; C{verify}: TLS required
+    and checked.
     """
     found = []
     for destination in destinations[:limit]:
         for address in destination.addresses:
-            found.append(Smarthost(address, port, tls_name=destination.host))
-            found.append(Smarthost(address, port, tls_name=destination.host, plaintext=True))
-    return [Smarthost(s.host, s.port, tls_name=s.tls_name, plaintext=s.plaintext, priority=index)
-            for index, s in enumerate(found)]
+            name = destination.host
+            if level == "none":
+                found.append(Smarthost(address, port, tls_name=name, plaintext=True))
+            elif level in ("encrypt", "verify"):
+                found.append(Smarthost(address, port, tls_name=name, require_tls=True, verify=level == "verify"))
+            else:
+                found.append(Smarthost(address, port, tls_name=name))
+                found.append(Smarthost(address, port, tls_name=name, plaintext=True))
+    return [dataclasses.replace(s, priority=index) for index, s in enumerate(found)]
 
 
 @implementer(IDeliveryAgent)
@@ -64,8 +73,11 @@ class DirectAgent:
     log = Logger()
 
     def __init__(self, resolver: MXResolver, relay_for: Callable[[list[Smarthost]], RelayAgent],
-                 port: int = 25, retry_count: int = 3, per_domain: int = 5) -> None:
+                 port: int = 25, retry_count: int = 3, per_domain: int = 5,
+                 tls_levels: dict[str, str] | None = None) -> None:
         self.resolver, self.relay_for = resolver, relay_for
+        #: TLS level by recipient domain (directDelivery.tlsPolicies); others: may.
+        self.tls_levels = tls_levels or {}
         self.port, self.retry_count = port, retry_count
         #: Attempts to one domain at a time (a semaphore per domain, dropped when unused).
         self.per_domain = per_domain
@@ -124,7 +136,8 @@ class DirectAgent:
             return {r.address: (code, f"{e.status} {e.text}") for r in recipients}
         except DNSUnavailable as e:
             return {r.address: (451, f"4.4.3 {e}") for r in recipients}
-        relay = self._relay(domain, smarthosts_for(destinations, self.port, self.retry_count))
+        relay = self._relay(domain, smarthosts_for(destinations, self.port, self.retry_count,
+                                                   self.tls_levels.get(domain, "may")))
         gate = self._gates.get(domain)
         if gate is None:
             gate = self._gates[domain] = DeferredSemaphore(self.per_domain)

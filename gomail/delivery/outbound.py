@@ -73,4 +73,5 @@ def _sender(config: Config, reactor: Any, spool: Spool) -> Any:
                              verify=not direct.insecureSkipVerify)
     return DirectAgent(MXResolver(dns_resolver(reactor, direct.dnsServers), timeout=direct.dnsTimeout),
                        lambda smarthosts: relay_for(smarthosts, connect), port=direct.port,
-                       retry_count=direct.retryCount, per_domain=direct.maxPerDomain)
+                       retry_count=direct.retryCount, per_domain=direct.maxPerDomain,
+                       tls_levels={p.domain.lower().rstrip("."): p.level for p in direct.tlsPolicies})

@@ -45,6 +45,10 @@ class Smarthost:
     tls_name: str = ""
     #: Never STARTTLS (direct delivery's second try of an address whose TLS failed).
     plaintext: bool = False
+    #: TLS required (else the session is refused, 4.7.0), and whether its certificate is checked
+    #: (None: the connector's setting). Direct delivery's TLS policies (encrypt, verify).
+    require_tls: bool = False
+    verify: bool | None = None
 
     def __str__(self) -> str:
         where = f"{self.host}:{self.port}"
