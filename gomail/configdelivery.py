@@ -51,8 +51,10 @@ class DirectDeliverySettings:
     port: int = setting(25, check=PORT)
     # gomail's: delivery attempts to one domain at a time (workerCount bounds them all).
     maxPerDomain: int = setting(5, check=between(1, 1000))
-    # gomail's: per-domain TLS levels (the rest: may).
+    # gomail's: per-domain TLS levels (the rest: may, or MTA-STS's).
     tlsPolicies: tuple[TLSPolicy, ...] = setting(())
+    # gomail's: honour MTA-STS policies (RFC 8461) of domains without a tlsPolicies entry.
+    mtaSts: bool = setting(True)
 
 
 @dataclass(frozen=True)

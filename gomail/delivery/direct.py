@@ -28,6 +28,7 @@ from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from gomail.delivery.mtasts import MTASTS
 from gomail.delivery.mx import Destination, DNSUnavailable, MXResolver, NoMail
 from gomail.delivery.relay import RelayAgent, Smarthost
 from gomail.interfaces import IDeliveryAgent
@@ -74,8 +75,10 @@ class DirectAgent:
 
     def __init__(self, resolver: MXResolver, relay_for: Callable[[list[Smarthost]], RelayAgent],
                  port: int = 25, retry_count: int = 3, per_domain: int = 5,
-                 tls_levels: dict[str, str] | None = None) -> None:
+                 tls_levels: dict[str, str] | None = None, mtasts: MTASTS | None = None) -> None:
         self.resolver, self.relay_for = resolver, relay_for
+        #: MTA-STS policies (None: not asked); a domain's own TLS level (tls_levels) comes first.
+        self.mtasts = mtasts
         #: TLS level by recipient domain (directDelivery.tlsPolicies); others: may.
         self.tls_levels = tls_levels or {}
         self.port, self.retry_count = port, retry_count
@@ -136,8 +139,22 @@ class DirectAgent:
             return {r.address: (code, f"{e.status} {e.text}") for r in recipients}
         except DNSUnavailable as e:
             return {r.address: (451, f"4.4.3 {e}") for r in recipients}
-        relay = self._relay(domain, smarthosts_for(destinations, self.port, self.retry_count,
-                                                   self.tls_levels.get(domain, "may")))
+        level = self.tls_levels.get(domain)
+        if level is None and self.mtasts is not None:
+            policy = await self.mtasts.policy(domain)
+            if policy is not None and policy.mode != "none":
+                allowed = [d for d in destinations if policy.allows(d.host)]
+                if policy.mode == "enforce":
+                    if not allowed:
+                        self.log.warn("{queue_id}: no MX of {domain} matches its MTA-STS policy ({mx}): deferred",
+                                      queue_id=envelope.id, domain=domain, mx=", ".join(policy.mx))
+                        return {r.address: (451, f"4.7.5 No MX of {domain} matches its MTA-STS policy")
+                                for r in recipients}
+                    destinations, level = allowed, "verify"
+                elif len(allowed) < len(destinations):
+                    self.log.info("MTA-STS testing policy of {domain} would refuse MX {hosts}", domain=domain,
+                                  hosts=", ".join(d.host for d in destinations if d not in allowed))
+        relay = self._relay(domain, smarthosts_for(destinations, self.port, self.retry_count, level or "may"))
         gate = self._gates.get(domain)
         if gate is None:
             gate = self._gates[domain] = DeferredSemaphore(self.per_domain)

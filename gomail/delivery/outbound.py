@@ -11,6 +11,7 @@ from gomail.delivery.connect import make_connector, smarthosts_from
 from gomail.delivery.content import content_opener
 from gomail.delivery.direct import DirectAgent
 from gomail.delivery.dkimsign import DEFAULT_HEADERS, read_key
+from gomail.delivery.mtasts import MTASTS, https_fetcher
 from gomail.delivery.mx import MXResolver, dns_resolver
 from gomail.delivery.relay import RelayAgent, Smarthost
 from gomail.delivery.signing import SigningAgent
@@ -71,7 +72,10 @@ def _sender(config: Config, reactor: Any, spool: Spool) -> Any:
         return None
     connect = make_connector(reactor, direct.ehloDomain or config.smtp.hostname, settings,
                              verify=not direct.insecureSkipVerify)
-    return DirectAgent(MXResolver(dns_resolver(reactor, direct.dnsServers), timeout=direct.dnsTimeout),
+    resolver = dns_resolver(reactor, direct.dnsServers)
+    mtasts = MTASTS(resolver, https_fetcher(), reactor, timeout=direct.dnsTimeout) if direct.mtaSts else None
+    return DirectAgent(MXResolver(resolver, timeout=direct.dnsTimeout),
                        lambda smarthosts: relay_for(smarthosts, connect), port=direct.port,
                        retry_count=direct.retryCount, per_domain=direct.maxPerDomain,
-                       tls_levels={p.domain.lower().rstrip("."): p.level for p in direct.tlsPolicies})
+                       tls_levels={p.domain.lower().rstrip("."): p.level for p in direct.tlsPolicies},
+                       mtasts=mtasts)
