@@ -267,6 +267,16 @@ class SessionView:
         """The recipients accepted so far in the current transaction."""
         return tuple(self._session.recipients)
 
+    @property
+    def trusted(self) -> bool:
+        """Whether the client is in smtp.trustedNetworks (or authenticated): mail it relays is outgoing."""
+        session = self._session
+        return session.account is not None or session.server.policy.is_trusted(session.client_ip)
+
+    def is_local(self, address: str) -> bool:
+        """Whether C{address} is in one of the server's local domains (mail it receives for itself)."""
+        return self._session.server.policy.is_local_domain(address.rpartition("@")[2].lower().rstrip("."))
+
 
 @dataclass(frozen=True)
 class MessageView:

@@ -121,8 +121,10 @@ class SMTPTestClient:
     def send_message(self, sender: str, recipients: Iterable[str], content: bytes,
                      helo: str = "client.example") -> bytes:
         """EHLO, MAIL, RCPT..., DATA and C{content} (CRLF lines, no final dot); returns every reply."""
-        commands = [f"EHLO {helo}", f"MAIL FROM:<{sender}>", *(f"RCPT TO:<{r}>" for r in recipients), "DATA"]
-        replies = self.send("".join(c + "\r\n" for c in commands).encode())
+        # EHLO on its own: an untrusted client may pipeline only once EHLO's reply offered PIPELINING.
+        replies = self.send(f"EHLO {helo}\r\n".encode())
+        commands = [f"MAIL FROM:<{sender}>", *(f"RCPT TO:<{r}>" for r in recipients), "DATA"]
+        replies += self.send("".join(c + "\r\n" for c in commands).encode())
         if not replies.rstrip().endswith(b"354 End data with <CR><LF>.<CR><LF>"):
             return replies
         if not content.endswith(b"\r\n"):
