@@ -82,7 +82,7 @@ class InboundChecksTests(TestCase):
 
     async def test_trusted_client_not_checked(self) -> None:
         """Mail from a trusted network (outgoing) gets no Authentication-Results."""
-        replies, server = await self.send(MESSAGE, client="127.0.0.1")
+        _, server = await self.send(MESSAGE, client="127.0.0.1")
         [(_, content)] = server.queued()
         self.assertNotIn(b"Authentication-Results", content)
 
