@@ -281,8 +281,19 @@ def _resolve(config: Config, source: str) -> Config:
 
 
 def _check_routes(config: Config, source: str) -> None:
-    """Each route names a domain that is not local, once, and a host."""
+    """Each route names a domain that is not local, once, and a host; each TLS policy a domain, once."""
     from gomail.smtp.address import canonical_domain
+
+    policies: set[str] = set()
+    for index, policy in enumerate(config.directDelivery.tlsPolicies):
+        key = f"directDelivery.tlsPolicies[{index}].domain"
+        try:
+            domain = canonical_domain(policy.domain)
+        except ValueError:
+            raise ConfigError(source, key, f"{policy.domain!r} is not a domain") from None
+        if domain in policies:
+            raise ConfigError(source, key, f"{domain} has a TLS policy already")
+        policies.add(domain)
 
     local = {canonical_domain(d) for d in config.smtp.localDomains}
     seen: set[str] = set()

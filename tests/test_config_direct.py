@@ -90,3 +90,21 @@ class RouteConfigTests(SynchronousTestCase):
                           ('[[routes]]\ndomain = "a.example"\n', "routes[0].host")):
             error = self.assertRaises(ConfigError, load_config, self.write(text), {})
             self.assertEqual(error.key, key)
+
+
+class TLSPolicyConfigTests(SynchronousTestCase):
+    """directDelivery.tlsPolicies: each domain once."""
+
+    def test_duplicate_or_empty_domain(self) -> None:
+        """The same domain twice (in any spelling) or none: one line naming the entry."""
+        duplicate = ('[[directDelivery.tlsPolicies]]\ndomain = "Bank.Example"\nlevel = "verify"\n'
+                     '[[directDelivery.tlsPolicies]]\ndomain = "bank.example."\nlevel = "none"\n')
+        for text, key in ((duplicate, "directDelivery.tlsPolicies[1].domain"),
+                          ('[[directDelivery.tlsPolicies]]\nlevel = "verify"\n', "directDelivery.tlsPolicies[0].domain")):
+            directory = os.path.abspath(self.mktemp())
+            os.makedirs(directory)
+            path = os.path.join(directory, "gomail.toml")
+            with open(path, "w") as f:
+                f.write(text)
+            error = self.assertRaises(ConfigError, load_config, path, {})
+            self.assertEqual(error.key, key)

@@ -181,3 +181,64 @@ class PerDomainLimitTests(TestCase):
             d.callback({})
         self.successResultOf(second)
         self.successResultOf(other)
+
+
+class IndependentDomainsTests(TestCase):
+    """A message to several domains: one domain's trouble never costs another its result."""
+
+    def setUp(self) -> None:
+        from twisted.internet.defer import succeed
+        from twisted.internet.task import Clock
+
+        class Resolver:
+            def destinations(self, domain: str) -> Deferred:
+                if domain == "broken.test":
+                    raise RuntimeError("resolver bug")
+                return succeed([Destination("mx." + domain, 10, ("127.0.0.9",))])
+
+        self.pending: list[Deferred] = []
+        pending = self.pending
+
+        class Relay:
+            possible_duplicates = 0
+
+            def deliver(self, envelope: Envelope, path: str, recipients: list) -> Deferred:
+                if recipients[0].address.endswith("@fast.test"):
+                    return succeed({r.address: (250, "2.0.0 ok") for r in recipients})
+                d: Deferred = Deferred()
+                pending.append(d)
+                return d
+
+            def close(self) -> None:
+                pass
+
+        self.clock = Clock()
+        self.agent = DirectAgent(Resolver(), lambda smarthosts: Relay(), per_domain=1,  # type: ignore[arg-type]
+                                 clock=self.clock, slot_timeout=30)
+
+    def deliver(self, *addresses: str) -> Deferred:
+        envelope = Envelope("q", "a@example.org", [Recipient(a) for a in addresses], 0.0)
+        return self.agent.deliver(envelope, "/nowhere", list(envelope.recipients))
+
+    def test_cut_attempt_keeps_finished_domains(self) -> None:
+        """The queue cancels an attempt: the domain that took the message keeps its 250; the other gets 451."""
+        result = self.deliver("a@fast.test", "b@slow.test")
+        result.cancel()
+        replies = self.successResultOf(result)
+        self.assertEqual(replies["a@fast.test"][0], 250)
+        self.assertEqual(replies["b@slow.test"][0], 451)
+
+    def test_one_domain_fault_is_its_own(self) -> None:
+        """A fault while delivering one domain: 451 for its recipients only (logged)."""
+        replies = self.successResultOf(self.deliver("a@fast.test", "c@broken.test"))
+        self.assertEqual((replies["a@fast.test"][0], replies["c@broken.test"][0]), (250, 451))
+        self.flushLoggedErrors(RuntimeError)
+
+    def test_slot_wait_is_bounded(self) -> None:
+        """Waiting longer than slot_timeout for a domain's slot: 451 4.4.5, the others unaffected."""
+        first = self.deliver("a@slow.test")
+        second = self.deliver("b@slow.test")
+        self.clock.advance(30)
+        self.assertIn("4.4.5", self.successResultOf(second)["b@slow.test"][1])
+        self.pending[0].callback({"a@slow.test": (250, "ok")})
+        self.assertEqual(self.successResultOf(first)["a@slow.test"][0], 250)

@@ -100,6 +100,14 @@ class SignatureTests(SynchronousTestCase):
         field = self.sign(message, SigningKey("example.com", "mail", RSA_PRIVATE, "rsa-sha256"))
         self.assertTrue(dkim.verify(field + message, dnsfunc=dns_for(RECORDS)))
 
+    def test_from_signed_whatever_headers_to_sign_says(self) -> None:
+        """headersToSign without From still signs From (twice): the signature verifies."""
+        key = SigningKey("example.com", "mail", RSA_PRIVATE, "rsa-sha256")
+        field = sign_file(io.BytesIO(MESSAGE), key, ["To", "Subject"], 1_700_000_000, 0)
+        assert field is not None
+        self.assertIn(b"h=from : to : subject : from", field.replace(b"\r\n ", b" "))
+        self.assertTrue(dkim.verify(field + MESSAGE, dnsfunc=dns_for(RECORDS)))
+
     def test_no_from_no_signature(self) -> None:
         """Without From: (which must be signed) nothing is signed."""
         key = SigningKey("example.com", "mail", RSA_PRIVATE, "rsa-sha256")

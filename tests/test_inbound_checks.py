@@ -97,3 +97,26 @@ class InboundChecksTests(TestCase):
         self.assertNotIn(b"=pass", head)
 
 
+
+
+class KeyLookupFailureTests(TestCase):
+    """The DKIM key lookup fails (SERVFAIL) for a correctly signed, forwarded message."""
+
+    timeout = 30
+    send = InboundChecksTests.send
+    signed = InboundChecksTests.signed
+
+    def setUp(self) -> None:
+        zone = {"sender.test": [txt(b"v=spf1 ip4:" + CLIENT.encode() + b" -all")],
+                "mail._domainkey.sender.test": [txt(RSA_RECORD)],
+                "_dmarc.sender.test": [txt(b"v=DMARC1; p=reject")]}
+        self.dns = DNSServer(reactor, MemoryAuthority("test", zone, servfail={"mail._domainkey.sender.test"}))
+        self.addCleanup(self.dns.stop)
+
+    async def test_temperror_never_refused(self) -> None:
+        """dkim=temperror is recorded (not fail), and policy = "reject" does not refuse on it."""
+        replies, server = await self.send(self.signed(MESSAGE), policy="reject", client="198.51.100.7")
+        self.assertIn(b"250 2.0.0 Ok: queued", replies)
+        [(_, content)] = server.queued()
+        self.assertIn(b"dkim=temperror", content.split(b"\r\nReceived:", 1)[0])
+

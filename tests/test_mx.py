@@ -98,3 +98,44 @@ class TimeoutTests(SynchronousTestCase):
         failure = self.failureResultOf(Deferred.fromCoroutine(MXResolver(Silent(), timeout=7).destinations("x.test")))
         failure.trap(DNSUnavailable)
         self.assertEqual(asked, [(7,)])
+
+
+ALIASES = {
+    "alias.test": [dns.Record_CNAME(b"real.test", ttl=300)],
+    "real.test": [dns.Record_MX(10, b"mx.real.test", ttl=300), dns.Record_A("127.0.0.9", ttl=300)],
+    "mx.real.test": [dns.Record_A("127.0.0.7", ttl=300)],
+    "cnamemx.test": [dns.Record_MX(10, b"mxalias.cnamemx.test", ttl=300)],
+    "mxalias.cnamemx.test": [dns.Record_CNAME(b"mx.real.test", ttl=300)],
+}
+
+
+class AliasAndCacheTests(TestCase):
+    """CNAMEs are followed; answers are cached for their TTL."""
+
+    def setUp(self) -> None:
+        self.server = DNSServer(reactor, MemoryAuthority("test", ALIASES))
+        self.addCleanup(self.server.stop)
+
+    async def test_domain_and_mx_aliases(self) -> None:
+        """A domain that is an alias, and an MX host that is one: their mail exchangers and addresses are found."""
+        mx = MXResolver(self.server.resolver, timeout=1)
+        [found] = await Deferred.fromCoroutine(mx.destinations("alias.test"))
+        self.assertEqual((found.host, found.addresses), ("mx.real.test", ("127.0.0.7",)))
+        [found] = await Deferred.fromCoroutine(mx.destinations("cnamemx.test"))
+        self.assertEqual((found.host, found.addresses), ("mxalias.cnamemx.test", ("127.0.0.7",)))
+
+    async def test_answers_cached(self) -> None:
+        """After one lookup the server may go: the cached answers serve the next one (within their TTL)."""
+        from twisted.internet.task import Clock
+        from twisted.names import cache
+
+        from gomail.delivery.mx import CachingResolver
+
+        clock = Clock()
+        resolver = CachingResolver(self.server.resolver, cache.CacheResolver(reactor=clock))
+        mx = MXResolver(resolver, timeout=1)
+        first = await Deferred.fromCoroutine(mx.destinations("cnamemx.test"))
+        await self.server.stop()
+        self.assertEqual(await Deferred.fromCoroutine(mx.destinations("cnamemx.test")), first)
+        clock.advance(301)  # past the TTL: the cache is empty again
+        await self.assertFailure(Deferred.fromCoroutine(mx.destinations("cnamemx.test")), DNSUnavailable)

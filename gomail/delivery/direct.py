@@ -23,8 +23,15 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import Any
 
-from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    DeferredList,
+    DeferredSemaphore,
+    TimeoutError,
+)
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -35,6 +42,8 @@ from gomail.interfaces import IDeliveryAgent
 from gomail.spool.envelope import Envelope, Recipient
 
 Reply = tuple[int, str]
+#: Destination domains whose relay (idle connections, health) is kept.
+MAX_DOMAINS = 1000
 
 
 def smarthosts_for(destinations: list[Destination], port: int, limit: int, level: str = "may") -> list[Smarthost]:
@@ -75,17 +84,20 @@ class DirectAgent:
 
     def __init__(self, resolver: MXResolver, relay_for: Callable[[list[Smarthost]], RelayAgent],
                  port: int = 25, retry_count: int = 3, per_domain: int = 5,
-                 tls_levels: dict[str, str] | None = None, mtasts: MTASTS | None = None) -> None:
+                 tls_levels: dict[str, str] | None = None, mtasts: MTASTS | None = None,
+                 clock: Any = None, slot_timeout: float = 300.0) -> None:
         self.resolver, self.relay_for = resolver, relay_for
         #: MTA-STS policies (None: not asked); a domain's own TLS level (tls_levels) comes first.
         self.mtasts = mtasts
+        #: How long an attempt waits for one of its domain's maxPerDomain slots (then 451).
+        self.clock, self.slot_timeout = clock, slot_timeout
         #: TLS level by recipient domain (directDelivery.tlsPolicies); others: may.
         self.tls_levels = tls_levels or {}
         self.port, self.retry_count = port, retry_count
         #: Attempts to one domain at a time (a semaphore per domain, dropped when unused).
         self.per_domain = per_domain
         self._gates: dict[str, DeferredSemaphore] = {}
-        self._relays: dict[str, tuple[tuple[Smarthost, ...], RelayAgent]] = {}
+        self._relays: dict[str, tuple[frozenset[Smarthost], RelayAgent]] = {}
         self._retired_duplicates = 0
         self._retired_tls: dict[str, int] = {}
 
@@ -117,16 +129,37 @@ class DirectAgent:
         by_domain: dict[str, list[Recipient]] = {}
         for recipient in recipients:
             by_domain.setdefault(recipient.address.rpartition("@")[2].lower().rstrip("."), []).append(recipient)
-        attempts = [Deferred.fromCoroutine(self._domain(envelope, message_path, domain, group))
+        attempts = [Deferred.fromCoroutine(self._domain_safe(envelope, message_path, domain, group))
                     for domain, group in by_domain.items()]
 
-        def merge(results: list[dict[str, Reply]]) -> dict[str, Reply]:
+        def merge(results: list[tuple[bool, dict[str, Reply]]]) -> dict[str, Reply]:
             merged: dict[str, Reply] = {}
-            for result in results:
+            for _, result in results:
                 merged.update(result)
             return merged
 
-        return gatherResults(attempts, consumeErrors=True).addCallback(merge)
+        def cancel(_: Deferred) -> None:
+            # The queue cut the attempt: domains still under way answer 451 (_domain_safe); those done keep
+            # their results, so a domain that took the message is not sent it again.
+            for attempt in attempts:
+                if not attempt.called:
+                    attempt.cancel()
+
+        done: Deferred = Deferred(cancel)
+        DeferredList(attempts).addCallback(merge).chainDeferred(done)
+        return done
+
+    async def _domain_safe(self, envelope: Envelope, path: str, domain: str,
+                           recipients: list[Recipient]) -> dict[str, Reply]:
+        """One domain's results; its failure or cancellation is a 451 for its recipients only."""
+        try:
+            return await self._domain(envelope, path, domain, recipients)
+        except CancelledError:
+            reply: Reply = (451, f"4.4.7 Delivery attempt to {domain} cut short")
+        except Exception as e:  # noqa: BLE001 -- one domain's fault never costs the others their results
+            self.log.failure("{queue_id}: delivery to {domain} failed", queue_id=envelope.id, domain=domain)
+            reply = (451, f"4.3.0 Local delivery fault: {type(e).__name__}")
+        return {r.address: reply for r in recipients}
 
     async def _domain(self, envelope: Envelope, path: str, domain: str,
                       recipients: list[Recipient]) -> dict[str, Reply]:
@@ -158,7 +191,14 @@ class DirectAgent:
         gate = self._gates.get(domain)
         if gate is None:
             gate = self._gates[domain] = DeferredSemaphore(self.per_domain)
-        await gate.acquire()
+        waiting = gate.acquire()
+        if self.clock is not None:
+            waiting.addTimeout(self.slot_timeout, self.clock)
+        try:
+            await waiting
+        except TimeoutError:
+            return {r.address: (451, f"4.4.5 Too many deliveries to {domain} under way, try again later")
+                    for r in recipients}
         try:
             return await relay.deliver(envelope, path, recipients)
         finally:
@@ -167,19 +207,31 @@ class DirectAgent:
                 self._gates.pop(domain, None)
 
     def _relay(self, domain: str, smarthosts: list[Smarthost]) -> RelayAgent:
-        """The domain's relay, kept (with its idle connections and health) while its destinations stay."""
-        known = self._relays.get(domain)
-        key = tuple(smarthosts)
+        """
+        The domain's relay, kept (with its idle connections and health) while
+        its destinations stay the same set (equal-preference MX hosts come in
+        a new order each time: that alone does not replace it). At most
+        L{MAX_DOMAINS} are kept, the least recently used closed first.
+        """
+        key = frozenset(dataclasses.replace(s, priority=0) for s in smarthosts)
+        known = self._relays.pop(domain, None)
         if known is not None and known[0] == key:
+            self._relays[domain] = known  # most recently used last
             return known[1]
         if known is not None:
-            self._retired_duplicates += known[1].possible_duplicates
-            for state, count in known[1].tls_sessions.items():
-                self._retired_tls[state] = self._retired_tls.get(state, 0) + count
-            known[1].close()
+            self._retire(known[1])
         relay = self.relay_for(smarthosts)
         self._relays[domain] = (key, relay)
+        while len(self._relays) > MAX_DOMAINS:
+            oldest = next(iter(self._relays))
+            self._retire(self._relays.pop(oldest)[1])
         return relay
+
+    def _retire(self, relay: RelayAgent) -> None:
+        self._retired_duplicates += relay.possible_duplicates
+        for state, count in relay.tls_sessions.items():
+            self._retired_tls[state] = self._retired_tls.get(state, 0) + count
+        relay.close()
 
     def close(self) -> None:
         """Close every idle connection (at shutdown)."""

@@ -157,8 +157,9 @@ def sign_file(source: BinaryIO, key: SigningKey, headers: Iterable[str], now: in
         body.update(block)
     signer = _Signer(head[:end])
     present = {name.lower() for name, _ in signer.headers}
-    wanted = [h.encode() for h in headers if h.lower().encode() in present]
-    if b"from" not in [w.lower() for w in wanted]:
+    if b"from" not in present:
         return None  # RFC 6376 5.4: From must be signed; a message without one is left unsigned
-    wanted.append(b"from")  # oversigned: a From added later breaks the signature
+    wanted = [h.encode() for h in headers if h.lower().encode() in present and h.lower() != "from"]
+    # From always (whatever headersToSign says), and twice: a From added later breaks the signature.
+    wanted = [b"from", *wanted, b"from"]
     return signer.sign_prehashed(key, wanted, body.digest(), now, expiry)

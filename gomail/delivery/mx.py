@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.names import dns
+from twisted.names import common, dns
 from twisted.names.error import DNSNameError
 
 __all__ = ["DNSUnavailable", "Destination", "MXResolver", "NoMail", "dns_resolver"]
@@ -70,14 +70,23 @@ class MXResolver:
         @raise DNSUnavailable: ask again later.
         """
         timeout = (max(1, round(self.timeout)),)
-        try:
-            answers, _, _ = await self.resolver.lookupMailExchange(domain, timeout=timeout)
-        except DNSNameError:
-            raise NoMail("5.1.2", f"Domain {domain} does not exist (DNS: NXDOMAIN)") from None
-        except Exception as e:
-            raise DNSUnavailable(f"MX lookup for {domain} failed: {type(e).__name__}") from e
-        exchanges = [(r.payload.preference, str(r.payload.name).rstrip(".").lower())
-                     for r in answers if r.type == dns.MX and _owner(r) == domain.lower()]
+        name, owners, exchanges = domain.lower(), {domain.lower()}, []
+        for _ in range(MAX_ALIASES):
+            try:
+                answers, _, _ = await self.resolver.lookupMailExchange(name, timeout=timeout)
+            except DNSNameError:
+                raise NoMail("5.1.2", f"Domain {domain} does not exist (DNS: NXDOMAIN)") from None
+            except Exception as e:
+                raise DNSUnavailable(f"MX lookup for {domain} failed: {type(e).__name__}") from e
+            chain = alias_chain(answers, name)
+            owners |= chain
+            exchanges = [(r.payload.preference, str(r.payload.name).rstrip(".").lower())
+                         for r in answers if r.type == dns.MX and _owner(r) in owners]
+            targets = chain - {name}
+            if exchanges or not targets:
+                break
+            # Only the alias came back (an authoritative server does not chase it): ask for its target.
+            name = _last(answers, name)
         if any(name == "" for _, name in exchanges):
             if len(exchanges) == 1 and exchanges[0][0] == 0:
                 raise NoMail("5.1.10", f"Domain {domain} accepts no mail (null MX)")
@@ -114,6 +123,38 @@ def _owner(record: Any) -> str:
     return str(record.name).rstrip(".").lower()
 
 
+#: CNAMEs followed at most for one domain.
+MAX_ALIASES = 8
+
+
+def _last(answers: list[Any], name: str) -> str:
+    """Where C{name}'s CNAME records in C{answers} end."""
+    current, seen = name.lower().rstrip("."), set()
+    while current not in seen:
+        seen.add(current)
+        following = [str(r.payload.name).rstrip(".").lower() for r in answers
+                     if r.type == dns.CNAME and _owner(r) == current]
+        if not following:
+            break
+        current = following[0]
+    return current
+
+
+def alias_chain(answers: list[Any], name: str) -> set[str]:
+    """C{name} and every name its CNAME records lead to in C{answers} (a resolver answers an alias that way)."""
+    names = {name.lower().rstrip(".")}
+    changed = True
+    while changed:
+        changed = False
+        for record in answers:
+            if record.type == dns.CNAME and _owner(record) in names:
+                target = str(record.payload.name).rstrip(".").lower()
+                if target not in names:
+                    names.add(target)
+                    changed = True
+    return names
+
+
 async def _addresses_of(resolver: Any, host: str, timeout: tuple[int, ...]) -> tuple[str, ...]:
     """A host's IPv6 then IPv4 addresses (an address literal as it is); a lookup failing adds none."""
     results = await DeferredList([resolver.lookupIPV6Address(host, timeout=timeout),
@@ -122,8 +163,9 @@ async def _addresses_of(resolver: Any, host: str, timeout: tuple[int, ...]) -> t
     for ok, answer in results:
         if not ok:
             continue
+        owners = alias_chain(answer[0], host)
         for record in answer[0]:
-            if record.type in (dns.A, dns.AAAA) and _owner(record) == host:
+            if record.type in (dns.A, dns.AAAA) and _owner(record) in owners:
                 text = record.payload.dottedQuad() if record.type == dns.A else _ipv6(record.payload.address)
                 if text not in addresses:
                     addresses.append(text)
@@ -141,7 +183,7 @@ def dns_resolver(reactor: Any, servers: tuple[str, ...] = ()) -> Any:
     A caching C{twisted.names} resolver asking C{servers} (C{address} or
     C{address:port}, IPv6 in brackets), or those of C{/etc/resolv.conf}.
     """
-    from twisted.names import cache, client, resolve
+    from twisted.names import cache, client
 
     parsed = []
     for server in servers:
@@ -155,4 +197,27 @@ def dns_resolver(reactor: Any, servers: tuple[str, ...] = ()) -> Any:
         parsed.append((host, port))
     upstream = client.Resolver(resolv=None if parsed else "/etc/resolv.conf", servers=parsed or None,
                                reactor=reactor)
-    return resolve.ResolverChain([cache.CacheResolver(reactor=reactor), upstream])
+    return CachingResolver(upstream, cache.CacheResolver(reactor=reactor))
+
+
+class CachingResolver(common.ResolverBase):
+    """
+    Answers from C{cache} while they are within their TTL, else from
+    C{upstream}, whose successful answers fill the cache (a plain
+    C{ResolverChain} with a C{CacheResolver} in front never fills it).
+    """
+
+    def __init__(self, upstream: Any, cache: Any) -> None:
+        common.ResolverBase.__init__(self)
+        self.upstream, self.cache = upstream, cache
+
+    def _lookup(self, name: bytes, cls: int, type: int, timeout: Any) -> Deferred:
+        query = dns.Query(name, type, cls)
+
+        def ask_upstream(_: Any) -> Deferred:
+            def remember(result: Any) -> Any:
+                self.cache.cacheResult(query, result)
+                return result
+            return self.upstream._lookup(name, cls, type, timeout).addCallback(remember)
+
+        return self.cache._lookup(name, cls, type, timeout).addErrback(ask_upstream)

@@ -15,6 +15,7 @@ from gomail.delivery.mtasts import MTASTS, https_fetcher
 from gomail.delivery.mx import MXResolver, dns_resolver
 from gomail.delivery.relay import RelayAgent, Smarthost
 from gomail.delivery.signing import SigningAgent
+from gomail.smtp.address import canonical_domain
 from gomail.spool.store import Spool
 
 
@@ -77,5 +78,5 @@ def _sender(config: Config, reactor: Any, spool: Spool) -> Any:
     return DirectAgent(MXResolver(resolver, timeout=direct.dnsTimeout),
                        lambda smarthosts: relay_for(smarthosts, connect), port=direct.port,
                        retry_count=direct.retryCount, per_domain=direct.maxPerDomain,
-                       tls_levels={p.domain.lower().rstrip("."): p.level for p in direct.tlsPolicies},
-                       mtasts=mtasts)
+                       tls_levels={canonical_domain(p.domain): p.level for p in direct.tlsPolicies},
+                       mtasts=mtasts, clock=reactor, slot_timeout=config.processingTimeout)

@@ -103,7 +103,7 @@ def authentication_results(opener: Any, authserv_id: str, checks: frozenset[str]
                                                                   result_comment=why))
         results.append(spf_result)
     if "dkim" in checks and message:
-        dkim_result = _checked(lambda: authheaders.check_dkim(message),
+        dkim_result = _checked(lambda: authheaders.check_dkim(message, dnsfunc=_txt),
                                lambda why: DKIMAuthenticationResult(result="temperror", result_comment=why))
         results.append(dkim_result)
     failed_policy = None
@@ -111,7 +111,9 @@ def authentication_results(opener: Any, authserv_id: str, checks: frozenset[str]
         dmarc_result = _checked(lambda: authheaders.check_dmarc(message, spf_result, dkim_result),
                                 lambda why: DMARCAuthenticationResult(result="temperror", result_comment=why))
         results.append(dmarc_result)
-        if str(dmarc_result.result) == "fail":
+        uncertain = any(str(getattr(r, "result", "")) == "temperror" for r in results)
+        if str(dmarc_result.result) == "fail" and not uncertain:
+            # A DNS failure on the way (a key not fetched) is no proof of forgery: never a refusal.
             failed_policy = str(getattr(dmarc_result, "policy", "") or "")
     header = str(AuthenticationResultsHeader(authserv_id=authserv_id, results=results))
     value = header.split(":", 1)[1].strip() if header.lower().startswith("authentication-results:") else header
@@ -127,6 +129,21 @@ def _spf(ip: str, sender: str, helo: str, timeout: float) -> Any:
     result, reason = spf.check2(i=ip, s=sender or f"postmaster@{helo}", h=helo, timeout=timeout,
                                 querytime=min(20.0, timeout * 4))
     return SPFAuthenticationResult(result=result, reason=reason, smtp_mailfrom=sender, smtp_helo=helo)
+
+
+def _txt(name: bytes, timeout: float = 5) -> bytes | None:
+    """
+    dkimpy's DNS lookup, except that a failure other than "no such record"
+    raises (dkimpy's own turns every failure into "no key": dkim=fail, where
+    authheaders records the raised DNSException as dkim=temperror).
+    """
+    import dns.resolver
+
+    try:
+        answer = dns.resolver.resolve(name.decode("ascii"), "TXT")
+    except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+        return None
+    return b"".join(b"".join(record.strings) for record in answer)
 
 
 def _checked(check: Any, temperror: Any) -> Any:
