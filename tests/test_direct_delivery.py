@@ -242,3 +242,17 @@ class IndependentDomainsTests(TestCase):
         self.assertIn("4.4.5", self.successResultOf(second)["b@slow.test"][1])
         self.pending[0].callback({"a@slow.test": (250, "ok")})
         self.assertEqual(self.successResultOf(first)["a@slow.test"][0], 250)
+
+
+class AddressLiteralTests(TestCase):
+    """user@[192.0.2.1]: no DNS, the address itself."""
+
+    def test_literals(self) -> None:
+        """IPv4 and IPv6 literals are their own destination; a bad one is no mail domain."""
+        from gomail.delivery.direct import literal_destination
+        from gomail.delivery.mx import NoMail
+
+        self.assertEqual(literal_destination("[192.0.2.1]"), [Destination("192.0.2.1", 0, ("192.0.2.1",))])
+        self.assertEqual(literal_destination("[IPv6:2001:DB8::1]")[0].addresses, ("2001:db8::1",))
+        self.assertIsNone(literal_destination("example.com"))
+        self.assertRaises(NoMail, literal_destination, "[not-an-address]")

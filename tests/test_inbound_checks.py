@@ -71,6 +71,14 @@ class InboundChecksTests(TestCase):
         for result in (b"spf=pass", b"dkim=pass", b"dmarc=pass"):
             self.assertIn(result, head)
 
+    async def test_arriving_results_removed(self) -> None:
+        """An Authentication-Results field the message arrives with (forged "pass") is removed; ours stays."""
+        forged = b"Authentication-Results: mx.test; dkim=pass; dmarc=pass\r\n" + MESSAGE
+        _, server = await self.send(forged, client="198.51.100.7")
+        [(_, content)] = server.queued()
+        self.assertEqual(content.count(b"Authentication-Results:"), 1)
+        self.assertIn(b"dmarc=fail", content.split(b"\r\nReceived:", 1)[0])
+
     async def test_dmarc_failure_recorded_or_refused(self) -> None:
         """Unsigned, from an address SPF does not allow, p=reject: recorded as dmarc=fail, or refused with 550."""
         replies, server = await self.send(MESSAGE, client="198.51.100.7")

@@ -22,6 +22,7 @@ and logged as the failure of the TLS destination.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 from collections.abc import Callable
 from typing import Any
 
@@ -67,6 +68,20 @@ def smarthosts_for(destinations: list[Destination], port: int, limit: int, level
                 found.append(Smarthost(address, port, tls_name=name))
                 found.append(Smarthost(address, port, tls_name=name, plaintext=True))
     return [dataclasses.replace(s, priority=index) for index, s in enumerate(found)]
+
+
+def literal_destination(domain: str) -> list[Destination] | None:
+    """An address literal (C{[192.0.2.1]}, C{[IPv6:2001:db8::1]}) is its own destination (no DNS); else None."""
+    if not (domain.startswith("[") and domain.endswith("]")):
+        return None
+    text = domain[1:-1]
+    if text.lower().startswith("ipv6:"):
+        text = text[5:]
+    try:
+        address = str(ipaddress.ip_address(text))
+    except ValueError:
+        raise NoMail("5.1.2", f"{domain} is not an address") from None
+    return [Destination(address, 0, (address,))]
 
 
 @implementer(IDeliveryAgent)
@@ -164,7 +179,7 @@ class DirectAgent:
     async def _domain(self, envelope: Envelope, path: str, domain: str,
                       recipients: list[Recipient]) -> dict[str, Reply]:
         try:
-            destinations = await self.resolver.destinations(domain)
+            destinations = literal_destination(domain) or await self.resolver.destinations(domain)
         except NoMail as e:
             code = 556 if e.status == "5.1.10" else 550
             self.log.info("{queue_id}: {domain} takes no mail: {code} {status} {text}", queue_id=envelope.id,

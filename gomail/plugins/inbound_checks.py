@@ -25,7 +25,9 @@ import re
 from typing import Any
 
 from twisted.internet.threads import deferToThreadPool
+from zope.interface import implementer
 
+from gomail.interfaces import IHeaderFilter
 from gomail.plugin import (
     MessageView,
     PluginConfigError,
@@ -68,7 +70,7 @@ def configure_dns(servers: list[tuple[str, int]], timeout: float) -> None:
     if servers:
         resolver = dns.resolver.Resolver(configure=False)
         resolver.nameservers = [host for host, _ in servers]
-        resolver.port = servers[0][1]
+        resolver.nameserver_ports = {host: port for host, port in servers}
     else:
         resolver = dns.resolver.Resolver()
     resolver.timeout = resolver.lifetime = timeout
@@ -154,8 +156,14 @@ def _checked(check: Any, temperror: Any) -> Any:
         return temperror(type(e).__name__)
 
 
+@implementer(IHeaderFilter)
 class InboundChecks(SMTPHook):
-    """Checks and records SPF, DKIM and DMARC of incoming mail (see the module docstring)."""
+    """
+    Checks and records SPF, DKIM and DMARC of incoming mail (see the module
+    docstring). Authentication-Results fields a message arrives with are
+    removed as it streams in (RFC 8601 5: one claiming to be this server's
+    could be forged; only the field added here speaks for it).
+    """
 
     def __init__(self, settings: Settings, context: PluginContext) -> None:
         self.checks = frozenset(settings.texts("checks", CHECKS))
@@ -170,6 +178,10 @@ class InboundChecks(SMTPHook):
         configure_dns(_servers(settings), timeout)
         self.timeout = timeout
         self.reactor, self.hostname = context.reactor, re.sub(r"[^A-Za-z0-9.-]", "", context.hostname)
+
+    def drops(self, name: str) -> bool:
+        """Authentication-Results fields that came with the message."""
+        return name == "authentication-results"
 
     def _applies(self, session: SessionView, message: MessageView) -> bool:
         return not session.trusted and any(session.is_local(r) for r in message.recipients)
