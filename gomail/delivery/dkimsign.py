@@ -15,6 +15,7 @@ the reactor.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import re
 from collections.abc import Iterable
@@ -108,17 +109,40 @@ def check_key(key: SigningKey) -> None:
         raise ValueError(f"not a usable {key.algorithm} private key: {e}") from None
 
 
+@functools.lru_cache(maxsize=64)
 def _private(key: SigningKey) -> Any:
+    """
+    The key as the signing library takes it: cryptography's RSA key
+    (OpenSSL), or a PyNaCl signing key. Parsed once per key (loading and
+    checking an RSA key costs tens of milliseconds).
+    """
     if key.algorithm == "rsa-sha256":
-        return parse_pem_private_key(key.private_key)
+        from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+        parse_pem_private_key(key.private_key)  # dkimpy's own check of the key (raises for what it refuses)
+        return load_pem_private_key(key.private_key, password=None)
     import nacl.encoding
     import nacl.signing
 
     return nacl.signing.SigningKey(key.private_key.strip(), encoder=nacl.encoding.Base64Encoder)
 
 
+def _sign_digest(key: SigningKey, private: Any, digest: bytes) -> bytes:
+    """
+    The signature of a SHA-256 C{digest}. RSA goes through OpenSSL (via
+    cryptography): dkimpy's own RSA is pure Python, about 10 ms a message
+    for 2048 bits, holding the interpreter lock all along (bench/README.md).
+    """
+    if key.algorithm == "rsa-sha256":
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import padding, utils
+
+        return bytes(private.sign(digest, padding.PKCS1v15(), utils.Prehashed(hashes.SHA256())))
+    return bytes(private.sign(digest).signature)
+
+
 class _Signer(dkim.DKIM):  # type: ignore[misc]  # dkimpy is untyped
-    """dkimpy's DKIM, signing with a body hash made elsewhere and the tags given."""
+    """dkimpy's header parsing and canonicalisation, signing with a body hash made elsewhere and the tags given."""
 
     def sign_prehashed(self, key: SigningKey, headers: list[bytes], body_hash: bytes, now: int,
                        expiry: int) -> bytes:
@@ -130,8 +154,17 @@ class _Signer(dkim.DKIM):  # type: ignore[misc]  # dkimpy is untyped
                   (b"d", key.domain.encode()), (b"s", key.selector.encode()), (b"t", str(now).encode()),
                   *([(b"x", str(now + expiry).encode())] if expiry else []),
                   (b"h", b" : ".join(include)), (b"bh", body_hash), (b"b", b"0" * 60)]
-        value = self.gen_header(fields, include, policy, b"DKIM-Signature", _private(key))
-        return b"DKIM-Signature: " + value
+        # As dkimpy's gen_header: fold, hash the signed fields and this one with b= empty, sign, fill b=.
+        name = b"DKIM-Signature"
+        value = dkim.RE_BTAG.sub(b"\\1", dkim.fold(b"; ".join(b"=".join(f) for f in fields), namelen=len(name),
+                                                    linesep=b"\r\n"))
+        hasher = dkim.HashThrough(hashlib.sha256())
+        dkim.hash_headers(hasher, policy, policy.canonicalize_headers(self.headers), include, (name, b" " + value),
+                          dict(fields))
+        signature = _sign_digest(key, _private(key), hasher.digest())
+        fields[-1] = (b"b", base64.b64encode(signature))
+        value = dkim.fold(b"; ".join(b"=".join(f) for f in fields) + b"\r\n", namelen=len(name), linesep=b"\r\n")
+        return name + b": " + value
 
 
 def sign_file(source: BinaryIO, key: SigningKey, headers: Iterable[str], now: int, expiry: int = 0) -> bytes | None:
