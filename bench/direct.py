@@ -16,6 +16,7 @@ pointing it at a test DNS server needs the machine's resolver changed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import shutil
@@ -26,11 +27,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
-from intake_helper import proc_cpu_seconds, process_tree  # noqa: E402
+from intake_helper import proc_cpu_seconds, process_tree
 
 CONFIG = """
 dataDir = "{data}"
@@ -67,36 +69,48 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def read(path: str) -> str:
+    if not os.path.exists(path):
+        return ""
+    with open(path, errors="replace") as f:
+        return f.read()
+
+
 def wait_for(path: str, text: str, timeout: float = 60) -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        if os.path.exists(path) and text in open(path, errors="replace").read():
+        if text in read(path):
             return
         time.sleep(0.1)
     raise SystemExit(f"{text!r} not in {path} within {timeout} s")
 
 
 def sink_count(path: str) -> int:
-    found = re.findall(r"mesg=(\d+)", open(path, errors="replace").read()) if os.path.exists(path) else []
+    found = re.findall(r"mesg=(\d+)", read(path))
     return int(found[-1]) if found else 0
 
 
 def run(args: argparse.Namespace, dkim: bool, work: str) -> dict:
+    with contextlib.ExitStack() as files:
+        return _run(args, dkim, work, lambda path: files.enter_context(open(path, "w")))
+
+
+def _run(args: argparse.Namespace, dkim: bool, work: str, output: Any) -> dict:
     data = tempfile.mkdtemp(dir=work)
     dns_port, sink_port, port = free_port(), free_port(), free_port()
     sink_log = os.path.join(data, "sink.log")
     sink = subprocess.Popen(["smtp-sink", "-c", "-u", "nobody", f"127.0.0.3:{sink_port}", "1000"],
-                            stdout=open(sink_log, "w"), stderr=subprocess.STDOUT)
+                            stdout=output(sink_log), stderr=subprocess.STDOUT)
     dns_log = os.path.join(data, "dns.log")
     dns = subprocess.Popen([sys.executable, os.path.join(HERE, "direct_dns.py"), str(dns_port), str(args.domains)],
-                           stdout=open(dns_log, "w"), stderr=subprocess.STDOUT)
+                           stdout=output(dns_log), stderr=subprocess.STDOUT)
     key = os.path.join(work, "keys", "gomail.bench", "mail.private")
     config = os.path.join(data, "gomail.toml")
     with open(config, "w") as f:
         f.write(CONFIG.format(data=data, port=port, dns=dns_port, sink=sink_port, dkim=str(dkim).lower(), key=key))
     log = os.path.join(data, "gomail.log")
     twistd = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
-    gomail = subprocess.Popen([sys.executable, "-c", twistd, "-n", "--pidfile=", "gomail", "--config", config], stdout=open(log, "w"), stderr=subprocess.STDOUT, cwd=data,
+    gomail = subprocess.Popen([sys.executable, "-c", twistd, "-n", "--pidfile=", "gomail", "--config", config], stdout=output(log), stderr=subprocess.STDOUT, cwd=data,
                               env={**os.environ, "PYTHONPATH": ROOT})
     try:
         wait_for(dns_log, "dns ready")
