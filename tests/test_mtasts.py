@@ -218,3 +218,40 @@ class EnforceTests(SynchronousTestCase):
         self.assertEqual(self.deliver(agent)["b@remote.test"][0], 250)
         [plan] = plans
         self.assertEqual([(s.require_tls, s.verify, s.plaintext) for s in plan], [(True, True, False)])
+
+
+class EndToEndTests(TestCase):
+    """Direct delivery asking a real DNS server for MX and TXT, and fetching the policy over real HTTPS."""
+
+    async def test_policy_with_a_wrong_mx_defers(self) -> None:
+        """remote.test publishes enforce for mx.remote.test; its MX record names another host: 451 4.7.5."""
+        from tests.dnsserver import DNSServer, MemoryAuthority
+
+        zone = {"remote.test": [dns.Record_MX(10, b"mx.attacker.test", ttl=300)],
+                "mx.attacker.test": [dns.Record_A("127.0.0.9", ttl=300)],
+                "_mta-sts.remote.test": [dns.Record_TXT(b"v=STSv1; id=20261204", ttl=300)]}
+        server = DNSServer(reactor, MemoryAuthority("test", zone))
+        self.addCleanup(server.stop)
+        ca = TestCA()
+        cert, key = ca.issue("mta-sts.remote.test")
+        port = free_port()
+        listening = await SSL4ServerEndpoint(reactor, port, PrivateCertificate.loadPEM(cert + key).options(),
+                                             interface="127.0.0.1").listen(Site(Policy(POLICY)))
+        self.addCleanup(listening.stopListening)
+        fetch = https_fetcher(Agent.usingEndpointFactory(reactor, _ToLocalServer(port,
+                                                                                 Certificate.loadPEM(ca.ca_pem))))
+        connected: list = []
+
+        def relay_for(smarthosts: list) -> Any:
+            connected.append(smarthosts)
+            raise AssertionError("no connection may be planned to an MX the policy does not name")
+
+        from gomail.delivery.mx import MXResolver
+
+        agent = DirectAgent(MXResolver(server.resolver, timeout=2), relay_for,
+                            mtasts=MTASTS(server.resolver, fetch, reactor, timeout=5))
+        envelope = Envelope("q", "a@example.org", [Recipient("b@remote.test")], 0.0)
+        result = await agent.deliver(envelope, "/nowhere", list(envelope.recipients))
+        self.assertEqual(result["b@remote.test"][0], 451)
+        self.assertIn("4.7.5", result["b@remote.test"][1])
+        self.assertEqual(connected, [])
