@@ -82,6 +82,20 @@ MIGRATIONS: list[tuple[str, ...]] = [
             updated REAL NOT NULL
         )""",
     ),
+    (
+        # The admin side's accounts (gomail.admin.store): not mail users, their own passwords and TOTP.
+        """CREATE TABLE admins (
+            name TEXT PRIMARY KEY NOT NULL,
+            password_hash BLOB NOT NULL,
+            role TEXT NOT NULL CHECK (role IN ('superadmin', 'admin', 'auditor')),
+            enabled INTEGER NOT NULL DEFAULT 1,
+            totp_secret TEXT,
+            totp_enabled INTEGER NOT NULL DEFAULT 0,
+            credential_version INTEGER NOT NULL DEFAULT 1,
+            created REAL NOT NULL,
+            updated REAL NOT NULL
+        )""",
+    ),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -15,6 +15,7 @@ from typing import Any
 from twisted.internet.interfaces import IReactorTime
 
 import gomail
+from gomail.cli import admin as admincli
 from gomail.cli import alias as aliascli
 from gomail.cli import blacklist as blacklistcli
 from gomail.cli import dkim as dkimcli
@@ -49,12 +50,14 @@ def main(argv: list[str] | None = None, clock: IReactorTime | None = None,
         return dkimcli.run(args)
     runners = {**dict.fromkeys(queuecli.COMMANDS, queuecli.run), **dict.fromkeys(aliascli.COMMANDS, aliascli.run),
                **dict.fromkeys(blacklistcli.COMMANDS, blacklistcli.run)}
-    if args.command in (*runners, *usercli.COMMANDS):
+    if args.command in (*runners, *usercli.COMMANDS, *admincli.COMMANDS):
         # The commands only ask the clock for seconds(): outside a reactor, the system's.
         now: Any = clock or WallClock()
         try:
             if args.command in usercli.COMMANDS:
                 return usercli.run(args, now, bcrypt_rounds)
+            if args.command in admincli.COMMANDS:
+                return admincli.run(args, now, bcrypt_rounds)
             return runners[args.command](args, now)
         except BrokenPipeError:
             # The reader went away (`gomail queue list | head`): stop quietly.
@@ -107,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     aliascli.add_commands(commands)
     pluginscli.add_commands(commands)
     dkimcli.add_commands(commands)
+    admincli.add_commands(commands)
     return parser
 
 

@@ -1,0 +1,117 @@
+# -*- test-case-name: tests.test_admin_store -*-
+"""
+C{gomail admin add|list|passwd|role|disable|enable|delete}: the admin
+accounts of the admin side (L{gomail.admin.store}). There is no default
+admin: the first one is made here. The operator at the command line acts
+above every role (it holds the database), within the store's rules (the
+last enabled superadmin stays).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sqlite3
+import sys
+from typing import Any
+
+from twisted.internet.interfaces import IReactorTime
+
+from gomail.admin import store
+from gomail.auth import userdb
+from gomail.cli.common import common_options, iso_time, run_with_database, table
+from gomail.cli.user import Command
+from gomail.configload import Config
+
+COMMANDS = ("admin",)
+
+
+def add_commands(commands: Any) -> None:
+    """Add C{admin} to the subcommands of the C{gomail} parser."""
+    common = common_options("user database")
+    password = argparse.ArgumentParser(add_help=False)
+    password.add_argument("--password-stdin", action="store_true",
+                          help="read the password as one line from stdin instead of prompting")
+    group = commands.add_parser("admin", help="manage the admin side's accounts and their roles")
+    group.set_defaults(help_parser=group)
+    actions = group.add_subparsers(metavar="ACTION")
+
+    def action(name: str, help: str, *arguments: str, parents: tuple = ()) -> Any:
+        parser = actions.add_parser(name, parents=[common, *parents], help=help)
+        parser.set_defaults(handler=name)
+        for argument in arguments:
+            parser.add_argument(argument)
+        return parser
+
+    action("add", "add an admin (prompts for the password)", "name", parents=(password,)).add_argument(
+        "--role", choices=store.ROLES, required=True, help="superadmin, admin or auditor")
+    action("list", "list admins (never passwords or secrets)")
+    action("passwd", "change an admin's password (ends their sessions)", "name", parents=(password,))
+    action("role", "change an admin's role (ends their sessions)", "name").add_argument("role", choices=store.ROLES)
+    action("disable", "refuse an admin's logins", "name")
+    action("enable", "accept a disabled admin's logins again", "name")
+    action("delete", "delete an admin", "name")
+
+
+def run(args: argparse.Namespace, clock: IReactorTime, bcrypt_rounds: int | None = None) -> int:
+    """Run one C{admin} command; errors are one line on stderr and status 1 (usage: 2)."""
+    handler = getattr(args, "handler", None)
+    if handler is None:
+        args.help_parser.print_help()
+        return 2
+
+    def work(config: Config, conn: sqlite3.Connection) -> int:
+        rounds = config.auth.bcryptRounds if bcrypt_rounds is None else bcrypt_rounds
+        return _HANDLERS[handler](Command(clock, rounds, config), args, conn)
+
+    return run_with_database(args, handler == "add", work)
+
+
+def _add(command: Command, args: argparse.Namespace, conn: sqlite3.Connection) -> int:
+    if userdb.transact(conn, store.get_admin, args.name) is not None:
+        raise store.AdminError(f"admin {args.name} already exists")  # before asking for a password
+    hashed = command.new_password_hash(args.password_stdin)
+    admin = userdb.transact(conn, store.add_admin, args.name, hashed, args.role, command.now())
+    print(f"added {admin.role} {admin.name}")
+    return 0
+
+
+def _list(command: Command, args: argparse.Namespace, conn: sqlite3.Connection) -> int:
+    admins = userdb.transact(conn, store.list_admins)
+    table(("NAME", "ROLE", "ENABLED", "TOTP", "UPDATED"),
+          [(a.name, a.role, "yes" if a.enabled else "no", "yes" if a.totp_enabled else "no",
+            iso_time(a.updated) or "-") for a in admins], sys.stdout)
+    print(f"{len(admins)} admin{'' if len(admins) == 1 else 's'}")
+    return 0
+
+
+def _passwd(command: Command, args: argparse.Namespace, conn: sqlite3.Connection) -> int:
+    if userdb.transact(conn, store.get_admin, args.name) is None:
+        raise store.AdminError(f"no admin {args.name}")
+    hashed = command.new_password_hash(args.password_stdin)
+    userdb.transact(conn, store.set_password, args.name, hashed, command.now())
+    print(f"changed the password of {args.name}")
+    return 0
+
+
+def _role(command: Command, args: argparse.Namespace, conn: sqlite3.Connection) -> int:
+    admin = userdb.transact(conn, store.set_role, args.name, args.role, command.now())
+    print(f"{admin.name} is now {admin.role}")
+    return 0
+
+
+def _enabled(enabled: bool) -> Any:
+    def handler(command: Command, args: argparse.Namespace, conn: sqlite3.Connection) -> int:
+        userdb.transact(conn, store.set_enabled, args.name, enabled, command.now())
+        print(f"{'enabled' if enabled else 'disabled'} admin {args.name}")
+        return 0
+    return handler
+
+
+def _delete(command: Command, args: argparse.Namespace, conn: sqlite3.Connection) -> int:
+    userdb.transact(conn, store.delete_admin, args.name)
+    print(f"deleted admin {args.name}")
+    return 0
+
+
+_HANDLERS = {"add": _add, "list": _list, "passwd": _passwd, "role": _role, "disable": _enabled(False),
+             "enable": _enabled(True), "delete": _delete}
