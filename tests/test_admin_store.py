@@ -93,3 +93,23 @@ class AdminCommandTests(UserCommandTestCase):
         self.assertOneErrorLine(self.gomail("admin", "role", "root", "admin"), "last enabled superadmin")
         status, _, _ = self.gomail("admin", "role", "root", "king")
         self.assertEqual(status, 2)
+
+    def test_totp_enable_and_disable(self) -> None:
+        """totp enable prints a QR code and the otpauth URI, stores the secret, and refuses a second enable."""
+        import re
+
+        import pyotp
+
+        self.gomail("admin", "add", "root", "--role", "superadmin", "--password-stdin", stdin=PASSWORD + "\n")
+        status, out, err = self.gomail("admin", "totp", "root", "enable")
+        self.assertEqual((status, err), (0, ""))
+        uri = re.search(r"otpauth://\S+", out).group(0)
+        secret = pyotp.parse_uri(uri).secret
+        conn = userdb.open_connection(self.database)
+        try:
+            row = conn.execute("SELECT totp_secret, totp_enabled FROM admins WHERE name = 'root'").fetchone()
+        finally:
+            conn.close()
+        self.assertEqual(row, (secret, 1))
+        self.assertOneErrorLine(self.gomail("admin", "totp", "root", "enable"), "already enabled")
+        self.assertEqual(self.gomail("admin", "totp", "root", "disable")[0], 0)

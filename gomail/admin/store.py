@@ -147,3 +147,10 @@ def password_hash(cursor: sqlite3.Cursor, name: str) -> bytes | None:
     row = cursor.execute("SELECT password_hash FROM admins WHERE name = ? AND enabled = 1",
                          (canonical_username(name),)).fetchone()
     return None if row is None else bytes(row[0])
+
+
+def set_totp(cursor: sqlite3.Cursor, name: str, secret: str | None, now: float, actor: Admin | None = None) -> None:
+    """Give an admin a TOTP secret (required from then on) or take it away (None); ends their sessions."""
+    admin = _target(cursor, name, actor)
+    cursor.execute("UPDATE admins SET totp_secret = ?, totp_enabled = ?, credential_version = credential_version + 1, "
+                   "updated = ? WHERE name = ?", (secret, int(secret is not None), now, admin.name))

@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_admin_store -*-
 """
-C{gomail admin add|list|passwd|role|disable|enable|delete}: the admin
+C{gomail admin add|list|passwd|role|disable|enable|delete|totp}: the admin
 accounts of the admin side (L{gomail.admin.store}). There is no default
 admin: the first one is made here. The operator at the command line acts
 above every role (it holds the database), within the store's rules (the
@@ -14,12 +14,13 @@ import sqlite3
 import sys
 from typing import Any
 
+import pyotp
 from twisted.internet.interfaces import IReactorTime
 
 from gomail.admin import store
-from gomail.auth import userdb
+from gomail.auth import passwords, userdb
 from gomail.cli.common import common_options, iso_time, run_with_database, table
-from gomail.cli.user import Command
+from gomail.cli.user import TOTP_ISSUER, Command, render_qr
 from gomail.configload import Config
 
 COMMANDS = ("admin",)
@@ -50,6 +51,8 @@ def add_commands(commands: Any) -> None:
     action("disable", "refuse an admin's logins", "name")
     action("enable", "accept a disabled admin's logins again", "name")
     action("delete", "delete an admin", "name")
+    action("totp", "require TOTP codes of an admin (enable: prints a QR code) or stop (disable)",
+           "name").add_argument("state", choices=("enable", "disable"))
 
 
 def run(args: argparse.Namespace, clock: IReactorTime, bcrypt_rounds: int | None = None) -> int:
@@ -113,5 +116,28 @@ def _delete(command: Command, args: argparse.Namespace, conn: sqlite3.Connection
     return 0
 
 
+def _totp(command: Command, args: argparse.Namespace, conn: sqlite3.Connection) -> int:
+    admin = userdb.transact(conn, store.get_admin, args.name)
+    if admin is None:
+        raise store.AdminError(f"no admin {args.name}")
+    if args.state == "disable":
+        userdb.transact(conn, store.set_totp, admin.name, None, command.now())
+        print(f"TOTP disabled for admin {admin.name}")
+        return 0
+    if admin.totp_enabled:
+        raise store.AdminError(f"TOTP is already enabled for {admin.name}; to enrol a new device, run "
+                               f"'gomail admin totp {admin.name} disable' first")
+    secret = passwords.new_totp_secret()
+    userdb.transact(conn, store.set_totp, admin.name, secret, command.now())
+    uri = pyotp.TOTP(secret).provisioning_uri(name=admin.name, issuer_name=f"{TOTP_ISSUER} admin")
+    print(f"TOTP enabled for admin {admin.name}. Scan this QR code with an authenticator app:")
+    print()
+    sys.stdout.write(render_qr(uri, sys.stdout))
+    print()
+    print(uri)
+    print(f"secret (for manual entry): {secret}")
+    return 0
+
+
 _HANDLERS = {"add": _add, "list": _list, "passwd": _passwd, "role": _role, "disable": _enabled(False),
-             "enable": _enabled(True), "delete": _delete}
+             "enable": _enabled(True), "delete": _delete, "totp": _totp}
