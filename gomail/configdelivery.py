@@ -13,23 +13,37 @@ from dataclasses import dataclass
 from gomail.configchecks import PORT, between, setting
 
 
-def dns_servers(values: tuple[str, ...]) -> str | None:
-    """Accept C{address} or C{address:port} entries (IPv6 in brackets with a port)."""
+def dns_server(value: str) -> tuple[str, int]:
+    """
+    (address, port) of a DNS server entry: C{address} or C{address:port},
+    IPv6 bare or in brackets (C{[2001:db8::53]:5353}); the port defaults to 53.
+
+    @raise ValueError: not an IP address, or no valid port.
+    """
     import ipaddress
 
+    host, port = value, "53"
+    if value.startswith("["):
+        host, _, rest = value[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else "53"
+    elif value.count(":") == 1:
+        host, port = value.split(":")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IP address (optionally with :port)") from None
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{value!r} has no valid port")
+    return host, int(port)
+
+
+def dns_servers(values: tuple[str, ...]) -> str | None:
+    """Accept entries L{dns_server} reads."""
     for value in values:
-        host, port = value, "53"
-        if value.startswith("["):
-            host, _, rest = value[1:].partition("]")
-            port = rest[1:] if rest.startswith(":") else "53"
-        elif value.count(":") == 1:
-            host, port = value.split(":")
         try:
-            ipaddress.ip_address(host)
-        except ValueError:
-            return f"{value!r} is not an IP address (optionally with :port)"
-        if not port.isdigit() or not 0 < int(port) < 65536:
-            return f"{value!r} has no valid port"
+            dns_server(value)
+        except ValueError as e:
+            return str(e)
     return None
 
 

@@ -185,16 +185,9 @@ def dns_resolver(reactor: Any, servers: tuple[str, ...] = ()) -> Any:
     """
     from twisted.names import cache, client
 
-    parsed = []
-    for server in servers:
-        host, port = server, 53
-        if server.startswith("["):
-            host, _, rest = server[1:].partition("]")
-            port = int(rest[1:]) if rest.startswith(":") else 53
-        elif server.count(":") == 1:
-            host, text = server.split(":")
-            port = int(text)
-        parsed.append((host, port))
+    from gomail.configdelivery import dns_server
+
+    parsed = [dns_server(server) for server in servers]
     upstream = client.Resolver(resolv=None if parsed else "/etc/resolv.conf", servers=parsed or None,
                                reactor=reactor)
     return CachingResolver(upstream, cache.CacheResolver(reactor=reactor))

@@ -44,22 +44,14 @@ CHECKS = ("spf", "dkim", "dmarc")
 
 
 def _servers(settings: Settings) -> list[tuple[str, int]]:
-    from gomail.configdelivery import dns_servers
+    from gomail.configdelivery import dns_server
 
-    servers = settings.texts("dnsServers")
-    problem = dns_servers(servers)
-    if problem:
-        raise PluginConfigError("dnsServers", problem)
     parsed = []
-    for server in servers:
-        host, port = server, 53
-        if server.startswith("["):
-            host, _, rest = server[1:].partition("]")
-            port = int(rest[1:]) if rest.startswith(":") else 53
-        elif server.count(":") == 1:
-            host, text = server.split(":")
-            port = int(text)
-        parsed.append((host, port))
+    for index, server in enumerate(settings.texts("dnsServers")):
+        try:
+            parsed.append(dns_server(server))
+        except ValueError as e:
+            raise PluginConfigError(f"dnsServers[{index}]", str(e)) from None
     return parsed
 
 
