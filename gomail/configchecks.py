@@ -76,6 +76,17 @@ def host_names(values: tuple[str, ...]) -> str | None:
     return None
 
 
+def web_origins(values: tuple[str, ...]) -> str | None:
+    """Accept a list of web origins (C{https://admin.example.com}, C{http://localhost:3000}: scheme, host, port)."""
+    from gomail.web.guard import split_host
+
+    for value in values:
+        scheme, sep, authority = value.partition("://")
+        if scheme not in ("http", "https") or not sep or "/" in authority or split_host(authority) is None:
+            return f"{value!r} is not a web origin (such as https://admin.example.com, no path)"
+    return None
+
+
 def mailbox_or_empty(value: str) -> str | None:
     """Accept an address (local-part@domain) or nothing."""
     from gomail.smtp.address import canonical_address

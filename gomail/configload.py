@@ -344,6 +344,7 @@ def describe(config: Config) -> str:
         f"delivery: {_delivery_summary(config)}",
         f"monitor: {', '.join(config.monitor.listen) if config.enableHealthCheck else 'off'}",
         f"nginx auth_http: {', '.join(config.nginxAuth.listen) + config.nginxAuth.path if config.nginxAuth.enabled else 'off'}",
+        f"admin: {', '.join(config.admin.listen) if config.admin.enabled else 'off'}",
         (f"requireAuth: {str(config.security.requireAuth).lower()}, "
          f"allowLocalOnly: {str(config.security.allowLocalOnly).lower()}"),
     ]

@@ -31,6 +31,7 @@ from gomail.configchecks import (
     non_empty,
     one_of,
     setting,
+    web_origins,
 )
 from gomail.configdelivery import DirectDeliverySettings, DKIMSettings, Route
 
@@ -265,6 +266,27 @@ class MonitorSettings:
 
 
 @dataclass(frozen=True)
+class AdminSettings:
+    """
+    The admin API and web dashboard (section ``admin``): on by default, on
+    loopback only; the login lockout policy is in the system configuration.
+    """
+
+    enabled: bool = setting(True)
+    listen: tuple[str, ...] = setting(("tcp:8089:interface=127.0.0.1",), check=endpoints)
+    allowFrom: tuple[str, ...] = setting((), check=networks)
+    hostnames: tuple[str, ...] = setting((), check=host_names)
+    trustedProxies: tuple[str, ...] = setting((), check=networks)
+    corsOrigins: tuple[str, ...] = setting((), check=web_origins)
+    sessionTTL: int = setting(86400, check=between(60, 30 * 86400))
+    refreshTTL: int = setting(7 * 86400, check=between(60, 365 * 86400))
+    loginRateLimit: int = setting(10, check=between(1, 100000))  # login requests per minute per client IP
+    secureCookie: bool = setting(True)
+    maxRequestBytes: int = setting(65536, check=between(1024, 1048576))
+    requestTimeout: int = setting(30, check=between(1, 3600))
+
+
+@dataclass(frozen=True)
 class LoggingSettings:
     """Log output (section ``logging``)."""
 
@@ -321,6 +343,7 @@ class Config:
     redis: RedisSettings = field(default_factory=RedisSettings)
     nginxAuth: NginxAuthSettings = field(default_factory=NginxAuthSettings)
     monitor: MonitorSettings = field(default_factory=MonitorSettings)
+    admin: AdminSettings = field(default_factory=AdminSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     plugins: PluginSettings = field(default_factory=PluginSettings)
     directDelivery: DirectDeliverySettings = field(default_factory=DirectDeliverySettings)

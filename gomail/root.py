@@ -22,6 +22,7 @@ from twisted.logger import (
 )
 
 import gomail
+from gomail.admin.service import ServerParts, build_admin
 from gomail.auth.aliases import AliasStore
 from gomail.auth.authlog import AuthLog
 from gomail.auth.service import AuthParts, build_auth
@@ -80,6 +81,7 @@ class Parts:
     auth_log: AuthLog | None  # the login audit log (nginxAuth.auditLog), shared by SMTP AUTH and auth_http
     http: HTTPParts
     log_levels: LogLevelFilterPredicate  # logging.level (SIGHUP changes it)
+    admin: Any = None  # the admin app (gomail.admin.app.AdminApp)
 
 
 class GomailService(SequentialMultiService):
@@ -313,10 +315,14 @@ def build_service(config: Config, reactor: Any, on_fatal: Callable[[Any], None] 
                                                   runner=plugins.runner))
     if len(plugins.plugins):
         http.metrics.registry.register(plugin_metrics(plugins.runner, plugins.plugins))
+    queue_control = QueueControl(spool, delivery, delivery.failed)
+    admin, admin_services = build_admin(config, reactor, ServerParts(
+        users=auth.users, auth=auth, spool=spool, delivery=delivery, queue=queue_control, metrics=http.metrics,
+        audit=audit, log_levels=log_levels, answerer=http.answerer))
     children: list[Service] = [
         io, *writers.services, SpoolService(spool, delivery), delivery, *_failed_retry(config, reactor, delivery),
         # After recovery and delivery (stopped before them): `gomail queue` changes go through this server.
-        ControlService(reactor, QueueControl(spool, delivery, delivery.failed)),
+        ControlService(reactor, queue_control),
         *auth_services, *([audit] if audit is not None else []),
         SMTPService(smtp, reactor, config.smtp.listen, config.smtp.implicitTlsListen),
         *plugin_services(plugins, ServiceContext(reactor, config, auth.portal, spool, auth.users)),  # type: ignore[list-item]
@@ -325,8 +331,8 @@ def build_service(config: Config, reactor: Any, on_fatal: Callable[[Any], None] 
             router=http.router, log_levels=log_levels,
             plugins=PluginReloader(plugins, config.plugins, reactor, config.smtp.hostname, config.dataDir))),
         # HTTP last: it reports on everything above, and stops first.
-        *http.services,
+        *http.services, *admin_services,
     ]
     parts = Parts(spool=spool, writer_process=writer_process, delivery=delivery, relay=relay, auth=auth,
-                  smtp=smtp, auth_log=audit, http=http, log_levels=log_levels)
+                  smtp=smtp, auth_log=audit, http=http, log_levels=log_levels, admin=admin)
     return GomailService(config, parts, children, on_fatal, text_log_file)

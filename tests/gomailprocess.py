@@ -53,9 +53,16 @@ class GomailNode:
             self.write_config(config)
 
     def write_config(self, template: str) -> None:
-        """Write the configuration: C{template} formatted with L{fields}."""
+        """
+        Write the configuration: C{template} formatted with L{fields}. Unless
+        it has an C{[admin]} section, the admin listener takes a free port
+        (its default 8089 would be shared by every test's server).
+        """
+        text = template.format(**self.fields)
+        if "[admin]" not in text:
+            text += '\n[admin]\nlisten = ["tcp:0:interface=127.0.0.1"]\n'
         with open(self.config, "w") as f:
-            f.write(template.format(**self.fields))
+            f.write(text)
 
     def spawn(self, env: dict[str, str] | None = None) -> ServerProcess:
         """Start twistd (stopped when the test ends) without waiting for it to be ready."""

@@ -607,6 +607,7 @@ class DescribeTests(ConfigTestMixin, SynchronousTestCase):
             "delivery: local mailbox",
             "monitor: tcp:8025:interface=127.0.0.1",
             "nginx auth_http: tcp:8090:interface=127.0.0.1/api/auth",
+            "admin: tcp:8089:interface=127.0.0.1",
             "requireAuth: true, allowLocalOnly: true",
         ])
 

@@ -47,11 +47,13 @@ class BuildServiceTests(SynchronousTestCase):
         self.assertEqual(names, ["ThreadPoolService", "WriterProcess", "SpoolService", "DeliveryQueue",
                                  "PeriodicService", "ControlService", "ThreadPoolService", "AuthService",
                                  "PeriodicService", "AuthLog", "SMTPService", "SignalService", "BackendRouter",
-                                 "PeriodicService", "ListeningService", "ListeningService"])
+                                 "PeriodicService", "ListeningService", "ListeningService",
+                                 "SystemConfigLoader", "PeriodicService", "ListeningService"])
         timers = [repr(child) for child in service if isinstance(child, PeriodicService)]
         self.assertEqual(timers, ["<PeriodicService 'failed-store retry' every 3600 s>",
                                   "<PeriodicService 'user database watch' every 1 s>",
-                                  "<PeriodicService 'backend health checks' every 10 s>"])
+                                  "<PeriodicService 'backend health checks' every 10 s>",
+                                  "<PeriodicService 'admin session purge' every 3600 s>"])
         self.assertEqual(self.reactor.tcpServers, [])
 
     def test_writer_threads_without_a_process(self) -> None:

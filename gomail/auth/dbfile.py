@@ -96,6 +96,42 @@ MIGRATIONS: list[tuple[str, ...]] = [
             updated REAL NOT NULL
         )""",
     ),
+    (
+        # Admin sessions (gomail.admin.sessions): only SHA-256 digests of the tokens are stored.
+        """CREATE TABLE admin_sessions (
+            token_hash TEXT PRIMARY KEY NOT NULL,
+            refresh_hash TEXT NOT NULL UNIQUE,
+            csrf_token TEXT NOT NULL,
+            admin TEXT NOT NULL REFERENCES admins(name) ON DELETE CASCADE,
+            credential_version INTEGER NOT NULL,
+            kind TEXT NOT NULL,
+            client_ip TEXT NOT NULL,
+            created REAL NOT NULL,
+            expires REAL NOT NULL,
+            refresh_expires REAL NOT NULL
+        )""",
+        "CREATE INDEX admin_sessions_admin ON admin_sessions (admin)",
+        "CREATE INDEX admin_sessions_refresh_expires ON admin_sessions (refresh_expires)",
+        # Every change made through the admin API or the command line (gomail.admin.oplog).
+        """CREATE TABLE op_log (
+            id INTEGER PRIMARY KEY,
+            time REAL NOT NULL,
+            actor TEXT NOT NULL,
+            action TEXT NOT NULL,
+            target TEXT NOT NULL,
+            before TEXT,
+            after TEXT,
+            client_ip TEXT NOT NULL
+        )""",
+        "CREATE INDEX op_log_time ON op_log (time)",
+        # Settings changed live through the admin API (gomail.admin.sysconfig), as JSON values.
+        """CREATE TABLE system_config (
+            key TEXT PRIMARY KEY NOT NULL,
+            value TEXT NOT NULL,
+            updated REAL NOT NULL,
+            actor TEXT NOT NULL
+        )""",
+    ),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -128,6 +128,10 @@ class SQLiteUserStore:
 
     # -- the record cache ---------------------------------------------------------
 
+    def forget(self) -> None:
+        """Forget the cached records: a change was made through the pool directly (the admin API)."""
+        self._forget()
+
     def _forget(self, result: Any = None) -> Any:
         self._cache.clear()
         self._generation += 1

@@ -236,10 +236,20 @@ class Guarded:
     isLeaf = False
     log = Logger()
 
-    def __init__(self, wrapped: Any, access: PeerAccess, hosts: HostNames | None = None) -> None:
+    def __init__(self, wrapped: Any, access: PeerAccess, hosts: HostNames | None = None,
+                 require_request_header: bool = True, origins: Iterable[str] = ()) -> None:
+        """
+        @param require_request_header: whether a state-changing request needs
+            L{REQUEST_HEADER} or the bearer token (the admin app checks its own
+            CSRF token instead).
+        @param origins: other origins whose pages may send state-changing
+            requests (the admin app's C{corsOrigins}).
+        """
         self.wrapped = wrapped
         self.access = access
         self.hosts = hosts or HostNames()
+        self.require_request_header = require_request_header
+        self.origins = frozenset(origin.lower() for origin in origins)
 
     def render(self, request: Any) -> bytes:
         refusal = self._refusal(request)
@@ -268,9 +278,13 @@ class Guarded:
             return None
         origin = _header(request, b"origin")
         site = (_header(request, b"sec-fetch-site") or "").strip().lower()
+        if origin is not None and origin.strip().lower() in self.origins:
+            return None  # a listed origin (CORS): its pages may send requests (with a bearer token)
         if site in ("cross-site", "same-site") or (origin is not None and
                                                   not origin_matches(origin, host, request.isSecure())):
             return 403, "cross-origin request refused"
+        if not self.require_request_header:
+            return None
         if not (_header(request, REQUEST_HEADER) or "").strip() and not self.access.has_token(request):
             return 403, "a state-changing request needs the X-Gomail-Request header or the bearer token"
         return None

@@ -60,6 +60,8 @@ class HTTPParts:
     services: list[Service]
     #: nginx's backends (None when auth_http is off): a configuration reload replaces them.
     router: BackendRouter | None = None
+    #: nginx auth_http's answerer (None when off): the admin's live settings change its wait policy.
+    answerer: AuthHTTPAnswerer | None = None
 
 
 def build_http(config: Config, reactor: Any, inputs: HTTPInputs) -> HTTPParts:
@@ -68,7 +70,7 @@ def build_http(config: Config, reactor: Any, inputs: HTTPInputs) -> HTTPParts:
     metrics = Metrics(smtp=inputs.smtp, delivery=inputs.delivery, auth=auth.authenticator,
                       rate_limiter=auth.rate_limiter, writer_process=inputs.writer_process)
     services: list[Service] = []
-    router = None
+    router = answerer = None
     if config.nginxAuth.enabled:
         settings = config.nginxAuth
         router = BackendRouter(default_backends(config), settings.strategy, reactor,
@@ -93,4 +95,4 @@ def build_http(config: Config, reactor: Any, inputs: HTTPInputs) -> HTTPParts:
         site = LimitedSite(Guarded(app.resource(), access, HostNames(monitor.hostnames)),
                            reactor, monitor.maxRequestBytes, monitor.requestTimeout)
         services += [ListeningService(reactor, description, site, "monitor") for description in monitor.listen]
-    return HTTPParts(metrics, app, services, router)
+    return HTTPParts(metrics, app, services, router, answerer)
