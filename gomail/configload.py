@@ -22,6 +22,7 @@ import typing
 from collections.abc import Mapping
 from typing import Any
 
+from gomail.configmailaccess import with_mail_access_plugins
 from gomail.configschema import Config
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -277,6 +278,9 @@ def _resolve(config: Config, source: str) -> Config:
         monitor=monitor,
         spool=dataclasses.replace(config.spool, directory=spool_dir),
         smtp=dataclasses.replace(smtp, listen=listen, hostname=smtp.hostname or socket.getfqdn()),
+        # The built-in POP3 plugin is on while [pop3] is (gomail.configmailaccess).
+        plugins=dataclasses.replace(config.plugins,
+                                    enabled=with_mail_access_plugins(config.plugins.enabled, config)),
     )
 
 

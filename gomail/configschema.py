@@ -34,6 +34,7 @@ from gomail.configchecks import (
     web_origins,
 )
 from gomail.configdelivery import DirectDeliverySettings, DKIMSettings, Route
+from gomail.configmailaccess import POP3Settings
 
 
 @dataclass(frozen=True)
@@ -344,6 +345,7 @@ class Config:
     nginxAuth: NginxAuthSettings = field(default_factory=NginxAuthSettings)
     monitor: MonitorSettings = field(default_factory=MonitorSettings)
     admin: AdminSettings = field(default_factory=AdminSettings)
+    pop3: POP3Settings = field(default_factory=POP3Settings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     plugins: PluginSettings = field(default_factory=PluginSettings)
     directDelivery: DirectDeliverySettings = field(default_factory=DirectDeliverySettings)

@@ -150,7 +150,10 @@ class ServiceContext:
     What an L{gomail.interfaces.IServiceProvider} gets to build its services
     from: the portal every login goes through (C{twisted.cred}: log in with a
     L{gomail.auth.credentials.LoginAttempt}), the spool (its C{path("mailbox")}
-    holds the local Maildirs), the configuration and the reactor.
+    holds the local Maildirs), the configuration and the reactor; C{audit} is
+    the login audit log (L{gomail.auth.authlog.AuthLog}: C{record} an
+    L{gomail.auth.authlog.AuthLogEntry} per login attempt), None when
+    C{nginxAuth.auditLog} is off.
     """
 
     reactor: Any
@@ -158,6 +161,7 @@ class ServiceContext:
     portal: Any
     spool: Any
     users: Any
+    audit: Any = None
 
 
 _STATUS = re.compile(r"^[245]\.\d{1,3}\.\d{1,3}$")

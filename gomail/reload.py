@@ -13,7 +13,11 @@ What is applied at once (the objects holding it read it on every use):
   - nginx's backends and how one is picked: C{nginxAuth.backends},
     C{nginxAuth.strategy} (a new backend is health-checked at once);
   - C{logging.level};
-  - plugin settings and C{plugins.timeout} (L{gomail.extension.reloading}).
+  - plugin settings and C{plugins.timeout} (L{gomail.extension.reloading});
+  - the keys the admin API may change live (C{live_keys}, applied by
+    C{after_reload}: L{gomail.admin.sysconfig.SystemConfig.reloaded}), which
+    also applies the values stored through the API again: a stored value
+    wins over the file's.
 
 (The IP blacklist needs no reload: it lives in the user database, whose
 changes are read within C{auth.blacklistRefresh}.)
@@ -28,7 +32,7 @@ are secrets).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from twisted.logger import Logger, LogLevel, LogLevelFilterPredicate
@@ -66,13 +70,18 @@ class ConfigReloader:
     @param lockout: the object whose C{settings} are the C{auth} section (only
         its L{LOCKOUT_KEYS} are taken from a new file).
     @param router: the L{gomail.auth.backends.BackendRouter} (None: auth_http is off).
+    @param after_reload: called with the new configuration once it is applied
+        (the admin side's system configuration applies its live keys, and its
+        stored values again over the file's).
+    @param live_keys: the dotted names C{after_reload} applies (not "needs a restart").
     """
 
     log = Logger()
 
     def __init__(self, current: Config, load: Callable[[], Config], rate_limiter: Any = None,
                  lockout: Any = None, router: Any = None, plugins: PluginReloader | None = None,
-                 log_levels: LogLevelFilterPredicate | None = None) -> None:
+                 log_levels: LogLevelFilterPredicate | None = None,
+                 after_reload: Callable[[Config], None] | None = None, live_keys: Collection[str] = ()) -> None:
         self.current = current
         self.load = load
         self.rate_limiter = rate_limiter
@@ -80,9 +89,13 @@ class ConfigReloader:
         self.router = router
         self.plugins = plugins
         self.log_levels = log_levels
+        self.after_reload = after_reload
+        self.live_keys = frozenset(live_keys) if after_reload is not None else frozenset()
 
     def _live(self, section: str, name: str) -> bool:
         """Whether the key C{section.name} is applied while the server runs (by a part that is there)."""
+        if f"{section}.{name}" in self.live_keys:
+            return True
         if section == "rateLimits":
             return self.rate_limiter is not None
         if section == "auth":
@@ -118,16 +131,16 @@ class ConfigReloader:
                 applied.append(key)
             else:
                 restart.append(key)
-        if any(key.startswith("rateLimits.") for key in applied):
+        if self.rate_limiter is not None and any(key.startswith("rateLimits.") for key in applied):
             self.rate_limiter.settings = new.rateLimits
             current = dataclasses.replace(current, rateLimits=new.rateLimits)
-        lockout_changes = {key.partition(".")[2] for key in applied if key.startswith("auth.")}
-        if lockout_changes:
+        lockout_changes = {key.partition(".")[2] for key in applied if key.startswith("auth.")} & LOCKOUT_KEYS
+        if lockout_changes and self.lockout is not None:
             auth = dataclasses.replace(current.auth, **{name: getattr(new.auth, name) for name in lockout_changes})
             self.lockout.settings = dataclasses.replace(self.lockout.settings,
                                                         **{name: getattr(new.auth, name) for name in lockout_changes})
             current = dataclasses.replace(current, auth=auth)
-        if any(key.startswith("nginxAuth.") for key in applied):
+        if self.router is not None and any(key in ("nginxAuth.backends", "nginxAuth.strategy") for key in applied):
             self.router.replace(default_backends(new), new.nginxAuth.strategy).addErrback(
                 lambda failure: self.log.failure("SIGHUP: checking the new backends failed", failure))
             current = dataclasses.replace(current, nginxAuth=dataclasses.replace(
@@ -139,7 +152,14 @@ class ConfigReloader:
             self.log_levels.defaultLogLevel = LogLevel.levelWithName(new.logging.level)
             current = dataclasses.replace(current, logging=dataclasses.replace(current.logging,
                                                                                level=new.logging.level))
+        for key in applied:
+            if key in self.live_keys:
+                section, _, name = key.partition(".")
+                current = dataclasses.replace(current, **{section: dataclasses.replace(
+                    getattr(current, section), **{name: getattr(getattr(new, section), name)})})
         self.current = current
+        if self.after_reload is not None:
+            self.after_reload(new)
         for key in applied:
             self.log.info("SIGHUP: applied {key}", key=key)
         for key in restart:

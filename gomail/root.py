@@ -23,6 +23,7 @@ from twisted.logger import (
 
 import gomail
 from gomail.admin.service import ServerParts, build_admin
+from gomail.admin.sysconfig import LIVE_KEYS
 from gomail.auth.aliases import AliasStore
 from gomail.auth.authlog import AuthLog
 from gomail.auth.service import AuthParts, build_auth
@@ -325,10 +326,12 @@ def build_service(config: Config, reactor: Any, on_fatal: Callable[[Any], None] 
         ControlService(reactor, queue_control),
         *auth_services, *([audit] if audit is not None else []),
         SMTPService(smtp, reactor, config.smtp.listen, config.smtp.implicitTlsListen),
-        *plugin_services(plugins, ServiceContext(reactor, config, auth.portal, spool, auth.users)),  # type: ignore[list-item]
+        *plugin_services(plugins, ServiceContext(reactor, config, auth.portal, spool, auth.users, audit)),  # type: ignore[list-item]
         SignalService(reactor, None if reload_config is None else ConfigReloader(
             config, reload_config, rate_limiter=auth.rate_limiter, lockout=auth.authenticator.lockout,
             router=http.router, log_levels=log_levels,
+            # The values stored through the admin API win over the file's (gomail.admin.sysconfig).
+            after_reload=admin.ctx.sysconfig.reloaded, live_keys=[key for key in LIVE_KEYS if "." in key],
             plugins=PluginReloader(plugins, config.plugins, reactor, config.smtp.hostname, config.dataDir))),
         # HTTP last: it reports on everything above, and stops first.
         *http.services, *admin_services,

@@ -36,6 +36,20 @@ ROUNDS = 4
 START = 1_800_000_000.0
 
 
+class Transaction:
+    """
+    What adbapi's pool hands an interaction: a cursor's methods through
+    C{__getattr__}, so, like adbapi's C{Transaction}, not iterable (code that
+    iterates a cursor works on sqlite3's but fails under the real pool).
+    """
+
+    def __init__(self, cursor: Any) -> None:
+        self._cursor = cursor
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cursor, name)
+
+
 class SyncDB:
     """C{runInteraction} on one real SQLite connection, at once: C{fn(cursor, *args)} in one transaction."""
 
@@ -44,7 +58,8 @@ class SyncDB:
         userdb.transact(self.conn, userdb.migrate)
 
     def __call__(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        return maybeDeferred(userdb.transact, self.conn, fn, *args, **kwargs)
+        return maybeDeferred(userdb.transact, self.conn, lambda cursor, *a, **k: fn(Transaction(cursor), *a, **k),
+                             *args, **kwargs)
 
     runInteraction = __call__
 

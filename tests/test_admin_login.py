@@ -201,7 +201,7 @@ class HeaderTests(TestCase):
     def test_security_headers(self) -> None:
         """CSP without inline scripts, X-Frame-Options DENY, nosniff, Referrer-Policy, on API and page alike."""
         h = AdminHarness(self)
-        for path in ("/api/session", "/", "/api/nothing"):
+        for path in ("/api/session", "/api/nothing", "/static/missing.js"):
             answer = h.call("GET", path)
             csp = answer.header("Content-Security-Policy") or ""
             self.assertIn("script-src 'self'", csp)

@@ -112,7 +112,10 @@ class DiscoveryTests(PluginDirectoryMixin, SynchronousTestCase):
                          0)
 
     def test_from_the_configuration_file(self) -> None:
-        """The TOML file's [plugins] section gives the path, the timeout and the tables, in order."""
+        """
+        The TOML file's [plugins] section gives the path, the timeout and the
+        tables, in order; the built-in pop3 plugin, on by default ([pop3]), comes last.
+        """
         directory = self.plugin_dir()
         config_path = os.path.join(directory, "gomail.toml")
         with open(config_path, "w") as f:
@@ -121,7 +124,7 @@ class DiscoveryTests(PluginDirectoryMixin, SynchronousTestCase):
         config = load_config(config_path, {})
         self.assertEqual(config.plugins.timeout, 2.5)
         plugins = load_plugins(config.plugins, None, "h", "/d")
-        self.assertEqual([p.name for p in plugins], ["sender-policy", "headers"])
+        self.assertEqual([p.name for p in plugins], ["sender-policy", "headers", "pop3"])
 
 
 class BrokenPluginTests(PluginDirectoryMixin, SynchronousTestCase):

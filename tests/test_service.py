@@ -39,21 +39,23 @@ class BuildServiceTests(SynchronousTestCase):
         """
         I/O pool, spool writer process, spool, delivery, the control channel
         (after recovery and delivery, stopped before them), the auth parts and
-        the audit log SMTP AUTH writes to, then SMTP: listeners come last, so
-        they open after recovery.
+        the audit log SMTP AUTH writes to, then SMTP and the built-in POP3
+        plugin's service: listeners come last, so they open after recovery.
         """
         service = build_service(config_in(self.directory), self.reactor)
         names = [type(child).__name__ for child in service]
         self.assertEqual(names, ["ThreadPoolService", "WriterProcess", "SpoolService", "DeliveryQueue",
                                  "PeriodicService", "ControlService", "ThreadPoolService", "AuthService",
-                                 "PeriodicService", "AuthLog", "SMTPService", "SignalService", "BackendRouter",
+                                 "PeriodicService", "AuthLog", "SMTPService", "POP3Service", "SignalService",
+                                 "BackendRouter",
                                  "PeriodicService", "ListeningService", "ListeningService",
-                                 "SystemConfigLoader", "PeriodicService", "ListeningService"])
+                                 "SystemConfigLoader", "PeriodicService", "PeriodicService", "ListeningService"])
         timers = [repr(child) for child in service if isinstance(child, PeriodicService)]
         self.assertEqual(timers, ["<PeriodicService 'failed-store retry' every 3600 s>",
                                   "<PeriodicService 'user database watch' every 1 s>",
                                   "<PeriodicService 'backend health checks' every 10 s>",
-                                  "<PeriodicService 'admin session purge' every 3600 s>"])
+                                  "<PeriodicService 'admin session purge' every 3600 s>",
+                                  "<PeriodicService 'admin dashboard sampling' every 60 s>"])
         self.assertEqual(self.reactor.tcpServers, [])
 
     def test_writer_threads_without_a_process(self) -> None:

@@ -169,12 +169,16 @@ class AdminApp(SessionRoutes):
 
     @router.route("/", methods=["GET", "HEAD"])
     def index(self, request: Any) -> Any:
+        # The wrappers in front of the app leave the root's empty segment in
+        # postpath; the File would look for a child of index.html.
+        request.postpath = []
         return File(os.path.join(STATIC, "index.html"), defaultType="text/html")
 
     @router.route("/static/", methods=["GET", "HEAD"], branch=True)
     def static(self, request: Any) -> Any:
         files = File(STATIC)
         files.directoryListing = lambda: _NotFoundResource()  # type: ignore[method-assign]
+        files.childNotFound = _NotFoundResource()  # type: ignore[assignment]  # any IResource serves
         return files
 
     @router.handle_errors(NotFound)

@@ -24,6 +24,8 @@ def _operation(spec: RouteSpec) -> dict[str, Any]:
     responses: dict[str, Any] = {
         str(spec.status): {"description": "success", "content": {spec.content_type: {"schema": spec.response}}},
     }
+    responses[str(spec.status)]["content"].update(
+        {media: {"schema": schema} for media, schema in spec.other_content.items()})
     for code in ERROR_CODES:
         responses.setdefault(str(code), {**error, "description": _REASONS[code]})
     parameters: list[dict[str, Any]] = [

@@ -81,6 +81,8 @@ class RouteSpec:
     status: int = 200
     content_type: str = "application/json"
     tag: str = ""
+    #: Other media types the success answer may have (a query parameter's choice): type -> schema.
+    other_content: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -100,7 +102,8 @@ class Call:
 
 def api(path: str, method: str, *, role: str | None, summary: str, query: dict[str, dict[str, Any]] | None = None,
         body: dict[str, Any] | None = None, response: dict[str, Any] | None = None, status: int = 200,
-        content_type: str = "application/json", tag: str = "") -> Callable[[Any], Any]:
+        content_type: str = "application/json", tag: str = "",
+        other_content: dict[str, dict[str, Any]] | None = None) -> Callable[[Any], Any]:
     """
     Declare an admin API route. The handler is C{async def h(self, request,
     call, **path_arguments)} and returns the JSON-able body (or bytes, for
@@ -109,7 +112,7 @@ def api(path: str, method: str, *, role: str | None, summary: str, query: dict[s
     if role is not None and role not in ROLES:
         raise ValueError(f"no role {role!r}")
     spec = RouteSpec(path, method.upper(), role, summary, dict(query or {}), body,
-                     response or {"type": "object"}, status, content_type, tag)
+                     response or {"type": "object"}, status, content_type, tag, dict(other_content or {}))
     ROUTES.append(spec)
 
     def decorate(handler: Any) -> Any:
@@ -164,8 +167,12 @@ def parse_query(spec: RouteSpec, request: Any) -> dict[str, Any]:
     """The route's query parameters, typed and checked (defaults filled in); unknown ones refused."""
     # From the URL only: twisted.web also puts a form-encoded POST body in
     # request.args (curl -d sends JSON labelled as a form).
-    args = {k.decode("utf-8", "replace"): v
-            for k, v in parse_qs(urlsplit(request.uri).query, keep_blank_values=True).items()}
+    # Parsed as latin-1 text, which maps every byte to one character and back:
+    # parse_qs on bytes re-encodes its results as ASCII, failing on any
+    # non-ASCII value; the values' UTF-8 is checked by _query_value.
+    query = urlsplit(request.uri).query.decode("latin-1")
+    args = {k.encode("latin-1").decode("utf-8", "replace"): [value.encode("latin-1") for value in v]
+            for k, v in parse_qs(query, keep_blank_values=True, encoding="latin-1").items()}
     unknown = sorted(set(args) - set(spec.query))
     if unknown:
         raise ApiError(400, f"unknown query parameter {unknown[0]!r}")

@@ -13,6 +13,7 @@ from gomail.admin.app import AdminApp, SecureHeaders
 from gomail.admin.context import AdminContext, LoginRateLimit, Sessions
 from gomail.admin.login import AdminLogin
 from gomail.admin.sysconfig import SystemConfig
+from gomail.admin.timeseries import sampler_of
 from gomail.configschema import Config
 from gomail.servicekit import ListeningService, PeriodicService
 from gomail.web.guard import HostNames
@@ -61,7 +62,8 @@ def build_admin(config: Config, reactor: Any, server: ServerParts) -> tuple[Admi
     app = AdminApp(ctx, access)
     services: list[Service] = [SystemConfigLoader(sysconfig),
                                PeriodicService("admin session purge", SESSION_PURGE_SECONDS, ctx.sessions.purge,
-                                               reactor)]
+                                               reactor),
+                               sampler_of(ctx).service()]  # the dashboard's mail figures, every minute
     if settings.enabled:
         tree = Guarded(SecureHeaders(app.resource(), settings.corsOrigins), access, HostNames(settings.hostnames),
                        require_request_header=False, origins=settings.corsOrigins)

@@ -30,6 +30,22 @@ class AdminError(UserDBError):
     """An admin change that is not allowed or not possible (the text says why)."""
 
 
+class NoSuchAdmin(AdminError):
+    """No admin of that name."""
+
+
+class AdminExists(AdminError):
+    """An admin of that name exists already."""
+
+
+class RankViolation(AdminError):
+    """The acting admin would act above their role (on a higher admin, or raising a role)."""
+
+
+class LastSuperadmin(AdminError):
+    """The change would leave no enabled superadmin."""
+
+
 @dataclass(frozen=True)
 class Admin:
     """One admin as stored (the password hash and TOTP secret never leave gomail.admin)."""
@@ -41,6 +57,11 @@ class Admin:
     credential_version: int
     created: float
     updated: float
+
+    def as_json(self) -> dict[str, object]:
+        """What the admin API and the operation log show of an admin (no secret, no version)."""
+        return {"name": self.name, "role": self.role, "enabled": self.enabled, "totp_enabled": self.totp_enabled,
+                "created": self.created, "updated": self.updated}
 
 
 def rank(role: str) -> int:
@@ -75,9 +96,9 @@ def add_admin(cursor: sqlite3.Cursor, name: str, password_hash: bytes, role: str
     name = canonical_username(name)
     check_role(role)
     if actor is not None and rank(role) > rank(actor.role):
-        raise AdminError(f"{actor.name} ({actor.role}) cannot create a {role}")
+        raise RankViolation(f"{actor.name} ({actor.role}) cannot create a {role}")
     if get_admin(cursor, name) is not None:
-        raise AdminError(f"admin {name} already exists")
+        raise AdminExists(f"admin {name} already exists")
     cursor.execute("INSERT INTO admins (name, password_hash, role, created, updated) VALUES (?, ?, ?, ?, ?)",
                    (name, password_hash, role, now, now))
     admin = get_admin(cursor, name)
@@ -88,9 +109,9 @@ def add_admin(cursor: sqlite3.Cursor, name: str, password_hash: bytes, role: str
 def _target(cursor: sqlite3.Cursor, name: str, actor: Admin | None) -> Admin:
     admin = get_admin(cursor, name)
     if admin is None:
-        raise AdminError(f"no admin {canonical_username(name)}")
+        raise NoSuchAdmin(f"no admin {canonical_username(name)}")
     if actor is not None and actor.name != admin.name and rank(admin.role) > rank(actor.role):
-        raise AdminError(f"{actor.name} ({actor.role}) cannot change {admin.name} ({admin.role})")
+        raise RankViolation(f"{actor.name} ({actor.role}) cannot change {admin.name} ({admin.role})")
     return admin
 
 
@@ -100,7 +121,7 @@ def _keeps_a_superadmin(cursor: sqlite3.Cursor, admin: Admin) -> None:
     others = cursor.execute("SELECT COUNT(*) FROM admins WHERE role = 'superadmin' AND enabled = 1 AND name != ?",
                             (admin.name,)).fetchone()[0]
     if not others:
-        raise AdminError(f"{admin.name} is the last enabled superadmin: add another first")
+        raise LastSuperadmin(f"{admin.name} is the last enabled superadmin: add another first")
 
 
 def set_role(cursor: sqlite3.Cursor, name: str, role: str, now: float, actor: Admin | None = None) -> Admin:
@@ -108,9 +129,9 @@ def set_role(cursor: sqlite3.Cursor, name: str, role: str, now: float, actor: Ad
     check_role(role)
     admin = _target(cursor, name, actor)
     if actor is not None and rank(role) > rank(actor.role):
-        raise AdminError(f"{actor.name} ({actor.role}) cannot make anyone a {role}")
+        raise RankViolation(f"{actor.name} ({actor.role}) cannot make anyone a {role}")
     if actor is not None and actor.name == admin.name and rank(role) > rank(admin.role):
-        raise AdminError("no admin can raise their own role")
+        raise RankViolation("no admin can raise their own role")
     if role != "superadmin":
         _keeps_a_superadmin(cursor, admin)
     cursor.execute("UPDATE admins SET role = ?, credential_version = credential_version + 1, updated = ? "
@@ -154,3 +175,21 @@ def set_totp(cursor: sqlite3.Cursor, name: str, secret: str | None, now: float, 
     admin = _target(cursor, name, actor)
     cursor.execute("UPDATE admins SET totp_secret = ?, totp_enabled = ?, credential_version = credential_version + 1, "
                    "updated = ? WHERE name = ?", (secret, int(secret is not None), now, admin.name))
+
+
+def set_totp_secret(cursor: sqlite3.Cursor, name: str, secret: str | None, now: float,
+                    actor: Admin | None = None) -> None:
+    """
+    Store a TOTP secret that is not required yet (an enrolment pending its
+    first code; L{set_totp} then requires it), or forget the secret (None).
+    Sessions stay: neither makes anyone's session less trustworthy.
+    """
+    admin = _target(cursor, name, actor)
+    cursor.execute("UPDATE admins SET totp_secret = ?, totp_enabled = 0, updated = ? WHERE name = ?",
+                   (secret, now, admin.name))
+
+
+def totp_secret(cursor: sqlite3.Cursor, name: str) -> str | None:
+    """An admin's TOTP secret, required or pending (None: none, or no such admin)."""
+    row = cursor.execute("SELECT totp_secret FROM admins WHERE name = ?", (canonical_username(name),)).fetchone()
+    return None if row is None or not row[0] else str(row[0])

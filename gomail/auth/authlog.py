@@ -18,6 +18,7 @@ from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
+from gomail.auth import authrollup
 from gomail.servicekit import PeriodicService
 
 #: Control characters: what no stored text, and no header value, may carry.
@@ -43,14 +44,21 @@ class AuthLogEntry(NamedTuple):
 
 
 def insert_entries(cursor: Any, entries: list[AuthLogEntry]) -> None:
+    """Write C{entries}, and add them to the dashboard's rollups in the same transaction."""
+    after = authrollup.last_id(cursor)
     cursor.executemany(
         "INSERT INTO auth_log (time, user, protocol, client_ip, result, reason, latency_ms, backend)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?)", entries)
+    authrollup.add_new(cursor, after)
 
 
-def purge_entries(cursor: Any, before: float) -> int:
+def purge_entries(cursor: Any, before: float, now: float | None = None) -> int:
+    """Delete the entries older than C{before}; with C{now}, the rollups older than they are kept too."""
     cursor.execute("DELETE FROM auth_log WHERE time < ?", (before,))
-    return cursor.rowcount
+    count: int = cursor.rowcount
+    if now is not None:
+        authrollup.purge(cursor, max(before, now - authrollup.KEEP_SECONDS))
+    return count
 
 
 def query_entries(cursor: Any, since: float = 0.0, user: str | None = None, limit: int = 100) -> list[AuthLogEntry]:
@@ -119,7 +127,8 @@ class AuthLog(MultiService):
         return d
 
     def purge(self) -> Deferred:
-        d = self.pool.runInteraction(purge_entries, self.clock.seconds() - self.retention)
+        now = self.clock.seconds()
+        d = self.pool.runInteraction(purge_entries, now - self.retention, now)
         return d.addErrback(lambda f: self.log.warn("could not purge the auth log: {error}",
                                                     error=f.getErrorMessage()))
 

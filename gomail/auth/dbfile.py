@@ -15,6 +15,8 @@ import sqlite3
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from gomail.auth import authrollup
+
 T = TypeVar("T")
 
 
@@ -131,6 +133,39 @@ MIGRATIONS: list[tuple[str, ...]] = [
             updated REAL NOT NULL,
             actor TEXT NOT NULL
         )""",
+        # The login audit log by IP (the admin API's log search).
+        "CREATE INDEX auth_log_ip_time ON auth_log (client_ip, time)",
+        # Rollups of auth_log for the admin dashboard (gomail.auth.authrollup), filled from the
+        # entries of the last two days.
+        """CREATE TABLE auth_rollup (
+            resolution INTEGER NOT NULL,
+            start INTEGER NOT NULL,
+            bucket INTEGER NOT NULL,
+            attempts INTEGER NOT NULL,
+            successes INTEGER NOT NULL,
+            failures INTEGER NOT NULL,
+            PRIMARY KEY (resolution, start, bucket)
+        ) WITHOUT ROWID""",
+        """CREATE TABLE auth_failures (
+            kind TEXT NOT NULL,
+            minute INTEGER NOT NULL,
+            key TEXT NOT NULL,
+            count INTEGER NOT NULL,
+            PRIMARY KEY (kind, minute, key)
+        ) WITHOUT ROWID""",
+        """CREATE TABLE auth_failure_totals (
+            kind TEXT NOT NULL,
+            key TEXT NOT NULL,
+            count INTEGER NOT NULL,
+            PRIMARY KEY (kind, key)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX auth_failure_totals_count ON auth_failure_totals (kind, count DESC, key)",
+        """CREATE TABLE auth_last_success (
+            user TEXT PRIMARY KEY NOT NULL,
+            time REAL NOT NULL
+        ) WITHOUT ROWID""",
+        "CREATE INDEX auth_last_success_time ON auth_last_success (time)",
+        *authrollup.BACKFILL,
     ),
 ]
 

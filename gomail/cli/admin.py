@@ -4,7 +4,8 @@ C{gomail admin add|list|passwd|role|disable|enable|delete|totp}: the admin
 accounts of the admin side (L{gomail.admin.store}). There is no default
 admin: the first one is made here. The operator at the command line acts
 above every role (it holds the database), within the store's rules (the
-last enabled superadmin stays).
+last enabled superadmin stays). Every change is recorded in the operation
+log (L{gomail.cli.changes}) in the same transaction.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from twisted.internet.interfaces import IReactorTime
 
 from gomail.admin import store
 from gomail.auth import passwords, userdb
+from gomail.auth.names import canonical_username
+from gomail.cli.changes import admin_state, logged
 from gomail.cli.common import common_options, iso_time, run_with_database, table
 from gomail.cli.user import TOTP_ISSUER, Command, render_qr
 from gomail.configload import Config
@@ -71,9 +74,11 @@ def run(args: argparse.Namespace, clock: IReactorTime, bcrypt_rounds: int | None
 
 def _add(command: Command, args: argparse.Namespace, conn: sqlite3.Connection) -> int:
     if userdb.transact(conn, store.get_admin, args.name) is not None:
-        raise store.AdminError(f"admin {args.name} already exists")  # before asking for a password
+        raise store.AdminExists(f"admin {args.name} already exists")  # before asking for a password
     hashed = command.new_password_hash(args.password_stdin)
-    admin = userdb.transact(conn, store.add_admin, args.name, hashed, args.role, command.now())
+    name = canonical_username(args.name)
+    admin = logged(conn, command.now(), "admin.create", name, store.add_admin, name, hashed, args.role, command.now(),
+                   state=admin_state(name))
     print(f"added {admin.role} {admin.name}")
     return 0
 
@@ -88,30 +93,37 @@ def _list(command: Command, args: argparse.Namespace, conn: sqlite3.Connection) 
 
 
 def _passwd(command: Command, args: argparse.Namespace, conn: sqlite3.Connection) -> int:
-    if userdb.transact(conn, store.get_admin, args.name) is None:
-        raise store.AdminError(f"no admin {args.name}")
+    admin = userdb.transact(conn, store.get_admin, args.name)
+    if admin is None:
+        raise store.NoSuchAdmin(f"no admin {args.name}")
     hashed = command.new_password_hash(args.password_stdin)
-    userdb.transact(conn, store.set_password, args.name, hashed, command.now())
+    logged(conn, command.now(), "admin.password", admin.name, store.set_password, admin.name, hashed, command.now(),
+           state=admin_state(admin.name))
     print(f"changed the password of {args.name}")
     return 0
 
 
 def _role(command: Command, args: argparse.Namespace, conn: sqlite3.Connection) -> int:
-    admin = userdb.transact(conn, store.set_role, args.name, args.role, command.now())
+    name = canonical_username(args.name)
+    admin = logged(conn, command.now(), "admin.role", name, store.set_role, name, args.role, command.now(),
+                   state=admin_state(name))
     print(f"{admin.name} is now {admin.role}")
     return 0
 
 
 def _enabled(enabled: bool) -> Any:
     def handler(command: Command, args: argparse.Namespace, conn: sqlite3.Connection) -> int:
-        userdb.transact(conn, store.set_enabled, args.name, enabled, command.now())
+        name = canonical_username(args.name)
+        logged(conn, command.now(), "admin.enable" if enabled else "admin.disable", name, store.set_enabled, name,
+               enabled, command.now(), state=admin_state(name))
         print(f"{'enabled' if enabled else 'disabled'} admin {args.name}")
         return 0
     return handler
 
 
 def _delete(command: Command, args: argparse.Namespace, conn: sqlite3.Connection) -> int:
-    userdb.transact(conn, store.delete_admin, args.name)
+    name = canonical_username(args.name)
+    logged(conn, command.now(), "admin.delete", name, store.delete_admin, name, state=admin_state(name))
     print(f"deleted admin {args.name}")
     return 0
 
@@ -119,16 +131,18 @@ def _delete(command: Command, args: argparse.Namespace, conn: sqlite3.Connection
 def _totp(command: Command, args: argparse.Namespace, conn: sqlite3.Connection) -> int:
     admin = userdb.transact(conn, store.get_admin, args.name)
     if admin is None:
-        raise store.AdminError(f"no admin {args.name}")
+        raise store.NoSuchAdmin(f"no admin {args.name}")
     if args.state == "disable":
-        userdb.transact(conn, store.set_totp, admin.name, None, command.now())
+        logged(conn, command.now(), "admin.totp.remove", admin.name, store.set_totp, admin.name, None, command.now(),
+               state=admin_state(admin.name))
         print(f"TOTP disabled for admin {admin.name}")
         return 0
     if admin.totp_enabled:
         raise store.AdminError(f"TOTP is already enabled for {admin.name}; to enrol a new device, run "
                                f"'gomail admin totp {admin.name} disable' first")
     secret = passwords.new_totp_secret()
-    userdb.transact(conn, store.set_totp, admin.name, secret, command.now())
+    logged(conn, command.now(), "admin.totp.enable", admin.name, store.set_totp, admin.name, secret, command.now(),
+           state=admin_state(admin.name))
     uri = pyotp.TOTP(secret).provisioning_uri(name=admin.name, issuer_name=f"{TOTP_ISSUER} admin")
     print(f"TOTP enabled for admin {admin.name}. Scan this QR code with an authenticator app:")
     print()

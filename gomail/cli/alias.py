@@ -6,7 +6,9 @@ domains, kept in the user database (L{gomail.auth.aliases}).
 Like C{gomail user}, it changes the database directly, so it works whether
 or not a server runs; a running server uses a change within
 C{auth.userRefresh} seconds (see L{gomail.auth.aliases.AliasStore}). Only
-C{alias add} creates a database that does not exist yet.
+C{alias add} creates a database that does not exist yet. Every change is
+recorded in the operation log (L{gomail.cli.changes}) in the same
+transaction.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 from twisted.internet.interfaces import IReactorTime
 
 from gomail.auth import aliases, userdb
+from gomail.cli.changes import alias_state, logged
 from gomail.cli.common import action_group, iso_time, plural, run_with_database
 from gomail.configload import Config
 from gomail.smtp.policy import local_domains
@@ -87,7 +90,7 @@ def _add(args: argparse.Namespace, conn: sqlite3.Connection, config: Config, now
     if domain not in local_domains(config.smtp.localDomains, config.smtp.hostname):
         print(f"gomail: warning: {domain} is not a local domain (smtp.localDomains or smtp.hostname): "
               f"the alias has no effect until it is", file=sys.stderr)
-    alias = userdb.transact(conn, aliases.add_alias, name, args.targets, now)
+    alias = logged(conn, now, "alias.add", name, aliases.add_alias, name, args.targets, now, state=alias_state(name))
     print(("catch-all " if alias.catch_all else "alias ") + _show(alias))
     for target in aliases.alias_targets(args.targets):
         if not _exists(conn, config, target):
@@ -127,7 +130,8 @@ def _list(args: argparse.Namespace, conn: sqlite3.Connection, config: Config, no
 
 def _remove(args: argparse.Namespace, conn: sqlite3.Connection, config: Config, now: float) -> int:
     name = aliases.alias_name(args.alias)
-    left = userdb.transact(conn, aliases.remove_alias, name, args.targets, now)
+    left = logged(conn, now, "alias.remove", name, aliases.remove_alias, name, args.targets, now,
+                  state=alias_state(name))
     print(f"removed {name}" if left is None else f"now {_show(left)}")
     return 0
 

@@ -6,7 +6,8 @@ refused before any credential is checked, kept in the user database.
 Like C{gomail user}, it changes the database directly, so it works whether
 or not a server runs; a running server applies a change within
 C{auth.blacklistRefresh} seconds. Only C{blacklist add} creates a database
-that does not exist yet.
+that does not exist yet. Every change is recorded in the operation log
+(L{gomail.cli.changes}) in the same transaction.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 from twisted.internet.interfaces import IReactorTime
 
 from gomail.auth import userdb
+from gomail.cli.changes import blacklist_state, logged
 from gomail.cli.common import action_group, iso_time, plural, run_with_database, table
 from gomail.configload import Config
 
@@ -74,7 +76,9 @@ def run(args: argparse.Namespace, clock: IReactorTime) -> int:
 def _add(args: argparse.Namespace, conn: sqlite3.Connection, now: float) -> int:
     expires = None if args.expires is None else now + args.expires
     userdb.transact(conn, userdb.purge_blacklist, now)
-    network = userdb.transact(conn, userdb.add_blacklist, args.network, expires, args.reason, now)
+    network = userdb.canonical_network(args.network)
+    logged(conn, now, "blacklist.add", network, userdb.add_blacklist, network, expires, args.reason, now,
+           state=blacklist_state(network))
     until = "for good" if expires is None else f"until {iso_time(expires)}"
     print(f"blacklisted {network} {until}")
     return 0
@@ -82,10 +86,14 @@ def _add(args: argparse.Namespace, conn: sqlite3.Connection, now: float) -> int:
 
 def _remove(args: argparse.Namespace, conn: sqlite3.Connection, now: float) -> int:
     network = userdb.canonical_network(args.network)
-    if not userdb.transact(conn, userdb.remove_blacklist, network):
-        raise userdb.UserDBError(f"{network} is not blacklisted")
+    logged(conn, now, "blacklist.remove", network, _removed, network, state=blacklist_state(network))
     print(f"removed {network} from the blacklist")
     return 0
+
+
+def _removed(cursor: Any, network: str) -> None:
+    if not userdb.remove_blacklist(cursor, network):
+        raise userdb.UserDBError(f"{network} is not blacklisted")  # and nothing is logged
 
 
 def _list(args: argparse.Namespace, conn: sqlite3.Connection, now: float) -> int:

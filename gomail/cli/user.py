@@ -7,7 +7,8 @@ It changes the user database directly, through the same functions
 is running; a running server sees every change at the next login. Passwords
 are read from a prompt or from stdin, never from the command line, and never
 printed. Only C{user add} creates a database that does not exist yet (see
-L{gomail.cli.common}).
+L{gomail.cli.common}). Every change is recorded in the operation log
+(L{gomail.cli.changes}) in the same transaction.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from gomail.auth import passwords, userdb
 from gomail.auth.names import canonical_sender, canonical_username
+from gomail.cli.changes import log_unlock, logged, user_state
 from gomail.cli.common import (
     UsageError,
     common_options,
@@ -36,6 +38,7 @@ from gomail.cli.common import (
     verbose,
 )
 from gomail.configload import Config, ConfigError
+from gomail.qrimage import qr_code
 
 #: The top-level commands this module adds to C{gomail}.
 COMMANDS = ("user",)
@@ -127,7 +130,7 @@ def run(args: argparse.Namespace, clock: IReactorTime, bcrypt_rounds: int | None
         args.help_parser.print_help()
         return 2
     if handler == "user unlock":  # the state store, not the user database
-        return _user_unlock(args)
+        return _user_unlock(args, clock)
 
     def work(config: Config, conn: sqlite3.Connection) -> int:
         rounds = config.auth.bcryptRounds if bcrypt_rounds is None else bcrypt_rounds
@@ -171,7 +174,8 @@ def _user_add(command: Command, args: argparse.Namespace, conn: sqlite3.Connecti
     for sender in args.sender:
         canonical_sender(sender)
     hashed = command.new_password_hash(args.password_stdin)
-    name = userdb.transact(conn, userdb.add_user, name, hashed, command.now(), args.sender)
+    name = logged(conn, command.now(), "user.create", name, userdb.add_user, name, hashed, command.now(), args.sender,
+                  state=user_state(name))
     print(f"added user {name}")
     return 0
 
@@ -179,7 +183,8 @@ def _user_add(command: Command, args: argparse.Namespace, conn: sqlite3.Connecti
 def _user_passwd(command: Command, args: argparse.Namespace, conn: sqlite3.Connection) -> int:
     name = _existing(conn, args.name).name
     hashed = command.new_password_hash(args.password_stdin)
-    userdb.transact(conn, userdb.set_password, name, hashed, command.now())
+    logged(conn, command.now(), "user.password", name, userdb.set_password, name, hashed, command.now(),
+           state=user_state(name))
     print(f"changed the password of {name}")
     return 0
 
@@ -187,7 +192,8 @@ def _user_passwd(command: Command, args: argparse.Namespace, conn: sqlite3.Conne
 def _set_enabled(enabled: bool) -> Callable[[Command, argparse.Namespace, sqlite3.Connection], int]:
     def handler(command: Command, args: argparse.Namespace, conn: sqlite3.Connection) -> int:
         name = canonical_username(args.name)
-        userdb.transact(conn, userdb.set_enabled, name, enabled, command.now())
+        logged(conn, command.now(), "user.update", name, userdb.set_enabled, name, enabled, command.now(),
+               state=user_state(name))
         print(f"{'enabled' if enabled else 'disabled'} user {name}")
         return 0
     return handler
@@ -195,7 +201,7 @@ def _set_enabled(enabled: bool) -> Callable[[Command, argparse.Namespace, sqlite
 
 def _user_delete(command: Command, args: argparse.Namespace, conn: sqlite3.Connection) -> int:
     name = canonical_username(args.name)
-    userdb.transact(conn, userdb.delete_user, name)
+    logged(conn, command.now(), "user.delete", name, userdb.delete_user, name, state=user_state(name))
     print(f"deleted user {name}")
     return 0
 
@@ -216,7 +222,7 @@ def _user_list(command: Command, args: argparse.Namespace, conn: sqlite3.Connect
     return 0
 
 
-def _user_unlock(args: argparse.Namespace) -> int:
+def _user_unlock(args: argparse.Namespace, clock: IReactorTime) -> int:
     from gomail.auth.unlock import UnlockError, unlock
 
     try:
@@ -227,10 +233,12 @@ def _user_unlock(args: argparse.Namespace) -> int:
     if config.redis.enabled:
         verbose(args, f"state store: {_redis_place(config)}")
     try:
-        return unlock(config, args.name, args.ip, sys.stdout)
+        status = unlock(config, args.name, args.ip, sys.stdout)
     except (UnlockError, ValueError) as e:
         print(f"gomail: {e}", file=sys.stderr)
         return 1
+    log_unlock(args, config, clock.seconds())
+    return status
 
 
 def _redis_place(config: Config) -> str:
@@ -247,7 +255,8 @@ def _redis_place(config: Config) -> str:
 
 def _sender_set(command: Command, args: argparse.Namespace, conn: sqlite3.Connection) -> int:
     name = canonical_username(args.name)
-    userdb.transact(conn, userdb.set_allowed_senders, name, args.senders, command.now())
+    logged(conn, command.now(), "user.update", name, userdb.set_allowed_senders, name, args.senders, command.now(),
+           state=user_state(name))
     user = _existing(conn, name)
     print(f"{name} may send as: {', '.join(user.allowed_senders)}")
     return 0
@@ -255,7 +264,8 @@ def _sender_set(command: Command, args: argparse.Namespace, conn: sqlite3.Connec
 
 def _sender_clear(command: Command, args: argparse.Namespace, conn: sqlite3.Connection) -> int:
     name = canonical_username(args.name)
-    userdb.transact(conn, userdb.set_allowed_senders, name, (), command.now())
+    logged(conn, command.now(), "user.update", name, userdb.set_allowed_senders, name, (), command.now(),
+           state=user_state(name))
     print(f"cleared the allowed senders of {name}")
     return 0
 
@@ -269,14 +279,16 @@ def _backend_set(command: Command, args: argparse.Namespace, conn: sqlite3.Conne
     except ValueError as e:
         raise userdb.UserDBError(str(e)) from None
     backend = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
-    userdb.transact(conn, userdb.set_backend, name, backend, command.now())
+    logged(conn, command.now(), "user.update", name, userdb.set_backend, name, backend, command.now(),
+           state=user_state(name))
     print(f"{name}'s logins go to {backend}")
     return 0
 
 
 def _backend_clear(command: Command, args: argparse.Namespace, conn: sqlite3.Connection) -> int:
     name = canonical_username(args.name)
-    userdb.transact(conn, userdb.set_backend, name, None, command.now())
+    logged(conn, command.now(), "user.update", name, userdb.set_backend, name, None, command.now(),
+           state=user_state(name))
     print(f"{name}'s logins use the configured backends")
     return 0
 
@@ -287,7 +299,8 @@ def _totp_enable(command: Command, args: argparse.Namespace, conn: sqlite3.Conne
         raise userdb.UserDBError(f"TOTP is already enabled for {user.name}; to enrol a new device, "
                                  f"run 'gomail user totp disable {user.name}' first")
     secret = passwords.new_totp_secret()
-    userdb.transact(conn, userdb.set_totp, user.name, secret, True, command.now())
+    logged(conn, command.now(), "user.totp.enable", user.name, userdb.set_totp, user.name, secret, True,
+           command.now(), state=user_state(user.name))
     uri = pyotp.TOTP(secret).provisioning_uri(name=user.name, issuer_name=TOTP_ISSUER)
     print(f"TOTP enabled for {user.name}. Scan this QR code with an authenticator app:")
     print()
@@ -302,7 +315,8 @@ def _totp_enable(command: Command, args: argparse.Namespace, conn: sqlite3.Conne
 
 def _totp_disable(command: Command, args: argparse.Namespace, conn: sqlite3.Connection) -> int:
     name = canonical_username(args.name)
-    userdb.transact(conn, userdb.set_totp, name, None, False, command.now())
+    logged(conn, command.now(), "user.totp.remove", name, userdb.set_totp, name, None, False, command.now(),
+           state=user_state(name))
     print(f"TOTP disabled for {name}")
     return 0
 
@@ -311,8 +325,8 @@ def _app_add(command: Command, args: argparse.Namespace, conn: sqlite3.Connectio
     name = canonical_username(args.name)
     secret = passwords.new_app_password()
     label = args.label.strip()
-    userdb.transact(conn, userdb.add_app_password, name, label, passwords.app_password_digest(secret),
-                    command.now())
+    logged(conn, command.now(), "user.app-password.add", name, userdb.add_app_password, name, label,
+           passwords.app_password_digest(secret), command.now(), state=user_state(name))
     print(f"app password {label!r} for {name} (shown only this once):")
     print(secret)
     return 0
@@ -329,7 +343,8 @@ def _app_list(command: Command, args: argparse.Namespace, conn: sqlite3.Connecti
 
 def _app_revoke(command: Command, args: argparse.Namespace, conn: sqlite3.Connection) -> int:
     name = canonical_username(args.name)
-    userdb.transact(conn, userdb.revoke_app_password, name, args.label, command.now())
+    logged(conn, command.now(), "user.app-password.revoke", name, userdb.revoke_app_password, name, args.label,
+           command.now(), state=user_state(name))
     print(f"revoked app password {args.label.strip()!r} of {name}")
     return 0
 
@@ -361,11 +376,7 @@ def render_qr(data: str, out: TextIO) -> str:
     per character) when C{out} can encode them, C{##} otherwise. Light modules
     are drawn, as for the usual light-on-dark terminal.
     """
-    import qrcode  # only this command needs it
-
-    code = qrcode.QRCode(border=2, error_correction=qrcode.constants.ERROR_CORRECT_L)
-    code.add_data(data)
-    code.make(fit=True)
+    code = qr_code(data)
     drawn = io.StringIO()
     code.print_ascii(out=drawn, invert=True)
     text = drawn.getvalue()

@@ -1,0 +1,181 @@
+# -*- test-case-name: tests.test_pop3 -*-
+"""
+What every POP3 session shares (L{POP3Server}: admission, the portal, the
+Maildir realm, TLS, the audit log, counters) and the listeners
+(L{POP3Service}), built from a plugin's L{gomail.plugin.ServiceContext} by
+L{build_pop3}.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import ServerFactory
+from twisted.logger import Logger
+
+from gomail.auth.authlog import AuthLogEntry, printable
+from gomail.configmailaccess import POP3Settings
+from gomail.configschema import AuthSettings
+from gomail.deferreds import deferred_coroutine
+from gomail.mailaccess.maildir import MailboxLocks
+from gomail.mailaccess.pop3 import GomailPOP3
+from gomail.mailaccess.pop3mailbox import MaildirRealm
+from gomail.servicekit import ListeningService
+
+
+class POP3Server:
+    """
+    The sessions of every POP3 listener and what they share.
+
+    @param realm: hands out a user's mailbox after the login (L{MaildirRealm}).
+    @param portal: the portal every login goes through (None: logins are refused).
+    @param tls_context: the server TLS context for STLS and implicit TLS (None: no TLS).
+    @param auth_settings: C{[auth]} (C{maxFailuresPerSession}).
+    @param audit: the login audit log (L{gomail.auth.authlog.AuthLog}); None: not kept.
+    """
+
+    log = Logger()
+
+    def __init__(self, settings: POP3Settings, clock: Any, realm: MaildirRealm, portal: Any = None,
+                 tls_context: Any = None, auth_settings: AuthSettings | None = None, audit: Any = None) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.realm = realm
+        self.portal = portal
+        self.tls_context = tls_context
+        self.auth_settings = auth_settings or AuthSettings()
+        self.audit = audit
+        self.sessions: set[GomailPOP3] = set()
+        self._per_ip: Counter[str] = Counter()
+        self.shutting_down = False
+        #: sessions, refused (connection caps), logins, login_failures, in_use, retrieved, top, deleted.
+        self.stats: Counter[str] = Counter()
+
+    def factory(self, implicit_tls: bool = False) -> ServerFactory:
+        """A protocol factory for one listener (implicit TLS listeners wrap theirs in TLS)."""
+        return _POP3Factory(self, implicit_tls)
+
+    def admit(self, session: GomailPOP3) -> str | None:
+        """Register a new session, or the text of its refusal (pop3.maxConnections, maxConnectionsPerIP)."""
+        self.stats["sessions"] += 1
+        key = session.client_host
+        refusal = None
+        if self.shutting_down:
+            refusal = "[SYS/TEMP] Server shutting down, try again later"
+        elif len(self.sessions) >= self.settings.maxConnections:
+            refusal = "[SYS/TEMP] Too many connections, try again later"
+        elif self._per_ip[key] >= self.settings.maxConnectionsPerIP:
+            self.log.info("POP3: refused {client}: too many connections from one address", client=key)
+            refusal = "[SYS/TEMP] Too many connections from your address, try again later"
+        if refusal is not None:
+            self.stats["refused"] += 1
+            return refusal
+        self.sessions.add(session)
+        session.counted_as = key
+        self._per_ip[key] += 1
+        return None
+
+    def release(self, session: GomailPOP3) -> None:
+        """A session has ended."""
+        self.sessions.discard(session)
+        key, session.counted_as = session.counted_as, None
+        if key is not None:
+            self._per_ip[key] -= 1
+            if self._per_ip[key] <= 0:
+                del self._per_ip[key]
+
+    def audit_login(self, session: GomailPOP3, user: str, result: str, reason: str, started: float) -> bool:
+        """
+        Record a login attempt in the audit log (protocol C{pop3}, the user name
+        as given, never a password); whether it was recorded (True when no log
+        is kept): a success that cannot be recorded is refused.
+        """
+        if self.audit is None:
+            return True
+        now = self.clock.seconds()
+        try:
+            self.audit.record(AuthLogEntry(now, printable(user), "pop3", session.client_host, result, reason,
+                                           round((now - started) * 1000, 3)))
+        except Exception:  # noqa: BLE001 - whatever the audit log raises: said here, answered by the caller
+            self.log.failure("could not record a POP3 login attempt of {user}", user=printable(user, 100))
+            return False
+        return True
+
+    def stop(self) -> None:
+        """No new sessions; end the open ones (except those removing what their client deleted)."""
+        self.shutting_down = True
+        for session in list(self.sessions):
+            session.server_stopping()
+
+    def counters(self) -> dict[str, int]:
+        """For /metrics (the plugin's C{counters()}): the counts of L{stats} and the open sessions."""
+        return {**{name: self.stats[name] for name in ("sessions", "refused", "logins", "login_failures", "in_use",
+                                                        "retrieved", "top", "deleted")},
+                "open_sessions": len(self.sessions)}
+
+
+class _POP3Factory(ServerFactory):
+    noisy = False
+
+    def __init__(self, server: POP3Server, implicit_tls: bool) -> None:
+        self.server = server
+        self.implicit_tls = implicit_tls
+
+    def buildProtocol(self, addr: Any) -> Any:
+        protocol = GomailPOP3(self.server, implicit_tls=self.implicit_tls)
+        protocol.factory = self
+        return protocol
+
+
+class POP3Service(MultiService):
+    """The POP3 listeners (plain with STLS, and implicit TLS); stopping them ends the sessions."""
+
+    name = "pop3"  # type: ignore[assignment]
+
+    def __init__(self, server: POP3Server, reactor: Any, listen: tuple[str, ...],
+                 implicit_tls_listen: tuple[str, ...]) -> None:
+        super().__init__()
+        from twisted.protocols.tls import TLSMemoryBIOFactory
+
+        self.server = server
+        for description in listen:
+            ListeningService(reactor, description, server.factory(), "pop3").setServiceParent(self)
+        for description in implicit_tls_listen:
+            factory = TLSMemoryBIOFactory(server.tls_context, False, server.factory(implicit_tls=True))
+            ListeningService(reactor, description, factory, "pop3s").setServiceParent(self)
+
+    @deferred_coroutine
+    async def startService(self) -> None:  # type: ignore[override]
+        self.running = 1
+        for listener in self:
+            await listener.startService()  # a port in use stops the start with one line naming it
+
+    def stopService(self) -> Deferred:
+        d = super().stopService()
+        d.addCallback(lambda _: self.server.stop())
+        return d
+
+
+def build_pop3(context: Any) -> tuple[POP3Server, list[Any]]:
+    """
+    The POP3 server and its listeners from a L{gomail.plugin.ServiceContext}:
+    C{[pop3]}, the Maildirs under the spool's C{mailbox/} (blocking work in
+    the spool's I/O pool), the portal, the audit log and SMTP's certificate.
+
+    @raise gomail.tls.TLSConfigError: for an unusable certificate or key.
+    """
+    from gomail.tls import server_context
+
+    config = context.config
+    smtp = config.smtp
+    tls = server_context(smtp.tlsCertificate, smtp.tlsPrivateKey, config.dataDir, smtp.hostname)
+    realm = MaildirRealm(context.spool.path("mailbox"), context.spool.run, MailboxLocks())
+    server = POP3Server(config.pop3, context.reactor, realm, portal=context.portal, tls_context=tls,
+                        auth_settings=config.auth, audit=getattr(context, "audit", None))
+    return server, [POP3Service(server, context.reactor, config.pop3.listen, config.pop3.implicitTlsListen)]
+
+
+__all__ = ["POP3Server", "POP3Service", "build_pop3"]
