@@ -127,9 +127,9 @@ class AdminHarness:
                                 LoginRateLimit(self.clock, self.config.admin.loginRateLimit))
         access = PeerAccess(self.config.admin.allowFrom, "", self.config.admin.trustedProxies)
         self.app = AdminApp(self.ctx, access)
-        self.resource = Guarded(SecureHeaders(self.app.resource(), self.config.admin.corsOrigins), access,
-                                HostNames(self.config.admin.hostnames), require_request_header=False,
-                                origins=self.config.admin.corsOrigins)
+        self.resource = SecureHeaders(Guarded(self.app.resource(), access, HostNames(self.config.admin.hostnames),
+                                              require_request_header=False, origins=self.config.admin.corsOrigins),
+                                      self.config.admin.corsOrigins)
         self.browser = Browser(self.resource, peer)
 
     # -- setup -------------------------------------------------------------------

@@ -241,7 +241,10 @@ class ProfileTests(AdminApiTestCase):
         self.assertEqual(h.db.run(store.totp_secret, "ada"), secret)
 
     def test_totp_remove(self) -> None:
-        """DELETE /api/profile/totp (password needed) stops requiring codes; this session goes on."""
+        """
+        DELETE /api/profile/totp (password needed) stops requiring codes; losing
+        the second factor is a credential change: every session ends, this one too.
+        """
         h = self.h
         secret = h.add_admin("ada", "admin", totp=True)
         assert secret is not None
@@ -250,7 +253,7 @@ class ProfileTests(AdminApiTestCase):
         self.assertEqual(self.call("DELETE", "/api/profile/totp", token, {"current_password": "nope"})[0], 403)
         code, body = self.call("DELETE", "/api/profile/totp", token, {"current_password": "correct horse"})
         self.assertEqual((code, body["totp_enabled"]), (200, False))
-        self.assertEqual(self.call("GET", "/api/profile", token)[0], 200)
+        self.assertEqual(self.call("GET", "/api/profile", token)[0], 401)
         self.assertEqual(self.login("ada"), 200)
         self.assertIsNone(h.db.run(store.totp_secret, "ada"))
         self.assertEqual(self.actions(), [("ada", "profile.totp.remove", "ada", "127.0.0.1")])
@@ -358,3 +361,43 @@ class UnlockLogTests(CommandLineTestCase, TestCase):
         rows = self.rows()
         self.assertEqual([(r[1], r[2]) for r in rows], [("user.create", "alice"), ("user.unlock", "alice")])
         self.assertEqual((rows[1][0], rows[1][3], json.loads(rows[1][4])), (oplog.cli_actor(), None, {"ip": "192.0.2.1"}))
+
+
+class AdminUnlockCommandTests(CommandLineTestCase, TestCase):
+    """C{gomail admin unlock NAME}: the way back in when the only superadmin is kept locked."""
+
+    timeout = 60
+
+    async def test_unlock(self) -> None:
+        """The name's lock and count go from the real Redis the server uses; the change is logged."""
+        from twisted.internet import reactor
+
+        from gomail.admin.login import name_lock_keys
+        from gomail.state.syncredis import SyncRedis
+        from tests.redisserver import start_redis
+
+        server = await start_redis(self, reactor)
+        with open(self.config, "a", encoding="utf-8") as f:
+            f.write(f"[redis]\nurl = {json.dumps(server.url)}\n")
+        status, _, err = self.gomail("admin", "add", "root", "--role", "superadmin", "--password-stdin",
+                                     stdin="a long password\n")
+        self.assertEqual((status, err), (0, ""))
+        from gomail.configload import load_config
+
+        settings = load_config(self.config).redis
+        lock, count = name_lock_keys("root")
+        with SyncRedis.from_settings(settings) as redis:
+            for key in (lock, count):
+                redis.call("SET", redis.prefix + key, "1")
+        status, out, err = self.gomail("admin", "unlock", "Root")
+        self.assertEqual((status, err, out), (0, "", "unlocked admin root\n"))
+        with SyncRedis.from_settings(settings) as redis:
+            self.assertEqual([redis.ttl(key) for key in (lock, count)], [-2, -2])  # gone
+        self.assertEqual([(r[1], r[2]) for r in self.rows()][-1], ("admin.unlock", "root"))
+
+    def test_unlock_without_redis(self) -> None:
+        """Without [redis] the command says where the locks are and how they end."""
+        self.gomail("admin", "add", "root", "--role", "superadmin", "--password-stdin", stdin="a long password\n")
+        status, _, err = self.gomail("admin", "unlock", "root")
+        self.assertEqual(status, 1)
+        self.assertIn("no [redis]", err)

@@ -23,6 +23,7 @@ import pyotp
 from gomail.admin import oplog, store
 from gomail.admin.api_usercreds import ENROLMENT_SCHEMA
 from gomail.admin.api_users import OK_SCHEMA, hashed
+from gomail.admin.login import ADMIN_TOTP_MARK
 from gomail.admin.routing import ApiError, Call, api
 from gomail.auth import passwords
 from gomail.auth.names import canonical_username
@@ -191,6 +192,7 @@ def _set_password(cursor: Any, call: Call, now: float, name: str, password_hash:
      body={"type": "object", "required": ["password"], "additionalProperties": False,
            "properties": {"password": PASSWORD}})
 async def set_admin_password(app: Any, request: Any, call: Call, name: str) -> Any:
+    _not_yourself(call, name, "password")
     name = admin_name(name)
     password = _checked_password("password", call.body["password"])
     await app.ctx.db(existing_admin, name)  # 404 before spending a bcrypt hash
@@ -215,6 +217,7 @@ def _remove_totp(cursor: Any, call: Call, now: float, name: str, action: str,
      summary="Stop requiring TOTP codes of an admin and forget the secret (ends their sessions)")
 async def remove_admin_totp(app: Any, request: Any, call: Call, name: str) -> Any:
     # Another admin takes the second factor away: a credential change (set_totp), the admin logs in again.
+    _not_yourself(call, name, "TOTP")
     return await app.ctx.db(_remove_totp, call, app.ctx.clock.seconds(), admin_name(name), "admin.totp.remove",
                             store.set_totp)
 
@@ -306,7 +309,7 @@ async def confirm_own_totp(app: Any, request: Any, call: Call) -> Any:
     admin, step = await app.ctx.db(_confirm, call, app.ctx.clock.seconds(), name, code)
     try:
         # The code has been seen: it must not log in as well (the login's own mark).
-        await accept_step(app.ctx.server.auth.state, f"admin:{name}", step)
+        await accept_step(app.ctx.server.auth.state, name, step, kind=ADMIN_TOTP_MARK)
     except StateStoreError:
         pass  # the code expires within a minute anyway; the enrolment is done
     return admin
@@ -316,9 +319,35 @@ async def confirm_own_totp(app: Any, request: Any, call: Call) -> Any:
      summary="Stop requiring your TOTP codes and forget the secret (or a pending enrolment)")
 async def remove_own_totp(app: Any, request: Any, call: Call) -> Any:
     name = await _current_password(app, request, call, call.body["current_password"])
-    # One's own, with the password just proven: this session may go on (set_totp_secret keeps sessions).
+    # Losing a working second factor is a credential change: every session ends (set_totp);
+    # dropping a pending enrolment changes nothing that logs in (set_totp_secret).
     return await app.ctx.db(_remove_totp, call, app.ctx.clock.seconds(), name, "profile.totp.remove",
-                            store.set_totp_secret)
+                            _drop_own_totp)
+
+
+def _drop_own_totp(cursor: Any, name: str, secret: None, now: float, actor: Any) -> None:
+    admin = existing_admin(cursor, name)
+    (store.set_totp if admin.totp_enabled else store.set_totp_secret)(cursor, name, None, now, actor)
+
+
+def _not_yourself(call: Call, name: str, what: str) -> None:
+    """A superadmin changes their own credentials through /api/profile, which asks for the current password."""
+    if call.session is not None and admin_name(name) == call.session.admin.name:
+        raise ApiError(403, f"change your own {what} through /api/profile (it asks for your current password)")
 
 
 __all__ = ["ADMIN_SCHEMA", "admin_name", "existing_admin", "refusal"]
+
+
+@api("/api/admins/<name>/unlock", "POST", role="superadmin", tag="admins", response=OK_SCHEMA,
+     summary="Lift the login lock and failure count of an admin name (LOCK_ERRORS)")
+async def unlock_admin(app: Any, request: Any, call: Call, name: str) -> Any:
+    name = admin_name(name)
+    await app.ctx.db(existing_admin, name)  # 404 for nobody
+    try:
+        await app.ctx.login.unlock(name=name)
+    except StateStoreError:
+        raise ApiError(503, "the state store does not answer: try again later") from None
+    await app.ctx.db(oplog.record, app.ctx.clock.seconds(), call.actor, "admin.unlock", name, None, None,
+                     call.client_ip)
+    return {"ok": True}

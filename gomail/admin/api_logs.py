@@ -26,6 +26,10 @@ from gomail.netaddr import ip_text
 
 #: The most entries one CSV export holds (the newest of them).
 CSV_MAX_ROWS = 100_000
+#: Entries read and written per database interaction of an export.
+CSV_CHUNK = 2_000
+#: Counts stop here ("total" is then MAX_COUNT + 1: more than this many; "total_capped" says so).
+MAX_COUNT = 10_000
 #: The first characters that make a spreadsheet cell a formula (OWASP's list).
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
@@ -79,9 +83,14 @@ def _select(log: Log, where: str) -> str:
     return f"SELECT {', '.join(log.columns)} FROM {log.table} {where} ORDER BY time DESC, id DESC LIMIT ? OFFSET ?"
 
 
+def _count(cursor: Any, log: Log, where: str, args: tuple) -> int:
+    """The matching entries, counted up to L{MAX_COUNT} + 1: a count of millions would hold the database thread."""
+    cursor.execute(f"SELECT COUNT(*) FROM (SELECT 1 FROM {log.table} {where} LIMIT ?)", (*args, MAX_COUNT + 1))
+    return int(cursor.fetchone()[0])
+
+
 def _page(cursor: Any, log: Log, where: str, args: tuple, limit: int, offset: int) -> tuple[int, list]:
-    cursor.execute(f"SELECT COUNT(*) FROM {log.table} {where}", args)
-    total = int(cursor.fetchone()[0])
+    total = _count(cursor, log, where, args)
     if offset >= total:  # a page past the end (and an offset past int64 never reaches SQLite)
         return total, []
     cursor.execute(_select(log, where), (*args, limit, offset))
@@ -94,37 +103,58 @@ def _page(cursor: Any, log: Log, where: str, args: tuple, limit: int, offset: in
     return total, items
 
 
-def _csv(cursor: Any, log: Log, where: str, args: tuple) -> tuple[int, bytes]:
-    # Built in the database thread: tens of thousands of rows would stall the reactor.
-    cursor.execute(f"SELECT COUNT(*) FROM {log.table} {where}", args)
-    total = int(cursor.fetchone()[0])
-    cursor.execute(_select(log, where), (*args, CSV_MAX_ROWS, 0))
+def _csv_chunk(cursor: Any, log: Log, where: str, args: tuple, after: tuple[float, int] | None,
+               header: bool, limit: int = 0) -> tuple[bytes, tuple[float, int] | None, int]:
+    """
+    The next L{CSV_CHUNK} entries older than C{after} (time, id) as CSV, the
+    position of the last, and how many: an export is many short
+    interactions, so logins waiting for the database thread are not held up.
+    """
+    keyset = "(time < ? OR (time = ? AND id < ?))"
+    condition = f"{where} AND {keyset}" if where and after else (f"WHERE {keyset}" if after else where)
+    values = (*args, after[0], after[0], after[1]) if after else args
+    cursor.execute(f"SELECT {', '.join(log.columns)}, id FROM {log.table} {condition} "
+                   "ORDER BY time DESC, id DESC LIMIT ?", (*values, limit or CSV_CHUNK))
+    rows = cursor.fetchall()
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")
-    writer.writerow(log.columns)
-    # fetchmany, not iteration: the pool hands an adbapi Transaction, which is not iterable.
-    while rows := cursor.fetchmany(1000):
-        writer.writerows([csv_cell(value) for value in row] for row in rows)
-    return total, out.getvalue().encode("utf-8")
+    if header:
+        writer.writerow(log.columns)
+    writer.writerows([csv_cell(value) for value in row[:-1]] for row in rows)
+    last = (rows[-1][0], rows[-1][-1]) if rows else None
+    return out.getvalue().encode("utf-8"), last, len(rows)
 
 
 async def _answer(app: Any, request: Any, call: Call, log: Log, filters: dict[str, Any]) -> Any:
     query = call.query
     where, args = _where(filters, query.get("since"), query.get("until"))
     if query["format"] == "csv":
-        total, body = await app.ctx.db(_csv, log, where, args)
+        total = await app.ctx.db(_count, log, where, args)
+        parts: list[bytes] = []
+        after, written = None, 0
+        while written < CSV_MAX_ROWS:
+            limit = min(CSV_CHUNK, CSV_MAX_ROWS - written)
+            chunk, after, count = await app.ctx.db(_csv_chunk, log, where, args, after, not parts, limit)
+            parts.append(chunk)
+            written += count
+            if count < limit:
+                break
+        body = b"".join(parts)
         request.setHeader(b"Content-Type", b"text/csv; charset=utf-8")
         request.setHeader(b"Content-Disposition", f'attachment; filename="{log.filename}"'.encode())
         request.setHeader(b"X-Total-Count", str(total).encode())
         return body
     page, per_page = query["page"], query["per_page"]
+    if (page - 1) * per_page > MAX_COUNT:
+        raise ApiError(400, f"query parameter 'page': beyond the first {MAX_COUNT} entries; narrow with since/until")
     total, items = await app.ctx.db(_page, log, where, args, per_page, (page - 1) * per_page)
-    return {"items": items, "total": total, "page": page, "per_page": per_page}
+    return {"items": items, "total": total, "total_capped": total > MAX_COUNT, "page": page, "per_page": per_page}
 
 
 def _listing(item: dict[str, Any]) -> dict[str, Any]:
     return {"type": "object", "required": ["items", "total", "page", "per_page"],
             "properties": {"items": {"type": "array", "items": item}, "total": {"type": "integer"},
+                           "total_capped": {"type": "boolean"},
                            "page": {"type": "integer"}, "per_page": {"type": "integer"}}}
 
 

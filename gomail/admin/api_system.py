@@ -23,6 +23,7 @@ from twisted.logger import Logger
 
 from gomail.admin import oplog
 from gomail.admin.routing import ApiError, Call, api
+from gomail.admin.store import rank
 from gomail.admin.sysconfig import LIVE_KEYS, ConfigChangeError
 from gomail.auth import userdb
 from gomail.auth.records import BlacklistEntry
@@ -215,7 +216,7 @@ def config_json(app: Any) -> dict[str, Any]:
     live = {name: {"value": sysconfig.get(name), "default": sysconfig.default(name),
                    "description": key.description, "schema": key.schema, "stored": name in sysconfig.stored}
             for name, key in LIVE_KEYS.items()}
-    return {"live": live, "settings": settings_json(app.ctx.config)}
+    return {"live": live, "settings": settings_json(app.ctx.sysconfig.config)}  # as last (re)loaded
 
 
 @api("/api/config", "GET", role="admin", tag="config", response=CONFIG_SCHEMA,
@@ -232,6 +233,10 @@ async def put_config(app: Any, request: Any, call: Call) -> Any:
     unknown = [name for name in call.body if name not in LIVE_KEYS]
     if unknown:
         raise ApiError(422, f"field {unknown[0]!r}: cannot be changed live (the live keys: GET /api/config)")
+    assert call.session is not None
+    above = [name for name in call.body if rank(LIVE_KEYS[name].role) > rank(call.session.admin.role)]
+    if above:
+        raise ApiError(403, f"forbidden: {above[0]} needs the {LIVE_KEYS[above[0]].role} role")
     try:
         await app.ctx.sysconfig.change(call.body, call.actor, call.client_ip)
     except ConfigChangeError as e:

@@ -13,7 +13,6 @@ from typing import Any
 
 from twisted.logger import Logger
 from twisted.web.resource import IResource
-from twisted.web.static import File
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 from zope.interface import implementer
 
@@ -96,7 +95,9 @@ class SessionRoutes(AdminBase):
         try:
             admin = await self.ctx.login.login(name, body["password"], body.get("totp_code"), call.client_ip)
         except LoginFailed:
-            await self.ctx.db(oplog.record, self.ctx.clock.seconds(), printable(name, 254), "login.failed",
+            # Nobody is authenticated: the actor is "-" (the typed name is only the target,
+            # so no one can make entries appear under another admin's name).
+            await self.ctx.db(oplog.record, self.ctx.clock.seconds(), "-", "login.failed",
                               printable(name, 254), None, None, call.client_ip)
             raise ApiError(401, LOGIN_FAILED) from None
         except LoginUnavailable:
@@ -157,6 +158,7 @@ class AdminApp(SessionRoutes):
         self.ctx = ctx
         self.sessions = ctx.sessions
         self.access = access
+        self.static_files = load_static(STATIC)
 
     def client_ip(self, request: Any) -> str:
         if self.access is not None:
@@ -168,18 +170,21 @@ class AdminApp(SessionRoutes):
         return self.router.resource()
 
     @router.route("/", methods=["GET", "HEAD"])
-    def index(self, request: Any) -> Any:
-        # The wrappers in front of the app leave the root's empty segment in
-        # postpath; the File would look for a child of index.html.
-        request.postpath = []
-        return File(os.path.join(STATIC, "index.html"), defaultType="text/html")
+    def index(self, request: Any) -> bytes:
+        return self._static_file(request, "index.html")
 
-    @router.route("/static/", methods=["GET", "HEAD"], branch=True)
-    def static(self, request: Any) -> Any:
-        files = File(STATIC)
-        files.directoryListing = lambda: _NotFoundResource()  # type: ignore[method-assign]
-        files.childNotFound = _NotFoundResource()  # type: ignore[assignment]  # any IResource serves
-        return files
+    @router.route("/static/<path:name>", methods=["GET", "HEAD"])
+    def static(self, request: Any, name: str) -> bytes:
+        return self._static_file(request, name)
+
+    def _static_file(self, request: Any, name: str) -> bytes:
+        found = self.static_files.get(name)
+        if found is None:
+            return json_body(request, {"error": "not found"}, 404)
+        body, content_type = found
+        request.setHeader(b"Content-Type", content_type.encode())
+        request.setHeader(b"Cache-Control", b"no-cache")
+        return body
 
     @router.handle_errors(NotFound)
     def not_found(self, request: Any, failure: Any) -> bytes:
@@ -198,11 +203,24 @@ class AdminApp(SessionRoutes):
         return json_body(request, {"error": "internal error"}, 500)
 
 
-class _NotFoundResource:
-    isLeaf = True
+_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+          ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml", ".png": "image/png", ".ico": "image/x-icon"}
 
-    def render(self, request: Any) -> bytes:
-        return json_body(request, {"error": "not found"}, 404)
+
+def load_static(directory: str) -> dict[str, tuple[bytes, str]]:
+    """
+    The web UI's files, read once at start (a few tens of KB): served from
+    memory, so no request reads the disk on the reactor thread, and no name a
+    client sends can reach any other file.
+    """
+    files = {}
+    for name in sorted(os.listdir(directory)):
+        path = os.path.join(directory, name)
+        content_type = _TYPES.get(os.path.splitext(name)[1])
+        if content_type is not None and os.path.isfile(path):
+            with open(path, "rb") as f:
+                files[name] = (f.read(), content_type)
+    return files
 
 
 CSP = (b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "

@@ -28,6 +28,8 @@ from gomail.auth.totp import accept_step, matching_step
 from gomail.state.interface import StateStoreError
 
 LOGIN_FAILED = "login failed"
+#: The state store kind of admins' last accepted TOTP steps (mail users' are "totp:last").
+ADMIN_TOTP_MARK = "admin:totp:last"
 
 
 class LoginFailed(Exception):
@@ -48,6 +50,11 @@ class LockPolicy:
     locked: bool = True
     errors: int = 5
     minutes: int = 30
+
+
+def name_lock_keys(name: str) -> tuple[str, str]:
+    """The state store keys of an admin name's lock and failure count (C{gomail admin unlock} removes them)."""
+    return state_key("admin:lock:name", _canon(name)), state_key("admin:fail:name", _canon(name))
 
 
 def _canon(name: str) -> str:
@@ -92,26 +99,46 @@ class AdminLogin:
         @raise LoginUnavailable: the state store does not answer.
         """
         policy: LockPolicy = self.policy()
-        name_key, ip_key = state_key("admin:lock:name", _canon(name)), state_key("admin:lock:ip", ip)
+        # Every attempt is counted before its password is checked: attempts
+        # sent in parallel all wait for bcrypt, and counting only failures
+        # afterwards let every one of them in past LOCK_ERRORS.
         try:
-            locked = policy.locked and (await self.state.get(name_key) is not None or
-                                        await self.state.get(ip_key) is not None)
+            allowed = await self._count_attempt(policy, name, ip)
         except StateStoreError as e:
             raise LoginUnavailable(str(e)) from e
         admin, hashed, secret = await self.db(_credentials, name)
         usable = admin is not None and admin.enabled and hashed is not None
         right = await self.cpu(verify_password, password, hashed if usable else self._dummy)
-        ok = usable and right and not locked
+        ok = usable and right and allowed
         if ok and admin is not None and admin.totp_enabled:
             ok = await self._code_ok(admin, secret, code)
         if not ok or admin is None:
-            await self._failed(policy, name, ip, name_key, ip_key)
+            await self._failed(policy, name, ip)
             raise LoginFailed()
         try:
-            await self.state.delete(state_key("admin:fail:name", admin.name), state_key("admin:fail:ip", ip))
+            await self.state.delete(*self._fail_keys(name, ip))
         except StateStoreError as e:
             self.log.warn("could not clear an admin's failed logins: {error}", error=str(e))
         return admin
+
+    @staticmethod
+    def _lock_keys(name: str, ip: str) -> tuple[str, str]:
+        return state_key("admin:lock:name", _canon(name)), state_key("admin:lock:ip", ip)
+
+    @staticmethod
+    def _fail_keys(name: str, ip: str) -> tuple[str, str]:
+        return state_key("admin:fail:name", _canon(name)), state_key("admin:fail:ip", ip)
+
+    async def _count_attempt(self, policy: LockPolicy, name: str, ip: str) -> bool:
+        """Count this attempt for the name and the IP; whether it may succeed (nothing locked, within LOCK_ERRORS)."""
+        if not policy.locked:
+            return True
+        for key in self._lock_keys(name, ip):
+            if await self.state.get(key) is not None:
+                return False
+        ttl = policy.minutes * 60
+        counts = [await self.state.incr(key, ttl) for key in self._fail_keys(name, ip)]
+        return all(count <= policy.errors for count in counts)
 
     async def _code_ok(self, admin: Admin, secret: str | None, code: str | None) -> bool:
         if not secret or not code or len(code) != 6 or not code.isdigit():
@@ -120,29 +147,32 @@ class AdminLogin:
         if step is None:
             return False
         try:
-            return bool(await accept_step(self.state, f"admin:{admin.name}", step))  # each code once
+            # Each code once; marks of their own kind (an admin and a mail user may share a name).
+            return bool(await accept_step(self.state, admin.name, step, kind=ADMIN_TOTP_MARK))
         except StateStoreError as e:
             raise LoginUnavailable(str(e)) from e
 
-    async def _failed(self, policy: LockPolicy, name: str, ip: str, name_key: str, ip_key: str) -> None:
+    async def _failed(self, policy: LockPolicy, name: str, ip: str) -> None:
+        """A refused attempt (already counted): lock what reached LOCK_ERRORS."""
         if not policy.locked:
             return
         ttl = policy.minutes * 60
         try:
-            for fail_key, lock_key, what in ((state_key("admin:fail:name", _canon(name)), name_key, "name"),
-                                             (state_key("admin:fail:ip", ip), ip_key, "client IP")):
-                if await self.state.incr(fail_key, ttl) >= policy.errors and await self.state.add(lock_key, b"1", ttl):
+            for fail_key, lock_key, what in zip(self._fail_keys(name, ip), self._lock_keys(name, ip),
+                                                ("name", "client IP"), strict=True):
+                failures = int(await self.state.get(fail_key) or 0)
+                if failures >= policy.errors and await self.state.add(lock_key, b"1", ttl):
                     self.log.warn("admin login locked for {minutes} min by {what} after {errors} failures "
                                   "(client {ip})", minutes=policy.minutes, what=what, errors=policy.errors, ip=ip)
-        except StateStoreError as e:
-            self.log.warn("could not count a failed admin login: {error}", error=str(e))
+        except (StateStoreError, ValueError) as e:
+            self.log.warn("could not lock after a failed admin login: {error}", error=str(e))
 
     async def unlock(self, name: str | None = None, ip: str | None = None) -> None:
         """Clear the lock and count of an admin name or a client IP."""
         keys = []
         if name is not None:
-            keys += [state_key("admin:lock:name", _canon(name)), state_key("admin:fail:name", _canon(name))]
+            keys += [self._lock_keys(name, "")[0], self._fail_keys(name, "")[0]]
         if ip is not None:
-            keys += [state_key("admin:lock:ip", ip), state_key("admin:fail:ip", ip)]
+            keys += [self._lock_keys("", ip)[1], self._fail_keys("", ip)[1]]
         if keys:
             await self.state.delete(*keys)

@@ -197,6 +197,11 @@ def field_error(error: Any) -> str:
     return f"field {where!r}: {error.message}" if where else f"body: {error.message}"
 
 
+def _no_constant(name: str) -> Any:
+    # NaN passes every JSON Schema bound (comparisons with it are false) and SQLite stores it as NULL.
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
 def parse_body(spec: RouteSpec, request: Any) -> Any:
     """The JSON body, checked against the route's schema."""
     if spec.body is None:
@@ -208,9 +213,13 @@ def parse_body(spec: RouteSpec, request: Any) -> Any:
     if not raw.strip():
         raw = b"{}"
     try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise ApiError(400, "the body is not JSON") from None
+        body = json.loads(raw, parse_constant=_no_constant)
+        # Lone surrogates ("\ud800") are valid JSON escapes but no text: SQLite and UTF-8 refuse them.
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except (ValueError, UnicodeError):
+        raise ApiError(400, "the body is not JSON text (UTF-8, no NaN or Infinity)") from None
+    except RecursionError:
+        raise ApiError(400, "the body is nested too deeply") from None
     errors = sorted(Draft202012Validator(spec.body).iter_errors(body), key=lambda e: list(e.absolute_path))
     if errors:
         raise ApiError(422, field_error(errors[0]))

@@ -65,8 +65,9 @@ def build_admin(config: Config, reactor: Any, server: ServerParts) -> tuple[Admi
                                                reactor),
                                sampler_of(ctx).service()]  # the dashboard's mail figures, every minute
     if settings.enabled:
-        tree = Guarded(SecureHeaders(app.resource(), settings.corsOrigins), access, HostNames(settings.hostnames),
-                       require_request_header=False, origins=settings.corsOrigins)
+        # The headers outermost: the guard's own refusals (421, 403) carry them too.
+        tree = SecureHeaders(Guarded(app.resource(), access, HostNames(settings.hostnames),
+                                     require_request_header=False, origins=settings.corsOrigins), settings.corsOrigins)
         site = LimitedSite(tree, reactor, settings.maxRequestBytes, settings.requestTimeout)
         services += [ListeningService(reactor, description, site, "admin") for description in settings.listen]
     return app, services

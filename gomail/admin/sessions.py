@@ -102,9 +102,9 @@ def refresh_session(cursor: sqlite3.Cursor, refresh_token: str, client_ip: str, 
     if admin is None:
         return None
     session = create_session(cursor, admin, row[2], client_ip, now, ttl, 0)
-    # Keep the login's refresh horizon.
-    cursor.execute("UPDATE admin_sessions SET refresh_expires = ? WHERE token_hash = ?",
-                   (row[6], digest(session.token)))
+    # Keep the login's refresh horizon, which the session itself does not outlive either.
+    cursor.execute("UPDATE admin_sessions SET refresh_expires = ?, expires = MIN(expires, ?) WHERE token_hash = ?",
+                   (row[6], row[6], digest(session.token)))
     return NewSession(session.token, session.refresh_token, session.csrf_token, min(session.expires, row[6]),
                       row[6], admin, row[2])
 

@@ -115,6 +115,17 @@ def _target(cursor: sqlite3.Cursor, name: str, actor: Admin | None) -> Admin:
     return admin
 
 
+def _write_lock(cursor: sqlite3.Cursor) -> None:
+    """
+    Take the database's write lock before reading what a change depends on:
+    SQLite's implicit transaction starts only at the first write, so the
+    command line and the server could each count "another superadmin" and
+    both remove theirs.
+    """
+    if not cursor.connection.in_transaction:
+        cursor.execute("BEGIN IMMEDIATE")
+
+
 def _keeps_a_superadmin(cursor: sqlite3.Cursor, admin: Admin) -> None:
     if admin.role != "superadmin" or not admin.enabled:
         return
@@ -126,6 +137,7 @@ def _keeps_a_superadmin(cursor: sqlite3.Cursor, admin: Admin) -> None:
 
 def set_role(cursor: sqlite3.Cursor, name: str, role: str, now: float, actor: Admin | None = None) -> Admin:
     """Change an admin's role (revokes their sessions: the credential version moves)."""
+    _write_lock(cursor)
     check_role(role)
     admin = _target(cursor, name, actor)
     if actor is not None and rank(role) > rank(actor.role):
@@ -149,6 +161,7 @@ def set_password(cursor: sqlite3.Cursor, name: str, password_hash: bytes, now: f
 
 def set_enabled(cursor: sqlite3.Cursor, name: str, enabled: bool, now: float, actor: Admin | None = None) -> None:
     """Disable or enable an admin (disabling revokes their sessions)."""
+    _write_lock(cursor)
     admin = _target(cursor, name, actor)
     if not enabled:
         _keeps_a_superadmin(cursor, admin)
@@ -158,6 +171,7 @@ def set_enabled(cursor: sqlite3.Cursor, name: str, enabled: bool, now: float, ac
 
 def delete_admin(cursor: sqlite3.Cursor, name: str, actor: Admin | None = None) -> None:
     """Delete an admin."""
+    _write_lock(cursor)
     admin = _target(cursor, name, actor)
     _keeps_a_superadmin(cursor, admin)
     cursor.execute("DELETE FROM admins WHERE name = ?", (admin.name,))

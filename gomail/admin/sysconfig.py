@@ -49,6 +49,9 @@ class LiveKey:
     default: Callable[[Config], Any]
     #: apply(parts, value): hands the value to the running object (None: read where used, through get()).
     apply: Callable[[Any, Any], None] | None = None
+    #: The lowest role that may change it: the admin logins' own lockout guards
+    #: superadmins too, so only a superadmin may weaken it.
+    role: str = "admin"
 
 
 #: The keys, in the order the API lists them (route modules and tests may read it).
@@ -62,11 +65,12 @@ def live_key(key: LiveKey) -> LiveKey:
 
 
 live_key(LiveKey("LOCKED", {"type": "boolean"}, "lock admin logins after LOCK_ERRORS failures",
-                 lambda config: True))
+                 lambda config: True, role="superadmin"))
 live_key(LiveKey("LOCK_ERRORS", {"type": "integer", "minimum": 1, "maximum": 1000},
-                 "failed admin logins (per admin name, per client IP) before a lock", lambda config: 5))
+                 "failed admin logins (per admin name, per client IP) before a lock", lambda config: 5,
+                 role="superadmin"))
 live_key(LiveKey("LOCK_TIME", {"type": "integer", "minimum": 1, "maximum": 10080},
-                 "minutes an admin login lock lasts", lambda config: 30))
+                 "minutes an admin login lock lasts", lambda config: 30, role="superadmin"))
 
 
 #: The upper bound of the counts and durations the configuration file leaves open: a TTL past it

@@ -74,7 +74,8 @@ def query_entries(cursor: Any, since: float = 0.0, user: str | None = None, limi
 
 def printable(text: str, limit: int = 254) -> str:
     """A client-supplied string made safe to store and show: no control characters, bounded."""
-    return CONTROL_CHARACTERS.sub("?", text)[:limit]
+    # Lone surrogates (from a JSON escape) are no text: SQLite and every log refuse them.
+    return CONTROL_CHARACTERS.sub("?", text).encode("utf-8", "replace").decode("utf-8")[:limit]
 
 
 class AuthLog(MultiService):

@@ -135,6 +135,12 @@ MIGRATIONS: list[tuple[str, ...]] = [
         )""",
         # The login audit log by IP (the admin API's log search).
         "CREATE INDEX auth_log_ip_time ON auth_log (client_ip, time)",
+        # The admin API's log filters (gomail.admin.api_logs): each answers from its own index.
+        "CREATE INDEX auth_log_result_time ON auth_log (result, time)",
+        "CREATE INDEX auth_log_protocol_time ON auth_log (protocol, time)",
+        "CREATE INDEX op_log_actor_time ON op_log (actor, time)",
+        "CREATE INDEX op_log_action_time ON op_log (action, time)",
+        "CREATE INDEX op_log_target_time ON op_log (target, time)",
         # Rollups of auth_log for the admin dashboard (gomail.auth.authrollup), filled from the
         # entries of the last two days.
         """CREATE TABLE auth_rollup (

@@ -48,14 +48,14 @@ def matching_step(totp_secret: str, code: str, now: float) -> int | None:
     return step
 
 
-def accept_step(state: Any, name: str, step: int) -> Any:
+def accept_step(state: Any, name: str, step: int, kind: str = "totp:last") -> Any:
     """
     Record C{step} as user C{name}'s last accepted one in C{state} (an
     L{IStateStore}), unless a step as late
     or later already is. @return: Deferred[bool], True when the code may be
     accepted (fails with StateStoreError when the store cannot answer).
     """
-    return state.advance(state_key("totp:last", name), step, TOTP_MARK_TTL)
+    return state.advance(state_key(kind, name), step, TOTP_MARK_TTL)
 
 
 __all__ = ["TOTP_DIGITS", "TOTP_MARK_TTL", "TOTP_STEP", "accept_step", "matching_step", "split_code"]

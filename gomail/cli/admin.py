@@ -18,7 +18,7 @@ from typing import Any
 import pyotp
 from twisted.internet.interfaces import IReactorTime
 
-from gomail.admin import store
+from gomail.admin import oplog, store
 from gomail.auth import passwords, userdb
 from gomail.auth.names import canonical_username
 from gomail.cli.changes import admin_state, logged
@@ -54,6 +54,7 @@ def add_commands(commands: Any) -> None:
     action("disable", "refuse an admin's logins", "name")
     action("enable", "accept a disabled admin's logins again", "name")
     action("delete", "delete an admin", "name")
+    action("unlock", "lift the login lock of an admin name (in the configured Redis)", "name")
     action("totp", "require TOTP codes of an admin (enable: prints a QR code) or stop (disable)",
            "name").add_argument("state", choices=("enable", "disable"))
 
@@ -128,6 +129,32 @@ def _delete(command: Command, args: argparse.Namespace, conn: sqlite3.Connection
     return 0
 
 
+def _unlock(command: Command, args: argparse.Namespace, conn: sqlite3.Connection) -> int:
+    """
+    Lift the lock (and failure count) of an admin name: the way back in when
+    someone keeps the only superadmin locked out with wrong passwords.
+    """
+    from gomail.admin.login import name_lock_keys
+    from gomail.state.interface import StateStoreError
+
+    config = command.config
+    assert config is not None
+    name = canonical_username(args.name)
+    if not config.redis.enabled:
+        raise store.AdminError("no [redis] is configured: the server keeps admin locks in its own memory, which "
+                               "this command cannot reach; they end after LOCK_TIME or when the server restarts")
+    from gomail.state.syncredis import SyncRedis
+
+    try:
+        with SyncRedis.from_settings(config.redis) as redis:
+            removed = redis.delete(list(name_lock_keys(name)))
+    except (StateStoreError, ValueError) as e:
+        raise store.AdminError(f"cannot use Redis: {e}") from None
+    userdb.transact(conn, oplog.record, command.now(), oplog.cli_actor(), "admin.unlock", name, None, None, "")
+    print(f"unlocked admin {name}" if removed else f"admin {name} was not locked")
+    return 0
+
+
 def _totp(command: Command, args: argparse.Namespace, conn: sqlite3.Connection) -> int:
     admin = userdb.transact(conn, store.get_admin, args.name)
     if admin is None:
@@ -154,4 +181,4 @@ def _totp(command: Command, args: argparse.Namespace, conn: sqlite3.Connection) 
 
 
 _HANDLERS = {"add": _add, "list": _list, "passwd": _passwd, "role": _role, "disable": _enabled(False),
-             "enable": _enabled(True), "delete": _delete, "totp": _totp}
+             "enable": _enabled(True), "delete": _delete, "totp": _totp, "unlock": _unlock}
