@@ -278,7 +278,7 @@ def _resolve(config: Config, source: str) -> Config:
         monitor=monitor,
         spool=dataclasses.replace(config.spool, directory=spool_dir),
         smtp=dataclasses.replace(smtp, listen=listen, hostname=smtp.hostname or socket.getfqdn()),
-        # The built-in POP3 plugin is on while [pop3] is (gomail.configmailaccess).
+        # The built-in POP3 and IMAP plugins are on while [pop3] and [imap] are (gomail.configmailaccess).
         plugins=dataclasses.replace(config.plugins,
                                     enabled=with_mail_access_plugins(config.plugins.enabled, config)),
     )

@@ -1,7 +1,7 @@
-# -*- test-case-name: tests.test_config,tests.test_pop3 -*-
+# -*- test-case-name: tests.test_config,tests.test_pop3,tests.test_imap -*-
 """
-The mail access sections of L{gomail.configschema.Config}: C{pop3} (and,
-later, C{imap}), served by built-in plugins over the local Maildirs
+The mail access sections of L{gomail.configschema.Config}: C{pop3} and
+C{imap}, served by built-in plugins over the local Maildirs
 (L{gomail.mailaccess}).
 
 Each section's C{enabled} switches its plugin: the loader
@@ -18,7 +18,7 @@ from typing import Any
 from gomail.configchecks import between, endpoints, setting
 
 #: (plugin name, config section) of each built-in mail access plugin.
-MAIL_ACCESS_PLUGINS = (("pop3", "pop3"),)
+MAIL_ACCESS_PLUGINS = (("pop3", "pop3"), ("imap", "imap"))
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,32 @@ class POP3Settings:
     maxErrors: int = setting(20, check=between(1))
 
 
+@dataclass(frozen=True)
+class IMAPSettings:
+    """
+    IMAP4rev1 (RFC 3501, 2177, 2595) over the local Maildirs (section
+    ``imap``), served by the built-in plugin ``imap``: on by default, on
+    loopback only. Keys as ``[pop3]``'s, plus literals, IDLE and quota.
+    """
+
+    enabled: bool = setting(True)
+    listen: tuple[str, ...] = setting(("tcp:1143:interface=127.0.0.1",), check=endpoints)
+    # 993-style listeners: TLS from the first byte, with smtp.tlsCertificate.
+    implicitTlsListen: tuple[str, ...] = setting((), check=endpoints)
+    # LOGIN and AUTHENTICATE without TLS from loopback clients.
+    allowPlaintextLoopback: bool = setting(False)
+    # RFC 3501 5.4: an autologout timer "MUST be of at least 30 minutes' duration".
+    idleTimeout: int = setting(1800, check=between(1800, 86400))
+    maxConnections: int = setting(1000, check=between(1))
+    maxConnectionsPerIP: int = setting(20, check=between(1))
+    # The largest message APPEND takes (its literal); larger: NO [TOOBIG] before it is sent.
+    maxLiteralSize: int = setting(26214400, check=between(1024))
+    # Octets of mail per user over all folders (0: no limit); APPEND and COPY beyond: NO [OVERQUOTA].
+    quotaMB: int = setting(0, check=between(0))
+    # Seconds between looks at the selected folder while a client is in IDLE.
+    idlePollInterval: int = setting(5, check=between(1, 600))
+
+
 def with_mail_access_plugins(enabled: tuple[tuple[str, Any], ...], config: Any) -> tuple[tuple[str, Any], ...]:
     """
     The enabled plugin tables (L{gomail.configschema.PluginSettings.enabled})
@@ -61,4 +87,4 @@ def with_mail_access_plugins(enabled: tuple[tuple[str, Any], ...], config: Any) 
     return tuple(tables)
 
 
-__all__ = ["MAIL_ACCESS_PLUGINS", "POP3Settings", "with_mail_access_plugins"]
+__all__ = ["MAIL_ACCESS_PLUGINS", "IMAPSettings", "POP3Settings", "with_mail_access_plugins"]

@@ -34,7 +34,7 @@ from gomail.configchecks import (
     web_origins,
 )
 from gomail.configdelivery import DirectDeliverySettings, DKIMSettings, Route
-from gomail.configmailaccess import POP3Settings
+from gomail.configmailaccess import IMAPSettings, POP3Settings
 
 
 @dataclass(frozen=True)
@@ -283,6 +283,8 @@ class AdminSettings:
     refreshTTL: int = setting(7 * 86400, check=between(60, 365 * 86400))
     loginRateLimit: int = setting(10, check=between(1, 100000))  # login requests per minute per client IP
     secureCookie: bool = setting(True)
+    maxConnections: int = setting(256, check=between(1))
+    maxConnectionsPerIP: int = setting(32, check=between(1))
     maxRequestBytes: int = setting(65536, check=between(1024, 1048576))
     requestTimeout: int = setting(30, check=between(1, 3600))
 
@@ -346,6 +348,7 @@ class Config:
     monitor: MonitorSettings = field(default_factory=MonitorSettings)
     admin: AdminSettings = field(default_factory=AdminSettings)
     pop3: POP3Settings = field(default_factory=POP3Settings)
+    imap: IMAPSettings = field(default_factory=IMAPSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     plugins: PluginSettings = field(default_factory=PluginSettings)
     directDelivery: DirectDeliverySettings = field(default_factory=DirectDeliverySettings)

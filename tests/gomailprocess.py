@@ -55,8 +55,8 @@ class GomailNode:
     def write_config(self, template: str) -> None:
         """
         Write the configuration: C{template} formatted with L{fields}. Unless
-        it has an C{[admin]} (or C{[pop3]}) section, the admin (POP3)
-        listener takes a free port (its default 8089 (1110) would be shared
+        it has an C{[admin]} (C{[pop3]}, C{[imap]}) section, the admin (POP3,
+        IMAP) listener takes a free port (its default 8089 (1110, 1143) would be shared
         by every test's server).
         """
         text = template.format(**self.fields)
@@ -64,6 +64,8 @@ class GomailNode:
             text += '\n[admin]\nlisten = ["tcp:0:interface=127.0.0.1"]\n'
         if "[pop3]" not in text:
             text += '\n[pop3]\nlisten = ["tcp:0:interface=127.0.0.1"]\n'
+        if "[imap]" not in text:
+            text += '\n[imap]\nlisten = ["tcp:0:interface=127.0.0.1"]\n'
         with open(self.config, "w") as f:
             f.write(text)
 

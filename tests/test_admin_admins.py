@@ -64,16 +64,17 @@ class AdminsTests(AdminApiTestCase):
 
     def test_create(self) -> None:
         """POST makes an admin who can log in (201); the log says who and from where, without the password."""
-        code, body = self.call("POST", "/api/admins", body={"name": "Ada", "password": "pass word", "role": "auditor"})
+        code, body = self.call("POST", "/api/admins", body={"name": "Ada", "password": "pass word 10", "role": "auditor"})
         self.assertEqual((code, body["name"], body["role"], set(body)), (201, "ada", "auditor", FIELDS))
-        self.assertEqual(self.login("ada", "pass word"), 200)
+        self.assertEqual(self.login("ada", "pass word 10"), 200)
         self.assertEqual(self.actions(), [("root", "admin.create", "ada", "127.0.0.1")])
-        self.assertNotIn("pass word", json.dumps(self.h.db.run(op_log)))
+        self.assertNotIn("pass word 10", json.dumps(self.h.db.run(op_log)))
 
     def test_create_refusals(self) -> None:
         """A taken name is 409; a bad name, role or password is 422 naming the field; nothing is logged."""
         self.h.add_admin("ada", "admin")
-        self.assertEqual(self.call("POST", "/api/admins", body={"name": "ADA", "password": "x", "role": "admin"}),
+        self.assertEqual(self.call("POST", "/api/admins", body={"name": "ADA", "password": "long enough 1",
+                                                                "role": "admin"}),
                          (409, {"error": "admin ada already exists"}))
         for body, field in (({"name": "a b", "password": "x", "role": "admin"}, "'name'"),
                             ({"name": "bob", "password": "x", "role": "king"}, "'role'"),
@@ -136,11 +137,11 @@ class AdminsTests(AdminApiTestCase):
     def test_set_password(self) -> None:
         """PUT .../password sets it (bcrypt), ends the admin's sessions; the new one logs in."""
         ada = self.h.token("ada", "auditor")
-        self.assertEqual(self.call("PUT", "/api/admins/ada/password", body={"password": "new one"}),
+        self.assertEqual(self.call("PUT", "/api/admins/ada/password", body={"password": "new one 1234"}),
                          (200, {"ok": True}))
         self.assertEqual(self.h.call("GET", "/api/profile", token=ada).code, 401)
-        self.assertEqual((self.login("ada"), self.login("ada", "new one")), (401, 200))
-        self.assertEqual(self.call("PUT", "/api/admins/nobody/password", body={"password": "x"})[0], 404)
+        self.assertEqual((self.login("ada"), self.login("ada", "new one 1234")), (401, 200))
+        self.assertEqual(self.call("PUT", "/api/admins/nobody/password", body={"password": "long enough 1"})[0], 404)
         self.assertIn("'password'", self.call("PUT", "/api/admins/ada/password", body={"password": ""})[1]["error"])
         self.assertEqual(self.actions(), [("root", "admin.password", "ada", "127.0.0.1")])
 
@@ -180,19 +181,20 @@ class ProfileTests(AdminApiTestCase):
 
     def test_change_password(self) -> None:
         """A wrong current password is 403; the change ends the session, the new password logs in."""
-        wrong = self.call("PUT", "/api/profile/password", self.me, {"current_password": "nope", "new_password": "n"})
+        wrong = self.call("PUT", "/api/profile/password", self.me,
+                          {"current_password": "nope", "new_password": "new horse 1"})
         self.assertEqual(wrong, (403, {"error": "current password is wrong"}))
         bad = self.call("PUT", "/api/profile/password", self.me, {"current_password": "correct horse",
                                                                   "new_password": "a\0b"})
         self.assertEqual(bad[0], 422)
         self.assertIn("'new_password'", bad[1]["error"])
         ok = self.call("PUT", "/api/profile/password", self.me, {"current_password": "correct horse",
-                                                                 "new_password": "new horse"})
+                                                                 "new_password": "new horse 1"})
         self.assertEqual(ok, (200, {"ok": True}))
         self.assertEqual(self.h.call("GET", "/api/profile", token=self.me).code, 401)
-        self.assertEqual((self.login("aud"), self.login("aud", "new horse")), (401, 200))
+        self.assertEqual((self.login("aud"), self.login("aud", "new horse 1")), (401, 200))
         self.assertEqual(self.actions(), [("aud", "profile.password", "aud", "127.0.0.1")])
-        self.assertTrue(verify_password("new horse", self.h.db.run(store.password_hash, "aud")))
+        self.assertTrue(verify_password("new horse 1", self.h.db.run(store.password_hash, "aud")))
 
     def test_current_password_tries_are_limited(self) -> None:
         """Each current-password check counts against the login rate limit: then 429 with Retry-After."""

@@ -73,7 +73,7 @@ listen = ["tcp:{admin}:interface=127.0.0.1"]
 loginRateLimit = 1000
 """
 # Fixed-port listeners of other services would collide between tests: off.
-OFF = "".join(f"[{section}]\nenabled = false\n" for section in ("pop3",)
+OFF = "".join(f"[{section}]\nenabled = false\n" for section in ("pop3", "imap")
               if section in {f.name for f in dataclasses.fields(Config)})
 # secureCookie keeps its default (true): Chromium counts http://127.0.0.1 as a
 # secure context and keeps Secure cookies from it, which the test proves by

@@ -155,3 +155,76 @@ class HeaderTests(TestCase):
         self.assertEqual(h.call("GET", "/static/app.js").header("Content-Type"), "text/javascript; charset=utf-8")
         for path in ("/static/../app.py", "/static/%2e%2e/app.py", "/static/nope.js", "/static/"):
             self.assertIn(h.call("GET", path).code, (404,), path)
+
+
+class AttackTests(TestCase):
+    """What a live attack on the admin listener found."""
+
+    def setUp(self) -> None:
+        self.h = AdminHarness(self, AdminSettings(loginRateLimit=1000))
+        self.root = self.h.token("root")
+
+    def test_unicode_digits_code(self) -> None:
+        """
+        A TOTP code of non-ASCII digits ("٠١٢٣٤٥", "０１２３４５") is a plain 401 whatever
+        the password (it was a 500 for the right password only: a password oracle).
+        """
+        self.h.add_admin("aud", "auditor", password="aud password 1", totp=True)
+        for password in ("aud password 1", "wrong"):
+            for code in ("٠١٢٣٤٥", "０１２３４５"):
+                answer = self.h.call("POST", "/api/login", body={"username": "aud", "password": password,
+                                                                 "totp_code": code})
+                self.assertEqual((answer.code, self.h.json(answer)), (401, {"error": "login failed"}))
+
+    def test_redirects_are_404(self) -> None:
+        """Paths werkzeug would redirect ("/api//session", "/static") are JSON 404s, not 500s."""
+        for path in ("/api//session", "/static", "/api/users//alice", "/static//etc/passwd"):
+            answer = self.h.call("GET", path, token=self.root)
+            self.assertEqual(answer.code, 404, path)
+            self.assertEqual(self.h.json(answer), {"error": "not found"})
+
+    def test_non_ascii_digits_in_query(self) -> None:
+        """page=² (a digit to str.isdigit, not to int) is a 400, not a 500."""
+        for value in ("%C2%B2", "%D9%A1", "%EF%BC%91"):
+            self.assertEqual(self.h.call("GET", f"/api/users?page={value}", token=self.root).code, 400, value)
+
+    def test_duplicate_fields(self) -> None:
+        """A field given twice is refused rather than guessed."""
+        raw = b'{"name": "dup1@example.com", "name": "dup2@example.com", "password": "a password"}'
+        self.assertEqual(self.h.call("POST", "/api/users", token=self.root, raw=raw).code, 400)
+
+    def test_secrets_not_echoed(self) -> None:
+        """A too-long password is refused without repeating it in the answer."""
+        answer = self.h.call("POST", "/api/login", body={"username": "root", "password": "s3cret" * 200})
+        self.assertEqual(answer.code, 422)
+        self.assertNotIn(b"s3cret", answer.body)
+        self.assertIn(b"'password'", answer.body)
+
+    def test_admin_password_length(self) -> None:
+        """An admin's password has at least 10 characters."""
+        answer = self.h.call("POST", "/api/admins", token=self.root, body={"name": "weak", "password": "a",
+                                                                           "role": "admin"})
+        self.assertEqual(answer.code, 422)
+
+
+class ConnectionCapTests(TestCase):
+    """gomail.web.http.ConnectionCap: connections in all and per address."""
+
+    def test_caps(self) -> None:
+        """Past the per-address cap, and past the total, new connections get no protocol (closed)."""
+        from twisted.internet.address import IPv4Address
+        from twisted.internet.protocol import Factory, Protocol
+
+        from gomail.web.http import ConnectionCap
+
+        cap = ConnectionCap(Factory.forProtocol(Protocol), total=3, per_ip=2)
+        a = [cap.buildProtocol(IPv4Address("TCP", "192.0.2.1", 1000 + i)) for i in range(3)]
+        self.assertEqual([p is not None for p in a], [True, True, False])
+        b = cap.buildProtocol(IPv4Address("TCP", "192.0.2.2", 1))
+        self.assertIsNotNone(b)
+        cap.registerProtocol(b)
+        for p in a[:2]:
+            cap.registerProtocol(p)
+        self.assertIsNone(cap.buildProtocol(IPv4Address("TCP", "192.0.2.3", 1)))  # total reached
+        cap.unregisterProtocol(a[0])
+        self.assertIsNotNone(cap.buildProtocol(IPv4Address("TCP", "192.0.2.1", 2000)))

@@ -141,7 +141,7 @@ class AuthLogTests(LogsBase):
         """The cursor functions work with what the server's pool hands them (an adbapi Transaction)."""
         self.add(entry(START - 2, "=x"), entry(START - 1))
         transaction = Transaction(None, self.h.db.conn)
-        body, last, count = api_logs._csv_chunk(transaction, api_logs.AUTH_LOG, "", (), None, True)
+        body, _last, count = api_logs._csv_chunk(transaction, api_logs.AUTH_LOG, "", (), None, True)
         self.assertEqual((count, body.count(b"\r\n"), body.count(b"'=x")), (2, 3, 1))
         total, items = api_logs._page(transaction, api_logs.OP_LOG, "", (), 10, 0)
         self.assertEqual((total, items[0]["action"]), (1, "login"))

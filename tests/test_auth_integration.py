@@ -67,7 +67,7 @@ url = "{redis}"
 
 # Fixed-port HTTP listeners would collide between two servers on one host:
 # off, where this gomail has them (the monitor follows enableHealthCheck).
-HTTP_OFF = "".join(f"[{section}]\nenabled = false\n" for section in ("nginxAuth", "admin", "pop3")
+HTTP_OFF = "".join(f"[{section}]\nenabled = false\n" for section in ("nginxAuth", "admin", "pop3", "imap")
                    if section in {f.name for f in dataclasses.fields(Config)})
 
 ALICE, ALICE_PASSWORD = "alice@example.org", "alice-Correct-horse-1"

@@ -293,7 +293,8 @@ class GoRelaySeedConfigTests(TestCase):
                        "defaultPassword": "wonderland-4711", "enableHealthCheck": False,
                        "security": {"requireAuth": True, "allowLocalOnly": True}}, f)
         env = {"GOMAIL_DATADIR": os.path.join(workdir, "data"), "GOMAIL_AUTH_BCRYPTROUNDS": "4",
-               "GOMAIL_NGINXAUTH_ENABLED": "false", "GOMAIL_POP3_ENABLED": "false", "GOMAIL_SPOOL_MINFREESPACEMB": "0"}
+               "GOMAIL_NGINXAUTH_ENABLED": "false", "GOMAIL_POP3_ENABLED": "false", "GOMAIL_IMAP_ENABLED": "false",
+               "GOMAIL_SPOOL_MINFREESPACEMB": "0"}
         process = await node.start(env)
         self.assertIn(b"the default user alice (defaultUsername) may send as any address", process.output)
 

@@ -114,7 +114,7 @@ class DiscoveryTests(PluginDirectoryMixin, SynchronousTestCase):
     def test_from_the_configuration_file(self) -> None:
         """
         The TOML file's [plugins] section gives the path, the timeout and the
-        tables, in order; the built-in pop3 plugin, on by default ([pop3]), comes last.
+        tables, in order; the built-in pop3 and imap plugins, on by default ([pop3], [imap]), come last.
         """
         directory = self.plugin_dir()
         config_path = os.path.join(directory, "gomail.toml")
@@ -124,7 +124,7 @@ class DiscoveryTests(PluginDirectoryMixin, SynchronousTestCase):
         config = load_config(config_path, {})
         self.assertEqual(config.plugins.timeout, 2.5)
         plugins = load_plugins(config.plugins, None, "h", "/d")
-        self.assertEqual([p.name for p in plugins], ["sender-policy", "headers", "pop3"])
+        self.assertEqual([p.name for p in plugins], ["sender-policy", "headers", "pop3", "imap"])
 
 
 class BrokenPluginTests(PluginDirectoryMixin, SynchronousTestCase):

@@ -76,10 +76,10 @@ class PluginReloadTests(SynchronousTestCase):
         self.assertIn("plugins.sender-policy.maxRecipients", "\n".join(formatEvent(e) for e in events))
 
     def test_enabling_a_plugin_needs_a_restart(self) -> None:
-        """A plugin enabled by the new file is named as needing a restart, and not built (pop3 is built in)."""
+        """A plugin enabled by the new file is named as needing a restart, and not built (pop3 and imap are built in)."""
         self.write(POLICY.format(timeout=5, domain="old.example", more='[plugins.headers]\nremove = ["X-A"]\n'))
         self.assertEqual(self.reloader.reload(), ([], ["plugins.headers"]))
-        self.assertEqual([p.name for p in self.parts.plugins], ["sender-policy", "pop3"])
+        self.assertEqual([p.name for p in self.parts.plugins], ["sender-policy", "pop3", "imap"])
 
     def test_log_level(self) -> None:
         """logging.level changes the level of the running observers."""

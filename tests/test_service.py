@@ -40,13 +40,14 @@ class BuildServiceTests(SynchronousTestCase):
         I/O pool, spool writer process, spool, delivery, the control channel
         (after recovery and delivery, stopped before them), the auth parts and
         the audit log SMTP AUTH writes to, then SMTP and the built-in POP3
-        plugin's service: listeners come last, so they open after recovery.
+        and IMAP plugins' services: listeners come last, so they open after recovery.
         """
         service = build_service(config_in(self.directory), self.reactor)
         names = [type(child).__name__ for child in service]
         self.assertEqual(names, ["ThreadPoolService", "WriterProcess", "SpoolService", "DeliveryQueue",
                                  "PeriodicService", "ControlService", "ThreadPoolService", "AuthService",
-                                 "PeriodicService", "AuthLog", "SMTPService", "POP3Service", "SignalService",
+                                 "PeriodicService", "AuthLog", "SMTPService", "POP3Service", "IMAPService",
+                                 "SignalService",
                                  "BackendRouter",
                                  "PeriodicService", "ListeningService", "ListeningService",
                                  "SystemConfigLoader", "PeriodicService", "PeriodicService", "ListeningService"])

@@ -99,6 +99,8 @@ def _checked_password(field: str, password: str) -> str:
         passwords.check_password(password)
     except ValueError as e:
         raise ApiError(422, f"field {field!r}: {e}") from None
+    if len(password) < store.MIN_ADMIN_PASSWORD:
+        raise ApiError(422, f"field {field!r}: an admin password has at least {store.MIN_ADMIN_PASSWORD} characters")
     return password
 
 

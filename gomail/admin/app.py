@@ -14,6 +14,7 @@ from typing import Any
 from twisted.logger import Logger
 from twisted.web.resource import IResource
 from werkzeug.exceptions import MethodNotAllowed, NotFound
+from werkzeug.routing import RequestRedirect
 from zope.interface import implementer
 
 from gomail.admin import (
@@ -188,6 +189,11 @@ class AdminApp(SessionRoutes):
 
     @router.handle_errors(NotFound)
     def not_found(self, request: Any, failure: Any) -> bytes:
+        return json_body(request, {"error": "not found"}, 404)
+
+    @router.handle_errors(RequestRedirect)
+    def redirected(self, request: Any, failure: Any) -> bytes:
+        # werkzeug would redirect "/api//session" or "/static" to a canonical URL: no such URL is served.
         return json_body(request, {"error": "not found"}, 404)
 
     @router.handle_errors(MethodNotAllowed)

@@ -141,7 +141,7 @@ class AdminLogin:
         return all(count <= policy.errors for count in counts)
 
     async def _code_ok(self, admin: Admin, secret: str | None, code: str | None) -> bool:
-        if not secret or not code or len(code) != 6 or not code.isdigit():
+        if not secret or not code or len(code) != 6 or not (code.isascii() and code.isdigit()):
             return False
         step = matching_step(secret, code, self.clock.seconds())
         if step is None:

@@ -24,6 +24,7 @@ import functools
 import hmac
 import json
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +39,24 @@ from gomail.admin.store import ROLES, rank
 from gomail.netaddr import ip_text
 from gomail.web.guard import STATE_CHANGING
 from gomail.web.http import json_body
+
+_INTEGER = re.compile(r"-?[0-9]{1,18}")
+#: What a validation error may say about the value itself (never the value: it may be a password).
+_DESCRIBED = {
+    "maxLength": lambda e: f"is longer than {e.validator_value} characters",
+    "minLength": lambda e: f"is shorter than {e.validator_value} characters",
+    "pattern": lambda e: "has the wrong form",
+    "type": lambda e: f"must be of type {e.validator_value}",
+    "enum": lambda e: f"must be one of {', '.join(map(str, e.validator_value))}",
+    "minimum": lambda e: f"must be at least {e.validator_value}",
+    "maximum": lambda e: f"must be at most {e.validator_value}",
+    "exclusiveMinimum": lambda e: f"must be more than {e.validator_value}",
+    "exclusiveMaximum": lambda e: f"must be less than {e.validator_value}",
+    "maxItems": lambda e: f"has more than {e.validator_value} items",
+    "minItems": lambda e: f"has fewer than {e.validator_value} items",
+    "minProperties": lambda e: f"needs at least {e.validator_value} fields",
+    "uniqueItems": lambda e: "has repeated items",
+}
 
 #: The one Klein router of the admin app: every route module adds to it.
 router = Klein()
@@ -141,7 +160,7 @@ def _query_value(name: str, raw: list[bytes], schema: dict[str, Any]) -> Any:
     except UnicodeDecodeError:
         raise ApiError(400, f"query parameter {name!r}: not UTF-8") from None
     if kind == "integer":
-        if not (text.lstrip("-").isdigit() and len(text) <= 18):
+        if not _INTEGER.fullmatch(text):  # ASCII digits only: str.isdigit() takes "²", which int() refuses
             raise ApiError(400, f"query parameter {name!r}: must be an integer")
         value: Any = int(text)
     elif kind == "number":
@@ -193,8 +212,19 @@ def field_error(error: Any) -> str:
         where = f"{where}.{missing}" if where else missing
         return f"field {where!r}: is required"
     if error.validator == "additionalProperties":
-        return f"unknown field: {error.message}"
-    return f"field {where!r}: {error.message}" if where else f"body: {error.message}"
+        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        return f"unknown field {'.'.join([*where.split('.'), extra[0]]).strip('.')!r}" if extra else "unknown field"
+    describe = _DESCRIBED.get(error.validator)
+    text = describe(error) if describe is not None else "is not valid"
+    return f"field {where!r}: {text}" if where else f"body: {text}"
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # {"name": "a", "name": "b"}: which one a reader takes differs; refuse rather than guess.
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        raise ValueError("a field is given twice")
+    return result
 
 
 def _no_constant(name: str) -> Any:
@@ -213,7 +243,7 @@ def parse_body(spec: RouteSpec, request: Any) -> Any:
     if not raw.strip():
         raw = b"{}"
     try:
-        body = json.loads(raw, parse_constant=_no_constant)
+        body = json.loads(raw, parse_constant=_no_constant, object_pairs_hook=_no_duplicates)
         # Lone surrogates ("\ud800") are valid JSON escapes but no text: SQLite and UTF-8 refuse them.
         json.dumps(body, ensure_ascii=False).encode("utf-8")
     except (ValueError, UnicodeError):

@@ -17,7 +17,7 @@ from gomail.admin.timeseries import sampler_of
 from gomail.configschema import Config
 from gomail.servicekit import ListeningService, PeriodicService
 from gomail.web.guard import HostNames
-from gomail.web.http import Guarded, LimitedSite, PeerAccess
+from gomail.web.http import ConnectionCap, Guarded, LimitedSite, PeerAccess
 
 #: How often expired sessions are deleted.
 SESSION_PURGE_SECONDS = 3600.0
@@ -68,6 +68,7 @@ def build_admin(config: Config, reactor: Any, server: ServerParts) -> tuple[Admi
         # The headers outermost: the guard's own refusals (421, 403) carry them too.
         tree = SecureHeaders(Guarded(app.resource(), access, HostNames(settings.hostnames),
                                      require_request_header=False, origins=settings.corsOrigins), settings.corsOrigins)
-        site = LimitedSite(tree, reactor, settings.maxRequestBytes, settings.requestTimeout)
+        site = ConnectionCap(LimitedSite(tree, reactor, settings.maxRequestBytes, settings.requestTimeout),
+                             settings.maxConnections, settings.maxConnectionsPerIP)
         services += [ListeningService(reactor, description, site, "admin") for description in settings.listen]
     return app, services

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from gomail.auth.dbfile import UserDBError
 from gomail.auth.names import canonical_username
 
+#: The shortest admin password accepted (API and command line): an admin's password guards every user's.
+MIN_ADMIN_PASSWORD = 10
 #: Roles, highest first.
 ROLES = ("superadmin", "admin", "auditor")
 

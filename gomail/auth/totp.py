@@ -39,6 +39,8 @@ def matching_step(totp_secret: str, code: str, now: float) -> int | None:
     The time step (of the current one and its neighbours) whose code is
     C{code}, or None. Every candidate is compared, in constant time.
     """
+    if not (code.isascii() and code.isdigit()):
+        return None  # compare_digest refuses non-ASCII text ("٠١٢٣٤٥" is digits to isdigit())
     totp = pyotp.TOTP(totp_secret, digits=TOTP_DIGITS, interval=TOTP_STEP)
     current = int(now // TOTP_STEP)
     step = None

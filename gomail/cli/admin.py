@@ -76,7 +76,7 @@ def run(args: argparse.Namespace, clock: IReactorTime, bcrypt_rounds: int | None
 def _add(command: Command, args: argparse.Namespace, conn: sqlite3.Connection) -> int:
     if userdb.transact(conn, store.get_admin, args.name) is not None:
         raise store.AdminExists(f"admin {args.name} already exists")  # before asking for a password
-    hashed = command.new_password_hash(args.password_stdin)
+    hashed = command.new_password_hash(args.password_stdin, store.MIN_ADMIN_PASSWORD)
     name = canonical_username(args.name)
     admin = logged(conn, command.now(), "admin.create", name, store.add_admin, name, hashed, args.role, command.now(),
                    state=admin_state(name))
@@ -97,7 +97,7 @@ def _passwd(command: Command, args: argparse.Namespace, conn: sqlite3.Connection
     admin = userdb.transact(conn, store.get_admin, args.name)
     if admin is None:
         raise store.NoSuchAdmin(f"no admin {args.name}")
-    hashed = command.new_password_hash(args.password_stdin)
+    hashed = command.new_password_hash(args.password_stdin, store.MIN_ADMIN_PASSWORD)
     logged(conn, command.now(), "admin.password", admin.name, store.set_password, admin.name, hashed, command.now(),
            state=admin_state(admin.name))
     print(f"changed the password of {args.name}")

@@ -153,8 +153,8 @@ class Command:
     def now(self) -> float:
         return self.clock.seconds()
 
-    def new_password_hash(self, from_stdin: bool) -> bytes:
-        """Read a new password (prompt twice, or one line of stdin) and hash it."""
+    def new_password_hash(self, from_stdin: bool, min_length: int = 0) -> bytes:
+        """Read a new password (prompt twice, or one line of stdin; at least C{min_length} characters) and hash it."""
         if from_stdin:
             password = sys.stdin.readline().rstrip("\r\n")
         elif sys.stdin.isatty():
@@ -164,6 +164,8 @@ class Command:
                 raise ValueError("the passwords do not match")
         else:
             raise UsageError("stdin is not a terminal: use --password-stdin to read the password from it")
+        if len(password) < min_length:
+            raise ValueError(f"the password is shorter than {min_length} characters")
         return passwords.hash_password(password, self.rounds)
 
 

@@ -6,15 +6,18 @@ unread output, the peer-based access guard, and JSON responses.
 
 from __future__ import annotations
 
+import collections
 import functools
 import hmac
 import ipaddress
 import json
+import re
 from collections.abc import Iterable
 from typing import Any
 
 from twisted.internet.address import UNIXAddress
 from twisted.logger import Logger
+from twisted.protocols.policies import WrappingFactory
 from twisted.web.http import HTTPChannel, _GenericHTTPChannelProtocol
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
@@ -24,6 +27,8 @@ from gomail.flow import OutputBound
 from gomail.netaddr import parse_ip
 from gomail.web.guard import REQUEST_HEADER, STATE_CHANGING, ForwardedFor, HostNames, origin_matches
 
+#: What a logged client-sent value must not carry (terminal escapes, line breaks).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
 
 
@@ -293,7 +298,8 @@ class Guarded:
         peer = request.getClientAddress()
         self.log.warn("HTTP {method} {path} refused for {peer}: {error} (Host {host})",
                       method=request.method.decode("latin-1"), path=request.path[:200].decode("latin-1"),
-                      peer=getattr(peer, "host", peer), error=error, host=(_header(request, b"host") or "")[:100])
+                      peer=getattr(peer, "host", peer), error=error,
+                      host=_CONTROL.sub("?", (_header(request, b"host") or "")[:100]))
         return json_body(request, {"error": error}, code)
 
 
@@ -311,3 +317,37 @@ class _Forbidden(Resource):
 
     def render(self, request: Any) -> bytes:
         return self.guard._refuse(request, self.code, self.error)
+
+
+class ConnectionCap(WrappingFactory):
+    """
+    At most C{total} connections at once, and C{per_ip} from one address, to
+    the wrapped factory (more are closed at once): an HTTP listener's idle
+    timeout alone lets a client that drips a header byte now and then hold
+    any number of sockets.
+    """
+
+    noisy = False
+
+    def __init__(self, wrapped: Any, total: int, per_ip: int) -> None:
+        super().__init__(wrapped)
+        self.total, self.per_ip = total, per_ip
+        self.peers: collections.Counter[str] = collections.Counter()
+
+    def buildProtocol(self, addr: Any) -> Any:
+        host = str(getattr(addr, "host", ""))
+        if len(self.protocols) >= self.total or self.peers[host] >= self.per_ip:
+            return None
+        protocol = super().buildProtocol(addr)
+        if protocol is not None:
+            self.peers[host] += 1
+            protocol.gomail_peer = host  # type: ignore[attr-defined]  # remembered for unregisterProtocol
+        return protocol
+
+    def unregisterProtocol(self, protocol: Any) -> None:
+        host = getattr(protocol, "gomail_peer", None)
+        if host is not None:
+            self.peers[host] -= 1
+            if self.peers[host] <= 0:
+                del self.peers[host]
+        super().unregisterProtocol(protocol)

@@ -1,0 +1,293 @@
+# -*- test-case-name: tests.test_imap -*-
+"""
+The IMAP commands gomail answers itself rather than with twisted's code
+(which calls the account synchronously, answers APPEND's EXISTS for the
+wrong mailbox and reports no UIDNEXT/UNSEEN/PERMANENTFLAGS): SELECT's
+answer, NOOP and CHECK (which report what changed meanwhile), IDLE,
+CREATE, DELETE, RENAME, SUBSCRIBE, UNSUBSCRIBE, APPEND, COPY, EXPUNGE,
+CLOSE. Disk work is awaited (the I/O pool); a command's tagged answer comes
+after it. A mixin for L{gomail.mailaccess.imap.GomailIMAP4}; FETCH and
+SEARCH are in L{gomail.mailaccess.imapfetch}.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import Deferred
+from twisted.mail import imap4
+
+from gomail.mailaccess import imapfolders, imapstore
+from gomail.mailaccess.imapfetch import IMAPFetchMixin
+from gomail.mailaccess.imapmailbox import SYSTEM_FLAGS, OverQuota
+from gomail.mailaccess.imapstore import FolderError
+
+_ASTRING = imap4.IMAP4Server.arg_astring
+_FINAL = imap4.IMAP4Server.arg_finalastring
+
+
+def mailbox_name(name: bytes | str) -> str:
+    """A mailbox name from the wire (modified UTF-7). @raise FolderError: undecodable."""
+    try:
+        return name if isinstance(name, str) else name.decode("imap4-utf-7")
+    except (UnicodeError, ValueError) as e:
+        raise FolderError("Invalid mailbox name encoding") from e
+
+
+class IMAPCommandsMixin(IMAPFetchMixin):
+    """Folder and message commands (uses the session's C{account}, C{mbox}, C{server}...)."""
+
+    server: Any
+    settings: Any
+    account: Any
+    mbox: Any
+    state: str
+    parseState: str
+    client_host: str
+    log: Any
+
+    def init_commands(self) -> None:
+        self._idle_tag: bytes | None = None
+        self._idle_call: Any = None
+
+    def _run(self, tag: bytes, work: Coroutine[Any, Any, Any], done: bytes | None) -> None:
+        """Run C{work}; then the tagged C{OK done} (None: C{work} answered), or the answer to its failure."""
+        d = Deferred.fromCoroutine(work)
+
+        def answered(_: Any) -> None:
+            if done is not None:
+                self.sendPositiveResponse(tag, done)
+
+        def failed(failure: Any) -> None:
+            if failure.check(FolderError, OverQuota):
+                return self.sendNegativeResponse(tag, str(failure.value).encode("ascii", "replace"))
+            if failure.check(OSError):
+                self.log.warn("IMAP session of {client}: disk error: {error}", client=self.client_host,
+                              error=str(failure.value))
+                return self.sendNegativeResponse(tag, b"[UNAVAILABLE] Local error, try again later")
+            self._answer_failure(tag, failure)
+
+        d.addCallbacks(answered, failed)
+
+    # -- SELECT / EXAMINE, NOOP, CHECK, IDLE ------------------------------------------------
+
+    def _cbSelectWork(self, mbox: Any, cmdName: bytes, tag: bytes) -> None:
+        if mbox is None:
+            return self.sendNegativeResponse(tag, b"[NONEXISTENT] No such mailbox")
+        self.sendUntaggedResponse(b"%d EXISTS" % mbox.getMessageCount())
+        self.sendUntaggedResponse(b"%d RECENT" % mbox.getRecentCount())
+        self.sendUntaggedResponse(b"FLAGS (" + " ".join(SYSTEM_FLAGS).encode("ascii") + b")")
+        permanent = " ".join(SYSTEM_FLAGS).encode("ascii") if mbox.isWriteable() else b""
+        self.sendPositiveResponse(None, b"[PERMANENTFLAGS (" + permanent + b")] Flags kept")
+        unseen = mbox.first_unseen()
+        if unseen is not None:
+            self.sendPositiveResponse(None, b"[UNSEEN %d] First unseen" % unseen)
+        self.sendPositiveResponse(None, b"[UIDVALIDITY %d] UIDs valid" % mbox.getUIDValidity())
+        self.sendPositiveResponse(None, b"[UIDNEXT %d] Predicted next UID" % mbox.getUIDNext())
+        mbox.addListener(self)
+        self.mbox = mbox
+        self.state = "select"
+        access = b"READ-WRITE" if mbox.isWriteable() else b"READ-ONLY"
+        self.sendPositiveResponse(tag, b"[" + access + b"] " + cmdName + b" completed")
+
+    async def refresh(self) -> None:
+        """Report what changed in the selected folder since the session last looked (EXPUNGE, EXISTS, RECENT)."""
+        mbox = self.mbox
+        if mbox is None:
+            return
+        expunged, added = await mbox.refresh()
+        if mbox is not self.mbox:
+            return
+        for seq in expunged:
+            self.sendUntaggedResponse(b"%d EXPUNGE" % seq)
+        if added or expunged:
+            self.sendUntaggedResponse(b"%d EXISTS" % mbox.getMessageCount())
+        if added:
+            self.sendUntaggedResponse(b"%d RECENT" % mbox.getRecentCount())
+
+    def do_refresh(self, tag: bytes) -> None:
+        self._run(tag, self.refresh(), b"Completed")
+
+    select_NOOP: Any = (do_refresh,)
+    select_CHECK: Any = select_NOOP
+
+    def do_IDLE(self, tag: bytes) -> None:
+        self._idle_tag = tag
+        self.parseState = "idle"
+        self.sendLine(b"+ idling")
+        self._schedule_idle_poll()
+
+    auth_IDLE: Any = (do_IDLE,)
+    select_IDLE: Any = auth_IDLE
+
+    def _schedule_idle_poll(self) -> None:
+        if self.mbox is not None and self._idle_tag is not None:
+            self._idle_call = self.server.clock.callLater(self.settings.idlePollInterval, self._idle_poll)
+
+    def _idle_poll(self) -> None:
+        """While IDLE: look at the folder (new mail delivered, messages gone) and say what changed."""
+        self._idle_call = None
+        d = Deferred.fromCoroutine(self.refresh())
+        d.addErrback(lambda failure: self.log.failure("IMAP IDLE poll failed", failure))
+        d.addBoth(lambda _: self._schedule_idle_poll())
+
+    def stop_idle(self) -> None:
+        self._idle_tag = None
+        if self._idle_call is not None and self._idle_call.active():
+            self._idle_call.cancel()
+        self._idle_call = None
+
+    def parse_idle(self, line: bytes) -> None:
+        """RFC 2177: the client ends IDLE with DONE."""
+        tag = self._idle_tag
+        self.stop_idle()
+        self.parseState = "command"
+        if line.strip().upper() == b"DONE":
+            self.sendPositiveResponse(tag, b"IDLE terminated")
+        else:
+            self.sendBadResponse(tag, b"Expected DONE: IDLE terminated")
+
+    # -- folders ----------------------------------------------------------------------------
+
+    def do_CREATE(self, tag: bytes, name: bytes) -> None:
+        self._run(tag, self._call(self.account.create, name), b"CREATE completed")
+
+    def do_DELETE(self, tag: bytes, name: bytes) -> None:
+        self._run(tag, self._delete(name), b"DELETE completed")
+
+    async def _delete(self, name: bytes) -> None:
+        decoded = mailbox_name(name)
+        if self.mbox is not None and self.mbox.name == decoded:
+            raise FolderError("Cannot delete the selected mailbox")
+        await self.account.delete(decoded)
+
+    def do_RENAME(self, tag: bytes, old: bytes, new: bytes) -> None:
+        self._run(tag, self._call(self.account.rename, old, new), b"RENAME completed")
+
+    def do_SUBSCRIBE(self, tag: bytes, name: bytes) -> None:
+        self._run(tag, self._call(self.account.subscribe, name), b"SUBSCRIBE completed")
+
+    def do_UNSUBSCRIBE(self, tag: bytes, name: bytes) -> None:
+        self._run(tag, self._call(self.account.unsubscribe, name), b"UNSUBSCRIBE completed")
+
+    async def _call(self, method: Any, *names: bytes) -> None:
+        await method(*(mailbox_name(n) for n in names))
+
+    auth_CREATE: Any = (do_CREATE, _FINAL)
+    select_CREATE: Any = auth_CREATE
+    auth_DELETE: Any = (do_DELETE, _FINAL)
+    select_DELETE: Any = auth_DELETE
+    auth_RENAME: Any = (do_RENAME, _ASTRING, _FINAL)
+    select_RENAME: Any = auth_RENAME
+    auth_SUBSCRIBE: Any = (do_SUBSCRIBE, _FINAL)
+    select_SUBSCRIBE: Any = auth_SUBSCRIBE
+    auth_UNSUBSCRIBE: Any = (do_UNSUBSCRIBE, _FINAL)
+    select_UNSUBSCRIBE: Any = auth_UNSUBSCRIBE
+
+    # -- APPEND, COPY ------------------------------------------------------------------------
+
+    def do_APPEND(self, tag: bytes, name: bytes, flags: Any, date: Any, message: Any) -> None:
+        self._run(tag, self._append(name, flags or [], date, message), b"APPEND completed")
+
+    def _literal(self, line: bytes) -> Any:
+        return self.arg_literal(line)  # the session's, bounded by imap.maxLiteralSize
+
+    auth_APPEND: Any = (do_APPEND, _ASTRING, imap4.IMAP4Server.opt_plist, imap4.IMAP4Server.opt_datetime, _literal)
+    select_APPEND: Any = auth_APPEND
+
+    async def _append(self, name: bytes, flags: list[Any], date: bytes | None, message: Any) -> None:
+        try:
+            folder = mailbox_name(name)
+            mtime = None
+            if date is not None:
+                try:
+                    mtime = datetime.datetime.strptime(date.decode("ascii").strip(), "%d-%b-%Y %H:%M:%S %z").timestamp()
+                except (UnicodeError, ValueError) as e:
+                    raise imap4.IllegalClientResponse("Bad date-time") from e
+            if not await self.account.run(imapfolders.folder_exists, self.account.root, folder):
+                raise FolderError("[TRYCREATE] No such mailbox")
+            message.seek(0, 2)
+            size = message.tell()
+            message.seek(0)
+            await self.account.append(folder, message, size, _system_flags(flags), mtime)
+        finally:
+            message.close()
+        if self.mbox is not None and self.mbox.name.upper() == folder.upper():
+            await self.refresh()
+
+    def do_COPY(self, tag: bytes, messages: Any, name: bytes, uid: int = 0) -> None:
+        self._run(tag, self._copy(messages, name, uid), b"COPY completed")
+
+    select_COPY: Any = (do_COPY, imap4.IMAP4Server.arg_seqset, _FINAL)
+
+    async def _copy(self, messages: Any, name: bytes, uid: int) -> None:
+        account, mbox = self.account, self.mbox
+        folder = mailbox_name(name)
+        if not await account.run(imapfolders.folder_exists, account.root, folder):
+            raise FolderError("[TRYCREATE] No such mailbox")
+        entries = [mbox.entries[n - 1] for n in mbox._numbers(messages, bool(uid))]
+        await account.check_quota(sum(e.size for e in entries))
+        target = account.path(folder)
+        for entry in entries:
+            source = await mbox.file_path(entry)
+            # A hard link of the stored file (a copy across file systems), flags and date kept.
+            await account.run(imapstore.add_message, target, source, entry.flags, entry.mtime,
+                              account.clock.seconds(), account.hostname)
+            account.counter.add(account.root, entry.size)
+        if mbox.name.upper() == folder.upper():
+            await self.refresh()
+
+    # -- EXPUNGE, CLOSE, STORE --------------------------------------------------------------
+
+    def do_EXPUNGE(self, tag: bytes) -> None:
+        if not self.mbox.isWriteable():
+            return self.sendNegativeResponse(tag, b"Mailbox is read-only")
+        self._run(tag, self._expunge(True), b"EXPUNGE completed")
+
+    select_EXPUNGE: Any = (do_EXPUNGE,)
+
+    async def _expunge(self, report: bool) -> None:
+        for seq in await self.mbox.expunge_deleted():
+            if report:
+                self.sendUntaggedResponse(b"%d EXPUNGE" % seq)
+
+    def do_CLOSE(self, tag: bytes) -> None:
+        self._run(tag, self._close(tag), None)
+
+    select_CLOSE: Any = (do_CLOSE,)
+
+    async def _close(self, tag: bytes) -> None:
+        if self.mbox.isWriteable():
+            await self._expunge(False)  # RFC 3501 6.4.2: no untagged EXPUNGE
+        self.mbox.removeListener(self)
+        self.mbox = None
+        self.state = "auth"
+        self.sendPositiveResponse(tag, b"CLOSE completed")
+
+    def _IMAP4Server__ebStore(self, failure: Any, tag: bytes) -> None:
+        self._answer_failure(tag, failure)
+
+    if TYPE_CHECKING:  # provided by the session (L{gomail.mailaccess.imap.GomailIMAP4})
+        def sendPositiveResponse(self, tag: Any = None, message: bytes = b"") -> None: ...
+
+        def sendNegativeResponse(self, tag: Any = None, message: bytes = b"") -> None: ...
+
+        def sendBadResponse(self, tag: Any = None, message: bytes = b"") -> None: ...
+
+        def sendUntaggedResponse(self, message: bytes, isAsync: Any = None) -> None: ...
+
+        def sendLine(self, line: bytes) -> None: ...
+
+        def _answer_failure(self, tag: Any, failure: Any = None) -> None: ...
+
+        def arg_literal(self, line: bytes) -> Any: ...
+
+
+def _system_flags(flags: list[Any]) -> frozenset[str]:
+    given = {(f.decode("ascii", "replace") if isinstance(f, bytes) else str(f)).lower() for f in flags}
+    return frozenset(f for f in SYSTEM_FLAGS if f.lower() in given)
+
+
+__all__ = ["IMAPCommandsMixin", "mailbox_name"]

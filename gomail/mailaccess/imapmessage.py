@@ -1,0 +1,193 @@
+# -*- test-case-name: tests.test_imap -*-
+"""
+Messages as twisted.mail's IMAP server reads them (C{IMessage},
+C{IMessagePart}): L{RawPart} splits a MIME entity's bytes into header and
+body (and a multipart body into its parts) without re-encoding anything,
+so the bytes FETCH sends for a section are exactly the bytes stored, and
+the sizes and line counts of BODYSTRUCTURE agree with them.
+
+twisted's FETCH, SEARCH and BODYSTRUCTURE code calls these methods
+synchronously, so a message's bytes are read before (in the I/O pool,
+L{gomail.mailaccess.imapmailbox}): only its header when that is all a
+request needs (ENVELOPE, HEADER.FIELDS: what a client's message list asks
+for), the whole message otherwise, one message at a time, dropped once it
+has been sent. A whole message (C{BODY[]}, C{RFC822}) is not read here at
+all: it is sent from its file block by block (L{gomail.mailaccess.imap}).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import re
+from email.message import Message
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+from io import BytesIO
+from typing import Any
+
+from twisted.mail.imap4 import IMessage, IMessagePart
+from zope.interface import implementer
+
+from gomail.mailaccess.imapstore import Entry
+
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+
+
+def split_header(raw: bytes) -> tuple[bytes, bytes]:
+    """(header with its blank line, body); a message without a blank line is all header."""
+    if raw.startswith((b"\r\n", b"\n")):
+        blank = 2 if raw.startswith(b"\r\n") else 1
+        return raw[:blank], raw[blank:]
+    match = _HEADER_END.search(raw)
+    if match is None:
+        return raw, b""
+    return raw[:match.end()], raw[match.end():]
+
+
+def _ascii(value: str) -> str:
+    # twisted encodes what it sends as ASCII; 8-bit header bytes (not RFC 2047 encoded) become "?".
+    return value.encode("ascii", "replace").decode("ascii")
+
+
+@implementer(IMessagePart)
+class RawPart:
+    """
+    One MIME entity from its bytes. C{header_only}: only the header was
+    read (the body is unknown: asking for it is a programming error).
+    """
+
+    def __init__(self, raw: bytes, header_only: bool = False) -> None:
+        self.header_bytes, self.body = split_header(raw)
+        self.header_only = header_only
+        self.parsed: Message = BytesHeaderParser(policy=compat32).parsebytes(self.header_bytes)
+        self._parts: list[RawPart] | None = None
+
+    # -- IMessagePart ---------------------------------------------------------------------------
+
+    def getHeaders(self, negate: bool, *names: Any) -> dict[str, str]:
+        """The header fields named (or all but them with C{negate}; all when none are named), lower-case keys."""
+        wanted = {(n.decode("ascii", "replace") if isinstance(n, bytes) else str(n)).lower() for n in names}
+        result: dict[str, str] = {}
+        for name, value in self.parsed.items():
+            key = name.lower()
+            if not names or ((key in wanted) != negate):
+                result.setdefault(key, _ascii(str(value)))
+        if "content-type" not in result and (not names or ("content-type" in wanted) != negate):
+            result["content-type"] = "text/plain; charset=us-ascii"  # RFC 2045 5.2's default
+        return result
+
+    def getBodyFile(self) -> BytesIO:
+        """The body's bytes (as stored, still in their transfer encoding)."""
+        self._need_body()
+        return BytesIO(self.body)
+
+    def getSize(self) -> int:
+        """Octets of the body (BODYSTRUCTURE's body size, RFC 3501 7.4.2)."""
+        self._need_body()
+        return len(self.body)
+
+    def isMultipart(self) -> bool:
+        """Whether it is a multipart (whose parts L{getSubPart} gives)."""
+        return self.parsed.get_content_maintype() == "multipart"
+
+    def getSubPart(self, part: int) -> RawPart:
+        """Part C{part} (0-based) of a multipart, or the message inside a message/rfc822 (0). IndexError: none."""
+        self._need_body()
+        if self._parts is None:
+            self._parts = self._split()
+        return self._parts[part]
+
+    # -- raw sections (what FETCH BODY[...] sends) ----------------------------------------------
+
+    def header_section(self, negate: bool = False, names: tuple[Any, ...] = ()) -> bytes:
+        """The header (all of it, or the named fields, or all but them) as stored, ending with the blank line."""
+        if not names:
+            return self.header_bytes
+        wanted = {(n.decode("ascii", "replace") if isinstance(n, bytes) else str(n)).lower() for n in names}
+        lines = re.split(rb"\r?\n(?![ \t])", self.header_bytes.rstrip(b"\r\n"))
+        kept = [line for line in lines
+                if line and ((line.split(b":", 1)[0].strip().decode("ascii", "replace").lower() in wanted) != negate)]
+        return b"".join(line + b"\r\n" for line in kept) + b"\r\n"
+
+    def whole(self) -> bytes:
+        """Header and body."""
+        self._need_body()
+        return self.header_bytes + self.body
+
+    def _need_body(self) -> None:
+        if self.header_only:
+            raise RuntimeError("only the header of this message was read")
+
+    def _split(self) -> list[RawPart]:
+        if self.parsed.get_content_type() == "message/rfc822":
+            return [RawPart(self.body)]
+        if not self.isMultipart():
+            return []
+        boundary = self.parsed.get_boundary()
+        if not boundary:
+            return []
+        delimiter = re.compile(rb"(?:^|\r?\n)--" + re.escape(boundary.encode("ascii", "replace")) +
+                               rb"(--)?[ \t]*(?:\r?\n|$)")
+        parts: list[RawPart] = []
+        start: int | None = None
+        for match in delimiter.finditer(self.body):
+            if start is not None:
+                parts.append(RawPart(self.body[start:match.start()]))
+            if match.group(1):
+                start = None
+                break
+            start = match.end()
+        if start is not None:  # no closing delimiter: the rest is the last part
+            parts.append(RawPart(self.body[start:]))
+        return parts
+
+
+@implementer(IMessage)
+class IMAPMessage:
+    """
+    One message of a selected folder as twisted's server sees it: the
+    entry's UID, flags (and C{\\Recent} for this session), time and size,
+    and its content once L{load}ed (C{content}, a L{RawPart}).
+    """
+
+    def __init__(self, entry: Entry, recent: bool) -> None:
+        self.entry = entry
+        self.recent = recent
+        self.content: RawPart | None = None
+
+    def load(self, content: RawPart | None) -> None:
+        """The message's bytes read (None: dropped again)."""
+        self.content = content
+
+    def _part(self) -> RawPart:
+        if self.content is None:
+            raise RuntimeError(f"message {self.entry.uid} was not read")
+        return self.content
+
+    def getUID(self) -> int:
+        return self.entry.uid
+
+    def getFlags(self) -> list[str]:
+        return sorted(self.entry.flags) + (["\\Recent"] if self.recent else [])
+
+    def getInternalDate(self) -> str:
+        """When the message arrived (its file's time), as an RFC 2822 date."""
+        return email.utils.formatdate(self.entry.mtime, usegmt=False)
+
+    def getSize(self) -> int:
+        return self.entry.size
+
+    def getHeaders(self, negate: bool, *names: Any) -> dict[str, str]:
+        return self._part().getHeaders(negate, *names)
+
+    def getBodyFile(self) -> BytesIO:
+        return self._part().getBodyFile()
+
+    def isMultipart(self) -> bool:
+        return self._part().isMultipart()
+
+    def getSubPart(self, part: int) -> RawPart:
+        return self._part().getSubPart(part)
+
+
+__all__ = ["IMAPMessage", "RawPart", "split_header"]
