@@ -228,3 +228,21 @@ class ConnectionCapTests(TestCase):
         self.assertIsNone(cap.buildProtocol(IPv4Address("TCP", "192.0.2.3", 1)))  # total reached
         cap.unregisterProtocol(a[0])
         self.assertIsNotNone(cap.buildProtocol(IPv4Address("TCP", "192.0.2.1", 2000)))
+
+
+class RehashTests(TestCase):
+    """Admin hashes follow auth.bcryptRounds, so a known name costs what an unknown one does."""
+
+    def test_rehash_on_login(self) -> None:
+        """A hash made at another cost is remade at the configured one by the next login; sessions go on."""
+        from gomail.admin import store
+        from gomail.auth import passwords
+
+        h = AdminHarness(self)
+        h.db.run(store.add_admin, "root", passwords.hash_password("correct horse", 5), "superadmin", 0.0)
+        token = h.json(h.call("POST", "/api/login", body={"username": "root", "password": "correct horse"}))["token"]
+        hashed = h.db.run(store.password_hash, "root")
+        self.assertEqual(passwords.bcrypt_cost(hashed), h.login.rounds)
+        self.assertEqual(h.call("GET", "/api/session", token=token).code, 200)
+        self.assertEqual(h.call("POST", "/api/login", body={"username": "root", "password": "correct horse"}).code,
+                         200)

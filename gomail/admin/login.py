@@ -23,7 +23,7 @@ from twisted.logger import Logger
 from gomail.admin.store import Admin, get_admin
 from gomail.auth.lockout import state_key
 from gomail.auth.names import canonical_username
-from gomail.auth.passwords import dummy_hash, verify_password
+from gomail.auth.passwords import bcrypt_cost, dummy_hash, hash_password, verify_password
 from gomail.auth.totp import accept_step, matching_step
 from gomail.state.interface import StateStoreError
 
@@ -65,6 +65,11 @@ def _canon(name: str) -> str:
         return name[:300]
 
 
+def _upgrade_hash(cursor: Any, name: str, old: bytes, new: bytes) -> None:
+    # Only if unchanged meanwhile (a password change wins); the password is the same: no session ends.
+    cursor.execute("UPDATE admins SET password_hash = ? WHERE name = ? AND password_hash = ?", (new, name, old))
+
+
 def _credentials(cursor: Any, name: str) -> tuple[Admin | None, bytes | None, str | None]:
     try:
         admin = get_admin(cursor, name)
@@ -90,6 +95,7 @@ class AdminLogin:
 
     def __init__(self, db: Any, cpu: Any, state: Any, clock: Any, policy: Any, rounds: int = 10) -> None:
         self.db, self.cpu, self.state, self.clock, self.policy = db, cpu, state, clock, policy
+        self.rounds = rounds
         self._dummy = dummy_hash(rounds)
 
     async def login(self, name: str, password: str, code: str | None, ip: str) -> Admin:
@@ -119,6 +125,11 @@ class AdminLogin:
             await self.state.delete(*self._fail_keys(name, ip))
         except StateStoreError as e:
             self.log.warn("could not clear an admin's failed logins: {error}", error=str(e))
+        if hashed is not None and bcrypt_cost(hashed) != self.rounds:
+            # The unknown-name check costs auth.bcryptRounds (the dummy hash): a hash of another cost
+            # would make known names take another time. Rehashed with the password just proven.
+            new = await self.cpu(hash_password, password, self.rounds)
+            await self.db(_upgrade_hash, admin.name, hashed, new)
         return admin
 
     @staticmethod
