@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from gomail.configchecks import between, endpoints, setting
+from gomail.configchecks import between, endpoints, networks, setting
 
 #: (plugin name, config section) of each built-in mail access plugin.
 MAIL_ACCESS_PLUGINS = (("pop3", "pop3"), ("imap", "imap"))
@@ -34,6 +34,9 @@ class POP3Settings:
     implicitTlsListen: tuple[str, ...] = setting((), check=endpoints)
     # USER/PASS and AUTH without TLS from loopback clients (smtp.allowPlaintextAuthLoopback's twin).
     allowPlaintextLoopback: bool = setting(False)
+    # nginx mail proxies (CIDR): they may log in without TLS, and with auth_http's login tickets
+    # (gomail.auth.tickets). Empty: none; nginx on the same host needs "127.0.0.1/32".
+    trustedProxies: tuple[str, ...] = setting((), check=networks)
     # RFC 1939 3: an autologout timer, if any, "MUST be of at least 10 minutes' duration".
     idleTimeout: int = setting(600, check=between(600, 86400))
     maxConnections: int = setting(1000, check=between(1))
@@ -56,6 +59,8 @@ class IMAPSettings:
     implicitTlsListen: tuple[str, ...] = setting((), check=endpoints)
     # LOGIN and AUTHENTICATE without TLS from loopback clients.
     allowPlaintextLoopback: bool = setting(False)
+    # nginx mail proxies (CIDR), as [pop3]'s.
+    trustedProxies: tuple[str, ...] = setting((), check=networks)
     # RFC 3501 5.4: an autologout timer "MUST be of at least 30 minutes' duration".
     idleTimeout: int = setting(1800, check=between(1800, 86400))
     maxConnections: int = setting(1000, check=between(1))

@@ -225,6 +225,9 @@ class Backend:
     address: str = setting("", check=non_empty)
     port: int = setting(143, check=between(1, 65535))
     weight: int = setting(1, check=between(1, 1000))
+    # A gomail IMAP/POP3 listener sharing auth.secretFile (and, between nodes, the Redis store): nginx
+    # logs in there with a one-time login ticket instead of the password (gomail.auth.tickets).
+    loginTicket: bool = setting(False)
 
 
 @dataclass(frozen=True)

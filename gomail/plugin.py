@@ -153,7 +153,8 @@ class ServiceContext:
     holds the local Maildirs), the configuration and the reactor; C{audit} is
     the login audit log (L{gomail.auth.authlog.AuthLog}: C{record} an
     L{gomail.auth.authlog.AuthLogEntry} per login attempt), None when
-    C{nginxAuth.auditLog} is off.
+    C{nginxAuth.auditLog} is off; C{quota} the users' quota counts
+    (L{gomail.mailaccess.quota.MailboxQuota}) shared with local delivery.
     """
 
     reactor: Any
@@ -162,6 +163,7 @@ class ServiceContext:
     spool: Any
     users: Any
     audit: Any = None
+    quota: Any = None
 
 
 _STATUS = re.compile(r"^[245]\.\d{1,3}\.\d{1,3}$")

@@ -44,6 +44,7 @@ from gomail.extension.wiring import PluginParts, build_plugins, plugin_services
 from gomail.interfaces import ISpoolWriter
 from gomail.logjson import json_lines_observer
 from gomail.logtext import classic_observer
+from gomail.mailaccess.quota import MailboxQuota, QuotaCounter
 from gomail.plugin import ServiceContext
 from gomail.reload import ConfigReloader
 from gomail.servicekit import PeriodicService, SequentialMultiService, ThreadPoolService
@@ -217,10 +218,10 @@ def _writers(config: Config, reactor: Any) -> Writers:
 
 
 def _delivery(config: Config, reactor: Any, spool: Spool, mailbox_writer: ISpoolWriter,
-              plugins: PluginParts) -> tuple[DeliveryQueue, Any]:
+              plugins: PluginParts, quota: MailboxQuota) -> tuple[DeliveryQueue, Any]:
     """The delivery queue: local domains (or everything) to the Maildirs, the rest to the smarthosts or MX."""
     spool.removal_writer = mailbox_writer
-    mailbox = MaildirDelivery(spool.path("mailbox"), config.smtp.hostname, mailbox_writer)
+    mailbox = MaildirDelivery(spool.path("mailbox"), config.smtp.hostname, mailbox_writer, quota=quota)
     settings = config.delivery
     relay = outbound_agent(config, reactor, spool)
     if relay is not None:
@@ -251,7 +252,8 @@ def _failed_retry(config: Config, reactor: Any, delivery: DeliveryQueue) -> list
     return [PeriodicService("failed-store retry", interval, delivery.failed.retry, reactor, now=False)]
 
 
-def _recipients(config: Config, reactor: Any, policy: RelayPolicy, auth: AuthParts) -> LocalRecipients:
+def _recipients(config: Config, reactor: Any, policy: RelayPolicy, auth: AuthParts,
+                quota: MailboxQuota) -> LocalRecipients:
     """Who exists in the local domains: the user store's users, its aliases, postmaster@ and abuse@."""
     domains = ", ".join(sorted(policy.local_domains))
     if config.smtp.verifyRecipients:
@@ -262,11 +264,11 @@ def _recipients(config: Config, reactor: Any, policy: RelayPolicy, auth: AuthPar
                  "is accepted", domains=domains)
     return LocalRecipients(policy, own_domain(config.smtp.hostname), config.smtp.postmaster, users=auth.users,
                            aliases=AliasStore(auth.users.pool, reactor, config.auth.userRefresh),
-                           verify=config.smtp.verifyRecipients)
+                           verify=config.smtp.verifyRecipients, quota=quota)
 
 
 def _smtp(config: Config, reactor: Any, spool: Spool, auth: AuthParts, audit: AuthLog | None,
-          hooks: SMTPHooks) -> SMTPServer:
+          hooks: SMTPHooks, quota: MailboxQuota) -> SMTPServer:
     """The SMTP sessions' server: relay policy, TLS, AUTH through the portal, recipients, audit."""
     tls = server_context(config.smtp.tlsCertificate, config.smtp.tlsPrivateKey, config.dataDir,
                          config.smtp.hostname)
@@ -277,7 +279,7 @@ def _smtp(config: Config, reactor: Any, spool: Spool, auth: AuthParts, audit: Au
                       log_envelopes=config.security.logAllEmails, portal=auth.portal,
                       rate_limiter=auth.rate_limiter, auth_settings=config.auth,
                       blacklist=auth.authenticator.blacklist, default_user=_default_user(config),
-                      recipients=_recipients(config, reactor, policy, auth), users=auth.users, audit=audit,
+                      recipients=_recipients(config, reactor, policy, auth, quota), users=auth.users, audit=audit,
                       hooks=hooks)
 
 
@@ -302,13 +304,15 @@ def build_service(config: Config, reactor: Any, on_fatal: Callable[[Any], None] 
     spool = Spool(config.spool.directory, reactor, io.run, writer=writers.commit, files=writers.files,
                   min_free_bytes=config.spool.minFreeSpaceMB * 1024 * 1024,
                   recent_content_bytes=RECENT_CONTENT_BYTES)
-    delivery, relay = _delivery(config, reactor, spool, writers.mailbox, plugins)
+    # imap.quotaMB, counted once for IMAP, local delivery and RCPT (gomail.mailaccess.quota).
+    quota = MailboxQuota(spool.path("mailbox"), config.imap.quotaMB * 1024 * 1024, QuotaCounter(spool.run, reactor))
+    delivery, relay = _delivery(config, reactor, spool, writers.mailbox, plugins, quota)
     auth, auth_services = build_auth(config, reactor, plugins.auth_sources, plugins.runner)
     # SMTP AUTH and auth_http write their logins to one audit table (nginxAuth.auditLog).
     audit = None
     if config.nginxAuth.auditLog:
         audit = AuthLog(auth.users.pool, reactor, config.nginxAuth.auditRetentionDays)
-    smtp = _smtp(config, reactor, spool, auth, audit, plugins.smtp_hooks)
+    smtp = _smtp(config, reactor, spool, auth, audit, plugins.smtp_hooks, quota)
     smtp.xclient.sources = auth.authenticator.sources  # nginx's SMTP proxy names plugin-source users too
     http = build_http(config, reactor, HTTPInputs(spool=spool, delivery=delivery, relay=relay, smtp=smtp,
                                                   auth=auth, writer_process=writer_process, audit=audit,
@@ -326,7 +330,7 @@ def build_service(config: Config, reactor: Any, on_fatal: Callable[[Any], None] 
         ControlService(reactor, queue_control),
         *auth_services, *([audit] if audit is not None else []),
         SMTPService(smtp, reactor, config.smtp.listen, config.smtp.implicitTlsListen),
-        *plugin_services(plugins, ServiceContext(reactor, config, auth.portal, spool, auth.users, audit)),  # type: ignore[list-item]
+        *plugin_services(plugins, ServiceContext(reactor, config, auth.portal, spool, auth.users, audit, quota)),  # type: ignore[list-item]
         SignalService(reactor, None if reload_config is None else ConfigReloader(
             config, reload_config, rate_limiter=auth.rate_limiter, lockout=auth.authenticator.lockout,
             router=http.router, log_levels=log_levels,

@@ -15,6 +15,7 @@ from gomail.auth.names import canonical_username
 from gomail.auth.passwordcheckers import PasswordVerifier
 from gomail.auth.passwords import app_password_digest
 from gomail.auth.records import AppPassword, BlacklistEntry, UserRecord
+from gomail.auth.tickets import LoginTickets, TicketChecker
 from gomail.configschema import AuthSettings
 
 ROUNDS = 4  # bcrypt's minimum: the tests check behaviour, not cost
@@ -99,5 +100,9 @@ def authenticator(clock: Any, state: Any, users: MemoryUsers | None = None,
                          verifier or SyncVerifier(), clock, SECRET, settings)
 
 
-def portal_for(authenticator_: LoginChecker) -> Any:
-    return make_portal(authenticator_)
+def portal_for(authenticator_: LoginChecker, tickets: LoginTickets | None = None) -> Any:
+    """The portal over C{authenticator_}, and, given C{tickets}, the ticket checker over the same users."""
+    if tickets is None:
+        return make_portal(authenticator_)
+    return make_portal(authenticator_, TicketChecker(tickets, authenticator_.users, authenticator_.sources,
+                                                     authenticator_.stats))

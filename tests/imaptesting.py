@@ -15,11 +15,12 @@ from typing import Any
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.task import Clock
 
+from gomail.auth.tickets import LoginTickets
 from gomail.configmailaccess import IMAPSettings
 from gomail.mailaccess.imapserver import IMAPServer
 from gomail.spool.jobs.maildirjobs import mailbox_name
 from gomail.state.memory import MemoryStateStore
-from tests.authtesting import MemoryUsers, auth_settings, authenticator, portal_for
+from tests.authtesting import SECRET, MemoryUsers, auth_settings, authenticator, portal_for
 from tests.pop3testing import BOB, BOB_PASSWORD, CAROL, CAROL_PASSWORD, TLS_CONTEXT, RecordingAudit
 from tests.smtphelpers import TLSStringTransport, run
 
@@ -86,6 +87,7 @@ class IMAPHarness:
         self.users.add(CAROL, CAROL_PASSWORD)
         self.state = MemoryStateStore(self.clock)
         self.authenticator = authenticator(self.clock, self.state, self.users, verifier, **(auth or {}))
+        self.tickets = LoginTickets(SECRET, self.state, self.clock)
         self.audit = RecordingAudit()
         self.settings = dataclasses.replace(IMAPSettings(), **settings)
         self.server = self.build_server()
@@ -93,7 +95,7 @@ class IMAPHarness:
     def build_server(self) -> IMAPServer:
         """A server over the same Maildirs and users (as after a restart)."""
         return IMAPServer(self.settings, self.clock, self.root, run, "mx.test",
-                          portal=portal_for(self.authenticator), tls_context=TLS_CONTEXT,
+                          portal=portal_for(self.authenticator, self.tickets), tls_context=TLS_CONTEXT,
                           auth_settings=auth_settings(), audit=self.audit)
 
     def connect(self, host: str = "192.0.2.7", *, implicit_tls: bool = False, greet: bool = True) -> IMAPClient:

@@ -16,13 +16,14 @@ from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
+from gomail.auth.tickets import LoginTickets
 from gomail.configmailaccess import POP3Settings
 from gomail.mailaccess.maildir import MailboxLocks
 from gomail.mailaccess.pop3mailbox import MaildirRealm
 from gomail.mailaccess.pop3server import POP3Server
 from gomail.spool.jobs.maildirjobs import mailbox_name
 from gomail.state.memory import MemoryStateStore
-from tests.authtesting import MemoryUsers, auth_settings, authenticator, portal_for
+from tests.authtesting import SECRET, MemoryUsers, auth_settings, authenticator, portal_for
 from tests.smtphelpers import TLSStringTransport, run
 
 BOB, BOB_PASSWORD = "bob@example.com", "bob-Correct-horse-1"
@@ -96,6 +97,7 @@ class POP3Harness:
         self.users.add(CAROL, CAROL_PASSWORD)
         self.state = MemoryStateStore(self.clock)
         self.authenticator = authenticator(self.clock, self.state, self.users, verifier, **(auth or {}))
+        self.tickets = LoginTickets(SECRET, self.state, self.clock)
         self.audit = RecordingAudit()
         self.settings = dataclasses.replace(POP3Settings(), **settings)
         self.locks = MailboxLocks()
@@ -104,7 +106,7 @@ class POP3Harness:
     def build_server(self) -> POP3Server:
         """A server over the same Maildirs and users (as after a restart)."""
         realm = MaildirRealm(self.root, run, self.locks)
-        return POP3Server(self.settings, self.clock, realm, portal=portal_for(self.authenticator),
+        return POP3Server(self.settings, self.clock, realm, portal=portal_for(self.authenticator, self.tickets),
                           tls_context=TLS_CONTEXT, auth_settings=auth_settings(), audit=self.audit)
 
     def connect(self, host: str = "192.0.2.7", *, implicit_tls: bool = False, greet: bool = True) -> Client:

@@ -104,7 +104,7 @@ class ShowTests(ConfigTestCase):
         self.assertEqual(settings["forwardProviders"][0]["password"], "[redacted]")
         self.assertEqual(settings["routes"][0]["password"], "[redacted]")
         self.assertEqual(settings["nginxAuth.backends"], [{"protocol": "imap", "address": "10.0.0.1", "port": 143,
-                                                            "weight": 1}])
+                                                            "weight": 1, "loginTicket": False}])
         self.assertEqual(settings["plugins.enabled"], {"webhook": {"url": "[redacted]", "timeout": 5,
                                                                    "auth": {"apiKey": "[redacted]", "user": "bot"}}})
 

@@ -19,6 +19,7 @@ from gomail.delivery.maildir import MaildirDelivery, mailbox_name
 from gomail.delivery.queue import DeliveryQueue
 from gomail.delivery.router import Router
 from gomail.interfaces import IDeliveryAgent
+from gomail.mailaccess.quota import QUOTA_CACHE_SECONDS, MailboxQuota, QuotaCounter
 from gomail.spool.envelope import Envelope
 from gomail.spool.fs import FileSystem
 from gomail.spool.service import SpoolService
@@ -275,3 +276,83 @@ class StartUpDeliveryTests(MaildirTestCase):
         self.assertTrue(any(old.id in n for n in names) and any(new.id in n for n in names), names)
         self.assertEqual(listing(spool, "queue"), [])
         self.assertEqual(spool.queued, 0)
+
+
+class QuotaDeliveryTests(MaildirTestCase):
+    """Local delivery and the per-user quota (imap.quotaMB): a full Maildir defers, with 452 4.2.2."""
+
+    def quota_agent(self, limit: int) -> MaildirDelivery:
+        self.quota = MailboxQuota(self.spool.path("mailbox"), limit, QuotaCounter(synchronous_run, self.clock))
+        return MaildirDelivery(self.spool.path("mailbox"), "mx.example", ImmediateWriter(), quota=self.quota)
+
+    def fill(self, address: str, octets: int) -> None:
+        """Put a message of C{octets} in C{address}'s Maildir (cur/), as an earlier delivery would have."""
+        os.makedirs(self.box(address, "cur"), exist_ok=True)
+        with open(os.path.join(self.box(address, "cur"), "1.old.mx.example:2,S"), "wb") as f:
+            f.write(b"x" * octets)
+
+    def test_over_quota_is_deferred_and_nothing_written(self) -> None:
+        """
+        A recipient whose Maildir the message would take over its quota gets
+        452 4.2.2 Mailbox full (temporary) and no copy; another recipient
+        with room gets the message.
+        """
+        agent = self.quota_agent(1000)
+        self.fill("full@example.com", 1000 - len(CONTENT) + 1)
+        envelope = self.commit("full@example.com", "room@example.com")
+        self.assertEqual(self.deliver(envelope, agent), {
+            "full@example.com": (452, "4.2.2 Mailbox full"),
+            "room@example.com": (250, "2.0.0 Delivered to mailbox"),
+        })
+        self.assertEqual(os.listdir(self.spool.path("mailbox", "full@example.com")), ["cur"])  # as filled
+        self.assertEqual(len(os.listdir(self.box("room@example.com"))), 1)
+
+    def test_under_quota_delivers_and_counts(self) -> None:
+        """A message that fits is delivered, and added to the cached count: the next one that would not fit defers."""
+        agent = self.quota_agent(2 * len(CONTENT) + 10)
+        delivered = (250, "2.0.0 Delivered to mailbox")
+        for expected in (delivered, delivered, (452, "4.2.2 Mailbox full")):
+            envelope = self.commit("a@example.com")
+            self.assertEqual(self.deliver(envelope, agent), {"a@example.com": expected})
+        self.assertEqual(len(os.listdir(self.box("a@example.com"))), 2)
+        self.assertEqual(self.successResultOf(self.quota.counter.used(self.quota.root("a@example.com"))),
+                         2 * len(CONTENT))
+
+    def test_zero_means_unlimited(self) -> None:
+        """With quota 0 nothing is counted and every message is delivered."""
+        agent = self.quota_agent(0)
+        counted: list[str] = []
+        self.quota.counter.run = lambda f, *a: counted.append(a[0])  # type: ignore[assignment, misc]
+        self.fill("a@example.com", 10_000_000)
+        envelope = self.commit("a@example.com")
+        self.assertEqual(self.deliver(envelope, agent), {"a@example.com": (250, "2.0.0 Delivered to mailbox")})
+        self.assertEqual(counted, [])
+
+    def test_queue_keeps_and_retries_a_full_mailbox(self) -> None:
+        """
+        Through the delivery queue: the deferred recipient stays queued with
+        the 452 reply and a next attempt; once mail is removed (and the count
+        is made again), the retry delivers it.
+        """
+        agent = self.quota_agent(1000)
+        self.fill("a@example.com", 990)
+        spool = self.spool
+        delivery = DeliveryQueue(spool, Router(agent), self.clock, 2, processing_timeout=300,
+                                 policy=RetryPolicy(jitter=0), failed=FailedStore(spool, self.clock),
+                                 hostname="mx.test")
+        self.successResultOf(SpoolService(spool, delivery).startService())
+        delivery.startService()
+        self.addCleanup(delivery.stopService)
+        envelope, d = start_commit(spool, CONTENT, "a@example.com", received=self.clock.seconds())
+        self.successResultOf(d)
+        self.assertEqual(listing(spool, "queue"), [f"{envelope.id}.eml", f"{envelope.id}.json"])
+        stored = Envelope.from_json(read(spool.path("queue", f"{envelope.id}.json")))
+        self.assertEqual(stored.recipients[0].status, "pending")
+        self.assertEqual(stored.recipients[0].reply, "452 4.2.2 Mailbox full")
+        self.assertEqual(stored.attempts, 1)
+        self.assertGreater(stored.next_attempt, self.clock.seconds())
+        self.assertEqual(os.listdir(self.spool.path("mailbox", "a@example.com")), ["cur"])
+        os.unlink(os.path.join(self.box("a@example.com", "cur"), "1.old.mx.example:2,S"))
+        self.clock.advance(max(QUOTA_CACHE_SECONDS, stored.next_attempt - self.clock.seconds()))
+        self.assertEqual(len(os.listdir(self.box("a@example.com"))), 1)
+        self.assertEqual(listing(spool, "queue"), [])

@@ -58,7 +58,11 @@ class ReloaderTests(SynchronousTestCase):
         self.assertEqual((applied, sorted(restart_again)), ([], sorted(restart)))
 
     def test_backends_replaced(self) -> None:
-        """New nginx backends and strategy go to the router (with gomail's own SMTP backend added as at start)."""
+        """
+        New nginx backends and strategy go to the router (with gomail's own SMTP
+        backend added as at start, and its own POP3 listener for the protocol left
+        without one).
+        """
         replaced: list = []
         router = SimpleNamespace(replace=lambda backends, strategy: replaced.append((backends, strategy)) or succeed(None))
         reloader = ConfigReloader(self.config, lambda: load_config(self.path, environ={}), router=router)
@@ -69,7 +73,7 @@ class ReloaderTests(SynchronousTestCase):
         [(backends, strategy)] = replaced
         self.assertEqual(strategy, "round-robin")
         self.assertEqual([(b.protocol, b.address, b.port) for b in backends],
-                         [("imap", "192.0.2.10", 143), ("smtp", "127.0.0.1", 2525)])
+                         [("imap", "192.0.2.10", 143), ("smtp", "127.0.0.1", 2525), ("pop3", "127.0.0.1", 1110)])
 
     def test_bad_file_changes_nothing(self) -> None:
         """A file that does not load leaves everything as it was and logs the error naming the key."""

@@ -185,6 +185,15 @@ class BackendRouter(Service):
                                protocol=protocol)
         return self.choose(protocol, user, assignment)
 
+    def login_ticket(self, protocol: str, address: str, port: int) -> bool:
+        """
+        Whether nginx logs in to the backend at C{address:port} with a login
+        ticket (L{gomail.auth.tickets}): one of C{protocol}'s backends
+        that is a gomail listener (C{loginTicket}).
+        """
+        return any(b.config.loginTicket and b.address == address and b.config.port == port
+                   for b in self.pools.get(protocol, ()))
+
     @staticmethod
     def _by_hash(pool: list[BackendState], user: str) -> BackendState:
         def score(backend: BackendState) -> float:

@@ -233,13 +233,21 @@ class AccountRealm:
         return IAccount, account, lambda: None
 
 
-def make_portal(checker: LoginChecker) -> Portal:
-    """The one portal every protocol logs in through."""
-    return Portal(AccountRealm(), [checker])
+def make_portal(checker: LoginChecker, tickets: ICredentialsChecker | None = None) -> Portal:
+    """
+    The one portal every protocol logs in through: the chain for
+    L{ILoginAttempt}, and, given, the checker of nginx's login tickets
+    (L{gomail.auth.tickets.TicketChecker}) for their own credentials
+    interface, which only IMAP and POP3 hand it, and only from a trusted proxy.
+    """
+    return Portal(AccountRealm(), [checker] if tickets is None else [checker, tickets])
 
 
-def login(portal: Portal, attempt: LoginAttempt) -> Deferred:
-    """Log in through C{portal} (the attempt is also the mind): fires with the L{Account}."""
+def login(portal: Portal, attempt: Any) -> Deferred:
+    """
+    Log in through C{portal} with a L{LoginAttempt} (or a
+    L{gomail.auth.tickets.TicketLogin}), which is also the mind: fires with the L{Account}.
+    """
     return portal.login(attempt, attempt, IAccount).addCallback(lambda result: result[1])
 
 

@@ -21,6 +21,7 @@ from gomail.auth.blacklist import Blacklist
 from gomail.auth.checker import LoginChecker, ThreadPoolVerifier, make_portal
 from gomail.auth.passwords import hash_password
 from gomail.auth.sources import AuthSources
+from gomail.auth.tickets import LoginTickets, TicketChecker
 from gomail.auth.users import SQLiteUserStore
 from gomail.configschema import Config
 from gomail.deferreds import deferred_coroutine
@@ -64,6 +65,8 @@ class AuthParts:
     portal: Portal
     rate_limiter: RateLimiter
     cpu: ThreadPoolService
+    #: nginx's login tickets for gomail's own IMAP/POP3 listeners (L{gomail.auth.tickets}).
+    tickets: LoginTickets | None = None
 
 
 class AuthService(Service):
@@ -153,11 +156,14 @@ def build_auth(config: Config, reactor: Any, sources: list[tuple[str, Any]] | No
     users = SQLiteUserStore(config.auth.database, reactor=reactor, refresh=config.auth.userRefresh)
     state = make_state_store(config.redis, reactor)
     blacklist = Blacklist(users, reactor, config.auth.blacklistRefresh)
+    secret = load_or_create_secret(config.auth.secretFile)
     authenticator = LoginChecker(users, state, blacklist, ThreadPoolVerifier(reactor, cpu.pool), reactor,
-                                  load_or_create_secret(config.auth.secretFile), config.auth,
+                                  secret, config.auth,
                                   sources=AuthSources(sources, runner) if sources and runner else None)
-    parts = AuthParts(users, state, authenticator, make_portal(authenticator),
-                      RateLimiter(state, config.rateLimits), cpu)
+    tickets = LoginTickets(secret, state, reactor)
+    ticket_checker = TicketChecker(tickets, users, authenticator.sources, authenticator.stats)
+    parts = AuthParts(users, state, authenticator, make_portal(authenticator, ticket_checker),
+                      RateLimiter(state, config.rateLimits), cpu, tickets)
     services: list[Service] = [cpu, AuthService(parts, config, reactor)]
     if users.refresh > 0:
         services.append(PeriodicService("user database watch", users.refresh, users.look_for_changes, reactor))

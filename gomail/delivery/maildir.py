@@ -3,15 +3,22 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
 from gomail.interfaces import IDeliveryAgent, ISpoolWriter
+from gomail.mailaccess.quota import MailboxQuota
 from gomail.spool.envelope import Envelope, Recipient
 from gomail.spool.jobs import maildirjobs
 from gomail.spool.jobs.maildirjobs import DELIVERED_REPLY, mailbox_name, safe_hostname
 
-__all__ = ["DELIVERED_REPLY", "MaildirDelivery", "mailbox_name"]
+#: A recipient whose Maildir the message would take over its quota: kept in the queue and retried
+#: (RFC 3463 X.2.2, a full mailbox, is temporary), bounced after delivery.maxQueueAge like any deferral.
+MAILBOX_FULL_REPLY = (452, "4.2.2 Mailbox full")
+
+__all__ = ["DELIVERED_REPLY", "MAILBOX_FULL_REPLY", "MaildirDelivery", "mailbox_name"]
 
 
 @implementer(IDeliveryAgent)
@@ -41,6 +48,10 @@ class MaildirDelivery:
     checks the size only (one C{stat}): its bytes were hashed as they were
     written, and reading every message back doubled the job's cost for a
     300 KB message (see README, "Damaged files").
+
+    With a C{quota} (L{MailboxQuota}, C{imap.quotaMB}), a recipient whose
+    Maildir the message would take over it gets L{MAILBOX_FULL_REPLY} and no
+    copy; the others' deliveries are added to the cached counts.
     """
 
     name = "mailbox"
@@ -49,12 +60,34 @@ class MaildirDelivery:
     #: The content is checked in the job itself (link_into_maildirs), right before it is linked.
     checks_content = True
 
-    def __init__(self, directory: str, hostname: str, writer: ISpoolWriter) -> None:
+    def __init__(self, directory: str, hostname: str, writer: ISpoolWriter, quota: MailboxQuota | None = None) -> None:
         self.directory = directory
         self.hostname = safe_hostname(hostname)
         self.writer = writer
+        self.quota = quota
 
     def deliver(self, envelope: Envelope, message_path: str, recipients: list[Recipient]) -> Deferred:
+        if self.quota is not None and self.quota.limit:
+            return Deferred.fromCoroutine(self._deliver_within_quota(self.quota, envelope, message_path, recipients))
+        return self._link(envelope, message_path, recipients)
+
+    async def _deliver_within_quota(self, quota: MailboxQuota, envelope: Envelope, message_path: str,
+                                    recipients: list[Recipient]) -> dict[str, Any]:
+        results: dict[str, Any] = {}
+        room = []
+        for recipient in recipients:
+            if await quota.exceeded(recipient.address, envelope.size):
+                results[recipient.address] = MAILBOX_FULL_REPLY
+            else:
+                room.append(recipient)
+        if room:
+            results.update(await self._link(envelope, message_path, room))
+            for recipient in room:
+                if results.get(recipient.address, (0, ""))[0] // 100 == 2:
+                    quota.add(recipient.address, envelope.size)
+        return results
+
+    def _link(self, envelope: Envelope, message_path: str, recipients: list[Recipient]) -> Deferred:
         # The index in the envelope (not in this call's list) names the file, so a
         # retry of a copy that was delivered before a crash finds it again.
         positions = {r.address: i for i, r in enumerate(envelope.recipients)}

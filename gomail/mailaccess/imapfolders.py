@@ -12,6 +12,10 @@ from __future__ import annotations
 import os
 import shutil
 
+# Registers the codec "imap4-utf-7" folder names are written in: the quota count (usage) runs
+# for local delivery too, also when no IMAP module was imported (imap.enabled = false).
+import twisted.mail.imap4  # noqa: F401
+
 from gomail.mailaccess.imapstore import (
     DELIMITER,
     FolderError,

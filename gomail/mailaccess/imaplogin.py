@@ -3,7 +3,9 @@
 IMAP logins: LOGIN and AUTHENTICATE PLAIN (RFC 3501 6.2, RFC 4616; the
 initial response of RFC 4959 too), inside TLS only (RFC 2595: before
 STARTTLS the capabilities say LOGINDISABLED and both commands are refused;
-from loopback without TLS when C{imap.allowPlaintextLoopback} is on).
+from loopback without TLS when C{imap.allowPlaintextLoopback} is on; from
+nginx, a peer in C{imap.trustedProxies}, without TLS and with auth_http's
+login tickets: L{gomail.mailaccess.proxies}).
 
 Every login goes through gomail's one portal, as SMTP AUTH and POP3 do, with
 a L{LoginAttempt} of protocol C{imap}: blacklist, lockout and slowdown, app
@@ -25,7 +27,9 @@ from twisted.mail import imap4
 
 from gomail.auth.authlog import printable
 from gomail.auth.checker import LoginAttempt, TemporaryAuthError, login
+from gomail.auth.tickets import TicketLogin
 from gomail.mailaccess.maildir import UnsafeMailbox
+from gomail.mailaccess.proxies import login_credentials
 
 #: The one answer to every refused login (RFC 5530 response code).
 FAILED = b"[AUTHENTICATIONFAILED] Authentication failed"
@@ -52,12 +56,16 @@ class IMAPLoginMixin:
         self._login_in_flight: Deferred | None = None
         self._auth_tag = b""
 
+    def from_proxy(self) -> bool:
+        """Whether the peer is one of the section's C{trustedProxies} (nginx)."""
+        return self.server.proxies.trusts(self.client_ip)
+
     def login_allowed(self) -> bool:
         """Whether LOGIN and AUTHENTICATE may be used (and AUTH=PLAIN offered) now."""
         if self.server.portal is None:
             return False
-        if self.secure:
-            return True
+        if self.secure or self.from_proxy():
+            return True  # nginx does not start TLS towards its backends (gomail.mailaccess.proxies)
         return bool(self.settings.allowPlaintextLoopback and self.client_ip is not None
                     and self.client_ip.is_loopback)
 
@@ -111,7 +119,7 @@ class IMAPLoginMixin:
         self._login(tag, user, "" if authzid and authzid != user else password)
 
     def _login(self, tag: bytes, username: str, password: str) -> None:
-        attempt = LoginAttempt(username, password, self.client_host or None, "imap")
+        attempt = login_credentials(username, password, self.client_host, "imap", self.from_proxy())
         d = Deferred.fromCoroutine(self._finish_login(tag, attempt))
         if not d.called:
             self._login_in_flight = d
@@ -132,7 +140,7 @@ class IMAPLoginMixin:
         if self._login_in_flight is not None:
             self._login_in_flight.cancel()
 
-    async def _finish_login(self, tag: bytes, attempt: LoginAttempt) -> None:
+    async def _finish_login(self, tag: bytes, attempt: LoginAttempt | TicketLogin) -> None:
         server = self.server
         started = server.clock.seconds()
         try:

@@ -27,14 +27,13 @@ from zope.interface import implementer
 from gomail.mailaccess import imapfolders, imapstore
 from gomail.mailaccess.imapmessage import IMAPMessage, RawPart
 from gomail.mailaccess.imapstore import DELIMITER, Entry, FolderError
+from gomail.mailaccess.quota import QuotaCounter
 
 SYSTEM_FLAGS = ["\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft"]
 #: Bytes read from a message's start to find the end of its header.
 HEADER_BLOCK = 64 * 1024
 #: A header longer than this is cut here (it is not a real mail header).
 MAX_HEADER = 1024 * 1024
-#: Seconds a quota count is trusted before it is made again (deliveries change it meanwhile).
-QUOTA_CACHE_SECONDS = 60
 
 
 class OverQuota(MailboxException):
@@ -66,30 +65,6 @@ class FolderInfo:
 
     def getHierarchicalDelimiter(self) -> str:
         return DELIMITER
-
-
-class QuotaCounter:
-    """The octets each user's Maildir holds, counted in the I/O pool and kept for a while."""
-
-    def __init__(self, run: Callable[..., Deferred], clock: Any) -> None:
-        self.run = run
-        self.clock = clock
-        self._counted: dict[str, tuple[int, float]] = {}
-
-    async def used(self, root: str) -> int:
-        """Octets used under C{root} (recounted when the count is older than a minute)."""
-        counted = self._counted.get(root)
-        if counted is not None and self.clock.seconds() - counted[1] < QUOTA_CACHE_SECONDS:
-            return counted[0]
-        total = await self.run(imapfolders.usage, root)
-        self._counted[root] = (total, self.clock.seconds())
-        return total
-
-    def add(self, root: str, octets: int) -> None:
-        """A message of C{octets} was added (negative: removed) by this process."""
-        counted = self._counted.get(root)
-        if counted is not None:
-            self._counted[root] = (max(0, counted[0] + octets), counted[1])
 
 
 @implementer(IAccount)
@@ -386,4 +361,4 @@ class IMAPFolder:
         return self.account.run(imapstore.message_path, self.path, entry)
 
 
-__all__ = ["FolderInfo", "IMAPAccount", "IMAPFolder", "OverQuota", "QuotaCounter", "read_content"]
+__all__ = ["FolderInfo", "IMAPAccount", "IMAPFolder", "OverQuota", "read_content"]

@@ -21,8 +21,10 @@ from gomail.configmailaccess import IMAPSettings
 from gomail.configschema import AuthSettings
 from gomail.deferreds import deferred_coroutine
 from gomail.mailaccess.imap import GomailIMAP4
-from gomail.mailaccess.imapmailbox import IMAPAccount, QuotaCounter
+from gomail.mailaccess.imapmailbox import IMAPAccount
 from gomail.mailaccess.maildir import mailbox_path
+from gomail.mailaccess.proxies import TrustedProxies
+from gomail.mailaccess.quota import QuotaCounter
 from gomail.servicekit import ListeningService
 from gomail.spool.jobs.maildirjobs import safe_hostname
 
@@ -38,22 +40,27 @@ class IMAPServer:
     @param tls_context: the server TLS context for STLS and implicit TLS (None: no TLS).
     @param auth_settings: C{[auth]} (C{maxFailuresPerSession}).
     @param audit: the login audit log (L{gomail.auth.authlog.AuthLog}); None: not kept.
+    @param counter: the quota counts shared with local delivery
+        (L{gomail.mailaccess.quota.QuotaCounter}); None: a counter of its own.
     """
 
     log = Logger()
 
     def __init__(self, settings: IMAPSettings, clock: Any, root: str, run: Any, hostname: str, portal: Any = None,
-                 tls_context: Any = None, auth_settings: AuthSettings | None = None, audit: Any = None) -> None:
+                 tls_context: Any = None, auth_settings: AuthSettings | None = None, audit: Any = None,
+                 counter: QuotaCounter | None = None) -> None:
         self.settings = settings
         self.clock = clock
         self.root = root
         self.run = run
         self.hostname = safe_hostname(hostname)
-        self.quota = QuotaCounter(run, clock)
+        self.quota = counter or QuotaCounter(run, clock)
         self.portal = portal
         self.tls_context = tls_context
         self.auth_settings = auth_settings or AuthSettings()
         self.audit = audit
+        #: nginx mail proxies (imap.trustedProxies): TLS-less and ticket logins (gomail.mailaccess.proxies).
+        self.proxies = TrustedProxies(settings.trustedProxies)
         self.sessions: set[GomailIMAP4] = set()
         self._per_ip: Counter[str] = Counter()
         self.shutting_down = False
@@ -73,7 +80,8 @@ class IMAPServer:
             refusal = "[SYS/TEMP] Server shutting down, try again later"
         elif len(self.sessions) >= self.settings.maxConnections:
             refusal = "[SYS/TEMP] Too many connections, try again later"
-        elif self._per_ip[key] >= self.settings.maxConnectionsPerIP:
+        # nginx's sessions all come from its address, each for another client: only maxConnections bounds them.
+        elif self._per_ip[key] >= self.settings.maxConnectionsPerIP and not self.proxies.trusts(session.client_ip):
             self.log.info("IMAP: refused {client}: too many connections from one address", client=key)
             refusal = "[SYS/TEMP] Too many connections from your address, try again later"
         if refusal is not None:
@@ -188,9 +196,11 @@ def build_imap(context: Any) -> tuple[IMAPServer, list[Any]]:
     config = context.config
     smtp = config.smtp
     tls = server_context(smtp.tlsCertificate, smtp.tlsPrivateKey, config.dataDir, smtp.hostname)
+    quota = getattr(context, "quota", None)  # shared with local delivery and RCPT (gomail.mailaccess.quota)
     server = IMAPServer(config.imap, context.reactor, context.spool.path("mailbox"), context.spool.run,
                         smtp.hostname or "localhost", portal=context.portal, tls_context=tls,
-                        auth_settings=config.auth, audit=getattr(context, "audit", None))
+                        auth_settings=config.auth, audit=getattr(context, "audit", None),
+                        counter=None if quota is None else quota.counter)
     return server, [IMAPService(server, context.reactor, config.imap.listen, config.imap.implicitTlsListen)]
 
 

@@ -2,8 +2,10 @@
 """
 POP3 logins: USER/PASS (RFC 1939 7) and AUTH PLAIN (RFC 5034), inside TLS
 only (RFC 2595; from loopback without it when C{pop3.allowPlaintextLoopback}
-is on). APOP is never offered: it needs the password in the clear on the
-server, and gomail keeps bcrypt hashes only.
+is on; from nginx, a peer in C{pop3.trustedProxies}, without it and with
+auth_http's login tickets: L{gomail.mailaccess.proxies}). APOP is never
+offered: it needs the password in the clear on the server, and gomail keeps
+bcrypt hashes only.
 
 Every login goes through gomail's one portal (the same as SMTP AUTH and
 nginx's auth_http) with a L{LoginAttempt} of protocol C{pop3}: blacklist,
@@ -30,8 +32,10 @@ from twisted.mail.pop3 import IMailbox
 
 from gomail.auth.authlog import printable
 from gomail.auth.checker import LoginAttempt, TemporaryAuthError, login
+from gomail.auth.tickets import TicketLogin
 from gomail.mailaccess.maildir import UnsafeMailbox
 from gomail.mailaccess.pop3mailbox import MailboxInUse
+from gomail.mailaccess.proxies import login_credentials
 
 #: The one answer to every refused login.
 FAILED = "[AUTH] Authentication failed"
@@ -57,12 +61,16 @@ class POP3LoginMixin:
         self._login_in_flight: Deferred | None = None
         self.account: Any = None
 
+    def from_proxy(self) -> bool:
+        """Whether the peer is one of the section's C{trustedProxies} (nginx)."""
+        return self.server.proxies.trusts(self.client_ip)
+
     def login_allowed(self) -> bool:
         """Whether USER, PASS and AUTH may be used (and are offered in CAPA) now."""
         if self.server.portal is None:
             return False
-        if self.secure:
-            return True
+        if self.secure or self.from_proxy():
+            return True  # nginx does not start TLS towards its backends (gomail.mailaccess.proxies)
         return bool(self.settings.allowPlaintextLoopback and self.client_ip is not None
                     and self.client_ip.is_loopback)
 
@@ -133,7 +141,7 @@ class POP3LoginMixin:
     # -- the login ---------------------------------------------------------------------
 
     def _login(self, username: str, password: str) -> Deferred:
-        attempt = LoginAttempt(username, password, self.client_host or None, "pop3")
+        attempt = login_credentials(username, password, self.client_host, "pop3", self.from_proxy())
         d = Deferred.fromCoroutine(self._finish_login(attempt))
         if not d.called:
             self._login_in_flight = d
@@ -150,7 +158,7 @@ class POP3LoginMixin:
         if self._login_in_flight is not None:
             self._login_in_flight.cancel()
 
-    async def _finish_login(self, attempt: LoginAttempt) -> None:
+    async def _finish_login(self, attempt: LoginAttempt | TicketLogin) -> None:
         server = self.server
         started = server.clock.seconds()
         try:

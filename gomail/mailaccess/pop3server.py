@@ -23,6 +23,7 @@ from gomail.deferreds import deferred_coroutine
 from gomail.mailaccess.maildir import MailboxLocks
 from gomail.mailaccess.pop3 import GomailPOP3
 from gomail.mailaccess.pop3mailbox import MaildirRealm
+from gomail.mailaccess.proxies import TrustedProxies
 from gomail.servicekit import ListeningService
 
 
@@ -48,6 +49,8 @@ class POP3Server:
         self.tls_context = tls_context
         self.auth_settings = auth_settings or AuthSettings()
         self.audit = audit
+        #: nginx mail proxies (pop3.trustedProxies): TLS-less and ticket logins (gomail.mailaccess.proxies).
+        self.proxies = TrustedProxies(settings.trustedProxies)
         self.sessions: set[GomailPOP3] = set()
         self._per_ip: Counter[str] = Counter()
         self.shutting_down = False
@@ -67,7 +70,8 @@ class POP3Server:
             refusal = "[SYS/TEMP] Server shutting down, try again later"
         elif len(self.sessions) >= self.settings.maxConnections:
             refusal = "[SYS/TEMP] Too many connections, try again later"
-        elif self._per_ip[key] >= self.settings.maxConnectionsPerIP:
+        # nginx's sessions all come from its address, each for another client: only maxConnections bounds them.
+        elif self._per_ip[key] >= self.settings.maxConnectionsPerIP and not self.proxies.trusts(session.client_ip):
             self.log.info("POP3: refused {client}: too many connections from one address", client=key)
             refusal = "[SYS/TEMP] Too many connections from your address, try again later"
         if refusal is not None:

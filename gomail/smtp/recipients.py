@@ -31,6 +31,14 @@ C{bob -> bob, carol} keeps a copy for bob), at most L{MAX_DEPTH} aliases
 deep and L{MAX_STEPS} lookups, and its result counts against
 C{smtp.maxRecipients}. A store that cannot answer gives C{451 4.3.0},
 never a 250 or a 550.
+
+With a quota (C{imap.quotaMB}, L{gomail.mailaccess.quota.MailboxQuota}),
+an address whose every mailbox is a local Maildir already full gets
+C{452 4.2.2 Mailbox full} (temporary, RFC 3463 X.2.2): the sender's server
+keeps the message and tries later, instead of gomail queueing a message it
+could only defer. The count is the cached one (counted in the I/O pool);
+an alias with room in any of its targets is accepted, and its full targets
+are deferred at delivery.
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
 from gomail.auth.aliases import mailbox_key
+from gomail.mailaccess.quota import MailboxQuota
 from gomail.smtp.address import POSTMASTER, Path, canonical_address
 from gomail.smtp.policy import RelayPolicy
 
@@ -109,12 +118,13 @@ class LocalRecipients:
         None: no user store, every address is accepted.
     @param aliases: an L{gomail.auth.aliases.AliasStore}, or None (no aliases).
     @param verify: refuse unknown addresses (C{smtp.verifyRecipients}).
+    @param quota: the users' quota (L{gomail.mailaccess.quota.MailboxQuota}); None: none.
     """
 
     log = Logger()
 
     def __init__(self, policy: RelayPolicy, domain: str, postmaster: str = "", users: Any = None,
-                 aliases: Any = None, verify: bool = True) -> None:
+                 aliases: Any = None, verify: bool = True, quota: MailboxQuota | None = None) -> None:
         self.policy = policy
         self.domain = domain
         self.postmaster = canonical_address(postmaster or f"postmaster@{domain}")
@@ -122,6 +132,7 @@ class LocalRecipients:
         self.users = users
         self.aliases = aliases
         self.verify = verify and users is not None
+        self.quota = quota
 
     def is_local(self, domain: str) -> bool:
         """Whether addresses of the canonical C{domain} are ours (and so resolved here)."""
@@ -174,7 +185,20 @@ class LocalRecipients:
         new = [a for a in found if a not in current]
         if len(current) + len(new) > limit:
             return Refused(452, "4.5.3", "Error: too many recipients", "too_many_recipients")
+        if await self._all_full(found):
+            self.log.info("refused recipient <{recipient}> from {client}: mailbox full",
+                          recipient=given, client=client)
+            return Refused(452, "4.2.2", f"<{given}>: Mailbox full, try again later", "mailbox_full")
         return Accepted(found)
+
+    async def _all_full(self, found: tuple[str, ...]) -> bool:
+        """Whether every address of C{found} is a local Maildir at or over its quota."""
+        if self.quota is None or not self.quota.limit:
+            return False
+        for address in found:
+            if not self.is_local(address.rpartition("@")[2]) or not await self.quota.exceeded(address):
+                return False
+        return True
 
     async def _resolve(self, address: str, path: tuple[str, ...], expansion: _Expansion) -> None:
         """Add what C{address} delivers to to C{expansion.found}; C{path}: the aliases that led here."""

@@ -9,6 +9,11 @@ nginx reads only the response headers and ignores the status line, so the one
 rule above all: C{Auth-Status: OK} is written in a single place, after every
 check has passed and the backend is chosen, from a header set built in a local
 variable. Any exception before that answers the temporary failure.
+
+C{Auth-Pass} is the password without its TOTP code, except for a backend
+that is a gomail listener (C{loginTicket}, as gomail's own IMAP and POP3
+listeners are by default): there a single-use login ticket
+(L{gomail.auth.tickets}), since the code is spent by then.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from twisted.logger import Logger
 from gomail.auth.authlog import CONTROL_CHARACTERS, AuthLog, AuthLogEntry, printable
 from gomail.auth.backends import BackendRouter, NoBackend
 from gomail.auth.checker import AuthFailure, LoginAttempt, TemporaryAuthError, login
+from gomail.auth.tickets import LoginTickets
 from gomail.configschema import NginxAuthSettings
 from gomail.netaddr import ip_text
 
@@ -62,8 +68,11 @@ class AuthHTTPAnswerer:
     MAX_REFUSALS_LOGGED = 10
 
     def __init__(self, settings: NginxAuthSettings, portal: Portal, router: BackendRouter, clock: Any,
-                 audit: AuthLog | None = None, timer: Any = time.perf_counter) -> None:
+                 audit: AuthLog | None = None, timer: Any = time.perf_counter,
+                 tickets: LoginTickets | None = None) -> None:
         self.settings = settings
+        #: Issues the login tickets nginx hands gomail's own IMAP/POP3 listeners (None: passwords only).
+        self.tickets = tickets
         self.portal = portal
         self.router = router
         self.audit = audit
@@ -126,7 +135,11 @@ class AuthHTTPAnswerer:
             self._record(started, user, protocol, client_ip, "tempfail", "no-backend")
             return 200, self._temporary(protocol)
         answer = {b"Auth-Server": address.encode(), b"Auth-Port": str(port).encode()}
-        if _header_safe(success.password):
+        if self.tickets is not None and protocol != "smtp" and self.router.login_ticket(protocol, address, port):
+            # A gomail listener: a TOTP user's password without the code (or the spent code) would be
+            # refused there; a single-use ticket, accepted only from its trustedProxies, is not.
+            answer[b"Auth-Pass"] = self.tickets.issue(success.name, protocol).encode("ascii")
+        elif _header_safe(success.password):
             # nginx hands this to the backend as it is: the password without the TOTP code.
             answer[b"Auth-Pass"] = success.password.encode("utf-8")
         # A success that cannot be recorded is not let through: the error answers the temporary failure.

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,14 +26,41 @@ log = Logger()
 
 def default_backends(config: Config) -> tuple[Backend, ...]:
     """
-    The configured backends, plus gomail's own SMTP listener for nginx's SMTP
-    logins when no smtp backend is configured.
+    The configured backends, plus gomail's own listeners for the protocols
+    that have none configured: the SMTP listener (C{smtpHost:smtpPort}), and,
+    while C{[imap]} (C{[pop3]}) is enabled, the first tcp listener of its
+    C{listen} (nginx then logs in there with a login ticket, accepted from
+    the section's C{trustedProxies}: L{gomail.auth.tickets}).
     """
     backends = config.nginxAuth.backends
     if not any(b.protocol == "smtp" for b in backends):
         host = config.smtpHost if config.smtpHost not in ("0.0.0.0", "::", "") else "127.0.0.1"
         backends = (*backends, Backend(protocol="smtp", address=host, port=config.smtpPort))
+    for protocol, section in (("imap", config.imap), ("pop3", config.pop3)):
+        if not section.enabled or any(b.protocol == protocol for b in backends):
+            continue
+        own = next(filter(None, map(tcp_address, section.listen)), None)
+        if own is not None:
+            backends = (*backends, Backend(protocol=protocol, address=own[0], port=own[1], loginTicket=True))
     return backends
+
+
+def tcp_address(description: str) -> tuple[str, int] | None:
+    """
+    The address nginx can reach a tcp (tcp6) server endpoint description at:
+    its interface (loopback for a wildcard one) and port; None for other
+    kinds, or port 0 (chosen at start: nothing to name beforehand).
+    """
+    kind, *parts = [part.replace("\\:", ":") for part in re.split(r"(?<!\\):", description)]
+    if kind not in ("tcp", "tcp6"):
+        return None
+    options = dict(part.split("=", 1) for part in parts if "=" in part)
+    port = options.get("port") or next((part for part in parts if "=" not in part), "")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    interface = options.get("interface", "::" if kind == "tcp6" else "")
+    wildcard = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}
+    return wildcard.get(interface, interface), int(port)
 
 
 @dataclass(frozen=True)
@@ -77,7 +105,8 @@ def build_http(config: Config, reactor: Any, inputs: HTTPInputs) -> HTTPParts:
                                interval=settings.healthCheckInterval, timeout=settings.healthCheckTimeout,
                                plugin=inputs.backend_strategy, runner=inputs.runner)
         services += [router, *router.health_checks()]
-        answerer = AuthHTTPAnswerer(settings, auth.portal, router, reactor, inputs.audit)
+        answerer = AuthHTTPAnswerer(settings, auth.portal, router, reactor, inputs.audit,
+                                    tickets=getattr(auth, "tickets", None))
         site = auth_http_site(answerer, settings.path, PeerAccess(settings.allowFrom), reactor,
                               settings.maxRequestBytes, settings.requestTimeout)
         if not settings.sharedSecret:
