@@ -146,9 +146,25 @@ class Pacer:
             await waiter
 
 
-def _open_sized(path: str) -> tuple[Any, int]:
-    f = open(path, "rb")  # noqa: SIM115 - closed by the caller once the message is sent
-    return f, os.fstat(f.fileno()).st_size
+def _open_first(folder: str, entry: Any) -> tuple[Any, int, bytes]:
+    """
+    (blocking) Find, open and start reading a message's file in one I/O-pool
+    job: (the file, or None when it was read whole; its size; the first
+    block). A message of one block costs one thread hand-off, not three.
+    """
+    from gomail.mailaccess.imapstore import message_path
+
+    f = open(message_path(folder, entry), "rb")  # noqa: SIM115 - closed here or by the caller
+    try:
+        size = os.fstat(f.fileno()).st_size
+        first = f.read(min(BLOCK, size))
+    except BaseException:
+        f.close()
+        raise
+    if len(first) >= size:
+        f.close()
+        return None, size, first
+    return f, size, first
 
 
 class IMAPFetchMixin:
@@ -209,17 +225,17 @@ class IMAPFetchMixin:
     async def _stream(self, msg: Any, _w: Any, _f: Any) -> None:
         """A whole message as a literal, read from its file in blocks in the I/O pool, as fast as the client takes it."""
         run = self.mbox.account.run
-        path = await self.mbox.file_path(msg.entry)
-        file, size = await run(_open_sized, path)
+        file, size, block = await run(_open_first, self.mbox.path, msg.entry)
         pacer = Pacer()
         try:
-            _w(b"{%d}\r\n" % size)
-            _f()
+            # Registered before the first write, so a full buffer pauses it; the next block
+            # (or, for a message read whole, the next message) waits until the client reads.
             self.transport.registerProducer(pacer, True)
-            remaining = size
+            _w(b"{%d}\r\n" % size + (block if file is None else b""))
+            _f()
+            remaining = 0 if file is None else size
             while remaining > 0 and not self.closed:
                 await pacer.wait()
-                block = await run(file.read, min(BLOCK, remaining))
                 if not block or pacer.stopped:
                     # The file is shorter than it was (it never changes): the literal cannot be completed.
                     self.transport.abortConnection()
@@ -227,8 +243,12 @@ class IMAPFetchMixin:
                     return
                 self.transport.write(block)
                 remaining -= len(block)
+                if remaining > 0:
+                    block = await run(file.read, min(BLOCK, remaining))
+            await pacer.wait()
         finally:
-            file.close()
+            if file is not None:
+                file.close()
             if self.transport.producer is pacer:
                 self.transport.unregisterProducer()
 
