@@ -45,6 +45,15 @@ class MailboxNameTests(SynchronousTestCase):
         self.assertNotIn("/", name)
         self.assertEqual(name, "%2E.%2F..%2Fetc%2Fpasswd@example.com")
 
+    def test_one_name_per_address(self) -> None:
+        """
+        Two addresses never share a Maildir: "ģ4" and "ሴ" both became "%1234"
+        (a review found it; IMAP and POP3 read these directories).
+        """
+        self.assertNotEqual(mailbox_name("\u01234@example.com"), mailbox_name("\u1234@example.com"))
+        self.assertEqual(mailbox_name("\u1234@example.com"), "%u001234@example.com")
+        self.assertEqual(mailbox_name("\u00e9@example.com"), "%E9@example.com")  # as before
+
     def test_escapes_leading_dot(self) -> None:
         """A leading '.' is escaped, so no name is hidden, '.' or '..'."""
         self.assertEqual(mailbox_name(".hidden@example.com"), "%2Ehidden@example.com")

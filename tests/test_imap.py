@@ -287,6 +287,22 @@ class AppendTests(HarnessMixin, SynchronousTestCase):
         self.assertTrue(name.endswith(":2,DS"))
         self.assertEqual(os.stat(os.path.join(harness.maildir(), "cur", name)).st_mtime, 1704448800)
 
+    def test_long_sequence_set_refused(self):
+        """A sequence set of 500+ ranges is BAD at once (twisted's parser is quadratic); the session goes on."""
+        client = self.selected(self.harness())
+        ranges = b",".join(b"%d" % (2 * n + 1) for n in range(600))
+        answer = client.send(b"a FETCH " + ranges + b" FLAGS\r\n")
+        self.assertTrue(answer.startswith(b"a BAD "), answer[:100])
+        self.assertEqual(client.send(b"b NOOP\r\n"), b"b OK Completed\r\n")
+
+    def test_literal_size_forms_cannot_pass_the_bound(self):
+        """{+2048}, { 2048} and {2_048} (int() takes them) are refused, not read past maxLiteralSize."""
+        client = self.selected(self.harness(maxLiteralSize=1024))
+        for literal in (b"{+2048}", b"{ 2048}", b"{2_048}"):
+            answer = client.send(b"a APPEND INBOX " + literal + b"\r\n")
+            self.assertTrue(answer.startswith((b"a NO ", b"a BAD ")), answer)
+            self.assertNotIn(b"+ Ready", answer)
+
     def test_append_too_big_is_refused_before_the_data(self):
         """A literal over maxLiteralSize is NO [TOOBIG] without a continuation; the session goes on."""
         client = self.selected(self.harness(maxLiteralSize=1024))

@@ -92,13 +92,18 @@ class POP3ProxyTests(SynchronousTestCase):
         self.assertTrue(answer.startswith(b"+OK Logged in"), answer)
 
     def test_password_from_trusted_peer(self):
-        """A plain password from nginx, without TLS, still goes through the password chain (right and wrong)."""
+        """
+        Without TLS a trusted proxy may hand only tickets: a clear-text password
+        from its network is refused before any check (trustedProxies is no
+        plaintext licence); with STLS it goes through the password chain.
+        """
         harness = self.harness()
         answer = harness.connect(NGINX).login(BOB, BOB_PASSWORD, stls=False)
+        self.assertEqual(answer, b"-ERR Plaintext login is not allowed: issue STLS first\r\n")
+        self.assertEqual(harness.audit.entries, [])
+        answer = harness.connect(NGINX).login(BOB, BOB_PASSWORD)
         self.assertTrue(answer.startswith(b"+OK Logged in"), answer)
         self.assertEqual(harness.audit.entries[-1].reason, "password")
-        answer = harness.connect(NGINX).login(BOB, "wrong", stls=False)
-        self.assertEqual(answer, b"-ERR [AUTH] Authentication failed\r\n")
 
     def test_untrusted_peer_needs_tls(self):
         """Other peers (loopback ones too) still get no USER before STLS, and no ticket login without it."""
@@ -158,11 +163,12 @@ class IMAPProxyTests(SynchronousTestCase):
         self.assertEqual(harness.audit.entries[-1].reason, "bad-password")
 
     def test_password_from_trusted_peer(self):
-        """A password from nginx without TLS goes through the password chain."""
+        """Without TLS a trusted proxy may hand only tickets: a clear-text password is PRIVACYREQUIRED."""
         harness = self.harness()
-        self.assertIn(b"l1 OK", harness.connect(NGINX).login(BOB, BOB_PASSWORD, tls=False))
+        self.assertIn(b"l1 NO [PRIVACYREQUIRED]", harness.connect(NGINX).login(BOB, BOB_PASSWORD, tls=False))
+        self.assertEqual(harness.audit.entries, [])
+        self.assertIn(b"l1 OK", harness.connect(NGINX).login(BOB, BOB_PASSWORD))
         self.assertEqual(harness.audit.entries[-1].reason, "password")
-        self.assertIn(b"l1 NO [AUTHENTICATIONFAILED]", harness.connect(NGINX).login(BOB, "wrong", tls=False))
 
     def test_untrusted_peer_needs_tls(self):
         """Another peer still sees LOGINDISABLED before STARTTLS."""

@@ -25,6 +25,7 @@ The commands themselves are in L{gomail.mailaccess.imapcommands}.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -216,6 +217,11 @@ class GomailIMAP4(IMAPLoginMixin, IMAPCommandsMixin, imap4.IMAP4Server):
     def dispatchCommand(self, tag: bytes, cmd: bytes, rest: bytes, uid: Any = None) -> None:
         self._tag = tag
         self._awaiting = True
+        # twisted's sequence-set parser and membership test are quadratic (3,200 ranges held
+        # the reactor for seconds); its command tables bind arg_seqset directly, hence here.
+        if max((token.count(b",") for token in (rest or b"").split(b" ")), default=0) >= MAX_SEQUENCE_RANGES:
+            self.sendBadResponse(tag, b"At most %d ranges in a sequence set" % MAX_SEQUENCE_RANGES)
+            return
         super().dispatchCommand(tag, cmd, rest, uid)
 
     def _respond(self, state: bytes, tag: Any, message: Any) -> None:
@@ -256,11 +262,19 @@ class GomailIMAP4(IMAPLoginMixin, IMAPCommandsMixin, imap4.IMAP4Server):
 
     def arg_literal(self, line: bytes) -> Any:
         """APPEND's message literal: refused (before the client sends it) beyond C{imap.maxLiteralSize}."""
-        if line[:1] == b"{" and line[-1:] == b"}" and line[1:-1].isdigit():
-            size = int(line[1:-1])
-            if size > self.settings.maxLiteralSize:
+        if line[:1] == b"{":
+            # Read here, strictly (RFC 3501: number = 1*DIGIT): twisted's int() also takes
+            # "{+2048}", "{ 2048}" and "{2_048}", which walked past the bound.
+            match = _LITERAL.fullmatch(line)
+            if match is None:
+                raise Refused("[CLIENTBUG] A literal's size is digits only")
+            if int(match.group(1)) > self.settings.maxLiteralSize:
                 raise Refused(f"[TOOBIG] Message too large (at most {self.settings.maxLiteralSize} octets)")
         return super().arg_literal(line)
 
+
+#: The most comma-separated ranges a sequence set may hold.
+MAX_SEQUENCE_RANGES = 500
+_LITERAL = re.compile(rb"\{([0-9]{1,12})\}")
 
 __all__ = ["MAX_LINE", "GomailIMAP4", "Refused", "run_now"]

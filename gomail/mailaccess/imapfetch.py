@@ -225,7 +225,15 @@ class IMAPFetchMixin:
     async def _stream(self, msg: Any, _w: Any, _f: Any) -> None:
         """A whole message as a literal, read from its file in blocks in the I/O pool, as fast as the client takes it."""
         run = self.mbox.account.run
-        file, size, block = await run(_open_first, self.mbox.path, msg.entry)
+        try:
+            file, size, block = await run(_open_first, self.mbox.path, msg.entry)
+        except OSError as e:
+            # Gone since the FETCH began (another session's EXPUNGE, a POP3 DELE), or no
+            # regular file: NIL for this message, the session goes on (an error here dropped it).
+            self.log.info("IMAP FETCH: message {unique} unreadable: {error}", unique=msg.entry.unique,
+                          error=type(e).__name__)
+            _w(b"NIL")
+            return
         pacer = Pacer()
         try:
             # Registered before the first write, so a full buffer pauses it; the next block

@@ -27,7 +27,7 @@ from twisted.mail import imap4
 
 from gomail.auth.authlog import printable
 from gomail.auth.checker import LoginAttempt, TemporaryAuthError, login
-from gomail.auth.tickets import TicketLogin
+from gomail.auth.tickets import TicketLogin, looks_like_ticket
 from gomail.mailaccess.maildir import UnsafeMailbox
 from gomail.mailaccess.proxies import login_credentials
 
@@ -119,6 +119,13 @@ class IMAPLoginMixin:
         self._login(tag, user, "" if authzid and authzid != user else password)
 
     def _login(self, tag: bytes, username: str, password: str) -> None:
+        if (not self.secure and self.from_proxy() and not looks_like_ticket(password)
+                and not (self.settings.allowPlaintextLoopback and self.client_ip is not None
+                         and self.client_ip.is_loopback)):
+            # Without TLS a trusted proxy hands only auth_http's tickets: a clear-text password from
+            # its network is a client that should have used STARTTLS.
+            self.sendNegativeResponse(tag, PLAINTEXT)
+            return
         attempt = login_credentials(username, password, self.client_host, "imap", self.from_proxy())
         d = Deferred.fromCoroutine(self._finish_login(tag, attempt))
         if not d.called:

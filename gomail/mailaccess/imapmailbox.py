@@ -343,8 +343,9 @@ class IMAPFolder:
         doomed = [(n, e) for n, e in enumerate(self.entries, 1) if "\\Deleted" in e.flags]
         if not doomed:
             return []
-        await self.account.run(imapstore.expunge, self.path, [e for _, e in doomed])
-        self.account.counter.add(self.account.root, -sum(e.size for _, e in doomed))
+        uniques, removed = await self.account.run(imapstore.expunge, self.path, [e for _, e in doomed])
+        self.account.counter.add(self.account.root, -removed)
+        doomed = [(n, e) for n, e in doomed if e.unique in uniques]  # the rest lost \Deleted meanwhile
         gone = {e.uid for _, e in doomed}
         self.entries = [e for e in self.entries if e.uid not in gone]  # the UID list drops them at its next sync
         return [n for n, _ in reversed(doomed)]

@@ -236,12 +236,26 @@ def set_flags(path: str, changes: list[tuple[Entry, frozenset[str]]]) -> list[tu
     return done
 
 
-def expunge(path: str, entries: list[Entry]) -> None:
-    """(blocking) Remove the messages of C{entries}; already gone counts as removed."""
-    for entry in entries:
-        current = _find(path, entry.unique, entry.filename)
-        if current is not None:
-            _unlink(current)
+def expunge(path: str, entries: list[Entry]) -> tuple[set[str], int]:
+    r"""
+    (blocking) Remove those of C{entries} whose file still says \Deleted now
+    (under the folder's lock, which flag changes take too: another session
+    may have cleared the flag since this one looked). Returns the unique
+    names now gone (removed here, or already gone) and the octets removed here.
+    """
+    gone: set[str] = set()
+    removed = 0
+    with _lock(path):
+        for entry in entries:
+            current = _find(path, entry.unique, entry.filename)
+            if current is None:
+                gone.add(entry.unique)
+            elif "\\Deleted" in flags_of(os.path.basename(current)):
+                size = os.stat(current).st_size
+                _unlink(current)
+                gone.add(entry.unique)
+                removed += size
+    return gone, removed
 
 
 def _unlink(path: str) -> None:
@@ -281,6 +295,8 @@ def add_message(path: str, source: BinaryIO | str, flags: frozenset[str], mtime:
         stored = _read_uidlist(path)
         if stored is not None:
             uidvalidity, uidnext, uids = stored
+            if unique in uids:
+                return uids[unique]  # numbered meanwhile by another session's sync: that UID stands
             uids[unique] = uidnext
             _write_uidlist(path, uidvalidity, uidnext + 1, uids)
             return uidnext

@@ -26,13 +26,13 @@ import binascii
 from typing import TYPE_CHECKING, Any
 
 from twisted.cred.error import UnauthorizedLogin
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.task import deferLater
 from twisted.mail.pop3 import IMailbox
 
 from gomail.auth.authlog import printable
 from gomail.auth.checker import LoginAttempt, TemporaryAuthError, login
-from gomail.auth.tickets import TicketLogin
+from gomail.auth.tickets import TicketLogin, looks_like_ticket
 from gomail.mailaccess.maildir import UnsafeMailbox
 from gomail.mailaccess.pop3mailbox import MailboxInUse
 from gomail.mailaccess.proxies import login_credentials
@@ -71,6 +71,10 @@ class POP3LoginMixin:
             return False
         if self.secure or self.from_proxy():
             return True  # nginx does not start TLS towards its backends (gomail.mailaccess.proxies)
+        return bool(self.settings.allowPlaintextLoopback and self.client_ip is not None
+                    and self.client_ip.is_loopback)
+
+    def _loopback_ok(self) -> bool:
         return bool(self.settings.allowPlaintextLoopback and self.client_ip is not None
                     and self.client_ip.is_loopback)
 
@@ -141,6 +145,11 @@ class POP3LoginMixin:
     # -- the login ---------------------------------------------------------------------
 
     def _login(self, username: str, password: str) -> Deferred:
+        if not self.secure and self.from_proxy() and not looks_like_ticket(password) and not self._loopback_ok():
+            # Without TLS a trusted proxy hands only auth_http's tickets: a password in clear text from
+            # its network is a client that should have used STLS (trustedProxies is no plaintext licence).
+            self.err("Plaintext login is not allowed: issue STLS first")
+            return succeed(None)
         attempt = login_credentials(username, password, self.client_host, "pop3", self.from_proxy())
         d = Deferred.fromCoroutine(self._finish_login(attempt))
         if not d.called:

@@ -19,9 +19,20 @@ DELIVERED_REPLY = (250, "2.0.0 Delivered to mailbox")
 _UNSAFE = re.compile(r"[^a-z0-9@._+=-]|^\.")
 
 
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    # Two hex digits below 0x100 (the names made so far); above, "%u" and six: a
+    # variable width ("%1234" for both "ģ4" and "ሴ") gave two users one Maildir.
+    return f"%{code:02X}" if code < 0x100 else f"%u{code:06X}"
+
+
 def mailbox_name(address: str) -> str:
-    """The directory name for an address: lower-cased, anything unsafe %-escaped."""
-    return _UNSAFE.sub(lambda m: f"%{ord(m.group()):02X}", address.lower())
+    """
+    The directory name for an address: lower-cased, anything unsafe
+    %-escaped, one name per address ("%" itself is escaped, and "u" is no hex
+    digit, so the two escape forms cannot be confused).
+    """
+    return _UNSAFE.sub(_escape, address.lower())
 
 
 def safe_hostname(hostname: str) -> str:

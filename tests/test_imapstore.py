@@ -1,0 +1,62 @@
+"""gomail.mailaccess.imapstore's blocking folder work, against races a review found."""
+
+from __future__ import annotations
+
+import io
+import os
+
+from twisted.trial.unittest import TestCase
+
+from gomail.mailaccess import imapstore
+
+
+class StoreRaceTests(TestCase):
+    """Two sessions on one folder."""
+
+    def setUp(self) -> None:
+        self.folder = os.path.abspath(self.mktemp())
+        for sub in ("tmp", "new", "cur"):
+            os.makedirs(os.path.join(self.folder, sub))
+
+    def add(self) -> imapstore.Entry:
+        uid = imapstore.add_message(self.folder, io.BytesIO(b"Subject: x\r\n\r\nbody\r\n"), frozenset(), 1.0e9,
+                                    1.0e9, "test")
+        return next(e for e in imapstore.sync(self.folder, 1.0e9).entries if e.uid == uid)
+
+    def test_expunge_keeps_a_message_no_longer_deleted(self) -> None:
+        """
+        Session B saw \\Deleted, session A cleared it since: B's EXPUNGE keeps
+        the message (it unlinked it by B's stale view before).
+        """
+        entry = self.add()
+        [(_, deleted_name)] = imapstore.set_flags(self.folder, [(entry, frozenset({"\\Deleted"}))])
+        seen_by_b = imapstore.Entry(entry.uid, entry.unique, deleted_name, entry.size, entry.mtime,
+                                    frozenset({"\\Deleted"}))
+        imapstore.set_flags(self.folder, [(seen_by_b, frozenset())])  # A clears it
+        gone, removed = imapstore.expunge(self.folder, [seen_by_b])
+        self.assertEqual((gone, removed), (set(), 0))
+        self.assertEqual(len(os.listdir(os.path.join(self.folder, "cur"))), 1)
+        # Still deleted: removed, its octets counted.
+        imapstore.set_flags(self.folder, [(seen_by_b, frozenset({"\\Deleted"}))])
+        gone, removed = imapstore.expunge(self.folder, [seen_by_b])
+        self.assertEqual((gone, removed > 0), ({entry.unique}, True))
+        self.assertEqual(os.listdir(os.path.join(self.folder, "cur")), [])
+
+    def test_uid_kept_when_numbered_meanwhile(self) -> None:
+        """A message another session's sync numbered between APPEND's rename and its list update keeps that UID."""
+        self.add()
+        real_rename = os.rename
+        seen: list[int] = []
+
+        def rename_then_sync(source: str, target: str) -> None:
+            real_rename(source, target)
+            if f"{os.sep}tmp{os.sep}" in source:  # APPEND's rename into cur/: another session syncs now
+                seen.extend(e.uid for e in imapstore.sync(self.folder, 1.0e9).entries)
+
+        self.patch(imapstore.os, "rename", rename_then_sync)
+        uid = imapstore.add_message(self.folder, io.BytesIO(b"Subject: y\r\n\r\nbody\r\n"), frozenset(), 1.0e9,
+                                    1.0e9, "test")
+        self.patch(imapstore.os, "rename", real_rename)
+        self.assertEqual(sorted(seen), [1, 2])
+        self.assertEqual(uid, 2)  # the UID that sync gave it, not a new one
+        self.assertEqual(sorted(e.uid for e in imapstore.sync(self.folder, 1.0e9).entries), [1, 2])
