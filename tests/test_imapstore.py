@@ -60,3 +60,25 @@ class StoreRaceTests(TestCase):
         self.assertEqual(sorted(seen), [1, 2])
         self.assertEqual(uid, 2)  # the UID that sync gave it, not a new one
         self.assertEqual(sorted(e.uid for e in imapstore.sync(self.folder, 1.0e9).entries), [1, 2])
+
+
+class PoisonMessageTests(TestCase):
+    """gomail.mailaccess.imapmessage against deeply nested MIME."""
+
+    def test_deep_nesting_is_bounded(self) -> None:
+        """1,200 nested multiparts: BODYSTRUCTURE is built (no RecursionError) from at most MAX_MIME_DEPTH levels."""
+        from twisted.mail import imap4
+
+        from gomail.mailaccess.imapmessage import MAX_MIME_DEPTH, RawPart
+
+        depth = 1200
+        head = "".join(f'Content-Type: multipart/mixed; boundary="b{n}"\r\n\r\n--b{n}\r\n' for n in range(depth))
+        tail = "".join(f"\r\n--b{n}--\r\n" for n in reversed(range(depth)))
+        part = RawPart(("Subject: deep\r\n" + head + "Content-Type: text/plain\r\n\r\nhi" + tail).encode())
+        structure = imap4.getBodyStructure(part, True)
+        self.assertTrue(structure)
+        levels, entity = 0, part
+        while entity.isMultipart():
+            entity = entity.getSubPart(0)
+            levels += 1
+        self.assertEqual(levels, MAX_MIME_DEPTH)

@@ -44,6 +44,11 @@ def split_header(raw: bytes) -> tuple[bytes, bytes]:
     return raw[:match.end()], raw[match.end():]
 
 
+#: MIME nesting followed (deeper entities are leaves), and parts of one multipart listed.
+MAX_MIME_DEPTH = 12
+MAX_MIME_PARTS = 500
+
+
 def _ascii(value: str) -> str:
     # twisted encodes what it sends as ASCII; 8-bit header bytes (not RFC 2047 encoded) become "?".
     return value.encode("ascii", "replace").decode("ascii")
@@ -56,9 +61,10 @@ class RawPart:
     read (the body is unknown: asking for it is a programming error).
     """
 
-    def __init__(self, raw: bytes, header_only: bool = False) -> None:
+    def __init__(self, raw: bytes, header_only: bool = False, depth: int = 0) -> None:
         self.header_bytes, self.body = split_header(raw)
         self.header_only = header_only
+        self.depth = depth
         self.parsed: Message = BytesHeaderParser(policy=compat32).parsebytes(self.header_bytes)
         self._parts: list[RawPart] | None = None
 
@@ -87,8 +93,13 @@ class RawPart:
         return len(self.body)
 
     def isMultipart(self) -> bool:
-        """Whether it is a multipart (whose parts L{getSubPart} gives)."""
-        return self.parsed.get_content_maintype() == "multipart"
+        """
+        Whether it is a multipart (whose parts L{getSubPart} gives). Past
+        L{MAX_MIME_DEPTH} levels an entity is a leaf: each level holds its own
+        copy of its body, and twisted's BODYSTRUCTURE recurses on the reactor
+        (a message of 1,200 nested levels raised RecursionError; 40 levels of 2 MB took 88 MB).
+        """
+        return self.depth < MAX_MIME_DEPTH and self.parsed.get_content_maintype() == "multipart"
 
     def getSubPart(self, part: int) -> RawPart:
         """Part C{part} (0-based) of a multipart, or the message inside a message/rfc822 (0). IndexError: none."""
@@ -120,7 +131,7 @@ class RawPart:
 
     def _split(self) -> list[RawPart]:
         if self.parsed.get_content_type() == "message/rfc822":
-            return [RawPart(self.body)]
+            return [RawPart(self.body, depth=self.depth + 1)] if self.depth < MAX_MIME_DEPTH else []
         if not self.isMultipart():
             return []
         boundary = self.parsed.get_boundary()
@@ -131,14 +142,17 @@ class RawPart:
         parts: list[RawPart] = []
         start: int | None = None
         for match in delimiter.finditer(self.body):
+            if len(parts) >= MAX_MIME_PARTS:
+                start = None
+                break
             if start is not None:
-                parts.append(RawPart(self.body[start:match.start()]))
+                parts.append(RawPart(self.body[start:match.start()], depth=self.depth + 1))
             if match.group(1):
                 start = None
                 break
             start = match.end()
         if start is not None:  # no closing delimiter: the rest is the last part
-            parts.append(RawPart(self.body[start:]))
+            parts.append(RawPart(self.body[start:], depth=self.depth + 1))
         return parts
 
 
