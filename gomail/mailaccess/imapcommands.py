@@ -51,6 +51,7 @@ class IMAPCommandsMixin(IMAPFetchMixin):
     def init_commands(self) -> None:
         self._idle_tag: bytes | None = None
         self._idle_call: Any = None
+        self._idle_polling: Deferred | None = None  # the IDLE look at the folder under way
 
     def _run(self, tag: bytes, work: Coroutine[Any, Any, Any], done: bytes | None) -> None:
         """Run C{work}; then the tagged C{OK done} (None: C{work} answered), or the answer to its failure."""
@@ -129,7 +130,7 @@ class IMAPCommandsMixin(IMAPFetchMixin):
     def _idle_poll(self) -> None:
         """While IDLE: look at the folder (new mail delivered, messages gone) and say what changed."""
         self._idle_call = None
-        d = Deferred.fromCoroutine(self.refresh())
+        d = self._idle_polling = Deferred.fromCoroutine(self.refresh())
         d.addErrback(lambda failure: self.log.failure("IMAP IDLE poll failed", failure))
         d.addBoth(lambda _: self._schedule_idle_poll())
 
@@ -144,10 +145,21 @@ class IMAPCommandsMixin(IMAPFetchMixin):
         tag = self._idle_tag
         self.stop_idle()
         self.parseState = "command"
-        if line.strip().upper() == b"DONE":
-            self.sendPositiveResponse(tag, b"IDLE terminated")
+        done = line.strip().upper() == b"DONE"
+
+        def answer(_: Any = None) -> None:
+            if done:
+                self.sendPositiveResponse(tag, b"IDLE terminated")
+            else:
+                self.sendBadResponse(tag, b"Expected DONE: IDLE terminated")
+
+        polling, self._idle_polling = self._idle_polling, None
+        if polling is not None and not polling.called:
+            # A look at the folder is under way: the answer (and so the next command, which
+            # waits for it) comes after its changes, never in the middle of another command.
+            polling.addBoth(answer)
         else:
-            self.sendBadResponse(tag, b"Expected DONE: IDLE terminated")
+            answer()
 
     # -- folders ----------------------------------------------------------------------------
 
