@@ -424,3 +424,15 @@ class PluginTests(SynchronousTestCase):
         self.assertEqual(sorted(port for port, *_ in reactor.tcpServers), [1143, 1993])
         self.assertEqual(loaded.extension.counters()["open_sessions"], 0)
         self.successResultOf(service.stopService())
+
+
+class CommandBoundTests(HarnessMixin, SynchronousTestCase):
+    """Bounds on what one command may ask of the event loop."""
+
+    def test_search_words_bounded(self):
+        """A SEARCH of 250 BODY keys (seconds of matching on the reactor) is BAD; a short one is answered."""
+        client = self.selected(self.harness())
+        keys = b" ".join(b"OR BODY a%d" % n for n in range(250)) + b" ALL"
+        self.assertTrue(client.send(b"s SEARCH " + keys + b"\r\n").startswith(b"s BAD "))
+        self.assertTrue(client.send(b"u UID SEARCH " + keys + b"\r\n").startswith(b"u BAD "))
+        self.assertIn(b"s2 OK", client.send(b"s2 SEARCH ALL\r\n"))

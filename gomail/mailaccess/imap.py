@@ -222,6 +222,13 @@ class GomailIMAP4(IMAPLoginMixin, IMAPCommandsMixin, imap4.IMAP4Server):
         if max((token.count(b",") for token in (rest or b"").split(b" ")), default=0) >= MAX_SEQUENCE_RANGES:
             self.sendBadResponse(tag, b"At most %d ranges in a sequence set" % MAX_SEQUENCE_RANGES)
             return
+        words = (rest or b"").upper().split()
+        if (cmd.upper() == b"SEARCH" or words[:1] == [b"SEARCH"]) and (
+                len(words) > MAX_SEARCH_WORDS or (rest or b"").count(b"(") > MAX_SEARCH_WORDS // 4):
+            # SEARCH matches on the reactor, message by message: 250 BODY keys over large
+            # messages held it for seconds; deep nesting overflowed twisted's recursive parser.
+            self.sendBadResponse(tag, b"At most %d words in a SEARCH" % MAX_SEARCH_WORDS)
+            return
         super().dispatchCommand(tag, cmd, rest, uid)
 
     def _respond(self, state: bytes, tag: Any, message: Any) -> None:
@@ -275,6 +282,8 @@ class GomailIMAP4(IMAPLoginMixin, IMAPCommandsMixin, imap4.IMAP4Server):
 
 #: The most comma-separated ranges a sequence set may hold.
 MAX_SEQUENCE_RANGES = 500
+#: The most words (keys, values, parentheses) one SEARCH may hold.
+MAX_SEARCH_WORDS = 100
 _LITERAL = re.compile(rb"\{([0-9]{1,12})\}")
 
 __all__ = ["MAX_LINE", "GomailIMAP4", "Refused", "run_now"]

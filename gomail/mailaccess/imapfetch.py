@@ -235,10 +235,12 @@ class IMAPFetchMixin:
             _w(b"NIL")
             return
         pacer = Pacer()
+        registered = False
         try:
             # Registered before the first write, so a full buffer pauses it; the next block
             # (or, for a message read whole, the next message) waits until the client reads.
             self.transport.registerProducer(pacer, True)
+            registered = True
             _w(b"{%d}\r\n" % size + (block if file is None else b""))
             _f()
             remaining = 0 if file is None else size
@@ -257,7 +259,9 @@ class IMAPFetchMixin:
         finally:
             if file is not None:
                 file.close()
-            if self.transport.producer is pacer:
+            # Not "transport.producer is pacer": a TLS transport holds it wrapped, so that test
+            # never unregistered it there, and the next literal's registration raised.
+            if registered and self.transport.producer is not None:
                 self.transport.unregisterProducer()
 
     # -- SEARCH -----------------------------------------------------------------------------
