@@ -86,6 +86,38 @@ class QuotaCounterTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(Deferred.fromCoroutine(counter.used(self.root))), 1120)
 
 
+class ReservationTests(SynchronousTestCase):
+    """Stores under way promise their octets: parallel stores cannot all pass one count."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.root = os.path.abspath(self.mktemp())
+        fill(self.root, "", 100)
+
+    def reserve(self, counter: QuotaCounter, octets: int, limit: int) -> bool:
+        return bool(self.successResultOf(Deferred.fromCoroutine(counter.reserve(self.root, octets, limit))))
+
+    def test_parallel_stores(self) -> None:
+        """
+        With 100 octets stored and a limit of 1,000, eight stores of 300 at
+        once: three are promised room, the rest refused (each was checked
+        against the same count before, and all eight went through: 7x the quota).
+        """
+        counter = QuotaCounter(synchronous_run, self.clock)
+        self.assertEqual([self.reserve(counter, 300, 1000) for _ in range(8)], [True] * 3 + [False] * 5)
+        counter.release(self.root, 300, stored=True)
+        counter.release(self.root, 300, stored=False)  # a store that failed gives its room back
+        self.assertTrue(self.reserve(counter, 300, 1000))
+        self.assertFalse(self.reserve(counter, 300, 1000))
+
+    def test_release_counts_what_was_stored(self) -> None:
+        """A store that succeeded is counted from then on (without waiting for a recount)."""
+        counter = QuotaCounter(synchronous_run, self.clock)
+        self.assertTrue(self.reserve(counter, 50, 1000))
+        counter.release(self.root, 50, stored=True)
+        self.assertEqual(self.successResultOf(Deferred.fromCoroutine(counter.used(self.root))), 150)
+
+
 class RecipientQuotaTests(RecipientTestCase):
     """RCPT TO a local user whose Maildir is full: 452 4.2.2, so the sending server keeps the message."""
 

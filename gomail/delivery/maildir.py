@@ -76,15 +76,17 @@ class MaildirDelivery:
         results: dict[str, Any] = {}
         room = []
         for recipient in recipients:
-            if await quota.exceeded(recipient.address, envelope.size):
-                results[recipient.address] = MAILBOX_FULL_REPLY
-            else:
+            if await quota.reserve(recipient.address, envelope.size):
                 room.append(recipient)
+            else:
+                results[recipient.address] = MAILBOX_FULL_REPLY
         if room:
-            results.update(await self._link(envelope, message_path, room))
-            for recipient in room:
-                if results.get(recipient.address, (0, ""))[0] // 100 == 2:
-                    quota.add(recipient.address, envelope.size)
+            try:
+                results.update(await self._link(envelope, message_path, room))
+            finally:
+                for recipient in room:
+                    stored = results.get(recipient.address, (0, ""))[0] // 100 == 2
+                    quota.release(recipient.address, envelope.size, stored)
         return results
 
     def _link(self, envelope: Envelope, message_path: str, recipients: list[Recipient]) -> Deferred:

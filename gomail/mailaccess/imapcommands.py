@@ -240,14 +240,21 @@ class IMAPCommandsMixin(IMAPFetchMixin):
         if not await account.run(imapfolders.folder_exists, account.root, folder):
             raise FolderError("[TRYCREATE] No such mailbox")
         entries = [mbox.entries[n - 1] for n in mbox._numbers(messages, bool(uid))]
-        await account.check_quota(sum(e.size for e in entries))
+        total = sum(e.size for e in entries)
+        await account.reserve(total)
         target = account.path(folder)
-        for entry in entries:
-            source = await mbox.file_path(entry)
-            # A hard link of the stored file (a copy across file systems), flags and date kept.
-            await account.run(imapstore.add_message, target, source, entry.flags, entry.mtime,
-                              account.clock.seconds(), account.hostname)
-            account.counter.add(account.root, entry.size)
+        copied = 0
+        try:
+            for entry in entries:
+                source = await mbox.file_path(entry)
+                # A hard link of the stored file (a copy across file systems), flags and date kept.
+                await account.run(imapstore.add_message, target, source, entry.flags, entry.mtime,
+                                  account.clock.seconds(), account.hostname)
+                copied += entry.size
+        finally:
+            account.release(total - copied, False)
+            if copied:
+                account.release(copied, True)
         if mbox.name.upper() == folder.upper():
             await self.refresh()
 

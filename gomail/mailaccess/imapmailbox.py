@@ -166,18 +166,29 @@ class IMAPAccount:
 
     # -- storing messages ---------------------------------------------------------------------
 
-    async def check_quota(self, octets: int) -> None:
-        """@raise OverQuota: C{octets} more would exceed the quota."""
-        if self.quota and await self.counter.used(self.root) + octets > self.quota:
+    async def reserve(self, octets: int) -> None:
+        """Promise C{octets} within the quota (pair with L{release}). @raise OverQuota: they do not fit."""
+        if self.quota and not await self.counter.reserve(self.root, octets, self.quota):
             raise OverQuota("[OVERQUOTA] Quota exceeded")
+
+    def release(self, octets: int, stored: bool) -> None:
+        """End a L{reserve}: C{stored} octets are counted from now on."""
+        if self.quota:
+            self.counter.release(self.root, octets, stored)
+        elif stored:
+            self.counter.add(self.root, octets)
 
     async def append(self, name: str, source: Any, size: int, flags: frozenset[str], mtime: float | None) -> int:
         """APPEND: store C{source} (an open file, or a message file's path to link) in folder C{name}; its UID."""
-        await self.check_quota(size)
-        now = self.clock.seconds()
-        uid = await self.run(imapstore.add_message, self.path(name), source, flags,
-                             now if mtime is None else mtime, now, self.hostname)
-        self.counter.add(self.root, size)
+        await self.reserve(size)
+        stored = False
+        try:
+            now = self.clock.seconds()
+            uid = await self.run(imapstore.add_message, self.path(name), source, flags,
+                                 now if mtime is None else mtime, now, self.hostname)
+            stored = True
+        finally:
+            self.release(size, stored)
         return uid
 
 

@@ -37,6 +37,8 @@ class QuotaCounter:
         self.clock = clock
         self._counted: dict[str, tuple[int, float]] = {}
         self._counting: dict[str, list[Deferred]] = {}
+        #: Octets promised to stores under way (reserve() to release()), per Maildir.
+        self._reserved: dict[str, int] = {}
 
     async def used(self, root: str) -> int:
         """Octets used under the Maildir C{root}. @raise OSError: it could not be counted."""
@@ -59,6 +61,35 @@ class QuotaCounter:
         for d in self._counting.pop(root):
             d.callback(total)
         return total
+
+    async def reserve(self, root: str, octets: int, limit: int) -> bool:
+        """
+        Promise C{octets} under C{root} if they fit C{limit} with what is
+        stored and what is promised already: whether they were. Checking
+        and promising happen in one reactor turn, so stores made in
+        parallel (eight APPENDs at once went 7x past the quota while each
+        was checked against the same count) cannot all pass the same check.
+        Pair with L{release}. @raise OSError: C{root} could not be counted.
+        """
+        used = await self.used(root)
+        if used + self._reserved.get(root, 0) + octets > limit:
+            return False
+        self.promise(root, octets)
+        return True
+
+    def promise(self, root: str, octets: int) -> None:
+        """Promise C{octets} under C{root} without a check (pair with L{release})."""
+        self._reserved[root] = self._reserved.get(root, 0) + octets
+
+    def release(self, root: str, octets: int, stored: bool) -> None:
+        """End a L{reserve}: the octets were stored (counted from now on) or not."""
+        left = self._reserved.get(root, 0) - octets
+        if left > 0:
+            self._reserved[root] = left
+        else:
+            self._reserved.pop(root, None)
+        if stored:
+            self.add(root, octets)
 
     def add(self, root: str, octets: int) -> None:
         """A message of C{octets} was added (negative: removed) by this process."""
@@ -99,6 +130,22 @@ class MailboxQuota:
             self.log.warn("quota of <{recipient}> not counted: {error}", recipient=address, error=str(e))
             return False
         return used + octets > self.limit if octets else used >= self.limit
+
+    async def reserve(self, address: str, octets: int) -> bool:
+        """Promise C{octets} to C{address}'s Maildir if they fit (always, with no limit); see L{QuotaCounter.reserve}."""
+        if not self.limit:
+            return True
+        try:
+            return await self.counter.reserve(self.root(address), octets, self.limit)
+        except OSError as e:
+            self.log.warn("quota of <{recipient}> not counted: {error}", recipient=address, error=str(e))
+            self.counter.promise(self.root(address), octets)  # room assumed: released like any other
+            return True
+
+    def release(self, address: str, octets: int, stored: bool) -> None:
+        """End a L{reserve} of C{address}."""
+        if self.limit:
+            self.counter.release(self.root(address), octets, stored)
 
     def add(self, address: str, octets: int) -> None:
         """C{octets} were delivered to C{address}."""
