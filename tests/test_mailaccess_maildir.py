@@ -156,6 +156,22 @@ class MailboxTests(SynchronousTestCase):
         self.assertEqual(os.listdir(os.path.join(self.box, "cur")), ["200.b.host:2,"])
         logout()
 
+    def test_quit_lowers_the_quota_count(self):
+        """The octets a QUIT removed come off the user's quota count at once (not a minute later)."""
+        lowered = []
+
+        class Quota:
+            def add(self, address, octets):
+                lowered.append((address, octets))
+
+        realm = MaildirRealm(self.root, run, MailboxLocks(), quota=Quota())
+        _, mailbox, logout = self.successResultOf(realm.requestAvatar("bob@example.com", None, IMailbox))
+        mailbox.deleteMessage(0)
+        mailbox.deleteMessage(1)
+        self.assertEqual(self.successResultOf(mailbox.sync()), 2)
+        self.assertEqual(lowered, [("bob@example.com", -8)])
+        logout()
+
     def test_one_session_per_mailbox(self):
         """The realm hands a mailbox out once until its logout; logout twice is harmless."""
         _, logout = self.open()

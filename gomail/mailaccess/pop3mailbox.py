@@ -40,10 +40,13 @@ class MaildirMailbox:
     loginDelay = 0
     messageExpiration = None
 
-    def __init__(self, maildir: Maildir, messages: list[MaildirMessage]) -> None:
+    def __init__(self, maildir: Maildir, messages: list[MaildirMessage],
+                 removed: Callable[[int], None] | None = None) -> None:
+        """@param removed: told the octets a QUIT removed (the quota's count: it need not wait a recount)."""
         self.maildir = maildir
         self.messages = list(messages)
         self.deleted: set[int] = set()
+        self.removed = removed
 
     def message(self, index: int) -> MaildirMessage:
         """The listed message at C{index}, deleted or not; C{ValueError} for no such index."""
@@ -86,6 +89,8 @@ class MaildirMailbox:
         doomed = [self.messages[i] for i in sorted(self.deleted)]
 
         def removed(failed: list[MaildirMessage]) -> int:
+            if self.removed is not None:
+                self.removed(sum(m.size for m in doomed if m not in failed))
             if failed:
                 raise OSError(f"{len(failed)} of {len(doomed)} deleted messages could not be removed")
             return len(doomed)
@@ -113,10 +118,13 @@ class MaildirRealm:
     @param locks: the mailboxes with a session now.
     """
 
-    def __init__(self, root: str, run: Callable[..., Deferred], locks: MailboxLocks | None = None) -> None:
+    def __init__(self, root: str, run: Callable[..., Deferred], locks: MailboxLocks | None = None,
+                 quota: Any = None) -> None:
+        """@param quota: the L{gomail.mailaccess.quota.MailboxQuota} whose counts removals lower, or None."""
         self.root = root
         self.run = run
         self.locks = locks if locks is not None else MailboxLocks()
+        self.quota = quota
 
     def requestAvatar(self, avatarId: Any, mind: Any, *interfaces: Any) -> Deferred:
         """
@@ -148,7 +156,9 @@ class MaildirRealm:
                 released = True
                 self.locks.release(path)
 
-        return IMailbox, MaildirMailbox(maildir, messages), logout
+        quota = self.quota
+        lowered = (lambda octets: quota.add(name, -octets)) if quota is not None else None
+        return IMailbox, MaildirMailbox(maildir, messages, lowered), logout
 
 
 __all__ = ["MailboxInUse", "MaildirMailbox", "MaildirRealm"]

@@ -176,7 +176,8 @@ def build_pop3(context: Any) -> tuple[POP3Server, list[Any]]:
     config = context.config
     smtp = config.smtp
     tls = server_context(smtp.tlsCertificate, smtp.tlsPrivateKey, config.dataDir, smtp.hostname)
-    realm = MaildirRealm(context.spool.path("mailbox"), context.spool.run, MailboxLocks())
+    realm = MaildirRealm(context.spool.path("mailbox"), context.spool.run, MailboxLocks(),
+                         quota=getattr(context, "quota", None))
     server = POP3Server(config.pop3, context.reactor, realm, portal=context.portal, tls_context=tls,
                         auth_settings=config.auth, audit=getattr(context, "audit", None))
     return server, [POP3Service(server, context.reactor, config.pop3.listen, config.pop3.implicitTlsListen)]
