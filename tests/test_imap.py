@@ -436,3 +436,16 @@ class CommandBoundTests(HarnessMixin, SynchronousTestCase):
         self.assertTrue(client.send(b"s SEARCH " + keys + b"\r\n").startswith(b"s BAD "))
         self.assertTrue(client.send(b"u UID SEARCH " + keys + b"\r\n").startswith(b"u BAD "))
         self.assertIn(b"s2 OK", client.send(b"s2 SEARCH ALL\r\n"))
+
+
+class MailboxNameTests(HarnessMixin, SynchronousTestCase):
+    """Names that are no modified UTF-7."""
+
+    def test_bad_encoding(self):
+        """SELECT of a name that is no modified UTF-7 is a plain NO, without the client's bytes as a Python repr."""
+        client = self.selected(self.harness())
+        for name in (b'"&ZZZ"', b'"\xc3\xa9t\xc3\xa9"'):
+            answer = client.send(b"s SELECT " + name + b"\r\n")
+            self.assertTrue(answer.startswith(b"s NO "), answer)
+            self.assertNotIn(b"b'", answer)
+        self.flushLoggedErrors()

@@ -257,7 +257,10 @@ class GomailIMAP4(IMAPLoginMixin, IMAPCommandsMixin, imap4.IMAP4Server):
                 return self.sendBadResponse(tag, b"Illegal syntax: " + str(failure.value).encode("ascii", "replace"))
             if failure.check(Refused):
                 return self.sendNegativeResponse(tag, str(failure.value).encode("ascii", "replace"))
-            if failure.check(imap4.IllegalOperation, imap4.IllegalMailboxEncoding, imap4.MailboxException):
+            if failure.check(imap4.IllegalMailboxEncoding):
+                # Its text is the Python repr of the client's bytes: never echoed.
+                return self.sendNegativeResponse(tag, b"Invalid mailbox name encoding")
+            if failure.check(imap4.IllegalOperation, imap4.MailboxException):
                 return self.sendNegativeResponse(tag, str(failure.value).encode("ascii", "replace"))
             self.log.failure("internal error in the IMAP session with {client}", failure, client=self.client_host)
         self.sendBadResponse(tag, b"Server error")
