@@ -27,9 +27,9 @@ from twisted.mail import imap4
 
 from gomail.auth.authlog import printable
 from gomail.auth.checker import LoginAttempt, TemporaryAuthError, login
-from gomail.auth.tickets import TicketLogin, looks_like_ticket
+from gomail.auth.tickets import TicketLogin
 from gomail.mailaccess.maildir import UnsafeMailbox
-from gomail.mailaccess.proxies import login_credentials
+from gomail.mailaccess.proxies import LoginRules, login_credentials
 
 #: The one answer to every refused login (RFC 5530 response code).
 FAILED = b"[AUTHENTICATIONFAILED] Authentication failed"
@@ -37,7 +37,7 @@ TEMPORARY = b"[UNAVAILABLE] Temporary authentication failure, try again later"
 PLAINTEXT = b"[PRIVACYREQUIRED] Plaintext login is not allowed: issue STARTTLS first"
 
 
-class IMAPLoginMixin:
+class IMAPLoginMixin(LoginRules):
     """LOGIN and AUTHENTICATE for an IMAP session (uses its C{server}, C{sendNegativeResponse}...)."""
 
     server: Any
@@ -55,19 +55,6 @@ class IMAPLoginMixin:
         self._auth_failures = 0
         self._login_in_flight: Deferred | None = None
         self._auth_tag = b""
-
-    def from_proxy(self) -> bool:
-        """Whether the peer is one of the section's C{trustedProxies} (nginx)."""
-        return self.server.proxies.trusts(self.client_ip)
-
-    def login_allowed(self) -> bool:
-        """Whether LOGIN and AUTHENTICATE may be used (and AUTH=PLAIN offered) now."""
-        if self.server.portal is None:
-            return False
-        if self.secure or self.from_proxy():
-            return True  # nginx does not start TLS towards its backends (gomail.mailaccess.proxies)
-        return bool(self.settings.allowPlaintextLoopback and self.client_ip is not None
-                    and self.client_ip.is_loopback)
 
     def _refused(self, tag: bytes) -> bool:
         if self.server.portal is None:
@@ -119,11 +106,7 @@ class IMAPLoginMixin:
         self._login(tag, user, "" if authzid and authzid != user else password)
 
     def _login(self, tag: bytes, username: str, password: str) -> None:
-        if (not self.secure and self.from_proxy() and not looks_like_ticket(password)
-                and not (self.settings.allowPlaintextLoopback and self.client_ip is not None
-                         and self.client_ip.is_loopback)):
-            # Without TLS a trusted proxy hands only auth_http's tickets: a clear-text password from
-            # its network is a client that should have used STARTTLS.
+        if self.clear_password_refused(password):
             self.sendNegativeResponse(tag, PLAINTEXT)
             return
         attempt = login_credentials(username, password, self.client_host, "imap", self.from_proxy())

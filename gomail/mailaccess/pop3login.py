@@ -32,17 +32,17 @@ from twisted.mail.pop3 import IMailbox
 
 from gomail.auth.authlog import printable
 from gomail.auth.checker import LoginAttempt, TemporaryAuthError, login
-from gomail.auth.tickets import TicketLogin, looks_like_ticket
+from gomail.auth.tickets import TicketLogin
 from gomail.mailaccess.maildir import UnsafeMailbox
 from gomail.mailaccess.pop3mailbox import MailboxInUse
-from gomail.mailaccess.proxies import login_credentials
+from gomail.mailaccess.proxies import LoginRules, login_credentials
 
 #: The one answer to every refused login.
 FAILED = "[AUTH] Authentication failed"
 TEMPORARY = "[SYS/TEMP] Temporary authentication failure, try again later"
 
 
-class POP3LoginMixin:
+class POP3LoginMixin(LoginRules):
     """USER, PASS, AUTH and APOP for a POP3 session (uses its C{server}, C{ok}, C{err}...)."""
 
     server: Any
@@ -60,23 +60,6 @@ class POP3LoginMixin:
         self._auth_failures = 0
         self._login_in_flight: Deferred | None = None
         self.account: Any = None
-
-    def from_proxy(self) -> bool:
-        """Whether the peer is one of the section's C{trustedProxies} (nginx)."""
-        return self.server.proxies.trusts(self.client_ip)
-
-    def login_allowed(self) -> bool:
-        """Whether USER, PASS and AUTH may be used (and are offered in CAPA) now."""
-        if self.server.portal is None:
-            return False
-        if self.secure or self.from_proxy():
-            return True  # nginx does not start TLS towards its backends (gomail.mailaccess.proxies)
-        return bool(self.settings.allowPlaintextLoopback and self.client_ip is not None
-                    and self.client_ip.is_loopback)
-
-    def _loopback_ok(self) -> bool:
-        return bool(self.settings.allowPlaintextLoopback and self.client_ip is not None
-                    and self.client_ip.is_loopback)
 
     def _refused(self) -> bool:
         """Answer a login command that may not be used now; whether it was refused."""
@@ -145,9 +128,7 @@ class POP3LoginMixin:
     # -- the login ---------------------------------------------------------------------
 
     def _login(self, username: str, password: str) -> Deferred:
-        if not self.secure and self.from_proxy() and not looks_like_ticket(password) and not self._loopback_ok():
-            # Without TLS a trusted proxy hands only auth_http's tickets: a password in clear text from
-            # its network is a client that should have used STLS (trustedProxies is no plaintext licence).
+        if self.clear_password_refused(password):
             self.err("Plaintext login is not allowed: issue STLS first")
             return succeed(None)
         attempt = login_credentials(username, password, self.client_host, "pop3", self.from_proxy())

@@ -8,7 +8,6 @@ L{build_pop3}.
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any
 
 from twisted.application.service import MultiService
@@ -16,18 +15,17 @@ from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
-from gomail.auth.authlog import AuthLogEntry, printable
 from gomail.configmailaccess import POP3Settings
 from gomail.configschema import AuthSettings
 from gomail.deferreds import deferred_coroutine
+from gomail.mailaccess.access import MailAccessServer
 from gomail.mailaccess.maildir import MailboxLocks
 from gomail.mailaccess.pop3 import GomailPOP3
 from gomail.mailaccess.pop3mailbox import MaildirRealm
-from gomail.mailaccess.proxies import TrustedProxies
 from gomail.servicekit import ListeningService
 
 
-class POP3Server:
+class POP3Server(MailAccessServer):
     """
     The sessions of every POP3 listener and what they share.
 
@@ -39,74 +37,17 @@ class POP3Server:
     """
 
     log = Logger()
+    protocol, label = "pop3", "POP3"
 
     def __init__(self, settings: POP3Settings, clock: Any, realm: MaildirRealm, portal: Any = None,
                  tls_context: Any = None, auth_settings: AuthSettings | None = None, audit: Any = None) -> None:
-        self.settings = settings
-        self.clock = clock
+        # stats also count in_use, retrieved, top, deleted.
+        super().__init__(settings, clock, portal, tls_context, auth_settings, audit)
         self.realm = realm
-        self.portal = portal
-        self.tls_context = tls_context
-        self.auth_settings = auth_settings or AuthSettings()
-        self.audit = audit
-        #: nginx mail proxies (pop3.trustedProxies): TLS-less and ticket logins (gomail.mailaccess.proxies).
-        self.proxies = TrustedProxies(settings.trustedProxies)
-        self.sessions: set[GomailPOP3] = set()
-        self._per_ip: Counter[str] = Counter()
-        self.shutting_down = False
-        #: sessions, refused (connection caps), logins, login_failures, in_use, retrieved, top, deleted.
-        self.stats: Counter[str] = Counter()
 
     def factory(self, implicit_tls: bool = False) -> ServerFactory:
         """A protocol factory for one listener (implicit TLS listeners wrap theirs in TLS)."""
         return _POP3Factory(self, implicit_tls)
-
-    def admit(self, session: GomailPOP3) -> str | None:
-        """Register a new session, or the text of its refusal (pop3.maxConnections, maxConnectionsPerIP)."""
-        self.stats["sessions"] += 1
-        key = session.client_host
-        refusal = None
-        if self.shutting_down:
-            refusal = "[SYS/TEMP] Server shutting down, try again later"
-        elif len(self.sessions) >= self.settings.maxConnections:
-            refusal = "[SYS/TEMP] Too many connections, try again later"
-        # nginx's sessions all come from its address, each for another client: only maxConnections bounds them.
-        elif self._per_ip[key] >= self.settings.maxConnectionsPerIP and not self.proxies.trusts(session.client_ip):
-            self.log.info("POP3: refused {client}: too many connections from one address", client=key)
-            refusal = "[SYS/TEMP] Too many connections from your address, try again later"
-        if refusal is not None:
-            self.stats["refused"] += 1
-            return refusal
-        self.sessions.add(session)
-        session.counted_as = key
-        self._per_ip[key] += 1
-        return None
-
-    def release(self, session: GomailPOP3) -> None:
-        """A session has ended."""
-        self.sessions.discard(session)
-        key, session.counted_as = session.counted_as, None
-        if key is not None:
-            self._per_ip[key] -= 1
-            if self._per_ip[key] <= 0:
-                del self._per_ip[key]
-
-    def audit_login(self, session: GomailPOP3, user: str, result: str, reason: str, started: float) -> bool:
-        """
-        Record a login attempt in the audit log (protocol C{pop3}, the user name
-        as given, never a password); whether it was recorded (True when no log
-        is kept): a success that cannot be recorded is refused.
-        """
-        if self.audit is None:
-            return True
-        now = self.clock.seconds()
-        try:
-            self.audit.record(AuthLogEntry(now, printable(user), "pop3", session.client_host, result, reason,
-                                           round((now - started) * 1000, 3)))
-        except Exception:  # noqa: BLE001 - whatever the audit log raises: said here, answered by the caller
-            self.log.failure("could not record a POP3 login attempt of {user}", user=printable(user, 100))
-            return False
-        return True
 
     def stop(self) -> None:
         """No new sessions; end the open ones (except those removing what their client deleted)."""

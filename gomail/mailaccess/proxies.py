@@ -50,4 +50,43 @@ def login_credentials(username: str, password: str, client_host: str, protocol: 
     return LoginAttempt(username, password, client_host or None, protocol)
 
 
-__all__ = ["TrustedProxies", "login_credentials"]
+class LoginRules:
+    """
+    When a POP3 or IMAP session may log in, for the login mixins: after TLS;
+    from a trusted proxy (nginx, which starts no TLS towards its backends),
+    with a ticket only; from loopback when the section's
+    C{allowPlaintextLoopback} says so. Uses the session's C{server},
+    C{settings}, C{secure} and C{client_ip}.
+    """
+
+    server: Any
+    settings: Any
+    secure: bool
+    client_ip: Any
+
+    def from_proxy(self) -> bool:
+        """Whether the peer is one of the section's C{trustedProxies} (nginx)."""
+        return bool(self.server.proxies.trusts(self.client_ip))
+
+    def plaintext_loopback(self) -> bool:
+        """Whether a loopback peer may log in without TLS (C{allowPlaintextLoopback})."""
+        return bool(self.settings.allowPlaintextLoopback and self.client_ip is not None
+                    and self.client_ip.is_loopback)
+
+    def login_allowed(self) -> bool:
+        """Whether the login commands may be used (and offered) now."""
+        if self.server.portal is None:
+            return False
+        return self.secure or self.from_proxy() or self.plaintext_loopback()
+
+    def clear_password_refused(self, password: str) -> bool:
+        """
+        Whether C{password} must be refused unread: without TLS a trusted
+        proxy hands only auth_http's tickets, and a clear-text password from
+        its network is a client that should have used TLS.
+        """
+        return (not self.secure and self.from_proxy() and not looks_like_ticket(password)
+                and not self.plaintext_loopback())
+
+
+__all__ = ["LoginRules", "TrustedProxies", "login_credentials"]
