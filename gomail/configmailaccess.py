@@ -69,8 +69,10 @@ class IMAPSettings:
     maxLiteralSize: int = setting(26214400, check=between(1024))
     # Octets of mail per user over all folders (0: no limit); APPEND and COPY beyond: NO [OVERQUOTA].
     quotaMB: int = setting(0, check=between(0))
-    # Seconds between looks at the selected folder while a client is in IDLE.
-    idlePollInterval: int = setting(5, check=between(1, 600))
+    # Seconds between looks at the selected folder while a client is in IDLE: a fallback for
+    # mail other programs write (this process's deliveries, APPENDs, COPYs and EXPUNGEs wake
+    # IDLE at once, gomail.mailaccess.notify).
+    idlePollInterval: int = setting(30, check=between(1, 3600))
 
 
 def with_mail_access_plugins(enabled: tuple[tuple[str, Any], ...], config: Any) -> tuple[tuple[str, Any], ...]:

@@ -154,7 +154,9 @@ class ServiceContext:
     the login audit log (L{gomail.auth.authlog.AuthLog}: C{record} an
     L{gomail.auth.authlog.AuthLogEntry} per login attempt), None when
     C{nginxAuth.auditLog} is off; C{quota} the users' quota counts
-    (L{gomail.mailaccess.quota.MailboxQuota}) shared with local delivery.
+    (L{gomail.mailaccess.quota.MailboxQuota}) shared with local delivery;
+    C{notices} the Maildir change notices local delivery publishes
+    (L{gomail.mailaccess.notify.MailboxNotices}).
     """
 
     reactor: Any
@@ -164,6 +166,7 @@ class ServiceContext:
     users: Any
     audit: Any = None
     quota: Any = None
+    notices: Any = None
 
 
 _STATUS = re.compile(r"^[245]\.\d{1,3}\.\d{1,3}$")

@@ -44,6 +44,7 @@ from gomail.extension.wiring import PluginParts, build_plugins, plugin_services
 from gomail.interfaces import ISpoolWriter
 from gomail.logjson import json_lines_observer
 from gomail.logtext import classic_observer
+from gomail.mailaccess.notify import MailboxNotices
 from gomail.mailaccess.quota import MailboxQuota, QuotaCounter
 from gomail.plugin import ServiceContext
 from gomail.reload import ConfigReloader
@@ -218,10 +219,11 @@ def _writers(config: Config, reactor: Any) -> Writers:
 
 
 def _delivery(config: Config, reactor: Any, spool: Spool, mailbox_writer: ISpoolWriter,
-              plugins: PluginParts, quota: MailboxQuota) -> tuple[DeliveryQueue, Any]:
+              plugins: PluginParts, quota: MailboxQuota, notices: MailboxNotices) -> tuple[DeliveryQueue, Any]:
     """The delivery queue: local domains (or everything) to the Maildirs, the rest to the smarthosts or MX."""
     spool.removal_writer = mailbox_writer
-    mailbox = MaildirDelivery(spool.path("mailbox"), config.smtp.hostname, mailbox_writer, quota=quota)
+    mailbox = MaildirDelivery(spool.path("mailbox"), config.smtp.hostname, mailbox_writer, quota=quota,
+                              notices=notices)
     settings = config.delivery
     relay = outbound_agent(config, reactor, spool)
     if relay is not None:
@@ -306,7 +308,8 @@ def build_service(config: Config, reactor: Any, on_fatal: Callable[[Any], None] 
                   recent_content_bytes=RECENT_CONTENT_BYTES)
     # imap.quotaMB, counted once for IMAP, local delivery and RCPT (gomail.mailaccess.quota).
     quota = MailboxQuota(spool.path("mailbox"), config.imap.quotaMB * 1024 * 1024, QuotaCounter(spool.run, reactor))
-    delivery, relay = _delivery(config, reactor, spool, writers.mailbox, plugins, quota)
+    notices = MailboxNotices()  # local delivery tells IMAP's IDLE sessions (gomail.mailaccess.notify)
+    delivery, relay = _delivery(config, reactor, spool, writers.mailbox, plugins, quota, notices)
     auth, auth_services = build_auth(config, reactor, plugins.auth_sources, plugins.runner)
     # SMTP AUTH and auth_http write their logins to one audit table (nginxAuth.auditLog).
     audit = None
@@ -330,7 +333,8 @@ def build_service(config: Config, reactor: Any, on_fatal: Callable[[Any], None] 
         ControlService(reactor, queue_control),
         *auth_services, *([audit] if audit is not None else []),
         SMTPService(smtp, reactor, config.smtp.listen, config.smtp.implicitTlsListen),
-        *plugin_services(plugins, ServiceContext(reactor, config, auth.portal, spool, auth.users, audit, quota)),  # type: ignore[list-item]
+        *plugin_services(plugins, ServiceContext(reactor, config, auth.portal, spool, auth.users, audit, quota,  # type: ignore[list-item]
+                                                 notices)),
         SignalService(reactor, None if reload_config is None else ConfigReloader(
             config, reload_config, rate_limiter=auth.rate_limiter, lockout=auth.authenticator.lockout,
             router=http.router, log_levels=log_levels,

@@ -113,6 +113,15 @@ class MaildirDeliveryTests(MaildirTestCase):
             self.assertEqual(os.listdir(self.box(address, "tmp")), [])
             self.assertEqual(os.listdir(self.box(address, "cur")), [])
 
+    def test_maildir_is_private(self) -> None:
+        """A Maildir that delivery makes, and its tmp/new/cur, are mode 0700 whatever the umask."""
+        previous = os.umask(0o022)
+        self.addCleanup(os.umask, previous)
+        self.deliver(self.commit("carol@example.com"))
+        for sub in ("", "tmp", "new", "cur"):
+            mode = os.stat(self.spool.path("mailbox", "carol@example.com", sub)).st_mode & 0o777
+            self.assertEqual(mode, 0o700, sub or "the Maildir")
+
     def test_queue_content_is_untouched(self) -> None:
         """Delivery reads the queued content; it does not change or remove it."""
         envelope = self.commit("a@example.com")

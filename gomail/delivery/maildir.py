@@ -9,6 +9,7 @@ from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
 from gomail.interfaces import IDeliveryAgent, ISpoolWriter
+from gomail.mailaccess.notify import MailboxNotices
 from gomail.mailaccess.quota import MailboxQuota
 from gomail.spool.envelope import Envelope, Recipient
 from gomail.spool.jobs import maildirjobs
@@ -52,6 +53,10 @@ class MaildirDelivery:
     With a C{quota} (L{MailboxQuota}, C{imap.quotaMB}), a recipient whose
     Maildir the message would take over it gets L{MAILBOX_FULL_REPLY} and no
     copy; the others' deliveries are added to the cached counts.
+
+    With C{notices} (L{MailboxNotices}, shared with the IMAP server), each
+    recipient whose copy is stored is announced, once the copies are
+    durable, so its IDLE sessions report the message at once.
     """
 
     name = "mailbox"
@@ -60,16 +65,29 @@ class MaildirDelivery:
     #: The content is checked in the job itself (link_into_maildirs), right before it is linked.
     checks_content = True
 
-    def __init__(self, directory: str, hostname: str, writer: ISpoolWriter, quota: MailboxQuota | None = None) -> None:
+    def __init__(self, directory: str, hostname: str, writer: ISpoolWriter, quota: MailboxQuota | None = None,
+                 notices: MailboxNotices | None = None) -> None:
         self.directory = directory
         self.hostname = safe_hostname(hostname)
         self.writer = writer
         self.quota = quota
+        self.notices = notices
 
     def deliver(self, envelope: Envelope, message_path: str, recipients: list[Recipient]) -> Deferred:
         if self.quota is not None and self.quota.limit:
-            return Deferred.fromCoroutine(self._deliver_within_quota(self.quota, envelope, message_path, recipients))
-        return self._link(envelope, message_path, recipients)
+            d = Deferred.fromCoroutine(self._deliver_within_quota(self.quota, envelope, message_path, recipients))
+        else:
+            d = self._link(envelope, message_path, recipients)
+        if self.notices is not None:
+            d.addCallback(self._announce, self.notices)
+        return d
+
+    @staticmethod
+    def _announce(results: dict[str, Any], notices: MailboxNotices) -> dict[str, Any]:
+        for address, reply in results.items():
+            if reply[0] // 100 == 2:
+                notices.notify(address)
+        return results
 
     async def _deliver_within_quota(self, quota: MailboxQuota, envelope: Envelope, message_path: str,
                                     recipients: list[Recipient]) -> dict[str, Any]:

@@ -132,6 +132,7 @@ class GomailIMAP4(IMAPLoginMixin, IMAPCommandsMixin, imap4.IMAP4Server):
         if self.closed:
             return
         self.closed = True
+        self.stop_idle()  # no notices or polls for a session that is going
         self.setTimeout(None)
         self._close_timer = self.server.clock.callLater(30, self.transport.abortConnection)
         self.transport.loseConnection()

@@ -3,11 +3,15 @@
 The IMAP commands gomail answers itself rather than with twisted's code
 (which calls the account synchronously, answers APPEND's EXISTS for the
 wrong mailbox and reports no UIDNEXT/UNSEEN/PERMANENTFLAGS): SELECT's
-answer, NOOP and CHECK (which report what changed meanwhile), IDLE,
-CREATE, DELETE, RENAME, SUBSCRIBE, UNSUBSCRIBE, APPEND, COPY, EXPUNGE,
-CLOSE. Disk work is awaited (the I/O pool); a command's tagged answer comes
-after it. A mixin for L{gomail.mailaccess.imap.GomailIMAP4}; FETCH and
-SEARCH are in L{gomail.mailaccess.imapfetch}.
+answer, NOOP and CHECK (which report what changed meanwhile), CREATE,
+DELETE, RENAME, SUBSCRIBE, UNSUBSCRIBE, APPEND, COPY, EXPUNGE, CLOSE, and
+the mailbox names of SELECT, EXAMINE, STATUS, LIST and LSUB (read here, so
+a name that is no modified UTF-7 gets a plain NO without twisted logging a
+traceback). Disk work is awaited (the I/O pool); a command's tagged answer
+comes after it. APPEND, COPY and EXPUNGE tell the user's idling sessions
+(L{gomail.mailaccess.notify}). A mixin for
+L{gomail.mailaccess.imap.GomailIMAP4}; FETCH and SEARCH are in
+L{gomail.mailaccess.imapfetch}, IDLE in L{gomail.mailaccess.imapidle}.
 """
 
 from __future__ import annotations
@@ -21,10 +25,13 @@ from twisted.mail import imap4
 
 from gomail.mailaccess import imapfolders, imapstore
 from gomail.mailaccess.imapfetch import IMAPFetchMixin
+from gomail.mailaccess.imapidle import IMAPIdleMixin
 from gomail.mailaccess.imapmailbox import SYSTEM_FLAGS, OverQuota
 from gomail.mailaccess.imapstore import FolderError
 
 _ASTRING = imap4.IMAP4Server.arg_astring
+#: twisted's handlers, called with the session (an IMAP4Server subclass this mixin is part of).
+_TWISTED: Any = imap4.IMAP4Server
 _FINAL = imap4.IMAP4Server.arg_finalastring
 
 
@@ -36,7 +43,7 @@ def mailbox_name(name: bytes | str) -> str:
         raise FolderError("Invalid mailbox name encoding") from e
 
 
-class IMAPCommandsMixin(IMAPFetchMixin):
+class IMAPCommandsMixin(IMAPIdleMixin, IMAPFetchMixin):
     """Folder and message commands (uses the session's C{account}, C{mbox}, C{server}...)."""
 
     server: Any
@@ -49,9 +56,7 @@ class IMAPCommandsMixin(IMAPFetchMixin):
     log: Any
 
     def init_commands(self) -> None:
-        self._idle_tag: bytes | None = None
-        self._idle_call: Any = None
-        self._idle_polling: Deferred | None = None  # the IDLE look at the folder under way
+        self.init_idle()
 
     def _run(self, tag: bytes, work: Coroutine[Any, Any, Any], done: bytes | None) -> None:
         """Run C{work}; then the tagged C{OK done} (None: C{work} answered), or the answer to its failure."""
@@ -72,7 +77,47 @@ class IMAPCommandsMixin(IMAPFetchMixin):
 
         d.addCallbacks(answered, failed)
 
-    # -- SELECT / EXAMINE, NOOP, CHECK, IDLE ------------------------------------------------
+    # -- SELECT / EXAMINE, STATUS, LIST / LSUB, NOOP, CHECK -------------------------------------
+
+    # twisted's handlers decode the name with _parseMbox, which logs a traceback for a name
+    # that is no modified UTF-7: decoded here first, they get names that are already str.
+
+    def _select_named(self, tag: bytes, name: bytes, rw: int, cmd_name: bytes) -> None:
+        try:
+            decoded = mailbox_name(name)
+        except FolderError as e:
+            # As twisted's SELECT: a failed SELECT leaves no folder selected (RFC 3501 6.3.1).
+            if self.mbox is not None:
+                self.mbox.removeListener(self)
+                self.mbox = None
+                self.state = "auth"
+            return self.sendNegativeResponse(tag, str(e).encode("ascii"))
+        _TWISTED._selectWork(self, tag, decoded, rw, cmd_name)
+
+    def _status_named(self, tag: bytes, name: bytes, names: Any) -> None:
+        try:
+            decoded = mailbox_name(name)
+        except FolderError as e:
+            return self.sendNegativeResponse(tag, str(e).encode("ascii"))
+        _TWISTED.do_STATUS(self, tag, decoded, names)
+
+    def _list_named(self, tag: bytes, ref: bytes, pattern: bytes, sub: int, cmd_name: bytes) -> None:
+        try:
+            decoded_ref, decoded_pattern = mailbox_name(ref), mailbox_name(pattern)
+        except FolderError as e:
+            return self.sendNegativeResponse(tag, str(e).encode("ascii"))
+        _TWISTED._listWork(self, tag, decoded_ref, decoded_pattern, sub, cmd_name)
+
+    auth_SELECT: Any = (_select_named, _ASTRING, 1, b"SELECT")
+    select_SELECT: Any = auth_SELECT
+    auth_EXAMINE: Any = (_select_named, _ASTRING, 0, b"EXAMINE")
+    select_EXAMINE: Any = auth_EXAMINE
+    auth_STATUS: Any = (_status_named, _ASTRING, imap4.IMAP4Server.arg_plist)
+    select_STATUS: Any = auth_STATUS
+    auth_LIST: Any = (_list_named, _ASTRING, _ASTRING, 0, b"LIST")
+    select_LIST: Any = auth_LIST
+    auth_LSUB: Any = (_list_named, _ASTRING, _ASTRING, 1, b"LSUB")
+    select_LSUB: Any = auth_LSUB
 
     def _cbSelectWork(self, mbox: Any, cmdName: bytes, tag: bytes) -> None:
         if mbox is None:
@@ -113,53 +158,6 @@ class IMAPCommandsMixin(IMAPFetchMixin):
 
     select_NOOP: Any = (do_refresh,)
     select_CHECK: Any = select_NOOP
-
-    def do_IDLE(self, tag: bytes) -> None:
-        self._idle_tag = tag
-        self.parseState = "idle"
-        self.sendLine(b"+ idling")
-        self._schedule_idle_poll()
-
-    auth_IDLE: Any = (do_IDLE,)
-    select_IDLE: Any = auth_IDLE
-
-    def _schedule_idle_poll(self) -> None:
-        if self.mbox is not None and self._idle_tag is not None:
-            self._idle_call = self.server.clock.callLater(self.settings.idlePollInterval, self._idle_poll)
-
-    def _idle_poll(self) -> None:
-        """While IDLE: look at the folder (new mail delivered, messages gone) and say what changed."""
-        self._idle_call = None
-        d = self._idle_polling = Deferred.fromCoroutine(self.refresh())
-        d.addErrback(lambda failure: self.log.failure("IMAP IDLE poll failed", failure))
-        d.addBoth(lambda _: self._schedule_idle_poll())
-
-    def stop_idle(self) -> None:
-        self._idle_tag = None
-        if self._idle_call is not None and self._idle_call.active():
-            self._idle_call.cancel()
-        self._idle_call = None
-
-    def parse_idle(self, line: bytes) -> None:
-        """RFC 2177: the client ends IDLE with DONE."""
-        tag = self._idle_tag
-        self.stop_idle()
-        self.parseState = "command"
-        done = line.strip().upper() == b"DONE"
-
-        def answer(_: Any = None) -> None:
-            if done:
-                self.sendPositiveResponse(tag, b"IDLE terminated")
-            else:
-                self.sendBadResponse(tag, b"Expected DONE: IDLE terminated")
-
-        polling, self._idle_polling = self._idle_polling, None
-        if polling is not None and not polling.called:
-            # A look at the folder is under way: the answer (and so the next command, which
-            # waits for it) comes after its changes, never in the middle of another command.
-            polling.addBoth(answer)
-        else:
-            answer()
 
     # -- folders ----------------------------------------------------------------------------
 
@@ -226,6 +224,7 @@ class IMAPCommandsMixin(IMAPFetchMixin):
             await self.account.append(folder, message, size, _system_flags(flags), mtime)
         finally:
             message.close()
+        self._announce(folder)
         if self.mbox is not None and self.mbox.name.upper() == folder.upper():
             await self.refresh()
 
@@ -255,6 +254,7 @@ class IMAPCommandsMixin(IMAPFetchMixin):
             account.release(total - copied, False)
             if copied:
                 account.release(copied, True)
+                self._announce(folder)
         if mbox.name.upper() == folder.upper():
             await self.refresh()
 
@@ -268,9 +268,16 @@ class IMAPCommandsMixin(IMAPFetchMixin):
     select_EXPUNGE: Any = (do_EXPUNGE,)
 
     async def _expunge(self, report: bool) -> None:
-        for seq in await self.mbox.expunge_deleted():
-            if report:
-                self.sendUntaggedResponse(b"%d EXPUNGE" % seq)
+        mbox = self.mbox
+        gone = await mbox.expunge_deleted()
+        if gone:
+            self._announce(mbox.name)
+        for seq in gone if report else ():
+            self.sendUntaggedResponse(b"%d EXPUNGE" % seq)
+
+    def _announce(self, folder: str) -> None:
+        """Tell this user's idling sessions (L{gomail.mailaccess.notify}) that C{folder} changed."""
+        self.server.notices.notify(self.account.name, folder)
 
     def do_CLOSE(self, tag: bytes) -> None:
         self._run(tag, self._close(tag), None)

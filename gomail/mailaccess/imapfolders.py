@@ -108,8 +108,13 @@ def _children(root: str, name: str) -> list[str]:
     return [n for n in list_folders(root) if n.startswith(name + DELIMITER)]
 
 
-def delete_folder(root: str, name: str) -> None:
-    """(blocking) Remove folder C{name} and its messages. @raise FolderError: INBOX, none, or one with folders under it."""
+def delete_folder(root: str, name: str) -> int:
+    """
+    (blocking) Remove folder C{name} and its messages: the octets they
+    held (the quota count goes down by as much).
+
+    @raise FolderError: INBOX, none, or one with folders under it.
+    """
     if name.upper() == "INBOX":
         raise FolderError("INBOX cannot be deleted")
     if not folder_exists(root, name):
@@ -122,7 +127,9 @@ def delete_folder(root: str, name: str) -> None:
     os.makedirs(os.path.join(root, "tmp"), mode=0o700, exist_ok=True)
     os.rename(path, trash)
     fsync_directory(root)
+    removed = _octets(trash)  # counted after the rename: what the folder held as it went
     shutil.rmtree(trash, ignore_errors=True)
+    return removed
 
 
 def rename_folder(root: str, old: str, new: str) -> None:
@@ -161,17 +168,20 @@ def write_subscriptions(root: str, names: list[str]) -> None:
 
 def usage(root: str) -> int:
     """(blocking) Octets in the messages of every folder of the Maildir C{root}."""
+    return sum(_octets(folder_path(root, name)) for name in list_folders(root))
+
+
+def _octets(path: str) -> int:
+    """(blocking) Octets in the messages (C{cur/} and C{new/}) of the one folder at C{path}."""
     total = 0
-    for name in list_folders(root):
-        path = folder_path(root, name)
-        for sub in ("cur", "new"):
-            try:
-                with os.scandir(os.path.join(path, sub)) as entries:
-                    for item in entries:
-                        if item.is_file(follow_symlinks=False) and not item.name.startswith("."):
-                            total += item.stat(follow_symlinks=False).st_size
-            except FileNotFoundError:
-                continue
+    for sub in ("cur", "new"):
+        try:
+            with os.scandir(os.path.join(path, sub)) as entries:
+                for item in entries:
+                    if item.is_file(follow_symlinks=False) and not item.name.startswith("."):
+                        total += item.stat(follow_symlinks=False).st_size
+        except FileNotFoundError:
+            continue
     return total
 
 

@@ -15,7 +15,6 @@ allows).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -138,8 +137,9 @@ class IMAPAccount:
         await self.run(imapfolders.create_folder, self.root, name)
 
     async def delete(self, name: str) -> None:
-        """DELETE (its subscription stays, as RFC 3501 6.3.9 allows)."""
-        await self.run(imapfolders.delete_folder, self.root, name)
+        """DELETE (its subscription stays, as RFC 3501 6.3.9 allows); its octets come off the quota count."""
+        removed = await self.run(imapfolders.delete_folder, self.root, name)
+        self.counter.add(self.root, -removed)
 
     async def rename(self, old: str, new: str) -> None:
         """RENAME (folders under it move with it)."""
@@ -193,8 +193,7 @@ class IMAPAccount:
 
 
 def _make_inbox(root: str) -> None:
-    for sub in ("tmp", "new", "cur"):
-        os.makedirs(os.path.join(root, sub), mode=0o700, exist_ok=True)
+    imapstore.make_maildir(root)  # 0700, the Maildir itself too
 
 
 @implementer(IMailbox)

@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.test_imap -*-
 """
 What every IMAP session shares (L{IMAPServer}: admission, the portal, the
-users' Maildirs and their quota counts, TLS, the audit log, counters) and
+users' Maildirs, their quota counts and change notices, TLS, the audit log,
+counters) and
 the listeners (L{IMAPService}), built from a plugin's
 L{gomail.plugin.ServiceContext} by L{build_imap}.
 """
@@ -22,6 +23,7 @@ from gomail.mailaccess.access import MailAccessServer
 from gomail.mailaccess.imap import GomailIMAP4
 from gomail.mailaccess.imapmailbox import IMAPAccount
 from gomail.mailaccess.maildir import mailbox_path
+from gomail.mailaccess.notify import MailboxNotices
 from gomail.mailaccess.quota import QuotaCounter
 from gomail.servicekit import ListeningService
 from gomail.spool.jobs.maildirjobs import safe_hostname
@@ -40,6 +42,8 @@ class IMAPServer(MailAccessServer):
     @param audit: the login audit log (L{gomail.auth.authlog.AuthLog}); None: not kept.
     @param counter: the quota counts shared with local delivery
         (L{gomail.mailaccess.quota.QuotaCounter}); None: a counter of its own.
+    @param notices: the Maildir change notices shared with local delivery
+        (L{gomail.mailaccess.notify.MailboxNotices}), which wake IDLE; None: its own.
     """
 
     log = Logger()
@@ -47,12 +51,13 @@ class IMAPServer(MailAccessServer):
 
     def __init__(self, settings: IMAPSettings, clock: Any, root: str, run: Any, hostname: str, portal: Any = None,
                  tls_context: Any = None, auth_settings: AuthSettings | None = None, audit: Any = None,
-                 counter: QuotaCounter | None = None) -> None:
+                 counter: QuotaCounter | None = None, notices: MailboxNotices | None = None) -> None:
         super().__init__(settings, clock, portal, tls_context, auth_settings, audit)
         self.root = root
         self.run = run
         self.hostname = safe_hostname(hostname)
         self.quota = counter or QuotaCounter(run, clock)
+        self.notices = notices if notices is not None else MailboxNotices()
 
     def factory(self, implicit_tls: bool = False) -> ServerFactory:
         """A protocol factory for one listener (implicit TLS listeners wrap theirs in TLS)."""
@@ -127,7 +132,8 @@ def build_imap(context: Any) -> tuple[IMAPServer, list[Any]]:
     """
     The IMAP server and its listeners from a L{gomail.plugin.ServiceContext}:
     C{[imap]}, the Maildirs under the spool's C{mailbox/} (blocking work in
-    the spool's I/O pool), the portal, the audit log and SMTP's certificate.
+    the spool's I/O pool), the portal, the audit log, the quota counts and
+    change notices local delivery shares, and SMTP's certificate.
 
     @raise gomail.tls.TLSConfigError: for an unusable certificate or key.
     """
@@ -140,7 +146,9 @@ def build_imap(context: Any) -> tuple[IMAPServer, list[Any]]:
     server = IMAPServer(config.imap, context.reactor, context.spool.path("mailbox"), context.spool.run,
                         smtp.hostname or "localhost", portal=context.portal, tls_context=tls,
                         auth_settings=config.auth, audit=getattr(context, "audit", None),
-                        counter=None if quota is None else quota.counter)
+                        counter=None if quota is None else quota.counter,
+                        # shared with local delivery: a delivery wakes the user's IDLE sessions
+                        notices=getattr(context, "notices", None))
     return server, [IMAPService(server, context.reactor, config.imap.listen, config.imap.implicitTlsListen)]
 
 

@@ -115,6 +115,13 @@ def _write_uidlist(path: str, uidvalidity: int, uidnext: int, uids: dict[str, in
 
 
 def make_maildir(path: str) -> None:
+    """
+    (blocking) Make the Maildir C{path} and its C{tmp/ new/ cur/}, each
+    mode 0700 as delivery makes them (mail is private; C{os.makedirs} would
+    give the folder itself the default mode, 0755 under the usual umask).
+    Directories that exist are left as they are.
+    """
+    os.makedirs(path, mode=0o700, exist_ok=True)
     for sub in ("tmp", "new", "cur"):
         os.makedirs(os.path.join(path, sub), mode=0o700, exist_ok=True)
 

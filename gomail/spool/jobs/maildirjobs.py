@@ -109,6 +109,9 @@ def _link_or_write(files: SpoolFiles, message_path: str, box: str, name: str,
     """
     fs = files.fs
     if box not in files.mailboxes:
+        # The Maildir itself too (makedirs gives the directories it adds on the way the umask's mode):
+        # one user's mail is no other local user's to list.
+        os.makedirs(box, mode=0o700, exist_ok=True)
         for sub in ("tmp", "new", "cur"):
             os.makedirs(os.path.join(box, sub), mode=0o700, exist_ok=True)
         files.mailboxes.add(box)
