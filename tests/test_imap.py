@@ -311,19 +311,41 @@ class AppendTests(HarnessMixin, SynchronousTestCase):
         self.assertEqual(client.send(b"b NOOP\r\n"), b"b OK Completed\r\n")
 
     def test_append_over_quota(self):
-        """With quotaMB, an APPEND that would pass it is NO [OVERQUOTA] and nothing is stored."""
+        """
+        With quotaMB, an APPEND that would pass it is NO [OVERQUOTA] before
+        the client is asked for the message (no continuation), and nothing is stored.
+        """
         harness = self.harness(quotaMB=1)
         harness.deliver(U1, b"x" * (1024 * 1024 - 10))
         client = self.selected(harness)
-        client.send(b"a APPEND INBOX {100}\r\n")
-        self.assertEqual(client.send(b"y" * 100 + b"\r\n"), b"a NO [OVERQUOTA] Quota exceeded\r\n")
+        self.assertEqual(client.send(b"a APPEND INBOX {100}\r\n"), b"a NO [OVERQUOTA] Quota exceeded\r\n")
         self.assertEqual(len(harness.files("cur")), 1)
+        self.assertEqual(client.send(b"b NOOP\r\n"), b"b OK Completed\r\n")
+
+    def test_append_racing_the_quota_is_still_refused(self):
+        """Room at the continuation but not when the message is stored (another APPEND took it): NO [OVERQUOTA]."""
+        harness = self.harness(quotaMB=1)
+        harness.deliver(U1, b"x" * (1024 * 1024 - 150))
+        first, second = self.selected(harness), self.selected(harness)
+        self.assertTrue(first.send(b"a APPEND INBOX {100}\r\n").startswith(b"+ Ready"))
+        self.assertTrue(second.send(b"b APPEND INBOX {100}\r\n").startswith(b"+ Ready"))
+        self.assertTrue(first.send(b"y" * 100 + b"\r\n").endswith(b"a OK APPEND completed\r\n"))
+        self.assertEqual(second.send(b"z" * 100 + b"\r\n"), b"b NO [OVERQUOTA] Quota exceeded\r\n")
 
     def test_append_to_missing_folder(self):
-        """APPEND to a folder that does not exist: NO [TRYCREATE]."""
+        """APPEND to a folder that does not exist: NO [TRYCREATE] before the message is asked for."""
         client = self.selected(self.harness())
-        client.send(b"a APPEND Nope {3}\r\n")
-        self.assertEqual(client.send(b"abc\r\n"), b"a NO [TRYCREATE] No such mailbox\r\n")
+        self.assertEqual(client.send(b"a APPEND Nope {3}\r\n"), b"a NO [TRYCREATE] No such mailbox\r\n")
+        self.assertEqual(client.send(b"b NOOP\r\n"), b"b OK Completed\r\n")
+
+    def test_append_with_a_literal_folder_name(self):
+        """The folder name may itself be a literal: the checks before the message still see it."""
+        client = self.selected(self.harness())
+        self.assertEqual(client.send(b"a APPEND {4}\r\n"), b"+ Ready for 4 octets of text\r\n")
+        self.assertEqual(client.send(b"Nope {3}\r\n"), b"a NO [TRYCREATE] No such mailbox\r\n")
+        self.assertEqual(client.send(b"b APPEND {5}\r\n"), b"+ Ready for 5 octets of text\r\n")
+        self.assertEqual(client.send(b"INBOX {3}\r\n"), b"+ Ready for 3 octets of data\r\n")
+        self.assertTrue(client.send(b"abc\r\n").endswith(b"b OK APPEND completed\r\n"))
 
 
 class SessionTests(HarnessMixin, SynchronousTestCase):

@@ -12,7 +12,8 @@ SEARCH and BODYSTRUCTURE code) with what gomail needs on top:
 - input is bounded: a command line over L{MAX_LINE} octets ends the
   session, an APPEND literal over C{imap.maxLiteralSize} is refused before
   the client sends it (C{NO [TOOBIG]}), other literals over 4 KiB get
-  C{BAD}, held lines beyond L{MAX_QUEUED} end the session;
+  C{BAD}, held lines beyond L{MAX_QUEUED} end the session, and beyond
+  L{MAX_QUEUED_BYTES} the connection is not read until they have run;
 - C{STARTTLS} discards what was pipelined behind it; before it the
   capabilities say C{LOGINDISABLED} and no AUTH, and LOGIN/AUTHENTICATE are
   refused (L{gomail.mailaccess.imaplogin});
@@ -43,6 +44,9 @@ from gomail.tcp import no_delay
 MAX_LINE = 16 * 1024
 #: Command lines held while one command is answered, before the session is ended.
 MAX_QUEUED = 1000
+#: Octets of held command lines beyond which the connection is not read until they have run: a
+#: client pipelining 1,000 lines of 16 KiB behind a slow login would otherwise hold 16 MB here.
+MAX_QUEUED_BYTES = 64 * 1024
 
 
 class Refused(Exception):
@@ -84,6 +88,8 @@ class GomailIMAP4(IMAPLoginMixin, IMAPCommandsMixin, imap4.IMAP4Server):
         self.counted_as: str | None = None
         self.admitted = self.closed = False
         self._queue: list[bytes] = []
+        self._queued_bytes = 0
+        self._reading_paused = False  # by us, for MAX_QUEUED_BYTES
         self._awaiting = False
         self._drain_call: Any = None
         self._close_timer: Any = None
@@ -114,7 +120,7 @@ class GomailIMAP4(IMAPLoginMixin, IMAPCommandsMixin, imap4.IMAP4Server):
 
     def connectionLost(self, reason: Any = None) -> None:
         self.closed = True
-        self._queue = []
+        self._queue, self._queued_bytes = [], 0
         for call in (self._drain_call, self._close_timer):
             if call is not None and call.active():
                 call.cancel()
@@ -188,7 +194,7 @@ class GomailIMAP4(IMAPLoginMixin, IMAPCommandsMixin, imap4.IMAP4Server):
         self.sendPositiveResponse(tag, b"Begin TLS negotiation now")
         # RFC 2595 3.1 (and CVE-2011-0411): what was pipelined behind STARTTLS is not read.
         self.clearLineBuffer()
-        self._queue = []
+        self._forget_queue()
         self.transport.startTLS(self.ctx)
         self.secure = self.startedTLS = True
 
@@ -201,8 +207,13 @@ class GomailIMAP4(IMAPLoginMixin, IMAPCommandsMixin, imap4.IMAP4Server):
             return
         if self.parseState == "command" and (self._awaiting or self._queue):
             self._queue.append(line)
+            self._queued_bytes += len(line)
             if len(self._queue) > MAX_QUEUED:
                 self.bye("Too many commands pipelined")
+            elif self._queued_bytes > MAX_QUEUED_BYTES and not self._reading_paused:
+                # TCP holds the rest: the client waits for our answers as the RFC expects.
+                self._reading_paused = True
+                self.transport.pauseProducing()
             return
         self._handle(line)
 
@@ -245,7 +256,19 @@ class GomailIMAP4(IMAPLoginMixin, IMAPCommandsMixin, imap4.IMAP4Server):
     def _drain(self) -> None:
         self._drain_call = None
         while self._queue and not self._awaiting and self.parseState == "command" and not self.closed:
-            self._handle(self._queue.pop(0))
+            line = self._queue.pop(0)
+            self._queued_bytes -= len(line)
+            self._handle(line)
+        if self._reading_paused and not self.closed and self._queued_bytes <= MAX_QUEUED_BYTES // 2:
+            self._reading_paused = False
+            self.transport.resumeProducing()
+
+    def _forget_queue(self) -> None:
+        """Drop the held lines (STARTTLS), and read again if they had stopped the reading."""
+        self._queue, self._queued_bytes = [], 0
+        if self._reading_paused:
+            self._reading_paused = False
+            self.transport.resumeProducing()
 
     def lineLengthExceeded(self, line: bytes) -> None:
         self.log.info("closing the IMAP session with {client}: a line of over {size} octets",
@@ -274,14 +297,23 @@ class GomailIMAP4(IMAPLoginMixin, IMAPCommandsMixin, imap4.IMAP4Server):
     def arg_literal(self, line: bytes) -> Any:
         """APPEND's message literal: refused (before the client sends it) beyond C{imap.maxLiteralSize}."""
         if line[:1] == b"{":
-            # Read here, strictly (RFC 3501: number = 1*DIGIT): twisted's int() also takes
-            # "{+2048}", "{ 2048}" and "{2_048}", which walked past the bound.
-            match = _LITERAL.fullmatch(line)
-            if match is None:
-                raise Refused("[CLIENTBUG] A literal's size is digits only")
-            if int(match.group(1)) > self.settings.maxLiteralSize:
-                raise Refused(f"[TOOBIG] Message too large (at most {self.settings.maxLiteralSize} octets)")
+            self.literal_size(line)
         return super().arg_literal(line)
+
+    def literal_size(self, line: bytes) -> int:
+        """
+        The octets of the literal C{line} announces. @raise Refused: not
+        digits only, or over C{imap.maxLiteralSize}.
+        """
+        # Read here, strictly (RFC 3501: number = 1*DIGIT): twisted's int() also takes
+        # "{+2048}", "{ 2048}" and "{2_048}", which walked past the bound.
+        match = _LITERAL.fullmatch(line)
+        if match is None:
+            raise Refused("[CLIENTBUG] A literal's size is digits only")
+        size = int(match.group(1))
+        if size > self.settings.maxLiteralSize:
+            raise Refused(f"[TOOBIG] Message too large (at most {self.settings.maxLiteralSize} octets)")
+        return size
 
 
 #: The most comma-separated ranges a sequence set may hold.

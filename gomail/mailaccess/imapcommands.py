@@ -56,6 +56,7 @@ class IMAPCommandsMixin(IMAPIdleMixin, IMAPFetchMixin):
     log: Any
 
     def init_commands(self) -> None:
+        self._append_target = b""  # APPEND's folder, between its name and its literal
         self.init_idle()
 
     def _run(self, tag: bytes, work: Coroutine[Any, Any, Any], done: bytes | None) -> None:
@@ -201,10 +202,44 @@ class IMAPCommandsMixin(IMAPIdleMixin, IMAPFetchMixin):
     def do_APPEND(self, tag: bytes, name: bytes, flags: Any, date: Any, message: Any) -> None:
         self._run(tag, self._append(name, flags or [], date, message), b"APPEND completed")
 
-    def _literal(self, line: bytes) -> Any:
-        return self.arg_literal(line)  # the session's, bounded by imap.maxLiteralSize
+    def _append_name(self, line: bytes) -> Any:
+        """APPEND's mailbox name, kept for the checks made before its literal is asked for."""
+        result = self.arg_astring(line)
+        if isinstance(result, Deferred):  # the name was itself a literal
+            return result.addCallback(self._remember_append_target)
+        return self._remember_append_target(result)
 
-    auth_APPEND: Any = (do_APPEND, _ASTRING, imap4.IMAP4Server.opt_plist, imap4.IMAP4Server.opt_datetime, _literal)
+    def _remember_append_target(self, parsed: tuple[bytes, bytes]) -> tuple[bytes, bytes]:
+        self._append_target, rest = parsed
+        # After a literal name twisted leaves the space before the next argument, which
+        # its literal parser then refused ("Missing literal").
+        return parsed[0], rest[1:] if rest[:1] == b" " else rest
+
+    def _literal(self, line: bytes) -> Any:
+        # What APPEND would refuse after the upload is refused before "+ Ready": a client
+        # writing to a missing folder or past its quota sends nothing (twisted holds a
+        # literal of up to 10 MB in memory), as RFC 3501 6.3.11 has servers do.
+        if line[:1] != b"{":
+            return self.arg_literal(line)  # twisted's BAD for what is no literal
+        size = self.literal_size(line)  # strict digits, at most imap.maxLiteralSize
+        checked = Deferred.fromCoroutine(self._check_append(size))
+        return checked.addCallback(lambda _: self.arg_literal(line))
+
+    async def _check_append(self, size: int) -> None:
+        account, name = self.account, self._append_target
+        self._append_target = b""
+        try:
+            folder = mailbox_name(name)
+        except FolderError as e:  # its text is the client's answer (arguments' failures: MailboxException)
+            raise imap4.MailboxException(str(e)) from None
+        if not await account.run(imapfolders.folder_exists, account.root, folder):
+            raise imap4.MailboxException("[TRYCREATE] No such mailbox")
+        # Only a look: the octets are reserved when the message is stored (IMAPAccount.append).
+        if account.quota and await account.counter.used(account.root) + size > account.quota:
+            raise OverQuota("[OVERQUOTA] Quota exceeded")
+
+    auth_APPEND: Any = (do_APPEND, _append_name, imap4.IMAP4Server.opt_plist, imap4.IMAP4Server.opt_datetime,
+                        _literal)
     select_APPEND: Any = auth_APPEND
 
     async def _append(self, name: bytes, flags: list[Any], date: bytes | None, message: Any) -> None:
@@ -309,6 +344,10 @@ class IMAPCommandsMixin(IMAPIdleMixin, IMAPFetchMixin):
         def _answer_failure(self, tag: Any, failure: Any = None) -> None: ...
 
         def arg_literal(self, line: bytes) -> Any: ...
+
+        def arg_astring(self, line: bytes, final: bool = False) -> Any: ...
+
+        def literal_size(self, line: bytes) -> int: ...
 
 
 def _system_flags(flags: list[Any]) -> frozenset[str]:
