@@ -62,6 +62,51 @@ class StoreRaceTests(TestCase):
         self.assertEqual(sorted(e.uid for e in imapstore.sync(self.folder, 1.0e9).entries), [1, 2])
 
 
+class UIDListEdgeTests(TestCase):
+    """The UID list against file names and losses no delivery makes."""
+
+    def setUp(self) -> None:
+        self.folder = os.path.abspath(self.mktemp())
+        for sub in ("tmp", "new", "cur"):
+            os.makedirs(os.path.join(self.folder, sub))
+
+    def put(self, name: bytes) -> None:
+        with open(os.path.join(os.fsencode(self.folder), b"cur", name), "wb") as f:
+            f.write(b"Subject: x\r\n\r\nbody\r\n")
+
+    def test_undecodable_names_keep_their_uids(self) -> None:
+        """A file name that is no UTF-8 (another program's) gets a UID, kept across syncs (a restart reads the list)."""
+        self.put(b"1700000000.caf\xe9.host:2,S")
+        self.put(b"1700000001.plain.host:2,")
+        first = imapstore.sync(self.folder, 1.0e9)
+        again = imapstore.sync(self.folder, 1.0e9 + 10)
+        self.assertEqual([(e.uid, e.unique) for e in first.entries], [(e.uid, e.unique) for e in again.entries])
+        self.assertEqual(sorted(e.uid for e in again.entries), [1, 2])
+        self.assertEqual(again.uidvalidity, first.uidvalidity)
+
+    def test_names_with_line_ends_are_skipped(self) -> None:
+        """A file name holding a newline cannot be a line of the list: it is not listed, the others are."""
+        self.put(b"1700000000.bad\nname:2,")
+        self.put(b"1700000001.good.host:2,")
+        state = imapstore.sync(self.folder, 1.0e9)
+        self.assertEqual([e.unique for e in state.entries], ["1700000001.good.host"])
+        self.assertEqual([e.uid for e in imapstore.sync(self.folder, 1.0e9).entries], [1])
+
+    def test_lost_list_gets_a_new_uidvalidity_in_the_same_second(self) -> None:
+        """The UID list lost and remade within one second: UIDVALIDITY still changes (the UIDs start over)."""
+        self.put(b"1700000000.one.host:2,")
+        first = imapstore.sync(self.folder, 1.0e9)
+        os.unlink(os.path.join(self.folder, imapstore.UIDLIST))
+        second = imapstore.sync(self.folder, 1.0e9)
+        self.assertGreater(second.uidvalidity, first.uidvalidity)
+
+    def test_folder_locks_do_not_pile_up(self) -> None:
+        """Folder locks are forgotten once no thread uses them: a thousand folders synced leave none behind."""
+        for n in range(1000):
+            imapstore.sync(os.path.join(self.folder, f".f{n}"), 1.0e9)
+        self.assertEqual(len(imapstore._locks), 0)
+
+
 class PoisonMessageTests(TestCase):
     """gomail.mailaccess.imapmessage against deeply nested MIME."""
 

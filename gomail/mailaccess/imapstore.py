@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -40,8 +41,13 @@ LETTER_FLAGS = {letter: flag for flag, letter in FLAG_LETTERS.items()}
 #: The hierarchy delimiter (Maildir++).
 DELIMITER = "."
 
-_locks: dict[str, threading.Lock] = {}
+# A folder's lock lives while some thread holds or waits for it: folders created and deleted
+# over months leave no entries behind.
+_locks: weakref.WeakValueDictionary[str, threading.Lock] = weakref.WeakValueDictionary()
 _locks_guard = threading.Lock()
+# The last UIDVALIDITY this process gave each folder: a list lost and remade within the
+# same second must not get the same one again (the UIDs start over).
+_last_uidvalidity: dict[str, int] = {}
 
 
 class FolderError(Exception):
@@ -93,7 +99,8 @@ def filename_with(filename: str, flags: frozenset[str]) -> str:
 
 def _read_uidlist(path: str) -> tuple[int, int, dict[str, int]] | None:
     try:
-        with open(os.path.join(path, UIDLIST), encoding="utf-8") as f:
+        # surrogateescape: a file name that is no UTF-8 (another program's) round-trips as os.listdir gives it.
+        with open(os.path.join(path, UIDLIST), encoding="utf-8", errors="surrogateescape") as f:
             first = f.readline().split()
             if len(first) != 3 or first[0] != "1":
                 return None
@@ -111,7 +118,7 @@ def _read_uidlist(path: str) -> tuple[int, int, dict[str, int]] | None:
 def _write_uidlist(path: str, uidvalidity: int, uidnext: int, uids: dict[str, int]) -> None:
     lines = [f"1 {uidvalidity} {uidnext}\n"] + [f"{uid} {unique}\n" for unique, uid in
                                                    sorted(uids.items(), key=lambda item: item[1])]
-    write_atomically(os.path.join(path, UIDLIST), "".join(lines).encode("utf-8"))
+    write_atomically(os.path.join(path, UIDLIST), "".join(lines).encode("utf-8", "surrogateescape"))
 
 
 def make_maildir(path: str) -> None:
@@ -155,6 +162,8 @@ def _listing(path: str) -> tuple[dict[str, tuple[str, os.stat_result]], set[str]
         except FileNotFoundError:
             continue
         for name in names:
+            if "\n" in name or "\r" in name:
+                continue  # cannot be a line of the UID list (no delivery makes such names)
             unique = unique_name(name)
             try:
                 st = os.stat(os.path.join(directory, name))
@@ -189,7 +198,12 @@ def sync(path: str, now: float) -> FolderState:
         found, moved = _listing(path)
         stored = _read_uidlist(path)
         if stored is None:
-            uidvalidity, uidnext, uids = max(int(now), 1), 1, dict[str, int]()
+            key = os.path.normpath(path)
+            uidvalidity, uidnext, uids = max(int(now), _last_uidvalidity.get(key, 0) + 1, 1), 1, dict[str, int]()
+            _last_uidvalidity.pop(key, None)
+            _last_uidvalidity[key] = uidvalidity
+            if len(_last_uidvalidity) > 10_000:  # bounded; a folder remembered this long ago is seconds behind
+                del _last_uidvalidity[next(iter(_last_uidvalidity))]
             changed = os.path.isdir(path)
         else:
             uidvalidity, uidnext, uids = stored
