@@ -33,7 +33,11 @@ Measured per round and side:
     weigh); messages/s and MB/s over the `-f` fetches;
   - the server's CPU (its whole process tree, from /proc) per login and per
     message fetched.
-`--py-spy FILE` samples gomail (py-spy, collapsed stacks) during its FETCHes.
+`--py-spy FILE` samples gomail (py-spy, collapsed stacks, without stopping
+it: a sampler that pauses the process 200 times a second measured itself,
+114 msg/s instead of 3,500) during its FETCHes; `--profile FILE` runs gomail
+under `twistd --profile FILE --profiler cprofile --savestats` (the reactor
+thread, the whole run; read it with pstats; the profiler slows gomail 2-3x).
 """
 
 from __future__ import annotations
@@ -269,8 +273,8 @@ def run_round(server: Server, options: argparse.Namespace, pool: Any) -> None:
     spy = None
     if options.py_spy and server.name == "gomail":
         py_spy = shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable), "py-spy")
-        spy = subprocess.Popen([py_spy, "record", "-p", str(server.process.pid), "-f", "raw", "-r", "200",
-                                "-o", os.path.abspath(options.py_spy)], stdout=subprocess.DEVNULL)
+        spy = subprocess.Popen([py_spy, "record", "-p", str(server.process.pid), "--nonblocking", "-f", "raw",
+                                "-r", "200", "-o", os.path.abspath(options.py_spy)], stdout=subprocess.DEVNULL)
         time.sleep(1)  # py-spy attaches
     before = server.cpu()
     elapsed, received = fetch_round(server.port, options.fetches, options.messages)
@@ -322,6 +326,7 @@ def main() -> None:
     parser.add_argument("--dovecot-scheme", default="BLF-CRYPT",
                         help="Dovecot's password scheme (default: gomail's bcrypt hash itself; e.g. SSHA512)")
     parser.add_argument("--py-spy", help="sample gomail's FETCHes with py-spy into this file (collapsed stacks)")
+    parser.add_argument("--profile", help="run gomail under cProfile (twistd --profile), stats into this file")
     options = parser.parse_args()
     if not os.path.exists(DOVECOT):
         raise SystemExit("Dovecot is not installed (Debian: apt-get install dovecot-imapd)")
@@ -343,6 +348,8 @@ def main() -> None:
     python = sys.executable
     twistd = [os.path.join(os.path.dirname(python), "twistd")]
     log = open(os.path.join(work, "processes.log"), "wb")  # noqa: SIM115 - open for the processes' lives
+    if options.profile:
+        twistd += ["--profile", os.path.abspath(options.profile), "--profiler", "cprofile", "--savestats"]
     processes = [subprocess.Popen([*twistd, "-n", "--pidfile=", "gomail", "--config", config], cwd=work,
                                   stdout=log, stderr=log)]
     try:

@@ -1,22 +1,23 @@
 # -*- test-case-name: tests.test_imap -*-
 """
-FETCH and SEARCH over twisted's own code, with the disk reads moved off the
-reactor: before twisted formats a message, the bytes the request needs are
-read in the I/O pool (L{content_needed}: nothing, the header, or the whole
-message) and dropped after it. A whole message (C{BODY[]}, C{RFC822}) is
-sent from its file block by block, read in the I/O pool and paced by the
-transport (a streaming producer), never held whole; sections are sent as
-stored (twisted's header formatting re-folds and drops the blank line).
-FETCH of a body section without C{.PEEK} sets C{\\Seen} (RFC 3501 6.4.5).
-
-SEARCH (twisted's own matching, C{_searchFilter}) reads each message only
-when the search keys look at its header or text, one at a time.
+FETCH over twisted's own code, with the disk reads moved off the reactor:
+before twisted formats a message, what the request needs is read in the I/O
+pool (L{content_needed}: nothing, the header, or the header and the MIME
+index, L{gomail.mailaccess.imapsections}) and dropped after it. A whole
+message (C{BODY[]}, C{RFC822}) of one block is read ahead with the FETCH's
+next ones, several to an I/O-pool job (L{gomail.mailaccess.imapreadahead});
+a larger one is sent from its file block by block, read in the I/O pool
+and paced by the transport (a streaming producer), never held whole; so are
+sections (C{BODY[1]}, C{TEXT}, C{MIME}, partial ranges:
+byte ranges of the file the index gives), sent as stored (twisted's header
+formatting re-folds and drops the blank line), and BODYSTRUCTURE is built
+from the index. FETCH of a body section without C{.PEEK} sets C{\\Seen}
+(RFC 3501 6.4.5). SEARCH: L{gomail.mailaccess.imapsearch}.
 """
 
 from __future__ import annotations
 
 import copy
-import os
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
@@ -24,10 +25,15 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.mail import imap4
 from zope.interface import implementer
 
+from gomail.mailaccess import imapsections
+from gomail.mailaccess.imapreadahead import FirstBlock, open_first
+from gomail.mailaccess.imapsearch import IMAPSearchMixin
+from gomail.mailaccess.mimeindex import EntityPart
+
 #: Bytes of a message read from disk at a time.
 BLOCK = 64 * 1024
-_HEADER_KEYS = {b"FROM", b"TO", b"CC", b"BCC", b"SUBJECT", b"HEADER", b"SENTBEFORE", b"SENTON", b"SENTSINCE"}
-_BODY_KEYS = {b"BODY", b"TEXT"}
+#: Messages of one FETCH answered in one go (read ahead) before the reactor gets a turn.
+MAX_IN_A_ROW = 64
 
 
 def _whole(part: Any) -> bool:
@@ -35,13 +41,18 @@ def _whole(part: Any) -> bool:
                                       and part.partialBegin is None))
 
 
+def _from_file(part: Any) -> bool:
+    # A whole message or a range of it: no index needed to find it.
+    return part.type == "rfc822" or (part.type == "body" and part.empty and not part.part)
+
+
 def content_needed(query: list[Any]) -> str | None:
-    """What FETCH must read of a message first: None, C{"header"} or C{"all"}."""
+    """What FETCH must read of a message first: None, C{"header"} or C{"all"} (its header and MIME index)."""
     need = None
     for part in query:
         if part.type in ("envelope", "rfc822header") or (part.type == "body" and part.header and not part.part):
             need = need or "header"
-        elif part.type in ("bodystructure", "rfc822text") or (part.type == "body" and not _whole(part)):
+        elif part.type in ("bodystructure", "rfc822text") or (part.type == "body" and not _from_file(part)):
             return "all"
     return need
 
@@ -53,66 +64,11 @@ def sets_seen(query: list[Any]) -> bool:
                for p in query)
 
 
-def search_needed(query: list[Any]) -> str | None:
-    """What SEARCH must read of each message: None, C{"header"} or C{"all"}."""
-    need = None
-    for term in query:
-        if isinstance(term, list):
-            sub = search_needed(term)
-            if sub == "all":
-                return "all"
-            need = need or sub
-        elif isinstance(term, bytes):
-            if term.upper() in _BODY_KEYS:
-                return "all"
-            if term.upper() in _HEADER_KEYS:
-                need = "header"
-    return need
-
-
-def section_bytes(top: Any, part: Any) -> bytes:
-    """The bytes of a C{BODY[...]} section of a message (L{gomail.mailaccess.imapmessage.RawPart}), as stored."""
-    entity = top
-    try:
-        for p in part.part:
-            if entity.isMultipart():
-                entity = entity.getSubPart(p)
-            elif p != 0:  # a single-part entity has a part 1 only: itself
-                return b""
-        if part.mime:
-            return entity.header_bytes
-        if part.header or part.text:
-            if part.part:  # HEADER and TEXT of a part: of the message it encapsulates
-                if entity.parsed.get_content_type() != "message/rfc822":
-                    return b""
-                entity = entity.getSubPart(0)
-            if part.header:
-                return entity.header_section(part.header.negate, tuple(part.header.fields or ()))
-            return entity.body
-        return entity.body if part.part else entity.whole()
-    except IndexError:
-        return b""
-
-
-def _text(term: Any) -> str:
-    return term.decode("utf-8", "replace") if isinstance(term, bytes) else str(term)
-
-
-def _bytes(term: Any) -> bytes:
-    return term if isinstance(term, bytes) else str(term).encode("utf-8")
-
-
 def _label(part: Any) -> bytes:
     plain = copy.copy(part)
     plain.partialBegin = plain.partialLength = None
     label = plain.getBytes()
     return label + (b"<%d>" % part.partialBegin if part.partialBegin is not None else b"")
-
-
-def _partial(part: Any, data: bytes) -> bytes:
-    if part.partialBegin is None:
-        return data
-    return data[part.partialBegin:part.partialBegin + part.partialLength]
 
 
 @implementer(IPushProducer)
@@ -146,37 +102,42 @@ class Pacer:
             await waiter
 
 
-def _open_first(folder: str, entry: Any) -> tuple[Any, int, bytes]:
-    """
-    (blocking) Find, open and start reading a message's file in one I/O-pool
-    job: (the file, or None when it was read whole; its size; the first
-    block). A message of one block costs one thread hand-off, not three.
-    """
-    from gomail.mailaccess.imapstore import message_path
-
-    f = open(message_path(folder, entry), "rb")  # noqa: SIM115 - closed here or by the caller
-    try:
-        size = os.fstat(f.fileno()).st_size
-        first = f.read(min(BLOCK, size))
-    except BaseException:
-        f.close()
-        raise
-    if len(first) >= size:
-        f.close()
-        return None, size, first
-    return f, size, first
-
-
-class IMAPFetchMixin:
-    """FETCH's message output and SEARCH (uses the session's C{mbox}, C{transport}...)."""
+class IMAPFetchMixin(IMAPSearchMixin):
+    """FETCH's message output, and SEARCH (uses the session's C{mbox}, C{transport}...)."""
 
     mbox: Any
     transport: Any
     closed: bool
     log: Any
 
+    #: Messages answered one after another without the reactor getting a turn, at most.
+    _in_a_row = 0
+
     def spewMessage(self, id: int, msg: Any, query: list[Any], uid: Any) -> Deferred:
-        return Deferred.fromCoroutine(self._spew_message(id, msg, query, uid))
+        if content_needed(query) is None and not sets_seen(query):
+            # Nothing to read or change first (FLAGS, UID, BODY.PEEK[]...): twisted's own, without
+            # a coroutine of ours around it (a whole message is read ahead by spew_body).
+            d = imap4.IMAP4Server.spewMessage(self, id, msg, query, uid)  # type: ignore[arg-type]
+        else:
+            d = Deferred.fromCoroutine(self._spew_message(id, msg, query, uid))
+        if not d.called:
+            self._in_a_row = 0
+            return d
+        # Done at once (read ahead): twisted's __cbFetch then starts the next message inside
+        # this call, so a run of them nests ~5 frames each; a reactor turn now and then ends
+        # the nesting (and lets the transport send what the run wrote).
+        self._in_a_row += 1
+        if self._in_a_row < MAX_IN_A_ROW:
+            return d
+        self._in_a_row = 0
+        clock = self.mbox.account.clock
+
+        def later(result: Any) -> Deferred:
+            turn: Deferred = Deferred()
+            clock.callLater(0, turn.callback, result)
+            return turn
+
+        return d.addCallback(later)
 
     async def _spew_message(self, id: int, msg: Any, query: list[Any], uid: Any) -> None:
         mbox = self.mbox
@@ -196,37 +157,129 @@ class IMAPFetchMixin:
             msg.load(None)
 
     def spew_body(self, part: Any, id: int, msg: Any, _w: Any = None, _f: Any = None) -> Any:
-        if msg.content is None and _whole(part):
-            _w(_label(part) + b" ")
-            return Deferred.fromCoroutine(self._stream(msg, _w, _f))
+        if _whole(part) and (msg.content is None or msg.content.header_only):
+            _w(part.getBytes() + b" ")  # a whole message has no <partial> to leave out of its label
+            return self._whole_message(msg, _w, _f)
         if not (part.header or part.text or part.mime or part.empty):
-            _w(b"BODY " + imap4.collapseNestedLists([imap4.getBodyStructure(msg.content)]))
+            _w(b"BODY " + imap4.collapseNestedLists([imap4.getBodyStructure(EntityPart(msg.index.root))]))
             return None
-        data = _partial(part, section_bytes(msg.content, part))
-        _w(_label(part) + b" {%d}\r\n" % len(data) + data)
-        return None
+        section = imapsections.partial(part, imapsections.locate(msg, part))
+        return self._send_section(_label(part), msg, section, _w, _f)
 
     def spew_bodystructure(self, id: int, msg: Any, _w: Any = None, _f: Any = None) -> None:
         # Of the content (whose sizes are of bodies), not of the message (whose size is RFC822.SIZE).
-        _w(b"BODYSTRUCTURE " + imap4.collapseNestedLists([imap4.getBodyStructure(msg.content, True)]))
+        structure = imap4.getBodyStructure(EntityPart(msg.index.root), True)
+        _w(b"BODYSTRUCTURE " + imap4.collapseNestedLists([structure]))
 
     def spew_rfc822(self, id: int, msg: Any, _w: Any = None, _f: Any = None) -> Any:
         _w(b"RFC822 ")
-        return Deferred.fromCoroutine(self._stream(msg, _w, _f))
+        return self._whole_message(msg, _w, _f)
+
+    def _whole_message(self, msg: Any, _w: Any, _f: Any) -> Deferred | None:
+        """
+        A whole message as a literal: written at once when it was read ahead
+        (the FETCH goes on without a Deferred unless the transport's buffer
+        is full), else streamed from its file (L{_stream}).
+        """
+        ahead = self.mbox.read_ahead
+        first = ahead.ready(msg.entry) if ahead is not None and not self.closed else None
+        if first is None:
+            return Deferred.fromCoroutine(self._stream(msg, _w, _f))
+        pacer = Pacer()
+        # Registered before the write, so that a full buffer pauses it: the next message waits.
+        self.transport.registerProducer(pacer, True)
+        _w(b"{%d}\r\n" % first.size + first.first)
+        _f()
+        if pacer.paused:
+            return Deferred.fromCoroutine(self._drained(pacer))
+        self._unregister()
+        return None
+
+    async def _drained(self, pacer: Pacer) -> None:
+        try:
+            await pacer.wait()
+        finally:
+            self._unregister()
+
+    def _unregister(self) -> None:
+        # Not "transport.producer is pacer": a TLS transport holds it wrapped, so that test
+        # never unregistered it there, and the next literal's registration raised.
+        if self.transport.producer is not None:
+            self.transport.unregisterProducer()
 
     def spew_rfc822header(self, id: int, msg: Any, _w: Any = None, _f: Any = None) -> None:
         data = msg.content.header_bytes
         _w(b"RFC822.HEADER {%d}\r\n" % len(data) + data)
 
-    def spew_rfc822text(self, id: int, msg: Any, _w: Any = None, _f: Any = None) -> None:
-        data = msg.content.body
-        _w(b"RFC822.TEXT {%d}\r\n" % len(data) + data)
+    def spew_rfc822text(self, id: int, msg: Any, _w: Any = None, _f: Any = None) -> Any:
+        root = msg.index.root
+        return self._send_section(b"RFC822.TEXT", msg, (root.body_start, root.body_end), _w, _f)
+
+    def _send_section(self, label: bytes, msg: Any, section: bytes | imapsections.Range, _w: Any, _f: Any) -> Any:
+        """A section as a literal: bytes, or a range of the message cut from its bytes or streamed from its file."""
+        if isinstance(section, tuple) and msg.data is not None:
+            section = msg.data[section[0]:section[1]]
+        if isinstance(section, bytes):
+            _w(label + b" {%d}\r\n" % len(section) + section)
+            return None
+        _w(label + b" ")
+        return Deferred.fromCoroutine(self._stream_range(msg, section[0], section[1], _w, _f))
+
+    async def _stream_range(self, msg: Any, start: int, end: int | None, _w: Any, _f: Any) -> None:
+        """
+        Octets C{[start, end)} of a message's file (end None: to its end) as a
+        literal, read a block at a time in the I/O pool as the client takes them.
+        """
+        run = self.mbox.account.run
+        if self.closed:
+            return  # the client is gone: nothing more is read for it
+        try:
+            file, start, end, block = await run(imapsections.open_range, self.mbox.path, msg.entry, start, end)
+        except OSError as e:  # gone meanwhile (as in _stream): NIL, the session goes on
+            self.log.info("IMAP FETCH: message {unique} unreadable: {error}", unique=msg.entry.unique,
+                          error=type(e).__name__)
+            _w(b"NIL")
+            return
+        pacer = Pacer()
+        registered = False
+        try:
+            self.transport.registerProducer(pacer, True)
+            registered = True
+            _w(b"{%d}\r\n" % (end - start) + block)
+            _f()
+            remaining = end - start - len(block)
+            while remaining > 0 and not self.closed:
+                await pacer.wait()
+                block = b"" if pacer.stopped else await run(file.read, min(BLOCK, remaining))
+                if not block:  # the file is shorter than it was: the literal cannot be completed
+                    self.transport.abortConnection()
+                    self.closed = True
+                    return
+                self.transport.write(block)
+                remaining -= len(block)
+            await pacer.wait()
+        finally:
+            if file is not None:
+                file.close()
+            if registered:
+                self._unregister()
+
+    async def _first_block(self, entry: Any) -> FirstBlock:
+        """A message's first block: read ahead with the FETCH's next messages, or now (one I/O-pool job)."""
+        ahead = self.mbox.read_ahead
+        if ahead is not None:
+            read = await ahead.take(entry)
+            if read is not None:
+                return read
+        return await self.mbox.account.run(open_first, self.mbox.path, entry, BLOCK)  # type: ignore[no-any-return]
 
     async def _stream(self, msg: Any, _w: Any, _f: Any) -> None:
         """A whole message as a literal, read from its file in blocks in the I/O pool, as fast as the client takes it."""
         run = self.mbox.account.run
+        if self.closed:
+            return  # the client is gone: nothing more is read for it
         try:
-            file, size, block = await run(_open_first, self.mbox.path, msg.entry)
+            first = await self._first_block(msg.entry)
         except OSError as e:
             # Gone since the FETCH began (another session's EXPUNGE, a POP3 DELE), or no
             # regular file: NIL for this message, the session goes on (an error here dropped it).
@@ -234,6 +287,8 @@ class IMAPFetchMixin:
                           error=type(e).__name__)
             _w(b"NIL")
             return
+        file: Any = first.file  # open over the rest of a message longer than a block, else None
+        size, block = first.size, first.first
         pacer = Pacer()
         registered = False
         try:
@@ -259,106 +314,8 @@ class IMAPFetchMixin:
         finally:
             if file is not None:
                 file.close()
-            # Not "transport.producer is pacer": a TLS transport holds it wrapped, so that test
-            # never unregistered it there, and the next literal's registration raised.
-            if registered and self.transport.producer is not None:
-                self.transport.unregisterProducer()
-
-    # -- SEARCH -----------------------------------------------------------------------------
-
-    def do_SEARCH(self, tag: bytes, charset: Any, query: Any, uid: int = 0) -> None:
-        if charset is not None and charset.upper() not in (b"US-ASCII", b"UTF-8"):
-            return self.sendNegativeResponse(tag, b"[BADCHARSET (US-ASCII UTF-8)] Unsupported charset")
-        d = Deferred.fromCoroutine(self._search(query, bool(uid)))
-        d.addCallbacks(lambda found: self._searched(tag, found), lambda failure: self._search_failed(tag, failure))
-
-    select_SEARCH: Any = (do_SEARCH, imap4.IMAP4Server.opt_charset, imap4.IMAP4Server.arg_searchkeys)
-
-    async def _search(self, query: list[Any], uid: bool) -> list[int]:
-        mbox = self.mbox
-        need = search_needed(query)
-        entries = list(mbox.entries)
-        if not entries:
-            return []
-        last_seq, last_uid = len(entries), entries[-1].uid
-        found = []
-        for seq in range(1, len(entries) + 1):
-            msg = mbox.message(seq)
-            if need:
-                try:
-                    await mbox.content(msg, header_only=need == "header")
-                except FileNotFoundError:
-                    continue
-            try:
-                if self._searchFilter(copy.deepcopy(query), seq, msg, last_seq, last_uid):  # type: ignore[attr-defined]
-                    found.append(msg.getUID() if uid else seq)
-            finally:
-                msg.load(None)
-        return found
-
-    # twisted's matching compares the (str) header with the (bytes) search term: done here on text.
-
-    def _header_contains(self, name: str, query: list[Any], msg: Any) -> bool:
-        needle = _text(query.pop(0)).lower()
-        return needle in msg.getHeaders(False, name).get(name, "").lower()
-
-    def search_FROM(self, query: list[Any], id: int, msg: Any) -> bool:
-        return self._header_contains("from", query, msg)
-
-    def search_TO(self, query: list[Any], id: int, msg: Any) -> bool:
-        return self._header_contains("to", query, msg)
-
-    def search_CC(self, query: list[Any], id: int, msg: Any) -> bool:
-        return self._header_contains("cc", query, msg)
-
-    def search_BCC(self, query: list[Any], id: int, msg: Any) -> bool:
-        return self._header_contains("bcc", query, msg)
-
-    def search_SUBJECT(self, query: list[Any], id: int, msg: Any) -> bool:
-        return self._header_contains("subject", query, msg)
-
-    def search_HEADER(self, query: list[Any], id: int, msg: Any) -> bool:
-        return self._header_contains(_text(query.pop(0)).lower(), query, msg)
-
-    def search_BODY(self, query: list[Any], id: int, msg: Any) -> bool:
-        return _bytes(query.pop(0)).lower() in msg.content.body.lower()
-
-    def search_TEXT(self, query: list[Any], id: int, msg: Any) -> bool:
-        return _bytes(query.pop(0)).lower() in msg.content.whole().lower()
-
-    def _dated(self, key: str, query: list[Any], id: int, msg: Any) -> bool:
-        query[0] = _text(query[0])  # twisted's date parsing takes text
-        try:
-            return bool(getattr(imap4.IMAP4Server, "search_" + key)(self, query, id, msg))
-        except TypeError:  # no (readable) Date: header: twisted compares None with a date
-            return False
-
-    def search_BEFORE(self, query: list[Any], id: int, msg: Any) -> bool:
-        return self._dated("BEFORE", query, id, msg)
-
-    def search_ON(self, query: list[Any], id: int, msg: Any) -> bool:
-        return self._dated("ON", query, id, msg)
-
-    def search_SINCE(self, query: list[Any], id: int, msg: Any) -> bool:
-        return self._dated("SINCE", query, id, msg)
-
-    def search_SENTBEFORE(self, query: list[Any], id: int, msg: Any) -> bool:
-        return self._dated("SENTBEFORE", query, id, msg)
-
-    def search_SENTON(self, query: list[Any], id: int, msg: Any) -> bool:
-        return self._dated("SENTON", query, id, msg)
-
-    def search_SENTSINCE(self, query: list[Any], id: int, msg: Any) -> bool:
-        return self._dated("SENTSINCE", query, id, msg)
-
-    def _searched(self, tag: bytes, found: list[int]) -> None:
-        self.sendUntaggedResponse(b" ".join([b"SEARCH", *(b"%d" % n for n in found)]))
-        self.sendPositiveResponse(tag, b"SEARCH completed")
-
-    def _search_failed(self, tag: bytes, failure: Any) -> None:
-        if failure.check(imap4.IllegalQueryError, imap4.IllegalIdentifierError, IndexError, ValueError, TypeError):
-            return self.sendBadResponse(tag, b"Invalid search criteria")
-        self._answer_failure(tag, failure)
+            if registered:
+                self._unregister()
 
     if TYPE_CHECKING:  # provided by the session (L{gomail.mailaccess.imap.GomailIMAP4})
         def sendPositiveResponse(self, tag: Any = None, message: bytes = b"") -> None: ...
@@ -372,4 +329,4 @@ class IMAPFetchMixin:
         def _answer_failure(self, tag: Any, failure: Any = None) -> None: ...
 
 
-__all__ = ["IMAPFetchMixin", "content_needed", "search_needed", "section_bytes", "sets_seen"]
+__all__ = ["IMAPFetchMixin", "content_needed", "sets_seen"]

@@ -23,34 +23,17 @@ from twisted.internet.defer import Deferred
 from twisted.mail.imap4 import IAccount, IMailbox, MailboxException, MessageSet, wildcardToRegexp
 from zope.interface import implementer
 
-from gomail.mailaccess import imapfolders, imapstore
-from gomail.mailaccess.imapmessage import IMAPMessage, RawPart
+from gomail.mailaccess import imapfolders, imapsections, imapstore
+from gomail.mailaccess.imapmessage import IMAPMessage
+from gomail.mailaccess.imapreadahead import READ_AHEAD, ReadAhead
 from gomail.mailaccess.imapstore import DELIMITER, Entry, FolderError
 from gomail.mailaccess.quota import QuotaCounter
 
 SYSTEM_FLAGS = ["\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft"]
-#: Bytes read from a message's start to find the end of its header.
-HEADER_BLOCK = 64 * 1024
-#: A header longer than this is cut here (it is not a real mail header).
-MAX_HEADER = 1024 * 1024
 
 
 class OverQuota(MailboxException):
     """A message would take the user over C{imap.quotaMB}."""
-
-
-def read_content(path: str, entry: Entry, header_only: bool) -> RawPart:
-    """(blocking) A message's bytes: its header only (up to the blank line), or all of it."""
-    with open(imapstore.message_path(path, entry), "rb") as f:
-        if not header_only:
-            return RawPart(f.read())
-        data = b""
-        while len(data) < MAX_HEADER:
-            block = f.read(HEADER_BLOCK)
-            data += block
-            if not block or b"\n\r\n" in data or b"\n\n" in data or data.startswith((b"\r\n", b"\n")):
-                break
-        return RawPart(data, header_only=True)
 
 
 @dataclass
@@ -83,6 +66,7 @@ class IMAPAccount:
         self.quota = quota
         self.counter = counter or QuotaCounter(run, clock)
         self.subscribed: list[str] = []
+        self.indexes = imapsections.IndexCache()  # of the large messages FETCH looked at last
 
     async def open(self) -> IMAPAccount:
         """Read the subscriptions (and make INBOX's directories, so its UIDVALIDITY is kept from the start)."""
@@ -210,6 +194,9 @@ class IMAPFolder:
         self.uidvalidity = 0
         self.uidnext = 1
         self.listeners: list[Any] = []
+        #: The messages of the FETCH under way, read ahead as it asks for them whole (L{fetch}).
+        self.read_ahead: ReadAhead | None = None
+        self.read_ahead_budget = READ_AHEAD
 
     async def refresh(self) -> tuple[list[int], bool]:
         """
@@ -314,8 +301,14 @@ class IMAPFolder:
         return [n for n in range(1, len(self.entries) + 1) if n in messages]
 
     def fetch(self, messages: MessageSet, uid: bool) -> list[tuple[int, IMAPMessage]]:
-        """C{(sequence number, IMAPMessage)} of each message asked for (their content read later)."""
-        return [(n, self.message(n)) for n in self._numbers(messages, uid)]
+        """
+        C{(sequence number, IMAPMessage)} of each message asked for (their
+        content read later; whole messages ahead of their turn, L{read_ahead}).
+        """
+        fetched = [(n, self.message(n)) for n in self._numbers(messages, uid)]
+        self.read_ahead = ReadAhead(self.account.run, self.path, [m.entry for _, m in fetched],
+                                    self.read_ahead_budget)
+        return fetched
 
     def message(self, seq: int) -> IMAPMessage:
         entry = self.entries[seq - 1]
@@ -364,12 +357,12 @@ class IMAPFolder:
         return Deferred.fromCoroutine(self.expunge_deleted())
 
     async def content(self, message: IMAPMessage, header_only: bool) -> None:
-        """Read C{message}'s bytes (in the I/O pool) for twisted's synchronous calls."""
-        message.load(await self.account.run(read_content, self.path, message.entry, header_only))
+        """Read C{message}'s header, or header and MIME index (in the I/O pool), for twisted's synchronous calls."""
+        await imapsections.load(self.account, self.path, message, header_only)
 
     def file_path(self, entry: Entry) -> Deferred:
         """Fires with the current path of C{entry}'s file (FileNotFoundError: gone)."""
         return self.account.run(imapstore.message_path, self.path, entry)
 
 
-__all__ = ["FolderInfo", "IMAPAccount", "IMAPFolder", "OverQuota", "read_content"]
+__all__ = ["FolderInfo", "IMAPAccount", "IMAPFolder", "OverQuota"]

@@ -6,13 +6,13 @@ body (and a multipart body into its parts) without re-encoding anything,
 so the bytes FETCH sends for a section are exactly the bytes stored, and
 the sizes and line counts of BODYSTRUCTURE agree with them.
 
-twisted's FETCH, SEARCH and BODYSTRUCTURE code calls these methods
-synchronously, so a message's bytes are read before (in the I/O pool,
-L{gomail.mailaccess.imapmailbox}): only its header when that is all a
-request needs (ENVELOPE, HEADER.FIELDS: what a client's message list asks
-for), the whole message otherwise, one message at a time, dropped once it
-has been sent. A whole message (C{BODY[]}, C{RFC822}) is not read here at
-all: it is sent from its file block by block (L{gomail.mailaccess.imap}).
+twisted's FETCH and SEARCH code calls these methods synchronously, so
+what a request needs is read before (in the I/O pool,
+L{gomail.mailaccess.imapsections}), one message at a time, and dropped once
+it has been sent: only the header (a RawPart of it: ENVELOPE, HEADER.FIELDS),
+and for sections and BODYSTRUCTURE the message's MIME index
+(L{gomail.mailaccess.mimeindex}, which splits the file the same way without
+holding it). A RawPart of a whole message is no longer made by the server.
 """
 
 from __future__ import annotations
@@ -23,12 +23,15 @@ from email.message import Message
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 from io import BytesIO
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.mail.imap4 import IMessage, IMessagePart
 from zope.interface import implementer
 
 from gomail.mailaccess.imapstore import Entry
+
+if TYPE_CHECKING:
+    from gomail.mailaccess.mimeindex import MimeIndex
 
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
 
@@ -161,17 +164,24 @@ class IMAPMessage:
     """
     One message of a selected folder as twisted's server sees it: the
     entry's UID, flags (and C{\\Recent} for this session), time and size,
-    and its content once L{load}ed (C{content}, a L{RawPart}).
+    and once L{load}ed its header (C{content}, a header-only L{RawPart}),
+    its MIME C{index} and, for a small message, its bytes (C{data}).
+    C{words}: the BODY/TEXT words of a SEARCH found in it.
     """
 
     def __init__(self, entry: Entry, recent: bool) -> None:
         self.entry = entry
         self.recent = recent
         self.content: RawPart | None = None
+        self.index: MimeIndex | None = None
+        self.data: bytes | None = None
+        self.words: set[tuple[bytes, bytes]] = set()
 
-    def load(self, content: RawPart | None) -> None:
-        """The message's bytes read (None: dropped again)."""
-        self.content = content
+    def load(self, content: RawPart | None, index: MimeIndex | None = None, data: bytes | None = None) -> None:
+        """What was read of the message (None: all dropped again)."""
+        self.content, self.index, self.data = content, index, data
+        if content is None:
+            self.words = set()
 
     def _part(self) -> RawPart:
         if self.content is None:
