@@ -263,3 +263,24 @@ class WiringTests(SynchronousTestCase):
         [imap] = [child for child in service if type(child).__name__ == "IMAPService"]
         self.assertIsInstance(imap.server.notices, MailboxNotices)
         self.assertIs(service.delivery.router.local.notices, imap.server.notices)
+
+
+class ChangeOrderTests(HarnessMixin, SynchronousTestCase):
+    """What a refresh reports, in the order RFC 3501 7.4.1 needs."""
+
+    def test_flag_changes_after_expunges(self):
+        """
+        Another session flags message 3 and expunges message 1: this session
+        hears "* 1 EXPUNGE" first, then the flags of what is now message 2
+        (numbered after the expunge), so its client flags the right message.
+        """
+        harness = self.harness()
+        harness.deliver(U1, ONE, mtime=1_700_000_000)
+        harness.deliver(U2, ONE, mtime=1_700_000_100)
+        harness.deliver("1700000200.cccc_0.mx.test", ONE, mtime=1_700_000_200)
+        watcher, other = self.selected(harness), self.selected(harness)
+        other.send(b"a STORE 1 +FLAGS.SILENT (\\Deleted)\r\n")
+        other.send(b"b STORE 3 +FLAGS.SILENT (\\Flagged)\r\n")
+        self.assertIn(b"e OK", other.send(b"e EXPUNGE\r\n"))
+        answer = watcher.send(b"n NOOP\r\n")
+        self.assertEqual(answer, b"* 1 EXPUNGE\r\n* 2 FETCH (FLAGS (\\Flagged))\r\n* 2 EXISTS\r\nn OK Completed\r\n")

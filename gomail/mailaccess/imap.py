@@ -139,6 +139,10 @@ class GomailIMAP4(IMAPLoginMixin, IMAPCommandsMixin, imap4.IMAP4Server):
             return
         self.closed = True
         self.stop_idle()  # no notices or polls for a session that is going
+        if self._reading_paused:
+            # Over TLS the close waits for the client's close_notify: it must be read.
+            self._reading_paused = False
+            self.transport.resumeProducing()
         self.setTimeout(None)
         self._close_timer = self.server.clock.callLater(30, self.transport.abortConnection)
         self.transport.loseConnection()
@@ -205,6 +209,9 @@ class GomailIMAP4(IMAPLoginMixin, IMAPCommandsMixin, imap4.IMAP4Server):
     def lineReceived(self, line: bytes) -> None:
         if self.closed:
             return
+        if self.continuation_owed:
+            self.bye("Literal data sent before the server's continuation")
+            return
         if self.parseState == "command" and (self._awaiting or self._queue):
             self._queue.append(line)
             self._queued_bytes += len(line)
@@ -255,7 +262,16 @@ class GomailIMAP4(IMAPLoginMixin, IMAPCommandsMixin, imap4.IMAP4Server):
 
     def _drain(self) -> None:
         self._drain_call = None
-        while self._queue and not self._awaiting and self.parseState == "command" and not self.closed:
+        while self._queue and not self.closed:
+            if self.parseState == "idle":  # "DONE" sent with IDLE, before its "+ idling"
+                pass
+            elif self.parseState != "command" or self.continuation_owed:
+                # Held lines behind a command that asks for a literal are its data, sent before
+                # the continuation: never read as commands, never left waiting for ever.
+                self.bye("Literal data sent before the server's continuation")
+                return
+            elif self._awaiting:
+                break
             line = self._queue.pop(0)
             self._queued_bytes -= len(line)
             self._handle(line)

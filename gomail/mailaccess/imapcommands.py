@@ -54,6 +54,8 @@ class IMAPCommandsMixin(IMAPIdleMixin, IMAPFetchMixin):
     parseState: str
     client_host: str
     log: Any
+    #: APPEND's checks run before its "+ Ready": the client may send nothing meanwhile.
+    continuation_owed = False
 
     def init_commands(self) -> None:
         self._append_target = b""  # APPEND's folder, between its name and its literal
@@ -144,11 +146,13 @@ class IMAPCommandsMixin(IMAPIdleMixin, IMAPFetchMixin):
         mbox = self.mbox
         if mbox is None:
             return
-        expunged, added = await mbox.refresh()
+        expunged, added, flag_changes = await mbox.refresh()
         if mbox is not self.mbox:
             return
         for seq in expunged:
             self.sendUntaggedResponse(b"%d EXPUNGE" % seq)
+        if flag_changes:  # numbered as after those EXPUNGEs
+            self.flagsChanged(flag_changes)
         if added or expunged:
             self.sendUntaggedResponse(b"%d EXISTS" % mbox.getMessageCount())
         if added:
@@ -222,21 +226,37 @@ class IMAPCommandsMixin(IMAPIdleMixin, IMAPFetchMixin):
         if line[:1] != b"{":
             return self.arg_literal(line)  # twisted's BAD for what is no literal
         size = self.literal_size(line)  # strict digits, at most imap.maxLiteralSize
+        # Until "+ Ready" the client must send nothing: what it sends anyway ends the session
+        # (GomailIMAP4.lineReceived), never read as commands (its message's lines would be).
+        self.continuation_owed = True
         checked = Deferred.fromCoroutine(self._check_append(size))
-        return checked.addCallback(lambda _: self.arg_literal(line))
+
+        def ask(_: Any) -> Any:
+            self.continuation_owed = False
+            return self.arg_literal(line)
+
+        def refused(failure: Any) -> Any:
+            self.continuation_owed = False
+            return failure
+
+        return checked.addCallbacks(ask, refused)
 
     async def _check_append(self, size: int) -> None:
         account, name = self.account, self._append_target
         self._append_target = b""
+        # Failures here answer through twisted's argument errors: MailboxException's text is the NO.
         try:
             folder = mailbox_name(name)
-        except FolderError as e:  # its text is the client's answer (arguments' failures: MailboxException)
+            if not await account.run(imapfolders.folder_exists, account.root, folder):
+                raise imap4.MailboxException("[TRYCREATE] No such mailbox")
+            # Only a look: the octets are reserved when the message is stored (IMAPAccount.append).
+            if account.quota and await account.counter.used(account.root) + size > account.quota:
+                raise OverQuota("[OVERQUOTA] Quota exceeded")
+        except FolderError as e:  # an invalid name: its text is the client's answer
             raise imap4.MailboxException(str(e)) from None
-        if not await account.run(imapfolders.folder_exists, account.root, folder):
-            raise imap4.MailboxException("[TRYCREATE] No such mailbox")
-        # Only a look: the octets are reserved when the message is stored (IMAPAccount.append).
-        if account.quota and await account.counter.used(account.root) + size > account.quota:
-            raise OverQuota("[OVERQUOTA] Quota exceeded")
+        except OSError as e:
+            self.log.warn("IMAP session of {client}: disk error: {error}", client=self.client_host, error=str(e))
+            raise imap4.MailboxException("[UNAVAILABLE] Local error, try again later") from None
 
     auth_APPEND: Any = (do_APPEND, _append_name, imap4.IMAP4Server.opt_plist, imap4.IMAP4Server.opt_datetime,
                         _literal)
@@ -338,6 +358,8 @@ class IMAPCommandsMixin(IMAPIdleMixin, IMAPFetchMixin):
         def sendBadResponse(self, tag: Any = None, message: bytes = b"") -> None: ...
 
         def sendUntaggedResponse(self, message: bytes, isAsync: Any = None) -> None: ...
+
+        def flagsChanged(self, newFlags: dict[int, list[str]]) -> None: ...
 
         def sendLine(self, line: bytes) -> None: ...
 

@@ -198,11 +198,13 @@ class IMAPFolder:
         self.read_ahead: ReadAhead | None = None
         self.read_ahead_budget = READ_AHEAD
 
-    async def refresh(self) -> tuple[list[int], bool]:
+    async def refresh(self) -> tuple[list[int], bool, dict[int, list[str]]]:
         """
         Bring the view up to date with the disk: C{(sequence numbers
         expunged meanwhile, each as numbered when it is reported, whether
-        messages were added)}; flag changes go to the listeners.
+        messages were added, flag changes by sequence number as numbered
+        after those expunges)}: the session reports the changes after the
+        C{EXPUNGE}s, or a client would apply them to the wrong messages.
         """
         state = await self.account.run(imapstore.sync, self.path, self.account.clock.seconds())
         self.uidvalidity, self.uidnext = state.uidvalidity, state.uidnext
@@ -213,7 +215,7 @@ class IMAPFolder:
         for seq in range(len(self.entries), 0, -1):
             if self.entries[seq - 1].uid not in current:
                 expunged.append(seq)
-        flag_changes = {}
+        flag_changes: dict[int, list[str]] = {}
         for entry in self.entries:
             fresh = current.get(entry.uid)
             if fresh is None:
@@ -224,10 +226,7 @@ class IMAPFolder:
         known = {e.uid for e in kept}
         added = [e for e in state.entries if e.uid not in known]
         self.entries = kept + added
-        if flag_changes:
-            for listener in self.listeners:
-                listener.flagsChanged(flag_changes)
-        return expunged, bool(added)
+        return expunged, bool(added), flag_changes
 
     # -- IMailboxInfo / IMailbox --------------------------------------------------------------
 

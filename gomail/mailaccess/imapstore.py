@@ -151,6 +151,19 @@ def fsync_directory(path: str) -> None:
         os.close(fd)
 
 
+def _new_uidvalidity(path: str, now: float, exists: bool) -> int:
+    """A UIDVALIDITY for a folder starting a new UID list: the time, past any this process gave it before."""
+    key = os.path.normpath(path)
+    with _locks_guard:  # I/O threads hold only their own folder's lock
+        uidvalidity = max(int(now), _last_uidvalidity.get(key, 0) + 1, 1)
+        if exists:  # (a folder not made yet is only looked at: nothing to remember)
+            _last_uidvalidity.pop(key, None)
+            _last_uidvalidity[key] = uidvalidity
+            if len(_last_uidvalidity) > 10_000:  # bounded; a folder remembered this long ago is seconds behind
+                del _last_uidvalidity[next(iter(_last_uidvalidity))]
+    return uidvalidity
+
+
 def _listing(path: str) -> tuple[dict[str, tuple[str, os.stat_result]], set[str]]:
     """The messages of C{cur/} (new/ moved there first): unique -> (file name, stat), and the uniques moved."""
     cur, new = os.path.join(path, "cur"), os.path.join(path, "new")
@@ -198,13 +211,8 @@ def sync(path: str, now: float) -> FolderState:
         found, moved = _listing(path)
         stored = _read_uidlist(path)
         if stored is None:
-            key = os.path.normpath(path)
-            uidvalidity, uidnext, uids = max(int(now), _last_uidvalidity.get(key, 0) + 1, 1), 1, dict[str, int]()
-            _last_uidvalidity.pop(key, None)
-            _last_uidvalidity[key] = uidvalidity
-            if len(_last_uidvalidity) > 10_000:  # bounded; a folder remembered this long ago is seconds behind
-                del _last_uidvalidity[next(iter(_last_uidvalidity))]
             changed = os.path.isdir(path)
+            uidvalidity, uidnext, uids = _new_uidvalidity(path, now, changed), 1, dict[str, int]()
         else:
             uidvalidity, uidnext, uids = stored
             changed = False
