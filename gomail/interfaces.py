@@ -184,3 +184,21 @@ class IServiceProvider(Interface):
 
     def services(context):
         """@return: a list of C{twisted.application.service.IService}, started after gomail's own parts."""
+
+
+class IMailboxNotices(Interface):
+    """
+    In-process news that a user's Maildir changed (handed to plugins as
+    C{ServiceContext.notices}): publishers call L{notify}, IMAP's IDLE
+    sessions L{subscribe}.
+    """
+
+    def subscribe(address, callback):
+        """
+        Call C{callback(folder)} in the reactor for each notice about
+        C{address}'s Maildir. @return: a function ending the subscription,
+        or None when the Maildir has as many listeners as allowed.
+        """
+
+    def notify(address, folder="INBOX"):
+        """Tell C{address}'s listeners that C{folder} changed: @return: how many were told."""

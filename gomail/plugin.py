@@ -156,7 +156,7 @@ class ServiceContext:
     C{nginxAuth.auditLog} is off; C{quota} the users' quota counts
     (L{gomail.mailaccess.quota.MailboxQuota}) shared with local delivery;
     C{notices} the Maildir change notices local delivery publishes
-    (L{gomail.mailaccess.notify.MailboxNotices}).
+    (L{gomail.interfaces.IMailboxNotices}).
     """
 
     reactor: Any

@@ -12,9 +12,11 @@ import os
 
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
 
 from gomail.configmailaccess import IMAPSettings
 from gomail.delivery.maildir import MaildirDelivery
+from gomail.interfaces import IMailboxNotices
 from gomail.mailaccess.notify import MailboxNotices
 from gomail.mailaccess.quota import MailboxQuota
 from gomail.root import build_service
@@ -36,6 +38,10 @@ def idle_polls(harness: IMAPHarness) -> list:
 
 class MailboxNoticesTests(SynchronousTestCase):
     """L{MailboxNotices}: listeners per Maildir, told at once, gone when they unsubscribe."""
+
+    def test_provides_the_interface(self) -> None:
+        """MailboxNotices is the IMailboxNotices plugins are handed."""
+        self.assertTrue(verifyObject(IMailboxNotices, MailboxNotices()))
 
     def test_notify_tells_the_maildirs_listeners(self) -> None:
         """A notice reaches the listeners of that Maildir (addresses compared as delivery names them), with the folder."""

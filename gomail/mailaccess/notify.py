@@ -15,7 +15,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from twisted.logger import Logger
+from zope.interface import implementer
 
+from gomail.interfaces import IMailboxNotices
 from gomail.spool.jobs.maildirjobs import mailbox_name
 
 #: The folder local delivery writes to.
@@ -30,6 +32,7 @@ def folder_key(name: str) -> str:
     return INBOX if name.upper() == INBOX else name
 
 
+@implementer(IMailboxNotices)
 class MailboxNotices:
     """
     Listeners per Maildir, keyed as delivery names the directory
