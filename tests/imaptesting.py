@@ -46,6 +46,7 @@ class IMAPClient:
         return data
 
     def send(self, data: bytes) -> bytes:
+        """Feed C{data} to the server: what it wrote since the last call."""
         self.proto.dataReceived(data)
         return self.take()
 
@@ -55,9 +56,11 @@ class IMAPClient:
 
     @property
     def closed(self) -> bool:
+        """Whether the server closed (or is closing) the connection."""
         return bool(self.transport.disconnecting or getattr(self.transport, "disconnected", False))
 
     def starttls(self) -> None:
+        """STARTTLS, which must be accepted."""
         answer = self.send(b"s1 STARTTLS\r\n")
         assert answer == b"s1 OK Begin TLS negotiation now\r\n", answer
 
@@ -99,6 +102,7 @@ class IMAPHarness:
                           auth_settings=auth_settings(), audit=self.audit)
 
     def connect(self, host: str = "192.0.2.7", *, implicit_tls: bool = False, greet: bool = True) -> IMAPClient:
+        """A new connection from C{host} (the greeting taken and checked, with C{greet})."""
         peer = (IPv6Address if ":" in host else IPv4Address)("TCP", host, 40000)
         transport = TLSStringTransport(peerAddress=peer)
         proto = self.server.factory(implicit_tls=implicit_tls).buildProtocol(peer)
@@ -111,12 +115,14 @@ class IMAPHarness:
         return client
 
     def logged_in(self, user: str = BOB, password: str = BOB_PASSWORD, **kwargs: Any) -> IMAPClient:
+        """A new connection, logged in as C{user} (after STARTTLS)."""
         client = self.connect(**kwargs)
         answer = client.login(user, password)
         assert b"l1 OK" in answer, answer
         return client
 
     def maildir(self, user: str = BOB) -> str:
+        """The user's Maildir (INBOX)."""
         return os.path.join(self.root, mailbox_name(user))
 
     def deliver(self, name: str, content: bytes, user: str = BOB, mtime: float | None = None,
@@ -133,5 +139,6 @@ class IMAPHarness:
         return path
 
     def files(self, sub: str, user: str = BOB, folder: str = "") -> list[str]:
+        """The file names in C{sub} (cur, new, tmp) of the user's Maildir or one of its folders, sorted."""
         path = os.path.join(self.maildir(user), folder, sub)
         return sorted(n for n in os.listdir(path) if not n.startswith(".")) if os.path.isdir(path) else []

@@ -1,21 +1,112 @@
 """
-Fixtures for the MIME index tests: the in-memory reference (what FETCH
-sent when it held a whole message as a L{RawPart}), MIME messages of
-every awkward shape, a hypothesis strategy for more, and a large message
-whose delimiters sit on the edges of the 64 KiB blocks files are read in.
+Fixtures for the MIME index tests: the in-memory reference (L{RawPart}: the
+code FETCH ran when it held a whole message, split in memory), MIME
+messages of every awkward shape, a hypothesis strategy for more, and a
+large message whose delimiters sit on the edges of the 64 KiB blocks files
+are read in.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
+from io import BytesIO
 from typing import Any
 
 from hypothesis import strategies as st
 from twisted.mail import imap4
+from twisted.mail.imap4 import IMessagePart
+from zope.interface import implementer
 
-from gomail.mailaccess.imapmessage import RawPart
-from gomail.mailaccess.mimeindex import BLOCK
+from gomail.mailaccess.imapmessage import MAX_MIME_DEPTH, MAX_MIME_PARTS, MessageHeader
+from gomail.mailaccess.imapstore import BLOCK
+from gomail.mailaccess.imapstructure import mend_content_type
 from tests.smtphelpers import TLSStringTransport
+
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+
+
+def _split_header(raw: bytes) -> tuple[bytes, bytes]:
+    """(header with its blank line, body); a message without a blank line is all header."""
+    if raw.startswith((b"\r\n", b"\n")):
+        blank = 2 if raw.startswith(b"\r\n") else 1
+        return raw[:blank], raw[blank:]
+    match = _HEADER_END.search(raw)
+    if match is None:
+        return raw, b""
+    return raw[:match.end()], raw[match.end():]
+
+
+@implementer(IMessagePart)
+class RawPart(MessageHeader):
+    """
+    The oracle: one MIME entity from all of its bytes, split into header
+    and body (and a multipart body into its parts) in memory, as the server
+    did before the MIME index (L{gomail.mailaccess.mimeindex}) replaced it.
+    Its Content-Type is mended as the server's (twisted's parser raised on
+    some), so the two agree on every message.
+    """
+
+    def __init__(self, raw: bytes, depth: int = 0) -> None:
+        header, self.body = _split_header(raw)
+        super().__init__(header)
+        self.depth = depth
+        self._parts: list[RawPart] | None = None
+
+    def getHeaders(self, negate: bool, *names: Any) -> dict[str, str]:
+        """L{MessageHeader.getHeaders}, the Content-Type mended as the server's."""
+        headers = super().getHeaders(negate, *names)
+        if "content-type" in headers:
+            headers["content-type"] = mend_content_type(headers["content-type"])
+        return headers
+
+    def getBodyFile(self) -> BytesIO:
+        """The body's bytes (as stored, still in their transfer encoding)."""
+        return BytesIO(self.body)
+
+    def getSize(self) -> int:
+        """Octets of the body."""
+        return len(self.body)
+
+    def isMultipart(self) -> bool:
+        """A multipart, above MAX_MIME_DEPTH levels (deeper ones are leaves)."""
+        return self.depth < MAX_MIME_DEPTH and self.parsed.get_content_maintype() == "multipart"
+
+    def getSubPart(self, part: int) -> RawPart:
+        """Part C{part} (0-based) of a multipart, or the message inside a message/rfc822 (0). IndexError: none."""
+        if self._parts is None:
+            self._parts = self._split()
+        return self._parts[part]
+
+    def whole(self) -> bytes:
+        """Header and body."""
+        return self.header_bytes + self.body
+
+    def _split(self) -> list[RawPart]:
+        if self.parsed.get_content_type() == "message/rfc822":
+            return [RawPart(self.body, depth=self.depth + 1)] if self.depth < MAX_MIME_DEPTH else []
+        if not self.isMultipart():
+            return []
+        boundary = self.parsed.get_boundary()
+        if not boundary:
+            return []
+        delimiter = re.compile(rb"(?:^|\r?\n)--" + re.escape(boundary.encode("ascii", "replace")) +
+                               rb"(--)?[ \t]*(?:\r?\n|$)")
+        parts: list[RawPart] = []
+        start: int | None = None
+        for match in delimiter.finditer(self.body):
+            if len(parts) >= MAX_MIME_PARTS:
+                start = None
+                break
+            if start is not None:
+                parts.append(RawPart(self.body[start:match.start()], depth=self.depth + 1))
+            if match.group(1):
+                start = None
+                break
+            start = match.end()
+        if start is not None:  # no closing delimiter: the rest is the last part
+            parts.append(RawPart(self.body[start:], depth=self.depth + 1))
+        return parts
 
 
 def fetch_part(section: bytes) -> Any:
@@ -160,12 +251,14 @@ class DigestTransport(TLSStringTransport):
     digesting = False
 
     def start_digest(self) -> None:
+        """From now on keep a digest of what is written, not the bytes."""
         self.digesting = True
         self.digest = hashlib.sha256()
         self.count = 0
         self.head = self.tail = b""
 
     def write(self, data: bytes) -> None:
+        """Kept, or digested once C{digesting}."""
         if not self.digesting:
             return super().write(data)
         self.digest.update(data)
@@ -175,9 +268,10 @@ class DigestTransport(TLSStringTransport):
         self.tail = (self.tail + data)[-256:]
 
     def writeSequence(self, data: list[bytes]) -> None:
+        """As L{write} of each piece."""
         for piece in data:
             self.write(piece)
 
 
-__all__ = ["CASES", "DigestTransport", "fetch_part", "large_message", "mime_entities", "multipart", "reference_section",
+__all__ = ["CASES", "DigestTransport", "RawPart", "fetch_part", "large_message", "mime_entities", "multipart", "reference_section",
            "reference_structure", "section_names"]

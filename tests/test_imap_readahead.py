@@ -15,7 +15,9 @@ from typing import Any
 from twisted.internet.address import IPv4Address
 from twisted.trial.unittest import SynchronousTestCase
 
-from gomail.mailaccess.imapreadahead import FirstBlock, read_batch
+from gomail.mailaccess.imapreadahead import read_batch
+from gomail.mailaccess.imapsections import FirstBlock
+from gomail.mailaccess.imapstore import BLOCK
 from tests.imaptesting import IMAPClient, IMAPHarness
 from tests.smtphelpers import ManualRun, TLSStringTransport
 
@@ -35,6 +37,7 @@ QUERIES = [b"UID", b"FLAGS", b"RFC822.SIZE", b"INTERNALDATE", b"BODY[]", b"BODY.
 
 
 def unique(n: int) -> str:
+    """The unique name (a Maildir file's name before its info) of the n-th test message."""
     return f"{1_700_000_000 + n}.m{n}_0.mx.test"
 
 
@@ -65,6 +68,7 @@ class SlowClient(TLSStringTransport):
         self.paused = False
 
     def write(self, data: bytes) -> None:
+        """Kept, or once C{counting} counted and hashed; past C{window} unread octets the producer is paused."""
         if not self.counting:
             super().write(data)
             return
@@ -76,9 +80,11 @@ class SlowClient(TLSStringTransport):
             self.producer.pauseProducing()
 
     def writeSequence(self, data: Any) -> None:
+        """As L{write} of the pieces joined."""
         self.write(b"".join(data))
 
     def unregisterProducer(self) -> None:
+        """No producer, none paused."""
         super().unregisterProducer()
         self.paused = False
 
@@ -102,6 +108,7 @@ class Harness(IMAPHarness):
         self.server.run = self.run
 
     def run(self, f: Any, *args: Any, **kwargs: Any) -> Any:
+        """The account's C{run}: the job's name recorded, it waits in the pool, the message bytes it read counted."""
         self.jobs.append(getattr(f, "__name__", ""))
         return self.pool(f, *args, **kwargs).addCallback(self._count)
 
@@ -126,6 +133,7 @@ class FetchTests(SynchronousTestCase):
     """What a client sees of a FETCH, read ahead or not."""
 
     def harness(self, messages: list[bytes] = MESSAGES) -> Harness:
+        """A L{Harness} whose INBOX holds C{messages} (in this order: their times rise), not yet listed."""
         harness = Harness(self.mktemp())
         for n, content in enumerate(messages):
             harness.deliver(unique(n), content, mtime=1_700_000_000 + 100 * n)
@@ -242,6 +250,37 @@ class FetchTests(SynchronousTestCase):
                          b"* 3 FETCH (BODY[] {%d}\r\n%s)\r\n" % (len(LF_ONLY), LF_ONLY) + b"f OK FETCH completed\r\n")
         self.assertEqual(client.send(b"n NOOP\r\n"), b"* 2 EXPUNGE\r\n* 2 EXISTS\r\nn OK Completed\r\n")
 
+    def test_small_message_read_once(self):
+        """BODYSTRUCTURE with BODY.PEEK[] of a small message: its file is read once, with its index (not again for BODY[])."""
+        harness = self.harness([MULTI])
+        client = harness.logged_in()
+        client.send(b"s SELECT INBOX\r\n")
+        harness.jobs.clear()
+        answer = client.send(b"f FETCH 1 (BODYSTRUCTURE BODY.PEEK[])\r\n")
+        self.assertIn(b" BODY[] {%d}\r\n%s)\r\nf OK FETCH completed\r\n" % (len(MULTI), MULTI), answer)
+        self.assertEqual(harness.jobs, ["read_indexed"])
+
+    def test_large_message_waits_for_no_batch(self):
+        """
+        A large message between small ones read ahead is opened at once, not
+        after the batch of the small ones behind it (started when its turn came).
+        """
+        harness = self.harness([ONE, LARGE, ONE, ONE, ONE, ONE, ONE])
+        client = harness.logged_in()
+        client.send(b"s SELECT INBOX\r\n")
+        client.proto.mbox.read_ahead_budget = 4 * len(ONE)  # a first batch of message 1 only
+        harness.pool.synchronous = False
+        client.proto.dataReceived(b"f FETCH 1:* (BODY.PEEK[])\r\n")
+        harness.pool.release_one()
+        self.assertEqual(client.take(), b"* 1 FETCH (BODY[] {%d}\r\n%s)\r\n" % (len(ONE), ONE))
+        self.assertEqual([job[0].__name__ for job in harness.pool.pending], ["read_batch", "open_range"])
+        harness.pool.synchronous = True
+        harness.pool.release()
+        answer = client.take()
+        self.assertEqual(answer.count(b"{%d}\r\n%s)\r\n" % (len(ONE), ONE)), 5)
+        self.assertIn(b"* 2 FETCH (BODY[] {%d}\r\n%s)\r\n" % (len(LARGE), LARGE), answer)
+        self.assertTrue(answer.endswith(b"* 7 FETCH (BODY[] {%d}\r\n%s)\r\nf OK FETCH completed\r\n" % (len(ONE), ONE)))
+
     def test_message_renamed_by_another_session(self):
         """Messages whose flags another session changed (their files renamed) are found and sent whole."""
         harness = self.harness([ONE, MULTI])
@@ -289,10 +328,10 @@ class MemoryTests(SynchronousTestCase):
         return most
 
     def test_large_messages_streamed(self):
-        """10 x 5 MB: streamed block by block, never more than the budget (1 MiB) read ahead."""
+        """10 x 5 MB: streamed block by block: never more than one block (64 KiB) read and not yet sent."""
         big = [b"Subject: big %d\r\n\r\n" % n + (b"%09d" % n + b"x" * 63 + b"\r\n") * (5 * 1024 * 1024 // 74)
                for n in range(10)]
-        self.assertLessEqual(self.stalled_fetch(big, 1024 * 1024), 1024 * 1024)
+        self.assertLessEqual(self.stalled_fetch(big, 1024 * 1024), BLOCK)
 
     def test_small_messages_within_budget(self):
         """300 x 20 KB with a 256 KiB budget: read ahead (well past one message), never past the budget."""
@@ -316,10 +355,35 @@ class ReadBatchTests(SynchronousTestCase):
         entries = folder.entries
         os.unlink(os.path.join(folder.path, "cur", entries[2].filename))
         items = read_batch(folder.path, entries, 2 * len(ONE) + len(MULTI) - 1, 1024)
-        self.assertEqual(items[0], FirstBlock(None, len(ONE), ONE))
+        self.assertEqual(items[0], FirstBlock(None, 0, len(ONE), ONE))
         self.assertIsNone(items[1])
         self.assertIsInstance(items[2], FileNotFoundError)
-        self.assertEqual(items[3], FirstBlock(None, len(ONE), ONE))
+        self.assertEqual(items[3], FirstBlock(None, 0, len(ONE), ONE))
         self.assertEqual(len(items), 4)  # the fifth would pass the budget
         # No budget: the first message still, and the larger one after it (it costs nothing).
         self.assertEqual(read_batch(folder.path, entries, 0, 1024)[1:], [None])
+
+    def test_one_listing_a_batch(self):
+        """
+        Messages removed or renamed since the session listed the folder: cur/
+        is listed once for the whole batch (it was once per message removed);
+        the removed ones are gone, the renamed ones read.
+        """
+        harness = IMAPHarness(self.mktemp())
+        for n in range(40):
+            harness.deliver(unique(n), ONE, mtime=1_700_000_000 + n)
+        client = harness.logged_in()
+        client.send(b"s SELECT INBOX\r\n")
+        folder = client.proto.mbox
+        cur = os.path.join(folder.path, "cur")
+        for entry in folder.entries[:20]:
+            os.unlink(os.path.join(cur, entry.filename))
+        for entry in folder.entries[20:30]:
+            os.rename(os.path.join(cur, entry.filename), os.path.join(cur, entry.filename + "F"))
+        listings: list[str] = []
+        real_listdir = os.listdir
+        self.patch(os, "listdir", lambda path: listings.append(path) or real_listdir(path))
+        items = read_batch(folder.path, folder.entries, 1024 * 1024, 1024)
+        self.assertEqual(listings, [cur])
+        self.assertEqual([type(item) for item in items[:20]], [FileNotFoundError] * 20)
+        self.assertEqual(items[20:], [FirstBlock(None, 0, len(ONE), ONE)] * 20)

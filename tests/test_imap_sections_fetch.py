@@ -16,12 +16,12 @@ from typing import Any
 from twisted.trial.unittest import SynchronousTestCase
 
 from gomail.mailaccess import imapsections
-from gomail.mailaccess.imapmessage import RawPart
-from gomail.mailaccess.mimeindex import BLOCK
+from gomail.mailaccess.imapstore import BLOCK
 from tests import imaptesting
 from tests.mimetesting import (
     CASES,
     DigestTransport,
+    RawPart,
     fetch_part,
     large_message,
     reference_section,
@@ -45,6 +45,7 @@ def expected_fetch(seq: int, data: bytes, names: list[bytes], tag: bytes = b"f")
 
 
 def fetch_command(seq: int, names: list[bytes], tag: bytes = b"f") -> bytes:
+    """C{FETCH seq (BODYSTRUCTURE BODY.PEEK[name]...)}, the command L{expected_fetch} answers."""
     peeks = b" ".join(b"BODY.PEEK[" + name + b"]" for name in names)
     return tag + b" FETCH %d (BODYSTRUCTURE " % seq + peeks + b")\r\n"
 
@@ -87,7 +88,7 @@ class SectionFetchTests(HarnessMixin, SynchronousTestCase):
 
         def recording(*args: Any) -> Any:
             result = real_open_range(*args)
-            opened.append((result[1], result[2], len(result[3])))
+            opened.append((result.start, result.end, len(result.first)))
             return result
 
         def no_index(*args: Any) -> Any:
@@ -112,6 +113,21 @@ class SectionFetchTests(HarnessMixin, SynchronousTestCase):
         client.send(b"a FETCH 1 BODYSTRUCTURE\r\n")
         self.assertIn(b"BODY[1] {", client.send(b"b FETCH 1 BODY.PEEK[1]\r\n"))
         self.assertEqual(len(scans), 1)
+
+    def test_small_index_read_once(self):
+        """BODYSTRUCTURE then BODY[2] of a small message: indexed once (the session keeps its index too)."""
+        harness = self.harness()
+        data = CASES["nested"]
+        harness.deliver(U1, data)
+        client = self.selected(harness)
+        scans: list[int] = []
+        real_index_bytes = imapsections.index_bytes
+        self.patch(imapsections, "index_bytes", lambda data: scans.append(len(data)) or real_index_bytes(data))
+        self.assertEqual(client.send(b"a FETCH 1 BODYSTRUCTURE\r\n"),
+                         b"* 1 FETCH (BODYSTRUCTURE " + reference_structure(data) + b")\r\na OK FETCH completed\r\n")
+        part2 = reference_section(RawPart(data), fetch_part(b"2"))
+        self.assertIn(b"BODY[2] {%d}\r\n" % len(part2) + part2, client.send(b"b FETCH 1 BODY.PEEK[2]\r\n"))
+        self.assertEqual(scans, [len(data)])
 
     def test_rfc822_text_and_envelope_with_sections(self):
         """RFC822.TEXT is the body and sets \\Seen; ENVELOPE comes with BODYSTRUCTURE and a whole BODY[]."""

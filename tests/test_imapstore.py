@@ -36,11 +36,30 @@ class StoreRaceTests(TestCase):
         gone, removed = imapstore.expunge(self.folder, [seen_by_b])
         self.assertEqual((gone, removed), (set(), 0))
         self.assertEqual(len(os.listdir(os.path.join(self.folder, "cur"))), 1)
-        # Still deleted: removed, its octets counted.
-        imapstore.set_flags(self.folder, [(seen_by_b, frozenset({"\\Deleted"}))])
+        # Deleted again (by a session that saw it cleared): removed, its octets counted.
+        refreshed = imapstore.Entry(entry.uid, entry.unique, deleted_name, entry.size, entry.mtime, frozenset())
+        imapstore.set_flags(self.folder, [(refreshed, frozenset({"\\Deleted"}))])
         gone, removed = imapstore.expunge(self.folder, [seen_by_b])
         self.assertEqual((gone, removed > 0), ({entry.unique}, True))
         self.assertEqual(os.listdir(os.path.join(self.folder, "cur")), [])
+
+    def test_flag_changes_apply_to_the_flags_on_disk(self) -> None:
+        """
+        Session B's view is stale: A set \\Flagged and cleared the \\Deleted B
+        still sees. B adding \\Seen keeps A's \\Flagged and does not bring
+        \\Deleted back, so B's EXPUNGE removes nothing (it did: data loss).
+        """
+        entry = self.add()
+        [(_, deleted_name)] = imapstore.set_flags(self.folder, [(entry, frozenset({"\\Deleted"}))])
+        seen_by_b = imapstore.Entry(entry.uid, entry.unique, deleted_name, entry.size, entry.mtime,
+                                    frozenset({"\\Deleted"}))
+        seen_by_a = imapstore.Entry(entry.uid, entry.unique, deleted_name, entry.size, entry.mtime,
+                                    frozenset({"\\Deleted"}))
+        imapstore.set_flags(self.folder, [(seen_by_a, frozenset({"\\Flagged"}))])  # A: -\Deleted +\Flagged
+        [(_, name)] = imapstore.set_flags(self.folder, [(seen_by_b, frozenset({"\\Deleted", "\\Seen"}))])
+        self.assertEqual(imapstore.flags_of(name), frozenset({"\\Flagged", "\\Seen"}))
+        self.assertEqual(imapstore.expunge(self.folder, [seen_by_b]), (set(), 0))
+        self.assertEqual(len(os.listdir(os.path.join(self.folder, "cur"))), 1)
 
     def test_uid_kept_when_numbered_meanwhile(self) -> None:
         """A message another session's sync numbered between APPEND's rename and its list update keeps that UID."""
@@ -105,25 +124,3 @@ class UIDListEdgeTests(TestCase):
         for n in range(1000):
             imapstore.sync(os.path.join(self.folder, f".f{n}"), 1.0e9)
         self.assertEqual(len(imapstore._locks), 0)
-
-
-class PoisonMessageTests(TestCase):
-    """gomail.mailaccess.imapmessage against deeply nested MIME."""
-
-    def test_deep_nesting_is_bounded(self) -> None:
-        """1,200 nested multiparts: BODYSTRUCTURE is built (no RecursionError) from at most MAX_MIME_DEPTH levels."""
-        from twisted.mail import imap4
-
-        from gomail.mailaccess.imapmessage import MAX_MIME_DEPTH, RawPart
-
-        depth = 1200
-        head = "".join(f'Content-Type: multipart/mixed; boundary="b{n}"\r\n\r\n--b{n}\r\n' for n in range(depth))
-        tail = "".join(f"\r\n--b{n}--\r\n" for n in reversed(range(depth)))
-        part = RawPart(("Subject: deep\r\n" + head + "Content-Type: text/plain\r\n\r\nhi" + tail).encode())
-        structure = imap4.getBodyStructure(part, True)
-        self.assertTrue(structure)
-        levels, entity = 0, part
-        while entity.isMultipart():
-            entity = entity.getSubPart(0)
-            levels += 1
-        self.assertEqual(levels, MAX_MIME_DEPTH)

@@ -194,8 +194,7 @@ class IMAPFolder:
         self.uidvalidity = 0
         self.uidnext = 1
         self.listeners: list[Any] = []
-        #: The messages of the FETCH under way, read ahead as it asks for them whole (L{fetch}).
-        self.read_ahead: ReadAhead | None = None
+        #: Bytes each FETCH may read ahead (L{fetch}).
         self.read_ahead_budget = READ_AHEAD
 
     async def refresh(self) -> tuple[list[int], bool, dict[int, list[str]]]:
@@ -301,17 +300,20 @@ class IMAPFolder:
 
     def fetch(self, messages: MessageSet, uid: bool) -> list[tuple[int, IMAPMessage]]:
         """
-        C{(sequence number, IMAPMessage)} of each message asked for (their
-        content read later; whole messages ahead of their turn, L{read_ahead}).
+        C{(sequence number, IMAPMessage)} of each message asked for, their
+        content read later; whole messages ahead of their turn, by a
+        L{ReadAhead} of this FETCH only (its messages hold it: it goes with them
+        when the FETCH ends, nothing of it stays on the folder).
         """
-        fetched = [(n, self.message(n)) for n in self._numbers(messages, uid)]
-        self.read_ahead = ReadAhead(self.account.run, self.path, [m.entry for _, m in fetched],
-                                    self.read_ahead_budget)
-        return fetched
+        numbers = self._numbers(messages, uid)
+        ahead = ReadAhead(self.account.run, self.path, [self.entries[n - 1] for n in numbers],
+                          self.read_ahead_budget)
+        return [(n, self.message(n, ahead)) for n in numbers]
 
-    def message(self, seq: int) -> IMAPMessage:
+    def message(self, seq: int, read_ahead: ReadAhead | None = None) -> IMAPMessage:
+        """Message C{seq} of the view (C{read_ahead}: of the FETCH asking for it)."""
         entry = self.entries[seq - 1]
-        return IMAPMessage(entry, entry.uid in self.recent)
+        return IMAPMessage(entry, entry.uid in self.recent, self, read_ahead)
 
     def store(self, messages: MessageSet, flags: list[str], mode: int, uid: bool) -> Deferred:
         """STORE: fires with C{{sequence number: new flags}} once the files are renamed."""

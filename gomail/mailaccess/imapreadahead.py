@@ -10,11 +10,12 @@ one block) several to an I/O-pool job (L{read_batch}), while the reactor
 writes the ones read before, so that the messages read before wait in
 memory, not the reactor for the disk.
 
-What is held is bounded: the bytes read and not yet taken, and those the
-job under way may read, are at most C{budget} (1 MiB, L{READ_AHEAD}); a new
-job starts once half of that is taken. A larger message is not read ahead:
-it is streamed from its file block by block as before (L{open_first}), as
-fast as the client takes it.
+What is held is bounded: the bytes read and not yet written to the
+transport, and those the job under way may read, are at most C{budget}
+(1 MiB, L{READ_AHEAD}); the first job reads a quarter of it, and a new one
+starts once a quarter of it is free. A larger message is not read ahead: it
+is streamed from its file block by block
+(L{gomail.mailaccess.imapsections.open_range}), as fast as the client takes it.
 """
 
 from __future__ import annotations
@@ -22,51 +23,18 @@ from __future__ import annotations
 import os
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import BinaryIO
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gomail.mailaccess.imapstore import Entry, message_path
-from gomail.mailaccess.maildir import unique_name
+from gomail.mailaccess.imapsections import FirstBlock
+from gomail.mailaccess.imapstore import BLOCK, Entry, listed_names
 
 #: Bytes a FETCH may hold read ahead (read and not yet written to the transport).
 READ_AHEAD = 1024 * 1024
 #: Messages one I/O-pool job reads at most (small messages cost a file open each).
 BATCH_MESSAGES = 256
-
-
-@dataclass
-class FirstBlock:
-    """A message's size and first bytes; C{file}: still open over the rest, or None when C{first} is all of it."""
-
-    file: BinaryIO | None
-    size: int
-    first: bytes
-
-
-def open_first(folder: str, entry: Entry, block: int) -> FirstBlock:
-    """
-    (blocking) Find, open and start reading one message's file in one
-    I/O-pool job: its first C{block} bytes, and the file left open when
-    there is more.
-
-    @raise OSError: gone (C{FileNotFoundError}) or unreadable.
-    """
-    f = open(message_path(folder, entry), "rb")  # noqa: SIM115 - closed here or by the caller
-    try:
-        size = os.fstat(f.fileno()).st_size
-        first = f.read(min(block, size))
-    except BaseException:
-        f.close()
-        raise
-    if len(first) >= size:
-        f.close()
-        return FirstBlock(None, size, first)
-    return FirstBlock(f, size, first)
-
 
 #: What a batch gives for one message: its bytes, why it could not be read, or None (not read: stream it).
 Item = FirstBlock | OSError | None
@@ -81,10 +49,12 @@ def read_batch(folder: str, entries: list[Entry], budget: int, block: int) -> li
 
     A file renamed since the session listed the folder (a flag changed by
     another session) is found in one listing of C{cur/} for the whole batch,
-    not one a message.
+    made when the first such message is met: a message that listing does
+    not hold is gone (C{FileNotFoundError}); one it holds under a name
+    gone since is left to be streamed on its own (None).
     """
     cur = os.path.join(folder, "cur")
-    names: dict[str, str] = {}
+    names: dict[str, str] | None = None
     items: list[Item] = []
     used = 0
     for entry in entries:
@@ -96,7 +66,18 @@ def read_batch(folder: str, entries: list[Entry], budget: int, block: int) -> li
         if used and used + entry.size > budget:
             break
         try:
-            fd = _open_message(cur, entry, names)
+            try:
+                fd = os.open(os.path.join(cur, entry.filename), os.O_RDONLY)
+            except FileNotFoundError:
+                if names is None:
+                    names = listed_names(cur)
+                if entry.unique not in names:
+                    raise FileNotFoundError(f"message {entry.unique} is gone") from None
+                try:
+                    fd = os.open(os.path.join(cur, names[entry.unique]), os.O_RDONLY)
+                except FileNotFoundError:
+                    items.append(None)  # renamed again since the listing: found on its own
+                    continue
             try:
                 # Three system calls a message (each takes the GIL back, which the reactor
                 # holds most of the time): one more byte than listed shows the end was reached.
@@ -109,34 +90,9 @@ def read_batch(folder: str, entries: list[Entry], budget: int, block: int) -> li
         if len(data) != entry.size:
             items.append(None)  # not what the listing said: streamed (and checked) on its own
             continue
-        items.append(FirstBlock(None, len(data), data))
+        items.append(FirstBlock(None, 0, len(data), data))
         used += len(data)
     return items
-
-
-def _open_message(cur: str, entry: Entry, names: dict[str, str]) -> int:
-    """
-    (blocking) A descriptor open on C{entry}'s file in C{cur}: under its
-    listed name, else under the one C{names} (C{cur}'s listing by unique name,
-    made when first needed, kept for the batch) gives, else under the one a
-    fresh listing gives. @raise FileNotFoundError: it is gone.
-    """
-    try:
-        return os.open(os.path.join(cur, entry.filename), os.O_RDONLY)
-    except FileNotFoundError:
-        pass
-    if entry.unique in names:
-        try:
-            return os.open(os.path.join(cur, names[entry.unique]), os.O_RDONLY)
-        except FileNotFoundError:
-            pass
-    names.clear()
-    for name in os.listdir(cur):
-        if not name.startswith("."):
-            names.setdefault(unique_name(name), name)
-    if entry.unique not in names:
-        raise FileNotFoundError(f"message {entry.unique} is gone")
-    return os.open(os.path.join(cur, names[entry.unique]), os.O_RDONLY)
 
 
 class ReadAhead:
@@ -150,7 +106,7 @@ class ReadAhead:
     log = Logger()
 
     def __init__(self, run: Callable[..., Deferred], folder: str, entries: list[Entry],
-                 budget: int = READ_AHEAD, block: int = 64 * 1024) -> None:
+                 budget: int = READ_AHEAD, block: int = BLOCK) -> None:
         self._run = run
         self._folder = folder
         self._entries = entries
@@ -176,13 +132,15 @@ class ReadAhead:
         if position is None or self.budget <= 0:
             return None
         while not self._ready or self._ready[-1][0] < position:
+            if position < self._next:
+                # Its batch is done and it was taken (BODY[] twice), passed over, or not read
+                # (larger than a block): never waited for (the batch under way reads others).
+                return None
             if self._reading:
                 waiter: Deferred = Deferred()
                 self._waiters.append(waiter)
                 await waiter
                 continue
-            if position < self._next:
-                return None  # taken already (BODY[] twice) or dropped
             # The first take, or a jump past messages never asked for: what was read before goes.
             self._drop_before(position)
             self._next = position
@@ -258,4 +216,4 @@ class ReadAhead:
             waiter.callback(None)
 
 
-__all__ = ["BATCH_MESSAGES", "READ_AHEAD", "FirstBlock", "ReadAhead", "open_first", "read_batch"]
+__all__ = ["BATCH_MESSAGES", "READ_AHEAD", "ReadAhead", "read_batch"]

@@ -17,8 +17,8 @@ from twisted.internet.defer import Deferred
 from twisted.mail import imap4
 
 from gomail.mailaccess import imapstore
-from gomail.mailaccess.imapstore import Entry
-from gomail.mailaccess.mimeindex import BLOCK
+from gomail.mailaccess.imapmessage import HeaderEnd
+from gomail.mailaccess.imapstore import BLOCK, Entry
 
 _HEADER_KEYS = {b"FROM", b"TO", b"CC", b"BCC", b"SUBJECT", b"HEADER", b"SENTBEFORE", b"SENTON", b"SENTSINCE"}
 _BODY_KEYS = {b"BODY", b"TEXT"}
@@ -86,8 +86,7 @@ def find_words(path: str, entry: Entry, words: set[tuple[bytes, bytes]]) -> set[
     """
     text = _Finder({w for key, w in words if key == b"TEXT"})
     body = _Finder({w for key, w in words if key == b"BODY"})
-    body_start: int | None = None
-    last = b""  # the last two bytes read: an empty line can span two blocks
+    header = HeaderEnd()
     pos = 0
     with open(imapstore.message_path(path, entry), "rb") as f:
         while text.missing or body.missing:
@@ -95,15 +94,7 @@ def find_words(path: str, entry: Entry, words: set[tuple[bytes, bytes]]) -> set[
             if not block:
                 break
             text.feed(block)
-            if body_start is None:
-                if pos == 0 and block.startswith((b"\r\n", b"\n")):
-                    body_start = 2 if block.startswith(b"\r\n") else 1
-                else:
-                    window = last + block
-                    ends = [at + len(sep) for sep in (b"\n\n", b"\n\r\n") if (at := window.find(sep)) >= 0]
-                    if ends:
-                        body_start = pos - len(last) + min(ends)
-                    last = window[-2:]
+            body_start = header.feed(block)
             if body_start is not None and body_start < pos + len(block):
                 body.feed(block[max(0, body_start - pos):])
             pos += len(block)

@@ -40,6 +40,8 @@ FLAG_LETTERS = {"\\Draft": "D", "\\Flagged": "F", "\\Answered": "R", "\\Seen": "
 LETTER_FLAGS = {letter: flag for flag, letter in FLAG_LETTERS.items()}
 #: The hierarchy delimiter (Maildir++).
 DELIMITER = "."
+#: Bytes of a message file read at a time (FETCH, the MIME index, SEARCH, copies).
+BLOCK = 64 * 1024
 
 # A folder's lock lives while some thread holds or waits for it: folders created and deleted
 # over months leave no entries behind.
@@ -229,17 +231,28 @@ def sync(path: str, now: float) -> FolderState:
         return FolderState(uidvalidity, uidnext, entries, {kept[u] for u in moved})
 
 
+def listed_names(cur: str) -> dict[str, str]:
+    """
+    (blocking) The file names in C{cur} by unique name (one listing): where
+    a message whose listed name is gone (renamed by another session's flag
+    change) is now. A missing directory lists nothing.
+    """
+    names: dict[str, str] = {}
+    try:
+        for name in os.listdir(cur):
+            if not name.startswith("."):
+                names.setdefault(unique_name(name), name)
+    except FileNotFoundError:
+        pass
+    return names
+
+
 def _find(path: str, unique: str, filename: str) -> str | None:
     cur = os.path.join(path, "cur")
     if os.path.exists(os.path.join(cur, filename)):
         return os.path.join(cur, filename)
-    try:
-        for name in os.listdir(cur):
-            if unique_name(name) == unique:
-                return os.path.join(cur, name)
-    except FileNotFoundError:
-        pass
-    return None
+    name = listed_names(cur).get(unique)
+    return None if name is None else os.path.join(cur, name)
 
 
 def message_path(path: str, entry: Entry) -> str:
@@ -251,14 +264,23 @@ def message_path(path: str, entry: Entry) -> str:
 
 
 def set_flags(path: str, changes: list[tuple[Entry, frozenset[str]]]) -> list[tuple[Entry, str]]:
-    """(blocking) Give each entry its new flags (a rename); the new file names (entries gone are left out)."""
+    r"""
+    (blocking) Give each entry its new flags (a rename); the new file names
+    (entries gone are left out). What changes is what the session changed
+    against its view (C{entry.flags}), applied to the flags on disk now:
+    another session's changes meanwhile are kept (writing the session's
+    whole, stale view lost them, and brought back a \Deleted another
+    session had cleared, for an EXPUNGE to remove).
+    """
     done = []
     with _lock(path):
         for entry, flags in changes:
             current = _find(path, entry.unique, entry.filename)
             if current is None:
                 continue
-            name = filename_with(os.path.basename(current), flags)
+            on_disk = flags_of(os.path.basename(current))
+            wanted = (on_disk | (flags - entry.flags)) - (entry.flags - flags)
+            name = filename_with(os.path.basename(current), wanted)
             if name != os.path.basename(current):
                 os.rename(current, os.path.join(path, "cur", name))
             done.append((entry, name))
@@ -336,7 +358,7 @@ def add_message(path: str, source: BinaryIO | str, flags: frozenset[str], mtime:
 def _copy_into(source: BinaryIO, target: str) -> None:
     with open(target, "xb") as out:
         while True:
-            block = source.read(64 * 1024)
+            block = source.read(BLOCK)
             if not block:
                 break
             out.write(block)
@@ -344,5 +366,6 @@ def _copy_into(source: BinaryIO, target: str) -> None:
         os.fsync(out.fileno())
 
 
-__all__ = ["DELIMITER", "Entry", "FolderError", "FolderState", "add_message", "expunge", "filename_with", "flags_of",
-           "fsync_directory", "make_maildir", "message_path", "set_flags", "sync", "write_atomically"]
+__all__ = ["BLOCK", "DELIMITER", "Entry", "FolderError", "FolderState", "add_message", "expunge", "filename_with",
+           "flags_of", "fsync_directory", "listed_names", "make_maildir", "message_path", "set_flags", "sync",
+           "write_atomically"]

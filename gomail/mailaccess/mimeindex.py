@@ -1,57 +1,74 @@
-# -*- test-case-name: tests.test_imap_sections -*-
+# -*- test-case-name: tests.test_imap_sections,tests.test_imap_structure -*-
 """
 A message's MIME structure found by reading its file once, block by block,
 without holding it: for each entity the offsets of its header and body,
 the body's line count, a bounded copy of its header and its parts
 (L{index_file}, L{index_bytes}). FETCH sends sections as byte ranges of the
-file and builds BODYSTRUCTURE from it (L{EntityPart} is what twisted's
-encoder reads), so a 50 MB message costs a block and its index, not 50 MB.
+file and builds BODYSTRUCTURE from it
+(L{gomail.mailaccess.imapstructure}), so a 50 MB message costs a block and
+its index, not 50 MB.
 
-The rules are those L{gomail.mailaccess.imapmessage.RawPart} applies in
-memory, line by line: a header ends at its first empty line; a delimiter
-(C{--boundary}, C{--boundary--}, then only spaces or tabs) takes the line
-break before it, and a delimiter of an enclosing multipart ends every part
-inside it; after C{MAX_MIME_DEPTH} levels an entity is a leaf; a multipart
-lists at most C{MAX_MIME_PARTS} parts.
+The rules are those of the in-memory splitting it replaced (kept as the
+tests' oracle, C{tests.mimetesting.RawPart}), line by line: a header ends
+at its first empty line; a delimiter (C{--boundary}, C{--boundary--}, then
+only spaces or tabs) takes the line break before it, and a delimiter of an
+enclosing multipart ends every part inside it; after C{MAX_MIME_DEPTH}
+levels an entity is a leaf; a multipart lists at most C{MAX_MIME_PARTS} parts.
+
+Python looks only at the lines that can matter
+(L{gomail.mailaccess.mimelines}): in a body, those that start with C{--}
+and one of the boundaries open there (found by a regular expression, in
+C); in a header, every line while it is kept whole (MAX_KEPT_HEADER, all
+together MAX_INDEX_HEADERS), then only its end, delimiters, C{Content-*}
+fields (still kept, MAX_CONTENT_HEADER: a part's type is never lost to the
+bounds) and lines the email parser would stop at. Other lines are counted.
 """
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Iterator
+import re
 from dataclasses import dataclass, field
 from email.parser import BytesHeaderParser
 from email.policy import compat32
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
-from twisted.mail.imap4 import IMessagePart
-from zope.interface import implementer
+from gomail.mailaccess.imapmessage import MAX_MIME_DEPTH, MAX_MIME_PARTS
+from gomail.mailaccess.imapstore import BLOCK
+from gomail.mailaccess.mimelines import (
+    CONTINUED,
+    FIELD_START,
+    STOP,
+    candidates,
+    delimiter,
+    is_content,
+    parsed_on,
+)
 
-from gomail.mailaccess.imapmessage import MAX_MIME_DEPTH, MAX_MIME_PARTS, RawPart
-
-#: Bytes read from the file at a time.
-BLOCK = 64 * 1024
 #: Bytes of one entity's header kept (BODYSTRUCTURE reads its Content-* fields; real ones are far smaller).
 MAX_KEPT_HEADER = 64 * 1024
 #: Bytes of header kept for all the entities of one message together.
 MAX_INDEX_HEADERS = 1024 * 1024
-#: Entities recorded for one message (RawPart had no total: 500 parts at each of 12 levels).
+#: Bytes of an entity's Content-* fields kept beyond those bounds (its type, boundary, encoding...).
+MAX_CONTENT_HEADER = 2 * 1024
+#: Entities recorded for one message (the in-memory code had no total: 500 parts at each of 12 levels).
 MAX_ENTITIES = 1000
 #: Bytes of a line looked at. A longer line is no delimiter (only 64 KiB of blanks after
-#: a boundary could make it one) and a longer header line is cut here.
+#: a boundary could make it one) and a longer header line is not kept.
 LINE_HEAD = 64 * 1024
-#: What an index costs in memory beyond its kept headers, per entity (for the cache's bound).
-ENTITY_COST = 256
+#: What an index costs in memory beyond its kept header bytes, per entity (for the cache's
+#: bound): measured with tracemalloc, 360-580 bytes (the entity, its lists, its header's bytes
+#: object, the index itself for a one-entity message).
+ENTITY_COST = 600
 
-
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Entity:
     """
     One MIME entity: its header at C{[header_start, body_start)} of the file
-    (C{header}: the first bytes of it), its body at C{[body_start, body_end)}
-    with C{lines} lines (as twisted counts them: what iterating its bytes
-    gives), its C{content_type} (lower case, RFC 2045's default) and its
-    C{children} (the parts of a multipart, or the message a message/rfc822 holds).
+    (C{header}: its fields, or as many as the bounds keep, Content-* ones
+    first), its body at C{[body_start, body_end)} with C{lines} lines (as
+    twisted counts them: what iterating its bytes gives), its
+    C{content_type} (lower case, RFC 2045's default) and its C{children}
+    (the parts of a multipart, or the message a message/rfc822 holds).
     """
 
     header_start: int
@@ -62,20 +79,27 @@ class Entity:
     lines: int = 0
     content_type: str = "text/plain"
     children: list[Entity] = field(default_factory=list)
-    # While scanning: the header's pieces, its boundary while its delimiters are looked for.
-    _chunks: list[bytes] = field(default_factory=list, repr=False)
+    # While scanning: the header lines kept, and how much of each bound they took; whether
+    # lines are no longer kept whole (_full), whether the field being read is a kept Content-*
+    # one (_continuing: its next lines are kept), whether a stand-in stops the parser
+    # (_stopped); its boundary while its delimiters are looked for.
+    _pieces: list[bytes] | None = None
     _kept: int = 0
+    _content: int = 0
     _full: bool = False
+    _continuing: bool = False
+    _stopped: bool = False
     _boundary: bytes | None = None
     _after_delimiter: int = -1
     _nl_body: int = 0
 
     @property
     def body_size(self) -> int:
+        """Octets of its body (BODYSTRUCTURE's body size, RFC 3501 7.4.2)."""
         return self.body_end - self.body_start
 
     def is_multipart(self) -> bool:
-        """Whether its parts are followed (RawPart.isMultipart's rule)."""
+        """Whether its parts are followed (a multipart, above the depth bound)."""
         return self.depth < MAX_MIME_DEPTH and self.content_type.startswith("multipart/")
 
 
@@ -88,16 +112,6 @@ class MimeIndex:
     cost: int
 
 
-def _delimiter(content: bytes, boundary: bytes) -> bool | None:
-    """Whether a line (without its line break) is a closing delimiter of C{boundary}; None: no delimiter."""
-    if not content.startswith(b"--" + boundary):
-        return None
-    rest = content[len(boundary) + 2:]
-    if rest.startswith(b"--") and not rest[2:].strip(b" \t"):
-        return True
-    return None if rest.strip(b" \t") else False
-
-
 class Scanner:
     """Builds a L{MimeIndex} from a message's bytes fed in order (L{feed}), then L{finish}."""
 
@@ -106,6 +120,7 @@ class Scanner:
         self.stack = [self.root]  # the entities open at the current line, outermost first
         self.count = 1
         self.budget = MAX_INDEX_HEADERS
+        self.kept = 0  # header bytes kept, all entities
         self.pos = 0  # offset of the next byte fed
         self.nl = 0  # line breaks before the line being looked at
         self.tail = b""  # the last bytes fed (up to 3): what precedes a line that starts a block
@@ -114,6 +129,7 @@ class Scanner:
         self.p_start = self.p_len = 0
         self.p_before = b""
         self.p_cr = False
+        self._patterns: dict[tuple[tuple[bytes, ...], bool, bool, bool], re.Pattern[bytes]] = {}
 
     # -- reading lines --------------------------------------------------------------------------
 
@@ -137,21 +153,20 @@ class Scanner:
                     self._complete(2 if cr else 1)
                 continue
             top = self.stack[-1]
-            if top.body_start >= 0:
-                if not any(e._boundary is not None for e in self.stack):
+            # A line a block starts with is looked at (no line break before it to search for);
+            # so is every line of a header still kept whole.
+            if i and (top.body_start >= 0 or top._full):
+                pattern = self._pattern(top)
+                if pattern is None:
                     # Nothing ends this entity before the end of the file: only its lines are counted.
                     self.nl += data.count(b"\n", i)
                     break
-                if n - i >= 2 and not data.startswith(b"--", i):
-                    # Only lines that start with "--" can be delimiters: skip to the next one.
-                    k = data.find(b"\n--", i)
-                    if k < 0:
-                        k = data.rfind(b"\n", i)
-                        if k < 0:
-                            self._begin(data, i, n)
-                            break
-                    self.nl += data.count(b"\n", i, k + 1)
-                    i = k + 1
+                found = pattern.search(data, i - 1)
+                # No line to look at: up to the last line begun here (a delimiter may go on in
+                # the next block). A line break precedes i, so k >= i.
+                k = found.start() + 1 if found else data.rfind(b"\n", i - 1) + 1
+                if k > i:
+                    i = self._skip(top, data, i, k)
                     continue
             j = data.find(b"\n", i)
             if j < 0:
@@ -163,6 +178,41 @@ class Scanner:
             i = j + 1
         self.tail = (self.tail + data[-3:])[-3:]
         self.pos += n
+
+    def _pattern(self, top: Entity) -> re.Pattern[bytes] | None:
+        boundaries = tuple(e._boundary for e in self.stack if e._boundary is not None)
+        header = top.body_start < 0
+        if not header and not boundaries:
+            return None
+        content = header and top._content < MAX_CONTENT_HEADER
+        key = (boundaries, header, content, content and not top._stopped)
+        pattern = self._patterns.get(key)
+        if pattern is None:
+            pattern = self._patterns[key] = candidates(*key)
+        return pattern
+
+    def _skip(self, top: Entity, data: bytes, i: int, k: int) -> int:
+        """
+        Lines C{[i, k)} that need no look of their own: counted; in a header
+        past its bounds, those that go on a kept Content-* field are kept.
+        Where to go on from.
+        """
+        if top.body_start < 0 and top._continuing:
+            found = FIELD_START.search(data, i - 1, k)
+            end = found.start() + 1 if found else k
+            if end == i:
+                top._continuing = False  # a new field (not a Content-* one: those are looked at)
+                return i
+            room = MAX_CONTENT_HEADER - top._content
+            cut = end if end - i <= room else max(i, data.rfind(b"\n", i, i + room) + 1)
+            if cut > i:
+                self._store(top, data[i:cut], content=True)
+            if cut < end:
+                top._continuing = False  # the rest of that field is not kept
+                top._content = MAX_CONTENT_HEADER
+            k = end
+        self.nl += data.count(b"\n", i, k)
+        return k
 
     def _begin(self, data: bytes, i: int, n: int) -> None:
         self.partial = bytearray(data[i:min(n, i + LINE_HEAD)])
@@ -182,27 +232,56 @@ class Scanner:
             content = head[:length - term]
             for k, entity in enumerate(self.stack):
                 if entity._boundary is not None and entity._after_delimiter != start:
-                    close = _delimiter(content, entity._boundary)
+                    close = delimiter(content, entity._boundary)
                     if close is not None:
                         self._delimited(k, start, start + length, close, before, nl_at)
                         return
         top = self.stack[-1]
         if top.body_start < 0:
-            self._keep(top, head, length)
             if term and length == term:
                 self._end_header(top, start + length)
+            else:
+                self._keep(top, head, length)
 
-    # -- entities ---------------------------------------------------------------------------------
+    # -- headers ----------------------------------------------------------------------------------
 
     def _keep(self, entity: Entity, head: bytes, length: int) -> None:
-        if entity._full:
-            return
-        room = min(MAX_KEPT_HEADER - entity._kept, self.budget)
-        piece = head[:min(length, room)]
-        entity._chunks.append(piece)
-        entity._kept += len(piece)
-        self.budget -= len(piece)
-        entity._full = len(piece) < length  # what is kept is always the header's first bytes
+        """
+        A header line: kept whole while the entity's and the message's bounds
+        allow; past them, only the lines of Content-* fields, up to
+        MAX_CONTENT_HEADER. Where a line not kept would have stopped the email
+        parser, a stand-in stops it (the Content-* fields after it are kept
+        for HEADER.FIELDS, which reads every line).
+        """
+        if not head.startswith(CONTINUED):
+            entity._continuing = is_content(head)
+        if not entity._full:
+            if length <= min(MAX_KEPT_HEADER - entity._kept, self.budget):
+                self._store(entity, head, content=False)
+                return
+            entity._full = True
+        if entity._continuing:
+            if length <= MAX_CONTENT_HEADER - entity._content:
+                self._store(entity, head, content=True)
+                return
+            entity._continuing = False  # the rest of that field is not kept, nor other Content-* fields
+            entity._content = MAX_CONTENT_HEADER
+        if not entity._stopped and not parsed_on(head):
+            entity._stopped = True
+            self._store(entity, STOP, content=True)
+
+    def _store(self, entity: Entity, piece: bytes, content: bool) -> None:
+        if entity._pieces is None:
+            entity._pieces = []
+        entity._pieces.append(piece)
+        self.kept += len(piece)
+        if content:
+            entity._content += len(piece)
+        else:
+            entity._kept += len(piece)
+            self.budget -= len(piece)
+
+    # -- entities ---------------------------------------------------------------------------------
 
     def _end_header(self, entity: Entity, body_start: int) -> None:
         entity.body_start, entity._nl_body = body_start, self.nl
@@ -212,7 +291,7 @@ class Scanner:
             self._open_child(entity, body_start)
 
     def _classify(self, entity: Entity) -> None:
-        entity.header, entity._chunks = b"".join(entity._chunks), []
+        entity.header, entity._pieces = b"".join(entity._pieces or ()), None
         parsed = BytesHeaderParser(policy=compat32).parsebytes(entity.header)
         entity.content_type = parsed.get_content_type()
         if entity.is_multipart() and entity.body_start >= 0:
@@ -242,18 +321,16 @@ class Scanner:
     def _finish(self, entity: Entity, end: int, nl_end: int, last_nl: bool) -> None:
         """Close C{entity} at offset C{end} (C{nl_end} line breaks before it; C{last_nl}: the byte before it is one)."""
         entity.header_start = min(entity.header_start, end)
-        if entity.body_start < 0 or entity.body_start > end:
-            # Its header never ended within it: all header, no body (split_header's rule).
-            header = b"".join(entity._chunks) if entity.body_start < 0 else entity.header
-            entity.header = header[:end - entity.header_start]
-            if entity.body_start < 0:
-                entity.body_start = end
-                self._classify(entity)
-                if (entity.content_type == "message/rfc822" and entity.depth < MAX_MIME_DEPTH
-                        and self.count < MAX_ENTITIES):
-                    entity.children.append(Entity(end, entity.depth + 1, body_start=end, body_end=end))
-                    self.count += 1
+        if entity.body_start < 0:
+            # Its header never ended within it: all header, no body. (The line break its last
+            # line kept belongs to the delimiter; the fields read the same without it.)
             entity.body_start = end
+            self._classify(entity)
+            if (entity.content_type == "message/rfc822" and entity.depth < MAX_MIME_DEPTH
+                    and self.count < MAX_ENTITIES):
+                entity.children.append(Entity(end, entity.depth + 1, body_start=end, body_end=end))
+                self.count += 1
+        entity.body_start = min(entity.body_start, end)  # its empty line's break taken by a delimiter
         entity.body_end = end
         entity._boundary = None
         entity.lines = 0 if end <= entity.body_start else nl_end - entity._nl_body + (0 if last_nl else 1)
@@ -265,8 +342,7 @@ class Scanner:
         for entity in reversed(self.stack):
             self._finish(entity, self.pos, self.nl, self.tail.endswith(b"\n"))
         self.stack = []
-        cost = MAX_INDEX_HEADERS - self.budget + ENTITY_COST * self.count
-        return MimeIndex(self.root, self.pos, cost)
+        return MimeIndex(self.root, self.pos, self.kept + ENTITY_COST * self.count)
 
 
 def index_bytes(data: bytes) -> MimeIndex:
@@ -290,53 +366,5 @@ def index_file(f: BinaryIO, size: int) -> MimeIndex:
     return scanner.finish()
 
 
-class LineCount:
-    """
-    What L{EntityPart.getBodyFile} gives: twisted's BODYSTRUCTURE only
-    iterates a body file to count its lines (C{getLineCount}), and the
-    index knows that count, so this yields one item per line and holds no
-    bytes. Sections are sent from the file, never from here.
-    """
-
-    def __init__(self, lines: int) -> None:
-        self.lines = lines
-
-    def __iter__(self) -> Iterator[bytes]:
-        return itertools.repeat(b"", self.lines)
-
-
-@implementer(IMessagePart)
-class EntityPart:
-    """An L{Entity} as twisted's C{getBodyStructure} reads it (the answers RawPart gave for the same bytes)."""
-
-    def __init__(self, entity: Entity) -> None:
-        self.entity = entity
-        self._header: RawPart | None = None
-
-    def getHeaders(self, negate: bool, *names: Any) -> dict[str, str]:
-        if self._header is None:
-            self._header = RawPart(self.entity.header, header_only=True, depth=self.entity.depth)
-        return self._header.getHeaders(negate, *names)
-
-    def getBodyFile(self) -> LineCount:
-        return LineCount(self.entity.lines)
-
-    def getSize(self) -> int:
-        return self.entity.body_size
-
-    def isMultipart(self) -> bool:
-        return self.entity.is_multipart()
-
-    def getSubPart(self, part: int) -> EntityPart:
-        """Part C{part} (0-based); IndexError: none."""
-        children = self.entity.children
-        if not children and part == 0 and self.entity.content_type == "message/rfc822":
-            # Past the bounds a message/rfc822 holds no recorded message: an empty one stands
-            # in (twisted's BODYSTRUCTURE would fail on IndexError; RawPart's did at depth 12).
-            end = self.entity.body_end
-            return EntityPart(Entity(end, self.entity.depth + 1, body_start=end, body_end=end))
-        return EntityPart(children[part])
-
-
-__all__ = ["BLOCK", "MAX_ENTITIES", "MAX_INDEX_HEADERS", "MAX_KEPT_HEADER", "Entity", "EntityPart", "LineCount",
-           "MimeIndex", "Scanner", "index_bytes", "index_file"]
+__all__ = ["ENTITY_COST", "LINE_HEAD", "MAX_CONTENT_HEADER", "MAX_ENTITIES", "MAX_INDEX_HEADERS", "MAX_KEPT_HEADER",
+           "Entity", "MimeIndex", "Scanner", "index_bytes", "index_file"]
