@@ -176,6 +176,42 @@ class SectionFetchTests(HarnessMixin, SynchronousTestCase):
         self.assertEqual(sent, b"* 1 FETCH (BODY[2] {%d}\r\n" % len(part2) + part2 + b")\r\nf OK FETCH completed\r\n")
 
 
+    def test_client_that_stops_reading_is_cut_off(self):
+        """
+        twisted turns the idle timer off for a FETCH; a client that takes
+        nothing more of a streamed message for idleTimeout seconds is cut
+        off anyway (it held its session and file for ever), and one that
+        reads again in time is not.
+        """
+        harness = self.harness(idleTimeout=60)
+        harness.deliver(U1, large_message(40 * BLOCK))
+        client = self.selected(harness)
+        transport = client.transport
+        written = transport.write
+
+        def write(piece: bytes) -> None:
+            written(piece)
+            if len(transport.value()) > 4 * BLOCK and transport.producer is not None:
+                transport.producer.pauseProducing()
+
+        self.patch(transport, "write", write)
+        client.proto.dataReceived(b"f FETCH 1 BODY.PEEK[]\r\n")
+        client.take()
+        harness.clock.advance(59)
+        self.assertFalse(client.closed)
+        transport.clear()
+        transport.producer.resumeProducing()  # the client reads a little, in time
+        client.take()
+        harness.clock.advance(59)
+        self.assertFalse(client.closed)
+        harness.clock.advance(1)
+        self.assertTrue(client.closed)
+        transport.clear()
+        client.take()
+        self.assertEqual(transport.value(), b"")  # nothing more is written to it
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+
 class SearchTextTests(HarnessMixin, SynchronousTestCase):
     """SEARCH BODY and TEXT: case-insensitive, BODY after the header only, words across block edges."""
 

@@ -82,6 +82,9 @@ class IMAPFetchMixin(IMAPSearchMixin):
     closed: bool
     log: Any
     _scheduler: Any
+    server: Any
+    settings: Any
+    client_host: str
 
     #: Messages answered one after another without the reactor getting a turn, at most.
     _in_a_row = 0
@@ -220,7 +223,7 @@ class IMAPFetchMixin(IMAPSearchMixin):
     def _write_literal(self, data: bytes, _w: Any, _f: Any) -> Deferred | None:
         if self.closed:
             return None
-        pacer = Pacer()
+        pacer = self._pacer()
         # Registered before the write, so that a full buffer pauses it: the next message waits.
         self.transport.registerProducer(pacer, True)
         _w(b"{%d}\r\n" % len(data) + data)
@@ -229,6 +232,17 @@ class IMAPFetchMixin(IMAPSearchMixin):
             return Deferred.fromCoroutine(self._drained(pacer))
         self._unregister()
         return None
+
+    def _pacer(self) -> Pacer:
+        """A literal's producer; a client that takes nothing for imap.idleTimeout seconds is cut off."""
+        return Pacer(self.server.clock, self.settings.idleTimeout, self._write_stalled)
+
+    def _write_stalled(self) -> None:
+        if not self.closed:
+            self.log.info("IMAP session with {client} took no output for {seconds} s during a FETCH: aborted",
+                          client=self.client_host, seconds=self.settings.idleTimeout)
+            self.closed = True
+            self.transport.abortConnection()
 
     async def _drained(self, pacer: Pacer) -> None:
         try:
@@ -291,7 +305,7 @@ class IMAPFetchMixin(IMAPSearchMixin):
             _w(b"NIL")
             return
         file: Any = opened.file  # open over the rest of a range longer than a block, else None
-        pacer = Pacer()
+        pacer = self._pacer()
         registered = False
         try:
             if self.closed:

@@ -17,11 +17,20 @@ from zope.interface import implementer
 
 @implementer(IPushProducer)
 class Pacer:
-    """Registered on the transport while a message is streamed: C{wait()} fires once its buffer has room."""
+    """
+    Registered on the transport while a message is streamed: C{wait()} fires
+    once its buffer has room. With a C{clock}, a client that takes nothing
+    for C{timeout} seconds is given up on: C{on_stall} is called (the
+    session aborts its connection) and the waiting writer goes on as if the
+    connection were gone (twisted turns the idle timer off for the whole of
+    a FETCH, so without this a client that stopped reading held its session,
+    and its file, for ever).
+    """
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Any = None, timeout: float = 0, on_stall: Any = None) -> None:
         self.paused = self.stopped = False
         self._waiters: list[Deferred] = []
+        self.clock, self.timeout, self.on_stall = clock, timeout, on_stall
 
     def pauseProducing(self) -> None:
         """The transport's buffer is full."""
@@ -43,11 +52,22 @@ class Pacer:
             waiter.callback(None)
 
     async def wait(self) -> None:
-        """Fires once the transport takes more (at once if it does now), or it stopped."""
+        """Fires once the transport takes more (at once if it does now), or it stopped, or the client stalled."""
         while self.paused and not self.stopped:
             waiter: Deferred = Deferred()
             self._waiters.append(waiter)
-            await waiter
+            timer = self.clock.callLater(self.timeout, self._stalled) if self.clock is not None else None
+            try:
+                await waiter
+            finally:
+                if timer is not None and timer.active():
+                    timer.cancel()
+
+    def _stalled(self) -> None:
+        self.stopped = True
+        self._wake()
+        if self.on_stall is not None:
+            self.on_stall()
 
 
 class Output:
