@@ -212,6 +212,40 @@ class SectionFetchTests(HarnessMixin, SynchronousTestCase):
         self.assertEqual(self.flushLoggedErrors(), [])
 
 
+    def test_small_sections_paced_by_the_client(self):
+        """
+        Sections cut in memory (messages up to 256 KiB) and RFC822.HEADER are
+        written paced too: FETCH 1:* to a client that reads nothing stops
+        after the message that filled the buffer, and goes on as it reads.
+        """
+        harness = self.harness()
+        for n in range(10):
+            harness.deliver(f"17000000{n:02d}.m{n}_0.mx.test", b"Subject: s\r\n\r\n" + b"x" * (100 * 1024) + b"\r\n",
+                            mtime=1_700_000_000 + n)
+        client = self.selected(harness)
+        transport = client.transport
+        written = transport.write
+
+        def write(piece: bytes) -> None:
+            written(piece)
+            if len(transport.value()) > 2 * BLOCK and transport.producer is not None:
+                transport.producer.pauseProducing()
+
+        self.patch(transport, "write", write)
+        self.patch(transport, "writeSequence", lambda pieces: write(b"".join(pieces)))
+        for command in (b"f FETCH 1:* BODY.PEEK[TEXT]\r\n", b"g FETCH 1:* (RFC822.HEADER BODY.PEEK[1])\r\n"):
+            client.proto.dataReceived(command)
+            sent = client.take()
+            self.assertLess(len(sent), 3 * 100 * 1024)
+            self.assertNotIn(b" OK FETCH completed", sent)
+            while transport.producer is not None:
+                transport.clear()
+                transport.producer.resumeProducing()
+                sent += client.take()
+            self.assertEqual(sent.count(b"* "), 10)
+            self.assertTrue(sent.endswith(b"OK FETCH completed\r\n"))
+
+
 class SearchTextTests(HarnessMixin, SynchronousTestCase):
     """SEARCH BODY and TEXT: case-insensitive, BODY after the header only, words across block edges."""
 
