@@ -216,3 +216,44 @@ class IndexCostTests(SynchronousTestCase):
                 tracemalloc.stop()
             self.assertGreaterEqual(index.cost, held, part[:20])
             self.assertLess(index.cost, 2 * held, part[:20])
+
+
+class StructureOffTheReactorTests(HarnessMixin, SynchronousTestCase):
+    """BODYSTRUCTURE and BODY are made in the I/O pool, once a message."""
+
+    def test_made_in_the_pool_once(self):
+        """
+        The structures are made by a job of the account's run (the I/O pool),
+        once for a FETCH that asks for BODYSTRUCTURE three times and BODY
+        twice, and not again for the next FETCH of that message; the answers
+        are the same as made on the reactor.
+        """
+        from tests.test_imap import MULTI, U1
+
+        harness = self.harness()
+        harness.deliver(U1, MULTI)
+        client = self.selected(harness)
+        expected = client.send(b"a FETCH 1 (BODYSTRUCTURE BODY)\r\n")
+        client = self.selected(harness)
+        jobs: list[Any] = []
+        account_run = client.proto.account.run
+
+        def run(f: Any, *args: Any, **kwargs: Any) -> Any:
+            jobs.append(f)
+            return account_run(f, *args, **kwargs)
+
+        client.proto.account.run = run
+        made: list[bool] = []
+        real = imapstructure.body_structure
+
+        def counting(root: Any, extended: bool) -> bytes:
+            made.append(extended)
+            return real(root, extended)
+
+        self.patch(imapstructure, "body_structure", counting)
+        answer = client.send(b"b FETCH 1 (BODYSTRUCTURE BODY BODYSTRUCTURE BODY BODYSTRUCTURE)\r\n")
+        self.assertIn(imapstructure.encode_structures, jobs)
+        self.assertEqual(sorted(made), [False, True])
+        self.assertEqual(answer.count(expected.split(b"BODYSTRUCTURE ")[1].split(b" BODY (")[0]), 3)
+        client.send(b"c FETCH 1 (BODYSTRUCTURE BODY)\r\n")
+        self.assertEqual(sorted(made), [False, True])

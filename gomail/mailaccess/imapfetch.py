@@ -61,6 +61,17 @@ def content_needed(query: list[Any]) -> str | None:
     return need
 
 
+def structures_wanted(query: list[Any]) -> list[bool]:
+    """The structures a FETCH asks for: True for BODYSTRUCTURE, False for BODY (each once)."""
+    wanted = []
+    for part in query:
+        if part.type == "bodystructure":
+            wanted.append(True)
+        elif part.type == "body" and not _whole(part) and not (part.header or part.text or part.mime or part.empty):
+            wanted.append(False)
+    return sorted(set(wanted))
+
+
 def sets_seen(query: list[Any]) -> bool:
     """Whether the request sets \\Seen (a body section without .PEEK, RFC822, RFC822.TEXT)."""
     return any(p.type in ("rfc822", "rfc822text") or (p.type == "body" and not p.peek and
@@ -137,6 +148,11 @@ class IMAPFetchMixin(IMAPSearchMixin):
             need = content_needed(query)
             if need:
                 await folder.content(msg, header_only=need == "header")
+            if need == "all":
+                wanted = [e for e in structures_wanted(query) if e not in msg.index.structures]
+                if wanted:
+                    made = await folder.account.run(imapstructure.encode_structures, msg.index.root, wanted)
+                    msg.index.structures.update(made)  # kept with the index: asked again, made once
             if self.closed:
                 return  # the client is gone: nothing is sent, so \Seen is not set either
             if sets_seen(query) and folder.isWriteable() and "\\Seen" not in msg.entry.flags:
@@ -192,8 +208,11 @@ class IMAPFetchMixin(IMAPSearchMixin):
 
     def _structure(self, msg: Any, extended: bool) -> bytes:
         """BODYSTRUCTURE or BODY from the index; never fails (a plain text structure when twisted's code does)."""
+        made = msg.index.structures.get(extended, b"")
         try:
-            return imapstructure.body_structure(msg.index.root, extended)
+            if isinstance(made, Exception):
+                raise made  # from the I/O pool (imapstructure.encode_structures): logged here
+            return made or imapstructure.body_structure(msg.index.root, extended)
         except Exception:  # noqa: BLE001 - a message must not end the session, whatever twisted makes of it
             if not self._structure_failed:
                 self._structure_failed = True

@@ -107,4 +107,21 @@ def plain_structure(root: Entity) -> bytes:
     return imap4.collapseNestedLists([["text", "plain", None, None, None, "7bit", root.body_size, root.lines]])
 
 
-__all__ = ["EntityPart", "LineCount", "body_structure", "mend_content_type", "plain_structure"]
+def encode_structures(root: Any, wanted: list[bool]) -> dict[bool, bytes | Exception]:
+    """
+    (for the I/O pool) BODYSTRUCTURE (True) and BODY (False) of an indexed
+    message, each the exception where twisted's code fails on it. Made off the
+    reactor: twisted counts a body's lines one by one at every level of
+    nesting (12 message/rfc822 levels around 12 million lines held the
+    event loop for 3 s).
+    """
+    made: dict[bool, bytes | Exception] = {}
+    for extended in wanted:
+        try:
+            made[extended] = body_structure(root, extended)
+        except Exception as e:  # noqa: BLE001 - answered as a plain structure by the session, which logs it
+            made[extended] = e
+    return made
+
+
+__all__ = ["EntityPart", "LineCount", "body_structure", "encode_structures", "mend_content_type", "plain_structure"]

@@ -105,11 +105,16 @@ class Entity:
 
 @dataclass(eq=False)
 class MimeIndex:
-    """The structure of a message file of C{size} octets; C{cost}: its approximate memory in bytes."""
+    """
+    The structure of a message file of C{size} octets; C{cost}: its
+    approximate memory in bytes; C{structures}: its encoded BODYSTRUCTURE
+    (True) and BODY (False) once made (or the exception twisted's code raised).
+    """
 
     root: Entity
     size: int
     cost: int
+    structures: dict[bool, bytes | Exception] = field(default_factory=dict)
 
 
 class Scanner:
