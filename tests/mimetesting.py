@@ -120,7 +120,15 @@ def reference_section(top: RawPart, part: Any) -> bytes:
     """What FETCH sent for a section when the message was held whole (the code the index replaced)."""
     entity = top
     try:
-        for p in part.part:
+        for step, p in enumerate(part.part):
+            if p < 0:  # BODY[0]: no such part
+                return b""
+            if step and entity.parsed.get_content_type() == "message/rfc822":
+                # RFC 3501 6.4.5: numbers after a message/rfc822 part are of the message it holds
+                # (the in-memory code took them as of the part itself: BODY[1.1] was the whole attachment).
+                inner = entity.getSubPart(0)
+                if inner is not None:
+                    entity = inner
             if entity.isMultipart():
                 entity = entity.getSubPart(p)
             elif p != 0:

@@ -170,3 +170,21 @@ class AppendBeforeContinuationTests(SynchronousTestCase):
         self.assertEqual(self.client.send(b"a APPEND INBOX {3}\r\n"),
                          b"a NO [UNAVAILABLE] Local error, try again later\r\n")
         self.assertEqual(self.flushLoggedErrors(), [])
+
+
+class PartialRangeTests(SynchronousTestCase):
+    """FETCH partial ranges are digits only (twisted's int() took signs and underscores)."""
+
+    def test_signed_ranges_refused(self):
+        """<-60.100>, <+1.1_0> and <0.-1> are BAD (one sent octets from before the section); <0.5> works."""
+        harness = IMAPHarness(self.mktemp())
+        harness.deliver("1700000000.aaaa_0.mx.test", b"Subject: s\r\n\r\nhello world\r\n")
+        client = harness.logged_in()
+        client.send(b"s SELECT INBOX\r\n")
+        for bad in (b"<-60.100>", b"<+1.1_0>", b"<0.-1>", b"<1_0.5>"):
+            answer = client.send(b"f FETCH 1 BODY.PEEK[TEXT]" + bad + b"\r\n")
+            self.assertEqual(answer, b"f BAD A partial range is <origin.octets>, digits only\r\n", bad)
+            answer = client.send(b"u UID FETCH 1 BODY.PEEK[TEXT]" + bad + b"\r\n")
+            self.assertTrue(answer.startswith(b"u BAD "), answer)
+        self.assertEqual(client.send(b"g FETCH 1 BODY.PEEK[TEXT]<0.5>\r\n"),
+                         b"* 1 FETCH (BODY[TEXT]<0> {5}\r\nhello)\r\ng OK FETCH completed\r\n")

@@ -246,6 +246,27 @@ class SectionFetchTests(HarnessMixin, SynchronousTestCase):
             self.assertTrue(sent.endswith(b"OK FETCH completed\r\n"))
 
 
+    def test_parts_of_an_attached_message(self):
+        """
+        RFC 3501 6.4.5: after a message/rfc822 part the numbers are of the
+        message it holds: BODY[1.1] and BODY[1.2] are the parts of a forwarded
+        multipart/alternative (they were the whole attachment, and nothing);
+        BODY[0] is no part (it was the last one); a part of a single-part part is itself, as before.
+        """
+        message = (b"Subject: parts\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n"
+                   b"Content-Type: message/rfc822\r\n\r\nSubject: in\r\n"
+                   b"Content-Type: multipart/alternative; boundary=c\r\n\r\n--c\r\n\r\nA\r\n--c\r\n\r\nB\r\n--c--\r\n"
+                   b"--b\r\n\r\nSECOND\r\n--b\r\n\r\nTHIRD\r\n--b--\r\n")
+        harness = self.harness()
+        harness.deliver(U1, message)
+        client = self.selected(harness)
+        for section, expected in ((b"1.1", b"A"), (b"1.2", b"B"), (b"1.1.1", b"A"), (b"2", b"SECOND"), (b"0", b""),
+                                  (b"1.HEADER", b"Subject: in\r\nContent-Type: multipart/alternative; boundary=c\r\n\r\n")):
+            answer = client.send(b"f FETCH 1 BODY.PEEK[" + section + b"]\r\n")
+            self.assertEqual(answer, b"* 1 FETCH (BODY[%s] {%d}\r\n%s)\r\nf OK FETCH completed\r\n"
+                             % (section, len(expected), expected), section)
+
+
 class SearchTextTests(HarnessMixin, SynchronousTestCase):
     """SEARCH BODY and TEXT: case-insensitive, BODY after the header only, words across block edges."""
 

@@ -241,6 +241,11 @@ class GomailIMAP4(IMAPLoginMixin, IMAPCommandsMixin, imap4.IMAP4Server):
         if max((token.count(b",") for token in (rest or b"").split(b" ")), default=0) >= MAX_SEQUENCE_RANGES:
             self.sendBadResponse(tag, b"At most %d ranges in a sequence set" % MAX_SEQUENCE_RANGES)
             return
+        if (cmd.upper() == b"FETCH" or (rest or b"").upper().startswith(b"FETCH ")) and any(
+                not _PARTIAL_RANGE.fullmatch(m) for m in _PARTIAL.findall(rest or b"")):
+            # twisted reads <origin.octets> with int(): "<-60.100>" sent octets from before the section.
+            self.sendBadResponse(tag, b"A partial range is <origin.octets>, digits only")
+            return
         words = (rest or b"").upper().split()
         if (cmd.upper() == b"SEARCH" or words[:1] == [b"SEARCH"]) and (
                 len(words) > MAX_SEARCH_WORDS or (rest or b"").count(b"(") > MAX_SEARCH_WORDS // 4):
@@ -337,5 +342,7 @@ MAX_SEQUENCE_RANGES = 500
 #: The most words (keys, values, parentheses) one SEARCH may hold.
 MAX_SEARCH_WORDS = 100
 _LITERAL = re.compile(rb"\{([0-9]{1,12})\}")
+_PARTIAL = re.compile(rb"<([^>]*)>")
+_PARTIAL_RANGE = re.compile(rb"[0-9]{1,12}(\.[0-9]{1,12})?")
 
 __all__ = ["MAX_LINE", "GomailIMAP4", "Refused", "run_now"]

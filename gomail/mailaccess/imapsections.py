@@ -153,7 +153,13 @@ def locate(message: Any, part: Any) -> bytes | Range:
         if part.empty:
             return 0, None
     entity: Entity = message.index.root
-    for p in part.part:
+    for step, p in enumerate(part.part):
+        if p < 0:  # BODY[0] (twisted makes it -1, which Python reads as "the last part")
+            return b""
+        if step and entity.content_type == "message/rfc822" and entity.children:
+            # Numbers after a message/rfc822 part are of the message it encapsulates
+            # (RFC 3501 6.4.5: BODY[1.2] is part 2 of the message attached as part 1).
+            entity = entity.children[0]
         if entity.is_multipart():
             if p >= len(entity.children):
                 return b""
