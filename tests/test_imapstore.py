@@ -81,6 +81,44 @@ class StoreRaceTests(TestCase):
         self.assertEqual(sorted(e.uid for e in imapstore.sync(self.folder, 1.0e9).entries), [1, 2])
 
 
+class RenameWhileOpeningTests(TestCase):
+    """Readers against another session's flag change renaming the file they are about to open."""
+
+    def test_open_follows_a_rename_between_look_up_and_open(self) -> None:
+        """
+        The file is renamed (a flag change) right after it was looked up:
+        open_message looks again and opens it under its new name (FETCH
+        answered NIL and SEARCH missed it when the two sessions raced).
+        """
+        folder = os.path.abspath(self.mktemp())
+        for sub in ("tmp", "new", "cur"):
+            os.makedirs(os.path.join(folder, sub))
+        uid = imapstore.add_message(folder, io.BytesIO(b"Subject: x\r\n\r\nbody\r\n"), frozenset(), 1.0e9, 1.0e9,
+                                    "test")
+        entry = next(e for e in imapstore.sync(folder, 1.0e9).entries if e.uid == uid)
+        real_find = imapstore._find
+        renamed: list[str] = []
+
+        def find_then_rename(path: str, unique: str, filename: str) -> str | None:
+            found = real_find(path, unique, filename)
+            if found is not None and not renamed:
+                renamed.append(imapstore.filename_with(os.path.basename(found), frozenset({"\\Flagged"})))
+                os.rename(found, os.path.join(path, "cur", renamed[0]))
+            return found
+
+        self.patch(imapstore, "_find", find_then_rename)
+        with imapstore.open_message(folder, entry) as f:
+            self.assertEqual(f.read(), b"Subject: x\r\n\r\nbody\r\n")
+        self.assertEqual(len(renamed), 1)
+
+    def test_gone_is_file_not_found(self) -> None:
+        """A message removed (EXPUNGE elsewhere) is FileNotFoundError, as before."""
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(os.path.join(folder, "cur"))
+        entry = imapstore.Entry(1, "1.gone.test", "1.gone.test:2,", 1, 1.0)
+        self.assertRaises(FileNotFoundError, imapstore.open_message, folder, entry)
+
+
 class UIDListEdgeTests(TestCase):
     """The UID list against file names and losses no delivery makes."""
 

@@ -88,7 +88,7 @@ def find_words(path: str, entry: Entry, words: set[tuple[bytes, bytes]]) -> set[
     body = _Finder({w for key, w in words if key == b"BODY"})
     header = HeaderEnd()
     pos = 0
-    with open(imapstore.message_path(path, entry), "rb") as f:
+    with imapstore.open_message(path, entry) as f:
         while text.missing or body.missing:
             block = f.read(BLOCK).lower()
             if not block:

@@ -75,7 +75,7 @@ def read_header(f: BinaryIO) -> bytes:
 
 def read_message_header(path: str, entry: Entry) -> MessageHeader:
     """(blocking) A message's header only (up to its blank line)."""
-    with open(imapstore.message_path(path, entry), "rb") as f:
+    with imapstore.open_message(path, entry) as f:
         return MessageHeader(read_header(f))
 
 
@@ -84,7 +84,7 @@ def read_indexed(path: str, entry: Entry, cached: MimeIndex | None) -> tuple[Mes
     (blocking) A message's header, its index (C{cached} when it is of a
     file of this size, else made now) and, for a small message, its bytes.
     """
-    with open(imapstore.message_path(path, entry), "rb") as f:
+    with imapstore.open_message(path, entry) as f:
         size = os.fstat(f.fileno()).st_size
         usable = cached if cached is not None and cached.size == size else None
         if size <= SMALL_MESSAGE:
@@ -199,7 +199,7 @@ def open_range(path: str, entry: Entry, start: int = 0, end: int | None = None) 
 
     @raise OSError: gone (C{FileNotFoundError}) or unreadable.
     """
-    f = open(imapstore.message_path(path, entry), "rb")  # noqa: SIM115 - closed here or by the caller
+    f = imapstore.open_message(path, entry)  # closed here or by the caller
     try:
         size = os.fstat(f.fileno()).st_size
         end = size if end is None else min(end, size)

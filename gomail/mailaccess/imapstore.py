@@ -263,6 +263,28 @@ def message_path(path: str, entry: Entry) -> str:
     return found
 
 
+def open_message(path: str, entry: Entry) -> BinaryIO:
+    """
+    (blocking) C{entry}'s file, open for reading. Another session's flag
+    change renames it (without this folder's lock: readers take none) and
+    may do so between the look-up and the open: it is looked up again, a
+    few times. @raise FileNotFoundError: it is gone.
+    """
+    for _ in range(_OPEN_TRIES):
+        found = _find(path, entry.unique, entry.filename)
+        if found is None:
+            break
+        try:
+            return open(found, "rb")  # the caller closes it
+        except FileNotFoundError:
+            continue
+    raise FileNotFoundError(f"message {entry.unique} is gone")
+
+
+#: Looks for a message renamed while it is opened (each loses only to a flag change in between).
+_OPEN_TRIES = 5
+
+
 def set_flags(path: str, changes: list[tuple[Entry, frozenset[str]]]) -> list[tuple[Entry, str]]:
     r"""
     (blocking) Give each entry its new flags (a rename); the new file names
@@ -367,5 +389,5 @@ def _copy_into(source: BinaryIO, target: str) -> None:
 
 
 __all__ = ["BLOCK", "DELIMITER", "Entry", "FolderError", "FolderState", "add_message", "expunge", "filename_with",
-           "flags_of", "fsync_directory", "listed_names", "make_maildir", "message_path", "set_flags", "sync",
+           "flags_of", "fsync_directory", "listed_names", "make_maildir", "message_path", "open_message", "set_flags", "sync",
            "write_atomically"]
