@@ -44,6 +44,19 @@ def expected_fetch(seq: int, data: bytes, names: list[bytes], tag: bytes = b"f")
     return b"* %d FETCH (" % seq + b" ".join(items) + b")\r\n" + tag + b" OK FETCH completed\r\n"
 
 
+def pause_when_full(test: Any, transport: Any, limit: int) -> None:
+    """A client that reads slowly: the transport pauses its producer once it holds over C{limit} octets."""
+    written = transport.write
+
+    def write(piece: bytes) -> None:
+        written(piece)
+        if len(transport.value()) > limit and transport.producer is not None:
+            transport.producer.pauseProducing()
+
+    test.patch(transport, "write", write)
+    test.patch(transport, "writeSequence", lambda pieces: write(b"".join(pieces)))
+
+
 def fetch_command(seq: int, names: list[bytes], tag: bytes = b"f") -> bytes:
     """C{FETCH seq (BODYSTRUCTURE BODY.PEEK[name]...)}, the command L{expected_fetch} answers."""
     peeks = b" ".join(b"BODY.PEEK[" + name + b"]" for name in names)
@@ -157,14 +170,7 @@ class SectionFetchTests(HarnessMixin, SynchronousTestCase):
         harness.deliver(U1, data)
         client = self.selected(harness)
         transport = client.transport
-        written = transport.write
-
-        def write(piece: bytes) -> None:
-            written(piece)
-            if len(transport.value()) > 4 * BLOCK and transport.producer is not None:
-                transport.producer.pauseProducing()  # a full buffer: the client reads slowly
-
-        self.patch(transport, "write", write)
+        pause_when_full(self, transport, 4 * BLOCK)
         client.proto.dataReceived(b"f FETCH 1 BODY.PEEK[2]\r\n")
         sent = client.take()
         self.assertLess(len(sent), 6 * BLOCK)
@@ -187,14 +193,7 @@ class SectionFetchTests(HarnessMixin, SynchronousTestCase):
         harness.deliver(U1, large_message(40 * BLOCK))
         client = self.selected(harness)
         transport = client.transport
-        written = transport.write
-
-        def write(piece: bytes) -> None:
-            written(piece)
-            if len(transport.value()) > 4 * BLOCK and transport.producer is not None:
-                transport.producer.pauseProducing()
-
-        self.patch(transport, "write", write)
+        pause_when_full(self, transport, 4 * BLOCK)
         client.proto.dataReceived(b"f FETCH 1 BODY.PEEK[]\r\n")
         client.take()
         harness.clock.advance(59)
@@ -224,15 +223,7 @@ class SectionFetchTests(HarnessMixin, SynchronousTestCase):
                             mtime=1_700_000_000 + n)
         client = self.selected(harness)
         transport = client.transport
-        written = transport.write
-
-        def write(piece: bytes) -> None:
-            written(piece)
-            if len(transport.value()) > 2 * BLOCK and transport.producer is not None:
-                transport.producer.pauseProducing()
-
-        self.patch(transport, "write", write)
-        self.patch(transport, "writeSequence", lambda pieces: write(b"".join(pieces)))
+        pause_when_full(self, transport, 2 * BLOCK)
         for command in (b"f FETCH 1:* BODY.PEEK[TEXT]\r\n", b"g FETCH 1:* (RFC822.HEADER BODY.PEEK[1])\r\n"):
             client.proto.dataReceived(command)
             sent = client.take()
