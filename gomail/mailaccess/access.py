@@ -2,7 +2,8 @@
 """
 What the POP3 and IMAP servers share (L{MailAccessServer}): admission under
 the connection caps, the portal and TLS context their logins use, the
-trusted nginx proxies, the audit of login attempts, and their counters.
+trusted nginx proxies, the audit of login attempts, and their counters;
+their listeners' protocol factory and service (L{MailAccessService}).
 """
 
 from __future__ import annotations
@@ -10,11 +11,16 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
 from gomail.auth.authlog import AuthLogEntry, printable
 from gomail.configschema import AuthSettings
+from gomail.deferreds import deferred_coroutine
 from gomail.mailaccess.proxies import TrustedProxies
+from gomail.servicekit import ListeningService
 
 
 class MailAccessServer:
@@ -34,6 +40,8 @@ class MailAccessServer:
     #: The audit log's protocol name, and the name log lines give it.
     protocol = ""
     label = ""
+    #: The session protocol, built as C{session_class(server, implicit_tls=...)}.
+    session_class: Any = None
 
     def __init__(self, settings: Any, clock: Any, portal: Any = None, tls_context: Any = None,
                  auth_settings: AuthSettings | None = None, audit: Any = None) -> None:
@@ -50,6 +58,10 @@ class MailAccessServer:
         self.shutting_down = False
         #: sessions, refused (connection caps), logins, login_failures, and each protocol's own.
         self.stats: Counter[str] = Counter()
+
+    def factory(self, implicit_tls: bool = False) -> ServerFactory:
+        """A protocol factory for one listener (implicit TLS listeners wrap theirs in TLS)."""
+        return _SessionFactory(self, implicit_tls)
 
     def admit(self, session: Any) -> str | None:
         """Register a new session, or the text of its refusal (maxConnections, maxConnectionsPerIP)."""
@@ -101,4 +113,49 @@ class MailAccessServer:
         return True
 
 
-__all__ = ["MailAccessServer"]
+class _SessionFactory(ServerFactory):
+    noisy = False
+
+    def __init__(self, server: MailAccessServer, implicit_tls: bool) -> None:
+        self.server = server
+        self.implicit_tls = implicit_tls
+
+    def buildProtocol(self, addr: Any) -> Any:
+        protocol = self.server.session_class(self.server, implicit_tls=self.implicit_tls)
+        protocol.factory = self
+        return protocol
+
+
+class MailAccessService(MultiService):
+    """
+    A protocol's listeners: C{listen} (plain, with STARTTLS/STLS) and
+    C{implicit_tls_listen} (TLS from the first byte), logged as C{name} and
+    C{name + "s"}; stopping them ends the sessions (C{server.stop()}).
+    """
+
+    def __init__(self, server: Any, reactor: Any, listen: tuple[str, ...],
+                 implicit_tls_listen: tuple[str, ...]) -> None:
+        super().__init__()
+        from twisted.protocols.tls import TLSMemoryBIOFactory
+
+        self.server = server
+        label = str(self.name)
+        for description in listen:
+            ListeningService(reactor, description, server.factory(), label).setServiceParent(self)
+        for description in implicit_tls_listen:
+            factory = TLSMemoryBIOFactory(server.tls_context, False, server.factory(implicit_tls=True))
+            ListeningService(reactor, description, factory, label + "s").setServiceParent(self)
+
+    @deferred_coroutine
+    async def startService(self) -> None:  # type: ignore[override]
+        self.running = 1
+        for listener in self:
+            await listener.startService()  # a port in use stops the start with one line naming it
+
+    def stopService(self) -> Deferred:
+        d = super().stopService()
+        d.addCallback(lambda _: self.server.stop())
+        return d
+
+
+__all__ = ["MailAccessServer", "MailAccessService"]

@@ -11,21 +11,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred
-from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
 from gomail.configmailaccess import IMAPSettings
 from gomail.configschema import AuthSettings
-from gomail.deferreds import deferred_coroutine
-from gomail.mailaccess.access import MailAccessServer
+from gomail.mailaccess.access import MailAccessServer, MailAccessService
 from gomail.mailaccess.imap import GomailIMAP4
 from gomail.mailaccess.imapmailbox import IMAPAccount
 from gomail.mailaccess.maildir import mailbox_path
 from gomail.mailaccess.notify import MailboxNotices
 from gomail.mailaccess.quota import QuotaCounter
-from gomail.servicekit import ListeningService
 from gomail.spool.jobs.maildirjobs import safe_hostname
 
 
@@ -48,6 +43,7 @@ class IMAPServer(MailAccessServer):
 
     log = Logger()
     protocol, label = "imap", "IMAP"
+    session_class = GomailIMAP4
 
     def __init__(self, settings: IMAPSettings, clock: Any, root: str, run: Any, hostname: str, portal: Any = None,
                  tls_context: Any = None, auth_settings: AuthSettings | None = None, audit: Any = None,
@@ -58,10 +54,6 @@ class IMAPServer(MailAccessServer):
         self.hostname = safe_hostname(hostname)
         self.quota = counter or QuotaCounter(run, clock)
         self.notices = notices if notices is not None else MailboxNotices()
-
-    def factory(self, implicit_tls: bool = False) -> ServerFactory:
-        """A protocol factory for one listener (implicit TLS listeners wrap theirs in TLS)."""
-        return _IMAPFactory(self, implicit_tls)
 
     async def open_account(self, user: str) -> IMAPAccount:
         """
@@ -86,46 +78,10 @@ class IMAPServer(MailAccessServer):
                 "open_sessions": len(self.sessions)}
 
 
-class _IMAPFactory(ServerFactory):
-    noisy = False
-
-    def __init__(self, server: IMAPServer, implicit_tls: bool) -> None:
-        self.server = server
-        self.implicit_tls = implicit_tls
-
-    def buildProtocol(self, addr: Any) -> Any:
-        protocol = GomailIMAP4(self.server, implicit_tls=self.implicit_tls)
-        protocol.factory = self
-        return protocol
-
-
-class IMAPService(MultiService):
+class IMAPService(MailAccessService):
     """The IMAP listeners (plain with STARTTLS, and implicit TLS); stopping them ends the sessions."""
 
     name = "imap"  # type: ignore[assignment]
-
-    def __init__(self, server: IMAPServer, reactor: Any, listen: tuple[str, ...],
-                 implicit_tls_listen: tuple[str, ...]) -> None:
-        super().__init__()
-        from twisted.protocols.tls import TLSMemoryBIOFactory
-
-        self.server = server
-        for description in listen:
-            ListeningService(reactor, description, server.factory(), "imap").setServiceParent(self)
-        for description in implicit_tls_listen:
-            factory = TLSMemoryBIOFactory(server.tls_context, False, server.factory(implicit_tls=True))
-            ListeningService(reactor, description, factory, "imaps").setServiceParent(self)
-
-    @deferred_coroutine
-    async def startService(self) -> None:  # type: ignore[override]
-        self.running = 1
-        for listener in self:
-            await listener.startService()  # a port in use stops the start with one line naming it
-
-    def stopService(self) -> Deferred:
-        d = super().stopService()
-        d.addCallback(lambda _: self.server.stop())
-        return d
 
 
 def build_imap(context: Any) -> tuple[IMAPServer, list[Any]]:
