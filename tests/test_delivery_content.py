@@ -14,6 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from gomail.delivery import content
 from gomail.delivery.content import BytesContent, FileContent, content_opener, send_content
 from gomail.spool.recent import RecentContent
+from tests.spooltesting import new_envelope
 
 
 class HeldReads:
@@ -160,3 +161,26 @@ class ContentOpenerTests(SynchronousTestCase):
         self.assertIsInstance(other, FileContent)
         self.assertEqual(self.successResultOf(other.read(1024)), b"from disk\r\n")
         self.assertEqual(len(trips), 1)
+
+
+class TransparencyTests(SynchronousTestCase):
+    """What a source says about sending its bytes unchanged (L{ContentSource.transparent})."""
+
+    def test_follows_the_envelope(self) -> None:
+        """From memory or from the file, a source is transparent when the envelope records it; a DKIM field must be too."""
+        path = os.path.abspath(self.mktemp())
+        with open(path, "wb") as f:
+            f.write(b"x\r\n")
+        recent = RecentContent(1024)
+        recent.keep("kept", b"x\r\n")
+        open_content = content_opener(recent, maybeDeferred)
+        for queue_id in ("kept", "not-kept"):
+            for transparent in (True, False):
+                envelope = new_envelope(queue_id)
+                envelope.transparent = transparent
+                self.assertEqual(open_content(queue_id, path, envelope).transparent, transparent)
+                for field, expected in ((b"DKIM-Signature: v=1;\r\n b=x\r\n", transparent),
+                                        (b"DKIM-Signature: v=1;\n b=x\n", False)):
+                    envelope.extra = {"dkim": field.decode()}
+                    self.assertEqual(open_content(queue_id, path, envelope).transparent, expected, field)
+        self.assertFalse(open_content("not-kept", path).transparent)  # no envelope: nothing known

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -44,6 +46,8 @@ def transaction(*recipients: str, content: bytes = CONTENT, sender: str = "alice
 
 class HeldContent:
     """Content whose first read never completes: the DATA is under way, its final dot not sent."""
+
+    transparent = False
 
     def read(self, size: int) -> Deferred:
         return Deferred()
@@ -348,8 +352,8 @@ class PipeliningTests(SynchronousTestCase):
 class DotStufferTests(SynchronousTestCase):
     """Outgoing DATA never contains an early end-of-data, whatever was stored."""
 
-    def send(self, content: bytes, chunk: int) -> bytes:
-        stuffer = DotStuffer()
+    def send(self, content: bytes, chunk: int, transparent: bool = False) -> bytes:
+        stuffer = DotStuffer(transparent)
         out = b"".join(stuffer.feed(content[i:i + chunk]) for i in range(0, len(content), chunk))
         return out + stuffer.finish()
 
@@ -366,3 +370,44 @@ class DotStufferTests(SynchronousTestCase):
         """An empty message is just the end line; a last line without CRLF gets one."""
         self.assertEqual(self.send(b"", 1), b".\r\n")
         self.assertEqual(self.send(b".x", 1), b"..x\r\n.\r\n")
+
+    def test_transparent_content_goes_out_unchanged(self) -> None:
+        """Content recorded as transparent is sent as it is, the end line added: the same wire as stuffing makes."""
+        content = b"Subject: hi\r\n\r\nline. with .dots\r\n\r\nend\r\n"
+        for chunk in range(1, len(content) + 1):
+            self.assertEqual(self.send(content, chunk, transparent=True), content + b".\r\n", chunk)
+            self.assertEqual(self.send(content, chunk, transparent=True), self.send(content, chunk), chunk)
+        self.assertEqual(self.send(b"", 1, transparent=True), b".\r\n")
+        self.assertEqual(self.send(b"no line end", 4, transparent=True), b"no line end\r\n.\r\n")
+
+    def test_changed_content_is_stuffed_after_all(self) -> None:
+        """
+        Bytes that are not what intake recorded (a dot after a line end: the
+        file changed since) are dot-stuffed from there on, so they cannot end the DATA early.
+        """
+        content = b"clean line\r\n.\r\nMAIL FROM:<x@y.z>\r\n"
+        for chunk in range(1, len(content) + 1):
+            wire = self.send(content, chunk, transparent=True)
+            self.assertEqual(wire, b"clean line\r\n..\r\nMAIL FROM:<x@y.z>\r\n.\r\n", chunk)
+
+    @settings(max_examples=400, deadline=None)
+    @given(st.lists(st.sampled_from([b"a", b".", b"\r", b"\n", b"\r\n", b"\r\n.", b"\r\n.\r\n", b"x" * 9]),
+                    max_size=30),
+           st.integers(min_value=1, max_value=40))
+    def test_transparent_mode_never_ends_data_early(self, pieces: list[bytes], chunk: int) -> None:
+        """
+        Whatever the stored bytes and chunking, the transparent mode never
+        sends an unstuffed dot after a CRLF (no early end of data); for content
+        with CRLF line ends only it sends exactly what the stuffing path sends.
+        """
+        content = b"".join(pieces)
+        wire = self.send(content, chunk, transparent=True)
+        self.assertTrue(wire.endswith(b".\r\n"))
+        body = b"\r\n" + wire[:-3]
+        at = body.find(b"\r\n.")
+        while at >= 0:
+            self.assertEqual(body[at + 3:at + 4], b".", (content, chunk, wire))
+            at = body.find(b"\r\n.", at + 4)
+        crlf = content.count(b"\r\n")
+        if content.count(b"\r") == crlf == content.count(b"\n"):
+            self.assertEqual(wire, self.send(content, chunk))

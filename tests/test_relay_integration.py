@@ -53,15 +53,15 @@ MESSAGE = (
 )
 
 
-def send(port: int, recipient: str) -> tuple[int, str]:
-    """Send MESSAGE from alice@example.org to C{recipient}; the reply to the end of DATA."""
+def send(port: int, recipient: str, message: bytes = MESSAGE) -> tuple[int, str]:
+    """Send C{message} from alice@example.org to C{recipient}; the reply to the end of DATA."""
     with smtplib.SMTP("127.0.0.1", port, timeout=20) as client:
         client.ehlo("client.test")
         client.mail("alice@example.org")
         code, text = client.rcpt(recipient)
         if code != 250:
             return code, text.decode()
-        code, text = client.data(MESSAGE)
+        code, text = client.data(message)
         return code, text.decode()
 
 
@@ -149,6 +149,31 @@ class RelayToSmarthostTests(TestCase):
         empty afterwards and both processes stop cleanly on SIGTERM.
         """
         return Deferred.fromCoroutine(self._relays_once())
+
+    def test_large_messages_relayed_byte_for_byte(self) -> Deferred:
+        """
+        Messages too large to be kept in memory are sent from their queue
+        files: one without dot lines unchanged (recorded at intake as
+        transparent), one with dot lines dot-stuffed; both reach the smarthost byte for byte.
+        """
+        head = b"From: alice@example.org\r\nTo: bob@example.net\r\nSubject: large\r\n\r\n"
+        plain = head + b"".join(b"line %06d of a plain message, no dots at line starts.\r\n" % n
+                                for n in range(12000))
+        dotted = head + b"".join(b"%s line %06d\r\n" % (b"." if n % 97 == 0 else b"", n) for n in range(30000))
+        self.assertGreater(min(len(plain), len(dotted)), 300 * 1024)
+
+        async def check() -> None:
+            await self.start_smarthost()
+            await self.start_gomail()
+            for message in (plain, dotted):
+                code, text = await deferToThread(send, self.port, "bob@example.net", message)
+                self.assertEqual(code, 250, text)
+            await self.smarthost.wait_for(b"received 2", reactor)
+            await poll(reactor, lambda: self.spool_dir("queue") == [])
+            relayed = sorted(content.split(b"\r\n\r\n", 1)[1] for _, content in self.relayed())
+            self.assertEqual(relayed, sorted(m.split(b"\r\n\r\n", 1)[1] for m in (plain, dotted)))
+            await self.stop_both()
+        return Deferred.fromCoroutine(check())
 
     def test_pipelined_transaction_needs_no_rset(self) -> None:
         """To a smarthost offering PIPELINING the relay sends MAIL, RCPT and DATA and no RSET after the message."""

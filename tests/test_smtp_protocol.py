@@ -428,6 +428,22 @@ class MessageTests(HarnessMixin, SynchronousTestCase):
         self.assertEqual(h.files("tmp"), [])
         self.assertEqual(h.spool.queued, 1)
 
+    def test_transparency_in_the_envelope(self):
+        """
+        The envelope records whether the stored content can be relayed
+        unchanged: yes without dot lines, no with one (stuffed on the way out),
+        no when bare line ends were normalized (they may have made one).
+        """
+        for body, transparent, settings in (
+                (b"Subject: plain\r\n\r\nx.y\r\n . \r\n", True, {}),
+                (b"Subject: dots\r\n\r\n..x\r\n", False, {}),
+                (b"Subject: lf\r\n\r\na\nb\r\n", False, {"bareLineEndings": "normalize"})):
+            h = self.harness(**settings)
+            client = h.connect()
+            client.start_transaction()
+            queue_id = queued_id(client.send(body + b".\r\n"))
+            self.assertEqual(h.envelope(queue_id).transparent, transparent, body)
+
     def test_stored_content(self):
         """queue/<id>.eml is our Received header followed by exactly the content, dot-unstuffed."""
         h = self.harness()

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from gomail.smtp.reader import BARE_LINE_ENDING, LINE_TOO_LONG, TOO_BIG, DataReader
+from gomail.spool.incoming import is_transparent
 
 BIG = 10 ** 9
 
@@ -332,3 +333,43 @@ class ChunkingPropertyTests(SynchronousTestCase):
         self.assertIsNone(reader.error)
         self.assertEqual(content.count(b"\r"), content.count(b"\r\n"))
         self.assertEqual(content.count(b"\n"), content.count(b"\r\n"))
+
+
+class DotLinesTests(SynchronousTestCase):
+    """C{dot_lines}: whether the content may need dot-stuffing when it is sent on (else it is "transparent")."""
+
+    def reader_after(self, data: bytes, normalize: bool = False) -> tuple[DataReader, bytes]:
+        out: list[bytes] = []
+        reader = DataReader(out.append, BIG, BIG, normalize=normalize)
+        reader.feed(data)
+        return reader, b"".join(out)
+
+    def test_plain_message(self) -> None:
+        """No line starting with a dot: not set, and the content is transparent."""
+        reader, content = self.reader_after(b"Subject: a.b\r\n\r\nx .y\r\n.\r\n")
+        self.assertFalse(reader.dot_lines)
+        self.assertTrue(is_transparent(content))
+
+    def test_stuffed_lines(self) -> None:
+        """A dot-stuffed line, first or later, sets it."""
+        self.assertTrue(self.reader_after(b"..first\r\n.\r\n")[0].dot_lines)
+        self.assertTrue(self.reader_after(b"a\r\n..b\r\n.\r\n")[0].dot_lines)
+
+    def test_normalized_line_ends(self) -> None:
+        """A bare LF made into CRLF can put a dot at a line start: set."""
+        reader, content = self.reader_after(b"a\n.b\r\n.\r\n", normalize=True)
+        self.assertEqual(content, b"a\r\n.b\r\n")
+        self.assertTrue(reader.dot_lines)
+
+    @settings(max_examples=400, deadline=None)
+    @given(chunked_streams(), st.booleans())
+    def test_unset_means_transparent(self, stream, normalize):
+        """For every stream and split: content accepted without C{dot_lines} has CRLF endings only and no dot line."""
+        data, cuts = stream
+        out: list[bytes] = []
+        reader = DataReader(out.append, BIG, BIG, normalize=normalize)
+        for chunk in split(data, cuts):
+            if reader.feed(chunk) is not None:
+                break
+        if reader.done and reader.error is None and not reader.dot_lines:
+            self.assertTrue(is_transparent(b"".join(out)))

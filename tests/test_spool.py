@@ -182,6 +182,48 @@ class CommitTests(SpoolTestCase):
         self.assertEqual(sum(int(s.split()[1]) for s in content_writes), len(content))
         self.assertEqual(fs.open_fds, set())
 
+    def test_transparency_recorded(self) -> None:
+        """
+        The envelope says whether the content can go out as DATA unchanged
+        (CRLF only, no line starting with a dot), however it was cut into writes.
+        """
+        cases = [
+            (SMALL, True),
+            (large_content(), True),
+            (b"Subject: a\r\n\r\nx.y\r\n.z\r\n", True),  # cut below so that "." starts a write, not a line
+            (b"Subject: a\r\n\r\n.dot\r\n", False),
+            (b"Subject: a\r\n\r\nbare\nlf\r\n", False),
+            (b"Subject: a\r\n\r\nbare\rcr\r\n", False),
+            (b"Subject: a\r\n\r\nno line end", False),
+        ]
+        spool = self.spool()
+        for content, transparent in cases:
+            content = content.replace(b".z", b"z") if transparent else content
+            for chunk in ((7001,) if len(content) > 7001 else (1, 2, 3, 7001)):
+                envelope, d = start_commit(spool, content, chunk=chunk)
+                self.successResultOf(d)
+                on_disk = json.loads(read(spool.path("queue", envelope.id + ".json")))
+                self.assertEqual((envelope.transparent, on_disk["transparent"]), (transparent, transparent),
+                                 (content[:40], chunk))
+
+    def test_prepended_fields_count_for_transparency(self) -> None:
+        """Header fields a plugin puts first keep the message transparent only when they are themselves."""
+        spool = self.spool()
+        for fields, transparent in ((b"X-A: 1\r\n", True), (b"X-A: 1\n", False), (b"X-A: 1\r\n.x\r\n", False),
+                                    (b"X-A: 1", False)):
+            message = spool.new_message()
+            message.write(SMALL)
+            self.successResultOf(Deferred.fromCoroutine(message.prepend(fields)))
+            envelope = new_envelope(message.id)
+            self.successResultOf(Deferred.fromCoroutine(message.commit(envelope)))
+            self.assertEqual(envelope.transparent, transparent, fields)
+
+    def test_older_envelopes_are_not_transparent(self) -> None:
+        """An envelope written before transparency was recorded loads as not transparent (its content is stuffed)."""
+        data = json.loads(new_envelope("x").to_json())
+        del data["transparent"]
+        self.assertFalse(Envelope.from_json(json.dumps(data).encode()).transparent)
+
     def test_empty_message(self) -> None:
         """A message with no content at all still commits (an empty .eml)."""
         spool = self.spool()

@@ -219,9 +219,10 @@ class RelayProtocol(PipeliningMixin, ESMTPClient):
         # Twisted's version hands getMailData()'s file to a FileSender, which reads it on
         # the reactor thread; this one reads in the I/O pool (same states afterwards).
         assert self._current is not None  # DATA is only sent for a transaction
-        self._stuffer = DotStuffer()
+        source = self._current.open_content()
+        self._stuffer = DotStuffer(transparent=source.transparent)
         self.step = SENDING_CONTENT
-        sending = send_content(self._current.open_content(), self.transport, self.transformChunk)
+        sending = send_content(source, self.transport, self.transformChunk)
         sending.addCallbacks(self._content_sent, lambda failure: self.sendError(failure.value))
         self._expected = SUCCESS
         self._okresponse = self.smtpState_msgSent

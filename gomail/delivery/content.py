@@ -20,6 +20,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
+from gomail.spool.incoming import is_transparent
 from gomail.spool.integrity import (
     CorruptContent,
     digest_problem,
@@ -35,6 +36,11 @@ CHUNK_SIZE = 256 * 1024
 class ContentSource(Protocol):
     """Where a message's bytes come from, one chunk at a time."""
 
+    #: The bytes can be sent as SMTP DATA unchanged: CRLF line endings only,
+    #: no line starting with a dot (RFC 5321 4.5.2, recorded at intake in
+    #: L{gomail.spool.envelope.Envelope.transparent}); False: dot-stuff and check them.
+    transparent: bool
+
     def read(self, size: int) -> Deferred:
         """Fires with up to C{size} more bytes; with C{b""} at the end."""
 
@@ -45,7 +51,8 @@ class ContentSource(Protocol):
 class FileContent:
     """A queued message file, opened and read in C{run} (the spool's I/O pool: C{Spool.run})."""
 
-    def __init__(self, path: str, run: Callable[..., Deferred]) -> None:
+    def __init__(self, path: str, run: Callable[..., Deferred], transparent: bool = False) -> None:
+        self.transparent = transparent
         self.path = path
         self.run = run
         self._file: Any = None
@@ -85,8 +92,8 @@ class CheckedFileContent(FileContent):
     """
 
     def __init__(self, path: str, run: Callable[..., Deferred], queue_id: str, size: int,
-                 digest: str | None) -> None:
-        super().__init__(path, run)
+                 digest: str | None, transparent: bool = False) -> None:
+        super().__init__(path, run, transparent)
         self.queue_id, self.size, self.digest = queue_id, size, digest
         self._hasher = new_digest(digest)
         self._seen = 0
@@ -113,11 +120,12 @@ def content_opener(recent: Any, run: Callable[..., Deferred]) -> Callable[..., C
     """
     def open_content(queue_id: str, path: str, envelope: Any = None) -> ContentSource:
         source: ContentSource
+        transparent = envelope is not None and envelope.transparent
         content = recent.get(queue_id)
         if content is not None:
-            source = BytesContent(content)
+            source = BytesContent(content, transparent)
         elif envelope is not None:
-            source = CheckedFileContent(path, run, queue_id, envelope.size, envelope.digest)
+            source = CheckedFileContent(path, run, queue_id, envelope.size, envelope.digest, transparent)
         else:
             source = FileContent(path, run)
         signature = envelope.extra.get("dkim") if envelope is not None else None
@@ -133,6 +141,7 @@ class PrefixedContent:
 
     def __init__(self, prefix: bytes, source: ContentSource) -> None:
         self.prefix, self.source = prefix, source
+        self.transparent = source.transparent and prefix.endswith(b"\r\n") and is_transparent(prefix)
 
     def read(self, size: int) -> Deferred:
         if self.prefix:
@@ -147,7 +156,8 @@ class PrefixedContent:
 class BytesContent:
     """Content already in memory."""
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes, transparent: bool = False) -> None:
+        self.transparent = transparent
         self._data = memoryview(data)
 
     def read(self, size: int) -> Deferred:

@@ -14,15 +14,33 @@ class DotStuffer:
     doubled at the start of every line, whatever the chunk boundaries.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, transparent: bool = False) -> None:
         self._carry = b""
         self._line_start = True
+        #: The content is known to need no change (L{gomail.delivery.content.ContentSource.transparent}):
+        #: its chunks go out as they are, only the end of data is added.
+        self.transparent = transparent
+        self._last = b""
 
     #: An incomplete line longer than this is sent on rather than held.
     MAX_CARRY = 64 * 1024
 
     def feed(self, chunk: bytes) -> bytes:
         """Bytes to send for C{chunk}; an incomplete last line is held back."""
+        if self.transparent:
+            # One search instead of three counts and a replace (bench/README.md, "Transparent
+            # content"). It guards against a file changed since intake: a dot at a line start
+            # turns the stuffing back on, so such bytes cannot end the DATA early (and the
+            # digest check fails the send before the final dot).
+            if b"\r\n." in chunk or b"\r\n." in self._last + chunk[:2] or (not self._last and chunk[:1] == b"."):
+                self.transparent, self._line_start, head = False, self._last in (b"", b"\r\n"), b""
+                if self._last.endswith(b"\r") and chunk.startswith(b"\n"):
+                    head, chunk = b"\n", chunk[1:]  # the rest of a CRLF already half sent
+                    self._line_start = True
+                return head + self.feed(chunk)
+            if chunk:
+                self._last = (self._last + chunk[-2:])[-2:]
+            return chunk
         data = self._carry + chunk
         cut = data.rfind(b"\n") + 1
         if len(data) - cut > self.MAX_CARRY:
@@ -33,6 +51,8 @@ class DotStuffer:
 
     def finish(self) -> bytes:
         """The held-back rest, the final CRLF if missing, and the end-of-data line."""
+        if self.transparent:
+            return (b"" if self._last in (b"", b"\r\n") else b"\r\n") + b".\r\n"
         rest = self._stuff(self._carry)
         self._carry = b""
         if rest and not rest.endswith(b"\r\n"):

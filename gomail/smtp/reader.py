@@ -37,8 +37,9 @@ class DataReader:
     """
     Consume the bytes that follow a 354 reply.
 
-    @param sink: called with each run of message content (dot-unstuffed, CRLF
-        endings), in order; not called again once the message has failed.
+    @param sink: called with each run of message content (whole lines,
+        dot-unstuffed, CRLF endings), in order; not called again once the
+        message has failed.
     @param max_size: the most content octets accepted.
     @param max_line: the longest line accepted, without its CRLF.
     @param normalize: turn bare CR/LF into CRLF instead of failing the message.
@@ -55,6 +56,9 @@ class DataReader:
         # not at the start of a line, so they can neither end nor un-stuff anything.
         self._in_long_line = False
         self.size = 0
+        #: Whether a line of the content may start with a dot (then it is not
+        #: "transparent": sending it again needs dot-stuffing, RFC 5321 4.5.2).
+        self.dot_lines = False
         self.error: DataError | None = None
         self.done = False
 
@@ -126,12 +130,15 @@ class DataReader:
             return
         if stuffed and (block[:1] == b"." or b"\r\n." in block):
             block = (b"\r\n" + block).replace(b"\r\n.", b"\r\n")[2:]
+            self.dot_lines = True
         crlf = block.count(b"\r\n")
         if block.count(b"\n") != crlf or block.count(b"\r") != crlf:
             if not self._normalize:
                 self._fail(BARE_LINE_ENDING)
                 return
             block = _BARE_ENDING.sub(b"\r\n", block)
+            # A line end made here may put a dot at the start of a line.
+            self.dot_lines = True
         self._sink(block)
 
 

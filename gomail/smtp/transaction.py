@@ -151,7 +151,8 @@ class MailTransactionMixin(SessionAPI):
                     self._headers.no_header_section()
         if self._headers is not None:
             block = self._headers.feed(block)
-        self._message.write(block)
+        # Whole CRLF lines (the reader saw to it, and reports lines starting with a dot).
+        self._message.write(block, lines_checked=True)
         if self._message.backlog > self._message.HIGH_WATER:
             self._pause("disk")
 
@@ -181,6 +182,8 @@ class MailTransactionMixin(SessionAPI):
         if self._headers is not None:
             message.write(self._headers.finish())
             self._headers = None
+        if reader.dot_lines:
+            message.transparent = False
         if reader.error is None and self.server.hooks.active:
             refusal = await plugin_verdict(self, message, sender.address, recipients)
             if self.lost:

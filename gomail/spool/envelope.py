@@ -60,6 +60,10 @@ class Envelope:
     #: The content's digest, C{sha256:<hex>} (or C{blake2b:<hex>} when older) (L{gomail.spool.integrity}); None in
     #: envelopes written before digests were recorded (those are checked on size alone).
     digest: str | None = None
+    #: The content can go out as SMTP DATA unchanged: CRLF line endings only and no line
+    #: starting with a dot (RFC 5321 4.5.2), as seen while it was received; False when not
+    #: known (older envelopes): then it is dot-stuffed and its line endings checked as it is sent.
+    transparent: bool = False
     attempts: int = 0
     next_attempt: float = 0.0
     last_error: str | None = None

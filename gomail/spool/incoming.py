@@ -58,6 +58,10 @@ class IncomingMessage:
         self._writing: Deferred | None = None
         self._failure = None
         self._finished = False
+        #: Whether the content can go out as SMTP DATA unchanged (L{is_transparent}); recorded in the envelope.
+        self.transparent = True
+        # Where the bytes so far end: at a line start, or after a CR (half a CRLF?).
+        self._line_start, self._cr = True, False
         #: Called (no arguments) whenever a background write completes.
         self.on_drain: Callable[[], None] | None = None
 
@@ -66,10 +70,21 @@ class IncomingMessage:
         """Bytes received but not yet handed to the file."""
         return self._buffered
 
-    def write(self, data: bytes) -> None:
-        """Add received content (already unstuffed, CRLF line endings)."""
+    def write(self, data: bytes, lines_checked: bool = False) -> None:
+        """
+        Add received content (already unstuffed, CRLF line endings).
+
+        @param lines_checked: the caller (the DATA reader) has seen that
+            C{data} is whole lines ending in CRLF only, and clears
+            L{transparent} itself when one of them starts with a dot; else
+            the bytes are checked here (a pass over them: meant for headers).
+        """
         if self._finished or not data:
             return
+        if lines_checked:
+            self._line_start, self._cr = True, False
+        elif self.transparent:
+            self._check_transparency(data)
         self.size += len(data)
         if self._failure is not None:
             # The commit will fail with the first error; keep (and retry) nothing more.
@@ -78,6 +93,20 @@ class IncomingMessage:
         self._buffered += len(data)
         if self._buffered >= self.FLUSH_AT and self._writing is None:
             self._flush()
+
+    def _check_transparency(self, data: bytes) -> None:
+        """Whether C{data} keeps the content transparent, a CRLF cut between two writes included."""
+        at_line_start = self._line_start
+        if self._cr:
+            if not data.startswith(b"\n"):
+                self.transparent = False
+                return
+            data, at_line_start = data[1:], True
+        self._cr = data.endswith(b"\r")
+        if self._cr:
+            data = data[:-1]
+        self.transparent = is_transparent(data, at_line_start)
+        self._line_start = data.endswith(b"\n") if data else at_line_start and not self._cr
 
     def _flush(self) -> None:
         chunks, self._chunks, self._buffered = self._chunks, [], 0
@@ -116,6 +145,7 @@ class IncomingMessage:
             self._digest.update(chunk)
         envelope.size = self.size
         envelope.digest = digest_text(self._digest)
+        envelope.transparent = self.transparent and self._line_start and not self._cr
         fd, self._fd = self._fd, None
         # No descriptor yet: nothing went to tmp/ before, every byte is in chunks.
         whole = fd is None
@@ -161,6 +191,8 @@ class IncomingMessage:
         await self._idle()
         if self._failure is not None or not data:
             return  # the commit fails with the error
+        if not (data.endswith(b"\r\n") and is_transparent(data)):
+            self.transparent = False
         if self._fd is None:
             self._chunks.insert(0, data)
             self._buffered += len(data)
@@ -187,6 +219,18 @@ class IncomingMessage:
         while self._writing is not None:
             with contextlib.suppress(Exception):  # its failure is the commit's, reported there
                 await self._writing
+
+
+def is_transparent(data: bytes, at_line_start: bool = True) -> bool:
+    """
+    Whether C{data} can be sent as SMTP DATA as it is (RFC 5321 4.5.2,
+    "transparency"): line endings are CRLF only (no bare CR or LF) and no
+    line starts with a dot (C{at_line_start}: whether its first byte starts one).
+    """
+    crlf = data.count(b"\r\n")
+    if data.count(b"\r") != crlf or data.count(b"\n") != crlf or b"\r\n." in data:
+        return False
+    return not (at_line_start and data.startswith(b"."))
 
 
 #: Bytes copied at a time when header fields are put before a message already in tmp/.
