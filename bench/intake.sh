@@ -372,9 +372,12 @@ EOF
         { cat "$dir/start.out" "$dir/maillog" >&2; die "postfix did not start"; }
     $HELPER wait-port "$port" --timeout 30 || { cat "$dir/maillog" >&2; die "postfix is not listening"; }
     log "postfix round $round: 127.0.0.1:$port $where, sending $MESSAGES messages"
+    # Its CPU is the master's and its daemons' (those that exit pass theirs to the master).
+    local master_pid
+    master_pid=$(tr -dc 0-9 <"$dir/queue/pid/master.pid")
 
-    measure "$dir" "$port" "" --kind postfix --round "$round" --out "$WORK/runs/run-$seq.json" \
-        --log "$dir/maillog" "${delivered_args[@]}" --expected-sessions "$EXPECTED_SESSIONS"
+    measure "$dir" "$port" "$master_pid" --kind postfix --round "$round" --out "$WORK/runs/run-$seq.json" \
+        --log "$dir/maillog" --server-pid "$master_pid" "${delivered_args[@]}" --expected-sessions "$EXPECTED_SESSIONS"
 
     stop_postfix
     stop_pid "$SINK_PID" 5

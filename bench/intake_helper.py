@@ -66,7 +66,8 @@ def _task_files(pid: int, name: str) -> list[str]:
     return texts
 
 
-def _own_cpu_split(pid: int) -> tuple[float, float] | None:
+def _own_cpu_split(pid: int, reaped: bool = False) -> tuple[float, float] | None:
+    """(utime, stime) of one process, with its reaped children's (cutime, cstime) added when C{reaped}."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             data = f.read()
@@ -74,12 +75,19 @@ def _own_cpu_split(pid: int) -> tuple[float, float] | None:
         return None
     # The command name (field 2) may contain spaces: split after its closing parenthesis.
     fields = data[data.rindex(")") + 2:].split()
-    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK  # fields 14 and 15 of stat(5)
+    user, system = int(fields[11]), int(fields[12])  # fields 14 and 15 of stat(5)
+    if reaped:
+        user, system = user + int(fields[13]), system + int(fields[14])  # cutime, cstime
+    return user / CLK_TCK, system / CLK_TCK
 
 
 def proc_cpu_split(pid: int) -> tuple[float, float] | None:
-    """(utime, stime) in seconds of a process and its child processes, all threads; None if it is gone."""
-    own = _own_cpu_split(pid)
+    """
+    (utime, stime) in seconds of a process, its live child processes (all
+    threads) and the children it has reaped (Postfix's master: its daemons
+    come and go, each one's time passes to the master when it exits); None if it is gone.
+    """
+    own = _own_cpu_split(pid, reaped=True)
     if own is None:
         return None
     user, system = own
@@ -565,28 +573,29 @@ def cmd_summarize(args: argparse.Namespace) -> int:
             entry["deferred_logged"] = [r["drain"].get("deferred_logged", 0) for r in rs]
             entry["still_queued"] = [r["drain"].get("still_queued", 0) for r in rs]
             entry["failed_store"] = [r["drain"].get("failed_store", 0) for r in rs]
-            entry["cpu_ms_per_msg_intake"] = spread(
-                [1000 * r["load"]["server_cpu_intake_s"] / r["drain"]["accepted"]
-                 for r in rs if r["drain"]["accepted"] and "server_cpu_intake_s" in r["load"]])
-            entry["cpu_ms_per_msg_total"] = spread(
-                [1000 * r["drain"]["server_cpu_total_s"] / r["drain"]["delivered"]
-                 for r in rs if r["drain"]["delivered"] and "server_cpu_total_s" in r["drain"]])
-            # Per byte of message payload (smtp-source -l): how the cost grows with the size.
-            entry["cpu_ns_per_byte_total"] = spread(
-                [1e9 * r["drain"]["server_cpu_total_s"] / (r["drain"]["delivered"] * params["size"])
-                 for r in rs if r["drain"]["delivered"] and "server_cpu_total_s" in r["drain"]])
-            entry["cpu_user_ms_per_msg_intake"] = spread(
-                [1000 * r["load"]["server_utime_intake_s"] / r["drain"]["accepted"]
-                 for r in rs if r["drain"]["accepted"] and "server_utime_intake_s" in r["load"]])
-            entry["cpu_sys_ms_per_msg_intake"] = spread(
-                [1000 * r["load"]["server_stime_intake_s"] / r["drain"]["accepted"]
-                 for r in rs if r["drain"]["accepted"] and "server_stime_intake_s" in r["load"]])
-            entry["context_switches_per_msg_intake"] = spread(
-                [r["load"]["server_context_switches_intake"] / r["drain"]["accepted"]
-                 for r in rs if r["drain"]["accepted"] and "server_context_switches_intake" in r["load"]])
-            entry["cpu_busy_pct_intake"] = spread(
-                [100 * r["load"]["server_cpu_intake_s"] / r["load"]["wall_s"]
-                 for r in rs if "server_cpu_intake_s" in r["load"]])
+        # The server's CPU: gomail's process tree; Postfix's master, its daemons and those it has reaped.
+        entry["cpu_ms_per_msg_intake"] = spread(
+            [1000 * r["load"]["server_cpu_intake_s"] / r["drain"]["accepted"]
+             for r in rs if r["drain"]["accepted"] and "server_cpu_intake_s" in r["load"]])
+        entry["cpu_ms_per_msg_total"] = spread(
+            [1000 * r["drain"]["server_cpu_total_s"] / r["drain"]["delivered"]
+             for r in rs if r["drain"]["delivered"] and "server_cpu_total_s" in r["drain"]])
+        # Per byte of message payload (smtp-source -l): how the cost grows with the size.
+        entry["cpu_ns_per_byte_total"] = spread(
+            [1e9 * r["drain"]["server_cpu_total_s"] / (r["drain"]["delivered"] * params["size"])
+             for r in rs if r["drain"]["delivered"] and "server_cpu_total_s" in r["drain"]])
+        entry["cpu_user_ms_per_msg_intake"] = spread(
+            [1000 * r["load"]["server_utime_intake_s"] / r["drain"]["accepted"]
+             for r in rs if r["drain"]["accepted"] and "server_utime_intake_s" in r["load"]])
+        entry["cpu_sys_ms_per_msg_intake"] = spread(
+            [1000 * r["load"]["server_stime_intake_s"] / r["drain"]["accepted"]
+             for r in rs if r["drain"]["accepted"] and "server_stime_intake_s" in r["load"]])
+        entry["context_switches_per_msg_intake"] = spread(
+            [r["load"]["server_context_switches_intake"] / r["drain"]["accepted"]
+             for r in rs if r["drain"]["accepted"] and "server_context_switches_intake" in r["load"]])
+        entry["cpu_busy_pct_intake"] = spread(
+            [100 * r["load"]["server_cpu_intake_s"] / r["load"]["wall_s"]
+             for r in rs if "server_cpu_intake_s" in r["load"]])
         sides[side] = entry
     def median_ratio(key: str) -> float | None:
         g, p = sides["gomail"].get(key, {}), sides["postfix"].get(key, {})
@@ -647,13 +656,18 @@ def cmd_summarize(args: argparse.Namespace) -> int:
     rows += [
         ("done after load, s" if e2e else "drain after load, s",
          fmt_spread(gs["drain_wait_s"], 1), fmt_spread(ps["drain_wait_s"], 1)),
-        ("server CPU ms/msg, intake window", fmt_spread(gs["cpu_ms_per_msg_intake"], 2), "n/a"),
+        ("server CPU ms/msg, intake window", fmt_spread(gs["cpu_ms_per_msg_intake"], 2),
+         fmt_spread(ps["cpu_ms_per_msg_intake"], 2)),
         ("  of which user / system", fmt_spread(gs["cpu_user_ms_per_msg_intake"], 2) + " / "
-         + fmt_spread(gs["cpu_sys_ms_per_msg_intake"], 2), ""),
+         + fmt_spread(gs["cpu_sys_ms_per_msg_intake"], 2), fmt_spread(ps["cpu_user_ms_per_msg_intake"], 2) + " / "
+         + fmt_spread(ps["cpu_sys_ms_per_msg_intake"], 2)),
+        # (Postfix: not counted, its daemons' switches leave with them)
         ("server context switches/msg, window", fmt_spread(gs["context_switches_per_msg_intake"]), "n/a"),
-        ("server CPU ms/msg, incl. delivery", fmt_spread(gs["cpu_ms_per_msg_total"], 2), "n/a"),
-        ("server CPU ns/payload byte, incl. delivery", fmt_spread(gs["cpu_ns_per_byte_total"], 1), "n/a"),
-        ("server CPU busy % in window", fmt_spread(gs["cpu_busy_pct_intake"]), "n/a"),
+        ("server CPU ms/msg, incl. delivery", fmt_spread(gs["cpu_ms_per_msg_total"], 2),
+         fmt_spread(ps["cpu_ms_per_msg_total"], 2)),
+        ("server CPU ns/payload byte, incl. delivery", fmt_spread(gs["cpu_ns_per_byte_total"], 1),
+         fmt_spread(ps["cpu_ns_per_byte_total"], 1)),
+        ("server CPU busy % in window", fmt_spread(gs["cpu_busy_pct_intake"]), fmt_spread(ps["cpu_busy_pct_intake"])),
         ("machine CPU busy % in window", fmt_spread(gs["machine_busy_pct"]), fmt_spread(ps["machine_busy_pct"])),
         ("  of which steal (hypervisor) %", fmt_spread(gs["machine_steal_pct"]), fmt_spread(ps["machine_steal_pct"])),
         ("smtp-source output lines", ", ".join(map(str, gs["loadgen_output_lines"])),
@@ -671,6 +685,9 @@ def cmd_summarize(args: argparse.Namespace) -> int:
               else "  ratio intake: n/a")
     else:
         print(f"  ratio gomail/postfix (medians): {ratio:.2f}" if ratio is not None else "  ratio: n/a")
+    cpu_ratio = median_ratio("cpu_ms_per_msg_total")
+    if cpu_ratio is not None:
+        print(f"  server CPU per message, gomail/postfix (medians, incl. delivery): {cpu_ratio:.2f}")
 
     # -- the source the gomail runs imported -------------------------------------------
     sources = [r.get("gomail_source") for r in runs if r["side"] == "gomail" and r.get("gomail_source")]

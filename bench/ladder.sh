@@ -54,8 +54,8 @@ PY=${PYTHON:-$(dirname "$BENCH")/.venv/bin/python}
 "$PY" - "${results[@]}" <<'PYEOF'
 import json, sys
 print()
-print("| size | mode | gomail msg/s | Postfix msg/s | ratio | gomail CPU ms/msg | gomail CPU ns/byte |")
-print("|---|---|---|---|---|---|---|")
+print("| size | mode | gomail msg/s | Postfix msg/s | ratio | gomail CPU ms/msg | Postfix CPU ms/msg | gomail CPU ns/byte |")
+print("|---|---|---|---|---|---|---|---|")
 for path in sys.argv[1:]:
     with open(path) as f:
         r = json.load(f)
@@ -64,8 +64,10 @@ for path in sys.argv[1:]:
     size = p["size"]
     label = f"{size // 1048576} MB" if size >= 1048576 else f"{size // 1024} KB"
     cpu = g.get("cpu_ms_per_msg_total", {}).get("median")
+    pf_cpu = pf.get("cpu_ms_per_msg_total", {}).get("median")
     per_byte = g.get("cpu_ns_per_byte_total", {}).get("median")
     ratio = r.get("ratio_gomail_over_postfix_median")
-    print(f"| {label} | {p['mode']} | {g[key]['median']:.0f} | {pf[key]['median']:.0f} | "
-          f"{ratio:.2f} | {cpu if cpu is None else round(cpu, 2)} | {per_byte if per_byte is None else round(per_byte, 1)} |")
+    print(f"| {label} | {p['mode']} | {g[key]['median']:.0f} | {pf[key]['median']:.0f} | {ratio:.2f} | "
+          f"{cpu if cpu is None else round(cpu, 2)} | {pf_cpu if pf_cpu is None else round(pf_cpu, 2)} | "
+          f"{per_byte if per_byte is None else round(per_byte, 1)} |")
 PYEOF
