@@ -104,6 +104,30 @@ class TransactionTests(SynchronousTestCase):
         server.say(b"250 done")
         self.assertEqual(self.successResultOf(second), {"c@example.com": (250, "done")})
 
+    def test_transparent_content_sent_as_it_is(self) -> None:
+        """
+        A source marked transparent goes out unchanged, the end line added;
+        the same bytes unmarked are dot-stuffed (the client takes the mark from the source).
+        """
+        for transparent, wire in ((True, b"Subject: hi\r\n\r\nx.y\r\n.\r\n"),
+                                  (False, b"Subject: hi\r\n\r\nx.y\r\n.\r\n")):
+            server = Server(self)
+            server.greet()
+            content = b"Subject: hi\r\n\r\nx.y\r\n"
+            server.client.send(Transaction("alice@example.org", ["a@example.com"],
+                                           lambda c=content, t=transparent: BytesContent(c, t)))
+            server.say(b"250 ok")
+            server.say(b"250 ok")
+            self.assertEqual(server.say(b"354 go"), wire)
+        # A dot line: only the unmarked source is stuffed (a marked one would not hold such a line).
+        server = Server(self)
+        server.greet()
+        server.client.send(Transaction("alice@example.org", ["a@example.com"],
+                                       lambda: BytesContent(b"a\r\n.b\r\n", False)))
+        server.say(b"250 ok")
+        server.say(b"250 ok")
+        self.assertEqual(server.say(b"354 go"), b"a\r\n..b\r\n.\r\n")
+
     def test_temporary_failure_at_mail(self) -> None:
         """A 451 to MAIL FROM is every recipient's reply; the connection stays usable (RSET)."""
         server = Server(self)

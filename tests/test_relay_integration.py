@@ -153,8 +153,9 @@ class RelayToSmarthostTests(TestCase):
     def test_large_messages_relayed_byte_for_byte(self) -> Deferred:
         """
         Messages too large to be kept in memory are sent from their queue
-        files: one without dot lines unchanged (recorded at intake as
-        transparent), one with dot lines dot-stuffed; both reach the smarthost byte for byte.
+        files: one without dot lines unchanged (its envelope says it is
+        transparent), one with dot lines dot-stuffed (its envelope says it is
+        not); both reach the smarthost byte for byte.
         """
         head = b"From: alice@example.org\r\nTo: bob@example.net\r\nSubject: large\r\n\r\n"
         plain = head + b"".join(b"line %06d of a plain message, no dots at line starts.\r\n" % n
@@ -163,11 +164,19 @@ class RelayToSmarthostTests(TestCase):
         self.assertGreater(min(len(plain), len(dotted)), 300 * 1024)
 
         async def check() -> None:
-            await self.start_smarthost()
+            # The smarthost starts later: the envelopes can be read while the messages wait.
             await self.start_gomail()
+            ids = []
             for message in (plain, dotted):
                 code, text = await deferToThread(send, self.port, "bob@example.net", message)
                 self.assertEqual(code, 250, text)
+                ids.append(text.rsplit(" ", 1)[1])
+            transparent = []
+            for queue_id in ids:
+                with open(os.path.join(self.data, "spool", "queue", queue_id + ".json"), "rb") as f:
+                    transparent.append(json.loads(f.read())["transparent"])
+            self.assertEqual(transparent, [True, False])
+            await self.start_smarthost()
             await self.smarthost.wait_for(b"received 2", reactor)
             await poll(reactor, lambda: self.spool_dir("queue") == [])
             relayed = sorted(content.split(b"\r\n\r\n", 1)[1] for _, content in self.relayed())

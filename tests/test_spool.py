@@ -190,7 +190,7 @@ class CommitTests(SpoolTestCase):
         cases = [
             (SMALL, True),
             (large_content(), True),
-            (b"Subject: a\r\n\r\nx.y\r\n.z\r\n", True),  # cut below so that "." starts a write, not a line
+            (b"Subject: a\r\n\r\nx.y\r\n", True),  # chunks of 1 and 2: "." starts a write, not a line
             (b"Subject: a\r\n\r\n.dot\r\n", False),
             (b"Subject: a\r\n\r\nbare\nlf\r\n", False),
             (b"Subject: a\r\n\r\nbare\rcr\r\n", False),
@@ -198,7 +198,6 @@ class CommitTests(SpoolTestCase):
         ]
         spool = self.spool()
         for content, transparent in cases:
-            content = content.replace(b".z", b"z") if transparent else content
             for chunk in ((7001,) if len(content) > 7001 else (1, 2, 3, 7001)):
                 envelope, d = start_commit(spool, content, chunk=chunk)
                 self.successResultOf(d)
