@@ -205,6 +205,17 @@ class CommitTests(SpoolTestCase):
                 self.assertEqual((envelope.transparent, on_disk["transparent"]), (transparent, transparent),
                                  (content[:40], chunk))
 
+    def test_checked_lines_after_a_partial_line(self) -> None:
+        """Lines the DATA reader checked do not make up for what came before them ending mid-line."""
+        spool = self.spool()
+        for first, transparent in ((b"X-A: 1\r\n", True), (b"X-A: 1\r", False), (b"X-A: 1", False)):
+            message = spool.new_message()
+            message.write(first)
+            message.write(b"y\r\n", lines_checked=True)
+            envelope = new_envelope(message.id)
+            self.successResultOf(Deferred.fromCoroutine(message.commit(envelope)))
+            self.assertEqual(envelope.transparent, transparent, first)
+
     def test_prepended_fields_count_for_transparency(self) -> None:
         """Header fields a plugin puts first keep the message transparent only when they are themselves."""
         spool = self.spool()

@@ -10,8 +10,14 @@ _LINE_ENDING = re.compile(rb"\r\n|\r|\n")
 
 class DotStuffer:
     """
-    Turns stored content into DATA bytes: CRLF line endings only, a dot
-    doubled at the start of every line, whatever the chunk boundaries.
+    Turns stored content into DATA bytes, whatever the chunk boundaries.
+
+    By default: CRLF line endings only (bare CR and LF become CRLF), a dot
+    doubled at the start of every line. For content recorded as transparent
+    (C{transparent=True}: CRLF only and no dot at a line start, checked at
+    intake) the bytes go out as they are, which is the same wire for such
+    content; should a dot after a CRLF show up anyway (the file changed after
+    its check), the default treatment takes over from there.
     """
 
     def __init__(self, transparent: bool = False) -> None:
@@ -26,12 +32,14 @@ class DotStuffer:
     MAX_CARRY = 64 * 1024
 
     def feed(self, chunk: bytes) -> bytes:
-        """Bytes to send for C{chunk}; an incomplete last line is held back."""
+        """Bytes to send for C{chunk}; by default an incomplete last line is held back."""
         if self.transparent:
-            # One search instead of three counts and a replace (bench/README.md, "Transparent
-            # content"). It guards against a file changed since intake: a dot at a line start
-            # turns the stuffing back on, so such bytes cannot end the DATA early (and the
-            # digest check fails the send before the final dot).
+            # One search instead of three counts and a replace (bench/README.md, "transparent
+            # content"). It guards against a file changed since its check: a dot after a CRLF
+            # turns the stuffing back on, so such bytes cannot end the DATA for a server that
+            # ends it only at CRLF.CRLF (and the digest check fails the send before the final
+            # dot). A dot after a bare CR or LF is not searched for (a two-byte search costs
+            # more than the stuffing): only a lenient server reading a tampered file would see it.
             if b"\r\n." in chunk or b"\r\n." in self._last + chunk[:2] or (not self._last and chunk[:1] == b"."):
                 self.transparent, self._line_start, head = False, self._last in (b"", b"\r\n"), b""
                 if self._last.endswith(b"\r") and chunk.startswith(b"\n"):

@@ -82,6 +82,8 @@ class IncomingMessage:
         if self._finished or not data:
             return
         if lines_checked:
+            # Whole lines are transparent only when they start where a line starts.
+            self.transparent = self.transparent and self._line_start and not self._cr
             self._line_start, self._cr = True, False
         elif self.transparent:
             self._check_transparency(data)
