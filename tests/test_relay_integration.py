@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import smtplib
+import socket
 import urllib.request
 
 from twisted.internet import reactor
@@ -63,6 +64,27 @@ def send(port: int, recipient: str, message: bytes = MESSAGE) -> tuple[int, str]
             return code, text.decode()
         code, text = client.data(message)
         return code, text.decode()
+
+
+def send_raw(port: int, content: bytes) -> bytes:
+    """One transaction with C{content} (ending in CRLF) sent as it is, bare line ends kept, then QUIT; all replies."""
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+        s.sendall(b"EHLO client.test\r\nMAIL FROM:<alice@example.org>\r\nRCPT TO:<bob@example.net>\r\nDATA\r\n")
+        replies = b""
+        while b"354 " not in replies:
+            replies += s.recv(4096)
+        s.sendall(content + b".\r\nQUIT\r\n")
+        while not replies.rstrip().endswith(b"Bye") and b"221 " not in replies:
+            more = s.recv(4096)
+            if not more:
+                break
+            replies += more
+        return replies
+
+
+#: Would-be ends of data that lenient servers honour (SMTP smuggling), each followed by a second transaction.
+FAKE_ENDINGS = [b"\n.\n", b"\r.\r", b"\r\n.\n", b"\n.\r\n", b"\r.\r\n", b"\r\n.\r", b"\n.\r", b"\r.\n"]
+SMUGGLED = b"MAIL FROM:<evil@attacker.test>\r\nRCPT TO:<victim@example.net>\r\nDATA\r\nsmuggled\r\n"
 
 
 def fetch(url: str) -> str:
@@ -181,6 +203,33 @@ class RelayToSmarthostTests(TestCase):
             await poll(reactor, lambda: self.spool_dir("queue") == [])
             relayed = sorted(content.split(b"\r\n\r\n", 1)[1] for _, content in self.relayed())
             self.assertEqual(relayed, sorted(m.split(b"\r\n\r\n", 1)[1] for m in (plain, dotted)))
+            await self.stop_both()
+        return Deferred.fromCoroutine(check())
+
+    def test_normalized_smuggling_attempts_relay_as_one_message(self) -> None:
+        """
+        With bareLineEndings = "normalize", every fake end of data (bare CR/LF
+        around a dot) followed by smuggled commands is one message at the
+        smarthost: CRLF line ends only, the dot lines stuffed on the way
+        out, the would-be commands plain text, no second message.
+        """
+        async def check() -> None:
+            self.write_config(CONFIG.replace("[smtp]\n", '[smtp]\nbareLineEndings = "normalize"\n', 1))
+            await self.start_smarthost()
+            await self.start_gomail()
+            for ending in FAKE_ENDINGS:
+                replies = await deferToThread(send_raw, self.port, b"Subject: s\r\n\r\nhello" + ending + SMUGGLED)
+                self.assertIn(b"250 2.0.0 Ok: queued as", replies, ending)
+            await self.smarthost.wait_for(b"received %d" % len(FAKE_ENDINGS), reactor)
+            await poll(reactor, lambda: self.spool_dir("queue") == [])
+            messages = self.relayed()
+            self.assertEqual(len(messages), len(FAKE_ENDINGS))
+            for envelope, content in messages:
+                self.assertEqual(envelope, b"X-Envelope: <alice@example.org> <bob@example.net>")
+                self.assertEqual(content.count(b"\r"), content.count(b"\r\n"))
+                self.assertEqual(content.count(b"\n"), content.count(b"\r\n"))
+                self.assertTrue(content.endswith(b"\r\n" + SMUGGLED), content)
+                self.assertEqual(content.count(b"evil@attacker.test"), 1)
             await self.stop_both()
         return Deferred.fromCoroutine(check())
 
