@@ -22,9 +22,10 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet.defer import Deferred
 
 from gomail.mailaccess.notify import folder_key
+from gomail.mailaccess.sessionapi import IMAPSessionAPI
 
 
-class IMAPIdleMixin:
+class IMAPIdleMixin(IMAPSessionAPI):
     """IDLE for a session with C{server} (its C{clock}, C{notices}), C{settings}, C{account}, C{mbox}."""
 
     server: Any
@@ -123,12 +124,6 @@ class IMAPIdleMixin:
 
     if TYPE_CHECKING:  # provided by the session (L{gomail.mailaccess.imap.GomailIMAP4})
         async def refresh(self) -> None: ...
-
-        def sendLine(self, line: bytes) -> None: ...
-
-        def sendPositiveResponse(self, tag: Any = None, message: bytes = b"") -> None: ...
-
-        def sendBadResponse(self, tag: Any = None, message: bytes = b"") -> None: ...
 
 
 __all__ = ["IMAPIdleMixin"]

@@ -30,6 +30,7 @@ from gomail.auth.checker import LoginAttempt, TemporaryAuthError, login
 from gomail.auth.tickets import TicketLogin
 from gomail.mailaccess.maildir import UnsafeMailbox
 from gomail.mailaccess.proxies import LoginRules, login_credentials
+from gomail.mailaccess.sessionapi import IMAPSessionAPI
 
 #: The one answer to every refused login (RFC 5530 response code).
 FAILED = b"[AUTHENTICATIONFAILED] Authentication failed"
@@ -37,7 +38,7 @@ TEMPORARY = b"[UNAVAILABLE] Temporary authentication failure, try again later"
 PLAINTEXT = b"[PRIVACYREQUIRED] Plaintext login is not allowed: issue STARTTLS first"
 
 
-class IMAPLoginMixin(LoginRules):
+class IMAPLoginMixin(LoginRules, IMAPSessionAPI):
     """LOGIN and AUTHENTICATE for an IMAP session (uses its C{server}, C{sendNegativeResponse}...)."""
 
     server: Any
@@ -185,16 +186,6 @@ class IMAPLoginMixin(LoginRules):
             self.bye("Too many failed logins")
 
     if TYPE_CHECKING:  # provided by the session (L{gomail.mailaccess.imap.GomailIMAP4})
-        account: Any
-
-        def sendNegativeResponse(self, tag: Any = None, message: bytes = b"") -> None: ...
-
-        def sendPositiveResponse(self, tag: Any = None, message: bytes = b"") -> None: ...
-
-        def sendBadResponse(self, tag: Any = None, message: bytes = b"") -> None: ...
-
-        def sendLine(self, line: bytes) -> None: ...
-
         def listCapabilities(self) -> list[bytes]: ...
 
         def bye(self, text: str) -> None: ...

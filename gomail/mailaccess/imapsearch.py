@@ -11,7 +11,7 @@ found; twisted's matching then reads the answers.
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.mail import imap4
@@ -19,6 +19,7 @@ from twisted.mail import imap4
 from gomail.mailaccess import imapstore
 from gomail.mailaccess.imapmessage import HeaderEnd
 from gomail.mailaccess.imapstore import BLOCK, Entry
+from gomail.mailaccess.sessionapi import IMAPSessionAPI
 
 _HEADER_KEYS = {b"FROM", b"TO", b"CC", b"BCC", b"SUBJECT", b"HEADER", b"SENTBEFORE", b"SENTON", b"SENTSINCE"}
 _BODY_KEYS = {b"BODY", b"TEXT"}
@@ -101,7 +102,7 @@ def find_words(path: str, entry: Entry, words: set[tuple[bytes, bytes]]) -> set[
     return {(b"TEXT", w) for w in text.found} | {(b"BODY", w) for w in body.found}
 
 
-class IMAPSearchMixin:
+class IMAPSearchMixin(IMAPSessionAPI):
     """SEARCH (uses the session's C{mbox}...)."""
 
     mbox: Any
@@ -202,17 +203,6 @@ class IMAPSearchMixin:
         if failure.check(imap4.IllegalQueryError, imap4.IllegalIdentifierError, IndexError, ValueError, TypeError):
             return self.sendBadResponse(tag, b"Invalid search criteria")
         self._answer_failure(tag, failure)
-
-    if TYPE_CHECKING:  # provided by the session (L{gomail.mailaccess.imap.GomailIMAP4})
-        def sendPositiveResponse(self, tag: Any = None, message: bytes = b"") -> None: ...
-
-        def sendNegativeResponse(self, tag: Any = None, message: bytes = b"") -> None: ...
-
-        def sendBadResponse(self, tag: Any = None, message: bytes = b"") -> None: ...
-
-        def sendUntaggedResponse(self, message: bytes, isAsync: Any = None) -> None: ...
-
-        def _answer_failure(self, tag: Any, failure: Any = None) -> None: ...
 
 
 __all__ = ["IMAPSearchMixin", "find_words", "search_needed", "search_words"]

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet.defer import Deferred
 
 from gomail.mailaccess.content import DotStuffer, TopFilter
+from gomail.mailaccess.sessionapi import POP3SessionAPI
 
 AUTHORIZATION, TRANSACTION, UPDATE = "AUTHORIZATION", "TRANSACTION", "UPDATE"
 #: Bytes of a message read from disk at a time.
@@ -25,7 +26,7 @@ BLOCK = 64 * 1024
 _NUMBER = re.compile(rb"[1-9][0-9]{0,9}")
 
 
-class POP3TransactionMixin:
+class POP3TransactionMixin(POP3SessionAPI):
     """STAT, LIST, UIDL, RETR, TOP, DELE, NOOP, RSET and QUIT (uses the session's C{mbox}, C{ok}, C{err}...)."""
 
     server: Any
@@ -177,14 +178,6 @@ class POP3TransactionMixin:
         self.ok(f"{self.mbox.count} messages ({self.mbox.size} octets)")
 
     if TYPE_CHECKING:  # provided by the session (L{gomail.mailaccess.pop3.GomailPOP3})
-        def ok(self, text: str = "") -> None: ...
-
-        def err(self, text: str) -> None: ...
-
-        def multi(self, first: str, lines: list[bytes]) -> None: ...
-
-        def close_connection(self) -> None: ...
-
         async def _writable(self) -> None: ...
 
 

@@ -36,13 +36,14 @@ from gomail.auth.tickets import TicketLogin
 from gomail.mailaccess.maildir import UnsafeMailbox
 from gomail.mailaccess.pop3mailbox import MailboxInUse
 from gomail.mailaccess.proxies import LoginRules, login_credentials
+from gomail.mailaccess.sessionapi import POP3SessionAPI
 
 #: The one answer to every refused login.
 FAILED = "[AUTH] Authentication failed"
 TEMPORARY = "[SYS/TEMP] Temporary authentication failure, try again later"
 
 
-class POP3LoginMixin(LoginRules):
+class POP3LoginMixin(LoginRules, POP3SessionAPI):
     """USER, PASS, AUTH and APOP for a POP3 session (uses its C{server}, C{ok}, C{err}...)."""
 
     server: Any
@@ -202,16 +203,6 @@ class POP3LoginMixin(LoginRules):
             self.close_connection()
 
     if TYPE_CHECKING:  # provided by the session (L{gomail.mailaccess.pop3.GomailPOP3})
-        def ok(self, text: str) -> None: ...
-
-        def err(self, text: str) -> None: ...
-
-        def multi(self, first: str, lines: list[bytes]) -> None: ...
-
-        def sendLine(self, line: bytes) -> None: ...
-
-        def close_connection(self) -> None: ...
-
         def logged_in(self, account: Any, mailbox: Any, logout: Any) -> None: ...
 
 
